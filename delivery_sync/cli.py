@@ -1,0 +1,209 @@
+"""The `delivery-sync` command line: parse flags, call one function, render, map errors to exit codes.
+
+Heavy modules (httpx, tenacity, sqlite-utils, rich) are imported inside the
+commands that need them, so `query` and `status` start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, UsageError
+
+log = logging.getLogger("delivery_sync")
+
+app = typer.Typer(
+    name="delivery-sync",
+    help="Keep a fast local SQLite replica of the remote Grab/GoJek delivery statistics.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Globals:
+    """Options given before the command."""
+
+    config: Optional[Path]
+    db: Optional[Path]
+    verbose: bool
+    quiet: bool
+
+    def settings(self, **overrides: Any):
+        """Settings with these flag overrides (flag > environment > file > default)."""
+        from .config import load_settings
+
+        return load_settings(self.config, database=self.db, **overrides)
+
+
+@app.callback()
+def _globals(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", metavar="PATH", help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml)."),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="PATH", help="Replica file (overrides `database`)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs, and tracebacks on errors."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
+) -> None:
+    if verbose and quiet:
+        raise UsageError("-v and -q cannot be used together")
+    ctx.obj = Globals(config, db, verbose, quiet)
+    _setup_logging(verbose, quiet)
+
+
+def _parse_date(value: Optional[str]) -> Optional[date]:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def _parse_ids(value: Optional[str]) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        ids = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of client ids (e.g. 12,15)") from None
+    if not ids:
+        raise typer.BadParameter("no client id given")
+    return ids
+
+
+# --- sync ---------------------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    days_back: Optional[int] = typer.Option(None, "--days-back", metavar="N", help="The N calendar days ending today (default sync.days_back = 365)."),
+    from_: Optional[str] = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today)."),
+    clients: Optional[str] = typer.Option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15."),
+    incremental: bool = typer.Option(False, "--incremental", help="Start each client at its latest stored day minus sync.lookback_days."),
+    prune: bool = typer.Option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
+    no_aggregate: bool = typer.Option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
+) -> None:
+    """Replicate a window of days from the remote into the replica."""
+    from . import render
+    from .demo_source import serving_demo
+    from .sync import SyncOptions, resolve_window, run_sync
+
+    g: Globals = ctx.obj
+    start, end, ids = _parse_date(from_), _parse_date(to), _parse_ids(clients)
+    if days_back is not None and start is not None:
+        raise UsageError("use either --days-back or --from/--to, not both")
+    settings = g.settings(source={"url": source})
+    window = resolve_window(_today(settings), days_back if days_back is not None else settings.sync.days_back, start, end)
+    options = SyncOptions(window, ids, incremental, prune)
+    with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
+        result = run_sync(settings, options, progress)
+    render.summary(render.sync_summary(result))
+    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+
+
+# --- demo-source ------------------------------------------------------------------------
+
+
+@app.command("demo-source")
+def demo_source(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (keep it on loopback)."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0 picks a free one)."),
+    clients: int = typer.Option(127, "--clients", min=1, help="How many clients it lists."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the deterministic data."),
+    latency_ms: float = typer.Option(0, "--latency-ms", min=0, help="Delay added to every answer."),
+    error_rate: float = typer.Option(0, "--error-rate", min=0, max=1, help="Share of requests answered with a random 503."),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", metavar="RPS", min=0.1, help="Requests per second before it answers 429 + Retry-After."),
+    no_batch: bool = typer.Option(False, "--no-batch", help="Answer 404 to POST /api/v1/getBatchStats."),
+) -> None:
+    """Serve a realistic simulated remote on loopback (SPEC §6) until interrupted."""
+    from .demo_source import DemoSource
+
+    try:
+        demo = DemoSource(host, port, clients, seed, latency_ms, error_rate, rate_limit, batch=not no_batch)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    log.warning("demo-source: serving %d clients on %s (Ctrl-C to stop)", clients, demo.url)
+    try:
+        demo.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _today(settings) -> date:
+    from datetime import datetime
+
+    return datetime.now(settings.source.tz).date()
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            message = f"error: {message}"
+        elif record.levelno >= logging.WARNING:
+            message = f"warning: {message}"
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return message
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    # httpx logs every request at INFO: useful with -v only.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.INFO)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one clear line on stderr and the spec's exit code for every error."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    try:
+        code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
+    except DeliverySyncError as exc:
+        if verbose:
+            log.exception("traceback")
+        _error(str(exc), exc.hint)
+        code = exc.exit_code
+    except typer.TyperException as exc:  # click usage errors: bad flag, bad value
+        command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
+        _error(exc.format_message(), f"see 'delivery-sync{command} --help'")
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        code = 130
+    except Exception as exc:  # a bug: still one line unless -v
+        if verbose:
+            log.exception("unexpected error")
+        _error(f"unexpected {type(exc).__name__}: {exc}", "run again with -v for the traceback")
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str, hint: Optional[str] = None) -> None:
+    line = f"error: {message}"
+    if hint:
+        line += f" ({hint})"
+    print(line, file=sys.stderr)

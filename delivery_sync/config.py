@@ -1,0 +1,191 @@
+"""Settings: command-line flag > environment > TOML file > default (SPEC §2).
+
+The TOML file is `--config PATH`, else `$DELIVERY_SYNC_CONFIG`, else
+`./config.toml` when it exists. Environment names are `DELIVERY_SYNC_` + key,
+with `__` between section and key. Unknown keys and wrong types are a
+`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DELIVERY_SYNC_"
+CONFIG_ENV = "DELIVERY_SYNC_CONFIG"
+DEFAULT_CONFIG_FILE = Path("config.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(_Section):
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr = SecretStr("")
+    timeout: PositiveFloat = 30
+    max_retries: NonNegativeInt = 5
+    concurrency: PositiveInt = 4
+    min_interval: NonNegativeFloat = 0.1
+    timezone: str = "Asia/Makassar"
+    batch: Literal["auto", "always", "never"] = "auto"
+    batch_days: PositiveInt = 31
+    max_consecutive_failures: PositiveInt = 10
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Asia/Makassar')")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The remote's calendar as a ZoneInfo."""
+        return ZoneInfo(self.timezone)
+
+
+class SyncSettings(_Section):
+    days_back: PositiveInt = 365
+    lookback_days: NonNegativeInt = 3
+
+
+class CollectSettings(_Section):
+    timeout: PositiveFloat = 900
+
+
+class StatusSettings(_Section):
+    stale_after_hours: PositiveFloat = 26
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """TOML source that resolves a relative `database` against the file's folder."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        path = self.toml_file_path
+        if isinstance(data.get("database"), str) and isinstance(path, Path):
+            database = Path(data["database"]).expanduser()
+            if not database.is_absolute():
+                data["database"] = str(path.parent / database)
+        return data
+
+
+class Settings(BaseSettings):
+    """Every configuration key of SPEC §2."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    database: Path = Path("delivery_stats.db")
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) beat the environment, which beats the file.
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+def find_config_file(explicit: Path | None) -> Path | None:
+    """The TOML file to read: `--config`, else `$DELIVERY_SYNC_CONFIG`, else ./config.toml."""
+    if explicit is not None:
+        chosen, origin = explicit, "--config"
+    elif os.environ.get(CONFIG_ENV):
+        chosen, origin = Path(os.environ[CONFIG_ENV]), CONFIG_ENV
+    elif DEFAULT_CONFIG_FILE.is_file():
+        return DEFAULT_CONFIG_FILE.resolve()
+    else:
+        return None
+    chosen = chosen.expanduser()
+    if not chosen.is_file():
+        raise ConfigError(f"config file {chosen} (from {origin}) does not exist")
+    return chosen.resolve()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the file, the environment and flag `overrides`.
+
+    `overrides` uses the nested shape of the file, e.g. `source={"url": ...}`;
+    None values are dropped so an absent flag never hides a configured value.
+    """
+    path = find_config_file(config_file)
+    flags = _drop_none(overrides)
+    settings_cls = Settings
+    if path is not None:
+        settings_cls = type(  # type: ignore[assignment]
+            "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+        )
+    try:
+        return settings_cls(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    except (OSError, ValueError) as exc:  # unreadable file or TOML syntax error
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if not value:
+                continue
+        if value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    """One line naming the first bad key, where it may come from, and why."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+    where = f"{path} or {env}" if path else env
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key"
+    else:
+        reason = error["msg"].removeprefix("Value error, ")
+        if "input" in error and not isinstance(error["input"], (dict, SecretStr)) and key != "source.token":
+            reason += f" (got {error['input']!r})"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"invalid config: {key}: {reason} [{where}]{suffix}"

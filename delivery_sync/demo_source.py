@@ -1,0 +1,348 @@
+"""The simulated remote (SPEC §6): the API of SPEC §3 over real HTTP on loopback.
+
+Data are deterministic from the seed: every (client, day) has the same figures
+whatever is asked, so a re-sync finds them unchanged. It behaves like the real
+Express + mysql2 service: DECIMALs as numeric strings, DATEs as UTC timestamps
+of Bali midnight, nulls for a platform a client does not use, extra columns,
+429 with Retry-After above the rate limit, random 5xx at the error rate.
+
+Tests drive it in-process through `DemoSource`: `requests` logs what it
+received, and `faults` injects failures, bad rows and changed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+from contextlib import contextmanager
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+DEMO_TZ = ZoneInfo("Asia/Makassar")
+FIRST_DAY = date(2023, 1, 1)
+
+_FIRST = ["Warung", "Dapur", "Kedai", "Rumah Makan", "Bakso", "Sate", "Nasi Goreng", "Kopi", "Mie", "Babi Guling"]
+_SECOND = ["Made", "Bu Rita", "Ketut", "Sari", "Pak Wayan", "Bali Asli", "Canggu", "Ubud", "Kuta", "Nyoman", "Sanur", "Dewi"]
+
+
+@dataclass
+class Faults:
+    """Test-only misbehaviour. Every field is safe to change while the server runs."""
+
+    fail_clients: dict[int, int] = field(default_factory=dict)  # client id -> HTTP status, always
+    flaky_clients: dict[int, int] = field(default_factory=dict)  # client id -> how many 503s before success
+    throttle_next: int = 0  # answer the next N requests with 429 + Retry-After
+    retry_after: str = "1"
+    extra_rows: dict[int, list[dict]] = field(default_factory=dict)  # rows appended to a client's answer
+    overrides: dict[tuple[int, str], dict] = field(default_factory=dict)  # (client, YYYY-MM-DD) -> fields
+    hidden_clients: set[int] = field(default_factory=set)  # not listed by /clients
+    collect_seconds: float = 0.2
+    collect_fails: bool = False
+    wrap_lists: bool = False  # answer {"success": true, "data": [...]}
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+    body: Any = None
+
+
+def client_name(client_id: int, seed: int) -> str:
+    rng = random.Random(f"{seed}:name:{client_id}")
+    return f"{rng.choice(_FIRST)} {rng.choice(_SECOND)}"
+
+
+def _platforms(client_id: int, seed: int) -> tuple[bool, bool]:
+    roll = random.Random(f"{seed}:platforms:{client_id}").random()
+    if roll < 0.15:
+        return True, False  # Grab only
+    if roll < 0.25:
+        return False, True  # GoJek only
+    return True, True
+
+
+def _platform_day(rng: random.Random, scale: float, ads: bool) -> dict[str, float | int]:
+    orders = max(0, int(rng.gauss(scale, scale * 0.25)))
+    aov = rng.uniform(45_000, 95_000)
+    sales = round(orders * aov, -2)
+    spend = round(sales * rng.uniform(0.02, 0.08), -2) if ads else 0.0
+    new = int(orders * rng.uniform(0.1, 0.35))
+    return {
+        "sales": sales,
+        "orders": orders,
+        "ads_spend": spend,
+        "ads_sales": round(spend * rng.uniform(2, 9), -2),
+        "new": new,
+        "repeat": orders - new,
+        "fake": int(orders * rng.uniform(0, 0.02)),
+    }
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def demo_row(client_id: int, day: date, seed: int) -> dict[str, Any]:
+    """The row the remote holds for one client-day, serialised as mysql2 would."""
+    digest = hashlib.blake2b(f"{seed}:{client_id}:{day.isoformat()}".encode(), digest_size=8).digest()
+    rng = random.Random(int.from_bytes(digest, "big"))
+    grab_on, gojek_on = _platforms(client_id, seed)
+    size = random.Random(f"{seed}:size:{client_id}").uniform(15, 140)
+    midnight = datetime(day.year, day.month, day.day, tzinfo=DEMO_TZ).astimezone(timezone.utc)
+    row: dict[str, Any] = {
+        "id": client_id * 100_000 + (day - FIRST_DAY).days,
+        "client_id": client_id,
+        "stat_date": midnight.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    }
+    for platform, on, returned in (("grab", grab_on, "repeated"), ("gojek", gojek_on, "returned")):
+        figures = _platform_day(rng, size * (0.6 if platform == "gojek" else 1.0), ads=client_id % 3 != 0) if on else None
+        row[f"{platform}_sales"] = _decimal(figures["sales"]) if figures else None
+        row[f"{platform}_orders"] = figures["orders"] if figures else None
+        row[f"{platform}_ads_spend"] = _decimal(figures["ads_spend"]) if figures else None
+        row[f"{platform}_ads_sales"] = _decimal(figures["ads_sales"]) if figures else None
+        row[f"{platform}_new_customers"] = figures["new"] if figures else None
+        row[f"{platform}_{returned}_customers"] = figures["repeat"] if figures else None
+        row[f"{platform}_fake_orders"] = figures["fake"] if figures else None
+    # The collector fills totals for most clients; for some it leaves them NULL.
+    if client_id % 7 == 0:
+        row["total_sales"] = row["total_orders"] = None
+    else:
+        row["total_sales"] = _decimal(sum(float(row[f"{p}_sales"] or 0) for p in ("grab", "gojek")))
+        row["total_orders"] = sum(row[f"{p}_orders"] or 0 for p in ("grab", "gojek"))
+    row["created_at"] = (midnight + timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return row
+
+
+class DemoSource:
+    """A running simulated remote. Use as a context manager; `url` is where it listens."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clients: int = 127,
+        seed: int = 42,
+        latency_ms: float = 0,
+        error_rate: float = 0,
+        rate_limit: float | None = None,
+        batch: bool = True,
+        token: str | None = None,
+    ):
+        self.clients = clients
+        self.seed = seed
+        self.latency = latency_ms / 1000
+        self.error_rate = error_rate
+        self.rate_limit = rate_limit
+        self.batch = batch
+        self.token = token
+        self.faults = Faults()
+        self.requests: list[ReceivedRequest] = []
+        self._lock = threading.Lock()
+        self._errors = random.Random(f"{seed}:errors")
+        self._window_start = 0.0
+        self._window_count = 0
+        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "DemoSource":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-source", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "DemoSource":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats_requests(self) -> list[ReceivedRequest]:
+        """The per-client stats requests received so far."""
+        return [r for r in self.requests if r.path.endswith("/stats")]
+
+    # --- data ----------------------------------------------------------------------
+
+    def today(self) -> date:
+        return datetime.now(DEMO_TZ).date()
+
+    def client_list(self) -> list[dict]:
+        return [
+            {"id": cid, "name": client_name(cid, self.seed), "is_active": 1}
+            for cid in range(1, self.clients + 1)
+            if cid not in self.faults.hidden_clients
+        ]
+
+    def rows(self, client_id: int, start: date, end: date) -> list[dict]:
+        first, last = max(start, FIRST_DAY), min(end, self.today())
+        out = []
+        for offset in range((last - first).days + 1):
+            day = first + timedelta(days=offset)
+            row = demo_row(client_id, day, self.seed)
+            row.update(self.faults.overrides.get((client_id, day.isoformat()), {}))
+            out.append(row)
+        return out + list(self.faults.extra_rows.get(client_id, []))
+
+    # --- behaviour -------------------------------------------------------------------
+
+    def _throttled(self) -> bool:
+        with self._lock:
+            if self.faults.throttle_next > 0:
+                self.faults.throttle_next -= 1
+                return True
+            if not self.rate_limit:
+                return False
+            now = time.monotonic()
+            if now - self._window_start >= 1.0:
+                self._window_start, self._window_count = now, 0
+            self._window_count += 1
+            return self._window_count > self.rate_limit
+
+    def _random_error(self) -> bool:
+        with self._lock:
+            return self.error_rate > 0 and self._errors.random() < self.error_rate
+
+
+def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "demo-source"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and the CLI own stderr
+            pass
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def _handle(self, method: str) -> None:
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            raw_body = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw_body) if raw_body else None
+            except ValueError:
+                body = None
+            with demo._lock:
+                demo.requests.append(ReceivedRequest(method, url.path, query, self.headers.get("Authorization"), body))
+            if demo.latency:
+                time.sleep(demo.latency)
+            if demo.token is not None and self.headers.get("Authorization") != f"Bearer {demo.token}":
+                return self._send(401, {"success": False, "error": "Unauthorized"})
+            if demo._throttled():
+                return self._send(429, {"success": False, "error": "Too many requests"}, {"Retry-After": demo.faults.retry_after})
+            if demo._random_error():
+                return self._send(503, {"success": False, "error": "Service unavailable"})
+            self._route(method, url.path, query, body)
+
+        def _route(self, method: str, path: str, query: dict, body: Any) -> None:
+            parts = path.strip("/").split("/")
+            if method == "GET" and parts == ["api", "v1", "clients"]:
+                return self._send_list(demo.client_list())
+            if method == "GET" and len(parts) == 5 and parts[:3] == ["api", "v1", "clients"] and parts[4] == "stats":
+                return self._stats(parts[3], query)
+            if method == "POST" and parts == ["api", "v1", "getBatchStats"] and demo.batch:
+                return self._batch(body)
+            if method == "POST" and parts == ["api", "v1", "triggerCollection"]:
+                return self._collect()
+            self._send(404, {"success": False, "error": f"Cannot {method} {path}"})
+
+        def _stats(self, raw_id: str, query: dict) -> None:
+            try:
+                client_id = int(raw_id)
+                start, end = date.fromisoformat(query["start_date"]), date.fromisoformat(query["end_date"])
+            except (KeyError, ValueError):
+                return self._send(400, {"success": False, "error": "start_date and end_date (YYYY-MM-DD) are required"})
+            if client_id in demo.faults.fail_clients:
+                status = demo.faults.fail_clients[client_id]
+                return self._send(status, {"success": False, "error": f"simulated failure for client {client_id}"})
+            with demo._lock:
+                remaining = demo.faults.flaky_clients.get(client_id, 0)
+                if remaining:
+                    demo.faults.flaky_clients[client_id] = remaining - 1
+            if remaining:
+                return self._send(503, {"success": False, "error": "Service unavailable"})
+            if not 1 <= client_id <= demo.clients:
+                return self._send(404, {"success": False, "error": f"client {client_id} not found"})
+            self._send_list(demo.rows(client_id, start, end))
+
+        def _batch(self, body: Any) -> None:
+            try:
+                start, end = date.fromisoformat(body["start_date"]), date.fromisoformat(body["end_date"])
+                ids = [int(i) for i in body["client_ids"]]
+            except (TypeError, KeyError, ValueError):
+                return self._send(400, {"success": False, "error": "start_date, end_date and client_ids are required"})
+            answer: dict[str, dict] = {}
+            for cid in ids:
+                if not 1 <= cid <= demo.clients:
+                    continue
+                days = {}
+                for row in demo.rows(cid, start, end):
+                    metrics = {k: v for k, v in row.items() if k not in ("stat_date", "id", "client_id")}
+                    days[_bali_date(row["stat_date"])] = metrics
+                answer[str(cid)] = days
+            self._send(200, answer)
+
+        def _collect(self) -> None:
+            time.sleep(demo.faults.collect_seconds)
+            if demo.faults.collect_fails:
+                return self._send(500, {"success": False, "error": "Grab login failed for 3 clients"})
+            self._send(200, {"success": True, "message": f"Collection finished for {demo.clients} clients"})
+
+        def _send_list(self, items: list) -> None:
+            self._send(200, {"success": True, "data": items} if demo.faults.wrap_lists else items)
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout): nothing to answer
+
+    return Handler
+
+
+def _bali_date(stamp: str) -> str:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment.astimezone(DEMO_TZ).date().isoformat()
+
+
+@contextmanager
+def serving_demo(settings):
+    """Yield `settings`, or, when `source.url` is "demo", a copy pointing at a simulated remote
+    started on a free loopback port for the duration of the block."""
+    if settings.source.url != "demo":
+        yield settings
+        return
+    with DemoSource() as demo:
+        yield settings.model_copy(update={"source": settings.source.model_copy(update={"url": demo.url})})

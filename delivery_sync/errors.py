@@ -1,0 +1,73 @@
+"""The errors delivery-sync raises, and the exit code each one maps to.
+
+    DeliverySyncError            exit 1   base: the run failed
+     ├── UsageError              exit 2   bad flag, date, client id, or `query` misuse
+     │    ├── ConfigError        exit 2   invalid configuration (names the key)
+     │    ├── NoReplica          exit 2   `query` with no replica file
+     │    └── ReadOnlyViolation  exit 2   a write attempted through `query sql`
+     ├── LockHeld                exit 75  another writing run holds the lock (EX_TEMPFAIL)
+     ├── QueryTimeout            exit 1   `query sql` ran past --max-seconds
+     └── SourceError             exit 1   the remote failed us
+          ├── AuthFailed         exit 1   401/403: stops the whole run at once
+          ├── SourceUnreachable  exit 1   no connection / timeouts after every retry
+          └── ClientFetchFailed  exit 1   one client's request failed (the run goes on)
+
+Messages are one line meant for an operator; they never contain the token.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75
+
+
+class DeliverySyncError(Exception):
+    """Base error; `exit_code` is what the command exits with, `hint` an optional next step."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(DeliverySyncError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class NoReplica(UsageError):
+    pass
+
+
+class ReadOnlyViolation(UsageError):
+    pass
+
+
+class LockHeld(DeliverySyncError):
+    exit_code = EXIT_TEMPFAIL
+
+
+class QueryTimeout(DeliverySyncError):
+    pass
+
+
+class SourceError(DeliverySyncError):
+    pass
+
+
+class AuthFailed(SourceError):
+    pass
+
+
+class SourceUnreachable(SourceError):
+    pass
+
+
+class ClientFetchFailed(SourceError):
+    pass

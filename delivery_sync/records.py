@@ -1,0 +1,248 @@
+"""Validated rows from the remote: every quirk of SPEC §3 is handled here, once.
+
+- `stat_date` is `YYYY-MM-DD` or a mysql2 UTC timestamp meaning the calendar
+  date in the source time zone (`2026-01-24T16:00:00.000Z` is 2026-01-25 in Bali).
+- A metric is a JSON number, a numeric string (DECIMAL), or null (kept NULL).
+- Unknown fields, and remote fields named like a replica column, go to `extra`.
+- `total_sales`/`total_orders` sent as null are Grab + GoJek (nulls as 0).
+- A (client, date) seen twice in one answer: the last wins.
+- An unreadable row becomes a `Reject` with its raw payload and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+AMOUNT_METRICS = (
+    "grab_sales",
+    "grab_ads_spend",
+    "grab_ads_sales",
+    "gojek_sales",
+    "gojek_ads_spend",
+    "gojek_ads_sales",
+    "total_sales",
+)
+COUNT_METRICS = (
+    "grab_orders",
+    "grab_new_customers",
+    "grab_repeated_customers",
+    "grab_fake_orders",
+    "gojek_orders",
+    "gojek_new_customers",
+    "gojek_returned_customers",
+    "gojek_fake_orders",
+    "total_orders",
+)
+# Column order of client_stats (SPEC §4).
+METRICS = (
+    "grab_sales",
+    "grab_orders",
+    "grab_ads_spend",
+    "grab_ads_sales",
+    "grab_new_customers",
+    "grab_repeated_customers",
+    "grab_fake_orders",
+    "gojek_sales",
+    "gojek_orders",
+    "gojek_ads_spend",
+    "gojek_ads_sales",
+    "gojek_new_customers",
+    "gojek_returned_customers",
+    "gojek_fake_orders",
+    "total_sales",
+    "total_orders",
+)
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_stat_date(value: Any, tz: ZoneInfo) -> date:
+    """The calendar date a remote `stat_date` means in the source time zone."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"no usable stat_date ({value!r})")
+    text = value.strip()
+    try:
+        if _DATE.fullmatch(text):
+            return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"no usable stat_date ({value!r})") from None
+    # A naive timestamp is already on the remote's calendar.
+    return moment.astimezone(tz).date() if moment.tzinfo else moment.date()
+
+
+def parse_amount(value: Any) -> float | None:
+    """A rupiah amount: number or numeric string; negative amounts are refunds and kept."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a number ({value!r})")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+    else:
+        raise ValueError(f"not a number ({value!r})")
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number ({value!r})")
+    return number
+
+
+def parse_count(value: Any) -> int | None:
+    """A count: a whole, non-negative number (`12`, `12.0`, `"12"` all read as 12)."""
+    number = parse_amount(value)
+    if number is None:
+        return None
+    if number < 0:
+        raise ValueError(f"negative count ({value!r})")
+    if not number.is_integer():
+        raise ValueError(f"fractional count ({value!r})")
+    return int(number)
+
+
+class StatRow(BaseModel):
+    """One client-day as the replica stores it; build with `parse_row`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    stat_date: date
+    grab_sales: float | None = None
+    grab_orders: int | None = None
+    grab_ads_spend: float | None = None
+    grab_ads_sales: float | None = None
+    grab_new_customers: int | None = None
+    grab_repeated_customers: int | None = None
+    grab_fake_orders: int | None = None
+    gojek_sales: float | None = None
+    gojek_orders: int | None = None
+    gojek_ads_spend: float | None = None
+    gojek_ads_sales: float | None = None
+    gojek_new_customers: int | None = None
+    gojek_returned_customers: int | None = None
+    gojek_fake_orders: int | None = None
+    total_sales: float | None = None
+    total_orders: int | None = None
+
+    @field_validator("stat_date", mode="before")
+    @classmethod
+    def _date(cls, value: Any, info) -> date:
+        return parse_stat_date(value, info.context["tz"])
+
+    @field_validator(*AMOUNT_METRICS, mode="before")
+    @classmethod
+    def _amount(cls, value: Any) -> float | None:
+        return parse_amount(value)
+
+    @field_validator(*COUNT_METRICS, mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> int | None:
+        return parse_count(value)
+
+    @property
+    def extra_json(self) -> str | None:
+        """Fields the spec does not name, as canonical JSON (None when there are none)."""
+        if not self.model_extra:
+            return None
+        return json.dumps(self.model_extra, sort_keys=True, separators=(",", ":"), default=str)
+
+    def values(self) -> tuple:
+        """Metrics in `METRICS` order, then `extra`: what the replica compares and stores."""
+        return (*(getattr(self, name) for name in METRICS), self.extra_json)
+
+
+def _fill_totals(row: StatRow) -> StatRow:
+    updates: dict[str, Any] = {}
+    if row.total_sales is None:
+        updates["total_sales"] = (row.grab_sales or 0.0) + (row.gojek_sales or 0.0)
+    if row.total_orders is None:
+        updates["total_orders"] = (row.grab_orders or 0) + (row.gojek_orders or 0)
+    return row.model_copy(update=updates) if updates else row
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A row that could not be read: stored in `sync_rejects`."""
+
+    stat_date: str | None
+    reason: str
+    payload: str
+
+
+@dataclass
+class ParsedRows:
+    """One answer's rows: valid rows by date (last wins), rejects, and how many arrived."""
+
+    rows: dict[date, StatRow]
+    rejects: list[Reject]
+    fetched: int
+
+
+def parse_rows(raw_rows: Iterable[Any], tz: ZoneInfo) -> ParsedRows:
+    """Validate one client's raw rows; never raises for a bad row."""
+    rows: dict[date, StatRow] = {}
+    rejects: list[Reject] = []
+    fetched = 0
+    for raw in raw_rows:
+        fetched += 1
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError(f"row is not an object ({type(raw).__name__})")
+            row = _fill_totals(StatRow.model_validate(raw, context={"tz": tz}))
+        except (ValidationError, ValueError) as exc:
+            rejects.append(_reject(raw, exc))
+            continue
+        rows.pop(row.stat_date, None)  # last wins, and keeps answer order
+        rows[row.stat_date] = row
+    return ParsedRows(rows, rejects, fetched)
+
+
+def _reject(raw: Any, exc: Exception) -> Reject:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        reason = f"{field}: {first['msg'].removeprefix('Value error, ')}"
+    else:
+        reason = str(exc)
+    raw_date = raw.get("stat_date") if isinstance(raw, dict) else None
+    return Reject(
+        stat_date=None if raw_date is None else str(raw_date),
+        reason=reason,
+        payload=json.dumps(raw, sort_keys=True, default=str),
+    )
+
+
+class Client(BaseModel):
+    """A client as the remote lists it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int = Field(strict=False)
+    name: str | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str | None:
+        return None if value is None else str(value)
+
+
+def parse_clients(raw_clients: Iterable[Any]) -> tuple[list[Client], list[str]]:
+    """Valid clients (by id, last wins) and one problem line per unreadable entry."""
+    clients: dict[int, Client] = {}
+    problems: list[str] = []
+    for raw in raw_clients:
+        try:
+            client = Client.model_validate(raw)
+        except ValidationError:
+            problems.append(f"unreadable client entry {json.dumps(raw, default=str)[:200]}")
+            continue
+        clients[client.id] = client
+    return list(clients.values()), problems

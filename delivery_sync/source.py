@@ -1,0 +1,263 @@
+"""HTTP client for the remote (SPEC §3): endpoints, auth, retries, concurrency, rate limit.
+
+Knows nothing of SQLite or the terminal. Errors are classified once, here:
+
+    transport error (connect, timeout, protocol)  retried, then SourceUnreachable
+    429, 500, 502, 503, 504                       retried (Retry-After honoured), then ClientFetchFailed
+    401, 403                                      AuthFailed at once: the whole run stops
+    any other status >= 400, unreadable JSON      ClientFetchFailed at once: that client only
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from datetime import date, datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .config import SourceSettings
+from .errors import AuthFailed, ClientFetchFailed, SourceError, SourceUnreachable
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 403})
+# Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
+MAX_RETRY_AFTER = 300.0
+
+
+class RetryableStatus(Exception):
+    """A 429/5xx answer that may succeed if asked again."""
+
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password part, safe to print."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Seconds a `Retry-After` header asks us to wait (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _RateLimiter:
+    """Request starts at least `interval` seconds apart, across threads."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        if self.interval <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+def unwrap_list(payload: Any, what: str) -> list:
+    """A list sent bare or as `{"success": true, "data": [...]}`."""
+    if isinstance(payload, dict):
+        if payload.get("success") is False:
+            raise ClientFetchFailed(f"{what}: remote answered an error: {payload.get('error') or payload.get('message')}")
+        payload = payload.get("data")
+    if not isinstance(payload, list):
+        raise ClientFetchFailed(f"{what}: expected a list, got {type(payload).__name__}")
+    return payload
+
+
+class SourceClient:
+    """The remote API with the retry policy, concurrency limit and rate limit of `SourceSettings`.
+
+    Thread-safe: the sync fetches clients from several threads at once.
+    `requests` counts every HTTP request sent, retries included.
+    """
+
+    def __init__(self, settings: SourceSettings, backoff_initial: float = 0.5, backoff_max: float = 30.0):
+        self.settings = settings
+        self.base_url = settings.url.rstrip("/")
+        self.display_url = redact_url(self.base_url)
+        headers = {"Accept": "application/json", "User-Agent": "delivery-sync"}
+        token = settings.token.get_secret_value()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=settings.timeout,
+            limits=httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency),
+        )
+        self._in_flight = threading.BoundedSemaphore(settings.concurrency)
+        self._rate = _RateLimiter(settings.min_interval)
+        self._count_lock = threading.Lock()
+        self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        self.requests = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "SourceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- endpoints ---------------------------------------------------------------
+
+    def list_clients(self) -> list[Any]:
+        """`GET /api/v1/clients`: the raw client entries."""
+        return unwrap_list(self._request("GET", "/api/v1/clients", what="client list"), "client list")
+
+    def client_stats(self, client_id: int, start: date, end: date) -> list[Any]:
+        """`GET /api/v1/clients/{id}/stats`: the client's raw rows in the window."""
+        what = f"client {client_id}"
+        params = {"start_date": start.isoformat(), "end_date": end.isoformat()}
+        return unwrap_list(self._request("GET", f"/api/v1/clients/{client_id}/stats", params=params, what=what), what)
+
+    def trigger_collection(self, timeout: float) -> dict:
+        """`POST /api/v1/triggerCollection`, waiting up to `timeout` seconds.
+
+        Retried only when no connection could be made: once the request was sent the
+        remote may be collecting, and a second trigger would start a second collection.
+        """
+        payload = self._request(
+            "POST",
+            "/api/v1/triggerCollection",
+            what="collection",
+            timeout=httpx.Timeout(self.settings.timeout, read=timeout, write=timeout),
+            retry_on=_is_connect_failure,
+            accept_error_body=True,
+        )
+        if not isinstance(payload, dict):
+            raise SourceError(f"collection: unexpected answer {str(payload)[:200]!r}")
+        return payload
+
+    # --- the one request path ----------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: dict | None = None,
+        timeout: httpx.Timeout | None = None,
+        retry_on=None,
+        accept_error_body: bool = False,
+    ) -> Any:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(retry_on or _is_retryable),
+            before_sleep=lambda state: _log_retry(what, state),
+            reraise=True,
+        )
+        try:
+            response = retrying(self._send, method, path, params, timeout)
+        except RetryableStatus as exc:
+            if accept_error_body:
+                response = exc.response
+            else:
+                raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
+        except httpx.TransportError as exc:
+            raise SourceUnreachable(
+                f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
+            ) from None
+        return self._decode(response, what, accept_error_body)
+
+    def _send(self, method: str, path: str, params: dict | None, timeout: httpx.Timeout | None) -> httpx.Response:
+        self._rate.wait()
+        with self._in_flight:
+            with self._count_lock:
+                self.requests += 1
+            kwargs: dict[str, Any] = {"params": params}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            response = self._http.request(method, path, **kwargs)
+        if response.status_code in AUTH_STATUSES:
+            raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
+        if response.status_code in RETRY_STATUSES:
+            raise RetryableStatus(response)
+        return response
+
+    def _decode(self, response: httpx.Response, what: str, accept_error_body: bool) -> Any:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.is_error:
+            detail = payload.get("error") if isinstance(payload, dict) else None
+            if accept_error_body and isinstance(payload, dict):
+                return {**payload, "success": False, "http_status": response.status_code}
+            raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
+        if payload is None:
+            raise ClientFetchFailed(f"{what}: the answer is not JSON")
+        return payload
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableStatus):
+            delay = retry_after_seconds(exc.response)
+            if delay is not None:
+                return delay
+        return self._backoff(state)
+
+    @staticmethod
+    def _attempts(retrying: Retrying) -> str:
+        attempts = retrying.statistics.get("attempt_number", 1)
+        return f"{attempts} attempt{'s' if attempts != 1 else ''}"
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (RetryableStatus, httpx.TransportError))
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _describe_transport(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unknown"
+    return type(exc).__name__
+
+
+def _log_retry(what: str, state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    reason = str(exc) if isinstance(exc, RetryableStatus) else _describe_transport(exc) if isinstance(exc, httpx.TransportError) else repr(exc)
+    log.debug("%s: %s, retrying in %.1f s (attempt %d)", what, reason, state.upcoming_sleep, state.attempt_number)

@@ -1,0 +1,237 @@
+"""The `sync` run: source -> records -> replica, one transaction per client.
+
+Fetches run on `source.concurrency` threads; every write happens on the calling
+thread, one client's window per transaction, so a run killed at any moment
+leaves each client either as it was or fully updated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Callable, Iterable
+
+from . import replica
+from .config import Settings
+from .errors import AuthFailed, SourceError, UsageError
+from .records import ParsedRows, parse_clients, parse_rows
+from .replica import RunCounts
+from .source import SourceClient
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Window:
+    """An inclusive range of calendar days."""
+
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def __str__(self) -> str:
+        return f"{self.start}..{self.end}"
+
+
+def resolve_window(today: date, days_back: int, start: date | None = None, end: date | None = None) -> Window:
+    """The sync window: `--from/--to` when given (`--to` defaults to today), else `days_back` days ending today."""
+    if days_back < 1:
+        raise UsageError(f"--days-back must be at least 1 (got {days_back})")
+    if start is None and end is not None:
+        raise UsageError("--to needs --from (or use --days-back)")
+    if start is not None:
+        end = end or today
+        if start > end:
+            raise UsageError(f"--from {start} is after --to {end}")
+        return Window(start, end)
+    return Window(today - timedelta(days=days_back - 1), today)
+
+
+@dataclass
+class SyncOptions:
+    """What the user asked of one `sync` run."""
+
+    window: Window
+    client_ids: list[int] | None = None
+    incremental: bool = False
+    prune: bool = False
+
+
+@dataclass
+class SyncResult:
+    """The outcome of a sync: its `sync_runs` row and the failures behind it."""
+
+    run: dict
+    failures: list[tuple[int | None, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return self.run["status"]
+
+
+class _Stop(Exception):
+    """Ends the fetch loop early; the message becomes the run's error."""
+
+
+def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
+    """Replicate `options.window` from the remote into the replica, holding the writer lock."""
+    with replica.writer_lock(settings.database, "sync"):
+        return _sync(settings, options, progress)
+
+
+def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
+    began = time.monotonic()
+    tz = settings.source.tz
+    failures: list[tuple[int | None, str]] = []
+    with SourceClient(settings.source) as source:
+        try:
+            listed, problems = parse_clients(source.list_clients())
+        except SourceError as exc:
+            return _failed_before_fetch(settings, options, exc, source.requests, began)
+        selected = _select(listed, options.client_ids)
+        db = replica.open_replica(settings.database)
+        try:
+            replica.mark_interrupted_runs(db)
+            replica.save_client_list(db, listed)
+            windows = _client_windows(db, selected, options, settings.sync.lookback_days)
+            window_start = min((w.start for w in windows.values()), default=options.window.start)
+            run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
+            counts = RunCounts(clients_total=len(selected), warnings=list(problems))
+            error = None
+            try:
+                _fetch_and_write(db, source, run_id, windows, tz, options.prune, counts, failures, progress, settings)
+            except _Stop as stop:
+                error = str(stop)
+            counts.requests = source.requests
+            counts.clients_failed = len(failures)
+            status = _status(counts, error)
+            run = replica.finish_run(db, run_id, status, counts, error)
+        finally:
+            db.close()
+    for warning in counts.warnings:
+        log.warning(warning)
+    return SyncResult(run, failures, counts.warnings, time.monotonic() - began)
+
+
+def _select(listed, client_ids: list[int] | None) -> list[int]:
+    known = [c.id for c in listed]
+    if client_ids is None:
+        return known
+    unknown = sorted(set(client_ids) - set(known))
+    if unknown:
+        raise UsageError(
+            f"unknown client id{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}: "
+            "the remote does not list them"
+        )
+    return list(dict.fromkeys(client_ids))
+
+
+def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days: int) -> dict[int, Window]:
+    """Each selected client's window: the requested one, or the incremental start for clients with rows."""
+    window = options.window
+    if not options.incremental:
+        return {cid: window for cid in selected}
+    latest = replica.latest_dates(db)
+    start = min(
+        (latest[cid] - timedelta(days=lookback_days) for cid in selected if cid in latest),
+        default=window.start,
+    )
+    incremental = Window(max(start, window.start), window.end)
+    return {cid: incremental if cid in latest else window for cid in selected}
+
+
+def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], tz, prune: bool,
+                     counts: RunCounts, failures: list, progress: Progress | None, settings: Settings) -> None:
+    limit = settings.source.max_consecutive_failures
+    consecutive = 0
+    done = 0
+    total = len(windows)
+    if progress:
+        progress(0, total)
+
+    def fetch(cid: int) -> ParsedRows:
+        window = windows[cid]
+        return parse_rows(source.client_stats(cid, window.start, window.end), tz)
+
+    with ThreadPoolExecutor(max_workers=settings.source.concurrency, thread_name_prefix="fetch") as pool:
+        futures: dict[Future, int] = {pool.submit(fetch, cid): cid for cid in windows}
+        try:
+            for future, cid in _as_completed(futures):
+                done += 1
+                try:
+                    parsed = future.result()
+                except AuthFailed as exc:
+                    raise _Stop(str(exc)) from None
+                except SourceError as exc:
+                    failures.append((cid, str(exc)))
+                    replica.record_failure(db, run_id, cid, str(exc))
+                    log.error("%s", exc)
+                    consecutive += 1
+                    if consecutive >= limit:
+                        raise _Stop(
+                            f"stopped after {consecutive} consecutive client failures (the remote looks down); "
+                            f"{total - done} clients not fetched"
+                        ) from None
+                else:
+                    consecutive = 0
+                    window = windows[cid]
+                    written = replica.write_client_window(db, run_id, cid, (window.start, window.end), parsed, prune)
+                    _count(counts, parsed, written)
+                    for reject in parsed.rejects:
+                        log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
+                if progress:
+                    progress(done, total)
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _as_completed(futures: dict[Future, int]) -> Iterable[tuple[Future, int]]:
+    """Like concurrent.futures.as_completed, but in submission order among those done together (stable logs)."""
+    pending = dict(futures)
+    while pending:
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in sorted(finished, key=lambda f: pending[f]):
+            yield future, pending.pop(future)
+
+
+def _count(counts: RunCounts, parsed: ParsedRows, written: replica.ClientWrite) -> None:
+    counts.clients_ok += 1
+    counts.rows_fetched += parsed.fetched
+    counts.rows_inserted += written.inserted
+    counts.rows_updated += written.updated
+    counts.rows_unchanged += written.unchanged
+    counts.rows_rejected += written.rejected
+    counts.rows_deleted += written.deleted
+    if written.warning:
+        counts.warnings.append(written.warning)
+
+
+def _status(counts: RunCounts, error: str | None) -> str:
+    if error or (counts.clients_total and counts.clients_ok == 0):
+        return "failed"
+    if counts.clients_failed or counts.rows_rejected:
+        return "partial"
+    return "ok"
+
+
+def _failed_before_fetch(settings: Settings, options: SyncOptions, exc: SourceError, requests: int, began: float) -> SyncResult:
+    """The client list could not be had: record a failed run, touch no data."""
+    db = replica.open_replica(settings.database)
+    try:
+        replica.mark_interrupted_runs(db)
+        run_id = replica.start_run(db, "sync", (options.window.start, options.window.end))
+        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), str(exc))
+    finally:
+        db.close()
+    return SyncResult(run, [(None, str(exc))], [], time.monotonic() - began)
