@@ -123,7 +123,7 @@ class SourceClient:
         self._in_flight = threading.BoundedSemaphore(settings.concurrency)
         self._rate = _RateLimiter(settings.min_interval)
         self._count_lock = threading.Lock()
-        self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
         self.requests = 0
 
     def close(self) -> None:
