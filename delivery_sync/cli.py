@@ -60,13 +60,14 @@ def _globals(
     _setup_logging(verbose, quiet)
 
 
-def _parse_date(value: Optional[str]) -> Optional[date]:
+def _parse_date(value: Optional[str], flag: str) -> Optional[date]:
+    """A `YYYY-MM-DD` flag value, or a UsageError naming the flag."""
     if value is None:
         return None
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
+        raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
 def _parse_ids(value: Optional[str]) -> Optional[list[int]]:
@@ -75,9 +76,9 @@ def _parse_ids(value: Optional[str]) -> Optional[list[int]]:
     try:
         ids = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of client ids (e.g. 12,15)") from None
+        raise UsageError(f"--clients: {value!r} is not a comma-separated list of client ids (e.g. 12,15)") from None
     if not ids:
-        raise typer.BadParameter("no client id given")
+        raise UsageError("--clients: no client id given")
     return ids
 
 
@@ -102,7 +103,7 @@ def sync(
     from .sync import SyncOptions, resolve_window, run_sync
 
     g: Globals = ctx.obj
-    start, end, ids = _parse_date(from_), _parse_date(to), _parse_ids(clients)
+    start, end, ids = _parse_date(from_, "--from"), _parse_date(to, "--to"), _parse_ids(clients)
     if days_back is not None and start is not None:
         raise UsageError("use either --days-back or --from/--to, not both")
     settings = g.settings(source={"url": source})

@@ -181,7 +181,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     where = f"{path} or {env}" if path else env
     if error["type"] == "extra_forbidden":
-        reason = "unknown key"
+        reason, where = "unknown key", str(path) if path else "flags"
     else:
         reason = error["msg"].removeprefix("Value error, ")
         if "input" in error and not isinstance(error["input"], (dict, SecretStr)) and key != "source.token":
