@@ -148,6 +148,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     None values are dropped so an absent flag never hides a configured value.
     """
     path = find_config_file(config_file)
+    _check_environment()
     flags = _drop_none(overrides)
     settings_cls = Settings
     if path is not None:
@@ -160,6 +161,20 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_describe(exc, path)) from None
     except (OSError, ValueError) as exc:  # unreadable file or TOML syntax error
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def _check_environment() -> None:
+    """An unknown `DELIVERY_SYNC_*` variable is an unknown key (pydantic-settings would ignore it silently)."""
+    known = {CONFIG_ENV}
+    for name, info in Settings.model_fields.items():
+        known.add(ENV_PREFIX + name.upper())
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            known.update(f"{ENV_PREFIX}{name.upper()}__{key.upper()}" for key in section.model_fields)
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
+            key = variable[len(ENV_PREFIX):].lower().replace("__", ".")
+            raise ConfigError(f"invalid config: {key}: unknown key [{variable}]")
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

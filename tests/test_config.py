@@ -1,0 +1,168 @@
+"""SPEC §2: where settings come from, their precedence, and how bad ones are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import query_db, write_config
+from delivery_sync.config import load_settings
+from delivery_sync.errors import ConfigError
+
+
+def _toml(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_file(tmp_path):
+    settings = load_settings()
+    assert settings.database == Path("delivery_stats.db")
+    source = settings.source
+    assert (source.url, source.timeout, source.max_retries, source.concurrency) == ("http://127.0.0.1:3000", 30, 5, 4)
+    assert (source.min_interval, source.timezone, source.batch, source.batch_days) == (0.1, "Asia/Makassar", "auto", 31)
+    assert source.max_consecutive_failures == 10 and source.token.get_secret_value() == ""
+    assert (settings.sync.days_back, settings.sync.lookback_days) == (365, 3)
+    assert settings.collect.timeout == 900 and settings.status.stale_after_hours == 26
+
+
+def test_file_choice_flag_then_env_then_cwd_config(tmp_path, monkeypatch):
+    _toml(tmp_path / "config.toml", '[source]\nurl = "http://cwd"\n')
+    _toml(tmp_path / "env" / "c.toml", '[source]\nurl = "http://env-file"\n')
+    _toml(tmp_path / "flag" / "c.toml", '[source]\nurl = "http://flag-file"\n')
+    assert load_settings().source.url == "http://cwd"
+    monkeypatch.setenv("DELIVERY_SYNC_CONFIG", str(tmp_path / "env" / "c.toml"))
+    assert load_settings().source.url == "http://env-file"
+    assert load_settings(tmp_path / "flag" / "c.toml").source.url == "http://flag-file"
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path, monkeypatch):
+    config = _toml(tmp_path / "c.toml", 'database = "file.db"\n[source]\nurl = "http://file"\nconcurrency = 3\ntimeout = 7\n')
+    settings = load_settings(config)
+    assert (settings.source.url, settings.source.concurrency, settings.source.timeout) == ("http://file", 3, 7)
+    assert settings.source.max_retries == 5  # default where the file is silent
+
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__URL", "http://env")
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__CONCURRENCY", "2")
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "env.db")
+    settings = load_settings(config)
+    # The environment wins key by key; the file's other keys in the same section stay.
+    assert (settings.source.url, settings.source.concurrency, settings.source.timeout) == ("http://env", 2, 7)
+    assert settings.database == Path("env.db")
+
+    settings = load_settings(config, database=Path("flag.db"), source={"url": "http://flag"})
+    assert (settings.source.url, settings.source.concurrency, settings.source.timeout) == ("http://flag", 2, 7)
+    assert settings.database == Path("flag.db")
+    # An absent flag (None) hides nothing.
+    assert load_settings(config, database=None, source={"url": None}).source.url == "http://env"
+
+
+def test_token_from_the_environment_is_secret(monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__TOKEN", "tok-very-secret")
+    settings = load_settings()
+    assert settings.source.token.get_secret_value() == "tok-very-secret"
+    assert "tok-very-secret" not in repr(settings) and "tok-very-secret" not in str(settings.source)
+
+
+def test_relative_database_in_a_file_is_relative_to_the_files_folder(tmp_path):
+    config = _toml(tmp_path / "etc" / "c.toml", 'database = "data/replica.db"\n')
+    assert load_settings(config).database == tmp_path / "etc" / "data" / "replica.db"
+    absolute = _toml(tmp_path / "etc" / "abs.toml", f'database = "{tmp_path / "abs.db"}"\n')
+    assert load_settings(absolute).database == tmp_path / "abs.db"
+
+
+def test_relative_database_from_flag_or_env_is_relative_to_cwd(tmp_path, monkeypatch):
+    config = _toml(tmp_path / "etc" / "c.toml", 'database = "replica.db"\n')
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "from-env.db")
+    assert load_settings(config).database.resolve() == tmp_path / "from-env.db"
+    assert load_settings(config, database=Path("from-flag.db")).database.resolve() == tmp_path / "from-flag.db"
+
+
+def test_relative_database_end_to_end(cli, demo, tmp_path, monkeypatch):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    write_config(etc / "c.toml", demo.url, Path("replica.db"))
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    result = cli("--config", str(etc / "c.toml"), "sync", "--days-back", "1", "--clients", "1")
+    assert result.code == 0, result.stderr
+    assert query_db(etc / "replica.db", "SELECT COUNT(*) FROM client_stats") == [(1,)]
+    assert not (run / "replica.db").exists()
+
+    result = cli("--config", str(etc / "c.toml"), "--db", "flag.db", "sync", "--days-back", "1", "--clients", "1")
+    assert result.code == 0, result.stderr
+    assert query_db(run / "flag.db", "SELECT COUNT(*) FROM client_stats") == [(1,)]
+
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "env.db")
+    result = cli("--config", str(etc / "c.toml"), "sync", "--days-back", "1", "--clients", "1")
+    assert result.code == 0, result.stderr
+    assert query_db(run / "env.db", "SELECT COUNT(*) FROM client_stats") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus = 1\n", "bogus"),
+        ("[source]\nurll = 'http://x'\n", "source.urll"),
+        ("[nosection]\na = 1\n", "nosection"),
+        ("[source]\nconcurrency = 'many'\n", "source.concurrency"),
+        ("[source]\ntimeout = -1\n", "source.timeout"),
+        ("[source]\nbatch = 'sometimes'\n", "source.batch"),
+        ("[source]\ntimezone = 'Mars/Olympus'\n", "source.timezone"),
+        ("[sync]\ndays_back = 0\n", "sync.days_back"),
+        ("[status]\nstale_after_hours = 'soon'\n", "status.stale_after_hours"),
+    ],
+)
+def test_bad_file_key_or_type_exits_2_naming_the_key(cli, tmp_path, text, key):
+    _toml(tmp_path / "config.toml", text)
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid config: ")
+    assert f" {key}: " in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "delivery_stats.db").exists()
+
+
+@pytest.mark.parametrize(
+    "variable, value, key",
+    [
+        ("DELIVERY_SYNC_SOURCE__CONCURRENCY", "four", "source.concurrency"),
+        ("DELIVERY_SYNC_SYNC__DAYS_BACK", "-3", "sync.days_back"),
+        ("DELIVERY_SYNC_SOURCE__TOKN", "x", "source.tokn"),  # a typo must not be ignored silently
+        ("DELIVERY_SYNC_DATABSE", "x.db", "databse"),
+    ],
+)
+def test_bad_environment_key_or_type_exits_2_naming_the_key(cli, tmp_path, monkeypatch, variable, value, key):
+    monkeypatch.setenv(variable, value)
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and f"invalid config: {key}: " in result.stderr
+    assert variable in result.stderr
+    assert not (tmp_path / "delivery_stats.db").exists()
+
+
+def test_wrong_token_type_never_echoes_the_value(tmp_path):
+    config = _toml(tmp_path / "c.toml", "[source]\ntoken = 123456789\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert "source.token" in str(info.value) and "123456789" not in str(info.value)
+
+
+def test_missing_config_file_exits_2(cli, tmp_path, monkeypatch):
+    result = cli("--config", "nowhere.toml", "sync", "--days-back", "1")
+    assert result.code == 2 and "nowhere.toml" in result.stderr and "--config" in result.stderr
+    monkeypatch.setenv("DELIVERY_SYNC_CONFIG", str(tmp_path / "gone.toml"))
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2 and "gone.toml" in result.stderr and "DELIVERY_SYNC_CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_toml_syntax_error_exits_2(cli, tmp_path):
+    _toml(tmp_path / "config.toml", "[source\nurl = \n")
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2 and "config.toml" in result.stderr and result.stderr.count("\n") == 1
