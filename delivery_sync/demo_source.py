@@ -46,6 +46,7 @@ class Faults:
     collect_seconds: float = 0.2
     collect_fails: bool = False
     wrap_lists: bool = False  # answer {"success": true, "data": [...]}
+    slow_clients: dict[int, float] = field(default_factory=dict)  # client id -> extra seconds before its stats answer
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ReceivedRequest:
     query: dict[str, str]
     authorization: str | None
     body: Any = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
 
 
 def client_name(client_id: int, seed: int) -> str:
@@ -147,6 +149,8 @@ class DemoSource:
         self.token = token
         self.faults = Faults()
         self.requests: list[ReceivedRequest] = []
+        self.in_flight = 0  # requests being answered right now
+        self.max_in_flight = 0  # the most ever answered at once
         self._lock = threading.Lock()
         self._errors = random.Random(f"{seed}:errors")
         self._window_start = 0.0
@@ -249,6 +253,15 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 body = None
             with demo._lock:
                 demo.requests.append(ReceivedRequest(method, url.path, query, self.headers.get("Authorization"), body))
+                demo.in_flight += 1
+                demo.max_in_flight = max(demo.max_in_flight, demo.in_flight)
+            try:
+                self._answer(method, url, query, body)
+            finally:
+                with demo._lock:
+                    demo.in_flight -= 1
+
+        def _answer(self, method: str, url: Any, query: dict, body: Any) -> None:
             if demo.latency:
                 time.sleep(demo.latency)
             if demo.token is not None and self.headers.get("Authorization") != f"Bearer {demo.token}":
@@ -277,6 +290,8 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 start, end = date.fromisoformat(query["start_date"]), date.fromisoformat(query["end_date"])
             except (KeyError, ValueError):
                 return self._send(400, {"success": False, "error": "start_date and end_date (YYYY-MM-DD) are required"})
+            if client_id in demo.faults.slow_clients:
+                time.sleep(demo.faults.slow_clients[client_id])
             if client_id in demo.faults.fail_clients:
                 status = demo.faults.fail_clients[client_id]
                 return self._send(status, {"success": False, "error": f"simulated failure for client {client_id}"})

@@ -199,8 +199,10 @@ class SourceClient:
         return self._decode(response, what, accept_error_body)
 
     def _send(self, method: str, path: str, params: dict | None, timeout: httpx.Timeout | None) -> httpx.Response:
-        self._rate.wait()
         with self._in_flight:
+            # Space starts only once a slot is ours: waiting for the slot after the
+            # spacing would let two waiters start together when two slots free at once.
+            self._rate.wait()
             with self._count_lock:
                 self.requests += 1
             kwargs: dict[str, Any] = {"params": params}

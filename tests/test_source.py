@@ -1,0 +1,151 @@
+"""SPEC §3 failures and limits, against the real demo server over loopback (measured server-side)."""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+import threading
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from conftest import DEMO_CLIENTS, query_db, write_config
+from delivery_sync.config import SourceSettings
+from delivery_sync.demo_source import DemoSource
+from delivery_sync.errors import AuthFailed, ClientFetchFailed, SourceUnreachable
+from delivery_sync.source import SourceClient
+
+DAY = date(2026, 1, 10)
+
+
+def _client(demo, backoff_initial: float = 0.05, **overrides) -> SourceClient:
+    values = {"url": demo.url, "min_interval": 0, "max_retries": 2, "timeout": 5, **overrides}
+    return SourceClient(SourceSettings(**values), backoff_initial=backoff_initial, backoff_max=0.2)
+
+
+def _gaps(requests) -> list[float]:
+    starts = sorted(r.at for r in requests)
+    return [b - a for a, b in zip(starts, starts[1:])]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_rows_and_client_list_over_http(demo):
+    demo.faults.wrap_lists = True  # {"success": true, "data": [...]} is unwrapped too
+    with _client(demo) as source:
+        clients = source.list_clients()
+        rows = source.client_stats(3, DAY, DAY + timedelta(days=2))
+    assert [c["id"] for c in clients] == list(range(1, DEMO_CLIENTS + 1))
+    assert [r["stat_date"] for r in rows] == ["2026-01-09T16:00:00.000Z", "2026-01-10T16:00:00.000Z", "2026-01-11T16:00:00.000Z"]
+    assert demo.stats_requests()[0].query == {"start_date": "2026-01-10", "end_date": "2026-01-12"}
+
+
+def test_429_retry_after_seconds_is_honoured(demo):
+    demo.faults.throttle_next = 1
+    demo.faults.retry_after = "1"
+    with _client(demo) as source:  # its own backoff would be ~0.05 s
+        rows = source.client_stats(1, DAY, DAY)
+        assert len(rows) == 1
+        assert source.requests == 2
+    first, second = demo.stats_requests()
+    assert second.at - first.at >= 0.95
+
+
+def test_429_retry_after_http_date_is_honoured(demo):
+    when = datetime.now(timezone.utc) + timedelta(seconds=2)
+    demo.faults.throttle_next = 1
+    demo.faults.retry_after = email.utils.format_datetime(when, usegmt=True)  # whole seconds
+    with _client(demo) as source:
+        assert len(source.client_stats(1, DAY, DAY)) == 1
+        assert source.requests == 2
+    first, second = demo.stats_requests()
+    assert second.at - first.at >= 0.95  # at least the whole seconds left until `when`
+
+
+def test_5xx_then_success_counts_every_request(demo):
+    demo.faults.flaky_clients = {4: 2}
+    with _client(demo) as source:
+        rows = source.client_stats(4, DAY, DAY)
+        assert rows[0]["client_id"] == 4
+        assert source.requests == 3
+    assert len(demo.stats_requests()) == 3
+
+
+def test_retries_stop_after_max_retries(demo):
+    demo.faults.fail_clients = {5: 503}
+    with _client(demo, max_retries=2) as source:
+        with pytest.raises(ClientFetchFailed, match=r"client 5: HTTP 503 after 3 attempts"):
+            source.client_stats(5, DAY, DAY)
+        assert source.requests == 3
+    assert len(demo.stats_requests()) == 3
+
+
+def test_backoff_is_exponential_from_half_a_second(demo):
+    demo.faults.flaky_clients = {2: 2}
+    with SourceClient(SourceSettings(url=demo.url, min_interval=0, max_retries=2, timeout=5)) as source:
+        source.client_stats(2, DAY, DAY)
+    gaps = _gaps(demo.stats_requests())
+    assert 0.45 <= gaps[0] <= 1.2  # 0.5 s + jitter
+    assert 0.95 <= gaps[1] <= 1.7  # 1 s + jitter
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_403_raise_auth_failed_at_once(demo, status):
+    demo.faults.fail_clients = {6: status}
+    with _client(demo) as source:
+        with pytest.raises(AuthFailed, match="authentication failed"):
+            source.client_stats(6, DAY, DAY)
+        assert source.requests == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
+def test_other_4xx_fail_that_request_without_retry(demo, status):
+    demo.faults.fail_clients = {7: status}
+    with _client(demo) as source:
+        with pytest.raises(ClientFetchFailed, match=f"client 7: HTTP {status}"):
+            source.client_stats(7, DAY, DAY)
+        assert source.requests == 1
+
+
+def test_unreachable_remote_is_source_unreachable():
+    settings = SourceSettings(url=f"http://127.0.0.1:{free_port()}", min_interval=0, max_retries=1, timeout=2)
+    with SourceClient(settings, backoff_initial=0.01) as source:
+        with pytest.raises(SourceUnreachable, match=r"cannot reach http://127\.0\.0\.1:\d+ \(client list\).*2 attempts"):
+            source.list_clients()
+        assert source.requests == 2
+
+
+def test_in_flight_never_exceeds_concurrency_during_sync(cli, tmp_path, db_path):
+    with DemoSource(clients=DEMO_CLIENTS, latency_ms=80) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 3})
+        result = cli("sync", "--days-back", "2")
+    assert result.code == 0, result.stderr
+    assert demo.max_in_flight == 3  # used, and never more
+    assert len(demo.stats_requests()) == DEMO_CLIENTS
+
+
+def test_request_starts_are_min_interval_apart_during_sync(cli, tmp_path, db_path, demo):
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 4, "min_interval": 0.1})
+    result = cli("sync", "--days-back", "1", "--clients", "1,2,3,4,5,6")
+    assert result.code == 0, result.stderr
+    assert len(demo.requests) == 7  # the client list and 6 stats requests
+    assert min(_gaps(demo.requests)) >= 0.09
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(6,)]
+
+
+def test_spacing_holds_when_slots_free_together(demo):
+    """More callers than slots: two slots freeing at once must not start two requests together."""
+    demo.faults.slow_clients = {1: 0.35, 2: 0.25}  # started 0.1 s apart, both end at ~0.35 s
+    with _client(demo, concurrency=2, min_interval=0.1) as source:
+        threads = [threading.Thread(target=source.client_stats, args=(cid, DAY, DAY)) for cid in (1, 2, 3, 4, 5, 6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert demo.max_in_flight <= 2
+    assert len(demo.stats_requests()) == 6
+    assert min(_gaps(demo.stats_requests())) >= 0.09
