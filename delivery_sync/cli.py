@@ -115,6 +115,50 @@ def sync(
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
 
+# --- collect and status -----------------------------------------------------------------
+
+
+@app.command()
+def collect(
+    ctx: typer.Context,
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="How long to wait for the remote's answer (default collect.timeout = 900)."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
+) -> None:
+    """Ask the remote to collect fresh data from Grab/GoJek, and wait for its answer (never sent twice)."""
+    from . import render
+    from .collect import run_collect
+    from .demo_source import serving_demo
+
+    if timeout is not None and timeout <= 0:
+        raise typer.BadParameter("--timeout must be more than 0 seconds", param_hint="--timeout")
+    settings = ctx.obj.settings(source={"url": source}, collect={"timeout": timeout})
+    with serving_demo(settings) as settings:
+        result = run_collect(settings)
+    render.summary(render.collect_summary(result))
+    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (SPEC §5 keys) instead of the view."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
+) -> None:
+    """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
+    from . import render
+    from .status import read_status
+
+    settings = ctx.obj.settings()
+    report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours)
+    if as_json:
+        render.status_json(report)
+    elif check:
+        print(render.status_check_line(report))
+    else:
+        render.show_status(report)
+    raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
+
+
 # --- demo-source ------------------------------------------------------------------------
 
 

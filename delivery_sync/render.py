@@ -56,3 +56,148 @@ def progress_bar(unit: str, quiet: bool = False) -> Iterator[Optional[Callable[[
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+# --- collect and status -------------------------------------------------------------
+
+_STATUS_STYLE = {"ok": "green", "fresh": "green", "partial": "yellow", "stale": "red", "failed": "red", "never": "yellow", "running": "cyan"}
+
+
+def collect_summary(result) -> str:
+    """`collect ok: Collection finished for 127 clients, 1 request, 2.1 s` or `collect failed: <why>, ...`."""
+    run = result.run
+    what = run["error"] if run["status"] == "failed" else (result.message or "collection finished")
+    requests = run["requests"]
+    return f"collect {run['status']}: {what}, {requests} request{'s' if requests != 1 else ''}, {result.seconds:.1f} s"
+
+
+def status_check_line(status) -> str:
+    """The one line of `status --check`: `status ok: fresh, ...` or `status not ok: <why>; run: <command>`."""
+    verdict = status.verdict
+    if verdict.ok:
+        return f"status ok: {verdict.reason}"
+    return f"status not ok: {verdict.reason}" + (f"; run: {verdict.advice}" if verdict.advice else "")
+
+
+def status_json(status) -> None:
+    """The `status --json` object on stdout."""
+    import json
+
+    print(json.dumps(status.as_json(), indent=2))
+
+
+def show_status(status) -> None:
+    """The human status view on stdout: the verdict first, then the facts behind it.
+
+    Lines are never wrapped by us (soft wrap), so logs and cron mail get one fact per line.
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+
+    def line(label: str, value: "Text | str", indent: int = 17) -> None:
+        console.print(Text(f"{label:<{indent}}", style="bold").append(value), soft_wrap=True)
+
+    verdict = status.verdict
+    head = Text("Replica can be trusted: ", style="bold")
+    head.append("yes" if verdict.ok else "NO", style="bold green" if verdict.ok else "bold red")
+    head.append(f" - {verdict.reason}")
+    console.print(head, soft_wrap=True)
+    if verdict.advice:
+        line("Run:", verdict.advice, 5)
+    if not status.exists:
+        console.print("(to try it without a remote: delivery-sync sync --source demo)", soft_wrap=True)
+        return
+    console.print()
+    line("Replica", f"{status.database} ({_size_text(status.database_bytes)})")
+    line("Clients", f"{status.clients} ({status.active_clients} active)")
+    span = f", {status.date_min} .. {status.date_max}" if status.rows else ""
+    line("Rows", f"{status.rows}{span} (today is {status.today} in {status.timezone})")
+    freshness = Text(status.freshness, style=_STATUS_STYLE[status.freshness])
+    if status.last_ok_sync_at:
+        freshness.append(f" - last ok sync finished {_when(status.last_ok_sync_at, status)}")
+    freshness.append(f"; stale after {status.stale_after_hours:g} h")
+    line("Freshness", freshness)
+    line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
+    line("Lagging clients", _id_list(status.lagging_clients, "none", f"(no day since {_lag_cutoff(status)})"))
+    missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
+    if status.missing_by_client:
+        worst = sorted(status.missing_by_client.items(), key=lambda item: (-item[1], item[0]))[:5]
+        missing.append(" (" + ", ".join(f"client {cid}: {days}" for cid, days in worst))
+        missing.append(", ...)" if len(status.missing_by_client) > 5 else ")")
+    if status.last_sync and status.last_sync["window_start"]:
+        missing.append(f" in the last sync's window {status.last_sync['window_start']}..{status.last_sync['window_end']}")
+    line("Missing days", missing)
+    console.print()
+    console.print(Text("Last runs", style="bold"))
+    for run in status.running:
+        line(f"  {run['command']}", Text("running", style="cyan").append(f"  since {_when(run['started_at'], status)}"), 13)
+    for command in ("collect", "sync", "aggregate"):
+        run = getattr(status, f"last_{command}")
+        if run is None:
+            line(f"  {command}", Text("never", style="yellow"), 13)
+            continue
+        text = Text(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
+        text.append(f"{_when(run['started_at'], status)}, took {_took(run)}")
+        details = _run_details(run)
+        line(f"  {command}", text.append(f": {details}" if details else ""), 13)
+        if run["error"]:
+            line("", Text(f"error: {run['error']}", style="red"), 21)
+
+
+def _run_details(run: dict) -> str:
+    requests = f"{run['requests']} request{'s' if run['requests'] != 1 else ''}"
+    if run["command"] != "sync":
+        return requests if run["command"] == "collect" else ""
+    rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
+    return (
+        f"{run['clients_ok']}/{run['clients_total']} clients, {rows} rows ({run['rows_inserted']} inserted, "
+        f"{run['rows_updated']} updated, {run['rows_unchanged']} unchanged), {run['rows_rejected']} rejected, "
+        f"window {run['window_start']}..{run['window_end']}, {requests}"
+    )
+
+
+def _when(stamp: str, status) -> str:
+    """`2026-01-25 01:00 UTC (6.0 h ago)`."""
+    from datetime import datetime
+
+    from .status import age_text
+
+    moment = datetime.fromisoformat(stamp)
+    hours = (datetime.fromisoformat(status.checked_at) - moment).total_seconds() / 3600
+    return f"{moment:%Y-%m-%d %H:%M} UTC ({age_text(max(hours, 0))} ago)"
+
+
+def _took(run: dict) -> str:
+    from datetime import datetime
+
+    if not run["finished_at"]:
+        return ""
+    seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _lag_cutoff(status) -> str:
+    from datetime import date, timedelta
+
+    from .status import LAG_DAYS
+
+    return (date.fromisoformat(status.today) - timedelta(days=LAG_DAYS)).isoformat()
+
+
+def _id_list(ids: list[int], empty: str, note: str = ""):
+    from rich.text import Text
+
+    if not ids:
+        return Text(empty, style="green")
+    shown = ", ".join(map(str, ids[:20])) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
+    return Text(f"{shown} {note}".rstrip(), style="yellow")
+
+
+def _size_text(size: int | None) -> str:
+    units = ("bytes", "KB", "MB", "GB")
+    value, unit = float(size or 0), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{value:.0f} bytes" if unit == 0 else f"{value:.1f} {units[unit]}"

@@ -1,0 +1,78 @@
+"""The `collect` run: ask the remote to collect fresh data from Grab/GoJek (SPEC §1, §3).
+
+`POST /api/v1/triggerCollection` may take 15 minutes. We wait `collect.timeout`
+for the answer and never send it twice: once the request is out the remote may
+be collecting, and a second trigger would start a second collection. The source
+client therefore retries only failures to connect.
+
+Success is HTTP 2xx with `success` not false; anything else (5xx,
+`{"success": false, "error": ...}`, no answer in time, unreachable) is a
+`failed` run with the reason in `sync_runs.error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from . import replica
+from .config import Settings
+from .errors import SourceError
+from .replica import RunCounts
+from .source import SourceClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectResult:
+    """The outcome of a collect: its `sync_runs` row and the remote's own message."""
+
+    run: dict
+    message: str | None
+    seconds: float
+
+    @property
+    def status(self) -> str:
+        return self.run["status"]
+
+
+def run_collect(settings: Settings) -> CollectResult:
+    """Trigger one collection on the remote and record it as a `collect` run, holding the writer lock."""
+    with replica.writer_lock(settings.database, "collect"):
+        db = replica.open_replica(settings.database)
+        try:
+            replica.mark_interrupted_runs(db)
+            # The row is `running` while we wait, so `status` shows a collection in progress.
+            run_id = replica.start_run(db, "collect")
+            began = time.monotonic()
+            message, error, requests = _trigger(settings)
+            seconds = time.monotonic() - began
+            run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
+        finally:
+            db.close()
+    if error:
+        log.error("collect: %s", error)
+    return CollectResult(run, message, seconds)
+
+
+def _trigger(settings: Settings) -> tuple[str | None, str | None, int]:
+    """Send the trigger once; returns (remote message, error or None, requests sent)."""
+    wait = settings.collect.timeout
+    began = time.monotonic()
+    with SourceClient(settings.source) as source:
+        try:
+            answer = source.trigger_collection(wait)
+        except SourceError as exc:
+            if time.monotonic() - began >= wait:
+                # A read timeout: the request was sent, so the remote may still be collecting.
+                return None, f"no answer within {wait:g} s (the remote may still be collecting; not re-triggered)", source.requests
+            return None, str(exc), source.requests
+        requests = source.requests
+    message = answer.get("message")
+    if answer.get("success") is False:
+        reason = answer.get("error") or message or "the remote reported a failure"
+        status = answer.get("http_status")
+        return message, f"HTTP {status}: {reason}" if status else str(reason), requests
+    return message, None, requests

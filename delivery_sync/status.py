@@ -1,0 +1,249 @@
+"""Status facts: what is in the replica, how fresh it is, how the last runs went (SPEC §5).
+
+Read through `readonly.py`: never creates the file, never takes the writer
+lock, works while a sync runs. Standard library only, so `status --check`
+starts fast enough for a monitor polling every minute.
+
+Dates follow the source time zone, never the machine's: "today" is the
+remote's calendar day.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from .errors import UsageError
+from .readonly import open_readonly, replica_exists
+
+# An active client whose latest day is more than this many days before today lags (SPEC §5).
+LAG_DAYS = 2
+
+
+@dataclass
+class Verdict:
+    """Whether the replica can be trusted, why, and what to run if not."""
+
+    ok: bool
+    reason: str
+    advice: str | None = None
+
+
+@dataclass
+class Status:
+    """Everything `status` shows; `as_json()` is the `--json` object."""
+
+    database: str
+    exists: bool
+    checked_at: str
+    timezone: str
+    today: str
+    stale_after_hours: float
+    database_bytes: int | None = None
+    clients: int = 0
+    active_clients: int = 0
+    rows: int = 0
+    date_min: str | None = None
+    date_max: str | None = None
+    freshness: str = "never"
+    last_ok_sync_at: str | None = None
+    age_hours: float | None = None
+    last_sync: dict | None = None
+    last_collect: dict | None = None
+    last_aggregate: dict | None = None
+    running: list[dict] = field(default_factory=list)
+    failed_clients: list[int] = field(default_factory=list)
+    lagging_clients: list[int] = field(default_factory=list)
+    missing_days: int = 0
+    missing_by_client: dict[int, int] = field(default_factory=dict)
+    verdict: Verdict | None = None
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        # JSON object keys are strings; keep ids readable as such.
+        data["missing_by_client"] = {str(k): v for k, v in self.missing_by_client.items()}
+        return data
+
+
+def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Status:
+    """Gather the status facts of the replica at `database` (which may not exist)."""
+    now = datetime.now(timezone.utc)
+    today = now.astimezone(tz).date()
+    status = Status(
+        database=os.path.abspath(database),
+        exists=replica_exists(database),
+        checked_at=now.replace(microsecond=0).isoformat(),
+        timezone=str(tz),
+        today=today.isoformat(),
+        stale_after_hours=stale_after_hours,
+    )
+    if status.exists:
+        status.database_bytes = _size(database)
+        conn = open_readonly(database)
+        try:
+            _read(conn, status, now, today)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise UsageError(f"{database} is not a delivery-sync replica ({exc})") from None
+            raise
+        finally:
+            conn.close()
+    status.verdict = judge(status)
+    return status
+
+
+def _size(database: Path) -> int:
+    """Bytes on disk, the WAL included (it holds recent writes until a checkpoint)."""
+    wal = database.with_name(database.name + "-wal")
+    return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date) -> None:
+    status.clients, status.active_clients = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(active), 0) FROM clients"
+    ).fetchone()
+    status.rows, status.date_min, status.date_max = conn.execute(
+        "SELECT COUNT(*), MIN(stat_date), MAX(stat_date) FROM client_stats"
+    ).fetchone()
+    status.last_sync = _last_run(conn, "sync")
+    status.last_collect = _last_run(conn, "collect")
+    status.last_aggregate = _last_run(conn, "aggregate")
+    status.running = [dict(r) for r in conn.execute("SELECT * FROM sync_runs WHERE status = 'running' ORDER BY id")]
+
+    last_ok = conn.execute(
+        "SELECT finished_at FROM sync_runs WHERE command = 'sync' AND status = 'ok' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if last_ok:
+        status.last_ok_sync_at = last_ok[0]
+        age = now - datetime.fromisoformat(last_ok[0])
+        status.age_hours = round(age.total_seconds() / 3600, 2)
+        # Stale only when the age exceeds the limit: exactly at the limit is still fresh.
+        status.freshness = "stale" if age > timedelta(hours=status.stale_after_hours) else "fresh"
+
+    if status.last_sync:
+        status.failed_clients = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT client_id FROM sync_failures WHERE run_id = ? AND client_id IS NOT NULL ORDER BY client_id",
+                [status.last_sync["id"]],
+            )
+        ]
+        status.missing_by_client = _missing(conn, status.last_sync, today)
+        status.missing_days = sum(status.missing_by_client.values())
+
+    # A client with no rows at all lags too: it is the worst case of lagging.
+    cutoff = (today - timedelta(days=LAG_DAYS)).isoformat()
+    status.lagging_clients = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.id FROM clients c LEFT JOIN client_stats s ON s.client_id = c.id WHERE c.active = 1 "
+            "GROUP BY c.id HAVING MAX(s.stat_date) IS NULL OR MAX(s.stat_date) < ? ORDER BY c.id",
+            [cutoff],
+        )
+    ]
+
+
+def _last_run(conn: sqlite3.Connection, command: str) -> dict | None:
+    """The latest finished run of `command` (a run in progress is listed under `running`)."""
+    row = conn.execute(
+        "SELECT * FROM sync_runs WHERE command = ? AND status != 'running' ORDER BY id DESC LIMIT 1", [command]
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def _missing(conn: sqlite3.Connection, run: dict, today: date) -> dict[int, int]:
+    """Active clients with days of the run's window that have no row: {client_id: days missing}."""
+    if not run["window_start"] or not run["window_end"]:
+        return {}
+    start = date.fromisoformat(run["window_start"])
+    # Days after today cannot have rows yet (a window given with a future --to).
+    end = min(date.fromisoformat(run["window_end"]), today)
+    days = (end - start).days + 1
+    if days <= 0:
+        return {}
+    present = conn.execute(
+        "SELECT c.id, COUNT(s.stat_date) FROM clients c LEFT JOIN client_stats s "
+        "ON s.client_id = c.id AND s.stat_date BETWEEN ? AND ? WHERE c.active = 1 GROUP BY c.id ORDER BY c.id",
+        [start.isoformat(), end.isoformat()],
+    )
+    return {client_id: days - count for client_id, count in present if count < days}
+
+
+def judge(status: Status) -> Verdict:
+    """Trusted when the last sync is `ok` and fresh; else why not, and the command that fixes it."""
+    verdict = _judge(status)
+    running = [r for r in status.running if r["command"] == "sync"]
+    if running and not verdict.ok:
+        verdict.reason += f" (a sync is running since {running[-1]['started_at']})"
+    return verdict
+
+
+def _judge(status: Status) -> Verdict:
+    if not status.exists:
+        return Verdict(False, f"no replica at {status.database} yet", "delivery-sync sync")
+    last = status.last_sync
+    if last is None:
+        return Verdict(False, "the replica has never been synced", "delivery-sync sync")
+    if last["status"] != "ok":
+        return Verdict(False, f"last sync {last['status']} at {last['finished_at']}: {_what_went_wrong(status)}", _repair(status))
+    if status.freshness != "fresh":
+        return Verdict(
+            False,
+            f"stale, last ok sync finished {age_text(status.age_hours)} ago (limit {status.stale_after_hours:g} h)",
+            "delivery-sync sync (and check that cron runs it)",
+        )
+    reason = f"fresh, last sync ok {age_text(status.age_hours)} ago, data through {status.date_max}"
+    if status.lagging_clients:
+        # Not a failure (SPEC §5 --check), but the operator should see it in the headline.
+        count = len(status.lagging_clients)
+        reason += f"; but {count} active client{'s' if count != 1 else ''} lag (see lagging clients)"
+    return Verdict(True, reason)
+
+
+def age_text(hours: float | None) -> str:
+    """A duration for people: `4 min`, `3.2 h`, `2.5 days`."""
+    if hours is None:
+        return "never"
+    if hours < 1 / 60:
+        return "<1 min"
+    if hours < 1:
+        return f"{round(hours * 60)} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
+def _what_went_wrong(status: Status) -> str:
+    last = status.last_sync
+    problems = []
+    if status.failed_clients:
+        count = len(status.failed_clients)
+        problems.append(f"{count} client{'s' if count != 1 else ''} failed ({_ids(status.failed_clients)})")
+    if last["rows_rejected"]:
+        problems.append(f"{last['rows_rejected']} rows rejected")
+    if last["error"]:
+        problems.append(last["error"])
+    return "; ".join(problems) or "no error recorded"
+
+
+def _repair(status: Status) -> str:
+    """The command that re-fetches what the last sync missed, or shows why it cannot."""
+    last = status.last_sync
+    error = last["error"] or ""
+    if "authentication failed" in error:
+        return "fix source.token, then delivery-sync sync"
+    if status.failed_clients and last["clients_ok"]:
+        ids = ",".join(map(str, status.failed_clients))
+        return f"delivery-sync sync --clients {ids} --from {last['window_start']} --to {last['window_end']}"
+    if last["rows_rejected"] and not status.failed_clients:
+        # Re-syncing fetches the same bad rows: the remote's data must be fixed first.
+        return f"delivery-sync query sql \"SELECT * FROM sync_rejects WHERE run_id = {last['id']}\""
+    return "delivery-sync sync"
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")

@@ -1,0 +1,104 @@
+"""`collect` end to end: the real demo remote over loopback, a real replica file."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from conftest import DEMO_CLIENTS, query_db, write_config
+
+from delivery_sync import replica
+
+RUN_COLUMNS = "command, status, requests, error, finished_at IS NOT NULL"
+
+
+def collect_posts(demo) -> int:
+    return sum(1 for r in demo.requests if r.method == "POST" and r.path == "/api/v1/triggerCollection")
+
+
+def test_collect_ok_records_run_and_prints_one_summary(cli, config, db_path, demo):
+    result = cli("collect")
+    assert result.code == 0, result.stderr
+    assert result.stderr.startswith(f"collect ok: Collection finished for {DEMO_CLIENTS} clients, 1 request, ")
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+    assert query_db(db_path, f"SELECT {RUN_COLUMNS} FROM sync_runs") == [("collect", "ok", 1, None, 1)]
+    assert collect_posts(demo) == 1
+
+
+def test_collect_failure_500_is_recorded_and_never_resent(cli, config, db_path, demo):
+    demo.faults.collect_fails = True  # HTTP 500 with {"success": false, "error": ...}
+    result = cli("-q", "collect")
+    assert result.code == 1
+    assert result.stderr.splitlines()[-1].startswith("collect failed: HTTP 500: Grab login failed for 3 clients, 1 request, ")
+    rows = query_db(db_path, f"SELECT {RUN_COLUMNS} FROM sync_runs")
+    assert rows == [("collect", "failed", 1, "HTTP 500: Grab login failed for 3 clients", 1)]
+    # 500 is retried for stats, but a collection may be running remotely: one POST only.
+    assert collect_posts(demo) == 1
+
+
+def test_collect_timeout_fails_without_retrigger(cli, config, db_path, demo):
+    demo.faults.collect_seconds = 3
+    began = time.monotonic()
+    result = cli("collect", "--timeout", "0.5")
+    assert time.monotonic() - began < 2.5
+    assert result.code == 1
+    assert "collect failed: no answer within 0.5 s (the remote may still be collecting; not re-triggered)" in result.stderr
+    (row,) = query_db(db_path, "SELECT status, requests, error FROM sync_runs WHERE command = 'collect'")
+    assert row[:2] == ("failed", 1) and "no answer within 0.5 s" in row[2]
+    assert collect_posts(demo) == 1
+
+
+def test_collect_timeout_comes_from_config(cli, tmp_path, demo, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path, collect={"timeout": 0.5})
+    demo.faults.collect_seconds = 3
+    assert cli("collect").code == 1
+    assert "no answer within 0.5 s" in query_db(db_path, "SELECT error FROM sync_runs")[0][0]
+
+
+def test_collect_retries_only_connection_failures(cli, tmp_path, db_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write_config(tmp_path / "config.toml", f"http://127.0.0.1:{port}", db_path, source={"max_retries": 1})
+    result = cli("collect")
+    assert result.code == 1
+    assert "collect failed: cannot reach" in result.stderr
+    assert "2 attempts" in result.stderr
+    assert query_db(db_path, "SELECT status, requests FROM sync_runs") == [("failed", 2)]
+
+
+def test_collect_exits_75_when_another_run_holds_the_lock(cli, config, db_path, demo):
+    with replica.writer_lock(db_path, "sync"):
+        result = cli("collect")
+    assert result.code == 75
+    assert "another run holds the lock" in result.stderr and "running 'sync'" in result.stderr
+    assert collect_posts(demo) == 0
+
+
+def test_collect_marks_interrupted_runs(cli, config, db_path):
+    db = replica.open_replica(db_path)
+    replica.start_run(db, "sync")  # left `running` by a process that died
+    db.close()
+    assert cli("collect").code == 0
+    assert query_db(db_path, "SELECT command, status, error FROM sync_runs ORDER BY id") == [
+        ("sync", "failed", "interrupted"),
+        ("collect", "ok", None),
+    ]
+
+
+def test_collect_rejects_a_non_positive_timeout(cli, config, db_path, demo):
+    result = cli("collect", "--timeout", "0")
+    assert result.code == 2
+    assert "--timeout" in result.stderr
+    assert collect_posts(demo) == 0 and not db_path.exists()
+
+
+def test_collect_never_prints_the_token(cli, tmp_path, db_path, demo):
+    demo.token = "s3cret-token"
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"token": "wrong-token"})
+    result = cli("-v", "collect")
+    assert result.code == 1
+    assert "authentication failed" in result.stderr
+    assert "wrong-token" not in result.stderr + result.stdout
+    assert "wrong-token" not in str(query_db(db_path, "SELECT * FROM sync_runs"))
