@@ -1,0 +1,224 @@
+"""`status`: read-only facts, freshness, --check exit codes, against real replicas filled by real syncs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta
+
+import pytest
+from conftest import DEMO_CLIENTS, query_db, write_config
+from freezegun import freeze_time
+
+from delivery_sync import replica
+from delivery_sync.errors import NoReplica
+from delivery_sync.readonly import open_readonly
+
+DAYS = 10
+SPEC_KEYS = {
+    "database", "clients", "active_clients", "rows", "date_min", "date_max", "freshness",
+    "last_sync", "last_collect", "last_aggregate", "failed_clients", "lagging_clients", "missing_days",
+}
+
+
+@pytest.fixture
+def quick_config(tmp_path, demo, db_path):
+    """No retries: a failing client fails at once, keeping partial-sync tests fast."""
+    return write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 0})
+
+
+def status_json(cli) -> dict:
+    result = cli("status", "--json")
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def synced(cli, *args: str) -> None:
+    result = cli("sync", "--days-back", str(DAYS), "--no-aggregate", *args)
+    assert result.code == 0, result.stderr
+
+
+# --- no replica -----------------------------------------------------------------------------
+
+
+def test_no_replica_reports_never_and_creates_nothing(cli, config, db_path, tmp_path):
+    data = status_json(cli)
+    assert SPEC_KEYS <= data.keys()
+    assert data["database"] == str(db_path)
+    assert data["freshness"] == "never"
+    assert (data["clients"], data["active_clients"], data["rows"], data["missing_days"]) == (0, 0, 0, 0)
+    assert data["last_sync"] is data["last_collect"] is data["last_aggregate"] is None
+    assert data["failed_clients"] == data["lagging_clients"] == []
+
+    view = cli("status")
+    assert view.code == 0
+    assert "Replica can be trusted: NO" in view.stdout and "Run: delivery-sync sync" in view.stdout
+
+    check = cli("status", "--check")
+    assert check.code == 1
+    assert check.stdout == f"status not ok: no replica at {db_path} yet; run: delivery-sync sync\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_status_and_query_never_create_the_database(cli, config, db_path, tmp_path):
+    for args in (("status",), ("status", "--json"), ("status", "--check"), ("query", "top"), ("query", "sql", "SELECT 1")):
+        result = cli(*args)
+        assert result.code in (0, 1, 2), result
+        assert not db_path.exists(), args
+    with pytest.raises(NoReplica):
+        open_readonly(db_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+# --- after syncs ------------------------------------------------------------------------------
+
+
+def test_after_a_full_sync(cli, config, db_path, demo):
+    synced(cli)
+    data = status_json(cli)
+    today = demo.today()
+    assert (data["clients"], data["active_clients"], data["rows"]) == (DEMO_CLIENTS, DEMO_CLIENTS, DEMO_CLIENTS * DAYS)
+    assert data["date_min"] == (today - timedelta(days=DAYS - 1)).isoformat()
+    assert data["date_max"] == data["today"] == today.isoformat()
+    assert data["freshness"] == "fresh"
+    sync = data["last_sync"]
+    assert (sync["command"], sync["status"], sync["clients_ok"], sync["rows_inserted"]) == ("sync", "ok", DEMO_CLIENTS, DEMO_CLIENTS * DAYS)
+    assert sync["window_end"] == today.isoformat()
+    assert data["last_collect"] is None
+    assert (data["failed_clients"], data["lagging_clients"], data["missing_days"]) == ([], [], 0)
+    assert data["verdict"]["ok"] is True
+
+    check = cli("status", "--check")
+    assert check.code == 0
+    assert check.stdout.startswith("status ok: fresh, last sync ok ")
+
+    view = cli("status")
+    assert view.code == 0
+    assert view.stdout.startswith("Replica can be trusted: yes - fresh")
+    assert "\x1b[" not in view.stdout  # not a terminal: no colour codes
+    assert f"{DEMO_CLIENTS} ({DEMO_CLIENTS} active)" in view.stdout
+
+
+def test_after_a_partial_sync(cli, quick_config, db_path, demo):
+    demo.faults.fail_clients = {3: 500}
+    assert cli("sync", "--days-back", str(DAYS), "--no-aggregate").code == 1
+    data = status_json(cli)
+    assert data["last_sync"]["status"] == "partial"
+    assert data["freshness"] == "never"  # no sync has ever been ok
+    assert data["failed_clients"] == [3]
+    assert data["lagging_clients"] == [3]  # active, and no row at all
+    assert data["missing_days"] == DAYS
+    assert data["rows"] == (DEMO_CLIENTS - 1) * DAYS
+
+    check = cli("status", "--check")
+    assert check.code == 1
+    window = f"--from {data['last_sync']['window_start']} --to {data['last_sync']['window_end']}"
+    assert "last sync partial" in check.stdout and "1 client failed (3)" in check.stdout
+    assert check.stdout.rstrip().endswith(f"run: delivery-sync sync --clients 3 {window}")
+
+    # The advice works: re-syncing the failed client repairs the replica.
+    demo.faults.fail_clients = {}
+    assert cli("sync", "--clients", "3", *window.split(), "--no-aggregate").code == 0
+    data = status_json(cli)
+    assert (data["freshness"], data["failed_clients"], data["lagging_clients"], data["missing_days"]) == ("fresh", [], [], 0)
+    assert cli("status", "--check").code == 0
+
+
+def test_partial_sync_after_an_ok_one_is_fresh_but_fails_the_check(cli, quick_config, db_path, demo):
+    synced(cli)
+    demo.faults.fail_clients = {5: 404}
+    assert cli("sync", "--days-back", str(DAYS), "--no-aggregate").code == 1
+    data = status_json(cli)
+    assert (data["freshness"], data["last_sync"]["status"], data["failed_clients"]) == ("fresh", "partial", [5])
+    assert data["lagging_clients"] == [] and data["missing_days"] == 0  # client 5's rows are still there
+    assert cli("status", "--check").code == 1
+
+
+def test_lagging_clients_and_missing_days(cli, config, db_path, demo):
+    synced(cli)
+    demo.faults.hidden_clients = {8}  # no longer listed: inactive, ignored below
+    synced(cli)
+    today = demo.today()
+
+    def drop(client_id: int, *days_ago: int) -> None:
+        days = [(today - timedelta(days=n)).isoformat() for n in days_ago]
+        conn = sqlite3.connect(db_path)
+        with conn:
+            conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, d) for d in days])
+        conn.close()
+
+    drop(5, 0, 1, 2)  # latest day is 3 days before today: lagging
+    drop(6, 0, 1)  # latest day is exactly 2 days before today: not lagging
+    drop(7, 4)  # a hole in the middle: missing, not lagging
+    drop(8, *range(DAYS))  # inactive: neither
+    data = status_json(cli)
+    assert data["active_clients"] == DEMO_CLIENTS - 1
+    assert data["lagging_clients"] == [5]
+    assert data["missing_days"] == 3 + 2 + 1
+    assert data["missing_by_client"] == {"5": 3, "6": 2, "7": 1}
+    assert data["date_max"] == today.isoformat()
+    # Lagging clients are shown, but the check follows SPEC §5: fresh and last sync ok.
+    check = cli("status", "--check")
+    assert check.code == 0 and "but 1 active client lag" in check.stdout
+
+
+def test_freshness_boundary_is_exactly_stale_after_hours(cli, tmp_path, demo, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path, status={"stale_after_hours": 26})
+    synced(cli)
+    (finished,) = query_db(db_path, "SELECT finished_at FROM sync_runs WHERE command = 'sync'")[0]
+    finished_at = datetime.fromisoformat(finished)
+
+    with freeze_time(finished_at + timedelta(hours=26)):
+        at_limit = cli("status", "--check")
+        assert status_json(cli)["freshness"] == "fresh"
+    with freeze_time(finished_at + timedelta(hours=26, seconds=1)):
+        past_limit = cli("status", "--check")
+        data = status_json(cli)
+    assert at_limit.code == 0, at_limit.stdout
+    assert past_limit.code == 1
+    assert past_limit.stdout.startswith("status not ok: stale, last ok sync finished 26.0 h ago (limit 26 h)")
+    assert data["freshness"] == "stale"
+
+
+def test_status_works_while_a_sync_holds_the_lock_and_writes(cli, config, db_path):
+    synced(cli)
+    with replica.writer_lock(db_path, "sync"):
+        writer = sqlite3.connect(db_path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-01-01T00:00:00+00:00')")
+        try:
+            data = status_json(cli)
+            check = cli("status", "--check")
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    assert data["freshness"] == "fresh" and data["rows"] == DEMO_CLIENTS * DAYS
+    assert check.code == 0
+
+
+def test_a_running_sync_is_listed_but_last_sync_is_the_last_finished(cli, config, db_path):
+    synced(cli)
+    db = replica.open_replica(db_path)
+    replica.start_run(db, "sync")
+    db.close()
+    data = status_json(cli)
+    assert data["last_sync"]["status"] == "ok"
+    assert [r["status"] for r in data["running"]] == ["running"]
+    assert "sync       running  since" in cli("status").stdout
+
+
+def test_last_collect_and_failed_runs_in_the_view(cli, config, db_path, demo):
+    synced(cli)
+    demo.faults.collect_fails = True
+    assert cli("collect").code == 1
+    data = status_json(cli)
+    assert (data["last_collect"]["status"], data["last_collect"]["error"]) == ("failed", "HTTP 500: Grab login failed for 3 clients")
+    view = cli("status").stdout
+    assert "  collect    failed" in view and "error: HTTP 500: Grab login failed for 3 clients" in view
+
+
+def test_a_file_that_is_not_a_replica_is_an_error(cli, config, db_path):
+    sqlite3.connect(db_path).execute("CREATE TABLE something(x)").connection.close()
+    result = cli("status")
+    assert result.code == 2
+    assert "not a delivery-sync replica" in result.stderr
