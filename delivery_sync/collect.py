@@ -12,7 +12,6 @@ Success is HTTP 2xx with `success` not false; anything else (5xx,
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -21,8 +20,6 @@ from .config import Settings
 from .errors import SourceError
 from .replica import RunCounts
 from .source import SourceClient
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +49,7 @@ def run_collect(settings: Settings) -> CollectResult:
             run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
         finally:
             db.close()
-    if error:
-        log.error("collect: %s", error)
+    # No separate error log: the summary line carries the reason (one line for cron mail).
     return CollectResult(run, message, seconds)
 
 

@@ -97,12 +97,14 @@ def show_status(status) -> None:
     console = Console()
 
     def line(label: str, value: "Text | str", indent: int = 17) -> None:
-        console.print(Text(f"{label:<{indent}}", style="bold").append(value), soft_wrap=True)
+        console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
 
     verdict = status.verdict
-    head = Text("Replica can be trusted: ", style="bold")
-    head.append("yes" if verdict.ok else "NO", style="bold green" if verdict.ok else "bold red")
-    head.append(f" - {verdict.reason}")
+    head = Text.assemble(
+        ("Replica can be trusted: ", "bold"),
+        ("yes", "bold green") if verdict.ok else ("NO", "bold red"),
+        f" - {verdict.reason}",
+    )
     console.print(head, soft_wrap=True)
     if verdict.advice:
         line("Run:", verdict.advice, 5)
@@ -117,10 +119,12 @@ def show_status(status) -> None:
     freshness = Text(status.freshness, style=_STATUS_STYLE[status.freshness])
     if status.last_ok_sync_at:
         freshness.append(f" - last ok sync finished {_when(status.last_ok_sync_at, status)}")
+    else:
+        freshness.append(" - no sync has ended ok yet")
     freshness.append(f"; stale after {status.stale_after_hours:g} h")
     line("Freshness", freshness)
     line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
-    line("Lagging clients", _id_list(status.lagging_clients, "none", f"(no day since {_lag_cutoff(status)})"))
+    line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
     if status.missing_by_client:
         worst = sorted(status.missing_by_client.items(), key=lambda item: (-item[1], item[0]))[:5]
@@ -162,11 +166,10 @@ def _when(stamp: str, status) -> str:
     """`2026-01-25 01:00 UTC (6.0 h ago)`."""
     from datetime import datetime
 
-    from .status import age_text
+    from .status import age_text, stamp_text
 
-    moment = datetime.fromisoformat(stamp)
-    hours = (datetime.fromisoformat(status.checked_at) - moment).total_seconds() / 3600
-    return f"{moment:%Y-%m-%d %H:%M} UTC ({age_text(max(hours, 0))} ago)"
+    hours = (datetime.fromisoformat(status.checked_at) - datetime.fromisoformat(stamp)).total_seconds() / 3600
+    return f"{stamp_text(stamp)} ({age_text(max(hours, 0))} ago)"
 
 
 def _took(run: dict) -> str:

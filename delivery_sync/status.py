@@ -178,7 +178,7 @@ def judge(status: Status) -> Verdict:
     verdict = _judge(status)
     running = [r for r in status.running if r["command"] == "sync"]
     if running and not verdict.ok:
-        verdict.reason += f" (a sync is running since {running[-1]['started_at']})"
+        verdict.reason += f" (a sync is running since {stamp_text(running[-1]['started_at'])})"
     return verdict
 
 
@@ -189,7 +189,7 @@ def _judge(status: Status) -> Verdict:
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
     if last["status"] != "ok":
-        return Verdict(False, f"last sync {last['status']} at {last['finished_at']}: {_what_went_wrong(status)}", _repair(status))
+        return Verdict(False, f"last sync {last['status']} at {stamp_text(last['finished_at'])}: {_what_went_wrong(status)}", _repair(status))
     if status.freshness != "fresh":
         return Verdict(
             False,
@@ -202,6 +202,11 @@ def _judge(status: Status) -> Verdict:
         count = len(status.lagging_clients)
         reason += f"; but {count} active client{'s' if count != 1 else ''} lag (see lagging clients)"
     return Verdict(True, reason)
+
+
+def stamp_text(stamp: str) -> str:
+    """A replica time for people: `2026-01-25 01:00 UTC`."""
+    return f"{datetime.fromisoformat(stamp):%Y-%m-%d %H:%M} UTC"
 
 
 def age_text(hours: float | None) -> str:

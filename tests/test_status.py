@@ -222,3 +222,14 @@ def test_a_file_that_is_not_a_replica_is_an_error(cli, config, db_path):
     result = cli("status")
     assert result.code == 2
     assert "not a delivery-sync replica" in result.stderr
+
+
+def test_status_module_imports_only_the_standard_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, delivery_sync.status; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'tenacity', 'sqlite_utils', 'rich', 'pydantic'}))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
