@@ -54,10 +54,10 @@ def _globals(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs, and tracebacks on errors."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
 ) -> None:
+    _setup_logging(verbose, quiet)  # first: main() logs the traceback of the error below with -v
     if verbose and quiet:
         raise UsageError("-v and -q cannot be used together")
     ctx.obj = Globals(config, db, verbose, quiet)
-    _setup_logging(verbose, quiet)
 
 
 def _parse_date(value: Optional[str], flag: str) -> Optional[date]:

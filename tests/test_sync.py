@@ -363,7 +363,7 @@ def test_sigkill_mid_run_leaves_each_client_as_before_or_fully_updated(tmp_path,
     updated = sum(1 for n in per_client.values() if n == days)
     assert 2 <= updated < DEMO_CLIENTS  # really killed mid-way
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * days,)]
-    assert query_db(db_path, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == [("running",)]
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1") == [("running",)]
     # The next run takes the (released) lock, marks the dead run, and repairs the rest.
     with DemoSource(clients=DEMO_CLIENTS) as demo2:
         demo2.faults.overrides = demo.faults.overrides
@@ -372,4 +372,4 @@ def test_sigkill_mid_run_leaves_each_client_as_before_or_fully_updated(tmp_path,
     assert result.code == 0, result.stderr
     assert f"({DEMO_CLIENTS * days - updated * days} updated" in result.stderr.replace("0 inserted, ", "")
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE grab_fake_orders = 4242") == [(DEMO_CLIENTS * days,)]
-    assert query_db(db_path, "SELECT status, error FROM sync_runs ORDER BY id")[-2] == ("failed", "interrupted")
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id")[-2] == ("failed", "interrupted")

@@ -1,0 +1,250 @@
+"""`delivery-sync sync` as an operator meets it: errors, exit codes, the lock, the token, output (SPEC §1, §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_CLIENTS, query_db, write_config
+from delivery_sync import replica
+from delivery_sync.demo_source import DemoSource
+
+TOKEN = "tok-3f9a-very-secret-77"
+SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data(db_path: Path) -> list:
+    return query_db(db_path, "SELECT * FROM client_stats ORDER BY client_id, stat_date") + query_db(
+        db_path, "SELECT id, name, active, first_seen_at, last_seen_at, last_synced_at FROM clients ORDER BY id"
+    )
+
+
+@pytest.fixture
+def synced(cli, config, db_path):
+    """A replica holding 2 days of every client."""
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 0, result.stderr
+    return db_path
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in stderr
+    return lines[0]
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["sync", "--bogus"], "--bogus"),
+        (["sync", "--from", "2026-13-01"], "--from: '2026-13-01' is not a date"),
+        (["sync", "--from", "yesterday"], "--from: 'yesterday' is not a date"),
+        (["sync", "--from", "2026-01-01", "--to", "01/02/2026"], "--to: '01/02/2026' is not a date"),
+        (["sync", "--from", "2026-03-02", "--to", "2026-03-01"], "--from 2026-03-02 is after --to 2026-03-01"),
+        (["sync", "--days-back", "0"], "--days-back must be at least 1"),
+        (["sync", "--days-back", "-5"], "--days-back must be at least 1"),
+        (["sync", "--days-back", "many"], "--days-back"),
+        (["sync", "--days-back", "3", "--from", "2026-01-01"], "either --days-back or --from/--to"),
+        (["sync", "--clients", "1,x"], "--clients"),
+        (["-q", "--clients", "sync"], "--clients"),  # a sync option before the command
+        (["nosuchcommand"], "nosuchcommand"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_change(cli, synced, demo, args, expected):
+    before = digest(synced)
+    requests = len(demo.requests)
+    result = cli(*args)
+    assert result.code == 2
+    assert expected in one_error_line(result.stderr)
+    assert result.stdout == ""
+    assert digest(synced) == before
+    assert len(demo.requests) == requests  # the remote was not asked anything
+
+
+def test_bad_input_with_no_replica_creates_nothing(cli, config, tmp_path):
+    assert cli("sync", "--from", "2026-02-30").code == 2
+    assert cli("sync", "--days-back", "0").code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_invalid_config_exits_2_and_changes_nothing(cli, synced, tmp_path, demo):
+    before = digest(synced)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text() + "max_retries_typo = 3\n")
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 2 and "max_retries_typo: unknown key" in one_error_line(result.stderr)
+    write_config(config, demo.url, synced, source={"concurrency": "lots"})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 2 and "source.concurrency" in one_error_line(result.stderr)
+    assert digest(synced) == before
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_remote_exits_1_saying_cannot_reach(cli, synced, tmp_path):
+    before = data(synced)
+    url = f"http://127.0.0.1:{free_port()}"
+    write_config(tmp_path / "config.toml", url, synced, source={"max_retries": 1})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1
+    assert f"cannot reach {url}" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("sync failed: 0/0 clients")
+    assert data(synced) == before  # no row, no client touched
+    status, error = query_db(synced, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1")[0]
+    assert status == "failed" and error.startswith(f"cannot reach {url}")
+
+
+# --- the lock ----------------------------------------------------------------------------------------------
+
+
+def test_a_second_writer_exits_75_naming_the_holder(cli, synced, demo):
+    before = digest(synced)
+    requests = len(demo.requests)
+    with replica.writer_lock(synced, "sync"):
+        result = cli("sync", "--days-back", "2")
+    assert result.code == 75
+    line = one_error_line(result.stderr)
+    assert f"pid {os.getpid()} running 'sync' since 20" in line and str(synced) in line
+    assert len(demo.requests) == requests and digest(synced) == before
+    # Released: the next run goes through.
+    assert cli("sync", "--days-back", "2").code == 0
+
+
+def test_lock_held_by_another_process(cli, synced, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from delivery_sync import replica\n"
+         f"with replica.writer_lock(Path({str(synced)!r}), 'collect'):\n    print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("sync", "--days-back", "1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 75
+    assert f"pid {holder.pid} running 'collect'" in one_error_line(result.stderr)
+
+
+# --- the token ---------------------------------------------------------------------------------------------
+
+
+def test_token_is_sent_but_never_printed_even_with_verbose(cli, tmp_path, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__TOKEN", TOKEN)
+    with DemoSource(clients=3, token=TOKEN) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path)
+        demo.faults.flaky_clients = {2: 1}  # a retry is logged with -v
+        demo.faults.extra_rows = {3: [{"stat_date": "N/A"}]}  # and a warning
+        result = cli("-v", "sync", "--days-back", "2")
+    assert result.code == 1, result.stderr  # partial: the reject
+    assert "sync partial: 3/3 clients" in result.stderr
+    assert {r.authorization for r in demo.requests} == {f"Bearer {TOKEN}"}
+    assert TOKEN not in result.stdout + result.stderr
+    assert TOKEN[:8] not in result.stderr
+
+
+def test_wrong_token_fails_at_once_with_authentication_failed(cli, tmp_path, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__TOKEN", "wrong-" + TOKEN)
+    with DemoSource(clients=DEMO_CLIENTS, token=TOKEN) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path)
+        result = cli("-v", "sync", "--days-back", "2")
+    assert result.code == 1
+    assert "authentication failed" in result.stderr
+    assert len(demo.requests) == 1  # no retry, no stats request
+    assert TOKEN not in result.stdout + result.stderr
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("failed",)]
+
+
+def test_token_refused_mid_run_stops_at_once(cli, config, db_path, demo):
+    demo.faults.fail_clients = {1: 401}
+    write_config(config, demo.url, db_path, source={"concurrency": 1})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1
+    assert "authentication failed" in result.stderr
+    assert len(demo.stats_requests()) <= 2  # client 1, and at most one already started
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("failed",)]
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+def test_quiet_prints_only_the_summary(cli, config, demo):
+    demo.faults.extra_rows = {2: [{"stat_date": "0000-00-00"}]}
+    loud = cli("sync", "--days-back", "1")
+    assert "warning: client 2: rejected row 0000-00-00" in loud.stderr
+    quiet = cli("-q", "sync", "--days-back", "1")
+    assert quiet.code == 1 and quiet.stdout == ""
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sync partial: 12/12 clients, 12 rows (0 inserted, 0 updated, 12 unchanged), 1 rejected")
+
+
+def test_verbose_and_quiet_together_is_a_usage_error(cli, config, tmp_path):
+    result = cli("-v", "-q", "sync", "--days-back", "1")
+    assert result.code == 2 and "error: -v and -q cannot be used together" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_verbose_shows_a_traceback_on_error(cli, config):
+    result = cli("-v", "sync", "--days-back", "1", "--clients", "99")
+    assert result.code == 2
+    assert "Traceback" in result.stderr and "error: unknown client id 99" in result.stderr
+
+
+def test_console_script_in_a_subprocess_without_a_terminal(tmp_path, demo, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    bad = subprocess.run([SCRIPT, "sync", "--from", "2026-02-30"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "error: --from: '2026-02-30' is not a date (expected YYYY-MM-DD)"
+    unknown = subprocess.run([SCRIPT, "sync", "--clients", "500"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr and len(unknown.stderr.splitlines()) == 1
+    ok = subprocess.run([SCRIPT, "sync", "--days-back", "2"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == ""
+    # stderr is a pipe: no progress bar, only the summary line(s): sync's last.
+    lines = ok.stderr.splitlines()
+    assert lines[-1].startswith("sync ok: 12/12 clients, 24 rows (24 inserted")
+    assert all(line.startswith(("sync ok:", "aggregate ok:")) for line in lines) and len(lines) <= 2
+    assert "\x1b" not in ok.stderr and "\r" not in ok.stderr
+
+
+def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env.update(TERM="xterm", COLUMNS="100")
+    parent, child = pty.openpty()
+    try:
+        proc = subprocess.run([SCRIPT, "sync", "--days-back", "1"], cwd=tmp_path, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(parent)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "/12" in shown and "clients" in shown and "sync ok: 12/12 clients" in shown
