@@ -108,11 +108,14 @@ def sync(
         raise UsageError("use either --days-back or --from/--to, not both")
     settings = g.settings(source={"url": source})
     window = resolve_window(_today(settings), days_back if days_back is not None else settings.sync.days_back, start, end)
-    options = SyncOptions(window, ids, incremental, prune)
+    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
     with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
+    rollup = result.aggregate
+    if rollup:  # its own line before the summary; a failed rebuild fails the command
+        (log.info if rollup.status == "ok" else log.error)("%s", render.aggregate_summary(rollup))
     render.summary(render.sync_summary(result))
-    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+    raise typer.Exit(0 if result.status == "ok" and (rollup is None or rollup.status == "ok") else EXIT_FAILED)
 
 
 # --- collect and status -----------------------------------------------------------------
@@ -157,6 +160,106 @@ def status(
     else:
         render.show_status(report)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
+
+
+# --- aggregate and query ----------------------------------------------------------------
+
+
+@app.command()
+def aggregate(
+    ctx: typer.Context,
+    as_of: Optional[str] = typer.Option(None, "--as-of", metavar="DATE", help="Last day of the rolling periods (default today in source.timezone)."),
+) -> None:
+    """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats."""
+    from . import render
+    from .aggregate import run_aggregate
+
+    settings = ctx.obj.settings()
+    result = run_aggregate(settings.database, _parse_date(as_of, "--as-of") or _today(settings))
+    render.summary(render.aggregate_summary(result))
+    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+
+
+query_app = typer.Typer(help="Read-only reports from the replica (never asks the remote).", no_args_is_help=True)
+app.add_typer(query_app, name="query")
+
+_DAYS = typer.Option(None, "--days", metavar="N", help="The N calendar days ending today (default 30).")
+_FROM = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
+_TO = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today).")
+_FORMAT = typer.Option("table", "--format", metavar="table|csv|json", help="Output format (csv/json carry exact numbers).")
+
+
+def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
+    """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
+    from . import readonly, render, reports
+
+    if fmt not in ("table", "csv", "json"):
+        raise UsageError(f"--format: {fmt!r} is not one of table, csv, json")
+    settings = ctx.obj.settings()
+    window = None
+    if windowed:
+        start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
+        window = reports.resolve_window(_today(settings), days, start, end)
+    conn = readonly.open_readonly(settings.database)
+    try:
+        with readonly.snapshot(conn):
+            result = build(conn, window)
+    finally:
+        conn.close()
+    render.report(result, fmt)
+
+
+@query_app.command("top")
+def query_top(
+    ctx: typer.Context,
+    by: str = typer.Option("total_sales", "--by", metavar="METRIC", help="Metric to rank by (a client_stats metric)."),
+    limit: int = typer.Option(10, "--limit", metavar="N", help="How many clients."),
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+) -> None:
+    """Clients ranked by the sum of METRIC, with their names, sums and ratios."""
+    from .reports import top
+
+    _report(ctx, fmt, lambda conn, window: top(conn, window, by, limit), days, from_, to)
+
+
+@query_app.command("client")
+def query_client(
+    ctx: typer.Context,
+    client_id: int = typer.Argument(..., metavar="ID", help="Client id."),
+    daily: bool = typer.Option(False, "--daily", help="One row per day instead of the window's totals."),
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+) -> None:
+    """One client's totals and ratios over the window, or its daily rows."""
+    from .reports import client
+
+    _report(ctx, fmt, lambda conn, window: client(conn, window, client_id, daily), days, from_, to)
+
+
+@query_app.command("totals")
+def query_totals(
+    ctx: typer.Context,
+    by: Optional[str] = typer.Option(None, "--by", metavar="day|week|month", help="One row per day, week (from Monday) or month."),
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+) -> None:
+    """All clients together, per platform: one row, or one per day, week or month."""
+    from .reports import totals
+
+    _report(ctx, fmt, lambda conn, window: totals(conn, window, by), days, from_, to)
+
+
+@query_app.command("sql")
+def query_sql(
+    ctx: typer.Context,
+    statement: str = typer.Argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
+    max_seconds: float = typer.Option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds (exit 1)."),
+    fmt: str = _FORMAT,
+) -> None:
+    """Run one read-only SQL statement against the replica."""
+    from .reports import sql
+
+    if max_seconds <= 0:
+        raise UsageError(f"--max-seconds must be more than 0 (got {max_seconds:g})")
+    _report(ctx, fmt, lambda conn, _: sql(conn, statement, max_seconds), windowed=False)
 
 
 # --- demo-source ------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Imports only the standard library, to keep reports fast to start.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 from .errors import NoReplica, ReadOnlyViolation
@@ -22,14 +24,24 @@ READ_ONLY_PRAGMAS = frozenset({
     "page_count", "page_size", "freelist_count", "journal_mode", "encoding", "data_version",
     "foreign_keys", "integrity_check", "quick_check",
 })
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+# Of those, the ones whose argument names what to read (`table_info(client_stats)`), never a new value.
+PRAGMAS_WITH_ARGUMENT = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list", "integrity_check", "quick_check",
+})
+# SQLITE_TRANSACTION lets a report BEGIN a read transaction: several statements, one snapshot.
+_ALLOWED_ACTIONS = {
+    sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
+    sqlite3.SQLITE_TRANSACTION,
+}
 
 
 def _authorizer(action: int, arg1, arg2, db_name, trigger) -> int:
     if action in _ALLOWED_ACTIONS:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in READ_ONLY_PRAGMAS and arg2 is None:
-        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in READ_ONLY_PRAGMAS:
+        if arg2 is None or arg1.lower() in PRAGMAS_WITH_ARGUMENT:
+            return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
 
@@ -51,6 +63,16 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.set_authorizer(_authorizer)
     return conn
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction: every statement inside sees the same committed state, even mid-sync."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.rollback()
 
 
 def denied(exc: sqlite3.DatabaseError) -> bool:

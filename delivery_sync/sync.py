@@ -11,10 +11,11 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Callable, Iterable
 
 from . import replica
+from .aggregate import AggregateResult, aggregate_locked
 from .config import Settings
 from .errors import AuthFailed, SourceError, UsageError
 from .records import ParsedRows, parse_clients, parse_rows
@@ -63,6 +64,7 @@ class SyncOptions:
     client_ids: list[int] | None = None
     incremental: bool = False
     prune: bool = False
+    aggregate: bool = True  # rebuild the rollups afterwards (`--no-aggregate` turns it off)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class SyncResult:
     failures: list[tuple[int | None, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    aggregate: AggregateResult | None = None  # the rollup rebuild that ended the run, if any
 
     @property
     def status(self) -> str:
@@ -86,7 +89,14 @@ class _Stop(Exception):
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
     with replica.writer_lock(settings.database, "sync"):
-        return _sync(settings, options, progress)
+        result = _sync(settings, options, progress)
+        # After a partial sync too, and after a failed one that still wrote rows: rollups of what
+        # is stored are right either way. A failed sync that wrote nothing changed nothing to roll up.
+        run = result.run
+        changed = (run["rows_inserted"] or 0) + (run["rows_updated"] or 0) + (run["rows_deleted"] or 0)
+        if options.aggregate and (run["status"] != "failed" or changed):
+            result.aggregate = aggregate_locked(settings.database, datetime.now(settings.source.tz).date())
+        return result
 
 
 def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:

@@ -1,0 +1,339 @@
+"""The `query` reports: named SQL over a read-only connection (SPEC §1, §4, §5).
+
+Each report returns a `Report`: its rows as dicts keyed by the SPEC §4 names,
+in the column order of `columns`. A window that is a stored rollup period
+(`last_Nd` ending at the rollup's as-of date, or a whole calendar month) is read
+from the rollup tables when they are current; otherwise the raw rows are summed
+with the very SQL that built the rollups, so both paths give identical rows.
+
+Imports only the standard library and our light modules: `query` must start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from .aggregate import CLIENT_COLUMNS, CLIENT_SUMS, OVERALL_COLUMNS, OVERALL_SUMS, RATIOS, ROLLING_PERIODS, SUMS, with_ratios
+from .errors import QueryTimeout, ReadOnlyViolation, UsageError
+from .readonly import check_denied
+from .records import METRICS
+
+log = logging.getLogger(__name__)
+
+WINDOW_COLUMNS = ["period_start", "period_end"]
+CLIENT_REPORT_COLUMNS = ["client_id", "name", *WINDOW_COLUMNS, "days_with_data", *METRICS, *RATIOS]
+TOTALS_COLUMNS = [*WINDOW_COLUMNS, *OVERALL_COLUMNS, *RATIOS]
+PERIOD_TOTALS_COLUMNS = ["period", *TOTALS_COLUMNS]
+DAILY_COLUMNS = ["client_id", "name", "stat_date", *METRICS, *RATIOS]
+GROUPINGS = ("day", "week", "month")
+
+
+@dataclass(frozen=True)
+class Window:
+    """An inclusive range of calendar days."""
+
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def params(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+    def __str__(self) -> str:
+        return f"{self.start}..{self.end}"
+
+
+def resolve_window(today: date, days: int | None, start: date | None, end: date | None) -> Window:
+    """`--days N` (default 30) ending today, or `--from/--to` (`--to` defaults to today)."""
+    if days is not None and (start is not None or end is not None):
+        raise UsageError("use either --days or --from/--to, not both")
+    if start is None and end is not None:
+        raise UsageError("--to needs --from (or use --days)")
+    if start is not None:
+        end = end or today
+        if start > end:
+            raise UsageError(f"--from {start} is after --to {end}")
+        return Window(start, end)
+    days = 30 if days is None else days
+    if days < 1:
+        raise UsageError(f"--days must be at least 1 (got {days})")
+    return Window(today - timedelta(days=days - 1), today)
+
+
+@dataclass
+class Report:
+    """Rows of one report. `table_columns` is what a terminal table shows; csv/json carry `columns`."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict]
+    table_columns: list[str] = field(default_factory=list)
+    single: bool = False  # one row, best shown as a "field | value" list
+
+
+# --- the reports ------------------------------------------------------------------
+
+
+def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit: int = 10) -> Report:
+    """Clients ranked by the sum of `by` over the window (NULL sums last, ties by client id)."""
+    if by not in METRICS:
+        raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join(METRICS)}")
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    order = f"ORDER BY {by} IS NULL, {by} DESC, client_id LIMIT :limit"
+    rows = _client_rows(conn, window, order, {"limit": limit})
+    shown = ["client_id", "name", *([by] if by not in _TOP_SHOWN else []), *_TOP_SHOWN]
+    title = f"Top {limit} clients by {by}, {window}"
+    return Report(title, CLIENT_REPORT_COLUMNS, rows, shown)
+
+
+_TOP_SHOWN = ["total_sales", "total_orders", "avg_order_value", "grab_sales", "gojek_sales", "ads_roas",
+              "ads_spend_share", "fake_order_rate", "new_customer_share", "days_with_data"]
+
+
+def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool = False) -> Report:
+    """One client's sums and ratios over the window (always one row), or its daily rows with their ratios."""
+    known = conn.execute(
+        "SELECT (SELECT name FROM clients WHERE id = :id), "
+        "EXISTS (SELECT 1 FROM clients WHERE id = :id) OR EXISTS (SELECT 1 FROM client_stats WHERE client_id = :id)",
+        {"id": client_id},
+    ).fetchone()
+    if not known[1]:
+        raise UsageError(f"unknown client id {client_id}: not in the replica", hint="see 'delivery-sync query top'")
+    name = known[0]
+    if daily:
+        sql = with_ratios(
+            "SELECT * FROM client_stats WHERE client_id = :id AND stat_date BETWEEN :start AND :end",
+            ["client_id", ":name AS name", "stat_date", *METRICS],
+        ) + " ORDER BY stat_date"
+        rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name})
+        shown = ["stat_date", "total_sales", "total_orders", "grab_sales", "grab_orders", "gojek_sales",
+                 "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
+        return Report(f"Client {client_id} {name or ''}, daily, {window}", DAILY_COLUMNS, rows, shown)
+    rows = _client_rows(conn, window, "", {}, client_id) or [_empty(CLIENT_REPORT_COLUMNS, window, client_id=client_id, name=name)]
+    return Report(f"Client {client_id} {name or ''}, {window}", CLIENT_REPORT_COLUMNS, rows, CLIENT_REPORT_COLUMNS, single=True)
+
+
+def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> Report:
+    """All clients together over the window (one row), or per day, Monday-started week or month."""
+    if by is None:
+        plan = _plan(conn, window)
+        if plan.period:
+            sql = f"SELECT {', '.join(TOTALS_COLUMNS)} FROM overall_aggregates WHERE period = :period"
+        else:
+            sums = _OVERALL_PARTS if plan.months else OVERALL_SUMS
+            sql = with_ratios(sums, [":start AS period_start", ":end AS period_end", *OVERALL_COLUMNS])
+        rows = _fetch(conn, sql, plan.params())
+        rows = rows or [_empty(TOTALS_COLUMNS, window)]
+        return Report(f"Totals, all clients, {window}", TOTALS_COLUMNS, rows, TOTALS_COLUMNS, single=True)
+    if by not in GROUPINGS:
+        raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month")
+    plan = _plan(conn, window, rolling=False) if by == "month" else _Plan(window)
+    columns = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
+    if plan.months:  # whole months from their rollup rows, the partial ones at the edges from raw rows
+        sql = (
+            f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM overall_aggregates WHERE period BETWEEN :first_month AND :last_month"
+            f" UNION ALL {with_ratios(_period_sums(by, _EDGE_ROWS), columns)} ORDER BY period"
+        )
+    else:
+        sql = with_ratios(_period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), columns) + " ORDER BY period"
+    rows = _fetch(conn, sql, plan.params())
+    shown = ["period", "period_start", "period_end", "clients_with_data", "total_sales", "total_orders",
+             "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
+    return Report(f"Totals per {by}, all clients, {window}", PERIOD_TOTALS_COLUMNS, rows, shown)
+
+
+_STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)
+_READING_STATEMENTS = {"SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES"}
+
+
+def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
+    """Run one read-only statement; interrupted with `QueryTimeout` after `max_seconds`.
+
+    Only SELECT, WITH, EXPLAIN, VALUES and read-only PRAGMAs: the keyword check
+    stops `VACUUM INTO` (which SQLite allows on a read-only database and which
+    writes a new file); the authorizer and `mode=ro` stop every other write.
+    """
+    match = _STATEMENT_START.match(statement)
+    keyword = match.group(1).upper() if match else ""
+    if keyword not in _READING_STATEMENTS:
+        raise ReadOnlyViolation(
+            f"refused: {keyword or 'empty statement'} - query sql runs only SELECT, WITH, EXPLAIN and read-only PRAGMAs"
+        )
+    deadline = time.monotonic() + max_seconds
+    # Called every 10k VM steps: returning True makes SQLite interrupt the query.
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+    try:
+        cursor = conn.execute(statement)
+        rows = cursor.fetchall()
+    except sqlite3.ProgrammingError as exc:
+        if "one statement" in str(exc):  # stacked statements: refused before any of them ran
+            raise ReadOnlyViolation("refused: query sql takes exactly one statement") from None
+        raise UsageError(f"SQL error: {exc}") from None
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise QueryTimeout(f"query interrupted after {max_seconds:g} s", hint="raise --max-seconds or narrow the query") from None
+        check_denied(exc)
+        raise UsageError(f"SQL error: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        check_denied(exc)
+        raise UsageError(f"SQL error: {exc}") from None
+    finally:
+        conn.set_progress_handler(None, 0)
+    columns = [d[0] for d in cursor.description or []]
+    return Report("", columns, [dict(zip(columns, row)) for row in rows], columns)
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _client_rows(conn: sqlite3.Connection, window: Window, order: str, params: dict, client_id: int | None = None) -> list[dict]:
+    """Per-client sums and ratios with names over the window, read the fastest way `_plan` allows."""
+    plan = _plan(conn, window)
+    if plan.period:
+        source = "(SELECT * FROM client_aggregates WHERE period = :period)"
+        bounds = "a.period_start, a.period_end"
+    else:
+        sums = _CLIENT_PARTS if plan.months else CLIENT_SUMS
+        source = f"({with_ratios(sums, CLIENT_COLUMNS)})"
+        bounds = ":start AS period_start, :end AS period_end"
+    columns = ", ".join(["a.client_id", "c.name", bounds, *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])
+    where = "" if client_id is None else "WHERE a.client_id = :id"
+    sql = f"SELECT {columns} FROM {source} a LEFT JOIN clients c ON c.id = a.client_id {where} {order}"
+    return _fetch(conn, sql, {**params, **plan.params(), "id": client_id})
+
+
+_METRIC_LIST = ", ".join(METRICS)
+# Sums of whole months from the rollups plus the raw rows of the partial months at the
+# window's edges. Amounts re-enter the sum as exact cents, so this equals summing raw rows.
+_EDGE_ROWS = (
+    "FROM client_stats WHERE stat_date BETWEEN :head_start AND :head_end OR stat_date BETWEEN :tail_start AND :tail_end"
+)
+_CLIENT_PARTS = f"""
+SELECT client_id, SUM(days) AS days_with_data,
+       {SUMS}
+FROM (SELECT client_id, days_with_data AS days, {_METRIC_LIST}
+      FROM client_aggregates WHERE period BETWEEN :first_month AND :last_month
+      UNION ALL
+      SELECT client_id, 1, {_METRIC_LIST} {_EDGE_ROWS})
+GROUP BY client_id"""
+_OVERALL_PARTS = f"""
+SELECT COUNT(DISTINCT client_id) AS clients_with_data,
+       (SELECT COALESCE(SUM(days_with_data), 0) FROM overall_aggregates WHERE period BETWEEN :first_month AND :last_month)
+         + COUNT(DISTINCT stat_date) AS days_with_data,
+       {SUMS}
+FROM (SELECT client_id, NULL AS stat_date, {_METRIC_LIST}
+      FROM client_aggregates WHERE period BETWEEN :first_month AND :last_month
+      UNION ALL
+      SELECT client_id, stat_date, {_METRIC_LIST} {_EDGE_ROWS})
+HAVING COUNT(*) > 0"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to read a window: one stored period, or whole stored months plus raw edges, or raw rows only."""
+
+    window: Window
+    period: str | None = None
+    months: tuple[date, date] | None = None  # first day of the first, last day of the last whole stored month
+
+    def params(self) -> dict[str, str]:
+        start, end = self.window.start, self.window.end
+        if self.months is None:  # the head is the whole window, the tail is empty
+            first, last = end + timedelta(days=1), end
+        else:
+            first, last = self.months
+        return {
+            **self.window.params(),
+            "period": self.period,
+            "first_month": first.strftime("%Y-%m"),
+            "last_month": last.strftime("%Y-%m"),
+            "head_start": start.isoformat(),
+            "head_end": (first - timedelta(days=1)).isoformat(),
+            "tail_start": (last + timedelta(days=1)).isoformat(),
+            "tail_end": end.isoformat(),
+        }
+
+
+def _plan(conn: sqlite3.Connection, window: Window, rolling: bool = True) -> _Plan:
+    """Read a rolling period ending at the rollups' as-of date from its row, whole months from theirs, the rest raw."""
+    as_of = _rollups_as_of(conn)
+    if as_of is None:
+        return _Plan(window)
+    names = {days: name for name, days in ROLLING_PERIODS.items()}
+    if rolling and window.end == as_of and window.days in names:
+        log.debug("reading stored rollup %s", names[window.days])
+        return _Plan(window, period=names[window.days])
+    first = window.start if window.start.day == 1 else _next_month(window.start)
+    last = window.end if _next_month(window.end) - timedelta(days=1) == window.end else window.end.replace(day=1) - timedelta(days=1)
+    if first > last:
+        return _Plan(window)
+    log.debug("reading stored months %s..%s", first.strftime("%Y-%m"), last.strftime("%Y-%m"))
+    return _Plan(window, months=(first, last))
+
+
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
+    """The as-of date of the rollups if they are current, else None (read raw rows).
+
+    Current means: the latest `aggregate` run is `ok` (its row commits with its
+    tables), and no `sync` since may have changed `client_stats` (one running,
+    interrupted, or that wrote or deleted rows).
+    """
+    latest = conn.execute(
+        "SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if latest is None or latest["status"] != "ok":
+        return None
+    changed = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND command = 'sync' AND (status = 'running' "
+        "OR COALESCE(error, '') LIKE '%interrupted%' "
+        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
+        [latest["id"]],
+    ).fetchone()[0]
+    return None if changed else date.fromisoformat(latest["window_end"])
+
+
+def _period_sums(by: str, rows: str) -> str:
+    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
+    key = {
+        "day": "stat_date",
+        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
+        "week": "date(stat_date, '-' || ((CAST(strftime('%w', stat_date) AS INTEGER) + 6) % 7) || ' days')",
+        "month": "substr(stat_date, 1, 7)",
+    }[by]
+    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
+    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
+    return f"""
+SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
+       clients_with_data, days_with_data, {', '.join(METRICS)}
+FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
+             COUNT(DISTINCT stat_date) AS days_with_data,
+             {SUMS}
+      {rows}
+      GROUP BY period)"""
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: dict) -> list[dict]:
+    return [dict(row) for row in conn.execute(sql, params)]
+
+
+def _empty(columns: list[str], window: Window, **known) -> dict:
+    """The one row of a single-row report over a window with no data: counts 0, sums and ratios NULL."""
+    row = dict.fromkeys(columns)
+    row.update(period_start=window.start.isoformat(), period_end=window.end.isoformat(), **known)
+    for count in ("days_with_data", "clients_with_data"):
+        if count in row:
+            row[count] = 0
+    return row
