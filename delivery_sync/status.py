@@ -18,7 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from .errors import UsageError
-from .readonly import open_readonly, replica_exists
+from .readonly import open_readonly, replica_exists, snapshot
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
 LAG_DAYS = 2
@@ -85,7 +85,9 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Statu
         status.database_bytes = _size(database)
         conn = open_readonly(database)
         try:
-            _read(conn, status, now, today)
+            # One read transaction: counts and runs agree even while a sync commits.
+            with snapshot(conn):
+                _read(conn, status, now, today)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 raise UsageError(f"{database} is not a delivery-sync replica ({exc})") from None
