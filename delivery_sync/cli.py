@@ -144,7 +144,7 @@ def collect(
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (SPEC §5 keys) instead of the view."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of the view."),
     check: bool = typer.Option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
 ) -> None:
     """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
