@@ -133,7 +133,7 @@ def collect(
     from .demo_source import serving_demo
 
     if timeout is not None and timeout <= 0:
-        raise typer.BadParameter("--timeout must be more than 0 seconds", param_hint="--timeout")
+        raise UsageError(f"--timeout must be more than 0 seconds (got {timeout:g})")
     settings = ctx.obj.settings(source={"url": source}, collect={"timeout": timeout})
     with serving_demo(settings) as settings:
         result = run_collect(settings)
