@@ -102,3 +102,35 @@ def test_collect_never_prints_the_token(cli, tmp_path, db_path, demo):
     assert "authentication failed" in result.stderr
     assert "wrong-token" not in result.stderr + result.stdout
     assert "wrong-token" not in str(query_db(db_path, "SELECT * FROM sync_runs"))
+
+
+def test_collect_answered_200_with_success_false_fails(cli, tmp_path, db_path):
+    """Some Express handlers report failure in the body only: HTTP 200 + {"success": false}."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(self.path)
+            body = json.dumps({"success": False, "error": "collector busy"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        write_config(tmp_path / "config.toml", f"http://127.0.0.1:{server.server_address[1]}", db_path)
+        result = cli("collect")
+        server.shutdown()
+    assert result.code == 1
+    assert result.stderr.startswith("collect failed: collector busy, 1 request, ")
+    assert query_db(db_path, "SELECT status, error FROM sync_runs") == [("failed", "collector busy")]
+    assert posts == ["/api/v1/triggerCollection"]
