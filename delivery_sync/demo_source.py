@@ -165,7 +165,10 @@ class DemoSource:
         return f"http://{host}:{port}"
 
     def start(self) -> "DemoSource":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-source", daemon=True)
+        # A short poll interval: stop() waits up to one interval, paid by every test that starts a server.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="demo-source", daemon=True
+        )
         self._thread.start()
         return self
 
