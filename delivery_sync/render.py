@@ -124,6 +124,8 @@ def show_status(status) -> None:
     freshness.append(f"; stale after {status.stale_after_hours:g} h")
     line("Freshness", freshness)
     line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
+    for error in list(status.failures.values())[:5]:
+        line("", Text(error, style="red"))
     line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
     if status.missing_by_client:

@@ -57,6 +57,7 @@ class Status:
     last_aggregate: dict | None = None
     running: list[dict] = field(default_factory=list)
     failed_clients: list[int] = field(default_factory=list)
+    failures: dict[int, str] = field(default_factory=dict)
     lagging_clients: list[int] = field(default_factory=list)
     missing_days: int = 0
     missing_by_client: dict[int, int] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class Status:
         data = asdict(self)
         # JSON object keys are strings; keep ids readable as such.
         data["missing_by_client"] = {str(k): v for k, v in self.missing_by_client.items()}
+        data["failures"] = {str(k): v for k, v in self.failures.items()}
         return data
 
 
@@ -127,13 +129,13 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date) 
         status.freshness = "stale" if age > timedelta(hours=status.stale_after_hours) else "fresh"
 
     if status.last_sync:
-        status.failed_clients = [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT client_id FROM sync_failures WHERE run_id = ? AND client_id IS NOT NULL ORDER BY client_id",
+        status.failures = dict(
+            conn.execute(
+                "SELECT client_id, error FROM sync_failures WHERE run_id = ? AND client_id IS NOT NULL ORDER BY client_id, rowid",
                 [status.last_sync["id"]],
-            )
-        ]
+            ).fetchall()
+        )
+        status.failed_clients = list(status.failures)
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
 

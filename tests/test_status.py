@@ -106,6 +106,8 @@ def test_after_a_partial_sync(cli, quick_config, db_path, demo):
     assert data["last_sync"]["status"] == "partial"
     assert data["freshness"] == "never"  # no sync has ever been ok
     assert data["failed_clients"] == [3]
+    assert data["failures"] == {"3": "client 3: HTTP 500 after 1 attempt"}
+    assert "client 3: HTTP 500 after 1 attempt" in cli("status").stdout
     assert data["lagging_clients"] == [3]  # active, and no row at all
     assert data["missing_days"] == DAYS
     assert data["rows"] == (DEMO_CLIENTS - 1) * DAYS
