@@ -1,0 +1,151 @@
+"""The rollup tables: every row checked against sums computed here from the raw rows."""
+
+from __future__ import annotations
+
+import calendar
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from conftest import query_db, write_config
+from delivery_sync import replica as replica_module
+from delivery_sync.aggregate import run_aggregate
+from delivery_sync.errors import LockHeld
+from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
+
+ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory) -> Path:
+    return build_replica(tmp_path_factory.mktemp("aggregate") / "replica.db")
+
+
+def table(path: Path, name: str) -> list[dict]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(f"SELECT * FROM {name}")]
+    finally:
+        conn.close()
+
+
+def expected_periods(as_of: date, rows: list[dict]) -> dict[str, tuple[date, date]]:
+    periods = {name: (as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING.items()}
+    for month in sorted({r["stat_date"][:7] for r in rows}):
+        first = date.fromisoformat(f"{month}-01")
+        periods[month] = (first, first.replace(day=calendar.monthrange(first.year, first.month)[1]))
+    return periods
+
+
+def test_every_client_rollup_row_matches_the_raw_rows(replica):
+    rows = load_rows(replica)
+    periods = expected_periods(TODAY, rows)
+    assert set(periods) == {*ROLLING, "2026-01", "2026-02", "2026-03"}
+    stored = {(r["client_id"], r["period"]): r for r in table(replica, "client_aggregates")}
+    expected_keys = set()
+    for period, (start, end) in periods.items():
+        for cid, want in expected_clients(rows, start, end).items():
+            expected_keys.add((cid, period))
+            row = stored[(cid, period)]
+            assert (row["period_start"], row["period_end"]) == (start.isoformat(), end.isoformat())
+            assert_matches(row, want)
+    assert set(stored) == expected_keys  # a period with no rows has no row
+    assert stored[(2, "2026-02")]["period_end"] == "2026-02-28"
+    assert stored[(2, "2026-01")]["days_with_data"] == 12  # 20..31 January
+
+
+def test_every_overall_rollup_row_matches_the_raw_rows(replica):
+    rows = load_rows(replica)
+    stored = {r["period"]: r for r in table(replica, "overall_aggregates")}
+    assert set(stored) == set(expected_periods(TODAY, rows))
+    for period, (start, end) in expected_periods(TODAY, rows).items():
+        assert_matches(stored[period], expected_overall(rows, start, end))
+        assert stored[period]["computed_at"].endswith("+00:00")
+
+
+def test_zero_denominators_and_one_platform_clients_are_null(replica):
+    stored = {(r["client_id"], r["period"]): r for r in table(replica, "client_aggregates")}
+    idle = stored[(4, "last_7d")]  # sold nothing for 7 days
+    assert idle["total_orders"] == 0
+    assert [idle[r] for r in ("avg_order_value", "fake_order_rate", "new_customer_share", "ads_spend_share", "ads_roas")] == [None] * 5
+    grab_only = stored[(3, "last_30d")]
+    assert grab_only["gojek_sales"] is None and grab_only["gojek_orders"] is None and grab_only["grab_ads_roas"] is None
+
+
+def test_sync_records_its_own_aggregate_run_after_the_sync(replica):
+    runs = query_db(replica, "SELECT command, status, window_start, window_end, rows_fetched, rows_inserted FROM sync_runs ORDER BY id")
+    assert [r[:2] for r in runs] == [("sync", "ok"), ("aggregate", "ok")]
+    rollup_rows = query_db(replica, "SELECT (SELECT COUNT(*) FROM client_aggregates) + (SELECT COUNT(*) FROM overall_aggregates)")[0][0]
+    assert runs[1][2:] == ((TODAY - timedelta(days=364)).isoformat(), TODAY.isoformat(), len(load_rows(replica)), rollup_rows)
+
+
+def test_aggregate_command_with_as_of_rebuilds_the_rolling_periods(cli, replica, tmp_path):
+    path = tmp_path / "copy.db"
+    path.write_bytes(replica.read_bytes())
+    result = cli("--db", str(path), "aggregate", "--as-of", "2026-02-15")
+    assert result.code == 0, result.stderr
+    assert result.stderr.startswith("aggregate ok: 8 clients, ") and "as of 2026-02-15" in result.stderr
+    rows = load_rows(path)
+    stored = {r["period"]: r for r in table(path, "overall_aggregates")}
+    assert (stored["last_7d"]["period_start"], stored["last_7d"]["period_end"]) == ("2026-02-09", "2026-02-15")
+    assert_matches(stored["last_30d"], expected_overall(rows, date(2026, 1, 17), date(2026, 2, 15)))
+    assert query_db(path, "SELECT command, status, window_end FROM sync_runs ORDER BY id DESC LIMIT 1") == [("aggregate", "ok", "2026-02-15")]
+
+
+def test_aggregate_default_as_of_is_today_in_the_source_timezone(cli, replica, tmp_path):
+    path = tmp_path / "copy.db"
+    path.write_bytes(replica.read_bytes())
+    with freeze_time(NOW):  # still 9 March in Honolulu and UTC-anything: Bali says 10 March
+        result = cli("--db", str(path), "aggregate")
+    assert result.code == 0, result.stderr
+    assert query_db(path, "SELECT period_end FROM overall_aggregates WHERE period = 'last_7d'") == [(TODAY.isoformat(),)]
+
+
+def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    assert cli("sync", "--days-back", "3", "--clients", "1,2", "--no-aggregate").code == 0
+    assert query_db(db_path, "SELECT command FROM sync_runs") == [("sync",)]
+    assert "client_aggregates" not in {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master")}
+    result = cli("sync", "--days-back", "3", "--clients", "1,2")
+    assert result.code == 0 and "aggregate ok: 2 clients, 6 rows" in result.stderr
+    assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [("sync", "ok"), ("sync", "ok"), ("aggregate", "ok")]
+
+
+def test_aggregate_without_a_replica_exits_2_and_creates_nothing(cli, tmp_path):
+    result = cli("--db", str(tmp_path / "none.db"), "aggregate")
+    assert result.code == 2 and "no replica" in result.stderr and "sync" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_aggregate_exits_75_while_another_run_holds_the_lock(cli, replica, tmp_path):
+    path = tmp_path / "copy.db"
+    path.write_bytes(replica.read_bytes())
+    with replica_module.writer_lock(path, "sync"):
+        result = cli("--db", str(path), "aggregate")
+    assert result.code == 75 and "running 'sync'" in result.stderr
+    with pytest.raises(LockHeld), replica_module.writer_lock(path, "sync"):
+        run_aggregate(path, TODAY)
+
+
+def test_aggregate_marks_interrupted_runs(cli, replica, tmp_path):
+    path = tmp_path / "copy.db"
+    path.write_bytes(replica.read_bytes())
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T01:00:00+00:00')")
+    assert cli("--db", str(path), "aggregate", "--as-of", TODAY.isoformat()).code == 0
+    assert query_db(path, "SELECT status, error FROM sync_runs WHERE started_at = '2026-03-10T01:00:00+00:00'") == [("failed", "interrupted")]
+
+
+def test_rebuild_replaces_rollups_of_rows_that_changed(replica, tmp_path):
+    path = tmp_path / "copy.db"
+    path.write_bytes(replica.read_bytes())
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM client_stats WHERE stat_date < '2026-02-01'")
+    run_aggregate(path, TODAY)
+    periods = {r[0] for r in query_db(path, "SELECT period FROM overall_aggregates")}
+    assert "2026-01" not in periods and {"2026-02", "2026-03"} <= periods
+    assert query_db(path, "SELECT COUNT(*) FROM client_aggregates WHERE period = '2026-01'") == [(0,)]
