@@ -1,0 +1,156 @@
+"""How fast `query` answers on a realistic replica (127 clients x 365 days).
+
+Builds the replica from the in-process demo source, then prints:
+- each report's in-process query time (median) against its target: < 10 ms for
+  the stored periods (--days 7/30/90/365), < 50 ms for any other window;
+- the whole-process time of `delivery-sync query top --format json` as a ratio
+  to a minimal Typer hello-world measured in the same run (target <= 1.5x);
+- which heavy modules the json report path imports (should be none).
+
+Run: python benchmarks/bench_query.py [--runs 15] [--keep PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from delivery_sync import readonly, reports
+from delivery_sync.config import Settings
+from delivery_sync.demo_source import DEMO_TZ, DemoSource
+from delivery_sync.sync import SyncOptions, Window, run_sync
+
+HELLO = '''
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def hello(name: str = "world") -> None:
+    print(f"hello {name}")
+
+
+app()
+'''
+HEAVY = ("httpx", "tenacity", "sqlite_utils", "rich", "delivery_sync.sync", "delivery_sync.source")
+
+
+def build(path: Path) -> float:
+    """Sync 127 clients x 365 days from an in-process demo source (no request spacing); seconds taken."""
+    began = time.monotonic()
+    today = datetime.now(DEMO_TZ).date()
+    with DemoSource(clients=127) as demo:
+        settings = Settings(database=path, source={"url": demo.url, "min_interval": 0, "concurrency": 8})
+        result = run_sync(settings, SyncOptions(Window(today - timedelta(days=364), today)))
+    if result.status != "ok":
+        sys.exit(f"sync {result.status}: {result.run['error']}")
+    return time.monotonic() - began
+
+
+def median_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
+def in_process(path: Path, runs: int) -> list[tuple[str, float, float]]:
+    """(label, median ms, target ms) for each report and window."""
+    today = datetime.now(DEMO_TZ).date()
+    conn = readonly.open_readonly(path)
+    windows = [(f"--days {n}", reports.Window(today - timedelta(days=n - 1), today), 10) for n in (7, 30, 90, 365)]
+    first_of_month = today.replace(day=1)
+    windows += [
+        ("--days 45", reports.Window(today - timedelta(days=44), today), 50),
+        ("--days 200", reports.Window(today - timedelta(days=199), today), 50),
+        ("--days 365 --to yesterday", reports.Window(today - timedelta(days=365), today - timedelta(days=1)), 50),
+        ("last whole month", reports.Window((first_of_month - timedelta(days=1)).replace(day=1), first_of_month - timedelta(days=1)), 50),
+    ]
+    builds = {
+        "top": lambda w: reports.top(conn, w),
+        "top --by gojek_orders --limit 50": lambda w: reports.top(conn, w, "gojek_orders", 50),
+        "client 42": lambda w: reports.client(conn, w, 42),
+        "client 42 --daily": lambda w: reports.client(conn, w, 42, daily=True),
+        "totals": lambda w: reports.totals(conn, w),
+        "totals --by month": lambda w: reports.totals(conn, w, "month"),
+        "totals --by week": lambda w: reports.totals(conn, w, "week"),
+        "totals --by day": lambda w: reports.totals(conn, w, "day"),
+    }
+    results = []
+    for name, report in builds.items():
+        for label, window, target in windows:
+            def once(report=report, window=window):
+                with readonly.snapshot(conn):
+                    report(window)
+            once()  # warm the page cache
+            results.append((f"{name} {label}", median_ms(once, runs), target))
+    conn.close()
+    return results
+
+
+def process_ratio(path: Path, runs: int) -> tuple[float, float]:
+    """Median wall time (ms) of the json report process and of a Typer hello-world, interleaved."""
+    script = Path(sys.executable).with_name("delivery-sync")
+    command = [str(script), "--db", str(path), "query", "top", "--format", "json"]
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as hello:
+        hello.write(HELLO)
+    baseline = [sys.executable, hello.name]
+    report_times, hello_times = [], []
+    for _ in range(runs):
+        for cmd, times in ((command, report_times), (baseline, hello_times)):
+            began = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times.append((time.perf_counter() - began) * 1000)
+    Path(hello.name).unlink()
+    return statistics.median(report_times), statistics.median(hello_times)
+
+
+def heavy_imports(path: Path) -> list[str]:
+    probe = (
+        "import sys\nfrom delivery_sync.cli import main\n"
+        f"try:\n    main(['--db', {str(path)!r}, 'query', 'top', '--format', 'json'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return eval(done.stderr.strip().splitlines()[-1])  # our own probe's repr of a list of names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--keep", type=Path, help="build (or reuse) the replica here instead of a temporary folder")
+    args = parser.parse_args()
+    folder = tempfile.TemporaryDirectory()
+    path = args.keep or Path(folder.name) / "bench.db"
+    if not path.exists():
+        print(f"building 127 clients x 365 days into {path} ...", flush=True)
+        print(f"  synced and aggregated in {build(path):.1f} s", flush=True)
+    print(f"\nin-process query time, median of {args.runs} (date {date.today()} here, {datetime.now(DEMO_TZ).date()} in Bali)")
+    failures = 0
+    for label, ms, target in in_process(path, args.runs):
+        ok = ms < target
+        failures += not ok
+        print(f"  {'ok  ' if ok else 'SLOW'} {ms:8.2f} ms  (< {target} ms)  {label}")
+    report_ms, hello_ms = process_ratio(path, args.runs)
+    ratio = report_ms / hello_ms
+    print(f"\nwhole process, median of {args.runs}:")
+    print(f"  delivery-sync query top --format json  {report_ms:7.1f} ms")
+    print(f"  typer hello-world                      {hello_ms:7.1f} ms")
+    print(f"  ratio {ratio:.2f}x (target <= 1.5x) {'ok' if ratio <= 1.5 else 'SLOW'}")
+    heavy = heavy_imports(path)
+    print(f"\nheavy modules imported by the json report path: {', '.join(heavy) or 'none'}")
+    print(f"\n{failures} report timings over target")
+    folder.cleanup()
+
+
+if __name__ == "__main__":
+    main()
