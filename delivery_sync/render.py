@@ -259,17 +259,19 @@ def _report_table(rep) -> None:
     # Piped output is not wrapped at 80 columns: an operator pastes or greps it.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
     columns = rep.table_columns or rep.columns
+    if rep.title:  # its own line: a table-wide title would wrap over a narrow table
+        console.print(rep.title, style="bold", soft_wrap=True)
     if rep.single and rep.rows:
-        table = Table(title=rep.title or None, title_justify="left", show_header=False)
+        table = Table(show_header=False)
         table.add_column(style="bold")
         table.add_column(justify="right")
         for column in columns:
             table.add_row(_label(column), _cell(column, rep.rows[0][column]))
     else:
-        table = Table(title=rep.title or None, title_justify="left")
-        numeric = {c for c in columns if any(isinstance(row[c], (int, float)) for row in rep.rows)}
+        table = Table()
+        text = {c for c in columns if any(isinstance(row[c], (str, bytes)) for row in rep.rows)}
         for column in columns:
-            table.add_column(_label(column), justify="right" if column in numeric else "left", no_wrap=column != "name")
+            table.add_column(_label(column), justify="left" if column in text else "right", no_wrap=column != "name")
         for row in rep.rows:
             table.add_row(*(_cell(column, row[column]) for column in columns))
         if not rep.rows:
