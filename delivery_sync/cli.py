@@ -112,8 +112,8 @@ def sync(
     with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
     rollup = result.aggregate
-    if rollup:  # its own line before the summary; a failed rebuild fails the command
-        (log.info if rollup.status == "ok" else log.error)("%s", render.aggregate_summary(rollup))
+    if rollup:  # cron mail gets one summary line per run: the rollup's own line only with -v, or when it failed
+        (log.debug if rollup.status == "ok" else log.error)("%s", render.aggregate_summary(rollup))
     render.summary(render.sync_summary(result))
     raise typer.Exit(0 if result.status == "ok" and (rollup is None or rollup.status == "ok") else EXIT_FAILED)
 

@@ -111,8 +111,10 @@ def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path
     assert query_db(db_path, "SELECT command FROM sync_runs") == [("sync",)]
     assert "client_aggregates" not in {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master")}
     result = cli("sync", "--days-back", "3", "--clients", "1,2")
-    assert result.code == 0 and "aggregate ok: 2 clients, 6 rows" in result.stderr
-    assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [("sync", "ok"), ("sync", "ok"), ("aggregate", "ok")]
+    assert result.code == 0 and result.stderr.count("\n") == 1 and result.stderr.startswith("sync ok: 2/2 clients")
+    verbose = cli("-v", "sync", "--days-back", "3", "--clients", "1,2")
+    assert verbose.code == 0 and "aggregate ok: 2 clients, 6 rows" in verbose.stderr
+    assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [("sync", "ok"), ("sync", "ok"), ("aggregate", "ok"), ("sync", "ok"), ("aggregate", "ok")]
 
 
 def test_aggregate_without_a_replica_exits_2_and_creates_nothing(cli, tmp_path):
