@@ -1,4 +1,5 @@
-"""Rollups: `client_aggregates` and `overall_aggregates` (SPEC §4), rebuilt in one transaction.
+"""Rollups: `client_aggregates` and `overall_aggregates` (SPEC §4), plus `overall_daily` and
+`overall_weekly`, rebuilt in one transaction.
 
 One row per (client, period) and per period for all clients, where a period is
 `last_7d`, `last_30d`, `last_90d`, `last_365d` (ending at the as-of date) or a
@@ -90,6 +91,31 @@ def with_ratios(sums_sql: str, columns: list[str]) -> str:
     return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql})"
 
 
+def period_sums(by: str, rows: str) -> str:
+    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
+    key = {
+        "day": "stat_date",
+        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
+        "week": "date(stat_date, '-' || ((CAST(strftime('%w', stat_date) AS INTEGER) + 6) % 7) || ' days')",
+        "month": "substr(stat_date, 1, 7)",
+    }[by]
+    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
+    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
+    return f"""
+SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
+       clients_with_data, days_with_data, {', '.join(METRICS)}
+FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
+             COUNT(DISTINCT stat_date) AS days_with_data,
+             {SUMS}
+      {rows}
+      GROUP BY period)"""
+
+
+# Calendar periods finer than a month, stored beside the SPEC's rollups so `query totals --by
+# day|week` reads a few hundred rows instead of summing every client-day: one row per day and
+# per Monday-started week with data, same columns as overall_aggregates.
+FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
+
 CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
 OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]
 
@@ -104,6 +130,13 @@ INSERT_CLIENT = (
     f"SELECT {_PERIOD}, client_id, {', '.join(CLIENT_COLUMNS[1:])}, {', '.join(RATIOS)}, :computed_at "
     f"FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)})"
 )
+PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
+INSERT_FINE = {
+    by: f"INSERT INTO {table}({_columns('clients_with_data')}) "
+    f"SELECT {', '.join(PERIOD_COLUMNS)}, {', '.join(RATIOS)}, :computed_at "
+    f"FROM ({with_ratios(period_sums(by, 'FROM client_stats'), PERIOD_COLUMNS)})"
+    for by, table in FINE_TABLES.items()
+}
 INSERT_OVERALL = (
     f"INSERT INTO overall_aggregates({_columns('clients_with_data')}) "
     f"SELECT {_PERIOD}, {', '.join(OVERALL_COLUMNS)}, {', '.join(RATIOS)}, :computed_at "
@@ -129,9 +162,8 @@ def _create_tables(db: "sqlite_utils.Database") -> None:
         {"client_id": int, **head, "days_with_data": int, **tail}, pk=("client_id", "period"), replace=True
     )
     db["client_aggregates"].create_index(["period"])
-    db["overall_aggregates"].create(
-        {**head, "clients_with_data": int, "days_with_data": int, **tail}, pk="period", replace=True
-    )
+    for table in ("overall_aggregates", *FINE_TABLES.values()):
+        db[table].create({**head, "clients_with_data": int, "days_with_data": int, **tail}, pk="period", replace=True)
 
 
 @dataclass
@@ -181,6 +213,8 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
                     params = {"period": period, "start": start.isoformat(), "end": end.isoformat(), "computed_at": computed_at}
                     db.execute(INSERT_CLIENT, params)
                     db.execute(INSERT_OVERALL, params)
+                for insert in INSERT_FINE.values():  # every day and week, unclipped
+                    db.execute(insert, {"start": "0000-01-01", "end": "9999-12-31", "computed_at": computed_at})
                 counts = _counts(db)
                 run = replica.finish_run(db, run_id, "ok", counts)
         except Exception as exc:  # recorded, then reported by the caller as a failed run
@@ -197,5 +231,6 @@ def _counts(db: "sqlite_utils.Database"):
     from .replica import RunCounts
 
     clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats").fetchone()
-    written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("client_aggregates", "overall_aggregates"))
+    tables = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values())
+    written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
     return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=rows, rows_inserted=written)

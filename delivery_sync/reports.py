@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from .aggregate import CLIENT_COLUMNS, CLIENT_SUMS, OVERALL_COLUMNS, OVERALL_SUMS, RATIOS, ROLLING_PERIODS, SUMS, with_ratios
+from .aggregate import (
+    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS,
+    SUMS, period_sums, with_ratios,
+)
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
 from .records import METRICS
@@ -129,22 +132,22 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
         if plan.period:
             sql = f"SELECT {', '.join(TOTALS_COLUMNS)} FROM overall_aggregates WHERE period = :period"
         else:
-            sums = _OVERALL_PARTS if plan.months else OVERALL_SUMS
+            sums = _OVERALL_PARTS if plan.whole else OVERALL_SUMS
             sql = with_ratios(sums, [":start AS period_start", ":end AS period_end", *OVERALL_COLUMNS])
         rows = _fetch(conn, sql, plan.params())
         rows = rows or [_empty(TOTALS_COLUMNS, window)]
         return Report(f"Totals, all clients, {window}", TOTALS_COLUMNS, rows, TOTALS_COLUMNS, single=True)
     if by not in GROUPINGS:
         raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month")
-    plan = _plan(conn, window, rolling=False) if by == "month" else _Plan(window)
-    columns = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
-    if plan.months:  # whole months from their rollup rows, the partial ones at the edges from raw rows
+    plan = _plan(conn, window, rolling=False, by=by)
+    if plan.whole:  # whole periods from their rollup rows, the partial ones at the edges from raw rows
+        table = FINE_TABLES.get(by, "overall_aggregates")
         sql = (
-            f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM overall_aggregates WHERE period BETWEEN :first_month AND :last_month"
-            f" UNION ALL {with_ratios(_period_sums(by, _EDGE_ROWS), columns)} ORDER BY period"
+            f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM {table} WHERE period BETWEEN :first_period AND :last_period"
+            f" UNION ALL {with_ratios(period_sums(by, _EDGE_ROWS), PERIOD_COLUMNS)} ORDER BY period"
         )
     else:
-        sql = with_ratios(_period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), columns) + " ORDER BY period"
+        sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS) + " ORDER BY period"
     rows = _fetch(conn, sql, plan.params())
     shown = ["period", "period_start", "period_end", "clients_with_data", "total_sales", "total_orders",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
@@ -202,7 +205,7 @@ def _client_rows(conn: sqlite3.Connection, window: Window, order: str, params: d
         source = "(SELECT * FROM client_aggregates WHERE period = :period)"
         bounds = "a.period_start, a.period_end"
     else:
-        sums = _CLIENT_PARTS if plan.months else CLIENT_SUMS
+        sums = _CLIENT_PARTS if plan.whole else CLIENT_SUMS
         source = f"({with_ratios(sums, CLIENT_COLUMNS)})"
         bounds = ":start AS period_start, :end AS period_end"
     columns = ", ".join(["a.client_id", "c.name", bounds, *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])
@@ -212,7 +215,7 @@ def _client_rows(conn: sqlite3.Connection, window: Window, order: str, params: d
 
 
 _METRIC_LIST = ", ".join(METRICS)
-# Sums of whole months from the rollups plus the raw rows of the partial months at the
+# Sums of whole periods from the rollups plus the raw rows of the partial periods at the
 # window's edges. Amounts re-enter the sum as exact cents, so this equals summing raw rows.
 _EDGE_ROWS = (
     "FROM client_stats WHERE stat_date BETWEEN :head_start AND :head_end OR stat_date BETWEEN :tail_start AND :tail_end"
@@ -221,17 +224,17 @@ _CLIENT_PARTS = f"""
 SELECT client_id, SUM(days) AS days_with_data,
        {SUMS}
 FROM (SELECT client_id, days_with_data AS days, {_METRIC_LIST}
-      FROM client_aggregates WHERE period BETWEEN :first_month AND :last_month
+      FROM client_aggregates WHERE period BETWEEN :first_period AND :last_period
       UNION ALL
       SELECT client_id, 1, {_METRIC_LIST} {_EDGE_ROWS})
 GROUP BY client_id"""
 _OVERALL_PARTS = f"""
 SELECT COUNT(DISTINCT client_id) AS clients_with_data,
-       (SELECT COALESCE(SUM(days_with_data), 0) FROM overall_aggregates WHERE period BETWEEN :first_month AND :last_month)
+       (SELECT COALESCE(SUM(days_with_data), 0) FROM overall_aggregates WHERE period BETWEEN :first_period AND :last_period)
          + COUNT(DISTINCT stat_date) AS days_with_data,
        {SUMS}
 FROM (SELECT client_id, NULL AS stat_date, {_METRIC_LIST}
-      FROM client_aggregates WHERE period BETWEEN :first_month AND :last_month
+      FROM client_aggregates WHERE period BETWEEN :first_period AND :last_period
       UNION ALL
       SELECT client_id, stat_date, {_METRIC_LIST} {_EDGE_ROWS})
 HAVING COUNT(*) > 0"""
@@ -239,23 +242,25 @@ HAVING COUNT(*) > 0"""
 
 @dataclass(frozen=True)
 class _Plan:
-    """How to read a window: one stored period, or whole stored months plus raw edges, or raw rows only."""
+    """How to read a window: one stored period, or whole stored periods (months, weeks or days)
+    plus raw rows at the edges, or raw rows only."""
 
     window: Window
     period: str | None = None
-    months: tuple[date, date] | None = None  # first day of the first, last day of the last whole stored month
+    whole: tuple[date, date] | None = None  # first and last day of the span of whole stored periods
+    by: str = "month"
 
     def params(self) -> dict[str, str]:
         start, end = self.window.start, self.window.end
-        if self.months is None:  # the head is the whole window, the tail is empty
+        if self.whole is None:  # the head is the whole window, the tail is empty
             first, last = end + timedelta(days=1), end
         else:
-            first, last = self.months
+            first, last = self.whole
         return {
             **self.window.params(),
             "period": self.period,
-            "first_month": first.strftime("%Y-%m"),
-            "last_month": last.strftime("%Y-%m"),
+            "first_period": _period_key(first, self.by),
+            "last_period": _period_key(last, self.by),
             "head_start": start.isoformat(),
             "head_end": (first - timedelta(days=1)).isoformat(),
             "tail_start": (last + timedelta(days=1)).isoformat(),
@@ -263,21 +268,42 @@ class _Plan:
         }
 
 
-def _plan(conn: sqlite3.Connection, window: Window, rolling: bool = True) -> _Plan:
-    """Read a rolling period ending at the rollups' as-of date from its row, whole months from theirs, the rest raw."""
+def _period_key(day: date, by: str) -> str:
+    """The `period` of the stored row holding `day`: YYYY-MM for months, the Monday for weeks."""
+    if by == "month":
+        return day.strftime("%Y-%m")
+    if by == "week":
+        return (day - timedelta(days=day.weekday())).isoformat()
+    return day.isoformat()
+
+
+def _whole_span(window: Window, by: str) -> tuple[date, date]:
+    """First and last day of the whole periods inside the window (first > last when there is none)."""
+    if by == "day":
+        return window.start, window.end
+    if by == "week":
+        first = window.start + timedelta(days=-window.start.weekday() % 7)
+        last = window.end - timedelta(days=(window.end.weekday() + 1) % 7)
+        return first, last
+    first = window.start if window.start.day == 1 else _next_month(window.start)
+    last = window.end if _next_month(window.end) - timedelta(days=1) == window.end else window.end.replace(day=1) - timedelta(days=1)
+    return first, last
+
+
+def _plan(conn: sqlite3.Connection, window: Window, rolling: bool = True, by: str = "month") -> _Plan:
+    """Read a rolling period ending at the rollups' as-of date from its row, whole periods from theirs, the rest raw."""
     as_of = _rollups_as_of(conn)
     if as_of is None:
-        return _Plan(window)
+        return _Plan(window, by=by)
     names = {days: name for name, days in ROLLING_PERIODS.items()}
     if rolling and window.end == as_of and window.days in names:
         log.debug("reading stored rollup %s", names[window.days])
         return _Plan(window, period=names[window.days])
-    first = window.start if window.start.day == 1 else _next_month(window.start)
-    last = window.end if _next_month(window.end) - timedelta(days=1) == window.end else window.end.replace(day=1) - timedelta(days=1)
+    first, last = _whole_span(window, by)
     if first > last:
-        return _Plan(window)
-    log.debug("reading stored months %s..%s", first.strftime("%Y-%m"), last.strftime("%Y-%m"))
-    return _Plan(window, months=(first, last))
+        return _Plan(window, by=by)
+    log.debug("reading stored %ss %s..%s", by, _period_key(first, by), _period_key(last, by))
+    return _Plan(window, whole=(first, last), by=by)
 
 
 def _next_month(day: date) -> date:
@@ -303,26 +329,6 @@ def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
         [latest["id"]],
     ).fetchone()[0]
     return None if changed else date.fromisoformat(latest["window_end"])
-
-
-def _period_sums(by: str, rows: str) -> str:
-    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
-    key = {
-        "day": "stat_date",
-        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
-        "week": "date(stat_date, '-' || ((CAST(strftime('%w', stat_date) AS INTEGER) + 6) % 7) || ' days')",
-        "month": "substr(stat_date, 1, 7)",
-    }[by]
-    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
-    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
-    return f"""
-SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
-       clients_with_data, days_with_data, {', '.join(METRICS)}
-FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
-             COUNT(DISTINCT stat_date) AS days_with_data,
-             {SUMS}
-      {rows}
-      GROUP BY period)"""
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: dict) -> list[dict]:

@@ -67,6 +67,25 @@ def test_every_overall_rollup_row_matches_the_raw_rows(replica):
         assert stored[period]["computed_at"].endswith("+00:00")
 
 
+@pytest.mark.parametrize("table_name, first_day, length", [
+    ("overall_daily", lambda day: day, 1),
+    ("overall_weekly", lambda day: day - timedelta(days=day.weekday()), 7),  # weeks start on Monday
+])
+def test_every_daily_and_weekly_row_matches_the_raw_rows(replica, table_name, first_day, length):
+    rows = load_rows(replica)
+    groups: dict[date, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(first_day(date.fromisoformat(r["stat_date"])), []).append(r)
+    stored = {r["period"]: r for r in table(replica, table_name)}
+    assert set(stored) == {start.isoformat() for start in groups}  # a period with no rows has no row
+    for start, members in groups.items():
+        row = stored[start.isoformat()]
+        # Like a month row, a stored period spans its whole calendar period.
+        assert (row["period_start"], row["period_end"]) == (start.isoformat(), (start + timedelta(days=length - 1)).isoformat())
+        # clients_with_data, days_with_data and every sum, against the group's raw rows
+        assert_matches(row, expected_overall(members, date.min, date.max))
+
+
 def test_zero_denominators_and_one_platform_clients_are_null(replica):
     stored = {(r["client_id"], r["period"]): r for r in table(replica, "client_aggregates")}
     idle = stored[(4, "last_7d")]  # sold nothing for 7 days
@@ -79,7 +98,8 @@ def test_zero_denominators_and_one_platform_clients_are_null(replica):
 def test_sync_records_its_own_aggregate_run_after_the_sync(replica):
     runs = query_db(replica, "SELECT command, status, window_start, window_end, rows_fetched, rows_inserted FROM sync_runs ORDER BY id")
     assert [r[:2] for r in runs] == [("sync", "ok"), ("aggregate", "ok")]
-    rollup_rows = query_db(replica, "SELECT (SELECT COUNT(*) FROM client_aggregates) + (SELECT COUNT(*) FROM overall_aggregates)")[0][0]
+    tables = ("client_aggregates", "overall_aggregates", "overall_daily", "overall_weekly")
+    rollup_rows = sum(query_db(replica, f"SELECT COUNT(*) FROM {table}")[0][0] for table in tables)
     assert runs[1][2:] == ((TODAY - timedelta(days=364)).isoformat(), TODAY.isoformat(), len(load_rows(replica)), rollup_rows)
 
 

@@ -327,6 +327,8 @@ def test_stored_and_raw_paths_give_identical_rows(replica, raw_only, name):
                 reports.client(connection, window, 2).rows,
                 reports.totals(connection, window).rows,
                 reports.totals(connection, window, "month").rows,
+                reports.totals(connection, window, "week").rows,
+                reports.totals(connection, window, "day").rows,
             ])
         connection.close()
     assert results[0] == results[1]
@@ -337,9 +339,14 @@ def test_a_stored_period_is_read_from_the_rollup_tables(replica, caplog):
     with caplog.at_level("DEBUG", logger="delivery_sync.reports"):
         reports.top(connection, WINDOWS["last_30d"])
         reports.top(connection, WINDOWS["across_months"])
+        reports.totals(connection, WINDOWS["across_months"], "week")
+        reports.totals(connection, WINDOWS["across_months"], "day")
     connection.close()
     assert "reading stored rollup last_30d" in caplog.text
     assert "reading stored months 2026-02..2026-02" in caplog.text
+    # 2026-01-25 is a Sunday and 2026-03-05 a Thursday: the whole weeks run from 01-26 to 03-01.
+    assert "reading stored weeks 2026-01-26..2026-02-23" in caplog.text
+    assert "reading stored days 2026-01-25..2026-03-05" in caplog.text
 
 
 # --- sql ---------------------------------------------------------------------------------------------
