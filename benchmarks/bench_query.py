@@ -24,7 +24,8 @@ from pathlib import Path
 from delivery_sync import readonly, reports
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
-from delivery_sync.sync import SyncOptions, Window, run_sync
+from delivery_sync.sync import SyncOptions, run_sync
+from delivery_sync.window import Window
 
 HELLO = '''
 import typer
@@ -67,13 +68,13 @@ def in_process(path: Path, runs: int) -> list[tuple[str, float, float]]:
     """(label, median ms, target ms) for each report and window."""
     today = datetime.now(DEMO_TZ).date()
     conn = readonly.open_readonly(path)
-    windows = [(f"--days {n}", reports.Window(today - timedelta(days=n - 1), today), 10) for n in (7, 30, 90, 365)]
+    windows = [(f"--days {n}", Window(today - timedelta(days=n - 1), today), 10) for n in (7, 30, 90, 365)]
     first_of_month = today.replace(day=1)
     windows += [
-        ("--days 45", reports.Window(today - timedelta(days=44), today), 50),
-        ("--days 200", reports.Window(today - timedelta(days=199), today), 50),
-        ("--days 365 --to yesterday", reports.Window(today - timedelta(days=365), today - timedelta(days=1)), 50),
-        ("last whole month", reports.Window((first_of_month - timedelta(days=1)).replace(day=1), first_of_month - timedelta(days=1)), 50),
+        ("--days 45", Window(today - timedelta(days=44), today), 50),
+        ("--days 200", Window(today - timedelta(days=199), today), 50),
+        ("--days 365 --to yesterday", Window(today - timedelta(days=365), today - timedelta(days=1)), 50),
+        ("last whole month", Window((first_of_month - timedelta(days=1)).replace(day=1), first_of_month - timedelta(days=1)), 50),
     ]
     builds = {
         "top": lambda w: reports.top(conn, w),

@@ -100,14 +100,13 @@ def sync(
     """Replicate a window of days from the remote into the replica."""
     from . import render
     from .demo_source import serving_demo
-    from .sync import SyncOptions, resolve_window, run_sync
+    from .sync import SyncOptions, run_sync
+    from .window import resolve_window
 
     g: Globals = ctx.obj
     start, end, ids = _parse_date(from_, "--from"), _parse_date(to, "--to"), _parse_ids(clients)
-    if days_back is not None and start is not None:
-        raise UsageError("use either --days-back or --from/--to, not both")
     settings = g.settings(source={"url": source})
-    window = resolve_window(_today(settings), days_back if days_back is not None else settings.sync.days_back, start, end)
+    window = resolve_window(_today(settings), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
     options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
     with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
@@ -191,7 +190,8 @@ _FORMAT = typer.Option("table", "--format", metavar="table|csv|json", help="Outp
 
 def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
     """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
-    from . import readonly, render, reports
+    from . import readonly, render
+    from .window import resolve_window
 
     if fmt not in ("table", "csv", "json"):
         raise UsageError(f"--format: {fmt!r} is not one of table, csv, json")
@@ -199,7 +199,7 @@ def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None,
     window = None
     if windowed:
         start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
-        window = reports.resolve_window(_today(settings), days, start, end)
+        window = resolve_window(_today(settings), days, start, end, flag="--days", default=30)
     conn = readonly.open_readonly(settings.database)
     try:
         with readonly.snapshot(conn):

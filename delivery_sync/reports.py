@@ -25,6 +25,7 @@ from .aggregate import (
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
 from .records import METRICS
+from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +35,6 @@ TOTALS_COLUMNS = [*WINDOW_COLUMNS, *OVERALL_COLUMNS, *RATIOS]
 PERIOD_TOTALS_COLUMNS = ["period", *TOTALS_COLUMNS]
 DAILY_COLUMNS = ["client_id", "name", "stat_date", *METRICS, *RATIOS]
 GROUPINGS = ("day", "week", "month")
-
-
-@dataclass(frozen=True)
-class Window:
-    """An inclusive range of calendar days."""
-
-    start: date
-    end: date
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    def params(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
-
-    def __str__(self) -> str:
-        return f"{self.start}..{self.end}"
-
-
-def resolve_window(today: date, days: int | None, start: date | None, end: date | None) -> Window:
-    """`--days N` (default 30) ending today, or `--from/--to` (`--to` defaults to today)."""
-    if days is not None and (start is not None or end is not None):
-        raise UsageError("use either --days or --from/--to, not both")
-    if start is None and end is not None:
-        raise UsageError("--to needs --from (or use --days)")
-    if start is not None:
-        end = end or today
-        if start > end:
-            raise UsageError(f"--from {start} is after --to {end}")
-        return Window(start, end)
-    days = 30 if days is None else days
-    if days < 1:
-        raise UsageError(f"--days must be at least 1 (got {days})")
-    return Window(today - timedelta(days=days - 1), today)
 
 
 @dataclass

@@ -21,39 +21,11 @@ from .errors import AuthFailed, SourceError, UsageError
 from .records import ParsedRows, parse_clients, parse_rows
 from .replica import RunCounts
 from .source import SourceClient
+from .window import Window
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Window:
-    """An inclusive range of calendar days."""
-
-    start: date
-    end: date
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    def __str__(self) -> str:
-        return f"{self.start}..{self.end}"
-
-
-def resolve_window(today: date, days_back: int, start: date | None = None, end: date | None = None) -> Window:
-    """The sync window: `--from/--to` when given (`--to` defaults to today), else `days_back` days ending today."""
-    if days_back < 1:
-        raise UsageError(f"--days-back must be at least 1 (got {days_back})")
-    if start is None and end is not None:
-        raise UsageError("--to needs --from (or use --days-back)")
-    if start is not None:
-        end = end or today
-        if start > end:
-            raise UsageError(f"--from {start} is after --to {end}")
-        return Window(start, end)
-    return Window(today - timedelta(days=days_back - 1), today)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from freezegun import freeze_time
 
 from delivery_sync import replica as replica_module
-from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, load_rows
+from test_reports import NOW, REFUSED_STATEMENTS, TODAY, assert_matches, build_replica, expected_clients, load_rows
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,7 @@ def test_query_without_a_replica_exits_2_with_a_hint_and_creates_nothing(cli, tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO clients(id, name) VALUES (999, 'x')",
-    "UPDATE client_stats SET total_sales = 0",
-    "DELETE FROM client_stats",
-    "DROP TABLE client_stats",
-    "CREATE TABLE t(x)",
-    "ATTACH DATABASE 'other.db' AS other",
-    "VACUUM",
-    "VACUUM INTO 'copy.db'",
-    "PRAGMA journal_mode = DELETE",
-    "PRAGMA wal_checkpoint(TRUNCATE)",
-    "SELECT 1; DROP TABLE client_stats",
-])
+@pytest.mark.parametrize("statement", REFUSED_STATEMENTS)
 def test_sql_refuses_writes_and_leaves_the_file_untouched(query, replica, tmp_path, statement):
     before = digest(replica)
     result = query("sql", statement)

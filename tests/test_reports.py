@@ -20,9 +20,8 @@ from delivery_sync.config import Settings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import QueryTimeout, ReadOnlyViolation, UsageError
 from delivery_sync.records import AMOUNT_METRICS, METRICS
-from delivery_sync.reports import Window
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.sync import Window as SyncWindow
+from delivery_sync.window import Window, resolve_window
 
 # 04:00 UTC is noon on 10 March in Bali and still 9 March in Honolulu: "today" must follow source.timezone.
 NOW = "2026-03-10 04:00:00"
@@ -52,7 +51,7 @@ def build_replica(path: Path, clients: int = CLIENTS, first_day: date = FIRST_DA
     with freeze_time(NOW, tick=True), DemoSource(clients=clients) as demo:
         demo.faults.overrides.update(EDGE_CASES)
         settings = Settings(database=path, source={"url": demo.url, "min_interval": 0, "max_retries": 0})
-        result = run_sync(settings, SyncOptions(SyncWindow(first_day, TODAY)))
+        result = run_sync(settings, SyncOptions(Window(first_day, TODAY)))
     assert result.status == "ok" and result.aggregate.status == "ok"
     return path
 
@@ -177,13 +176,16 @@ WINDOWS = {
 
 
 def test_resolve_window_counts_days_inclusively_and_refuses_nonsense():
-    assert reports.resolve_window(TODAY, None, None, None) == Window(TODAY - timedelta(days=29), TODAY)
-    assert reports.resolve_window(TODAY, 7, None, None).days == 7
-    assert reports.resolve_window(TODAY, None, date(2026, 3, 1), None) == Window(date(2026, 3, 1), TODAY)
+    def days(*args):
+        return resolve_window(TODAY, *args, flag="--days", default=30)
+
+    assert days(None, None, None) == Window(TODAY - timedelta(days=29), TODAY)
+    assert days(7, None, None).days == 7
+    assert days(None, date(2026, 3, 1), None) == Window(date(2026, 3, 1), TODAY)
     for args in ((0, None, None), (-3, None, None), (7, date(2026, 3, 1), None), (None, None, TODAY),
                  (None, date(2026, 3, 5), date(2026, 3, 1))):
         with pytest.raises(UsageError):
-            reports.resolve_window(TODAY, *args)
+            days(*args)
 
 
 # --- top ---------------------------------------------------------------------------------------------
@@ -359,7 +361,8 @@ def test_sql_returns_columns_and_rows(conn, replica):
     assert reports.sql(conn, "-- a comment first\nPRAGMA table_info(clients)").rows[0]["name"] == "id"
 
 
-@pytest.mark.parametrize("statement", [
+# Every kind of statement `query sql` must refuse; test_query_cli runs them through the CLI too.
+REFUSED_STATEMENTS = [
     "INSERT INTO clients(id, name) VALUES (999, 'x')",
     "UPDATE client_stats SET total_sales = 0",
     "DELETE FROM client_stats",
@@ -370,10 +373,14 @@ def test_sql_returns_columns_and_rows(conn, replica):
     "VACUUM INTO 'copy.db'",
     "PRAGMA journal_mode = DELETE",
     "PRAGMA user_version = 7",
+    "PRAGMA wal_checkpoint(TRUNCATE)",
     "WITH x AS (SELECT 1) DELETE FROM client_stats",
     "SELECT 1; DELETE FROM client_stats",
     "REPLACE INTO clients(id) VALUES (1)",
-])
+]
+
+
+@pytest.mark.parametrize("statement", REFUSED_STATEMENTS)
 def test_sql_refuses_anything_but_one_read(conn, statement):
     with pytest.raises(ReadOnlyViolation):
         reports.sql(conn, statement)

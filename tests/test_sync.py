@@ -16,7 +16,7 @@ from freezegun import freeze_time
 
 from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.demo_source import DemoSource, demo_row
-from delivery_sync.sync import Window, resolve_window
+from delivery_sync.window import Window, resolve_window
 from delivery_sync.errors import UsageError
 
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
@@ -300,19 +300,24 @@ def test_from_to_window(cli, config, db_path, demo):
 
 
 def test_resolve_window_arithmetic():
-    assert resolve_window(TODAY, 1) == Window(TODAY, TODAY)
-    assert resolve_window(date(2026, 3, 1), 2) == Window(date(2026, 2, 28), date(2026, 3, 1))
-    assert resolve_window(date(2026, 1, 1), 365) == Window(date(2025, 1, 2), date(2026, 1, 1))
-    assert resolve_window(TODAY, 365).days == 365
-    assert resolve_window(TODAY, 30, date(2026, 1, 1), None) == Window(date(2026, 1, 1), TODAY)
-    assert resolve_window(TODAY, 30, TODAY, TODAY).days == 1
+    def days_back(today, days, start=None, end=None):
+        return resolve_window(today, days, start, end, flag="--days-back", default=365)
+
+    assert days_back(TODAY, 1) == Window(TODAY, TODAY)
+    assert days_back(date(2026, 3, 1), 2) == Window(date(2026, 2, 28), date(2026, 3, 1))
+    assert days_back(date(2026, 1, 1), 365) == Window(date(2025, 1, 2), date(2026, 1, 1))
+    assert days_back(TODAY, None).days == 365  # sync.days_back when --days-back is not given
+    assert days_back(TODAY, None, date(2026, 1, 1)) == Window(date(2026, 1, 1), TODAY)
+    assert days_back(TODAY, None, TODAY, TODAY).days == 1
     for bad in (0, -1):
-        with pytest.raises(UsageError, match="--days-back"):
-            resolve_window(TODAY, bad)
+        with pytest.raises(UsageError, match="--days-back must be at least 1"):
+            days_back(TODAY, bad)
     with pytest.raises(UsageError, match="after"):
-        resolve_window(TODAY, 30, date(2026, 5, 2), date(2026, 5, 1))
-    with pytest.raises(UsageError, match="--from"):
-        resolve_window(TODAY, 30, None, date(2026, 5, 1))
+        days_back(TODAY, None, date(2026, 5, 2), date(2026, 5, 1))
+    with pytest.raises(UsageError, match="--to needs --from"):
+        days_back(TODAY, None, None, date(2026, 5, 1))
+    with pytest.raises(UsageError, match="either --days-back or --from/--to"):
+        days_back(TODAY, 30, date(2026, 1, 1))
 
 
 # --- runs killed mid-way -----------------------------------------------------------------------------

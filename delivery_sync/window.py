@@ -1,0 +1,52 @@
+"""Windows of calendar days, as `sync --days-back` and `query --days` take them.
+
+Standard library only: the fast `query` path imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Window:
+    """An inclusive range of calendar days."""
+
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def params(self) -> dict[str, str]:
+        """`:start` and `:end` for SQL."""
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+    def __str__(self) -> str:
+        return f"{self.start}..{self.end}"
+
+
+def resolve_window(
+    today: date, days: int | None, start: date | None = None, end: date | None = None, *, flag: str, default: int
+) -> Window:
+    """`flag N` days ending today (N = `default` when not given), or `--from/--to` (`--to` defaults to today).
+
+    "Today" is the caller's date in the source time zone; bad combinations are a UsageError.
+    """
+    if days is not None and (start is not None or end is not None):
+        raise UsageError(f"use either {flag} or --from/--to, not both")
+    if start is None and end is not None:
+        raise UsageError(f"--to needs --from (or use {flag})")
+    if start is not None:
+        end = end or today
+        if start > end:
+            raise UsageError(f"--from {start} is after --to {end}")
+        return Window(start, end)
+    days = default if days is None else days
+    if days < 1:
+        raise UsageError(f"{flag} must be at least 1 (got {days})")
+    return Window(today - timedelta(days=days - 1), today)
