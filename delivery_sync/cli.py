@@ -18,6 +18,7 @@ import typer
 from .errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, UsageError
 
 log = logging.getLogger("delivery_sync")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 app = typer.Typer(
     name="delivery-sync",
@@ -330,6 +331,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     verbose = any(a in ("-v", "--verbose") for a in args)
     try:
         code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
+            _error("interrupted")
     except DeliverySyncError as exc:
         if verbose:
             log.exception("traceback")
@@ -341,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         _error("interrupted")
-        code = 130
+        code = EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line unless -v
         if verbose:
             log.exception("unexpected error")

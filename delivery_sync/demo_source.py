@@ -47,6 +47,7 @@ class Faults:
     collect_fails: bool = False
     wrap_lists: bool = False  # answer {"success": true, "data": [...]}
     slow_clients: dict[int, float] = field(default_factory=dict)  # client id -> extra seconds before its stats answer
+    deleted_rows: set[tuple[int, str]] = field(default_factory=set)  # (client, YYYY-MM-DD) the remote no longer has
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,8 @@ class DemoSource:
         out = []
         for offset in range((last - first).days + 1):
             day = first + timedelta(days=offset)
+            if (client_id, day.isoformat()) in self.faults.deleted_rows:
+                continue
             row = demo_row(client_id, day, self.seed)
             row.update(self.faults.overrides.get((client_id, day.isoformat()), {}))
             out.append(row)

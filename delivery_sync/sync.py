@@ -94,6 +94,11 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                 _fetch_and_write(db, source, run_id, windows, tz, options.prune, counts, failures, progress, settings)
             except _Stop as stop:
                 error = str(stop)
+            except BaseException as exc:  # Ctrl-C or a bug: close the run now rather than leave it `running`
+                counts.requests, counts.clients_failed = source.requests, len(failures)
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
+                replica.finish_run(db, run_id, "failed", counts, reason)
+                raise
             counts.requests = source.requests
             counts.clients_failed = len(failures)
             status = _status(counts, error)

@@ -1,0 +1,146 @@
+"""`sync --incremental`, `sync --prune`, and a sync stopped with Ctrl-C (SPEC §1, §4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from conftest import DEMO_CLIENTS, query_db, write_config
+from delivery_sync.demo_source import DemoSource
+
+
+def stats_windows(demo) -> dict[int, tuple[str, str]]:
+    """Client id -> (start_date, end_date) of each stats request the demo received."""
+    return {
+        int(r.path.split("/")[4]): (r.query["start_date"], r.query["end_date"]) for r in demo.stats_requests()
+    }
+
+
+def last_sync(db_path: Path) -> tuple:
+    return query_db(
+        db_path,
+        "SELECT status, window_start, window_end, rows_inserted, rows_unchanged, rows_deleted, error "
+        "FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1",
+    )[0]
+
+
+# --- --incremental ---------------------------------------------------------------------------------
+
+
+def test_incremental_restarts_at_the_latest_stored_day_minus_lookback(cli, demo, config, db_path):
+    today = demo.today()
+    demo.faults.hidden_clients = {5}
+    assert cli("sync", "--days-back", "10", "--no-aggregate").code == 0
+    # Client 2 has fallen behind by 4 more days: the shared window starts from its latest day.
+    query_db_delete = f"DELETE FROM client_stats WHERE client_id = 2 AND stat_date > '{today - timedelta(days=4)}'"
+    _execute(db_path, query_db_delete)
+    demo.faults.hidden_clients = set()
+    demo.requests.clear()
+
+    result = cli("sync", "--incremental", "--days-back", "30", "--no-aggregate")
+
+    assert result.code == 0, result.stderr
+    start = (today - timedelta(days=4 + 3)).isoformat()  # client 2's latest day minus lookback_days (3)
+    windows = stats_windows(demo)
+    assert windows[5] == ((today - timedelta(days=29)).isoformat(), today.isoformat())  # no rows yet: the whole window
+    assert {windows[c] for c in windows if c != 5} == {(start, today.isoformat())}  # one window for the others
+    status, window_start, window_end, inserted, unchanged, _, _ = last_sync(db_path)
+    assert (status, window_start, window_end) == ("ok", (today - timedelta(days=29)).isoformat(), today.isoformat())
+    assert inserted == 30 + 4  # client 5's month, client 2's missing days
+    assert unchanged == (DEMO_CLIENTS - 1) * 8 - 4
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 2") == [(10,)]
+
+
+def test_incremental_never_starts_before_days_back(cli, demo, config, db_path):
+    today = demo.today()
+    assert cli("sync", "--days-back", "20", "--no-aggregate").code == 0
+    _execute(db_path, f"DELETE FROM client_stats WHERE client_id = 3 AND stat_date > '{today - timedelta(days=15)}'")
+    demo.requests.clear()
+    assert cli("sync", "--incremental", "--days-back", "5", "--no-aggregate").code == 0
+    assert set(stats_windows(demo).values()) == {((today - timedelta(days=4)).isoformat(), today.isoformat())}
+
+
+# --- --prune -------------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_rows_the_remote_no_longer_returns(cli, demo, config, db_path):
+    today = demo.today()
+    assert cli("sync", "--days-back", "7", "--no-aggregate").code == 0
+    gone = (today - timedelta(days=2)).isoformat()
+    outside = (today - timedelta(days=6)).isoformat()
+    demo.faults.deleted_rows = {(4, gone), (4, outside)}
+
+    plain = cli("sync", "--days-back", "7", "--no-aggregate")  # without --prune nothing is deleted
+    assert plain.code == 0 and query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 4") == [(7,)]
+
+    pruned = cli("sync", "--days-back", "3", "--prune", "--no-aggregate")
+
+    assert pruned.code == 0, pruned.stderr
+    assert "1 deleted" in pruned.stderr
+    days = [d for (d,) in query_db(db_path, "SELECT stat_date FROM client_stats WHERE client_id = 4 ORDER BY stat_date")]
+    assert gone not in days and outside in days and len(days) == 6  # only inside the 3-day window
+    assert last_sync(db_path)[5] == 1
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 7 - 1,)]
+
+
+def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, demo, config, db_path):
+    today = demo.today()
+    assert cli("sync", "--days-back", "5", "--no-aggregate").code == 0
+    demo.faults.deleted_rows = {(6, (today - timedelta(days=i)).isoformat()) for i in range(5)}
+
+    result = cli("sync", "--days-back", "5", "--prune", "--no-aggregate")
+
+    assert result.code == 0, result.stderr  # a warning, not a failure
+    assert "warning: client 6: remote returned no rows" in result.stderr and "nothing pruned" in result.stderr
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 6") == [(5,)]
+    status, *_, rows_deleted, error = last_sync(db_path)
+    assert (status, rows_deleted) == ("ok", 0) and "client 6" in error
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path):
+    with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", "--days-back", "3"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not _has_rows(db_path):
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
+    status, *_, error = last_sync(db_path)
+    assert (status, error) == ("failed", "interrupted")
+    # Whatever was written is whole per client.
+    per_client = query_db(db_path, "SELECT client_id, COUNT(*) FROM client_stats GROUP BY client_id")
+    assert per_client and all(count == 3 for _, count in per_client) and len(per_client) < DEMO_CLIENTS
+
+
+def _has_rows(db_path: Path) -> bool:
+    try:
+        return query_db(db_path, "SELECT COUNT(*) FROM client_stats")[0][0] > 0
+    except Exception:  # the file or table does not exist yet
+        return False
+
+
+def _execute(db_path: Path, sql: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(sql)
+    conn.close()
