@@ -62,6 +62,11 @@ METRICS = (
 )
 
 # ASCII only: `\d` alone also matches digits such as "٣", which float() would accept.
+# Bounds of a plausible client-day. Far above any restaurant's day, and low enough that
+# sums over years of every client stay exact in SQLite's 64-bit integers (amounts in cents).
+MAX_AMOUNT = 1e12  # rupiah
+MAX_COUNT = 1e9
+
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
@@ -81,8 +86,8 @@ def parse_stat_date(value: Any, tz: ZoneInfo) -> date:
     return moment.astimezone(tz).date() if moment.tzinfo else moment.date()
 
 
-def parse_amount(value: Any) -> float | None:
-    """A rupiah amount: number or numeric string; negative amounts are refunds and kept."""
+def _number(value: Any) -> float | None:
+    """A JSON number or numeric string as a finite float; None stays None."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -98,15 +103,25 @@ def parse_amount(value: Any) -> float | None:
     return number
 
 
+def parse_amount(value: Any) -> float | None:
+    """A rupiah amount: number or numeric string; negative amounts are refunds and kept."""
+    number = _number(value)
+    if number is not None and abs(number) >= MAX_AMOUNT:
+        raise ValueError(f"not a plausible amount ({value!r})")
+    return number
+
+
 def parse_count(value: Any) -> int | None:
     """A count: a whole, non-negative number (`12`, `12.0`, `"12"` all read as 12)."""
-    number = parse_amount(value)
+    number = _number(value)
     if number is None:
         return None
     if number < 0:
         raise ValueError(f"negative count ({value!r})")
     if not number.is_integer():
         raise ValueError(f"fractional count ({value!r})")
+    if number >= MAX_COUNT:
+        raise ValueError(f"not a plausible count ({value!r})")
     return int(number)
 
 

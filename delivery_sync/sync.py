@@ -78,6 +78,9 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
     with SourceClient(settings.source) as source:
         try:
             listed, problems = parse_clients(source.list_clients())
+            if not listed:  # never read this as "every client is gone": that would deactivate them all
+                unreadable = f" ({len(problems)} unreadable entries)" if problems else ""
+                raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
             return _failed_before_fetch(settings, options, exc, source.requests, began)
         selected = _select(listed, options.client_ids)
@@ -157,11 +160,11 @@ def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, W
                 done += 1
                 try:
                     parsed = future.result()
-                except AuthFailed as exc:
-                    raise _Stop(str(exc)) from None
                 except SourceError as exc:
                     failures.append((cid, str(exc)))
                     replica.record_failure(db, run_id, cid, str(exc))
+                    if isinstance(exc, AuthFailed):
+                        raise _Stop(str(exc)) from None
                     log.error("%s", exc)
                     consecutive += 1
                     if consecutive >= limit:

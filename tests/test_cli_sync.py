@@ -182,6 +182,8 @@ def test_token_refused_mid_run_stops_at_once(cli, config, db_path, demo):
     assert "authentication failed" in result.stderr
     assert len(demo.stats_requests()) <= 2  # client 1, and at most one already started
     assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("failed",)]
+    failures = query_db(db_path, "SELECT client_id, error FROM sync_failures")
+    assert [cid for cid, _ in failures] == [1] and "authentication failed" in failures[0][1]
 
 
 # --- output ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery_sync.records import METRICS, parse_amount, parse_count, parse_rows, parse_stat_date
+from delivery_sync.records import MAX_AMOUNT, MAX_COUNT, METRICS, parse_amount, parse_count, parse_rows, parse_stat_date
 
 BALI = ZoneInfo("Asia/Makassar")
 
@@ -79,8 +79,8 @@ def test_amounts(raw, expected):
     assert value == expected and (value is None or isinstance(value, float))
 
 
-@pytest.mark.parametrize("bad", ["N/A", "", "abc", "nan", "inf", "1e999", True, [1], {"a": 1}, "1,000.00", "٣"])
-def test_non_numbers_are_not_amounts(bad):
+@pytest.mark.parametrize("bad", ["N/A", "", "abc", "nan", "inf", "1e999", True, [1], {"a": 1}, "1,000.00", "٣", 1e308, "-1e12"])
+def test_non_numbers_and_implausible_amounts_are_not_amounts(bad):
     with pytest.raises(ValueError):
         parse_amount(bad)
 
@@ -91,14 +91,14 @@ def test_counts(raw, expected):
     assert value == expected and (value is None or type(value) is int)
 
 
-@pytest.mark.parametrize("bad", [-1, "-3", 1.5, "2.50", "N/A", False])
-def test_negative_fractional_or_non_numeric_counts_raise(bad):
+@pytest.mark.parametrize("bad", [-1, "-3", 1.5, "2.50", "N/A", False, "1e30", 10**9])
+def test_negative_fractional_implausible_or_non_numeric_counts_raise(bad):
     with pytest.raises(ValueError):
         parse_count(bad)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15))
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-MAX_AMOUNT + 1, max_value=MAX_AMOUNT - 1))
 def test_decimal_strings_read_as_their_value(number):
     text = f"{number:.2f}"
     assert parse_amount(text) == float(text)
@@ -106,7 +106,7 @@ def test_decimal_strings_read_as_their_value(number):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=10**15))
+@given(st.integers(min_value=0, max_value=int(MAX_COUNT) - 1))
 def test_whole_counts_in_every_form(number):
     assert parse_count(number) == number
     assert parse_count(str(number)) == number
@@ -260,3 +260,17 @@ def test_last_wins_for_any_sequence_of_duplicates(entries):
     assert {day: row.grab_orders for day, row in parsed.rows.items()} == expected
     assert all(row.total_orders == row.grab_orders for row in parsed.rows.values())
     assert parsed.fetched == len(entries)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=MAX_AMOUNT, max_value=1e308), st.booleans())
+def test_implausible_amounts_raise_whatever_their_sign(number, negative):
+    with pytest.raises(ValueError, match="not a plausible amount"):
+        parse_amount(-number if negative else number)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=int(MAX_COUNT), max_value=10**40))
+def test_implausible_counts_raise(number):
+    with pytest.raises(ValueError, match="not a plausible count"):
+        parse_count(str(number))

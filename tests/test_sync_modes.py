@@ -144,3 +144,37 @@ def _execute(db_path: Path, sql: str) -> None:
     with conn:
         conn.execute(sql)
     conn.close()
+
+
+# --- absurd values --------------------------------------------------------------------------------------
+
+
+def test_absurd_values_are_rejected_rows_not_a_crashed_run(cli, demo, config, db_path):
+    day = demo.today().isoformat()
+    demo.faults.extra_rows = {
+        4: [{"stat_date": day, "grab_orders": "1e30"}],
+        5: [{"stat_date": day, "grab_sales": 1e308, "gojek_sales": 1e308}],
+    }
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1 and "sync partial: 12/12 clients" in result.stderr and "2 rejected" in result.stderr
+    reasons = [r for (r,) in query_db(db_path, "SELECT reason FROM sync_rejects ORDER BY client_id")]
+    assert "grab_orders: not a plausible count ('1e30')" in reasons[0] and "grab_sales: not a plausible amount" in reasons[1]
+    # Every client's readable rows are stored and the rollups and reports still work.
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 2,)]
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'aggregate'") == [("ok",)]
+    assert cli("query", "top", "--days", "10", "--format", "json").code == 0
+
+
+# --- an empty client list ------------------------------------------------------------------------------
+
+
+def test_an_empty_client_list_fails_the_run_and_deactivates_nobody(cli, demo, config, db_path):
+    assert cli("sync", "--days-back", "2").code == 0
+    demo.faults.hidden_clients = set(range(1, DEMO_CLIENTS + 1))
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1
+    assert "sync failed:" in result.stderr and "the remote listed no clients; nothing changed" in result.stderr
+    assert query_db(db_path, "SELECT COUNT(*), SUM(active) FROM clients") == [(DEMO_CLIENTS, DEMO_CLIENTS)]
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 2,)]
+    assert last_sync(db_path)[0] == "failed"
+    assert cli("status", "--check").code == 1
