@@ -204,22 +204,23 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
     try:
         replica.mark_interrupted_runs(db)
         run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
-        try:
-            with db.atomic():
-                built = periods(db, as_of)
-                _create_tables(db)
-                computed_at = replica.utc_now()
-                for period, start, end in built:
-                    params = {"period": period, "start": start.isoformat(), "end": end.isoformat(), "computed_at": computed_at}
-                    db.execute(INSERT_CLIENT, params)
-                    db.execute(INSERT_OVERALL, params)
-                for insert in INSERT_FINE.values():  # every day and week, unclipped
-                    db.execute(insert, {"start": "0000-01-01", "end": "9999-12-31", "computed_at": computed_at})
-                counts = _counts(db)
-                run = replica.finish_run(db, run_id, "ok", counts)
-        except Exception as exc:  # recorded, then reported by the caller as a failed run
-            run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), f"aggregate failed: {exc}")
-            built = []
+        with replica.closed_on_error(db, run_id):
+            try:
+                with db.atomic():
+                    built = periods(db, as_of)
+                    _create_tables(db)
+                    computed_at = replica.utc_now()
+                    for period, start, end in built:
+                        params = {"period": period, "start": start.isoformat(), "end": end.isoformat(), "computed_at": computed_at}
+                        db.execute(INSERT_CLIENT, params)
+                        db.execute(INSERT_OVERALL, params)
+                    for insert in INSERT_FINE.values():  # every day and week, unclipped
+                        db.execute(insert, {"start": "0000-01-01", "end": "9999-12-31", "computed_at": computed_at})
+                    counts = _counts(db)
+                    run = replica.finish_run(db, run_id, "ok", counts)
+            except Exception as exc:  # recorded, then reported by the caller as a failed run
+                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
+                built = []
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)

@@ -7,6 +7,7 @@ commands that need them, so `query` and `status` start fast.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import date
@@ -329,6 +330,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one clear line on stderr and the spec's exit code for every error."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
+    # cron's `timeout` and service managers send SIGTERM: stop like Ctrl-C, closing the run.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
@@ -351,6 +354,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         _error(f"unexpected {type(exc).__name__}: {exc}", "run again with -v for the traceback")
         code = EXIT_FAILED
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _error(message: str, hint: Optional[str] = None) -> None:

@@ -44,7 +44,8 @@ def run_collect(settings: Settings) -> CollectResult:
             # The row is `running` while we wait, so `status` shows a collection in progress.
             run_id = replica.start_run(db, "collect")
             began = time.monotonic()
-            message, error, requests = _trigger(settings)
+            with replica.closed_on_error(db, run_id):
+                message, error, requests = _trigger(settings)
             seconds = time.monotonic() - began
             run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
         finally:

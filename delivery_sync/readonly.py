@@ -57,9 +57,12 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        ours = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise NoReplica(f"cannot read replica {path}: {exc}") from None
+    if not ours:
+        conn.close()
+        raise NoReplica(f"{path} is not a delivery-sync replica (no sync_runs table)", hint="check --db or `database`")
     conn.row_factory = sqlite3.Row
     conn.set_authorizer(_authorizer)
     return conn

@@ -19,10 +19,12 @@ from typing import Iterator
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .errors import LockHeld, UsageError
+from .errors import DeliverySyncError, LockHeld, UsageError
 from .records import COUNT_METRICS, METRICS, Client, ParsedRows
 
 SCHEMA_VERSION_KEY = "schema_version"
+# How long a writer waits for another program's write transaction on the file.
+BUSY_TIMEOUT_MS = 10_000
 RUN_COUNTERS = (
     "clients_total",
     "clients_ok",
@@ -99,19 +101,49 @@ SCHEMA_VERSION = len(migrations._migrations)
 
 
 def open_replica(path: Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema."""
+    """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema.
+
+    Refuses a file that is some other program's database, or a replica written by
+    a newer delivery-sync, rather than change it.
+    """
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a replica file")
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot create replica {path}: folder {path.parent} does not exist")
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    migrations.apply(db)
-    db.execute(
-        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)],
-    )
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db = sqlite_utils.Database(conn)
+        _check_is_ours(db, path)
+        db.enable_wal()
+        migrations.apply(db)
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)],
+        )
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DeliverySyncError(
+                f"replica {path} is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
+                hint="close sqlite3 or other sessions writing to it",
+            ) from None
+        raise UsageError(f"cannot open replica {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{path} is not a SQLite database ({exc})") from None
     return db
+
+
+def _check_is_ours(db: sqlite_utils.Database, path: Path) -> None:
+    tables = set(db.table_names())
+    if tables and "meta" not in tables:
+        raise UsageError(f"{path} is not a delivery-sync replica (it holds other tables)", hint="check --db or `database`")
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_VERSION_KEY]).fetchone()
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise UsageError(
+                f"replica {path} has schema version {row[0]}, newer than this delivery-sync knows ({SCHEMA_VERSION})",
+                hint="upgrade delivery-sync",
+            )
 
 
 # --- the writing lock --------------------------------------------------------
@@ -239,6 +271,18 @@ def finish_run(db: sqlite_utils.Database, run_id: int, status: str, counts: RunC
         },
     )
     return db["sync_runs"].get(run_id)
+
+
+@contextmanager
+def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | None = None) -> Iterator[None]:
+    """Close the run as `failed` at once if the block is interrupted (Ctrl-C, SIGTERM) or crashes,
+    rather than leave it `running` until the next writing run."""
+    try:
+        yield
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
+        finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        raise
 
 
 def set_run_window(db: sqlite_utils.Database, run_id: int, window_start: date) -> None:

@@ -93,17 +93,13 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             error = None
-            try:
-                _fetch_and_write(db, source, run_id, windows, tz, options.prune, counts, failures, progress, settings)
-            except _Stop as stop:
-                error = str(stop)
-            except BaseException as exc:  # Ctrl-C or a bug: close the run now rather than leave it `running`
-                counts.requests, counts.clients_failed = source.requests, len(failures)
-                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
-                replica.finish_run(db, run_id, "failed", counts, reason)
-                raise
-            counts.requests = source.requests
-            counts.clients_failed = len(failures)
+            with replica.closed_on_error(db, run_id, counts):
+                try:
+                    _fetch_and_write(db, source, run_id, windows, tz, options.prune, counts, failures, progress, settings)
+                except _Stop as stop:
+                    error = str(stop)
+                finally:
+                    counts.requests, counts.clients_failed = source.requests, len(failures)
             status = _status(counts, error)
             run = replica.finish_run(db, run_id, status, counts, error)
         finally:

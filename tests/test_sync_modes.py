@@ -10,6 +10,8 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
+
 from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.demo_source import DemoSource
 
@@ -105,7 +107,8 @@ def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, 
 # --- Ctrl-C ---------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and cron's `timeout`
+def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path, signum):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1})
         env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
@@ -117,7 +120,7 @@ def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path):
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not _has_rows(db_path):
                 time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             _, stderr = proc.communicate(timeout=20)
         finally:
             proc.kill()
@@ -178,3 +181,44 @@ def test_an_empty_client_list_fails_the_run_and_deactivates_nobody(cli, demo, co
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 2,)]
     assert last_sync(db_path)[0] == "failed"
     assert cli("status", "--check").code == 1
+
+
+# --- files that are not (our) replica ------------------------------------------------------------------
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_alone(cli, demo, tmp_path):
+    other = tmp_path / "accounts.db"
+    _execute(other, "CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
+    before = other.read_bytes()
+    write_config(tmp_path / "config.toml", demo.url, other)
+    for args in (("sync", "--days-back", "1"), ("aggregate",), ("query", "top"), ("status",)):
+        result = cli(*args)
+        assert result.code == 2 and "not a delivery-sync replica" in result.stderr, (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1
+    assert other.read_bytes() == before
+
+
+def test_a_replica_from_a_newer_delivery_sync_is_not_downgraded(cli, demo, config, db_path):
+    assert cli("sync", "--days-back", "1").code == 0
+    _execute(db_path, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2 and "schema version 99, newer than this delivery-sync knows" in result.stderr
+    assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("99",)]
+
+
+def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config, db_path, monkeypatch):
+    import sqlite3
+
+    from delivery_sync import replica
+
+    assert cli("sync", "--days-back", "1").code == 0
+    monkeypatch.setattr(replica, "BUSY_TIMEOUT_MS", 200)  # not 10 s of waiting in a test
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # an analyst's sqlite3 session writing, say
+    try:
+        result = cli("sync", "--days-back", "1")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.code == 1 and "is locked by another program" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
