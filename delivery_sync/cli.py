@@ -113,8 +113,8 @@ def sync(
     with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
     rollup = result.aggregate
-    if rollup:  # cron mail gets one summary line per run: the rollup's own line only with -v, or when it failed
-        (log.debug if rollup.status == "ok" else log.error)("%s", render.aggregate_summary(rollup))
+    if rollup:  # cron mail gets one summary line per run, which says when the rollup failed
+        log.debug("%s", render.aggregate_summary(rollup))
     render.summary(render.sync_summary(result))
     raise typer.Exit(0 if result.status == "ok" and (rollup is None or rollup.status == "ok") else EXIT_FAILED)
 
@@ -278,14 +278,14 @@ def demo_source(
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", metavar="RPS", min=0.1, help="Requests per second before it answers 429 + Retry-After."),
     no_batch: bool = typer.Option(False, "--no-batch", help="Answer 404 to POST /api/v1/getBatchStats."),
 ) -> None:
-    """Serve a realistic simulated remote on loopback (SPEC §6) until interrupted."""
+    """Serve a realistic simulated remote (the API of the real one) on loopback until interrupted."""
     from .demo_source import DemoSource
 
     try:
         demo = DemoSource(host, port, clients, seed, latency_ms, error_rate, rate_limit, batch=not no_batch)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    log.warning("demo-source: serving %d clients on %s (Ctrl-C to stop)", clients, demo.url)
+    log.info("demo-source: serving %d clients on %s (Ctrl-C to stop)", clients, demo.url)
     try:
         demo.serve_forever()
     except KeyboardInterrupt:
@@ -321,9 +321,9 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
-    # httpx logs every request at INFO: useful with -v only.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.INFO)
+    # httpx and httpcore log raw URLs (with any password in them): source.py logs requests instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -342,9 +342,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         _error(str(exc), exc.hint)
         code = exc.exit_code
     except typer.TyperException as exc:  # click usage errors: bad flag, bad value
-        command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
-        _error(exc.format_message(), f"see 'delivery-sync{command} --help'")
         code = getattr(exc, "exit_code", EXIT_USAGE)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `delivery-sync` or `query`: the help, as is
+            print(exc.format_message(), file=sys.stderr)
+        else:
+            command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
+            _error(exc.format_message(), f"see 'delivery-sync{command} --help'")
     except KeyboardInterrupt:
         _error("interrupted")
         code = EXIT_INTERRUPTED

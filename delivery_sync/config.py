@@ -9,6 +9,7 @@ with `__` between section and key. Unknown keys and wrong types are a
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,6 +56,13 @@ class SourceSettings(_Section):
     batch_days: PositiveInt = 31
     max_consecutive_failures: PositiveInt = 10
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value != "demo" and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL, or 'demo'")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -90,9 +98,7 @@ class _TomlSource(TomlConfigSettingsSource):
         data = super().__call__()
         path = self.toml_file_path
         if isinstance(data.get("database"), str) and isinstance(path, Path):
-            database = Path(data["database"]).expanduser()
-            if not database.is_absolute():
-                data["database"] = str(path.parent / database)
+            data["database"] = str(path.parent / Path(data["database"]).expanduser())  # no-op when absolute
         return data
 
 
@@ -107,6 +113,11 @@ class Settings(BaseSettings):
     )
 
     database: Path = Path("delivery_stats.db")
+
+    @field_validator("database")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        return value.expanduser()
     source: SourceSettings = Field(default_factory=SourceSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     collect: CollectSettings = Field(default_factory=CollectSettings)

@@ -36,6 +36,9 @@ def sync_summary(result) -> str:
     line = f"sync {run['status']}: " + ", ".join(parts)
     if run["status"] == "failed" and run["error"]:
         line += f" - {run['error']}"
+    rollup = result.aggregate
+    if rollup is not None and rollup.status != "ok":
+        line += f"; aggregate failed: {rollup.run['error']}"
     return line
 
 

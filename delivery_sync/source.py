@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import date, datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -209,6 +209,8 @@ class SourceClient:
             if timeout is not None:
                 kwargs["timeout"] = timeout
             response = self._http.request(method, path, **kwargs)
+        # Our own request log: httpx's would print the URL with any user:password in it.
+        log.debug("%s %s%s%s -> HTTP %d", method, self.display_url, path, f"?{urlencode(params)}" if params else "", response.status_code)
         if response.status_code in AUTH_STATUSES:
             raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
         if response.status_code in RETRY_STATUSES:

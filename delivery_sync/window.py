@@ -11,6 +11,11 @@ from datetime import date, timedelta
 from .errors import UsageError
 
 
+# Far wider than any delivery statistics, and far from the limits of date arithmetic.
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(2999, 12, 31)
+
+
 @dataclass(frozen=True)
 class Window:
     """An inclusive range of calendar days."""
@@ -45,8 +50,13 @@ def resolve_window(
         end = end or today
         if start > end:
             raise UsageError(f"--from {start} is after --to {end}")
+        for name, day in (("--from", start), ("--to", end)):
+            if not FIRST_DAY <= day <= LAST_DAY:
+                raise UsageError(f"{name} {day} is outside {FIRST_DAY}..{LAST_DAY}")
         return Window(start, end)
     days = default if days is None else days
     if days < 1:
         raise UsageError(f"{flag} must be at least 1 (got {days})")
+    if days > (today - FIRST_DAY).days + 1:
+        raise UsageError(f"{flag} {days} reaches before {FIRST_DAY}")
     return Window(today - timedelta(days=days - 1), today)

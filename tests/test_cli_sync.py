@@ -249,3 +249,46 @@ def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):
     shown = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0
     assert "/12" in shown and "clients" in shown and "sync ok: 12/12 clients" in shown
+
+
+# --- review findings: URLs, passwords, home folders, absurd windows ---------------------------------------
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:3000", "localhost", "ftp://example.org"])
+def test_a_url_without_http_is_a_config_error_naming_source_url(cli, config, db_path, url):
+    result = cli("sync", "--source", url)
+    assert result.code == 2 and result.stderr.startswith("error: invalid config: source.url: must be an http")
+    assert not db_path.exists()
+
+
+def test_a_password_in_the_url_never_reaches_the_output_even_with_v(cli, config, demo):
+    url = demo.url.replace("http://", "http://ops:hunter2@")
+    result = cli("-v", "sync", "--days-back", "1", "--clients", "1", "--source", url)
+    assert result.code == 0, result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert f"GET {demo.url}/api/v1/clients -> HTTP 200" in result.stderr  # the request log, redacted
+
+
+def test_a_home_relative_database_is_expanded(cli, tmp_path, demo, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "etc").mkdir()
+    write_config(tmp_path / "etc" / "config.toml", demo.url, "~/replica.db")
+    assert cli("--config", str(tmp_path / "etc" / "config.toml"), "sync", "--days-back", "1").code == 0
+    assert (tmp_path / "home" / "replica.db").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sync", "--days-back", "99999999"), "--days-back 99999999 reaches before 1900-01-01"),
+    (("sync", "--from", "0001-01-01"), "--from 0001-01-01 is outside 1900-01-01..2999-12-31"),
+    (("query", "top", "--from", "2026-01-01", "--to", "9999-12-31"), "--to 9999-12-31 is outside"),
+])
+def test_absurd_windows_are_usage_errors(cli, config, args, message):
+    result = cli(*args)
+    assert result.code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_no_command_prints_the_help_without_an_error_prefix(cli):
+    result = cli("query")
+    assert result.code == 2 and result.stderr.startswith("Usage: delivery-sync query")
+    assert "top" in result.stderr and "error:" not in result.stderr
