@@ -257,10 +257,11 @@ def query_sql(
     fmt: str = _FORMAT,
 ) -> None:
     """Run one read-only SQL statement against the replica."""
-    from .reports import sql
+    from .reports import check_statement, sql
 
     if max_seconds <= 0:
         raise UsageError(f"--max-seconds must be more than 0 (got {max_seconds:g})")
+    check_statement(statement)  # before the replica is opened: a refused statement touches no file
     _report(ctx, fmt, lambda conn, _: sql(conn, statement, max_seconds), windowed=False)
 
 

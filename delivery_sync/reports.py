@@ -124,12 +124,13 @@ _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)",
 _READING_STATEMENTS = {"SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES"}
 
 
-def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
-    """Run one read-only statement; interrupted with `QueryTimeout` after `max_seconds`.
+def check_statement(statement: str) -> None:
+    """Refuse, before the replica is even opened, anything but one SELECT, WITH, EXPLAIN,
+    VALUES or PRAGMA statement (`ReadOnlyViolation`, exit 2).
 
-    Only SELECT, WITH, EXPLAIN, VALUES and read-only PRAGMAs: the keyword check
-    stops `VACUUM INTO` (which SQLite allows on a read-only database and which
-    writes a new file); the authorizer and `mode=ro` stop every other write.
+    The keyword check stops `VACUUM INTO` (which SQLite allows on a read-only
+    database and which writes a new file); the authorizer and `mode=ro` stop every
+    other write. Checking first means a refused statement touches no file at all.
     """
     match = _STATEMENT_START.match(statement)
     keyword = match.group(1).upper() if match else ""
@@ -137,6 +138,18 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
         raise ReadOnlyViolation(
             f"refused: {keyword or 'empty statement'} - query sql runs only SELECT, WITH, EXPLAIN and read-only PRAGMAs"
         )
+    # SQLite's own tokenizer says where a statement ends (quotes and comments included).
+    for end, char in enumerate(statement):
+        if char == ";" and sqlite3.complete_statement(statement[: end + 1]):
+            rest = _STATEMENT_START.match(statement[end + 1 :].replace(";", " "))
+            if rest:
+                raise ReadOnlyViolation("refused: query sql takes exactly one statement")
+            break
+
+
+def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
+    """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`."""
+    check_statement(statement)
     deadline = time.monotonic() + max_seconds
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)

@@ -110,10 +110,13 @@ def test_query_without_a_replica_exits_2_with_a_hint_and_creates_nothing(cli, tm
 @pytest.mark.parametrize("statement", REFUSED_STATEMENTS)
 def test_sql_refuses_writes_and_leaves_the_file_untouched(query, replica, tmp_path, statement):
     before = digest(replica)
+    before_files = sorted(p.name for p in replica.parent.iterdir())
     result = query("sql", statement)
     assert result.code == 2 and result.stderr.startswith("error: refused")
     assert digest(replica) == before
     assert not (tmp_path / "copy.db").exists() and not (tmp_path / "other.db").exists()
+    # Refused before the replica is opened: not even SQLite's -wal/-shm side files appear.
+    assert sorted(p.name for p in replica.parent.iterdir()) == before_files
 
 
 def test_sql_select_works_while_a_sync_holds_the_lock_and_writes(cli, replica, tmp_path):
