@@ -31,6 +31,8 @@ def sync_summary(result) -> str:
         failed = [str(cid) for cid, _ in result.failures if cid is not None]
         shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
         parts.append(f"{run['clients_failed']} failed ({shown})")
+    if result.warnings:  # -q hides the warning lines: the summary still says there were some
+        parts.append(f"{len(result.warnings)} warning{'s' if len(result.warnings) > 1 else ''}")
     parts.append(f"window {run['window_start']}..{run['window_end']}")
     parts.append(f"{result.seconds:.1f} s")
     line = f"sync {run['status']}: " + ", ".join(parts)

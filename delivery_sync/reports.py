@@ -136,7 +136,8 @@ def check_statement(statement: str) -> None:
     keyword = match.group(1).upper() if match else ""
     if keyword not in _READING_STATEMENTS:
         raise ReadOnlyViolation(
-            f"refused: {keyword or 'empty statement'} - query sql runs only SELECT, WITH, EXPLAIN and read-only PRAGMAs"
+            f"refused: {keyword or ('empty statement' if not statement.strip() else statement.strip()[:20])}"
+            " - query sql runs only SELECT, WITH, EXPLAIN and read-only PRAGMAs"
         )
     # SQLite's own tokenizer says where a statement ends (quotes and comments included).
     for end, char in enumerate(statement):

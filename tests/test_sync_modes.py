@@ -99,6 +99,7 @@ def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, 
 
     assert result.code == 0, result.stderr  # a warning, not a failure
     assert "warning: client 6: remote returned no rows" in result.stderr and "nothing pruned" in result.stderr
+    assert "0 rejected, 1 warning, window" in result.stderr.splitlines()[-1]  # the summary, kept by -q
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 6") == [(5,)]
     status, *_, rows_deleted, error = last_sync(db_path)
     assert (status, rows_deleted) == ("ok", 0) and "client 6" in error
