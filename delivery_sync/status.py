@@ -17,7 +17,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .errors import UsageError
 from .readonly import open_readonly, replica_exists, snapshot
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
@@ -90,10 +89,6 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Statu
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
                 _read(conn, status, now, today)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise UsageError(f"{database} is not a delivery-sync replica ({exc})") from None
-            raise
         finally:
             conn.close()
     status.verdict = judge(status)
