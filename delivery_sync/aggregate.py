@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import NoReplica
-from .records import AMOUNT_METRICS, METRICS
+from .metrics import AMOUNT_METRICS, METRICS
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -91,16 +91,22 @@ def with_ratios(sums_sql: str, columns: list[str]) -> str:
     return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql})"
 
 
-def period_sums(by: str, rows: str) -> str:
-    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
+def period_bounds(by: str, day: str = "stat_date") -> tuple[str, str, str]:
+    """SQL for the period of the date column `day`, and for the first and last day of `period`."""
     key = {
-        "day": "stat_date",
+        "day": day,
         # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
-        "week": "date(stat_date, '-' || ((CAST(strftime('%w', stat_date) AS INTEGER) + 6) % 7) || ' days')",
-        "month": "substr(stat_date, 1, 7)",
+        "week": f"date({day}, '-' || ((CAST(strftime('%w', {day}) AS INTEGER) + 6) % 7) || ' days')",
+        "month": f"substr({day}, 1, 7)",
     }[by]
     first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
     last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
+    return key, first, last
+
+
+def period_sums(by: str, rows: str) -> str:
+    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
+    key, first, last = period_bounds(by)
     return f"""
 SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
        clients_with_data, days_with_data, {', '.join(METRICS)}

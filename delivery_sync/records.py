@@ -21,47 +21,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-AMOUNT_METRICS = (
-    "grab_sales",
-    "grab_ads_spend",
-    "grab_ads_sales",
-    "gojek_sales",
-    "gojek_ads_spend",
-    "gojek_ads_sales",
-    "total_sales",
-)
-COUNT_METRICS = (
-    "grab_orders",
-    "grab_new_customers",
-    "grab_repeated_customers",
-    "grab_fake_orders",
-    "gojek_orders",
-    "gojek_new_customers",
-    "gojek_returned_customers",
-    "gojek_fake_orders",
-    "total_orders",
-)
-# Column order of client_stats (SPEC §4).
-METRICS = (
-    "grab_sales",
-    "grab_orders",
-    "grab_ads_spend",
-    "grab_ads_sales",
-    "grab_new_customers",
-    "grab_repeated_customers",
-    "grab_fake_orders",
-    "gojek_sales",
-    "gojek_orders",
-    "gojek_ads_spend",
-    "gojek_ads_sales",
-    "gojek_new_customers",
-    "gojek_returned_customers",
-    "gojek_fake_orders",
-    "total_sales",
-    "total_orders",
-)
+from .metrics import AMOUNT_METRICS, COUNT_METRICS, METRICS
 
-# ASCII only: `\d` alone also matches digits such as "٣", which float() would accept.
 # Bounds of a plausible client-day. Far above any restaurant's day, and low enough that
 # sums over years of every client stay exact in SQLite's 64-bit integers (amounts in cents).
 MAX_AMOUNT = 1e12  # rupiah

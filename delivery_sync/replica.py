@@ -20,7 +20,8 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .errors import DeliverySyncError, LockHeld, UsageError
-from .records import COUNT_METRICS, METRICS, Client, ParsedRows
+from .metrics import COUNT_METRICS, METRICS
+from .records import Client, ParsedRows
 
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.

@@ -20,11 +20,11 @@ from datetime import date, timedelta
 
 from .aggregate import (
     CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS,
-    SUMS, period_sums, with_ratios,
+    SUMS, period_bounds, period_sums, with_ratios,
 )
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
-from .records import METRICS
+from .metrics import METRICS
 from .window import Window
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,12 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
     if by not in GROUPINGS:
         raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month")
     plan = _plan(conn, window, rolling=False, by=by)
-    if plan.whole:  # whole periods from their rollup rows, the partial ones at the edges from raw rows
-        table = FINE_TABLES.get(by, "overall_aggregates")
-        sql = (
-            f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM {table} WHERE period BETWEEN :first_period AND :last_period"
-            f" UNION ALL {with_ratios(period_sums(by, _EDGE_ROWS), PERIOD_COLUMNS)} ORDER BY period"
-        )
+    if plan.current:  # whole periods from their rollup rows, the partial ones at the edges from daily totals
+        parts = [with_ratios(_edge_period_sums(by), PERIOD_COLUMNS)]
+        if plan.whole:
+            table = FINE_TABLES.get(by, "overall_aggregates")
+            parts.insert(0, f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM {table} WHERE period BETWEEN :first_period AND :last_period")
+        sql = " UNION ALL ".join(parts) + " ORDER BY period"
     else:
         sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS) + " ORDER BY period"
     rows = _fetch(conn, sql, plan.params())
@@ -200,6 +200,30 @@ _METRIC_LIST = ", ".join(METRICS)
 _EDGE_ROWS = (
     "FROM client_stats WHERE stat_date BETWEEN :head_start AND :head_end OR stat_date BETWEEN :tail_start AND :tail_end"
 )
+
+
+def _edge_period_sums(by: str) -> str:
+    """`period_sums` of the window's partial edge periods, from the stored daily totals.
+
+    Sums come from `overall_daily` (exact cents, so equal to summing the raw rows);
+    clients with data are counted by probing the (client_id, stat_date) index once
+    per client, far cheaper than reading every client-day of the edges.
+    """
+    key, first, last = period_bounds(by, day="period")
+    return f"""
+SELECT period, period_start, period_end,
+       (SELECT COUNT(*) FROM clients c WHERE EXISTS (
+            SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN period_start AND period_end
+       )) AS clients_with_data,
+       days_with_data, {_METRIC_LIST}
+FROM (SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end, days_with_data, {_METRIC_LIST}
+      FROM (SELECT {key} AS period, COUNT(*) AS days_with_data,
+                   {SUMS}
+            FROM overall_daily
+            WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end
+            GROUP BY 1))"""
+
+
 _CLIENT_PARTS = f"""
 SELECT client_id, SUM(days) AS days_with_data,
        {SUMS}
@@ -229,6 +253,7 @@ class _Plan:
     period: str | None = None
     whole: tuple[date, date] | None = None  # first and last day of the span of whole stored periods
     by: str = "month"
+    current: bool = False  # the rollup tables match client_stats
 
     def params(self) -> dict[str, str]:
         start, end = self.window.start, self.window.end
@@ -278,12 +303,12 @@ def _plan(conn: sqlite3.Connection, window: Window, rolling: bool = True, by: st
     names = {days: name for name, days in ROLLING_PERIODS.items()}
     if rolling and window.end == as_of and window.days in names:
         log.debug("reading stored rollup %s", names[window.days])
-        return _Plan(window, period=names[window.days])
+        return _Plan(window, period=names[window.days], current=True)
     first, last = _whole_span(window, by)
     if first > last:
-        return _Plan(window, by=by)
+        return _Plan(window, by=by, current=True)
     log.debug("reading stored %ss %s..%s", by, _period_key(first, by), _period_key(last, by))
-    return _Plan(window, whole=(first, last), by=by)
+    return _Plan(window, whole=(first, last), by=by, current=True)
 
 
 def _next_month(day: date) -> date:

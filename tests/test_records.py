@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery_sync.records import MAX_AMOUNT, MAX_COUNT, METRICS, parse_amount, parse_count, parse_rows, parse_stat_date
+from delivery_sync.metrics import METRICS
+from delivery_sync.records import MAX_AMOUNT, MAX_COUNT, parse_amount, parse_count, parse_rows, parse_stat_date
 
 BALI = ZoneInfo("Asia/Makassar")
 

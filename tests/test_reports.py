@@ -19,7 +19,7 @@ from delivery_sync import readonly, reports
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import QueryTimeout, ReadOnlyViolation, UsageError
-from delivery_sync.records import AMOUNT_METRICS, METRICS
+from delivery_sync.metrics import AMOUNT_METRICS, METRICS
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window, resolve_window
 

@@ -1,0 +1,47 @@
+"""The metric columns of `client_stats` (SPEC §4), by kind.
+
+Names only, no imports: the fast `query` path needs them without loading the
+pydantic models of records.py.
+"""
+
+AMOUNT_METRICS = (
+    "grab_sales",
+    "grab_ads_spend",
+    "grab_ads_sales",
+    "gojek_sales",
+    "gojek_ads_spend",
+    "gojek_ads_sales",
+    "total_sales",
+)
+COUNT_METRICS = (
+    "grab_orders",
+    "grab_new_customers",
+    "grab_repeated_customers",
+    "grab_fake_orders",
+    "gojek_orders",
+    "gojek_new_customers",
+    "gojek_returned_customers",
+    "gojek_fake_orders",
+    "total_orders",
+)
+# Column order of client_stats (SPEC §4).
+METRICS = (
+    "grab_sales",
+    "grab_orders",
+    "grab_ads_spend",
+    "grab_ads_sales",
+    "grab_new_customers",
+    "grab_repeated_customers",
+    "grab_fake_orders",
+    "gojek_sales",
+    "gojek_orders",
+    "gojek_ads_spend",
+    "gojek_ads_sales",
+    "gojek_new_customers",
+    "gojek_returned_customers",
+    "gojek_fake_orders",
+    "total_sales",
+    "total_orders",
+)
+
+# ASCII only: `\d` alone also matches digits such as "٣", which float() would accept.
