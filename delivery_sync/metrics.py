@@ -44,4 +44,3 @@ METRICS = (
     "total_orders",
 )
 
-# ASCII only: `\d` alone also matches digits such as "٣", which float() would accept.

@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .metrics import AMOUNT_METRICS, COUNT_METRICS, METRICS
 
-# Bounds of a plausible client-day. Far above any restaurant's day, and low enough that
-# sums over years of every client stay exact in SQLite's 64-bit integers (amounts in cents).
+# Bounds of a plausible client-day: far above any restaurant's day, and far below what
+# overflows SQLite's 64-bit integers (a count of 1e30, an amount of 1e308) in a single row.
 MAX_AMOUNT = 1e12  # rupiah
 MAX_COUNT = 1e9
 
+# ASCII only: `\d` alone also matches digits such as "٣", which float() would accept.
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 

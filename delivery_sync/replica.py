@@ -135,16 +135,21 @@ def open_replica(path: Path) -> sqlite_utils.Database:
 
 
 def _check_is_ours(db: sqlite_utils.Database, path: Path) -> None:
+    """Refuse, before anything is changed, a file that is not an empty database or one of our replicas."""
     tables = set(db.table_names())
-    if tables and "meta" not in tables:
-        raise UsageError(f"{path} is not a delivery-sync replica (it holds other tables)", hint="check --db or `database`")
-    if "meta" in tables:
+    if not tables:
+        return
+    version = None
+    if {"meta", "sync_runs"} <= tables:
         row = db.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_VERSION_KEY]).fetchone()
-        if row and int(row[0]) > SCHEMA_VERSION:
-            raise UsageError(
-                f"replica {path} has schema version {row[0]}, newer than this delivery-sync knows ({SCHEMA_VERSION})",
-                hint="upgrade delivery-sync",
-            )
+        version = row[0] if row else None
+    if version is None or not str(version).isdigit():
+        raise UsageError(f"{path} is not a delivery-sync replica (it holds other tables)", hint="check --db or `database`")
+    if int(version) > SCHEMA_VERSION:
+        raise UsageError(
+            f"replica {path} has schema version {version}, newer than this delivery-sync knows ({SCHEMA_VERSION})",
+            hint="upgrade delivery-sync",
+        )
 
 
 # --- the writing lock --------------------------------------------------------

@@ -210,6 +210,8 @@ def _edge_period_sums(by: str) -> str:
     per client, far cheaper than reading every client-day of the edges.
     """
     key, first, last = period_bounds(by, day="period")
+    # Probing from `clients` counts the same as DISTINCT client_stats.client_id: rows are
+    # written only for clients the remote listed, and clients are never deleted.
     return f"""
 SELECT period, period_start, period_end,
        (SELECT COUNT(*) FROM clients c WHERE EXISTS (
@@ -326,6 +328,12 @@ def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
         "SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1"
     ).fetchone()
     if latest is None or latest["status"] != "ok":
+        return None
+    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values()}
+    present = conn.execute(
+        f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(tables))})", sorted(tables)
+    ).fetchone()[0]
+    if present < len(tables):  # rollups built by an older delivery-sync: read raw rows until the next rebuild
         return None
     changed = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND command = 'sync' AND (status = 'running' "

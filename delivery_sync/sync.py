@@ -149,37 +149,38 @@ def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, W
         window = windows[cid]
         return parse_rows(source.client_stats(cid, window.start, window.end), tz)
 
-    with ThreadPoolExecutor(max_workers=settings.source.concurrency, thread_name_prefix="fetch") as pool:
-        futures: dict[Future, int] = {pool.submit(fetch, cid): cid for cid in windows}
-        try:
-            for future, cid in _as_completed(futures):
-                done += 1
-                try:
-                    parsed = future.result()
-                except SourceError as exc:
-                    failures.append((cid, str(exc)))
-                    replica.record_failure(db, run_id, cid, str(exc))
-                    if isinstance(exc, AuthFailed):
-                        raise _Stop(str(exc)) from None
-                    log.error("%s", exc)
-                    consecutive += 1
-                    if consecutive >= limit:
-                        raise _Stop(
-                            f"stopped after {consecutive} consecutive client failures (the remote looks down); "
-                            f"{total - done} clients not fetched"
-                        ) from None
-                else:
-                    consecutive = 0
-                    window = windows[cid]
-                    written = replica.write_client_window(db, run_id, cid, (window.start, window.end), parsed, prune)
-                    _count(counts, parsed, written)
-                    for reject in parsed.rejects:
-                        log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
-                if progress:
-                    progress(done, total)
-        finally:
-            for future in futures:
-                future.cancel()
+    pool = ThreadPoolExecutor(max_workers=settings.source.concurrency, thread_name_prefix="fetch")
+    futures: dict[Future, int] = {pool.submit(fetch, cid): cid for cid in windows}
+    try:
+        for future, cid in _as_completed(futures):
+            done += 1
+            try:
+                parsed = future.result()
+            except SourceError as exc:
+                failures.append((cid, str(exc)))
+                replica.record_failure(db, run_id, cid, str(exc))
+                if isinstance(exc, AuthFailed):
+                    raise _Stop(str(exc)) from None
+                log.error("%s", exc)
+                consecutive += 1
+                if consecutive >= limit:
+                    raise _Stop(
+                        f"stopped after {consecutive} consecutive client failures (the remote looks down); "
+                        f"{total - done} clients not fetched"
+                    ) from None
+            else:
+                consecutive = 0
+                window = windows[cid]
+                written = replica.write_client_window(db, run_id, cid, (window.start, window.end), parsed, prune)
+                _count(counts, parsed, written)
+                for reject in parsed.rejects:
+                    log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
+            if progress:
+                progress(done, total)
+    finally:
+        # Never wait for requests still in flight (retries, Retry-After sleeps): on Ctrl-C,
+        # SIGTERM or a stop the run must be recorded now. Their answers are discarded.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _as_completed(futures: dict[Future, int]) -> Iterable[tuple[Future, int]]:

@@ -336,6 +336,23 @@ def test_stored_and_raw_paths_give_identical_rows(replica, raw_only, name):
     assert results[0] == results[1]
 
 
+def test_rollups_from_an_older_build_without_daily_tables_are_not_read(replica, raw_only, tmp_path):
+    older = tmp_path / "older.db"
+    shutil.copy(replica, older)
+    conn = sqlite3.connect(older)
+    with conn:
+        conn.execute("DROP TABLE overall_daily")
+    conn.close()
+    results = []
+    for path in (older, raw_only):
+        connection = readonly.open_readonly(path)
+        with readonly.snapshot(connection):
+            results.append([reports.totals(connection, WINDOWS[name], by).rows
+                            for name in ("february", "across_months") for by in ("day", "week", "month")])
+        connection.close()
+    assert results[0] == results[1] and results[0][0]
+
+
 def test_a_stored_period_is_read_from_the_rollup_tables(replica, caplog):
     connection = readonly.open_readonly(replica)
     with caplog.at_level("DEBUG", logger="delivery_sync.reports"):

@@ -199,6 +199,25 @@ def test_a_foreign_sqlite_file_is_refused_and_left_alone(cli, demo, tmp_path):
     assert other.read_bytes() == before
 
 
+@pytest.mark.parametrize("schema", [
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT); CREATE TABLE users(id INTEGER)",  # someone else's `meta`
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT); CREATE TABLE sync_runs(id INTEGER);"
+    " INSERT INTO meta VALUES ('schema_version', 'two')",
+])
+def test_a_look_alike_database_is_refused_before_anything_changes(cli, demo, tmp_path, schema):
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    conn = sqlite3.connect(other)
+    conn.executescript(schema)
+    conn.close()
+    before = other.read_bytes()
+    write_config(tmp_path / "config.toml", demo.url, other)
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2 and "not a delivery-sync replica" in result.stderr
+    assert other.read_bytes() == before and not other.with_name("other.db-wal").exists()
+
+
 def test_a_replica_from_a_newer_delivery_sync_is_not_downgraded(cli, demo, config, db_path):
     assert cli("sync", "--days-back", "1").code == 0
     _execute(db_path, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
