@@ -208,7 +208,6 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
     began = time.monotonic()
     db = replica.open_replica(database)
     try:
-        replica.mark_interrupted_runs(db)
         run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
         with replica.closed_on_error(db, run_id):
             try:

@@ -108,7 +108,7 @@ def sync(
     g: Globals = ctx.obj
     start, end, ids = _parse_date(from_, "--from"), _parse_date(to, "--to"), _parse_ids(clients)
     settings = g.settings(source={"url": source})
-    window = resolve_window(_today(settings), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
+    window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
     options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
     with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
@@ -176,7 +176,7 @@ def aggregate(
     from .aggregate import run_aggregate
 
     settings = ctx.obj.settings()
-    result = run_aggregate(settings.database, _parse_date(as_of, "--as-of") or _today(settings))
+    result = run_aggregate(settings.database, _parse_date(as_of, "--as-of") or settings.source.today())
     render.summary(render.aggregate_summary(result))
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
@@ -201,7 +201,7 @@ def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None,
     window = None
     if windowed:
         start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
-        window = resolve_window(_today(settings), days, start, end, flag="--days", default=30)
+        window = resolve_window(settings.source.today(), days, start, end, flag="--days", default=30)
     conn = readonly.open_readonly(settings.database)
     try:
         with readonly.snapshot(conn):
@@ -296,12 +296,6 @@ def demo_source(
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _today(settings) -> date:
-    from datetime import datetime
-
-    return datetime.now(settings.source.tz).date()
 
 
 class _Formatter(logging.Formatter):

@@ -40,7 +40,6 @@ def run_collect(settings: Settings) -> CollectResult:
     with replica.writer_lock(settings.database, "collect"):
         db = replica.open_replica(settings.database)
         try:
-            replica.mark_interrupted_runs(db)
             # The row is `running` while we wait, so `status` shows a collection in progress.
             run_id = replica.start_run(db, "collect")
             began = time.monotonic()

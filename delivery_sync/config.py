@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,6 +77,10 @@ class SourceSettings(_Section):
     def tz(self) -> ZoneInfo:
         """The remote's calendar as a ZoneInfo."""
         return ZoneInfo(self.timezone)
+
+    def today(self) -> date:
+        """Today on the remote's calendar, never the machine's: what `--days-back` and `--days` end on."""
+        return datetime.now(self.tz).date()
 
 
 class SyncSettings(_Section):

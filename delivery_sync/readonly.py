@@ -78,13 +78,9 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.rollback()
 
 
-def denied(exc: sqlite3.DatabaseError) -> bool:
-    """Whether an error came from the authorizer or the read-only open (a write attempt)."""
-    text = str(exc).lower()
-    return "not authorized" in text or "readonly" in text or "read-only" in text
-
-
 def check_denied(exc: sqlite3.DatabaseError) -> None:
-    """Turn a refused write into `ReadOnlyViolation` (exit 2); other errors pass through."""
-    if denied(exc):
+    """Turn a write refused by the authorizer or the read-only open into `ReadOnlyViolation` (exit 2);
+    other errors pass through."""
+    text = str(exc).lower()
+    if "not authorized" in text or "readonly" in text or "read-only" in text:
         raise ReadOnlyViolation(f"refused: the replica is read-only here ({exc})") from None

@@ -19,12 +19,7 @@ def summary(line: str) -> None:
 def sync_summary(result) -> str:
     """`sync ok: 127/127 clients, 46355 rows (...), 0 rejected, window A..B, 12.3 s`."""
     run = result.run
-    rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
-    parts = [
-        f"{run['clients_ok']}/{run['clients_total']} clients",
-        f"{rows} rows ({run['rows_inserted']} inserted, {run['rows_updated']} updated, {run['rows_unchanged']} unchanged)",
-        f"{run['rows_rejected']} rejected",
-    ]
+    parts = [_sync_counts(run)]
     if run["rows_deleted"]:
         parts.append(f"{run['rows_deleted']} deleted")
     if run["clients_failed"]:
@@ -32,7 +27,7 @@ def sync_summary(result) -> str:
         shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
         parts.append(f"{run['clients_failed']} failed ({shown})")
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
-        parts.append(f"{len(result.warnings)} warning{'s' if len(result.warnings) > 1 else ''}")
+        parts.append(_plural(len(result.warnings), "warning"))
     parts.append(f"window {run['window_start']}..{run['window_end']}")
     parts.append(f"{result.seconds:.1f} s")
     line = f"sync {run['status']}: " + ", ".join(parts)
@@ -42,6 +37,19 @@ def sync_summary(result) -> str:
     if rollup is not None and rollup.status != "ok":
         line += f"; aggregate failed: {rollup.run['error']}"
     return line
+
+
+def _sync_counts(run: dict) -> str:
+    """`127/127 clients, 46355 rows (120 inserted, 30 updated, 46205 unchanged), 0 rejected` of a sync run."""
+    rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
+    return (
+        f"{run['clients_ok']}/{run['clients_total']} clients, {rows} rows ({run['rows_inserted']} inserted, "
+        f"{run['rows_updated']} updated, {run['rows_unchanged']} unchanged), {run['rows_rejected']} rejected"
+    )
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 @contextmanager
@@ -72,8 +80,7 @@ def collect_summary(result) -> str:
     """`collect ok: Collection finished for 127 clients, 1 request, 2.1 s` or `collect failed: <why>, ...`."""
     run = result.run
     what = run["error"] if run["status"] == "failed" else (result.message or "collection finished")
-    requests = run["requests"]
-    return f"collect {run['status']}: {what}, {requests} request{'s' if requests != 1 else ''}, {result.seconds:.1f} s"
+    return f"collect {run['status']}: {what}, {_plural(run['requests'], 'request')}, {result.seconds:.1f} s"
 
 
 def status_check_line(status) -> str:
@@ -158,15 +165,10 @@ def show_status(status) -> None:
 
 
 def _run_details(run: dict) -> str:
-    requests = f"{run['requests']} request{'s' if run['requests'] != 1 else ''}"
+    requests = _plural(run["requests"], "request")
     if run["command"] != "sync":
         return requests if run["command"] == "collect" else ""
-    rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
-    return (
-        f"{run['clients_ok']}/{run['clients_total']} clients, {rows} rows ({run['rows_inserted']} inserted, "
-        f"{run['rows_updated']} updated, {run['rows_unchanged']} unchanged), {run['rows_rejected']} rejected, "
-        f"window {run['window_start']}..{run['window_end']}, {requests}"
-    )
+    return f"{_sync_counts(run)}, window {run['window_start']}..{run['window_end']}, {requests}"
 
 
 def _when(stamp: str, status) -> str:

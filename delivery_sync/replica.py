@@ -236,10 +236,10 @@ class RunCounts:
         return {name: getattr(self, name) for name in RUN_COUNTERS}
 
 
-def mark_interrupted_runs(db: sqlite_utils.Database) -> int:
+def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
     """Runs left `running` by a process that died become `failed` ("interrupted").
 
-    Only called while holding the writer lock, so no live run can be `running`.
+    Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
     """
     cursor = db.execute(
         "UPDATE sync_runs SET status = 'failed', finished_at = ?, "
@@ -252,7 +252,12 @@ def mark_interrupted_runs(db: sqlite_utils.Database) -> int:
 def start_run(
     db: sqlite_utils.Database, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
 ) -> int:
-    """Insert a `running` row in `sync_runs` and return its id."""
+    """Insert a `running` row in `sync_runs` and return its id; the caller holds the writer lock.
+
+    First marks runs left `running` by a dead process as failed ("interrupted"): every
+    writing run starts here, so none of them can forget it.
+    """
+    _mark_interrupted_runs(db)
     row = {
         "command": command,
         "status": "running",
@@ -289,11 +294,6 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
         finish_run(db, run_id, "failed", counts or RunCounts(), reason)
         raise
-
-
-def set_run_window(db: sqlite_utils.Database, run_id: int, window_start: date) -> None:
-    """Record the earliest window start actually used (incremental runs)."""
-    db["sync_runs"].update(run_id, {"window_start": window_start.isoformat()})
 
 
 def record_failure(db: sqlite_utils.Database, run_id: int, client_id: int | None, error: str) -> None:

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Callable, Iterable
 
 from . import replica
@@ -67,7 +67,7 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
         run = result.run
         changed = (run["rows_inserted"] or 0) + (run["rows_updated"] or 0) + (run["rows_deleted"] or 0)
         if options.aggregate and (run["status"] != "failed" or changed):
-            result.aggregate = aggregate_locked(settings.database, datetime.now(settings.source.tz).date())
+            result.aggregate = aggregate_locked(settings.database, settings.source.today())
         return result
 
 
@@ -86,7 +86,6 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
         selected = _select(listed, options.client_ids)
         db = replica.open_replica(settings.database)
         try:
-            replica.mark_interrupted_runs(db)
             replica.save_client_list(db, listed)
             windows = _client_windows(db, selected, options, settings.sync.lookback_days)
             window_start = min((w.start for w in windows.values()), default=options.window.start)
@@ -216,7 +215,6 @@ def _failed_before_fetch(settings: Settings, options: SyncOptions, exc: SourceEr
     """The client list could not be had: record a failed run, touch no data."""
     db = replica.open_replica(settings.database)
     try:
-        replica.mark_interrupted_runs(db)
         run_id = replica.start_run(db, "sync", (options.window.start, options.window.end))
         run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), str(exc))
     finally:
