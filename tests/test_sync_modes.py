@@ -229,10 +229,10 @@ def test_a_replica_from_a_newer_delivery_sync_is_not_downgraded(cli, demo, confi
 def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config, db_path, monkeypatch):
     import sqlite3
 
-    from delivery_sync import replica
+    from delivery_sync.replica import schema
 
     assert cli("sync", "--days-back", "1").code == 0
-    monkeypatch.setattr(replica, "BUSY_TIMEOUT_MS", 200)  # not 10 s of waiting in a test
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 200)  # not 10 s of waiting in a test
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # an analyst's sqlite3 session writing, say
     try:

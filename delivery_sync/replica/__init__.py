@@ -1,0 +1,22 @@
+"""The SQLite replica: the only package that writes the database.
+
+    schema.py   tables, migrations, `meta.schema_version`, opening read-write
+    lock.py     the `<database>.lock` every writing run holds
+    runs.py     `sync_runs` rows (start, finish, close on error) and `sync_failures`
+    clients.py  the `clients` table
+    upsert.py   one client's window into `client_stats`, in one transaction
+
+Writers open it with `open_replica()` while holding `writer_lock()`; readers use
+`readonly.py`. The names below are the package's interface.
+"""
+
+from .clients import latest_dates, save_client_list
+from .lock import writer_lock
+from .runs import RunCounts, closed_on_error, finish_run, record_failure, start_run
+from .schema import SCHEMA_VERSION, open_replica, utc_now
+from .upsert import ClientWrite, write_client_window
+
+__all__ = [
+    "SCHEMA_VERSION", "ClientWrite", "RunCounts", "closed_on_error", "finish_run", "latest_dates", "open_replica",
+    "record_failure", "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
+]

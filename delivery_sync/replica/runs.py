@@ -1,0 +1,96 @@
+"""Runs: the `sync_runs` rows every writing command opens and closes, and `sync_failures`."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Iterator
+
+import sqlite_utils
+
+from .schema import RUN_COUNTERS, utc_now
+
+
+@dataclass
+class RunCounts:
+    """The counters of one `sync_runs` row."""
+
+    clients_total: int = 0
+    clients_ok: int = 0
+    clients_failed: int = 0
+    rows_fetched: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_rejected: int = 0
+    rows_deleted: int = 0
+    requests: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in RUN_COUNTERS}
+
+
+def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
+    """Runs left `running` by a process that died become `failed` ("interrupted").
+
+    Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
+    """
+    cursor = db.execute(
+        "UPDATE sync_runs SET status = 'failed', finished_at = ?, "
+        "error = COALESCE(error || '; ', '') || 'interrupted' WHERE status = 'running'",
+        [utc_now()],
+    )
+    return cursor.rowcount
+
+
+def start_run(
+    db: sqlite_utils.Database, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
+) -> int:
+    """Insert a `running` row in `sync_runs` and return its id; the caller holds the writer lock.
+
+    First marks runs left `running` by a dead process as failed ("interrupted"): every
+    writing run starts here, so none of them can forget it.
+    """
+    _mark_interrupted_runs(db)
+    row = {
+        "command": command,
+        "status": "running",
+        "started_at": utc_now(),
+        "window_start": window[0].isoformat() if window else None,
+        "window_end": window[1].isoformat() if window else None,
+        "clients_total": clients_total,
+    }
+    return db["sync_runs"].insert(row).last_pk
+
+
+def finish_run(db: sqlite_utils.Database, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
+    """Close a run with its status, counters and error/warnings; returns the stored row."""
+    messages = [*counts.warnings, *([error] if error else [])]
+    db["sync_runs"].update(
+        run_id,
+        {
+            "status": status,
+            "finished_at": utc_now(),
+            "error": "; ".join(messages) or None,
+            **counts.as_row(),
+        },
+    )
+    return db["sync_runs"].get(run_id)
+
+
+@contextmanager
+def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | None = None) -> Iterator[None]:
+    """Close the run as `failed` at once if the block is interrupted (Ctrl-C, SIGTERM) or crashes,
+    rather than leave it `running` until the next writing run."""
+    try:
+        yield
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
+        finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        raise
+
+
+def record_failure(db: sqlite_utils.Database, run_id: int, client_id: int | None, error: str) -> None:
+    db["sync_failures"].insert({"run_id": run_id, "client_id": client_id, "error": error})

@@ -1,0 +1,141 @@
+"""The replica's schema: migrations (sqlite-utils `Migrations`), `meta.schema_version`, and opening
+the file read-write in WAL mode, refusing files that are not ours."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from ..errors import DeliverySyncError, UsageError
+from ..metrics import COUNT_METRICS, METRICS
+
+SCHEMA_VERSION_KEY = "schema_version"
+# How long a writer waits for another program's write transaction on the file.
+BUSY_TIMEOUT_MS = 10_000
+RUN_COUNTERS = (
+    "clients_total",
+    "clients_ok",
+    "clients_failed",
+    "rows_fetched",
+    "rows_inserted",
+    "rows_updated",
+    "rows_unchanged",
+    "rows_rejected",
+    "rows_deleted",
+    "requests",
+)
+
+
+def utc_now() -> str:
+    """Now as the replica writes times: `YYYY-MM-DDTHH:MM:SS+00:00`."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+migrations = Migrations("delivery_sync")
+
+
+@migrations(name="0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["clients"].create(
+        {
+            "id": int,
+            "name": str,
+            "active": int,
+            "first_seen_at": str,
+            "last_seen_at": str,
+            "last_synced_at": str,
+        },
+        pk="id",
+        not_null={"active"},
+        defaults={"active": 1},
+    )
+    stats_columns: dict[str, type] = {"client_id": int, "stat_date": str}
+    stats_columns.update({m: int if m in COUNT_METRICS else float for m in METRICS})
+    stats_columns.update({"extra": str, "synced_at": str, "created_at": str, "updated_at": str})
+    stats = db["client_stats"]
+    stats.create(stats_columns, not_null={"client_id", "stat_date"})
+    stats.create_index(["client_id", "stat_date"], unique=True)
+    for column in ("stat_date", "total_sales", "synced_at"):
+        stats.create_index([column])
+    db["sync_runs"].create(
+        {
+            "id": int,
+            "command": str,
+            "status": str,
+            "started_at": str,
+            "finished_at": str,
+            "window_start": str,
+            "window_end": str,
+            **{counter: int for counter in RUN_COUNTERS},
+            "error": str,
+        },
+        pk="id",
+        not_null={"command", "status", "started_at"},
+    )
+    db["sync_failures"].create({"run_id": int, "client_id": int, "error": str}, foreign_keys=[("run_id", "sync_runs", "id")])
+    db["sync_failures"].create_index(["run_id"])
+    db["sync_rejects"].create(
+        {"run_id": int, "client_id": int, "stat_date": str, "reason": str, "payload": str},
+        foreign_keys=[("run_id", "sync_runs", "id")],
+    )
+    db["sync_rejects"].create_index(["run_id"])
+
+
+SCHEMA_VERSION = len(migrations._migrations)
+
+
+def open_replica(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema.
+
+    Refuses a file that is some other program's database, or a replica written by
+    a newer delivery-sync, rather than change it.
+    """
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a replica file")
+    if path.parent and not path.parent.exists():
+        raise UsageError(f"cannot create replica {path}: folder {path.parent} does not exist")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db = sqlite_utils.Database(conn)
+        _check_is_ours(db, path)
+        db.enable_wal()
+        migrations.apply(db)
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)],
+        )
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DeliverySyncError(
+                f"replica {path} is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
+                hint="close sqlite3 or other sessions writing to it",
+            ) from None
+        raise UsageError(f"cannot open replica {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{path} is not a SQLite database ({exc})") from None
+    return db
+
+
+def _check_is_ours(db: sqlite_utils.Database, path: Path) -> None:
+    """Refuse, before anything is changed, a file that is not an empty database or one of our replicas."""
+    tables = set(db.table_names())
+    if not tables:
+        return
+    version = None
+    if {"meta", "sync_runs"} <= tables:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_VERSION_KEY]).fetchone()
+        version = row[0] if row else None
+    if version is None or not str(version).isdigit():
+        raise UsageError(f"{path} is not a delivery-sync replica (it holds other tables)", hint="check --db or `database`")
+    if int(version) > SCHEMA_VERSION:
+        raise UsageError(
+            f"replica {path} has schema version {version}, newer than this delivery-sync knows ({SCHEMA_VERSION})",
+            hint="upgrade delivery-sync",
+        )
+

@@ -1,0 +1,103 @@
+"""The upsert of one client's window into `client_stats`, in one transaction (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import sqlite_utils
+
+from ..metrics import METRICS
+from ..records import ParsedRows
+from .schema import utc_now
+
+_COLUMNS = (*METRICS, "extra")
+_SELECT_WINDOW = f"SELECT stat_date, {', '.join(_COLUMNS)} FROM client_stats WHERE client_id = ? AND stat_date BETWEEN ? AND ?"
+_INSERT = (
+    f"INSERT INTO client_stats(client_id, stat_date, {', '.join(_COLUMNS)}, synced_at, created_at, updated_at) "
+    f"VALUES (?, ?, {', '.join('?' * len(_COLUMNS))}, ?, ?, ?)"
+)
+_UPDATE = (
+    f"UPDATE client_stats SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, synced_at = ?, updated_at = ? "
+    "WHERE client_id = ? AND stat_date = ?"
+)
+
+
+@dataclass
+class ClientWrite:
+    """What writing one client's window did."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    warning: str | None = None
+
+
+def write_client_window(
+    db: sqlite_utils.Database,
+    run_id: int,
+    client_id: int,
+    window: tuple[date, date],
+    parsed: ParsedRows,
+    prune: bool = False,
+) -> ClientWrite:
+    """Upsert one client's window in one transaction: rows, prune, rejects, last_synced_at.
+
+    New keys are inserted; changed rows are updated (`created_at` stays); unchanged
+    rows are not written at all.
+    """
+    now = utc_now()
+    # A remote may answer days outside the window it was asked for: compare those too.
+    start = min([window[0], *parsed.rows]).isoformat()
+    end = max([window[1], *parsed.rows]).isoformat()
+    result = ClientWrite(rejected=len(parsed.rejects))
+    with db.atomic():
+        stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
+        inserts, updates = [], []
+        for day, row in parsed.rows.items():
+            key = day.isoformat()
+            values = row.values()
+            previous = stored.get(key)
+            if previous is None:
+                inserts.append((client_id, key, *values, now, now, now))
+            elif previous != values:
+                updates.append((*values, now, now, client_id, key))
+            else:
+                result.unchanged += 1
+        if inserts:
+            db.conn.executemany(_INSERT, inserts)
+        if updates:
+            db.conn.executemany(_UPDATE, updates)
+        result.inserted, result.updated = len(inserts), len(updates)
+        if prune:
+            result.deleted, result.warning = _prune(db, client_id, window, stored, parsed)
+        if parsed.rejects:
+            db.conn.executemany(
+                "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
+            )
+        db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
+    return result
+
+
+def _prune(
+    db: sqlite_utils.Database, client_id: int, window: tuple[date, date], stored: dict, parsed: ParsedRows
+) -> tuple[int, str | None]:
+    """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`)."""
+    first, last = window[0].isoformat(), window[1].isoformat()
+    kept = {day.isoformat() for day in parsed.rows}
+    gone = [key for key in stored if first <= key <= last and key not in kept]
+    if not gone:
+        return 0, None
+    if parsed.fetched == 0:
+        return 0, (
+            f"client {client_id}: remote returned no rows for {window[0]}..{window[1]} "
+            f"but {len(gone)} are stored; nothing pruned"
+        )
+    if parsed.rejects:
+        # A rejected row still exists remotely, but its date may be unreadable: keep everything.
+        return 0, f"client {client_id}: {len(parsed.rejects)} rows rejected; nothing pruned"
+    db.conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, k) for k in gone])
+    return len(gone), None
