@@ -1,0 +1,76 @@
+"""The Typer app, the global options (before the command), and flag parsers shared by commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import UsageError
+from .logs import setup_logging
+
+app = typer.Typer(
+    name="delivery-sync",
+    help="Keep a fast local SQLite replica of the remote Grab/GoJek delivery statistics.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Globals:
+    """Options given before the command."""
+
+    config: Optional[Path]
+    db: Optional[Path]
+    verbose: bool
+    quiet: bool
+
+    def settings(self, **overrides: Any):
+        """Settings with these flag overrides (flag > environment > file > default)."""
+        from ..config import load_settings
+
+        return load_settings(self.config, database=self.db, **overrides)
+
+
+@app.callback()
+def _globals(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", metavar="PATH", help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml)."),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="PATH", help="Replica file (overrides `database`)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs, and tracebacks on errors."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
+) -> None:
+    setup_logging(verbose, quiet)  # first: main() logs the traceback of the error below with -v
+    if verbose and quiet:
+        raise UsageError("-v and -q cannot be used together")
+    ctx.obj = Globals(config, db, verbose, quiet)
+
+
+def parse_date(value: Optional[str], flag: str) -> Optional[date]:
+    """A `YYYY-MM-DD` flag value, or a UsageError naming the flag."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def parse_ids(value: Optional[str]) -> Optional[list[int]]:
+    """A `--clients 12,15` value as ids, or a UsageError."""
+    if value is None:
+        return None
+    try:
+        ids = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--clients: {value!r} is not a comma-separated list of client ids (e.g. 12,15)") from None
+    if not ids:
+        raise UsageError("--clients: no client id given")
+    return ids

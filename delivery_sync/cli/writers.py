@@ -1,0 +1,80 @@
+"""The writing commands: `sync`, `collect`, `aggregate` (each holds the writer lock)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import typer
+
+from ..errors import EXIT_FAILED, UsageError
+from .app import Globals, app, parse_date, parse_ids
+
+log = logging.getLogger("delivery_sync")
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    days_back: Optional[int] = typer.Option(None, "--days-back", metavar="N", help="The N calendar days ending today (default sync.days_back = 365)."),
+    from_: Optional[str] = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today)."),
+    clients: Optional[str] = typer.Option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15."),
+    incremental: bool = typer.Option(False, "--incremental", help="Start each client at its latest stored day minus sync.lookback_days."),
+    prune: bool = typer.Option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
+    no_aggregate: bool = typer.Option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
+) -> None:
+    """Replicate a window of days from the remote into the replica."""
+    from .. import render
+    from ..demo_source import serving_demo
+    from ..sync import SyncOptions, run_sync
+    from ..window import resolve_window
+
+    g: Globals = ctx.obj
+    start, end, ids = parse_date(from_, "--from"), parse_date(to, "--to"), parse_ids(clients)
+    settings = g.settings(source={"url": source})
+    window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
+    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
+    with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
+        result = run_sync(settings, options, progress)
+    rollup = result.aggregate
+    if rollup:  # cron mail gets one summary line per run, which says when the rollup failed
+        log.debug("%s", render.aggregate_summary(rollup))
+    render.summary(render.sync_summary(result))
+    raise typer.Exit(0 if result.status == "ok" and (rollup is None or rollup.status == "ok") else EXIT_FAILED)
+
+
+@app.command()
+def collect(
+    ctx: typer.Context,
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="How long to wait for the remote's answer (default collect.timeout = 900)."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
+) -> None:
+    """Ask the remote to collect fresh data from Grab/GoJek, and wait for its answer (never sent twice)."""
+    from .. import render
+    from ..collect import run_collect
+    from ..demo_source import serving_demo
+
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be more than 0 seconds (got {timeout:g})")
+    settings = ctx.obj.settings(source={"url": source}, collect={"timeout": timeout})
+    with serving_demo(settings) as settings:
+        result = run_collect(settings)
+    render.summary(render.collect_summary(result))
+    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+
+
+@app.command()
+def aggregate(
+    ctx: typer.Context,
+    as_of: Optional[str] = typer.Option(None, "--as-of", metavar="DATE", help="Last day of the rolling periods (default today in source.timezone)."),
+) -> None:
+    """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats."""
+    from .. import render
+    from ..aggregate import run_aggregate
+
+    settings = ctx.obj.settings()
+    result = run_aggregate(settings.database, parse_date(as_of, "--as-of") or settings.source.today())
+    render.summary(render.aggregate_summary(result))
+    raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
