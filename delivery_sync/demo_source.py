@@ -48,6 +48,9 @@ class Faults:
     wrap_lists: bool = False  # answer {"success": true, "data": [...]}
     slow_clients: dict[int, float] = field(default_factory=dict)  # client id -> extra seconds before its stats answer
     deleted_rows: set[tuple[int, str]] = field(default_factory=set)  # (client, YYYY-MM-DD) the remote no longer has
+    batch_status: int | None = None  # answer every batch request with this status (405: Express's HTML page)
+    batch_keys_only: bool = False  # batch rows without their own stat_date, keyed by the right (Bali) date
+    batch_extra: dict[str, Any] = field(default_factory=dict)  # entries added to every batch answer, as given
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,10 @@ class DemoSource:
         """The per-client stats requests received so far."""
         return [r for r in self.requests if r.path.endswith("/stats")]
 
+    def batch_requests(self) -> list[ReceivedRequest]:
+        """The batch requests received so far."""
+        return [r for r in self.requests if r.path == "/api/v1/getBatchStats"]
+
     # --- data ----------------------------------------------------------------------
 
     def today(self) -> date:
@@ -288,7 +295,15 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 return self._batch(body)
             if method == "POST" and parts == ["api", "v1", "triggerCollection"]:
                 return self._collect()
-            self._send(404, {"success": False, "error": f"Cannot {method} {path}"})
+            self._express_missing(404, method, path)
+
+        def _express_missing(self, status: int, method: str, path: str) -> None:
+            """What Express answers for a route it does not have: an HTML page, not JSON."""
+            page = (
+                '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+                f"</head>\n<body>\n<pre>Cannot {method} {path}</pre>\n</body>\n</html>\n"
+            )
+            self._send_raw(status, page.encode(), "text/html; charset=utf-8")
 
         def _stats(self, raw_id: str, query: dict) -> None:
             try:
@@ -312,21 +327,31 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
             self._send_list(demo.rows(client_id, start, end))
 
         def _batch(self, body: Any) -> None:
+            if demo.faults.batch_status == 405:
+                return self._express_missing(405, "POST", "/api/v1/getBatchStats")
+            if demo.faults.batch_status:
+                return self._send(demo.faults.batch_status, {"success": False, "error": "batch failed"})
             try:
                 start, end = date.fromisoformat(body["start_date"]), date.fromisoformat(body["end_date"])
                 ids = [int(i) for i in body["client_ids"]]
             except (TypeError, KeyError, ValueError):
                 return self._send(400, {"success": False, "error": "start_date, end_date and client_ids are required"})
-            answer: dict[str, dict] = {}
+            answer: dict[str, Any] = {}
             for cid in ids:
                 if not 1 <= cid <= demo.clients:
                     continue
                 days = {}
                 for row in demo.rows(cid, start, end):
-                    metrics = {k: v for k, v in row.items() if k not in ("stat_date", "id", "client_id")}
-                    days[_bali_date(row["stat_date"])] = metrics
-                answer[str(cid)] = days
-            self._send(200, answer)
+                    # As the real endpoint builds it: row.stat_date.toISOString().slice(0, 10), the UTC
+                    # date of Bali midnight, one day early; the row keeps its own stat_date and columns.
+                    if demo.faults.batch_keys_only:  # a remote that formats the DATE itself and sends no stat_date
+                        days[_bali_date(row["stat_date"])] = {k: v for k, v in row.items() if k != "stat_date"}
+                    else:
+                        days[str(row["stat_date"])[:10]] = row
+                if days:
+                    answer[str(cid)] = days
+            answer.update(demo.faults.batch_extra)
+            self._send(200, {"success": True, "data": answer} if demo.faults.wrap_lists else answer)
 
         def _collect(self) -> None:
             time.sleep(demo.faults.collect_seconds)
@@ -338,10 +363,12 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"success": True, "data": items} if demo.faults.wrap_lists else items)
 
         def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
+            self._send_raw(status, json.dumps(payload).encode(), "application/json; charset=utf-8", headers)
+
+        def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)

@@ -10,6 +10,7 @@
      └── SourceError             exit 1   the remote failed us
           ├── AuthFailed         exit 1   401/403: stops the whole run at once
           ├── SourceUnreachable  exit 1   no connection / timeouts after every retry
+          ├── BatchUnavailable   exit 1   the remote has no batch endpoint (404/405)
           └── ClientFetchFailed  exit 1   one client's request failed (the run goes on)
 
 Messages are one line meant for an operator; they never contain the token.
@@ -66,6 +67,10 @@ class AuthFailed(SourceError):
 
 
 class SourceUnreachable(SourceError):
+    pass
+
+
+class BatchUnavailable(SourceError):
     pass
 
 

@@ -6,7 +6,11 @@
 - Unknown fields, and remote fields named like a replica column, go to `extra`.
 - `total_sales`/`total_orders` sent as null are Grab + GoJek (nulls as 0).
 - A (client, date) seen twice in one answer: the last wins.
-- An unreadable row becomes a `Reject` with its raw payload and the reason.
+- An unreadable row, or one dated outside the window asked for, becomes a
+  `Reject` with its raw payload and the reason.
+- A batch answer `{"<client_id>": {"<day>": row}}` keys days by the UTC date of
+  the mysql2 timestamp (one day early for Bali): a row's own readable
+  `stat_date` wins, and the key stands in only for a row that has none.
 """
 
 from __future__ import annotations
@@ -163,9 +167,26 @@ class ParsedRows:
     rejects: list[Reject]
     fetched: int
 
+    def stored(self) -> "ClientRows":
+        """The rows as the replica compares and stores them."""
+        return ClientRows({day: row.values() for day, row in self.rows.items()}, self.rejects, self.fetched)
 
-def parse_rows(raw_rows: Iterable[Any], tz: ZoneInfo) -> ParsedRows:
-    """Validate one client's raw rows; never raises for a bad row."""
+
+@dataclass
+class ClientRows:
+    """One client's rows for a whole sync window, as value tuples (`StatRow.values()` order) by date."""
+
+    values: dict[date, tuple]
+    rejects: list[Reject]
+    fetched: int
+
+
+def parse_rows(raw_rows: Iterable[Any], tz: ZoneInfo, window: tuple[date, date] | None = None) -> ParsedRows:
+    """Validate one client's raw rows; never raises for a bad row.
+
+    With `window`, a row dated outside it is rejected: it could never be pruned,
+    and a far-future date would hide a lagging client.
+    """
     rows: dict[date, StatRow] = {}
     rejects: list[Reject] = []
     fetched = 0
@@ -175,12 +196,58 @@ def parse_rows(raw_rows: Iterable[Any], tz: ZoneInfo) -> ParsedRows:
             if not isinstance(raw, dict):
                 raise ValueError(f"row is not an object ({type(raw).__name__})")
             row = _fill_totals(StatRow.model_validate(raw, context={"tz": tz}))
+            if window and not window[0] <= row.stat_date <= window[1]:
+                raise ValueError(f"stat_date {row.stat_date} is outside the requested window {window[0]}..{window[1]}")
         except (ValidationError, ValueError) as exc:
             rejects.append(_reject(raw, exc))
             continue
         rows.pop(row.stat_date, None)  # last wins, and keeps answer order
         rows[row.stat_date] = row
     return ParsedRows(rows, rejects, fetched)
+
+
+@dataclass
+class BatchAnswer:
+    """A batch answer read client by client: rows of the clients asked for, and what could not be read."""
+
+    clients: dict[int, ParsedRows]
+    unreadable: dict[int, str]  # client asked for -> why its entry could not be read
+    unexpected: list[str]  # keys of clients not asked for (ignored)
+
+
+def parse_batch(answer: dict, asked: Iterable[int], tz: ZoneInfo, window: tuple[date, date]) -> BatchAnswer:
+    """Validate a batch answer `{"<client_id>": {"<YYYY-MM-DD>": row}}`; never raises for a bad entry.
+
+    A row's own readable `stat_date` wins over its key (the real remote keys by
+    the UTC date, one day early); the key is read like `stat_date` only for a row
+    without one, and never lands in `extra`. A client asked for but absent has
+    no rows in the window.
+    """
+    wanted = {str(cid): cid for cid in asked}
+    result = BatchAnswer({}, {}, [])
+    for key, days in answer.items():
+        cid = wanted.get(str(key).strip())
+        if cid is None:
+            result.unexpected.append(str(key))
+            continue
+        if days is None:
+            days = {}
+        if isinstance(days, dict):
+            raw_rows = [_keyed(day, row) for day, row in days.items()]
+        elif isinstance(days, list):  # rows that carry their own dates, as the per-client endpoint sends them
+            raw_rows = days
+        else:
+            result.unreadable[cid] = f"batch entry is not an object of days ({type(days).__name__})"
+            continue
+        result.clients[cid] = parse_rows(raw_rows, tz, window)
+    return result
+
+
+def _keyed(day: str, row: Any) -> Any:
+    """A batch row with its key as `stat_date` when it carries none of its own."""
+    if isinstance(row, dict) and row.get("stat_date") is None:
+        return {**row, "stat_date": day}
+    return row
 
 
 def _reject(raw: Any, exc: Exception) -> Reject:

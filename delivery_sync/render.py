@@ -29,6 +29,7 @@ def sync_summary(result) -> str:
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
         parts.append(_plural(len(result.warnings), "warning"))
     parts.append(f"window {run['window_start']}..{run['window_end']}")
+    parts.append(_plural(run["requests"], "request"))
     parts.append(f"{result.seconds:.1f} s")
     line = f"sync {run['status']}: " + ", ".join(parts)
     if run["status"] == "failed" and run["error"]:
@@ -53,20 +54,21 @@ def _plural(count: int, word: str) -> str:
 
 
 @contextmanager
-def progress_bar(unit: str, quiet: bool = False) -> Iterator[Optional[Callable[[int, int], None]]]:
-    """A "45/127 clients" bar on stderr, only when stderr is a terminal; yields its update callback or None."""
+def progress_bar(quiet: bool = False) -> Iterator[Optional[Callable[[int, int, str], None]]]:
+    """A "45/127 clients" bar on stderr, only when stderr is a terminal; yields its update callback
+    (done, total, unit) or None."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("sync", total=None)
+        task = bar.add_task("sync", total=None, unit="")
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: int, total: int, unit: str) -> None:
+            bar.update(task, completed=done, total=total, unit=unit)
 
         yield update
 

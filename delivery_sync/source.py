@@ -5,6 +5,7 @@ Knows nothing of SQLite or the terminal. Errors are classified once, here:
     transport error (connect, timeout, protocol)  retried, then SourceUnreachable
     429, 500, 502, 503, 504                       retried (Retry-After honoured), then ClientFetchFailed
     401, 403                                      AuthFailed at once: the whole run stops
+    404, 405 from the batch endpoint              BatchUnavailable: the remote has no batch endpoint
     any other status >= 400, unreadable JSON      ClientFetchFailed at once: that client only
 """
 
@@ -22,12 +23,15 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import SourceSettings
-from .errors import AuthFailed, ClientFetchFailed, SourceError, SourceUnreachable
+from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, SourceError, SourceUnreachable
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
+# How a remote without the batch endpoint answers it (Express: 404 with an HTML page).
+BATCH_ABSENT_STATUSES = frozenset({404, 405})
+BATCH_PATH = "/api/v1/getBatchStats"
 # Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
 MAX_RETRY_AFTER = 300.0
 
@@ -147,6 +151,22 @@ class SourceClient:
         params = {"start_date": start.isoformat(), "end_date": end.isoformat()}
         return unwrap_list(self._request("GET", f"/api/v1/clients/{client_id}/stats", params=params, what=what), what)
 
+    def batch_stats(self, client_ids: list[int], start: date, end: date) -> dict:
+        """`POST /api/v1/getBatchStats`: the raw `{"<client_id>": {"<day>": row}}` answer for these clients.
+
+        Raises BatchUnavailable when the remote has no such endpoint (404/405).
+        """
+        what = f"batch {start}..{end} ({len(client_ids)} clients)"
+        body = {"start_date": start.isoformat(), "end_date": end.isoformat(), "client_ids": client_ids}
+        payload = self._request("POST", BATCH_PATH, what=what, json=body, absent=BATCH_ABSENT_STATUSES)
+        if isinstance(payload, dict) and "success" in payload:
+            if payload["success"] is False:
+                raise ClientFetchFailed(f"{what}: remote answered an error: {payload.get('error') or payload.get('message')}")
+            payload = payload.get("data")
+        if not isinstance(payload, dict):
+            raise ClientFetchFailed(f"{what}: expected an object keyed by client id, got {type(payload).__name__}")
+        return payload
+
     def trigger_collection(self, timeout: float) -> dict:
         """`POST /api/v1/triggerCollection`, waiting up to `timeout` seconds.
 
@@ -174,9 +194,11 @@ class SourceClient:
         *,
         what: str,
         params: dict | None = None,
+        json: Any = None,
         timeout: httpx.Timeout | None = None,
         retry_on=None,
         accept_error_body: bool = False,
+        absent: frozenset[int] = frozenset(),
     ) -> Any:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_retries + 1),
@@ -186,7 +208,7 @@ class SourceClient:
             reraise=True,
         )
         try:
-            response = retrying(self._send, method, path, params, timeout)
+            response = retrying(self._send, method, path, params, json, timeout)
         except RetryableStatus as exc:
             if accept_error_body:
                 response = exc.response
@@ -196,16 +218,18 @@ class SourceClient:
             raise SourceUnreachable(
                 f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
             ) from None
+        if response.status_code in absent:
+            raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
         return self._decode(response, what, accept_error_body)
 
-    def _send(self, method: str, path: str, params: dict | None, timeout: httpx.Timeout | None) -> httpx.Response:
+    def _send(self, method: str, path: str, params: dict | None, json: Any, timeout: httpx.Timeout | None) -> httpx.Response:
         with self._in_flight:
             # Space starts only once a slot is ours: waiting for the slot after the
             # spacing would let two waiters start together when two slots free at once.
             self._rate.wait()
             with self._count_lock:
                 self.requests += 1
-            kwargs: dict[str, Any] = {"params": params}
+            kwargs: dict[str, Any] = {"params": params, "json": json}
             if timeout is not None:
                 kwargs["timeout"] = timeout
             response = self._http.request(method, path, **kwargs)

@@ -1,31 +1,29 @@
 """The `sync` run: source -> records -> replica, one transaction per client.
 
-Fetches run on `source.concurrency` threads; every write happens on the calling
-thread, one client's window per transaction, so a run killed at any moment
-leaves each client either as it was or fully updated.
+`fetch.Fetcher` gets the windows (batch or per client, on `source.concurrency`
+threads); every write happens on the calling thread, one client's whole window
+per transaction, so a run killed at any moment leaves each client either as it
+was or fully updated.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Iterable
 
 from . import replica
 from .aggregate import AggregateResult, aggregate_locked
 from .config import Settings
-from .errors import AuthFailed, SourceError, UsageError
-from .records import ParsedRows, parse_clients, parse_rows
+from .errors import SourceError, UsageError
+from .fetch import Fetcher, Progress, StopRun
+from .records import ClientRows, parse_clients
 from .replica import RunCounts
 from .source import SourceClient
 from .window import Window
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -54,10 +52,6 @@ class SyncResult:
         return self.run["status"]
 
 
-class _Stop(Exception):
-    """Ends the fetch loop early; the message becomes the run's error."""
-
-
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
     with replica.writer_lock(settings.database, "sync"):
@@ -73,7 +67,6 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
 
 def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
     began = time.monotonic()
-    tz = settings.source.tz
     failures: list[tuple[int | None, str]] = []
     with SourceClient(settings.source) as source:
         try:
@@ -94,8 +87,8 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             error = None
             with replica.closed_on_error(db, run_id, counts):
                 try:
-                    _fetch_and_write(db, source, run_id, windows, tz, options.prune, counts, failures, progress, settings)
-                except _Stop as stop:
+                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, progress, settings)
+                except StopRun as stop:
                     error = str(stop)
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(failures)
@@ -135,63 +128,22 @@ def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days
     return {cid: incremental if cid in latest else window for cid in selected}
 
 
-def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], tz, prune: bool,
+def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], prune: bool,
                      counts: RunCounts, failures: list, progress: Progress | None, settings: Settings) -> None:
-    limit = settings.source.max_consecutive_failures
-    consecutive = 0
-    done = 0
-    total = len(windows)
-    if progress:
-        progress(0, total)
+    def write(cid: int, window: Window, rows: ClientRows) -> None:
+        written = replica.write_client_window(db, run_id, cid, (window.start, window.end), rows, prune)
+        _count(counts, rows, written)
+        for reject in rows.rejects:
+            log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
 
-    def fetch(cid: int) -> ParsedRows:
-        window = windows[cid]
-        return parse_rows(source.client_stats(cid, window.start, window.end), tz)
+    def fail(cid: int | None, error: str) -> None:
+        failures.append((cid, error))
+        replica.record_failure(db, run_id, cid, error)
 
-    pool = ThreadPoolExecutor(max_workers=settings.source.concurrency, thread_name_prefix="fetch")
-    futures: dict[Future, int] = {pool.submit(fetch, cid): cid for cid in windows}
-    try:
-        for future, cid in _as_completed(futures):
-            done += 1
-            try:
-                parsed = future.result()
-            except SourceError as exc:
-                failures.append((cid, str(exc)))
-                replica.record_failure(db, run_id, cid, str(exc))
-                if isinstance(exc, AuthFailed):
-                    raise _Stop(str(exc)) from None
-                log.error("%s", exc)
-                consecutive += 1
-                if consecutive >= limit:
-                    raise _Stop(
-                        f"stopped after {consecutive} consecutive client failures (the remote looks down); "
-                        f"{total - done} clients not fetched"
-                    ) from None
-            else:
-                consecutive = 0
-                window = windows[cid]
-                written = replica.write_client_window(db, run_id, cid, (window.start, window.end), parsed, prune)
-                _count(counts, parsed, written)
-                for reject in parsed.rejects:
-                    log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
-            if progress:
-                progress(done, total)
-    finally:
-        # Never wait for requests still in flight (retries, Retry-After sleeps): on Ctrl-C,
-        # SIGTERM or a stop the run must be recorded now. Their answers are discarded.
-        pool.shutdown(wait=False, cancel_futures=True)
+    Fetcher(source, settings.source, db, write, fail, progress).run(windows)
 
 
-def _as_completed(futures: dict[Future, int]) -> Iterable[tuple[Future, int]]:
-    """Like concurrent.futures.as_completed, but in submission order among those done together (stable logs)."""
-    pending = dict(futures)
-    while pending:
-        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in sorted(finished, key=lambda f: pending[f]):
-            yield future, pending.pop(future)
-
-
-def _count(counts: RunCounts, parsed: ParsedRows, written: replica.ClientWrite) -> None:
+def _count(counts: RunCounts, parsed: ClientRows, written: replica.ClientWrite) -> None:
     counts.clients_ok += 1
     counts.rows_fetched += parsed.fetched
     counts.rows_inserted += written.inserted

@@ -16,6 +16,13 @@ from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync import replica
 from delivery_sync.demo_source import DemoSource
 
+
+@pytest.fixture(autouse=True)
+def _per_client_endpoint(monkeypatch):
+    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+
+
 TOKEN = "tok-3f9a-very-secret-77"
 SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 

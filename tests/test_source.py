@@ -15,6 +15,13 @@ from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import AuthFailed, ClientFetchFailed, SourceUnreachable
 from delivery_sync.source import SourceClient
 
+
+@pytest.fixture(autouse=True)
+def _per_client_endpoint(monkeypatch):
+    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+
+
 DAY = date(2026, 1, 10)
 
 

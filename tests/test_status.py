@@ -14,6 +14,13 @@ from delivery_sync import replica
 from delivery_sync.errors import NoReplica
 from delivery_sync.readonly import open_readonly
 
+
+@pytest.fixture(autouse=True)
+def _per_client_endpoint(monkeypatch):
+    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+
+
 DAYS = 10
 SPEC_KEYS = {
     "database", "clients", "active_clients", "rows", "date_min", "date_max", "freshness",

@@ -19,6 +19,13 @@ from delivery_sync.demo_source import DemoSource, demo_row
 from delivery_sync.window import Window, resolve_window
 from delivery_sync.errors import UsageError
 
+
+@pytest.fixture(autouse=True)
+def _per_client_endpoint(monkeypatch):
+    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+
+
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
 TODAY = date(2026, 11, 23)
 STAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00$"

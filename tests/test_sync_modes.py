@@ -16,6 +16,13 @@ from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.demo_source import DemoSource
 
 
+@pytest.fixture(autouse=True)
+def _per_client_endpoint(monkeypatch):
+    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+
+
+
 def stats_windows(demo) -> dict[int, tuple[str, str]]:
     """Client id -> (start_date, end_date) of each stats request the demo received."""
     return {
@@ -111,7 +118,7 @@ def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and cron's `timeout`
 def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path, signum):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
-        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1})
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
         env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", "--days-back", "3"],

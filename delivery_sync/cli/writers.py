@@ -36,7 +36,7 @@ def sync(
     settings = g.settings(source={"url": source})
     window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
     options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
-    with serving_demo(settings) as settings, render.progress_bar("clients", quiet=g.quiet) as progress:
+    with serving_demo(settings) as settings, render.progress_bar(quiet=g.quiet) as progress:
         result = run_sync(settings, options, progress)
     rollup = result.aggregate
     if rollup:  # cron mail gets one summary line per run, which says when the rollup failed

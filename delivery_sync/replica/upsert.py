@@ -8,7 +8,7 @@ from datetime import date
 import sqlite_utils
 
 from ..metrics import METRICS
-from ..records import ParsedRows
+from ..records import ClientRows
 from .schema import utc_now
 
 _COLUMNS = (*METRICS, "extra")
@@ -40,7 +40,7 @@ def write_client_window(
     run_id: int,
     client_id: int,
     window: tuple[date, date],
-    parsed: ParsedRows,
+    parsed: ClientRows,
     prune: bool = False,
 ) -> ClientWrite:
     """Upsert one client's window in one transaction: rows, prune, rejects, last_synced_at.
@@ -49,16 +49,14 @@ def write_client_window(
     rows are not written at all.
     """
     now = utc_now()
-    # A remote may answer days outside the window it was asked for: compare those too.
-    start = min([window[0], *parsed.rows]).isoformat()
-    end = max([window[1], *parsed.rows]).isoformat()
+    # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
+    start, end = window[0].isoformat(), window[1].isoformat()
     result = ClientWrite(rejected=len(parsed.rejects))
     with db.atomic():
         stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
         inserts, updates = [], []
-        for day, row in parsed.rows.items():
+        for day, values in parsed.values.items():
             key = day.isoformat()
-            values = row.values()
             previous = stored.get(key)
             if previous is None:
                 inserts.append((client_id, key, *values, now, now, now))
@@ -83,11 +81,11 @@ def write_client_window(
 
 
 def _prune(
-    db: sqlite_utils.Database, client_id: int, window: tuple[date, date], stored: dict, parsed: ParsedRows
+    db: sqlite_utils.Database, client_id: int, window: tuple[date, date], stored: dict, parsed: ClientRows
 ) -> tuple[int, str | None]:
     """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`)."""
     first, last = window[0].isoformat(), window[1].isoformat()
-    kept = {day.isoformat() for day in parsed.rows}
+    kept = {day.isoformat() for day in parsed.values}
     gone = [key for key in stored if first <= key <= last and key not in kept]
     if not gone:
         return 0, None

@@ -1,0 +1,255 @@
+"""Fetching a sync's windows from the remote: batch requests or one request per client (SPEC §3).
+
+Requests run on `source.concurrency` threads with at most PENDING_PER_THREAD x
+that many submitted at once, so memory stays bounded however many clients there
+are: the calling thread, which writes, is the back-pressure. Answers are parsed
+on their fetch thread; everything else happens on the calling thread.
+
+Batch mode (`source.batch` auto or always) tiles each window into windows of at
+most `source.batch_days` days and the clients into lists of at most
+BATCH_MAX_IDS. A client's rows wait in `replica.Staging` (on disk) until every
+tile of its window has arrived, so the writer still gets each client's whole
+window at once. A tile that fails after the retry policy is fetched client by
+client; `auto` falls back to per-client requests for the whole run when the
+endpoint is missing, `always` stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, Iterable, Iterator
+from zoneinfo import ZoneInfo
+
+from .config import SourceSettings
+from .errors import AuthFailed, BatchUnavailable, SourceError
+from .records import ClientRows, ParsedRows, parse_batch, parse_rows
+from .replica import Staging
+from .source import SourceClient
+from .window import Window
+
+log = logging.getLogger(__name__)
+
+# One batch request names at most this many clients: its body stays a few KB, and its
+# answer (500 clients x 31 days, ~8 MB of JSON) is parsed in well under a second.
+BATCH_MAX_IDS = 500
+# Requests submitted ahead of the writer, per fetch thread: enough to keep every thread busy.
+PENDING_PER_THREAD = 2
+
+Progress = Callable[[int, int, str], None]
+WriteRows = Callable[[int, Window, ClientRows], None]
+RecordFailure = Callable[["int | None", str], None]
+
+
+class StopRun(Exception):
+    """Ends the fetch early; the message becomes the run's error."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One batch request: these clients over this window."""
+
+    window: Window
+    client_ids: tuple[int, ...]
+
+
+def plan_tiles(windows: dict[int, Window], batch_days: int) -> list[Tile]:
+    """Batch requests covering every client's window: consecutive windows of at most `batch_days`
+    days, each asking every client that shares the window, at most BATCH_MAX_IDS at a time."""
+    by_window: dict[Window, list[int]] = {}
+    for cid, window in windows.items():
+        by_window.setdefault(window, []).append(cid)
+    tiles = []
+    for window, ids in by_window.items():
+        start = window.start
+        while start <= window.end:
+            end = min(start + timedelta(days=batch_days - 1), window.end)
+            for i in range(0, len(ids), BATCH_MAX_IDS):
+                tiles.append(Tile(Window(start, end), tuple(ids[i:i + BATCH_MAX_IDS])))
+            start = end + timedelta(days=1)
+    return tiles
+
+
+class Fetcher:
+    """Fetches every client's window and hands each complete one to `write`, failures to `fail`."""
+
+    def __init__(self, source: SourceClient, settings: SourceSettings, staging_db, write: WriteRows,
+                 fail: RecordFailure, progress: Progress | None = None):
+        self.source = source
+        self.settings = settings
+        self.tz: ZoneInfo = settings.tz
+        self.staging_db = staging_db
+        self.write = write
+        self.fail = fail
+        self.progress = progress
+        self.consecutive = 0
+        self.failed: set[int] = set()
+
+    def run(self, windows: dict[int, Window]) -> None:
+        """Fetch and write every window; raises StopRun when the run must end early."""
+        if self.settings.batch != "never" and windows:
+            try:
+                self._batched(windows)
+                return
+            except BatchUnavailable as exc:
+                if self.settings.batch == "always":
+                    raise StopRun(f"{exc}; source.batch = \"always\" allows no per-client requests") from None
+                log.info("%s: fetching one client at a time", exc)
+        self._per_client(windows)
+
+    # --- one request per client -------------------------------------------------------
+
+    def _per_client(self, windows: dict[int, Window]) -> None:
+        done, total = 0, len(windows)
+        self._report(0, total, "clients")
+
+        def fetch(cid: int) -> ParsedRows:
+            window = windows[cid]
+            return parse_rows(self.source.client_stats(cid, window.start, window.end), self.tz, (window.start, window.end))
+
+        for cid, future in self._pump(((cid, lambda cid=cid: fetch(cid)) for cid in windows)):
+            done += 1
+            try:
+                parsed = future.result()
+            except SourceError as exc:
+                self._failed(cid, exc, f"{total - done} clients not fetched")
+            else:
+                self.consecutive = 0
+                self.write(cid, windows[cid], parsed.stored())
+            self._report(done, total, "clients")
+
+    # --- batch ---------------------------------------------------------------------------
+
+    def _batched(self, windows: dict[int, Window]) -> None:
+        tiles = plan_tiles(windows, self.settings.batch_days)
+        self._staging = Staging(self.staging_db)
+        self._outstanding = dict.fromkeys(windows, 0)  # tiles of each client not yet staged
+        for tile in tiles:
+            for cid in tile.client_ids:
+                self._outstanding[cid] += 1
+        fallback: list[tuple[int, Window]] = []
+        try:
+            try:
+                # The first tile alone: a remote without the endpoint says so once, not once per tile.
+                self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
+                self._report(1, len(tiles), "batch windows")
+                tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
+                for done, (tile, future) in enumerate(self._pump(tasks), start=2):
+                    try:
+                        answer = future.result()
+                    except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
+                        answer = exc
+                    self._take_tile(tile, answer, fallback)
+                    self._report(done, len(tiles), "batch windows")
+                self._fallback(fallback)
+            except StopRun:
+                self._write_complete(windows)  # what was fetched whole is kept
+                raise
+            self._write_complete(windows)
+        finally:
+            self._staging.close()
+
+    def _write_complete(self, windows: dict[int, Window]) -> None:
+        """Hand every client whose tiles have all arrived to the writer, one whole window each."""
+        complete = [cid for cid in windows if self._outstanding[cid] == 0 and cid not in self.failed]
+        for done, cid in enumerate(complete, start=1):
+            self.write(cid, windows[cid], self._staging.take(cid))
+            self._report(done, len(complete), "clients written")
+
+    def _arrived(self, cid: int, parsed: ParsedRows) -> None:
+        if cid not in self.failed:
+            self._staging.add(cid, parsed)
+            self._outstanding[cid] -= 1
+
+    def _fetch_tile(self, tile: Tile):
+        """The parsed answer of one batch request, or the SourceError it ended with (BatchUnavailable raises)."""
+        try:
+            raw = self.source.batch_stats(list(tile.client_ids), tile.window.start, tile.window.end)
+        except BatchUnavailable:
+            raise
+        except SourceError as exc:
+            return exc
+        return parse_batch(raw, tile.client_ids, self.tz, (tile.window.start, tile.window.end))
+
+    def _take_tile(self, tile: Tile, answer, fallback: list) -> None:
+        if isinstance(answer, AuthFailed):
+            self.fail(None, str(answer))
+            raise StopRun(str(answer))
+        if isinstance(answer, Exception):
+            log.warning("%s; fetching its %d clients one at a time", answer, len(tile.client_ids))
+            fallback.extend((cid, tile.window) for cid in tile.client_ids)
+            return
+        if answer.unexpected:
+            shown = ", ".join(answer.unexpected[:10]) + (", ..." if len(answer.unexpected) > 10 else "")
+            log.warning("batch %s: ignored %d clients not asked for (%s)", tile.window, len(answer.unexpected), shown)
+        for cid in tile.client_ids:
+            if cid in answer.unreadable:
+                log.warning("client %s: %s; fetching it alone", cid, answer.unreadable[cid])
+                fallback.append((cid, tile.window))
+            else:
+                self._arrived(cid, answer.clients.get(cid) or ParsedRows({}, [], 0))
+
+    def _fallback(self, fallback: list[tuple[int, Window]]) -> None:
+        """Per-client requests for the tiles whose batch failed."""
+
+        def fetch(cid: int, window: Window) -> ParsedRows:
+            return parse_rows(self.source.client_stats(cid, window.start, window.end), self.tz, (window.start, window.end))
+
+        tasks = (((cid, window), lambda cid=cid, window=window: fetch(cid, window)) for cid, window in fallback)
+        for done, ((cid, window), future) in enumerate(self._pump(tasks), start=1):
+            if cid in self.failed:
+                continue
+            try:
+                parsed = future.result()
+            except SourceError as exc:
+                self._staging.discard(cid)
+                left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)
+                self._failed(cid, exc, f"{left} clients not fetched")
+            else:
+                self.consecutive = 0
+                self._arrived(cid, parsed)
+            self._report(done, len(fallback), "clients fetched one at a time")
+
+    # --- shared ----------------------------------------------------------------------------
+
+    def _failed(self, cid: int, exc: SourceError, not_fetched: str) -> None:
+        """Record a client that could not be fetched; stop the run on auth failure or too many in a row."""
+        self.failed.add(cid)
+        self.fail(cid, str(exc))
+        if isinstance(exc, AuthFailed):
+            raise StopRun(str(exc))
+        log.error("%s", exc)
+        self.consecutive += 1
+        if self.consecutive >= self.settings.max_consecutive_failures:
+            raise StopRun(f"stopped after {self.consecutive} consecutive client failures (the remote looks down); {not_fetched}")
+
+    def _pump(self, tasks: Iterable[tuple[object, Callable]]) -> Iterator[tuple[object, Future]]:
+        """Run `tasks` on the fetch threads, a bounded number ahead; yield (key, future) as each
+        completes, in submission order among those done together (stable logs)."""
+        limit = self.settings.concurrency * PENDING_PER_THREAD
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="fetch")
+        tasks = iter(tasks)
+        pending: dict[Future, tuple[int, object]] = {}
+        order = 0
+        try:
+            while True:
+                for key, task in tasks:
+                    pending[pool.submit(task)] = (order, key)
+                    order += 1
+                    if len(pending) >= limit:
+                        break
+                if not pending:
+                    return
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: pending[f][0]):
+                    yield pending.pop(future)[1], future
+        finally:
+            # Never wait for requests still in flight (retries, Retry-After sleeps): on Ctrl-C,
+            # SIGTERM or a stop the run must be recorded now. Their answers are discarded.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _report(self, done: int, total: int, unit: str) -> None:
+        if self.progress:
+            self.progress(done, total, unit)
