@@ -346,7 +346,7 @@ def test_a_run_left_running_is_marked_interrupted_by_the_next_run(cli, config, d
 def test_sigkill_mid_run_leaves_each_client_as_before_or_fully_updated(tmp_path, db_path, cli):
     days = 20
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=120) as demo:
-        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2})
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2, "batch": "never"})
         assert cli("sync", "--days-back", str(days)).code == 0
         today = demo.today()
         for cid in range(1, DEMO_CLIENTS + 1):
