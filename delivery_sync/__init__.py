@@ -1,3 +1,5 @@
 """delivery-sync: a fast local SQLite replica of slow remote delivery statistics."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("delivery-sync")  # one source of truth: pyproject.toml

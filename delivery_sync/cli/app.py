@@ -39,6 +39,14 @@ class Globals:
         return load_settings(self.config, database=self.db, **overrides)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"delivery-sync {version('delivery-sync')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _globals(
     ctx: typer.Context,
@@ -46,6 +54,7 @@ def _globals(
     db: Optional[Path] = typer.Option(None, "--db", metavar="PATH", help="Replica file (overrides `database`)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs, and tracebacks on errors."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     setup_logging(verbose, quiet)  # first: main() logs the traceback of the error below with -v
     if verbose and quiet:
