@@ -141,6 +141,7 @@ def show_status(status) -> None:
     for error in list(status.failures.values())[:5]:
         line("", Text(error, style="red"))
     line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
+    line("Stale clients", _id_list(status.stale_clients, "none", f"(not confirmed by a sync within {status.stale_after_hours:g} h)"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
     if status.missing_by_client:
         worst = sorted(status.missing_by_client.items(), key=lambda item: (-item[1], item[0]))[:5]

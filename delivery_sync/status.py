@@ -58,6 +58,7 @@ class Status:
     failed_clients: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
     lagging_clients: list[int] = field(default_factory=list)
+    stale_clients: list[int] = field(default_factory=list)
     missing_days: int = 0
     missing_by_client: dict[int, int] = field(default_factory=dict)
     verdict: Verdict | None = None
@@ -122,6 +123,16 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date) 
         status.age_hours = round(age.total_seconds() / 3600, 2)
         # Stale only when the age exceeds the limit: exactly at the limit is still fresh.
         status.freshness = "stale" if age > timedelta(hours=status.stale_after_hours) else "fresh"
+
+    # Per client too: a narrow repair sync must not make a replica whose other clients are old look fresh.
+    cutoff = (now - timedelta(hours=status.stale_after_hours)).replace(microsecond=0).isoformat()
+    status.stale_clients = [
+        r[0] for r in conn.execute(
+            "SELECT id FROM clients WHERE active = 1 AND (last_synced_at IS NULL OR last_synced_at < ?) ORDER BY id", [cutoff]
+        )
+    ]
+    if status.freshness == "fresh" and status.stale_clients:
+        status.freshness = "stale"
 
     if status.last_sync:
         status.failures = dict(
@@ -189,6 +200,18 @@ def _judge(status: Status) -> Verdict:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
     if last["status"] != "ok":
         return Verdict(False, f"last sync {last['status']} at {stamp_text(last['finished_at'])}: {_what_went_wrong(status)}", _repair(status))
+    if status.freshness != "fresh" and status.last_ok_sync_at and not _run_too_old(status):
+        # The last ok sync is recent, but it did not confirm every active client.
+        count = len(status.stale_clients)
+        advice = "delivery-sync sync"
+        if count < status.active_clients:
+            advice += f" --clients {','.join(map(str, status.stale_clients))}"
+        return Verdict(
+            False,
+            f"stale, {count} active client{'s' if count != 1 else ''} not confirmed within "
+            f"{status.stale_after_hours:g} h ({_ids(status.stale_clients)})",
+            advice,
+        )
     if status.freshness != "fresh":
         return Verdict(
             False,
@@ -201,6 +224,12 @@ def _judge(status: Status) -> Verdict:
         count = len(status.lagging_clients)
         reason += f"; but {count} active client{'s' if count != 1 else ''} lag (see lagging clients)"
     return Verdict(True, reason)
+
+
+def _run_too_old(status: Status) -> bool:
+    """Whether the last ok sync itself is older than the limit (rather than only some clients)."""
+    age = datetime.fromisoformat(status.checked_at) - datetime.fromisoformat(status.last_ok_sync_at)
+    return age > timedelta(hours=status.stale_after_hours)
 
 
 def stamp_text(stamp: str) -> str:

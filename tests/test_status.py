@@ -25,6 +25,7 @@ DAYS = 10
 SPEC_KEYS = {
     "database", "clients", "active_clients", "rows", "date_min", "date_max", "freshness",
     "last_sync", "last_collect", "last_aggregate", "failed_clients", "lagging_clients", "missing_days",
+    "stale_clients",
 }
 
 
@@ -176,8 +177,10 @@ def test_freshness_boundary_is_exactly_stale_after_hours(cli, tmp_path, demo, db
     synced(cli)
     (finished,) = query_db(db_path, "SELECT finished_at FROM sync_runs WHERE command = 'sync'")[0]
     finished_at = datetime.fromisoformat(finished)
+    # Each client's confirmation counts too (stale_clients): the oldest one is the boundary.
+    ((oldest,),) = query_db(db_path, "SELECT MIN(last_synced_at) FROM clients")
 
-    with freeze_time(finished_at + timedelta(hours=26)):
+    with freeze_time(datetime.fromisoformat(oldest) + timedelta(hours=26)):
         at_limit = cli("status", "--check")
         assert status_json(cli)["freshness"] == "fresh"
     with freeze_time(finished_at + timedelta(hours=26, seconds=1)):
@@ -242,3 +245,26 @@ def test_status_module_imports_only_the_standard_library():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'tenacity', 'sqlite_utils', 'rich', 'pydantic'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_a_one_client_repair_sync_does_not_make_old_clients_look_fresh(cli, quick_config, db_path):
+    with freeze_time("2026-11-20T01:00:00Z", tick=True):
+        synced(cli)
+    with freeze_time("2026-11-21T00:00:00Z", tick=True):
+        assert cli("sync", "--days-back", str(DAYS), "--clients", "3", "--no-aggregate").code == 0
+    with freeze_time("2026-11-21T04:00:00Z"):
+        data = status_json(cli)
+        check = cli("status", "--check")
+        view = cli("status")
+    others = [cid for cid in range(1, DEMO_CLIENTS + 1) if cid != 3]
+    # The last ok sync is 4 h old, but every client except 3 was last confirmed 27 h ago.
+    assert data["last_sync"]["status"] == "ok" and data["age_hours"] < 5
+    assert (data["freshness"], data["stale_clients"]) == ("stale", others)
+    assert check.code == 1
+    assert check.stdout.startswith(f"status not ok: stale, {len(others)} active clients not confirmed within 26 h (1, 2, 4,")
+    assert check.stdout.rstrip().endswith("run: delivery-sync sync --clients " + ",".join(map(str, others)))
+    assert "Stale clients    1, 2, 4," in view.stdout
+    # The advice works.
+    with freeze_time("2026-11-21T04:10:00Z", tick=True):
+        assert cli("sync", "--days-back", str(DAYS), "--clients", ",".join(map(str, others)), "--no-aggregate").code == 0
+        assert cli("status", "--check").code == 0
