@@ -269,6 +269,7 @@ def _report_table(rep) -> None:
     # Piped output is not wrapped at 80 columns: an operator pastes or greps it.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
     columns = rep.table_columns or rep.columns
+    rows = rep.rows if rep.table_rows is None else rep.table_rows
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(rep.title, style="bold", soft_wrap=True)
     if rep.single and rep.rows:
@@ -279,12 +280,12 @@ def _report_table(rep) -> None:
             table.add_row(_label(column), _cell(column, rep.rows[0][column]))
     else:
         table = Table()
-        text = {c for c in columns if any(isinstance(row[c], (str, bytes)) for row in rep.rows)}
+        text = {c for c in columns if any(isinstance(row[c], (str, bytes)) for row in rows)}
         for column in columns:
             table.add_column(_label(column), justify="left" if column in text else "right", no_wrap=column != "name")
-        for row in rep.rows:
+        for row in rows:
             table.add_row(*(_cell(column, row[column]) for column in columns))
-        if not rep.rows:
+        if not rows:
             table.caption = "no data in this window"
     console.print(table)
 

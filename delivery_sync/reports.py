@@ -46,6 +46,7 @@ class Report:
     rows: list[dict]
     table_columns: list[str] = field(default_factory=list)
     single: bool = False  # one row, best shown as a "field | value" list
+    table_rows: list[dict] | None = None  # the rows as a terminal shows them, where that differs
 
 
 # --- the reports ------------------------------------------------------------------
@@ -122,6 +123,31 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)
 _READING_STATEMENTS = {"SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES"}
+
+
+CHANGES_COLUMNS = ["client_id", "name", "stat_date", "column", "old_value", "new_value", "difference", "run_id", "changed_at"]
+_CHANGES = """
+SELECT s.client_id, c.name, s.stat_date, s.[column], s.old_value, s.new_value,
+       CASE WHEN typeof(s.old_value) IN ('integer', 'real') AND typeof(s.new_value) IN ('integer', 'real')
+            THEN CASE WHEN typeof(s.old_value) = 'integer' AND typeof(s.new_value) = 'integer'
+                      THEN s.new_value - s.old_value ELSE ROUND(s.new_value - s.old_value, 2) END
+       END AS difference,
+       s.run_id, s.changed_at
+FROM stat_changes s LEFT JOIN clients c ON c.id = s.client_id
+WHERE s.stat_date BETWEEN :start AND :end AND (:client_id IS NULL OR s.client_id = :client_id)
+ORDER BY s.run_id DESC, s.client_id, s.stat_date, s.rowid"""
+
+
+def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = None) -> Report:
+    """The restatements logged in `stat_changes` whose day lies in the window, newest run first."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stat_changes'").fetchone():
+        raise UsageError("this replica predates the change log (stat_changes)", hint="any writing run upgrades it, e.g. 'delivery-sync sync'")
+    rows = _fetch(conn, _CHANGES, {**window.params(), "client_id": client_id})
+    # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
+    shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
+    who = f"client {client_id}" if client_id is not None else "all clients"
+    return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
+                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown)
 
 
 def check_statement(statement: str) -> None:

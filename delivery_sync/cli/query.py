@@ -77,6 +77,18 @@ def query_totals(
     _report(ctx, fmt, lambda conn, window: totals(conn, window, by), days, from_, to)
 
 
+@query_app.command("changes")
+def query_changes(
+    ctx: typer.Context,
+    client_id: Optional[int] = typer.Option(None, "--client", metavar="ID", help="Only this client."),
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+) -> None:
+    """Values the remote restated (old and new, per column) for days in the window, newest run first."""
+    from ..reports import changes
+
+    _report(ctx, fmt, lambda conn, window: changes(conn, window, client_id), days, from_, to)
+
+
 @query_app.command("sql")
 def query_sql(
     ctx: typer.Context,

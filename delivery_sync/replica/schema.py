@@ -86,6 +86,18 @@ def _initial(db: sqlite_utils.Database) -> None:
     db["sync_rejects"].create_index(["run_id"])
 
 
+@migrations(name="0002_stat_changes")
+def _stat_changes(db: sqlite_utils.Database) -> None:
+    # old_value/new_value have no declared type on purpose: no affinity, so each value is kept
+    # exactly as the replica held it (REAL amounts, INTEGER counts, TEXT extra).
+    db.execute(
+        "CREATE TABLE stat_changes (run_id INTEGER REFERENCES sync_runs(id), client_id INTEGER NOT NULL, "
+        "stat_date TEXT NOT NULL, [column] TEXT NOT NULL, old_value, new_value, changed_at TEXT NOT NULL)"
+    )
+    db["stat_changes"].create_index(["client_id", "stat_date"])
+    db["stat_changes"].create_index(["run_id"])
+
+
 SCHEMA_VERSION = len(migrations._migrations)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 
@@ -21,6 +22,9 @@ _UPDATE = (
     f"UPDATE client_stats SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, synced_at = ?, updated_at = ? "
     "WHERE client_id = ? AND stat_date = ?"
 )
+
+
+_LOG_CHANGE = "INSERT INTO stat_changes(run_id, client_id, stat_date, [column], old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclass
@@ -45,8 +49,8 @@ def write_client_window(
 ) -> ClientWrite:
     """Upsert one client's window in one transaction: rows, prune, rejects, last_synced_at.
 
-    New keys are inserted; changed rows are updated (`created_at` stays); unchanged
-    rows are not written at all.
+    New keys are inserted; changed rows are updated (`created_at` stays) and each
+    changed value is logged in `stat_changes`; unchanged rows are not written at all.
     """
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
@@ -54,7 +58,7 @@ def write_client_window(
     result = ClientWrite(rejected=len(parsed.rejects))
     with db.atomic():
         stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
-        inserts, updates = [], []
+        inserts, updates, changes = [], [], []
         for day, values in parsed.values.items():
             key = day.isoformat()
             previous = stored.get(key)
@@ -62,15 +66,21 @@ def write_client_window(
                 inserts.append((client_id, key, *values, now, now, now))
             elif previous != values:
                 updates.append((*values, now, now, client_id, key))
+                changes.extend(
+                    (run_id, client_id, key, column, old, new, now)
+                    for column, old, new in zip(_COLUMNS, previous, values)
+                    if old != new
+                )
             else:
                 result.unchanged += 1
         if inserts:
             db.conn.executemany(_INSERT, inserts)
         if updates:
             db.conn.executemany(_UPDATE, updates)
+            db.conn.executemany(_LOG_CHANGE, changes)
         result.inserted, result.updated = len(inserts), len(updates)
         if prune:
-            result.deleted, result.warning = _prune(db, client_id, window, stored, parsed)
+            result.deleted, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
         if parsed.rejects:
             db.conn.executemany(
                 "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
@@ -81,9 +91,11 @@ def write_client_window(
 
 
 def _prune(
-    db: sqlite_utils.Database, client_id: int, window: tuple[date, date], stored: dict, parsed: ClientRows
+    db: sqlite_utils.Database, run_id: int, client_id: int, window: tuple[date, date], stored: dict,
+    parsed: ClientRows, now: str,
 ) -> tuple[int, str | None]:
-    """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`)."""
+    """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`), each logged
+    in `stat_changes` as column `*` with the old row as JSON."""
     first, last = window[0].isoformat(), window[1].isoformat()
     kept = {day.isoformat() for day in parsed.values}
     gone = [key for key in stored if first <= key <= last and key not in kept]
@@ -98,4 +110,8 @@ def _prune(
         # A rejected row still exists remotely, but its date may be unreadable: keep everything.
         return 0, f"client {client_id}: {len(parsed.rejects)} rows rejected; nothing pruned"
     db.conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, k) for k in gone])
+    db.conn.executemany(
+        _LOG_CHANGE,
+        [(run_id, client_id, k, "*", json.dumps(dict(zip(_COLUMNS, stored[k]))), None, now) for k in gone],
+    )
     return len(gone), None

@@ -1,0 +1,101 @@
+"""The change log of restated history (SPEC §4 `stat_changes`) and `query changes`, over loopback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+from freezegun import freeze_time
+
+from conftest import DEMO_CLIENTS, query_db
+from delivery_sync import replica
+
+NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def sync(cli, *args):
+    with freeze_time(NOW, tick=True):
+        return cli("sync", "--days-back", "5", *args)
+
+
+def changes(db_path):
+    return query_db(db_path, "SELECT run_id, client_id, stat_date, [column], old_value, new_value FROM stat_changes ORDER BY rowid")
+
+
+def test_a_correction_logs_each_changed_value_and_nothing_else(cli, config, db_path, demo):
+    assert sync(cli).code == 0
+    assert changes(db_path) == []  # inserts of new days are not changes
+    old_sales, old_orders = query_db(db_path, "SELECT grab_sales, gojek_orders FROM client_stats WHERE client_id = 4 AND stat_date = '2026-11-21'")[0]
+    demo.faults.overrides[(4, "2026-11-21")] = {"grab_sales": "123456.00", "gojek_orders": 3}
+    result = sync(cli)
+    assert result.code == 0 and "1 updated" in result.stderr
+    (run_id,) = query_db(db_path, "SELECT MAX(id) FROM sync_runs WHERE command = 'sync'")[0]
+    assert changes(db_path) == [
+        (run_id, 4, "2026-11-21", "grab_sales", old_sales, 123456.0),
+        (run_id, 4, "2026-11-21", "gojek_orders", old_orders, 3),
+    ]
+    (changed_at,) = query_db(db_path, "SELECT DISTINCT changed_at FROM stat_changes")[0]
+    assert query_db(db_path, "SELECT updated_at FROM client_stats WHERE client_id = 4 AND stat_date = '2026-11-21'") == [(changed_at,)]
+    # An unchanged re-sync logs nothing more.
+    assert sync(cli).code == 0
+    assert len(changes(db_path)) == 2
+
+
+def test_a_pruned_row_is_logged_as_star_with_the_old_row(cli, config, db_path, demo):
+    assert sync(cli).code == 0
+    (before,) = query_db(db_path, "SELECT grab_sales, total_orders, extra FROM client_stats WHERE client_id = 2 AND stat_date = '2026-11-20'")
+    demo.faults.deleted_rows = {(2, "2026-11-20")}
+    assert sync(cli, "--prune").code == 0
+    ((run_id, client_id, day, column, old, new),) = changes(db_path)
+    assert (client_id, day, column, new) == (2, "2026-11-20", "*", None)
+    old = json.loads(old)
+    assert (old["grab_sales"], old["total_orders"], old["extra"]) == before
+
+
+def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, db_path, demo):
+    assert sync(cli).code == 0
+    demo.faults.overrides[(3, "2026-11-22")] = {"grab_orders": 1}
+    assert sync(cli).code == 0
+    demo.faults.overrides[(5, "2026-11-23")] = {"total_sales": "999.00"}
+    assert sync(cli).code == 0
+    with freeze_time(NOW):
+        as_json = json.loads(cli("query", "changes", "--days", "7", "--format", "json").stdout)
+        as_csv = list(csv.DictReader(io.StringIO(cli("query", "changes", "--days", "7", "--format", "csv").stdout)))
+        table = cli("query", "changes", "--days", "7")
+        one = json.loads(cli("query", "changes", "--client", "3", "--format", "json").stdout)
+        outside = json.loads(cli("query", "changes", "--from", "2026-11-23", "--format", "json").stdout)
+    assert [(r["client_id"], r["stat_date"], r["column"]) for r in as_json] == [(5, "2026-11-23", "total_sales"), (3, "2026-11-22", "grab_orders")]
+    newest = as_json[0]
+    assert newest["new_value"] == 999.0 and newest["difference"] == round(999.0 - newest["old_value"], 2)
+    assert newest["name"] and newest["run_id"] > as_json[1]["run_id"]
+    assert as_json[1]["new_value"] == 1 and as_json[1]["difference"] == 1 - as_json[1]["old_value"]
+    assert list(as_csv[0]) == ["client_id", "name", "stat_date", "column", "old_value", "new_value", "difference", "run_id", "changed_at"]
+    assert [r["column"] for r in as_csv] == ["total_sales", "grab_orders"]
+    assert table.code == 0 and "total_sales" in table.stdout and "grab_orders" in table.stdout
+    assert [r["client_id"] for r in one] == [3]
+    assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
+
+
+def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, config, db_path):
+    # tests/fixtures/replica_schema1.sql: a 3-client x 3-day replica written by schema version 1
+    # (before stat_changes), dumped with sqlite3's iterdump.
+    conn = sqlite3.connect(db_path)
+    conn.executescript((FIXTURES / "replica_schema1.sql").read_text())
+    before = conn.execute("SELECT * FROM client_stats ORDER BY client_id, stat_date").fetchall()
+    conn.close()
+    assert len(before) == 9
+    db = replica.open_replica(db_path)
+    db.close()
+    assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(replica.SCHEMA_VERSION),)]
+    assert replica.SCHEMA_VERSION == 2
+    assert query_db(db_path, "SELECT * FROM client_stats ORDER BY client_id, stat_date") == before
+    assert {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'stat_changes'")} >= {
+        "stat_changes", "idx_stat_changes_client_id_stat_date", "idx_stat_changes_run_id",
+    }
+    # and a sync on it works as on any replica (the demo remote has the same seed-42 data)
+    assert sync(cli).code == 0
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]
