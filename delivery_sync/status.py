@@ -269,9 +269,8 @@ def _repair(status: Status) -> str:
     error = last["error"] or ""
     if "authentication failed" in error:
         return "fix source.token, then delivery-sync sync"
-    if status.failed_clients and last["clients_ok"]:
-        ids = ",".join(map(str, status.failed_clients))
-        return f"delivery-sync sync --clients {ids} --from {last['window_start']} --to {last['window_end']}"
+    if status.failed_clients:
+        return "delivery-sync sync --retry-failed"
     if last["rows_rejected"] and not status.failed_clients:
         # Re-syncing fetches the same bad rows: the remote's data must be fixed first.
         return f"delivery-sync query sql \"SELECT * FROM sync_rejects WHERE run_id = {last['id']}\""

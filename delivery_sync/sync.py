@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 
 from . import replica
 from .aggregate import AggregateResult, aggregate_locked
@@ -35,6 +35,8 @@ class SyncOptions:
     incremental: bool = False
     prune: bool = False
     aggregate: bool = True  # rebuild the rollups afterwards (`--no-aggregate` turns it off)
+    retry_failed: bool = False  # only what the last sync did not bring in, over its window (`window` is ignored)
+    retrying: bool = False  # set by --retry-failed on the options it builds
 
 
 @dataclass
@@ -52,9 +54,15 @@ class SyncResult:
         return self.run["status"]
 
 
+class NothingToRetry(Exception):
+    """`sync --retry-failed` found nothing to retry: not an error; the message says why."""
+
+
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
     with replica.writer_lock(settings.database, "sync"):
+        if options.retry_failed:
+            options = _retry_options(settings.database, options)
         result = _sync(settings, options, progress)
         # After a partial sync too, and after a failed one that still wrote rows: rollups of what
         # is stored are right either way. A failed sync that wrote nothing changed nothing to roll up.
@@ -76,7 +84,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                 raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
             return _failed_before_fetch(settings, options, exc, source.requests, began)
-        selected = _select(listed, options.client_ids)
+        selected = _select(listed, options.client_ids, options.retrying)
         db = replica.open_replica(settings.database)
         try:
             replica.save_client_list(db, listed)
@@ -86,10 +94,14 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             error = None
             with replica.closed_on_error(db, run_id, counts):
+                written: set[int] = set()
                 try:
-                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, progress, settings)
+                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings)
                 except StopRun as stop:
                     error = str(stop)
+                    # Recorded so that `sync --retry-failed` fetches them too.
+                    failed = {cid for cid, _ in failures}
+                    replica.record_unfetched(db, run_id, [cid for cid in windows if cid not in written and cid not in failed])
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(failures)
             status = _status(counts, error)
@@ -101,11 +113,43 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
     return SyncResult(run, failures, counts.warnings, time.monotonic() - began)
 
 
-def _select(listed, client_ids: list[int] | None) -> list[int]:
+def _retry_options(database, options: SyncOptions) -> SyncOptions:
+    """The last sync's window and the clients it did not bring in: those that failed and those it
+    never fetched (it stopped early). Raises NothingToRetry when there are none."""
+    if not database.is_file():
+        raise NothingToRetry("no replica yet, so no sync to retry")
+    db = replica.open_replica(database)
+    try:
+        last = db.execute(
+            "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if last is None:
+            raise NothingToRetry("no sync has run yet")
+        run_id, status, start, end = last
+        ids = sorted({cid for (cid,) in db.execute(
+            "SELECT client_id FROM sync_failures WHERE run_id = :run AND client_id IS NOT NULL "
+            "UNION SELECT client_id FROM sync_unfetched WHERE run_id = :run", {"run": run_id}
+        )})
+    finally:
+        db.close()
+    if not ids and status == "failed" and start:
+        ids = None  # it failed before any client (e.g. the client list): every client, over its window
+    elif not ids:
+        why = "ended ok" if status == "ok" else f"was {status} only for rejected rows, which a re-fetch brings back unchanged"
+        raise NothingToRetry(f"the last sync (run {run_id}) {why}")
+    window = Window(date.fromisoformat(start), date.fromisoformat(end))
+    return replace(options, window=window, client_ids=ids, incremental=False, retry_failed=False, retrying=True)
+
+
+def _select(listed, client_ids: list[int] | None, retrying: bool = False) -> list[int]:
     known = [c.id for c in listed]
     if client_ids is None:
         return known
     unknown = sorted(set(client_ids) - set(known))
+    if unknown and retrying:  # clients the remote no longer lists cannot be retried
+        log.warning("not retrying client%s %s: the remote no longer lists them", "s" if len(unknown) > 1 else "", ", ".join(map(str, unknown)))
+        return [cid for cid in dict.fromkeys(client_ids) if cid not in unknown]
     if unknown:
         raise UsageError(
             f"unknown client id{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}: "
@@ -129,10 +173,12 @@ def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days
 
 
 def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], prune: bool,
-                     counts: RunCounts, failures: list, progress: Progress | None, settings: Settings) -> None:
+                     counts: RunCounts, failures: list, written: set[int], progress: Progress | None,
+                     settings: Settings) -> None:
     def write(cid: int, window: Window, rows: ClientRows) -> None:
-        written = replica.write_client_window(db, run_id, cid, (window.start, window.end), rows, prune)
-        _count(counts, rows, written)
+        result = replica.write_client_window(db, run_id, cid, (window.start, window.end), rows, prune)
+        written.add(cid)
+        _count(counts, rows, result)
         for reject in rows.rejects:
             log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
 

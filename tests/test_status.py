@@ -122,13 +122,17 @@ def test_after_a_partial_sync(cli, quick_config, db_path, demo):
 
     check = cli("status", "--check")
     assert check.code == 1
-    window = f"--from {data['last_sync']['window_start']} --to {data['last_sync']['window_end']}"
     assert "last sync partial" in check.stdout and "1 client failed (3)" in check.stdout
-    assert check.stdout.rstrip().endswith(f"run: delivery-sync sync --clients 3 {window}")
+    assert check.stdout.rstrip().endswith("run: delivery-sync sync --retry-failed")
 
-    # The advice works: re-syncing the failed client repairs the replica.
+    # The advice works: re-syncing the failed client over that window repairs the replica.
     demo.faults.fail_clients = {}
-    assert cli("sync", "--clients", "3", *window.split(), "--no-aggregate").code == 0
+    before = len(demo.stats_requests())
+    assert cli("sync", "--retry-failed", "--no-aggregate").code == 0
+    retried = demo.stats_requests()[before:]
+    assert [(r.path, r.query["start_date"], r.query["end_date"]) for r in retried] == [
+        ("/api/v1/clients/3/stats", data["last_sync"]["window_start"], data["last_sync"]["window_end"])
+    ]
     data = status_json(cli)
     assert (data["freshness"], data["failed_clients"], data["lagging_clients"], data["missing_days"]) == ("fresh", [], [], 0)
     assert cli("status", "--check").code == 0

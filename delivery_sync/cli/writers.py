@@ -24,20 +24,29 @@ def sync(
     prune: bool = typer.Option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
     source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
     no_aggregate: bool = typer.Option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
 ) -> None:
     """Replicate a window of days from the remote into the replica."""
     from .. import render
     from ..demo_source import serving_demo
-    from ..sync import SyncOptions, run_sync
+    from ..sync import NothingToRetry, SyncOptions, run_sync
     from ..window import resolve_window
 
     g: Globals = ctx.obj
+    if retry_failed:
+        given = [flag for flag, value in (("--clients", clients), ("--days-back", days_back), ("--from", from_), ("--to", to), ("--incremental", incremental)) if value]
+        if given:
+            raise UsageError(f"--retry-failed takes the last sync's clients and window; it cannot be combined with {', '.join(given)}")
     start, end, ids = parse_date(from_, "--from"), parse_date(to, "--to"), parse_ids(clients)
     settings = g.settings(source={"url": source})
     window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
-    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate)
-    with serving_demo(settings) as settings, render.progress_bar(quiet=g.quiet) as progress:
-        result = run_sync(settings, options, progress)
+    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate, retry_failed=retry_failed)
+    try:
+        with serving_demo(settings) as settings, render.progress_bar(quiet=g.quiet) as progress:
+            result = run_sync(settings, options, progress)
+    except NothingToRetry as nothing:
+        render.summary(f"sync: nothing to retry: {nothing}")
+        raise typer.Exit(0) from None
     rollup = result.aggregate
     if rollup:  # cron mail gets one summary line per run, which says when the rollup failed
         log.debug("%s", render.aggregate_summary(rollup))

@@ -2,7 +2,7 @@
 
     schema.py   tables, migrations, `meta.schema_version`, opening read-write
     lock.py     the `<database>.lock` every writing run holds
-    runs.py     `sync_runs` rows (start, finish, close on error) and `sync_failures`
+    runs.py     `sync_runs` rows (start, finish, close on error), `sync_failures`, `sync_unfetched`
     clients.py  the `clients` table
     upsert.py   one client's window into `client_stats`, in one transaction
     staging.py  batch-fetched rows waiting (in TEMP tables) until their client is complete
@@ -13,12 +13,12 @@ Writers open it with `open_replica()` while holding `writer_lock()`; readers use
 
 from .clients import latest_dates, save_client_list
 from .lock import writer_lock
-from .runs import RunCounts, closed_on_error, finish_run, record_failure, start_run
+from .runs import RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
 from .schema import SCHEMA_VERSION, open_replica, utc_now
 from .staging import Staging
 from .upsert import ClientWrite, write_client_window
 
 __all__ = [
     "SCHEMA_VERSION", "ClientWrite", "RunCounts", "Staging", "closed_on_error", "finish_run", "latest_dates", "open_replica",
-    "record_failure", "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
+    "record_failure", "record_unfetched", "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
 ]

@@ -94,3 +94,8 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
 
 def record_failure(db: sqlite_utils.Database, run_id: int, client_id: int | None, error: str) -> None:
     db["sync_failures"].insert({"run_id": run_id, "client_id": client_id, "error": error})
+
+
+def record_unfetched(db: sqlite_utils.Database, run_id: int, client_ids: list[int]) -> None:
+    """Clients the run selected but never fetched (it stopped early), for `sync --retry-failed`."""
+    db.conn.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])

@@ -98,6 +98,14 @@ def _stat_changes(db: sqlite_utils.Database) -> None:
     db["stat_changes"].create_index(["run_id"])
 
 
+@migrations(name="0003_sync_unfetched")
+def _sync_unfetched(db: sqlite_utils.Database) -> None:
+    # The clients a run selected but never fetched (it stopped early): what `sync --retry-failed`
+    # fetches besides the run's sync_failures.
+    db["sync_unfetched"].create({"run_id": int, "client_id": int}, foreign_keys=[("run_id", "sync_runs", "id")])
+    db["sync_unfetched"].create_index(["run_id"])
+
+
 SCHEMA_VERSION = len(migrations._migrations)
 
 
