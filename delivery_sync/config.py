@@ -86,6 +86,7 @@ class SourceSettings(_Section):
 class SyncSettings(_Section):
     days_back: PositiveInt = 365
     lookback_days: NonNegativeInt = 3
+    deadline_minutes: NonNegativeFloat = 0  # 0 = no deadline
 
 
 class CollectSettings(_Section):

@@ -11,6 +11,7 @@
           ├── AuthFailed         exit 1   401/403: stops the whole run at once
           ├── SourceUnreachable  exit 1   no connection / timeouts after every retry
           ├── BatchUnavailable   exit 1   the remote has no batch endpoint (404/405)
+          ├── DeadlineReached    exit 1   the run's --deadline passed: no request may start
           └── ClientFetchFailed  exit 1   one client's request failed (the run goes on)
 
 Messages are one line meant for an operator; they never contain the token.
@@ -71,6 +72,10 @@ class SourceUnreachable(SourceError):
 
 
 class BatchUnavailable(SourceError):
+    pass
+
+
+class DeadlineReached(SourceError):
     pass
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 from .config import SourceSettings
-from .errors import AuthFailed, BatchUnavailable, SourceError
+from .errors import AuthFailed, BatchUnavailable, DeadlineReached, SourceError
 from .records import ClientRows, ParsedRows, parse_batch, parse_rows
 from .replica import Staging
 from .source import SourceClient
@@ -45,6 +45,10 @@ RecordFailure = Callable[["int | None", str], None]
 
 class StopRun(Exception):
     """Ends the fetch early; the message becomes the run's error."""
+
+
+class DeadlineStop(StopRun):
+    """The run's deadline passed: what was fetched is written, the run ends partial."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class Fetcher:
             done += 1
             try:
                 parsed = future.result()
+            except DeadlineReached:
+                raise DeadlineStop() from None
             except SourceError as exc:
                 self._failed(cid, exc, f"{total - done} clients not fetched")
             else:
@@ -174,6 +180,8 @@ class Fetcher:
         return parse_batch(raw, tile.client_ids, self.tz, (tile.window.start, tile.window.end))
 
     def _take_tile(self, tile: Tile, answer, fallback: list) -> None:
+        if isinstance(answer, DeadlineReached):
+            raise DeadlineStop()
         if isinstance(answer, AuthFailed):
             self.fail(None, str(answer))
             raise StopRun(str(answer))
@@ -203,6 +211,8 @@ class Fetcher:
                 continue
             try:
                 parsed = future.result()
+            except DeadlineReached:
+                raise DeadlineStop() from None
             except SourceError as exc:
                 self._staging.discard(cid)
                 left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)

@@ -23,7 +23,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import SourceSettings
-from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, SourceError, SourceUnreachable
+from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, DeadlineReached, SourceError, SourceUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,11 @@ class SourceClient:
     `requests` counts every HTTP request sent, retries included.
     """
 
-    def __init__(self, settings: SourceSettings, backoff_initial: float = 0.5, backoff_max: float = 30.0):
+    def __init__(self, settings: SourceSettings, backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 deadline: float | None = None):
         self.settings = settings
+        # time.monotonic() after which no request starts, no wait runs and none is waited for.
+        self.deadline = deadline
         self.base_url = settings.url.rstrip("/")
         self.display_url = redact_url(self.base_url)
         headers = {"Accept": "application/json", "User-Agent": "delivery-sync"}
@@ -222,14 +225,23 @@ class SourceClient:
             raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
         return self._decode(response, what, accept_error_body)
 
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (None without one)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
     def _send(self, method: str, path: str, params: dict | None, json: Any, timeout: httpx.Timeout | None) -> httpx.Response:
         with self._in_flight:
             # Space starts only once a slot is ours: waiting for the slot after the
             # spacing would let two waiters start together when two slots free at once.
             self._rate.wait()
+            left = self.remaining()
+            if left is not None and left <= 0:
+                raise DeadlineReached("the run's deadline was reached")
             with self._count_lock:
                 self.requests += 1
             kwargs: dict[str, Any] = {"params": params, "json": json}
+            if left is not None:  # a request in flight is abandoned at the deadline
+                timeout = httpx.Timeout(min(left, self.settings.timeout))
             if timeout is not None:
                 kwargs["timeout"] = timeout
             response = self._http.request(method, path, **kwargs)
@@ -257,11 +269,12 @@ class SourceClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RetryableStatus):
-            delay = retry_after_seconds(exc.response)
-            if delay is not None:
-                return delay
-        return self._backoff(state)
+        delay = retry_after_seconds(exc.response) if isinstance(exc, RetryableStatus) else None
+        if delay is None:
+            delay = self._backoff(state)
+        left = self.remaining()
+        # Never sleep past the deadline: the next attempt then finds it reached and stops.
+        return delay if left is None else max(0.0, min(delay, left))
 
     @staticmethod
     def _attempts(retrying: Retrying) -> str:

@@ -17,7 +17,7 @@ from . import replica
 from .aggregate import AggregateResult, aggregate_locked
 from .config import Settings
 from .errors import SourceError, UsageError
-from .fetch import Fetcher, Progress, StopRun
+from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import ClientRows, parse_clients
 from .replica import RunCounts
 from .source import SourceClient
@@ -37,6 +37,7 @@ class SyncOptions:
     aggregate: bool = True  # rebuild the rollups afterwards (`--no-aggregate` turns it off)
     retry_failed: bool = False  # only what the last sync did not bring in, over its window (`window` is ignored)
     retrying: bool = False  # set by --retry-failed on the options it builds
+    deadline_minutes: float = 0  # the run's time budget (0 = none)
 
 
 @dataclass
@@ -76,7 +77,8 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
 def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
     began = time.monotonic()
     failures: list[tuple[int | None, str]] = []
-    with SourceClient(settings.source) as source:
+    deadline = began + options.deadline_minutes * 60 if options.deadline_minutes else None
+    with SourceClient(settings.source, deadline=deadline) as source:
         try:
             listed, problems = parse_clients(source.list_clients())
             if not listed:  # never read this as "every client is gone": that would deactivate them all
@@ -95,16 +97,24 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             error = None
             with replica.closed_on_error(db, run_id, counts):
                 written: set[int] = set()
+                deadline_hit = False
                 try:
                     _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings)
                 except StopRun as stop:
-                    error = str(stop)
                     # Recorded so that `sync --retry-failed` fetches them too.
                     failed = {cid for cid, _ in failures}
-                    replica.record_unfetched(db, run_id, [cid for cid in windows if cid not in written and cid not in failed])
+                    unfetched = [cid for cid in windows if cid not in written and cid not in failed]
+                    replica.record_unfetched(db, run_id, unfetched)
+                    error = str(stop)
+                    if isinstance(stop, DeadlineStop):
+                        shown = ", ".join(map(str, unfetched[:20])) + (", ..." if len(unfetched) > 20 else "")
+                        error = (f"deadline of {options.deadline_minutes:g} min reached: "
+                                 f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
+                        deadline_hit = True
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(failures)
-            status = _status(counts, error)
+            # A deadline keeps what was fetched: the run is partial, not failed.
+            status = "partial" if deadline_hit else _status(counts, error)
             run = replica.finish_run(db, run_id, status, counts, error)
         finally:
             db.close()

@@ -25,6 +25,7 @@ def sync(
     source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
     no_aggregate: bool = typer.Option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
+    deadline: Optional[float] = typer.Option(None, "--deadline", metavar="MINUTES", help="Time budget of the run, e.g. 0.5 = 30 s (default sync.deadline_minutes; 0 = none)."),
 ) -> None:
     """Replicate a window of days from the remote into the replica."""
     from .. import render
@@ -37,10 +38,13 @@ def sync(
         given = [flag for flag, value in (("--clients", clients), ("--days-back", days_back), ("--from", from_), ("--to", to), ("--incremental", incremental)) if value]
         if given:
             raise UsageError(f"--retry-failed takes the last sync's clients and window; it cannot be combined with {', '.join(given)}")
+    if deadline is not None and deadline < 0:
+        raise UsageError(f"--deadline must be 0 (none) or more minutes (got {deadline:g})")
     start, end, ids = parse_date(from_, "--from"), parse_date(to, "--to"), parse_ids(clients)
-    settings = g.settings(source={"url": source})
+    settings = g.settings(source={"url": source}, sync={"deadline_minutes": deadline})
     window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
-    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate, retry_failed=retry_failed)
+    options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate, retry_failed=retry_failed,
+                          deadline_minutes=settings.sync.deadline_minutes)
     try:
         with serving_demo(settings) as settings, render.progress_bar(quiet=g.quiet) as progress:
             result = run_sync(settings, options, progress)
