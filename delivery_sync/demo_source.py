@@ -94,6 +94,20 @@ def _platform_day(rng: random.Random, scale: float, ads: bool) -> dict[str, floa
     }
 
 
+RESTATED_DAYS = 3
+
+
+def _late_refund(row: dict[str, Any], key: str) -> None:
+    """For about one client-day in five, a Grab refund that arrived after the first collection."""
+    rng = random.Random(key)
+    if rng.random() >= 0.2 or row["grab_sales"] is None:
+        return
+    refund = round(rng.uniform(20_000, 150_000), -2)
+    row["grab_sales"] = _decimal(float(row["grab_sales"]) - refund)
+    if row["total_sales"] is not None:
+        row["total_sales"] = _decimal(float(row["total_sales"]) - refund)
+
+
 def _decimal(value: float) -> str:
     return f"{value:.2f}"
 
@@ -143,6 +157,7 @@ class DemoSource:
         rate_limit: float | None = None,
         batch: bool = True,
         token: str | None = None,
+        restate: bool = False,
     ):
         self.clients = clients
         self.seed = seed
@@ -151,6 +166,10 @@ class DemoSource:
         self.rate_limit = rate_limit
         self.batch = batch
         self.token = token
+        # Like the real collector, re-collect the last RESTATED_DAYS days: from the second client
+        # listing on (one per sync), some of those days answer late refunds.
+        self.restate = restate
+        self.listings = 0
         self.faults = Faults()
         self.requests: list[ReceivedRequest] = []
         self.in_flight = 0  # requests being answered right now
@@ -203,6 +222,8 @@ class DemoSource:
         return datetime.now(DEMO_TZ).date()
 
     def client_list(self) -> list[dict]:
+        with self._lock:
+            self.listings += 1
         return [
             {"id": cid, "name": client_name(cid, self.seed), "is_active": 1}
             for cid in range(1, self.clients + 1)
@@ -217,6 +238,8 @@ class DemoSource:
             if (client_id, day.isoformat()) in self.faults.deleted_rows:
                 continue
             row = demo_row(client_id, day, self.seed)
+            if self.restate and self.listings > 1 and (self.today() - day).days < RESTATED_DAYS:
+                _late_refund(row, f"{self.seed}:restate:{client_id}:{day}:{self.listings}")
             row.update(self.faults.overrides.get((client_id, day.isoformat()), {}))
             out.append(row)
         return out + list(self.faults.extra_rows.get(client_id, []))

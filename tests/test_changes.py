@@ -98,3 +98,20 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
     # and a sync on it works as on any replica (the demo remote has the same seed-42 data)
     assert sync(cli).code == 0
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]
+
+
+def test_the_demo_source_restates_recent_days_from_the_second_sync_on(cli, tmp_path, db_path):
+    from conftest import write_config
+    from delivery_sync.demo_source import DemoSource
+
+    with DemoSource(clients=40, restate=True) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path)
+        assert sync(cli).code == 0
+        result = sync(cli)
+    assert result.code == 0
+    logged = query_db(db_path, "SELECT DISTINCT stat_date, [column] FROM stat_changes ORDER BY 1, 2")
+    assert logged and {day for day, _ in logged} <= {"2026-11-21", "2026-11-22", "2026-11-23"}
+    assert {column for _, column in logged} <= {"grab_sales", "total_sales"}
+    refunds = query_db(db_path, "SELECT new_value - old_value FROM stat_changes WHERE [column] = 'grab_sales'")
+    assert refunds and all(-150_000 <= r < 0 for (r,) in refunds)
+    assert f"{len(refunds)} updated" in result.stderr

@@ -23,12 +23,13 @@ def demo_source(
     error_rate: float = typer.Option(0, "--error-rate", min=0, max=1, help="Share of requests answered with a random 503."),
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", metavar="RPS", min=0.1, help="Requests per second before it answers 429 + Retry-After."),
     no_batch: bool = typer.Option(False, "--no-batch", help="Answer 404 to POST /api/v1/getBatchStats."),
+    restate: bool = typer.Option(False, "--restate", help="From the second sync on, restate some of the last 3 days (late refunds)."),
 ) -> None:
     """Serve a realistic simulated remote (the API of the real one) on loopback until interrupted."""
     from ..demo_source import DemoSource
 
     try:
-        demo = DemoSource(host, port, clients, seed, latency_ms, error_rate, rate_limit, batch=not no_batch)
+        demo = DemoSource(host, port, clients, seed, latency_ms, error_rate, rate_limit, batch=not no_batch, restate=restate)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     log.info("demo-source: serving %d clients on %s (Ctrl-C to stop)", clients, demo.url)
