@@ -109,11 +109,7 @@ class Fetcher:
         done, total = 0, len(windows)
         self._report(0, total, "clients")
 
-        def fetch(cid: int) -> ParsedRows:
-            window = windows[cid]
-            return parse_rows(self.source.client_stats(cid, window.start, window.end), self.tz, (window.start, window.end))
-
-        for cid, future in self._pump(((cid, lambda cid=cid: fetch(cid)) for cid in windows)):
+        for cid, future in self._pump(((cid, lambda cid=cid: self._fetch_client(cid, windows[cid])) for cid in windows)):
             done += 1
             try:
                 parsed = future.result()
@@ -125,6 +121,10 @@ class Fetcher:
                 self.consecutive = 0
                 self.write(cid, windows[cid], parsed.stored())
             self._report(done, total, "clients")
+
+    def _fetch_client(self, cid: int, window: Window) -> ParsedRows:
+        """One client's window by the per-client endpoint, parsed (on a fetch thread)."""
+        return parse_rows(self.source.client_stats(cid, window.start, window.end), self.tz, (window.start, window.end))
 
     # --- batch ---------------------------------------------------------------------------
 
@@ -201,11 +201,7 @@ class Fetcher:
 
     def _fallback(self, fallback: list[tuple[int, Window]]) -> None:
         """Per-client requests for the tiles whose batch failed."""
-
-        def fetch(cid: int, window: Window) -> ParsedRows:
-            return parse_rows(self.source.client_stats(cid, window.start, window.end), self.tz, (window.start, window.end))
-
-        tasks = (((cid, window), lambda cid=cid, window=window: fetch(cid, window)) for cid, window in fallback)
+        tasks = (((cid, window), lambda cid=cid, window=window: self._fetch_client(cid, window)) for cid, window in fallback)
         for done, ((cid, window), future) in enumerate(self._pump(tasks), start=1):
             if cid in self.failed:
                 continue
