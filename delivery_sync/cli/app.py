@@ -41,9 +41,9 @@ class Globals:
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from .. import __version__
 
-        print(f"delivery-sync {version('delivery-sync')}")
+        print(f"delivery-sync {__version__}")
         raise typer.Exit(0)
 
 
