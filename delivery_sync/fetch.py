@@ -113,8 +113,6 @@ class Fetcher:
             done += 1
             try:
                 parsed = future.result()
-            except DeadlineReached:
-                raise DeadlineStop() from None
             except SourceError as exc:
                 self._failed(cid, exc, f"{total - done} clients not fetched")
             else:
@@ -180,11 +178,8 @@ class Fetcher:
         return parse_batch(raw, tile.client_ids, self.tz, (tile.window.start, tile.window.end))
 
     def _take_tile(self, tile: Tile, answer, fallback: list) -> None:
-        if isinstance(answer, DeadlineReached):
-            raise DeadlineStop()
-        if isinstance(answer, AuthFailed):
-            self.fail(None, str(answer))
-            raise StopRun(str(answer))
+        if isinstance(answer, (DeadlineReached, AuthFailed)):  # they stop the whole run
+            self._failed(None, answer, "")
         if isinstance(answer, Exception):
             log.warning("%s; fetching its %d clients one at a time", answer, len(tile.client_ids))
             fallback.extend((cid, tile.window) for cid in tile.client_ids)
@@ -207,8 +202,6 @@ class Fetcher:
                 continue
             try:
                 parsed = future.result()
-            except DeadlineReached:
-                raise DeadlineStop() from None
             except SourceError as exc:
                 self._staging.discard(cid)
                 left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)
@@ -220,9 +213,13 @@ class Fetcher:
 
     # --- shared ----------------------------------------------------------------------------
 
-    def _failed(self, cid: int, exc: SourceError, not_fetched: str) -> None:
-        """Record a client that could not be fetched; stop the run on auth failure or too many in a row."""
-        self.failed.add(cid)
+    def _failed(self, cid: int | None, exc: SourceError, not_fetched: str) -> None:
+        """Record a client that could not be fetched (None: a whole batch); stop the run at the
+        deadline, on auth failure, or after too many failures in a row."""
+        if isinstance(exc, DeadlineReached):  # not the client's failure: it is left for --retry-failed
+            raise DeadlineStop()
+        if cid is not None:
+            self.failed.add(cid)
         self.fail(cid, str(exc))
         if isinstance(exc, AuthFailed):
             raise StopRun(str(exc))
