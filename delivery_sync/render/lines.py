@@ -1,0 +1,100 @@
+"""The one-line summaries every run ends with, and the progress bar of `sync`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+
+def summary(line: str) -> None:
+    """The one line every writing run ends with, on stderr (kept even with -q)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def sync_summary(result) -> str:
+    """`sync ok: 127/127 clients, 46355 rows (...), 0 rejected, window A..B, 12.3 s`."""
+    run = result.run
+    parts = [sync_counts(run)]
+    if run["rows_deleted"]:
+        parts.append(f"{run['rows_deleted']} deleted")
+    if run["clients_failed"]:
+        failed = [str(cid) for cid, _ in result.failures if cid is not None]
+        shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
+        parts.append(f"{run['clients_failed']} failed ({shown})")
+    if result.warnings:  # -q hides the warning lines: the summary still says there were some
+        parts.append(plural(len(result.warnings), "warning"))
+    parts.append(f"window {run['window_start']}..{run['window_end']}")
+    parts.append(plural(run["requests"], "request"))
+    parts.append(f"{result.seconds:.1f} s")
+    line = f"sync {run['status']}: " + ", ".join(parts)
+    if run["status"] == "failed" and run["error"]:
+        line += f" - {run['error']}"
+    rollup = result.aggregate
+    if rollup is not None and rollup.status != "ok":
+        line += f"; aggregate failed: {rollup.run['error']}"
+    return line
+
+
+def sync_counts(run: dict) -> str:
+    """`127/127 clients, 46355 rows (120 inserted, 30 updated, 46205 unchanged), 0 rejected` of a sync run."""
+    rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
+    return (
+        f"{run['clients_ok']}/{run['clients_total']} clients, {rows} rows ({run['rows_inserted']} inserted, "
+        f"{run['rows_updated']} updated, {run['rows_unchanged']} unchanged), {run['rows_rejected']} rejected"
+    )
+
+
+def plural(count: int, word: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+@contextmanager
+def progress_bar(quiet: bool = False) -> Iterator[Optional[Callable[[int, int, str], None]]]:
+    """A "45/127 clients" bar on stderr, only when stderr is a terminal; yields its update callback
+    (done, total, unit) or None."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sync", total=None, unit="")
+
+        def update(done: int, total: int, unit: str) -> None:
+            bar.update(task, completed=done, total=total, unit=unit)
+
+        yield update
+
+
+def collect_summary(result) -> str:
+    """`collect ok: Collection finished for 127 clients, 1 request, 2.1 s` or `collect failed: <why>, ...`."""
+    run = result.run
+    what = run["error"] if run["status"] == "failed" else (result.message or "collection finished")
+    return f"collect {run['status']}: {what}, {plural(run['requests'], 'request')}, {result.seconds:.1f} s"
+
+
+def aggregate_summary(result) -> str:
+    """`aggregate ok: 127 clients, 46355 rows -> 2594 rollup rows (4 rolling periods, 13 months, daily and weekly totals), as of D, 0.6 s`."""
+    run = result.run
+    line = f"aggregate {run['status']}: "
+    if run["status"] == "ok":
+        line += (
+            f"{run['clients_ok']} clients, {run['rows_fetched']} rows -> {run['rows_inserted']} rollup rows "
+            f"({result.periods} rolling periods, {result.months} months, daily and weekly totals), "
+        )
+    line += f"as of {result.as_of}, {result.seconds:.1f} s"
+    if run["error"]:
+        line += f" - {run['error']}"
+    return line
+
+
+def status_check_line(status) -> str:
+    """The one line of `status --check`: `status ok: fresh, ...` or `status not ok: <why>; run: <command>`."""
+    verdict = status.verdict
+    if verdict.ok:
+        return f"status ok: {verdict.reason}"
+    return f"status not ok: {verdict.reason}" + (f"; run: {verdict.advice}" if verdict.advice else "")

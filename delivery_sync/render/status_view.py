@@ -1,0 +1,133 @@
+"""The `status` view and its JSON object."""
+
+from __future__ import annotations
+
+from .lines import plural, sync_counts
+
+
+_STATUS_STYLE = {"ok": "green", "fresh": "green", "partial": "yellow", "stale": "red", "failed": "red", "never": "yellow", "running": "cyan"}
+
+
+def status_json(status) -> None:
+    """The `status --json` object on stdout."""
+    import json
+
+    print(json.dumps(status.as_json(), indent=2))
+
+
+def show_status(status) -> None:
+    """The human status view on stdout: the verdict first, then the facts behind it.
+
+    Lines are never wrapped by us (soft wrap), so logs and cron mail get one fact per line.
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+
+    def line(label: str, value: "Text | str", indent: int = 17) -> None:
+        console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
+
+    verdict = status.verdict
+    head = Text.assemble(
+        ("Replica can be trusted: ", "bold"),
+        ("yes", "bold green") if verdict.ok else ("NO", "bold red"),
+        f" - {verdict.reason}",
+    )
+    console.print(head, soft_wrap=True)
+    if verdict.advice:
+        line("Run:", verdict.advice, 5)
+    if not status.exists:
+        console.print("(to try it without a remote: delivery-sync sync --source demo)", soft_wrap=True)
+        return
+    console.print()
+    line("Replica", f"{status.database} ({_size_text(status.database_bytes)})")
+    line("Clients", f"{status.clients} ({status.active_clients} active)")
+    span = f", {status.date_min} .. {status.date_max}" if status.rows else ""
+    line("Rows", f"{status.rows}{span} (today is {status.today} in {status.timezone})")
+    freshness = Text(status.freshness, style=_STATUS_STYLE[status.freshness])
+    if status.last_ok_sync_at:
+        freshness.append(f" - last ok sync finished {_when(status.last_ok_sync_at, status)}")
+    else:
+        freshness.append(" - no sync has ended ok yet")
+    freshness.append(f"; stale after {status.stale_after_hours:g} h")
+    line("Freshness", freshness)
+    line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
+    for error in list(status.failures.values())[:5]:
+        line("", Text(error, style="red"))
+    line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
+    line("Stale clients", _id_list(status.stale_clients, "none", f"(not confirmed by a sync within {status.stale_after_hours:g} h)"))
+    missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
+    if status.missing_by_client:
+        worst = sorted(status.missing_by_client.items(), key=lambda item: (-item[1], item[0]))[:5]
+        missing.append(" (" + ", ".join(f"client {cid}: {days}" for cid, days in worst))
+        missing.append(", ...)" if len(status.missing_by_client) > 5 else ")")
+    if status.last_sync and status.last_sync["window_start"]:
+        missing.append(f" in the last sync's window {status.last_sync['window_start']}..{status.last_sync['window_end']}")
+    line("Missing days", missing)
+    console.print()
+    console.print(Text("Last runs", style="bold"))
+    for run in status.running:
+        line(f"  {run['command']}", Text("running", style="cyan").append(f"  since {_when(run['started_at'], status)}"), 13)
+    for command in ("collect", "sync", "aggregate"):
+        run = getattr(status, f"last_{command}")
+        if run is None:
+            line(f"  {command}", Text("never", style="yellow"), 13)
+            continue
+        text = Text(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
+        text.append(f"{_when(run['started_at'], status)}, took {_took(run)}")
+        details = _run_details(run)
+        line(f"  {command}", text.append(f": {details}" if details else ""), 13)
+        if run["error"]:
+            line("", Text(f"error: {run['error']}", style="red"), 21)
+
+
+def _run_details(run: dict) -> str:
+    requests = plural(run["requests"], "request")
+    if run["command"] != "sync":
+        return requests if run["command"] == "collect" else ""
+    return f"{sync_counts(run)}, window {run['window_start']}..{run['window_end']}, {requests}"
+
+
+def _when(stamp: str, status) -> str:
+    """`2026-01-25 01:00 UTC (6.0 h ago)`."""
+    from datetime import datetime
+
+    from ..status import age_text, stamp_text
+
+    hours = (datetime.fromisoformat(status.checked_at) - datetime.fromisoformat(stamp)).total_seconds() / 3600
+    return f"{stamp_text(stamp)} ({age_text(max(hours, 0))} ago)"
+
+
+def _took(run: dict) -> str:
+    from datetime import datetime
+
+    if not run["finished_at"]:
+        return ""
+    seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _lag_cutoff(status) -> str:
+    from datetime import date, timedelta
+
+    from ..status import LAG_DAYS
+
+    return (date.fromisoformat(status.today) - timedelta(days=LAG_DAYS)).isoformat()
+
+
+def _id_list(ids: list[int], empty: str, note: str = ""):
+    from rich.text import Text
+
+    if not ids:
+        return Text(empty, style="green")
+    shown = ", ".join(map(str, ids[:20])) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
+    return Text(f"{shown} {note}".rstrip(), style="yellow")
+
+
+def _size_text(size: int | None) -> str:
+    units = ("bytes", "KB", "MB", "GB")
+    value, unit = float(size or 0), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{value:.0f} bytes" if unit == 0 else f"{value:.1f} {units[unit]}"
