@@ -51,6 +51,7 @@ class Faults:
     batch_status: int | None = None  # answer every batch request with this status (405: Express's HTML page)
     batch_keys_only: bool = False  # batch rows without their own stat_date, keyed by the right (Bali) date
     batch_extra: dict[str, Any] = field(default_factory=dict)  # entries added to every batch answer, as given
+    names: dict[int, str] = field(default_factory=dict)  # client id -> the name /clients lists instead
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class DemoSource:
         with self._lock:
             self.listings += 1
         return [
-            {"id": cid, "name": client_name(cid, self.seed), "is_active": 1}
+            {"id": cid, "name": self.faults.names.get(cid) or client_name(cid, self.seed), "is_active": 1}
             for cid in range(1, self.clients + 1)
             if cid not in self.faults.hidden_clients
         ]

@@ -15,7 +15,7 @@ import logging
 import re
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from .aggregate import (
@@ -47,6 +47,15 @@ class Report:
     table_columns: list[str] = field(default_factory=list)
     single: bool = False  # one row, best shown as a "field | value" list
     table_rows: list[dict] | None = None  # the rows as a terminal shows them, where that differs
+    keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
+    raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
+
+    def select(self, columns: list[str]) -> "Report":
+        """This report with only `columns`, in that order, in every format (`--columns`)."""
+        unknown = [c for c in columns if c not in self.columns]
+        if unknown:
+            raise UsageError(f"--columns: no column {unknown[0]!r} in this report", hint=f"one of: {', '.join(self.columns)}")
+        return replace(self, columns=columns, table_columns=columns, keep=len(columns))
 
 
 # --- the reports ------------------------------------------------------------------
@@ -60,9 +69,9 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         raise UsageError(f"--limit must be at least 1 (got {limit})")
     order = f"ORDER BY {by} IS NULL, {by} DESC, client_id LIMIT :limit"
     rows = _client_rows(conn, window, order, {"limit": limit})
-    shown = ["client_id", "name", *([by] if by not in _TOP_SHOWN else []), *_TOP_SHOWN]
+    shown = ["client_id", "name", by, *(c for c in _TOP_SHOWN if c != by)]  # the ranked metric stays in view
     title = f"Top {limit} clients by {by}, {window}"
-    return Report(title, CLIENT_REPORT_COLUMNS, rows, shown)
+    return Report(title, CLIENT_REPORT_COLUMNS, rows, shown, keep=3)
 
 
 _TOP_SHOWN = ["total_sales", "total_orders", "avg_order_value", "grab_sales", "gojek_sales", "ads_roas",
@@ -87,7 +96,7 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name})
         shown = ["stat_date", "total_sales", "total_orders", "grab_sales", "grab_orders", "gojek_sales",
                  "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
-        return Report(f"Client {client_id} {name or ''}, daily, {window}", DAILY_COLUMNS, rows, shown)
+        return Report(f"Client {client_id} {name or ''}, daily, {window}", DAILY_COLUMNS, rows, shown, keep=2)
     rows = _client_rows(conn, window, "", {}, client_id) or [_empty(CLIENT_REPORT_COLUMNS, window, client_id=client_id, name=name)]
     return Report(f"Client {client_id} {name or ''}, {window}", CLIENT_REPORT_COLUMNS, rows, CLIENT_REPORT_COLUMNS, single=True)
 
@@ -147,7 +156,7 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
-                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown)
+                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown, keep=6)
 
 
 def check_statement(statement: str) -> None:
@@ -198,7 +207,7 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
     finally:
         conn.set_progress_handler(None, 0)
     columns = [d[0] for d in cursor.description or []]
-    return Report("", columns, [dict(zip(columns, row)) for row in rows], columns)
+    return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
 
 
 # --- helpers ----------------------------------------------------------------------

@@ -16,15 +16,19 @@ _DAYS = typer.Option(None, "--days", metavar="N", help="The N calendar days endi
 _FROM = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
 _TO = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today).")
 _FORMAT = typer.Option("table", "--format", metavar="table|csv|json", help="Output format (csv/json carry exact numbers).")
+_COLUMNS = typer.Option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order (every format).")
 
 
-def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
+def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=None, from_=None, to=None, windowed: bool = True) -> None:
     """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
     from .. import readonly, render
     from ..window import resolve_window
 
     if fmt not in ("table", "csv", "json"):
         raise UsageError(f"--format: {fmt!r} is not one of table, csv, json")
+    wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns is not None else None
+    if wanted == []:
+        raise UsageError("--columns: no column given")
     settings = ctx.obj.settings()
     window = None
     if windowed:
@@ -36,7 +40,7 @@ def _report(ctx: typer.Context, fmt: str, build, days=None, from_=None, to=None,
             result = build(conn, window)
     finally:
         conn.close()
-    render.report(result, fmt)
+    render.report(result.select(wanted) if wanted else result, fmt)
 
 
 @query_app.command("top")
@@ -44,12 +48,12 @@ def query_top(
     ctx: typer.Context,
     by: str = typer.Option("total_sales", "--by", metavar="METRIC", help="Metric to rank by (a client_stats metric)."),
     limit: int = typer.Option(10, "--limit", metavar="N", help="How many clients."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """Clients ranked by the sum of METRIC, with their names, sums and ratios."""
     from ..reports import top
 
-    _report(ctx, fmt, lambda conn, window: top(conn, window, by, limit), days, from_, to)
+    _report(ctx, fmt, columns, lambda conn, window: top(conn, window, by, limit), days, from_, to)
 
 
 @query_app.command("client")
@@ -57,36 +61,36 @@ def query_client(
     ctx: typer.Context,
     client_id: int = typer.Argument(..., metavar="ID", help="Client id."),
     daily: bool = typer.Option(False, "--daily", help="One row per day instead of the window's totals."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
-    _report(ctx, fmt, lambda conn, window: client(conn, window, client_id, daily), days, from_, to)
+    _report(ctx, fmt, columns, lambda conn, window: client(conn, window, client_id, daily), days, from_, to)
 
 
 @query_app.command("totals")
 def query_totals(
     ctx: typer.Context,
     by: Optional[str] = typer.Option(None, "--by", metavar="day|week|month", help="One row per day, week (from Monday) or month."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week or month."""
     from ..reports import totals
 
-    _report(ctx, fmt, lambda conn, window: totals(conn, window, by), days, from_, to)
+    _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by), days, from_, to)
 
 
 @query_app.command("changes")
 def query_changes(
     ctx: typer.Context,
     client_id: Optional[int] = typer.Option(None, "--client", metavar="ID", help="Only this client."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT,
+    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """Values the remote restated (old and new, per column) for days in the window, newest run first."""
     from ..reports import changes
 
-    _report(ctx, fmt, lambda conn, window: changes(conn, window, client_id), days, from_, to)
+    _report(ctx, fmt, columns, lambda conn, window: changes(conn, window, client_id), days, from_, to)
 
 
 @query_app.command("sql")
@@ -94,7 +98,7 @@ def query_sql(
     ctx: typer.Context,
     statement: str = typer.Argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
     max_seconds: float = typer.Option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds (exit 1)."),
-    fmt: str = _FORMAT,
+    fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """Run one read-only SQL statement against the replica."""
     from ..reports import check_statement, sql
@@ -102,4 +106,4 @@ def query_sql(
     if max_seconds <= 0:
         raise UsageError(f"--max-seconds must be more than 0 (got {max_seconds:g})")
     check_statement(statement)  # before the replica is opened: a refused statement touches no file
-    _report(ctx, fmt, lambda conn, _: sql(conn, statement, max_seconds), windowed=False)
+    _report(ctx, fmt, columns, lambda conn, _: sql(conn, statement, max_seconds), windowed=False)

@@ -1,16 +1,31 @@
-"""Reports on stdout: terminal tables, CSV and JSON (csv/json never import rich)."""
+"""Reports on stdout: terminal tables, CSV and JSON (csv/json never import rich).
+
+A terminal table never cuts a number, a date or an id and never hides the name:
+it shows the columns that fit, in the report's priority order, and says in one
+line which it left out. When even the columns a report cannot do without do
+not fit, each row is stacked as `column  value` lines instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass
+
+from .text import safe
+
+_NAME_MIN = 12  # a name column narrower than this wraps into too many lines to read
+_NAME_LINE = 32  # names up to this long stay on one line while the essential columns still fit
+_STACK_LABEL = "-[ row {} ]"
 
 
 def report(rep, fmt: str) -> None:
-    """Print a `reports.Report` on stdout as a rich table, CSV or a JSON array (csv/json never import rich)."""
+    """Print a `reports.Report` on stdout as a table, CSV or a JSON array; CSV and JSON keep the exact text."""
     if fmt == "json":
         import json
 
-        print(json.dumps(rep.rows, indent=2, ensure_ascii=False, default=_json_value))
+        rows = [{c: row[c] for c in rep.columns} for row in rep.rows]
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=_json_value))
     elif fmt == "csv":
         import csv
 
@@ -31,44 +46,155 @@ def _csv_value(value):
     return value.hex() if isinstance(value, bytes) else value
 
 
+def terminal_width() -> int | None:
+    """The width to lay tables out in: `COLUMNS`, else the terminal's; None when piped (as wide as needed)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return None
+
+
+@dataclass
+class _Column:
+    key: str
+    cells: list[str]
+    numeric: bool
+
+    @property
+    def natural(self) -> int:
+        """The width that shows every cell and the header on one line."""
+        from rich.cells import cell_len
+
+        return max([cell_len(_label(self.key)), *map(cell_len, self.cells)])
+
+    def least(self, name_width: int) -> int:
+        """The narrowest width that cuts nothing: headers wrap at spaces, only a name wraps its cells."""
+        from rich.cells import cell_len
+
+        words = max(map(cell_len, _label(self.key).split()))
+        if self.key == "name":
+            return max(words, min(self.natural, name_width))
+        return max([words, *map(cell_len, self.cells)])
+
+
+def _table_width(widths: list[int]) -> int:
+    return sum(widths) + 3 * len(widths) + 1  # one space each side of a cell, a rule between and around
+
+
+def _fit(columns: list[_Column], keep: int, width: int | None) -> tuple[list[_Column], list[int]] | None:
+    """The columns to show and their widths: the first `keep` always, then as many more in order as fit.
+
+    Names stay on one line when the essential columns allow it, else they wrap. None: nothing fits.
+    """
+    if width is None:
+        return columns, [c.natural for c in columns]
+    for name_width in (_NAME_LINE, _NAME_MIN):
+        chosen = columns[:keep]
+        widths = [c.least(name_width) for c in chosen]
+        if _table_width(widths) <= width:
+            break
+    else:
+        return None
+    for column in columns[keep:]:
+        if _table_width([*widths, column.least(name_width)]) > width:
+            break
+        chosen.append(column)
+        widths.append(column.least(name_width))
+    # What is left widens the name first (fewer wrapped lines), then puts headers on one line.
+    for at in sorted(range(len(chosen)), key=lambda at: chosen[at].key != "name"):
+        spare = width - _table_width(widths)
+        widths[at] += max(0, min(chosen[at].natural - widths[at], spare))
+    return chosen, widths
+
+
 def _report_table(rep) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    # Piped output is not wrapped at 80 columns: an operator pastes or greps it.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
-    columns = rep.table_columns or rep.columns
+    keys = rep.table_columns or rep.columns
     rows = rep.rows if rep.table_rows is None else rep.table_rows
+    columns = [
+        _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
+        for key in keys
+    ]
+    width = terminal_width()
+    layout = None if rep.single else _fit(columns, min(rep.keep, len(columns)), width)
+    natural = _table_width([c.natural for c in columns])
+    console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
-        console.print(rep.title, style="bold", soft_wrap=True)
+        console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
     if rep.single and rep.rows:
         table = Table(show_header=False)
-        table.add_column(style="bold")
-        table.add_column(justify="right")
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(justify="right", overflow="fold")
         for column in columns:
-            table.add_row(_label(column), _cell(column, rep.rows[0][column]))
-    else:
-        table = Table()
-        text = {c for c in columns if any(isinstance(row[c], (str, bytes)) for row in rows)}
-        for column in columns:
-            table.add_column(_label(column), justify="left" if column in text else "right", no_wrap=column != "name")
-        for row in rows:
-            table.add_row(*(_cell(column, row[column]) for column in columns))
-        if not rows:
-            table.caption = "no data in this window"
+            table.add_row(_label(column.key), Text(column.cells[0]))
+        console.print(table)
+        return
+    if layout is None:  # not even the essential columns fit side by side
+        _stacked(console, columns, len(rows))
+        return
+    shown, widths = layout
+    table = Table()
+    for column, column_width in zip(shown, widths):
+        table.add_column(
+            _label(column.key), justify="right" if column.numeric else "left", width=column_width, overflow="fold"
+        )
+    for at in range(len(rows)):
+        table.add_row(*(Text(column.cells[at]) for column in shown))
+    if not rows:
+        table.caption = "no data in this window" if not rep.raw else "no rows"
     console.print(table)
+    left_out = [c.key for c in columns if c not in shown]
+    if left_out:
+        console.print(
+            Text(f"left out to fit {width} columns: {', '.join(left_out)} (see --columns, or --format csv|json)", style="dim"),
+            soft_wrap=True,
+        )
+
+
+def _stacked(console, columns: list[_Column], count: int) -> None:
+    """Each row as `column  value` lines: nothing is cut, however narrow the terminal."""
+    from rich.text import Text
+
+    label_width = max(len(c.key) for c in columns)
+    for at in range(count):
+        console.print(Text(_STACK_LABEL.format(at + 1), style="dim"), soft_wrap=True)
+        for column in columns:
+            console.print(Text.assemble((f"{column.key:<{label_width}}  ", "bold"), column.cells[at]), soft_wrap=True)
+    if not count:
+        console.print("no rows", soft_wrap=True)
+
+
+def _numeric(key: str, rows: list[dict]) -> bool:
+    values = [row[key] for row in rows if row[key] is not None]
+    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def _label(column: str) -> str:
     return column.replace("_", " ")
 
 
-def _cell(column: str, value) -> str:
-    """Rupiah for amounts, thousands separators for counts, 2 decimals for ROAS, percentages for shares."""
+def _cell(column: str, value, raw: bool = False) -> str:
+    """A value as a table shows it, safe for a terminal.
+
+    Reports: Rupiah for amounts, thousands separators for counts, 2 decimals for
+    ROAS, percentages for rates and shares. `raw` (query sql): values as SQLite
+    gave them, since an alias says nothing sure about what a column holds.
+    """
     if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or column in ("client_id", "id", "run_id"):
-        return value.hex() if isinstance(value, bytes) else str(value)
+        return "NULL" if raw else "-"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return safe(str(value))
+    if raw or column in ("client_id", "id", "run_id"):
+        return str(value)
     if column.endswith(("_sales", "_spend")) or column == "avg_order_value":
         return f"Rp {value:,.0f}"
     if column.endswith("_roas"):
