@@ -52,6 +52,9 @@ class Faults:
     batch_keys_only: bool = False  # batch rows without their own stat_date, keyed by the right (Bali) date
     batch_extra: dict[str, Any] = field(default_factory=dict)  # entries added to every batch answer, as given
     names: dict[int, str] = field(default_factory=dict)  # client id -> the name /clients lists instead
+    error_text: str | None = None  # the error message failing clients answer, instead of the usual one
+    echo_auth: set[int] = field(default_factory=set)  # these clients answer 422 quoting the Authorization header
+    echo_auth_rows: bool = False  # stats answers echo it in a row field and in a row that is rejected
 
 
 @dataclass(frozen=True)
@@ -337,9 +340,13 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 return self._send(400, {"success": False, "error": "start_date and end_date (YYYY-MM-DD) are required"})
             if client_id in demo.faults.slow_clients:
                 time.sleep(demo.faults.slow_clients[client_id])
+            auth = self.headers.get("Authorization")
+            if client_id in demo.faults.echo_auth:  # a careless error handler that dumps the request
+                return self._send(422, {"success": False, "error": f"bad request, headers: Authorization: {auth}"})
             if client_id in demo.faults.fail_clients:
                 status = demo.faults.fail_clients[client_id]
-                return self._send(status, {"success": False, "error": f"simulated failure for client {client_id}"})
+                error = demo.faults.error_text or f"simulated failure for client {client_id}"
+                return self._send(status, {"success": False, "error": error})
             with demo._lock:
                 remaining = demo.faults.flaky_clients.get(client_id, 0)
                 if remaining:
@@ -348,7 +355,10 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 return self._send(503, {"success": False, "error": "Service unavailable"})
             if not 1 <= client_id <= demo.clients:
                 return self._send(404, {"success": False, "error": f"client {client_id} not found"})
-            self._send_list(demo.rows(client_id, start, end))
+            rows = demo.rows(client_id, start, end)
+            if demo.faults.echo_auth_rows and rows:
+                rows = [{**rows[0], "debug": auth}, *rows[1:], {"stat_date": auth}]
+            self._send_list(rows)
 
         def _batch(self, body: Any) -> None:
             if demo.faults.batch_status == 405:

@@ -12,6 +12,7 @@ Knows nothing of SQLite or the terminal. Errors are classified once, here:
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ BATCH_ABSENT_STATUSES = frozenset({404, 405})
 BATCH_PATH = "/api/v1/getBatchStats"
 # Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
 MAX_RETRY_AFTER = 300.0
+REDACTED = b"[redacted]"
 
 
 class RetryableStatus(Exception):
@@ -121,6 +123,7 @@ class SourceClient:
         token = settings.token.get_secret_value()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._secrets = _secret_forms(token, urlsplit(self.base_url).password)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -255,7 +258,7 @@ class SourceClient:
 
     def _decode(self, response: httpx.Response, what: str, accept_error_body: bool) -> Any:
         try:
-            payload = response.json()
+            payload = json.loads(self.redact(response.content))
         except ValueError:
             payload = None
         if response.is_error:
@@ -266,6 +269,17 @@ class SourceClient:
         if payload is None:
             raise ClientFetchFailed(f"{what}: the answer is not JSON")
         return payload
+
+    def redact(self, content: bytes) -> bytes:
+        """An answer's bytes with our token and URL password replaced, before anything reads them.
+
+        The one place remote text enters: an error body, a name or a row field that
+        echoes a secret is then never printed, logged or stored with it.
+        """
+        for secret in self._secrets:
+            if secret in content:
+                content = content.replace(secret, REDACTED)
+        return content
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -280,6 +294,16 @@ class SourceClient:
     def _attempts(retrying: Retrying) -> str:
         attempts = retrying.statistics.get("attempt_number", 1)
         return f"{attempts} attempt{'s' if attempts != 1 else ''}"
+
+
+def _secret_forms(*secrets: str | None) -> tuple[bytes, ...]:
+    """Each secret as it may appear in an answer: raw, and as JSON escapes it (`/` as `\\/`)."""
+    forms: set[bytes] = set()
+    for secret in secrets:
+        if secret and len(secret) >= 4:  # a one-letter password would blank every such letter
+            raw = secret.encode()
+            forms.update({raw, json.dumps(secret)[1:-1].encode(), json.dumps(secret)[1:-1].replace("/", "\\/").encode()})
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _is_retryable(exc: BaseException) -> bool:

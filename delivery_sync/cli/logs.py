@@ -8,7 +8,9 @@ import sys
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        from ..render.text import safe
+
+        message = safe(record.getMessage())  # remote text inside: one line, no control codes
         if record.levelno >= logging.ERROR:
             message = f"error: {message}"
         elif record.levelno >= logging.WARNING:

@@ -54,7 +54,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _error(message: str, hint: Optional[str] = None) -> None:
+    from ..render.text import safe
+
     line = f"error: {message}"
     if hint:
         line += f" ({hint})"
-    print(line, file=sys.stderr)
+    print(safe(line), file=sys.stderr)

@@ -8,8 +8,10 @@ from typing import Callable, Iterator, Optional
 
 
 def summary(line: str) -> None:
-    """The one line every writing run ends with, on stderr (kept even with -q)."""
-    print(line, file=sys.stderr, flush=True)
+    """The one line every writing run ends with, on stderr (kept even with -q); remote text in it escaped."""
+    from .text import safe
+
+    print(safe(line), file=sys.stderr, flush=True)
 
 
 def sync_summary(result) -> str:
@@ -94,7 +96,9 @@ def aggregate_summary(result) -> str:
 
 def status_check_line(status) -> str:
     """The one line of `status --check`: `status ok: fresh, ...` or `status not ok: <why>; run: <command>`."""
+    from .text import safe
+
     verdict = status.verdict
     if verdict.ok:
-        return f"status ok: {verdict.reason}"
-    return f"status not ok: {verdict.reason}" + (f"; run: {verdict.advice}" if verdict.advice else "")
+        return safe(f"status ok: {verdict.reason}")
+    return safe(f"status not ok: {verdict.reason}" + (f"; run: {verdict.advice}" if verdict.advice else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .lines import plural, sync_counts
+from .text import safe
 
 
 _STATUS_STYLE = {"ok": "green", "fresh": "green", "partial": "yellow", "stale": "red", "failed": "red", "never": "yellow", "running": "cyan"}
@@ -26,13 +27,13 @@ def show_status(status) -> None:
     console = Console()
 
     def line(label: str, value: "Text | str", indent: int = 17) -> None:
-        console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
+        console.print(Text.assemble((f"{label:<{indent}}", "bold"), safe(value) if isinstance(value, str) else value), soft_wrap=True)
 
     verdict = status.verdict
     head = Text.assemble(
         ("Replica can be trusted: ", "bold"),
         ("yes", "bold green") if verdict.ok else ("NO", "bold red"),
-        f" - {verdict.reason}",
+        f" - {safe(verdict.reason)}",
     )
     console.print(head, soft_wrap=True)
     if verdict.advice:
@@ -54,7 +55,7 @@ def show_status(status) -> None:
     line("Freshness", freshness)
     line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
     for error in list(status.failures.values())[:5]:
-        line("", Text(error, style="red"))
+        line("", Text(safe(error), style="red"))
     line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
     line("Stale clients", _id_list(status.stale_clients, "none", f"(not confirmed by a sync within {status.stale_after_hours:g} h)"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
@@ -79,7 +80,7 @@ def show_status(status) -> None:
         details = _run_details(run)
         line(f"  {command}", text.append(f": {details}" if details else ""), 13)
         if run["error"]:
-            line("", Text(f"error: {run['error']}", style="red"), 21)
+            line("", Text(f"error: {safe(run['error'])}", style="red"), 21)
 
 
 def _run_details(run: dict) -> str:
