@@ -14,6 +14,8 @@
           ├── DeadlineReached    exit 1   the run's --deadline passed: no request may start
           └── ClientFetchFailed  exit 1   one client's request failed (the run goes on)
 
+    Interrupted (BaseException)  exit 128 + N  SIGINT, SIGTERM or SIGHUP: the run is closed at once
+
 Messages are one line meant for an operator; they never contain the token.
 """
 
@@ -81,3 +83,20 @@ class DeadlineReached(SourceError):
 
 class ClientFetchFailed(SourceError):
     pass
+
+
+class Interrupted(BaseException):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived; exits 128 + its number, as shells report it.
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` swallows it and
+    Typer does not turn it into its own exit code. `run` is the run it closed, if any.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.run: dict | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

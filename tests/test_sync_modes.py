@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,15 +116,20 @@ def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, 
 # --- Ctrl-C ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and cron's `timeout`
-def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path, signum):
+def _start_sync(config: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+# Ctrl-C, cron's `timeout` and service managers, a closed terminal: exit 128 + the signal number.
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", "--days-back", "3"],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        proc = _start_sync(config, tmp_path, "--days-back", "3")
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not _has_rows(db_path):
@@ -132,13 +138,43 @@ def test_ctrl_c_marks_the_run_failed_interrupted_at_once(tmp_path, db_path, sign
             _, stderr = proc.communicate(timeout=20)
         finally:
             proc.kill()
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
+    assert proc.returncode == code, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"sync failed: \d+/12 clients, \d+ rows .*, window .*, \d+ requests, [\d.]+ s - interrupted", summary), stderr
+    assert "Traceback" not in stderr
     status, *_, error = last_sync(db_path)
     assert (status, error) == ("failed", "interrupted")
     # Whatever was written is whole per client.
     per_client = query_db(db_path, "SELECT client_id, COUNT(*) FROM client_stats GROUP BY client_id")
     assert per_client and all(count == 3 for _, count in per_client) and len(per_client) < DEMO_CLIENTS
+    ok = int(summary.split()[2].split("/")[0])
+    assert ok == len(per_client)  # the summary counts what the run wrote
+
+
+def test_a_stopped_run_exits_at_once_though_a_fetch_waits_out_retry_after(tmp_path, db_path):
+    with DemoSource(clients=4, latency_ms=100) as demo:
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2, "batch": "never"})
+        proc = _start_sync(config, tmp_path, "--days-back", "3")
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not demo.listings:
+                time.sleep(0.005)
+            demo.faults.throttle_next, demo.faults.retry_after = 1000, "60"  # every stats request: 429, wait 60 s
+            while time.monotonic() < deadline and len(demo.stats_requests()) < 2:
+                time.sleep(0.02)
+            time.sleep(0.2)  # both fetch threads are now sleeping out the Retry-After
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C
+            _, stderr = proc.communicate(timeout=20)
+            took = time.monotonic() - signalled
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert took < 3, f"took {took:.1f} s to exit"
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].endswith("- interrupted")
+    assert last_sync(db_path)[0] == "failed"
 
 
 def _has_rows(db_path: Path) -> bool:

@@ -3,28 +3,77 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Optional
 
 import typer
 
-from ..errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError
+from ..errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, Interrupted
 from .app import app
 
 log = logging.getLogger("delivery_sync")
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+# cron's `timeout` and service managers send SIGTERM, a closed terminal SIGHUP: all stop like Ctrl-C.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class PipeClosed(BaseException):
+    """The reader of stdout went away (`... | head`): not an error of ours, and not an OSError,
+    which Typer would turn into exit 1."""
+
+
+class _GuardedStdout:
+    """sys.stdout whose write/flush raise PipeClosed instead of BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise PipeClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise PipeClosed from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one clear line on stderr and the spec's exit code for every error."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
-    # cron's `timeout` and service managers send SIGTERM: stop like Ctrl-C, closing the run.
-    signal.signal(signal.SIGTERM, _interrupt)
+    handlers = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    try:
+        code = _run(args, verbose)
+    except PipeClosed:
+        if argv is None:  # the real process: in-process callers keep their stdout
+            _silence_stdout()
+        code = 0  # the reader had what it wanted: `query ... | head` is not a failure
+    finally:
+        sys.stdout = stdout
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if code >= 128 and argv is None:
+        # Stopped by a signal, the run already closed: fetch threads still waiting on a
+        # request or a Retry-After must not keep the process alive.
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run(args: list[str], verbose: bool) -> int:
     try:
         code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
-        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
+        if code == 130:  # Typer turns a KeyboardInterrupt it sees into this exit code, silently
             _error("interrupted")
     except DeliverySyncError as exc:
         if verbose:
@@ -38,19 +87,43 @@ def main(argv: Optional[list[str]] = None) -> None:
         else:
             command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
             _error(exc.format_message(), f"see 'delivery-sync{command} --help'")
+    except Interrupted as stop:
+        _ignore_further_signals()  # a second Ctrl-C must not break the closing of the run
+        if stop.run is not None:
+            from ..render import interrupted_summary, summary
+
+            summary(interrupted_summary(stop.run))
+        else:
+            _error("interrupted")
+        code = stop.exit_code
     except KeyboardInterrupt:
         _error("interrupted")
-        code = EXIT_INTERRUPTED
+        code = 128 + signal.SIGINT
     except Exception as exc:  # a bug: still one line unless -v
         if verbose:
             log.exception("unexpected error")
         _error(f"unexpected {type(exc).__name__}: {exc}", "run again with -v for the traceback")
         code = EXIT_FAILED
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    _ignore_further_signals()
+    raise Interrupted(signum)
+
+
+def _ignore_further_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not report the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _error(message: str, hint: Optional[str] = None) -> None:

@@ -4,11 +4,13 @@ rich is imported only where a terminal table or progress bar is drawn, so
 scripts asking for CSV/JSON do not pay for it.
 """
 
-from .lines import aggregate_summary, collect_summary, progress_bar, status_check_line, summary, sync_summary
+from .lines import (
+    aggregate_summary, collect_summary, interrupted_summary, progress_bar, status_check_line, summary, sync_summary,
+)
 from .status_view import show_status, status_json
 from .tables import report
 
 __all__ = [
-    "aggregate_summary", "collect_summary", "progress_bar", "report", "show_status", "status_check_line",
+    "aggregate_summary", "collect_summary", "interrupted_summary", "progress_bar", "report", "show_status", "status_check_line",
     "status_json", "summary", "sync_summary",
 ]

@@ -23,7 +23,7 @@ def sync_summary(result) -> str:
     if run["clients_failed"]:
         failed = [str(cid) for cid, _ in result.failures if cid is not None]
         shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
-        parts.append(f"{run['clients_failed']} failed ({shown})")
+        parts.append(f"{run['clients_failed']} failed" + (f" ({shown})" if shown else ""))
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
         parts.append(plural(len(result.warnings), "warning"))
     parts.append(f"window {run['window_start']}..{run['window_end']}")
@@ -102,3 +102,16 @@ def status_check_line(status) -> str:
     if verdict.ok:
         return safe(f"status ok: {verdict.reason}")
     return safe(f"status not ok: {verdict.reason}" + (f"; run: {verdict.advice}" if verdict.advice else ""))
+
+
+def interrupted_summary(run: dict) -> str:
+    """The summary line of a run a signal stopped, from its closed `sync_runs` row."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    if run["command"] == "sync":
+        return sync_summary(SimpleNamespace(run=run, failures=[], warnings=[], seconds=seconds, aggregate=None))
+    if run["command"] == "collect":
+        return collect_summary(SimpleNamespace(run=run, message=None, seconds=seconds))
+    return f"{run['command']} failed: {seconds:.1f} s - {run['error']}"

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import sqlite_utils
 
+from ..errors import Interrupted
 from .schema import RUN_COUNTERS, utc_now
 
 
@@ -87,8 +88,11 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
     try:
         yield
     except BaseException as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
-        finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        stopped = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        reason = "interrupted" if stopped else f"crashed: {type(exc).__name__}: {exc}"
+        run = finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        if isinstance(exc, Interrupted) and exc.run is None:  # the innermost run: its summary line is printed
+            exc.run = run
         raise
 
 
