@@ -23,6 +23,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -119,6 +120,17 @@ class Settings(BaseSettings):
     )
 
     database: Path = Path("delivery_stats.db")
+    _config_file: Path | None = PrivateAttr(default=None)  # the file these settings were read from, if any
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from (None: defaults and environment only)."""
+        return self._config_file
+
+    @property
+    def first_contact(self) -> bool:
+        """No config file and no source.url given: a new user, not a configured deployment."""
+        return self._config_file is None and "url" not in self.source.model_fields_set
 
     @field_validator("database")
     @classmethod
@@ -173,11 +185,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
         )
     try:
-        return settings_cls(**flags)
+        settings = settings_cls(**flags)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, flags)) from None
     except (OSError, ValueError) as exc:  # unreadable file or TOML syntax error
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    settings._config_file = path
+    return settings
 
 
 def _check_environment() -> None:
@@ -194,6 +208,14 @@ def _check_environment() -> None:
             raise ConfigError(f"invalid config: {key}: unknown key [{variable}]")
 
 
+def _given(flags: dict[str, Any], loc: tuple) -> bool:
+    for part in loc:
+        if not isinstance(flags, dict) or part not in flags:
+            return False
+        flags = flags[part]
+    return True
+
+
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     cleaned: dict[str, Any] = {}
     for key, value in values.items():
@@ -206,10 +228,16 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def _describe(exc: ValidationError, path: Path | None) -> str:
+# The flags that set a key: a bad flag value is blamed on the flag, not on the file or environment.
+FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
+
+
+def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:
     """One line naming the first bad key, where it may come from, and why."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
+    if key in FLAG_KEYS and _given(flags, error["loc"]):
+        return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})"
     env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     where = f"{path} or {env}" if path else env
     if error["type"] == "extra_forbidden":

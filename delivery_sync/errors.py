@@ -31,6 +31,7 @@ class DeliverySyncError(Exception):
     """Base error; `exit_code` is what the command exits with, `hint` an optional next step."""
 
     exit_code = EXIT_FAILED
+    traceback = True  # shown with -v; False where -v itself is the mistake
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import threading
 import time
 from datetime import date, datetime, timezone
@@ -247,7 +248,13 @@ class SourceClient:
                 timeout = httpx.Timeout(min(left, self.settings.timeout))
             if timeout is not None:
                 kwargs["timeout"] = timeout
-            response = self._http.request(method, path, **kwargs)
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                mismatch = self._scheme_mismatch(exc)
+                if mismatch:  # asking again cannot help: say what to change
+                    raise SourceUnreachable(f"cannot reach {self.display_url}: {mismatch}") from None
+                raise
         # Our own request log: httpx's would print the URL with any user:password in it.
         log.debug("%s %s%s%s -> HTTP %d", method, self.display_url, path, f"?{urlencode(params)}" if params else "", response.status_code)
         if response.status_code in AUTH_STATUSES:
@@ -255,6 +262,15 @@ class SourceClient:
         if response.status_code in RETRY_STATUSES:
             raise RetryableStatus(response)
         return response
+
+    def _scheme_mismatch(self, exc: httpx.TransportError) -> str | None:
+        """Why an https:// URL reached a plain HTTP server, or an http:// one a TLS server; else None."""
+        scheme = urlsplit(self.base_url).scheme
+        if scheme == "https" and isinstance(exc, httpx.ConnectError) and _TLS_ON_PLAIN.search(str(exc)):
+            return "the server speaks plain HTTP, not TLS (use an http:// URL in source.url)"
+        if scheme == "http" and isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)) and _speaks_tls(self.base_url):
+            return "the server speaks TLS (use an https:// URL in source.url)"
+        return None
 
     def _decode(self, response: httpx.Response, what: str, accept_error_body: bool) -> Any:
         try:
@@ -294,6 +310,26 @@ class SourceClient:
     def _attempts(retrying: Retrying) -> str:
         attempts = retrying.statistics.get("attempt_number", 1)
         return f"{attempts} attempt{'s' if attempts != 1 else ''}"
+
+
+# What OpenSSL says when the "TLS" answer is plain HTTP.
+_TLS_ON_PLAIN = re.compile(r"wrong version number|record layer failure|packet length too long|http request", re.I)
+
+
+def _speaks_tls(base_url: str) -> bool:
+    """Whether the host:port of an http:// URL completes a TLS handshake (a probe after a failed request)."""
+    import socket
+    import ssl
+
+    parts = urlsplit(base_url)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only asking whether it speaks TLS
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=3) as sock:
+            with context.wrap_socket(sock, server_hostname=parts.hostname):
+                return True
+    except (OSError, ValueError):
+        return False
 
 
 def _secret_forms(*secrets: str | None) -> tuple[bytes, ...]:

@@ -47,6 +47,8 @@ def resolve_window(
     if start is None and end is not None:
         raise UsageError(f"--to needs --from (or use {flag})")
     if start is not None:
+        if end is not None and end > today:  # no remote has figures for days to come
+            raise UsageError(f"--to {end} is after today ({today} in source.timezone)")
         end = end or today
         if start > end:
             raise UsageError(f"--from {start} is after --to {end}")

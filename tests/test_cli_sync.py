@@ -262,9 +262,13 @@ def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:3000", "localhost", "ftp://example.org"])
-def test_a_url_without_http_is_a_config_error_naming_source_url(cli, config, db_path, url):
+def test_a_bad_url_is_blamed_on_where_it_came_from(cli, config, db_path, monkeypatch, url):
     result = cli("sync", "--source", url)
+    assert (result.code, result.stderr) == (2, f"error: --source: must be an http:// or https:// URL, or 'demo' (got {url!r})\n")
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__URL", url)
+    result = cli("sync")
     assert result.code == 2 and result.stderr.startswith("error: invalid config: source.url: must be an http")
+    assert result.stderr.rstrip().endswith("[config.toml or DELIVERY_SYNC_SOURCE__URL]") or "DELIVERY_SYNC_SOURCE__URL]" in result.stderr
     assert not db_path.exists()
 
 
@@ -288,7 +292,8 @@ def test_a_home_relative_database_is_expanded(cli, tmp_path, demo, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (("sync", "--days-back", "99999999"), "--days-back 99999999 reaches before 1900-01-01"),
     (("sync", "--from", "0001-01-01"), "--from 0001-01-01 is outside 1900-01-01..2999-12-31"),
-    (("query", "top", "--from", "2026-01-01", "--to", "9999-12-31"), "--to 9999-12-31 is outside"),
+    (("query", "top", "--from", "2026-01-01", "--to", "9999-12-31"), "--to 9999-12-31 is after today"),
+    (("sync", "--from", "2026-01-01", "--to", "2999-01-01"), "--to 2999-01-01 is after today"),
 ])
 def test_absurd_windows_are_usage_errors(cli, config, args, message):
     result = cli(*args)

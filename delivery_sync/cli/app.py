@@ -56,9 +56,11 @@ def _globals(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
     _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    setup_logging(verbose, quiet)  # first: main() logs the traceback of the error below with -v
     if verbose and quiet:
-        raise UsageError("-v and -q cannot be used together")
+        both = UsageError("-v and -q cannot be used together")
+        both.traceback = False
+        raise both
+    setup_logging(verbose, quiet)
     ctx.obj = Globals(config, db, verbose, quiet)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from .app import app
 
 log = logging.getLogger("delivery_sync")
@@ -16,7 +16,7 @@ log = logging.getLogger("delivery_sync")
 @app.command("demo-source")
 def demo_source(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (keep it on loopback)."),
-    port: int = typer.Option(8765, "--port", help="Port to listen on (0 picks a free one)."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0 picks a free one)."),
     clients: int = typer.Option(127, "--clients", min=1, help="How many clients it lists."),
     seed: int = typer.Option(42, "--seed", help="Seed of the deterministic data."),
     latency_ms: float = typer.Option(0, "--latency-ms", min=0, help="Delay added to every answer."),
@@ -35,7 +35,7 @@ def demo_source(
     log.info("demo-source: serving %d clients on %s (Ctrl-C to stop)", clients, demo.url)
     try:
         demo.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # how a server is meant to be stopped: not an error
         pass
     finally:
         demo.stop()

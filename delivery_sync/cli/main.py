@@ -76,7 +76,7 @@ def _run(args: list[str], verbose: bool) -> int:
         if code == 130:  # Typer turns a KeyboardInterrupt it sees into this exit code, silently
             _error("interrupted")
     except DeliverySyncError as exc:
-        if verbose:
+        if verbose and exc.traceback:
             log.exception("traceback")
         _error(str(exc), exc.hint)
         code = exc.exit_code
@@ -85,8 +85,7 @@ def _run(args: list[str], verbose: bool) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `delivery-sync` or `query`: the help, as is
             print(exc.format_message(), file=sys.stderr)
         else:
-            command = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
-            _error(exc.format_message(), f"see 'delivery-sync{command} --help'")
+            _error(exc.format_message(), _usage_hint(exc, args))
     except Interrupted as stop:
         _ignore_further_signals()  # a second Ctrl-C must not break the closing of the run
         if stop.run is not None:
@@ -105,6 +104,29 @@ def _run(args: list[str], verbose: bool) -> int:
         _error(f"unexpected {type(exc).__name__}: {exc}", "run again with -v for the traceback")
         code = EXIT_FAILED
     return code if isinstance(code, int) else 0
+
+
+def _usage_hint(exc: Exception, args: list[str]) -> str:
+    """`see 'delivery-sync query top --help'`, or where a global option given after the command belongs."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "delivery-sync"
+    option = getattr(exc, "option_name", None)
+    if ctx is not None and ctx.parent is not None and option in _global_options():
+        at = args.index(option) if option in args else -1
+        value = f" {args[at + 1]}" if option not in _GLOBAL_FLAGS and 0 <= at < len(args) - 1 else ""
+        sub = command.removeprefix("delivery-sync ")
+        return f"global options go before the command: 'delivery-sync {option}{value} {sub} ...'"
+    return f"see '{command} --help'"
+
+
+_GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet", "--version")
+
+
+def _global_options() -> set[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return {name for param in group.params for name in param.opts}
 
 
 def _stop(signum: int, frame: object) -> None:

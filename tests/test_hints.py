@@ -1,0 +1,131 @@
+"""First-contact mistakes get one line that points the right way (issue 9, hints)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from delivery_sync.demo_source import DemoSource
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_a_query_usage_error_names_the_subcommand_help(cli):
+    result = cli("query", "top", "--limt", "3")
+    assert result.code == 2
+    assert one_line(result.stderr).endswith("(see 'delivery-sync query top --help')")
+
+
+@pytest.mark.parametrize("args, fix", [
+    (("sync", "--db", "x.db"), "'delivery-sync --db x.db sync ...'"),
+    (("status", "-q"), "'delivery-sync -q status ...'"),
+    (("query", "top", "--config", "c.toml"), "'delivery-sync --config c.toml query top ...'"),
+])
+def test_a_global_option_after_the_command_says_where_it_goes(cli, args, fix):
+    result = cli(*args)
+    assert result.code == 2
+    assert one_line(result.stderr).endswith(f"(global options go before the command: {fix})")
+
+
+def test_an_unknown_option_of_a_command_still_points_to_its_help(cli):
+    assert one_line(cli("sync", "--bogus").stderr).endswith("(see 'delivery-sync sync --help')")
+
+
+def test_verbose_and_quiet_together_is_one_line(cli):
+    result = cli("-v", "-q", "status")
+    assert (result.code, one_line(result.stderr)) == (2, "error: -v and -q cannot be used together")
+
+
+def test_demo_source_port_out_of_range_is_a_usage_error(cli):
+    result = cli("demo-source", "--port", "99999")
+    assert result.code == 2 and "'--port'" in one_line(result.stderr)
+
+
+def test_to_after_today_is_refused(cli, config, db_path):
+    result = cli("sync", "--from", "2026-01-01", "--to", "2999-01-01")
+    assert result.code == 2 and "--to 2999-01-01 is after today" in one_line(result.stderr)
+    assert not db_path.exists()
+
+
+@pytest.fixture
+def default_port_refuses():
+    """127.0.0.1:3000 (the default source.url) bound but not listening: a connection is refused at once."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 3000))
+    except OSError:
+        pytest.skip("port 3000 is in use here")
+    yield
+    sock.close()
+
+
+@pytest.mark.parametrize("command", ["sync", "collect"])
+def test_no_config_and_nothing_at_the_default_url_says_what_to_do(cli, default_port_refuses, command):
+    result = cli(command)
+    assert result.code == 1
+    warning, summary = result.stderr.strip().splitlines()
+    assert warning.startswith("warning: no config file found (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml)")
+    assert "'delivery-sync sync --source demo'" in warning and "config.example.toml" in warning
+    assert summary.startswith(f"{command} failed:") and "1 request" in summary  # no minutes of retries
+
+
+def test_a_configured_remote_that_is_down_gets_no_first_contact_hint(cli, tmp_path, db_path, default_port_refuses):
+    write_config(tmp_path / "config.toml", "http://127.0.0.1:3000", db_path, source={"max_retries": 1})
+    result = cli("sync")
+    assert result.code == 1 and "no config file" not in result.stderr and "2 attempts" in result.stderr
+
+
+def test_https_url_on_a_plain_http_remote_says_so_without_retrying(cli, tmp_path, db_path):
+    with DemoSource(clients=2) as demo:
+        write_config(tmp_path / "config.toml", demo.url.replace("http://", "https://"), db_path, source={"max_retries": 3})
+        result = cli("sync")
+    assert result.code == 1
+    assert "the server speaks plain HTTP, not TLS (use an http:// URL in source.url)" in result.stderr
+    assert "1 request" in result.stderr.splitlines()[-1]
+
+
+@pytest.fixture
+def tls_server():
+    """A TLS server on loopback that never answers plain HTTP."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(FIXTURES / "tls-cert.pem", FIXTURES / "tls-key.pem")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)  # a TLS client (our probe) completes the handshake and leaves
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_http_url_on_a_tls_remote_says_so_without_retrying(cli, tmp_path, db_path, tls_server):
+    write_config(tmp_path / "config.toml", tls_server, db_path, source={"max_retries": 3})
+    result = cli("sync")
+    assert result.code == 1
+    assert "the server speaks TLS (use an https:// URL in source.url)" in result.stderr
+    assert "1 request" in result.stderr.splitlines()[-1]
