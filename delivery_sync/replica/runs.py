@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -88,7 +89,10 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
         yield
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"crashed: {type(exc).__name__}: {exc}"
-        finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        try:
+            finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        except sqlite3.Error:
+            pass  # the disk that failed the run may refuse this too: the next writing run marks it interrupted
         raise
 
 
