@@ -43,6 +43,7 @@ class Faults:
     extra_rows: dict[int, list[dict]] = field(default_factory=dict)  # rows appended to a client's answer
     overrides: dict[tuple[int, str], dict] = field(default_factory=dict)  # (client, YYYY-MM-DD) -> fields
     hidden_clients: set[int] = field(default_factory=set)  # not listed by /clients
+    extra_clients: list[Any] = field(default_factory=list)  # entries appended to /clients, as given
     collect_seconds: float = 0.2
     collect_fails: bool = False
     wrap_lists: bool = False  # answer {"success": true, "data": [...]}
@@ -228,7 +229,7 @@ class DemoSource:
             {"id": cid, "name": client_name(cid, self.seed), "is_active": 1}
             for cid in range(1, self.clients + 1)
             if cid not in self.faults.hidden_clients
-        ]
+        ] + list(self.faults.extra_clients)
 
     def rows(self, client_id: int, start: date, end: date) -> list[dict]:
         first, last = max(start, FIRST_DAY), min(end, self.today())
