@@ -108,20 +108,34 @@ def _immutable_unsafe(path: Path) -> str | None:
     wal = path.with_name(path.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
         return f"{wal.name} holds writes not yet in the file"
+    held = writer_holds_lock(path)
+    if held is None:
+        return f"the lock {path.name}.lock cannot be read to tell whether a sync runs"
+    return "a writing run holds the lock" if held else None
+
+
+def writer_holds_lock(path: Path) -> bool | None:
+    """Whether a live writing run holds `<database>.lock` (None: cannot tell). Never waits, never creates it.
+
+    A shared flock is refused only while a writer holds its exclusive one; a killed
+    writer's lock is released by the kernel, whatever its pid file says.
+    """
     lock = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return False
     except OSError:
-        return f"the lock {lock.name} cannot be read to tell whether a sync runs"
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return "a writing run holds the lock"
+        return True
+    except OSError:
+        return None
     finally:
         os.close(fd)  # releases the shared lock too
-    return None
+    return False
 
 
 @contextmanager

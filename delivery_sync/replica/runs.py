@@ -38,9 +38,11 @@ def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
 
     Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
     """
+    # A killed run never wrote its counters: 0, not NULL, so every reader can add them up.
+    counters = ", ".join(f"{name} = COALESCE({name}, 0)" for name in RUN_COUNTERS)
     cursor = db.execute(
         "UPDATE sync_runs SET status = 'failed', finished_at = ?, "
-        "error = COALESCE(error || '; ', '') || 'interrupted' WHERE status = 'running'",
+        f"error = COALESCE(error || '; ', '') || 'interrupted', {counters} WHERE status = 'running'",
         [utc_now()],
     )
     return cursor.rowcount

@@ -11,23 +11,11 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from ..errors import DeliverySyncError, UsageError
-from ..metrics import COUNT_METRICS, METRICS
+from ..metrics import COUNT_METRICS, METRICS, RUN_COUNTERS
 
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.
 BUSY_TIMEOUT_MS = 10_000
-RUN_COUNTERS = (
-    "clients_total",
-    "clients_ok",
-    "clients_failed",
-    "rows_fetched",
-    "rows_inserted",
-    "rows_updated",
-    "rows_unchanged",
-    "rows_rejected",
-    "rows_deleted",
-    "requests",
-)
 
 
 def utc_now() -> str:
