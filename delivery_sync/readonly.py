@@ -38,8 +38,19 @@ _ALLOWED_ACTIONS = {
 }
 
 
+# fts3_tokenizer() hands out (and with two arguments accepts) raw C pointers: never from a query.
+DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension"})
+
+
 def _authorizer(action: int, arg1, arg2, db_name, trigger) -> int:
+    if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
     if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master":
+        # A table-valued pragma (`pragma_table_info('clients')`) is authorized as an update of the
+        # schema table when SQLite first connects its virtual table. No real write can follow: the
+        # file is open read-only and SQLite refuses any update of sqlite_master without writable_schema.
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in READ_ONLY_PRAGMAS:
         if arg2 is None or arg1.lower() in PRAGMAS_WITH_ARGUMENT:

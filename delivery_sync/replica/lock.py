@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DeliverySyncError, LockHeld, UsageError
+from . import schema
 from .schema import storage_error, utc_now
 
 
@@ -36,12 +37,14 @@ def writer_lock(database: Path, command: str) -> Iterator[None]:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
         except OSError as exc:
             raise _lock_error(lock_path, exc) from None
+        schema.verified.discard(database.resolve())  # this run checks the replica's integrity once
         try:
             try:
                 yield
             except sqlite3.DatabaseError as exc:
                 raise storage_error(database, exc) from None
         finally:
+            schema.verified.discard(database.resolve())
             if created and not database.exists():
                 # The run stopped before creating the replica (e.g. an unknown client id):
                 # leave no file behind. Unlinked while still locked; _acquire re-checks.
