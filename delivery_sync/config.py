@@ -13,6 +13,7 @@ import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -57,12 +58,22 @@ class SourceSettings(_Section):
     batch: Literal["auto", "always", "never"] = "auto"
     batch_days: PositiveInt = 31
     max_consecutive_failures: PositiveInt = 10
+    max_answer_mb: PositiveFloat = 256  # the most one answer may decode to
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value != "demo" and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+        if value == "demo":
+            return value
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
             raise ValueError("must be an http:// or https:// URL, or 'demo'")
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or parts.netloc.endswith(":") or port == 0 or port == -1:
+            raise ValueError("must name a host, and a port from 1 to 65535 if any")
         return value
 
     @field_validator("timezone")

@@ -12,8 +12,10 @@ received, and `faults` injects failures, bad rows and changed values.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import math
 import random
 import threading
 from contextlib import contextmanager
@@ -43,6 +45,13 @@ class Faults:
     extra_rows: dict[int, list[dict]] = field(default_factory=dict)  # rows appended to a client's answer
     overrides: dict[tuple[int, str], dict] = field(default_factory=dict)  # (client, YYYY-MM-DD) -> fields
     hidden_clients: set[int] = field(default_factory=set)  # not listed by /clients
+    extra_clients: list[Any] = field(default_factory=list)  # entries appended to /clients, as given
+    # client id -> seconds its stats answer takes to arrive, a few bytes at a time (math.inf: never ends)
+    trickle_clients: dict[int, float] = field(default_factory=dict)
+    padded_clients: dict[int, float] = field(default_factory=dict)  # client id -> MB of whitespace in its stats answer
+    gzip_answers: bool = False  # stats answers gzip-encoded (whitespace then compresses ~1000x)
+    # path -> (status, body, headers): answered as given, whatever was asked (a redirect, a bare object)
+    raw_paths: dict[str, tuple[int, str, dict[str, str]]] = field(default_factory=dict)
     collect_seconds: float = 0.2
     collect_fails: bool = False
     wrap_lists: bool = False  # answer {"success": true, "data": [...]}
@@ -232,7 +241,7 @@ class DemoSource:
             {"id": cid, "name": self.faults.names.get(cid) or client_name(cid, self.seed), "is_active": 1}
             for cid in range(1, self.clients + 1)
             if cid not in self.faults.hidden_clients
-        ]
+        ] + list(self.faults.extra_clients)
 
     def rows(self, client_id: int, start: date, end: date) -> list[dict]:
         first, last = max(start, FIRST_DAY), min(end, self.today())
@@ -310,6 +319,9 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 return self._send(429, {"success": False, "error": "Too many requests"}, {"Retry-After": demo.faults.retry_after})
             if demo._random_error():
                 return self._send(503, {"success": False, "error": "Service unavailable"})
+            if url.path in demo.faults.raw_paths:
+                status, text, headers = demo.faults.raw_paths[url.path]
+                return self._send_raw(status, text.encode(), "application/json; charset=utf-8", headers)
             self._route(method, url.path, query, body)
 
         def _route(self, method: str, path: str, query: dict, body: Any) -> None:
@@ -358,7 +370,17 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
             rows = demo.rows(client_id, start, end)
             if demo.faults.echo_auth_rows and rows:
                 rows = [{**rows[0], "debug": auth}, *rows[1:], {"stat_date": auth}]
-            self._send_list(rows)
+            padding = demo.faults.padded_clients.get(client_id)
+            trickle = demo.faults.trickle_clients.get(client_id)
+            if padding is None and trickle is None and not demo.faults.gzip_answers:
+                return self._send_list(rows)
+            data = json.dumps(rows).encode()
+            if padding:
+                data = b"[" + b" " * int(padding * 1024 * 1024) + data[1:]
+            headers = {}
+            if demo.faults.gzip_answers:
+                data, headers = gzip.compress(data, compresslevel=1), {"Content-Encoding": "gzip"}
+            self._send_raw(200, data, "application/json; charset=utf-8", headers, trickle)
 
         def _batch(self, body: Any) -> None:
             if demo.faults.batch_status == 405:
@@ -399,7 +421,8 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(status, json.dumps(payload).encode(), "application/json; charset=utf-8", headers)
 
-        def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None,
+                      trickle: float | None = None) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -407,9 +430,28 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if trickle is None:
+                    self.wfile.write(data)
+                else:
+                    self._trickle(data, trickle)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout): nothing to answer
+
+        def _trickle(self, data: bytes, seconds: float) -> None:
+            """Send `data` a few bytes at a time over `seconds`; forever (until the client goes) if infinite."""
+            if math.isinf(seconds):
+                for _ in range(600):  # a minute at most: a test's server thread must end
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.close_connection = True
+                return
+            pieces = 20
+            step = max(1, -(-len(data) // pieces))
+            for i in range(0, len(data), step):
+                self.wfile.write(data[i:i + step])
+                self.wfile.flush()
+                time.sleep(seconds / pieces)
 
     return Handler
 

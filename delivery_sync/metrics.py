@@ -44,3 +44,9 @@ METRICS = (
     "total_orders",
 )
 
+
+# The counters of a `sync_runs` row (SPEC §4), in column order.
+RUN_COUNTERS = (
+    "clients_total", "clients_ok", "clients_failed", "rows_fetched", "rows_inserted", "rows_updated",
+    "rows_unchanged", "rows_rejected", "rows_deleted", "requests",
+)

@@ -8,6 +8,8 @@ Imports only the standard library, to keep reports fast to start.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +38,19 @@ _ALLOWED_ACTIONS = {
 }
 
 
+# fts3_tokenizer() hands out (and with two arguments accepts) raw C pointers: never from a query.
+DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension"})
+
+
 def _authorizer(action: int, arg1, arg2, db_name, trigger) -> int:
+    if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
     if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master":
+        # A table-valued pragma (`pragma_table_info('clients')`) is authorized as an update of the
+        # schema table when SQLite first connects its virtual table. No real write can follow: the
+        # file is open read-only and SQLite refuses any update of sqlite_master without writable_schema.
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in READ_ONLY_PRAGMAS:
         if arg2 is None or arg1.lower() in PRAGMAS_WITH_ARGUMENT:
@@ -51,21 +64,89 @@ def replica_exists(path: Path) -> bool:
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
-    """Open the replica read-only; `NoReplica` (exit 2) when there is no file. Never creates it."""
+    """Open the replica read-only; `NoReplica` (exit 2) when there is no file. Never creates it.
+
+    A WAL reader needs to create or write `<database>-shm`. Where it cannot (a
+    read-only mount, a backup copy, another user's folder), the file is read as
+    immutable when that is safe: no `-wal` holds unmerged writes and no writer holds
+    the lock. Otherwise one line says what to grant.
+    """
     if not replica_exists(path):
         raise NoReplica(f"no replica at {path}", hint="run 'delivery-sync sync' first")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        ours = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'").fetchone()
+        conn, ours = _connect(path, "mode=ro")
     except sqlite3.DatabaseError as exc:
-        raise NoReplica(f"cannot read replica {path}: {exc}") from None
+        if not _is_write_refused(exc):
+            raise NoReplica(f"cannot read replica {path}: {exc}") from None
+        why = _immutable_unsafe(path)
+        if why:
+            folder = path.parent if str(path.parent) else Path(".")
+            raise NoReplica(
+                f"cannot read replica {path}: {exc}, and {why}",
+                hint=f"readers need write permission on {folder} (for {path.name}-shm) while a sync may run",
+            ) from None
+        try:
+            conn, ours = _connect(path, "mode=ro&immutable=1")
+        except sqlite3.DatabaseError as exc2:
+            raise NoReplica(f"cannot read replica {path}: {exc2}") from None
     if not ours:
         conn.close()
         raise NoReplica(f"{path} is not a delivery-sync replica (no sync_runs table)", hint="check --db or `database`")
     conn.row_factory = sqlite3.Row
     conn.set_authorizer(_authorizer)
     return conn
+
+
+def _connect(path: Path, options: str) -> tuple[sqlite3.Connection, bool]:
+    """A connection with URI `options`, and whether the file holds our `sync_runs` table."""
+    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{options}", uri=True, check_same_thread=False)
+    try:
+        ours = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn, bool(ours)
+
+
+def _is_write_refused(exc: sqlite3.DatabaseError) -> bool:
+    """The errors of a WAL reader that may not create or write the `-shm` file."""
+    text = str(exc).lower()
+    return "unable to open" in text or "readonly" in text or "read-only" in text
+
+
+def _immutable_unsafe(path: Path) -> str | None:
+    """Why the file may not be read as immutable right now, or None when it may."""
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return f"{wal.name} holds writes not yet in the file"
+    held = writer_holds_lock(path)
+    if held is None:
+        return f"the lock {path.name}.lock cannot be read to tell whether a sync runs"
+    return "a writing run holds the lock" if held else None
+
+
+def writer_holds_lock(path: Path) -> bool | None:
+    """Whether a live writing run holds `<database>.lock` (None: cannot tell). Never waits, never creates it.
+
+    A shared flock is refused only while a writer holds its exclusive one; a killed
+    writer's lock is released by the kernel, whatever its pid file says.
+    """
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock too
+    return False
 
 
 @contextmanager

@@ -49,7 +49,10 @@ def parse_stat_date(value: Any, tz: ZoneInfo) -> date:
     except ValueError:
         raise ValueError(f"no usable stat_date ({value!r})") from None
     # A naive timestamp is already on the remote's calendar.
-    return moment.astimezone(tz).date() if moment.tzinfo else moment.date()
+    try:
+        return moment.astimezone(tz).date() if moment.tzinfo else moment.date()
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00: past the calendar's last day in tz
+        raise ValueError(f"no usable stat_date ({value!r})") from None
 
 
 def _number(value: Any) -> float | None:
@@ -59,7 +62,10 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError(f"not a number ({value!r})")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float (JSON integers are unbounded)
+            raise ValueError("not a finite number (an integer too large)") from None
     elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         number = float(value)
     else:
@@ -272,6 +278,20 @@ class Client(BaseModel):
 
     id: int = Field(strict=False)
     name: str | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # lax int would read `true` as client 1
+            raise ValueError("a boolean is not a client id")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _fits_sqlite(cls, value: int) -> int:
+        if not -(2**63) <= value < 2**63:  # beyond SQLite's INTEGER: it could never be stored
+            raise ValueError("client id beyond 64 bits")
+        return value
 
     @field_validator("name", mode="before")
     @classmethod

@@ -29,6 +29,8 @@ from .window import Window
 
 log = logging.getLogger(__name__)
 
+# The largest single value `query sql` may produce: far above any stored value (a row's extra).
+MAX_VALUE_BYTES = 16 * 2**20
 WINDOW_COLUMNS = ["period_start", "period_end"]
 CLIENT_REPORT_COLUMNS = ["client_id", "name", *WINDOW_COLUMNS, "days_with_data", *METRICS, *RATIOS]
 TOTALS_COLUMNS = [*WINDOW_COLUMNS, *OVERALL_COLUMNS, *RATIOS]
@@ -189,9 +191,15 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
     deadline = time.monotonic() + max_seconds
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+    # One value can be built in a single VM step (`zeroblob(999999999)`): bound its size too.
+    length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
     try:
         cursor = conn.execute(statement)
-        rows = cursor.fetchall()
+        rows = []
+        while batch := cursor.fetchmany(1000):
+            rows.extend(batch)
+            if time.monotonic() > deadline:  # fetching rows out of SQLite counts too
+                raise sqlite3.OperationalError("interrupted")
     except sqlite3.ProgrammingError as exc:
         if "one statement" in str(exc):  # stacked statements: refused before any of them ran
             raise ReadOnlyViolation("refused: query sql takes exactly one statement") from None
@@ -202,10 +210,13 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
         check_denied(exc)
         raise UsageError(f"SQL error: {exc}") from None
     except sqlite3.DatabaseError as exc:
+        if "too big" in str(exc):
+            raise UsageError(f"SQL error: a value would exceed {MAX_VALUE_BYTES // 2**20} MB ({exc})") from None
         check_denied(exc)
         raise UsageError(f"SQL error: {exc}") from None
     finally:
         conn.set_progress_handler(None, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
     columns = [d[0] for d in cursor.description or []]
     return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
 

@@ -11,10 +11,12 @@ Knows nothing of SQLite or the terminal. Errors are classified once, here:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
-import json
+import json as jsonlib
 import logging
 import re
+import socket
 import threading
 import time
 from datetime import date, datetime, timezone
@@ -37,14 +39,17 @@ BATCH_PATH = "/api/v1/getBatchStats"
 # Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
 MAX_RETRY_AFTER = 300.0
 REDACTED = b"[redacted]"
+# Nor longer than this in all the waits of one request: 5 retries x 300 s would be 25 minutes.
+MAX_TOTAL_WAIT = 300.0
 
 
 class RetryableStatus(Exception):
     """A 429/5xx answer that may succeed if asked again."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, body: bytes):
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
+        self.body = body
 
 
 def redact_url(url: str) -> str:
@@ -100,10 +105,21 @@ def unwrap_list(payload: Any, what: str) -> list:
     if isinstance(payload, dict):
         if payload.get("success") is False:
             raise ClientFetchFailed(f"{what}: remote answered an error: {payload.get('error') or payload.get('message')}")
-        payload = payload.get("data")
+        if "data" not in payload:
+            raise ClientFetchFailed(f"{what}: expected a list, got an object without \"data\"")
+        payload = payload["data"]
     if not isinstance(payload, list):
-        raise ClientFetchFailed(f"{what}: expected a list, got {type(payload).__name__}")
+        raise ClientFetchFailed(f"{what}: expected a list, got {_json_type(payload)}")
     return payload
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
 class SourceClient:
@@ -171,7 +187,7 @@ class SourceClient:
                 raise ClientFetchFailed(f"{what}: remote answered an error: {payload.get('error') or payload.get('message')}")
             payload = payload.get("data")
         if not isinstance(payload, dict):
-            raise ClientFetchFailed(f"{what}: expected an object keyed by client id, got {type(payload).__name__}")
+            raise ClientFetchFailed(f"{what}: expected an object keyed by client id, got {_json_type(payload)}")
         return payload
 
     def trigger_collection(self, timeout: float) -> dict:
@@ -208,17 +224,17 @@ class SourceClient:
         absent: frozenset[int] = frozenset(),
     ) -> Any:
         retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_retries + 1),
+            stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough,
             wait=self._wait,
             retry=retry_if_exception(retry_on or _is_retryable),
             before_sleep=lambda state: _log_retry(what, state),
             reraise=True,
         )
         try:
-            response = retrying(self._send, method, path, params, json, timeout)
+            response, body = retrying(self._send, method, path, what, params, json, timeout)
         except RetryableStatus as exc:
             if accept_error_body:
-                response = exc.response
+                response, body = exc.response, exc.body
             else:
                 raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
         except httpx.TransportError as exc:
@@ -227,13 +243,14 @@ class SourceClient:
             ) from None
         if response.status_code in absent:
             raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
-        return self._decode(response, what, accept_error_body)
+        return self._decode(response, body, what, accept_error_body)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None without one)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def _send(self, method: str, path: str, params: dict | None, json: Any, timeout: httpx.Timeout | None) -> httpx.Response:
+    def _send(self, method: str, path: str, what: str, params: dict | None, json: Any,
+              timeout: httpx.Timeout | None) -> tuple[httpx.Response, bytes]:
         with self._in_flight:
             # Space starts only once a slot is ours: waiting for the slot after the
             # spacing would let two waiters start together when two slots free at once.
@@ -243,25 +260,32 @@ class SourceClient:
                 raise DeadlineReached("the run's deadline was reached")
             with self._count_lock:
                 self.requests += 1
-            kwargs: dict[str, Any] = {"params": params, "json": json}
             if left is not None:  # a request in flight is abandoned at the deadline
                 timeout = httpx.Timeout(min(left, self.settings.timeout))
-            if timeout is not None:
-                kwargs["timeout"] = timeout
+            request = self._http.build_request(method, path, params=params, json=json,
+                                               timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+            # The read timeout bounds the whole request, not each network read: a body that
+            # trickles in (or never ends) is cut off when it runs out (source.timeout).
+            budget = timeout.read if timeout is not None and timeout.read is not None else self.settings.timeout
+            started = time.monotonic()
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:
                 mismatch = self._scheme_mismatch(exc)
                 if mismatch:  # asking again cannot help: say what to change
                     raise SourceUnreachable(f"cannot reach {self.display_url}: {mismatch}") from None
                 raise
+            try:
+                body = self._read_body(response, what, started + budget)
+            finally:
+                response.close()
         # Our own request log: httpx's would print the URL with any user:password in it.
         log.debug("%s %s%s%s -> HTTP %d", method, self.display_url, path, f"?{urlencode(params)}" if params else "", response.status_code)
         if response.status_code in AUTH_STATUSES:
             raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
         if response.status_code in RETRY_STATUSES:
-            raise RetryableStatus(response)
-        return response
+            raise RetryableStatus(response, body)
+        return response, body
 
     def _scheme_mismatch(self, exc: httpx.TransportError) -> str | None:
         """Why an https:// URL reached a plain HTTP server, or an http:// one a TLS server; else None."""
@@ -272,9 +296,52 @@ class SourceClient:
             return "the server speaks TLS (use an https:// URL in source.url)"
         return None
 
-    def _decode(self, response: httpx.Response, what: str, accept_error_body: bool) -> Any:
+    def _read_body(self, response: httpx.Response, what: str, cut_off: float) -> bytes:
+        """The decoded body, read as it streams in: at most `source.max_answer_mb`, and done by `cut_off`
+        (time.monotonic()), else ClientFetchFailed (too large) or httpx.ReadTimeout (retried)."""
+        limit = int(self.settings.max_answer_mb * 1024 * 1024)
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and "Content-Encoding" not in response.headers and int(declared) > limit:
+            raise ClientFetchFailed(self._too_large(what))
+        # A socket blocked on a read that trickles wakes only when shut down: the watchdog does that.
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        fired = threading.Event()
+
+        def cut() -> None:
+            fired.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(max(0.0, cut_off - time.monotonic()), cut) if sock is not None else None
+        body = bytearray()
         try:
-            payload = json.loads(self.redact(response.content))
+            if watchdog:
+                watchdog.start()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise ClientFetchFailed(self._too_large(what))
+                if time.monotonic() > cut_off:
+                    fired.set()
+                    break
+        except httpx.HTTPError:
+            if not fired.is_set():
+                raise
+        finally:
+            if watchdog:
+                watchdog.cancel()
+        if fired.is_set():
+            raise httpx.ReadTimeout("the whole answer did not arrive within the timeout", request=response.request)
+        return bytes(body)
+
+    def _too_large(self, what: str) -> str:
+        return (f"{what}: the answer is larger than source.max_answer_mb = {self.settings.max_answer_mb:g} MB "
+                "(decoded); raise it if the remote really sends that much")
+
+    def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
+        try:
+            payload = jsonlib.loads(self.redact(body))
         except ValueError:
             payload = None
         if response.is_error:
@@ -282,6 +349,9 @@ class SourceClient:
             if accept_error_body and isinstance(payload, dict):
                 return {**payload, "success": False, "http_status": response.status_code}
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
+        if response.is_redirect:  # never followed: the token would go along to wherever it points
+            location = redact_url(response.headers.get("Location", "?"))
+            raise ClientFetchFailed(f"{what}: HTTP {response.status_code} redirect to {location} (set source.url to the new address)")
         if payload is None:
             raise ClientFetchFailed(f"{what}: the answer is not JSON")
         return payload
@@ -302,6 +372,7 @@ class SourceClient:
         delay = retry_after_seconds(exc.response) if isinstance(exc, RetryableStatus) else None
         if delay is None:
             delay = self._backoff(state)
+        delay = min(delay, max(0.0, MAX_TOTAL_WAIT - state.idle_for))
         left = self.remaining()
         # Never sleep past the deadline: the next attempt then finds it reached and stops.
         return delay if left is None else max(0.0, min(delay, left))
@@ -318,7 +389,6 @@ _TLS_ON_PLAIN = re.compile(r"wrong version number|record layer failure|packet le
 
 def _speaks_tls(base_url: str) -> bool:
     """Whether the host:port of an http:// URL completes a TLS handshake (a probe after a failed request)."""
-    import socket
     import ssl
 
     parts = urlsplit(base_url)
@@ -338,8 +408,13 @@ def _secret_forms(*secrets: str | None) -> tuple[bytes, ...]:
     for secret in secrets:
         if secret and len(secret) >= 4:  # a one-letter password would blank every such letter
             raw = secret.encode()
-            forms.update({raw, json.dumps(secret)[1:-1].encode(), json.dumps(secret)[1:-1].replace("/", "\\/").encode()})
+            forms.update({raw, jsonlib.dumps(secret)[1:-1].encode(), jsonlib.dumps(secret)[1:-1].replace("/", "\\/").encode()})
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _waited_enough(state: RetryCallState) -> bool:
+    """Stop retrying once one request has slept MAX_TOTAL_WAIT in all."""
+    return state.idle_for >= MAX_TOTAL_WAIT
 
 
 def _is_retryable(exc: BaseException) -> bool:

@@ -17,7 +17,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .readonly import open_readonly, replica_exists, snapshot
+from .metrics import RUN_COUNTERS
+from .readonly import open_readonly, replica_exists, snapshot, writer_holds_lock
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
 LAG_DAYS = 2
@@ -87,9 +88,12 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Statu
         status.database_bytes = _size(database)
         conn = open_readonly(database)
         try:
+            # A `running` row is dead when no writer held the lock before and after the snapshot
+            # (a writer starting or finishing in between holds it at one of the two checks).
+            idle = writer_holds_lock(database) is False
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
-                _read(conn, status, now, today)
+                _read(conn, status, now, today, dead_running=idle and writer_holds_lock(database) is False)
         finally:
             conn.close()
     status.verdict = judge(status)
@@ -102,17 +106,18 @@ def _size(database: Path) -> int:
     return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date) -> None:
+def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, dead_running: bool = False) -> None:
     status.clients, status.active_clients = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(active), 0) FROM clients"
     ).fetchone()
     status.rows, status.date_min, status.date_max = conn.execute(
         "SELECT COUNT(*), MIN(stat_date), MAX(stat_date) FROM client_stats"
     ).fetchone()
-    status.last_sync = _last_run(conn, "sync")
-    status.last_collect = _last_run(conn, "collect")
-    status.last_aggregate = _last_run(conn, "aggregate")
-    status.running = [dict(r) for r in conn.execute("SELECT * FROM sync_runs WHERE status = 'running' ORDER BY id")]
+    status.last_sync = _last_run(conn, "sync", dead_running)
+    status.last_collect = _last_run(conn, "collect", dead_running)
+    status.last_aggregate = _last_run(conn, "aggregate", dead_running)
+    if not dead_running:
+        status.running = [_run(r) for r in conn.execute("SELECT * FROM sync_runs WHERE status = 'running' ORDER BY id")]
 
     last_ok = conn.execute(
         "SELECT finished_at FROM sync_runs WHERE command = 'sync' AND status = 'ok' ORDER BY id DESC LIMIT 1"
@@ -157,12 +162,29 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date) 
     ]
 
 
-def _last_run(conn: sqlite3.Connection, command: str) -> dict | None:
-    """The latest finished run of `command` (a run in progress is listed under `running`)."""
+def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False) -> dict | None:
+    """The latest finished run of `command` (a run in progress is listed under `running`); with
+    `dead_running`, a run left `running` by a dead process counts, shown as the next writer will
+    mark it: failed, interrupted."""
     row = conn.execute(
-        "SELECT * FROM sync_runs WHERE command = ? AND status != 'running' ORDER BY id DESC LIMIT 1", [command]
+        "SELECT * FROM sync_runs WHERE command = ? AND (status != 'running' OR ?) ORDER BY id DESC LIMIT 1",
+        [command, dead_running],
     ).fetchone()
-    return dict(row) if row else None
+    if row is None:
+        return None
+    run = _run(row)
+    if run["status"] == "running":
+        run.update(status="failed", error="; ".join(filter(None, [run["error"], "interrupted (its process died)"])))
+    return run
+
+
+def _run(row: sqlite3.Row) -> dict:
+    """A `sync_runs` row as a dict; counters a killed run never wrote read as 0."""
+    run = dict(row)
+    for name in RUN_COUNTERS:
+        if run.get(name) is None:
+            run[name] = 0
+    return run
 
 
 def _missing(conn: sqlite3.Connection, run: dict, today: date) -> dict[int, int]:
@@ -199,7 +221,7 @@ def _judge(status: Status) -> Verdict:
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
     if last["status"] != "ok":
-        return Verdict(False, f"last sync {last['status']} at {stamp_text(last['finished_at'])}: {_what_went_wrong(status)}", _repair(status))
+        return Verdict(False, f"last sync {last['status']} at {stamp_text(last['finished_at'] or last['started_at'])}: {_what_went_wrong(status)}", _repair(status))
     if status.freshness != "fresh" and status.last_ok_sync_at and not _run_too_old(status):
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)

@@ -2,31 +2,49 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import LockHeld, UsageError
-from .schema import utc_now
+from ..errors import DeliverySyncError, LockHeld, UsageError
+from . import schema
+from .schema import storage_error, utc_now
 
 
 @contextmanager
 def writer_lock(database: Path, command: str) -> Iterator[None]:
-    """Hold the exclusive `<database>.lock` for a whole writing run, or raise LockHeld at once."""
+    """Hold the exclusive `<database>.lock` for a whole writing run, or raise LockHeld at once.
+
+    Every write of a run happens inside this block, so it is where a storage fault
+    (full disk, read-only file, I/O error) becomes one clear line instead of a bug report.
+    """
     lock_path = database.with_name(database.name + ".lock")
     if not lock_path.parent.exists():
         raise UsageError(f"cannot create replica {database}: folder {lock_path.parent} does not exist")
-    fd, created = _acquire(lock_path, database)
+    try:
+        fd, created = _acquire(lock_path, database)
+    except OSError as exc:
+        raise _lock_error(lock_path, exc) from None
     try:
         holder = {"pid": os.getpid(), "command": command, "started_at": utc_now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:
-            yield
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            raise _lock_error(lock_path, exc) from None
+        schema.verified.discard(database.resolve())  # this run checks the replica's integrity once
+        try:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise storage_error(database, exc) from None
         finally:
+            schema.verified.discard(database.resolve())
             if created and not database.exists():
                 # The run stopped before creating the replica (e.g. an unknown client id):
                 # leave no file behind. Unlinked while still locked; _acquire re-checks.
@@ -61,6 +79,20 @@ def _acquire(lock_path: Path, database: Path) -> tuple[int, bool]:
         if current == os.fstat(fd).st_ino:
             return fd, created
         os.close(fd)  # we locked a file its holder had just removed: lock the current one
+
+
+def _lock_error(lock_path: Path, exc: OSError) -> DeliverySyncError:
+    """One line for a lock file that cannot be created or written."""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO):
+        return DeliverySyncError(f"cannot write lock file {lock_path}: {exc.strerror}", hint="free space and run again")
+    if isinstance(exc, IsADirectoryError) or lock_path.is_dir():
+        return UsageError(f"lock path {lock_path} is a folder, not a file", hint="remove or rename it")
+    if lock_path.exists():
+        return UsageError(f"cannot open lock file {lock_path}: {exc.strerror}", hint=f"a writing run needs write permission on {lock_path}")
+    return UsageError(
+        f"cannot create lock file {lock_path}: {exc.strerror}",
+        hint=f"a writing run needs write permission on the folder {lock_path.parent}",
+    )
 
 
 def _describe_holder(fd: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -38,9 +39,11 @@ def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
 
     Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
     """
+    # A killed run never wrote its counters: 0, not NULL, so every reader can add them up.
+    counters = ", ".join(f"{name} = COALESCE({name}, 0)" for name in RUN_COUNTERS)
     cursor = db.execute(
         "UPDATE sync_runs SET status = 'failed', finished_at = ?, "
-        "error = COALESCE(error || '; ', '') || 'interrupted' WHERE status = 'running'",
+        f"error = COALESCE(error || '; ', '') || 'interrupted', {counters} WHERE status = 'running'",
         [utc_now()],
     )
     return cursor.rowcount
@@ -90,7 +93,10 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
     except BaseException as exc:
         stopped = isinstance(exc, (KeyboardInterrupt, Interrupted))
         reason = "interrupted" if stopped else f"crashed: {type(exc).__name__}: {exc}"
-        run = finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        try:
+            run = finish_run(db, run_id, "failed", counts or RunCounts(), reason)
+        except sqlite3.Error:
+            run = None  # the disk that failed the run may refuse this too: the next writing run marks it interrupted
         if isinstance(exc, Interrupted) and exc.run is None:  # the innermost run: its summary line is printed
             exc.run = run
         raise

@@ -11,23 +11,11 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from ..errors import DeliverySyncError, UsageError
-from ..metrics import COUNT_METRICS, METRICS
+from ..metrics import COUNT_METRICS, METRICS, RUN_COUNTERS
 
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.
 BUSY_TIMEOUT_MS = 10_000
-RUN_COUNTERS = (
-    "clients_total",
-    "clients_ok",
-    "clients_failed",
-    "rows_fetched",
-    "rows_inserted",
-    "rows_updated",
-    "rows_unchanged",
-    "rows_rejected",
-    "rows_deleted",
-    "requests",
-)
 
 
 def utc_now() -> str:
@@ -113,7 +101,9 @@ def open_replica(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema.
 
     Refuses a file that is some other program's database, or a replica written by
-    a newer delivery-sync, rather than change it.
+    a newer delivery-sync, rather than change it. A file left by a first sync that
+    died while creating it (only sqlite-utils' migration table, or the tables
+    without `schema_version`) is completed, not refused.
     """
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a replica file")
@@ -124,33 +114,81 @@ def open_replica(path: Path) -> sqlite_utils.Database:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db = sqlite_utils.Database(conn)
         _check_is_ours(db, path)
+        _check_intact(db, path)
         db.enable_wal()
         migrations.apply(db)
         db.execute(
             "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)],
         )
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise DeliverySyncError(
-                f"replica {path} is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
-                hint="close sqlite3 or other sessions writing to it",
-            ) from None
-        raise UsageError(f"cannot open replica {path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        raise UsageError(f"{path} is not a SQLite database ({exc})") from None
+        raise storage_error(path, exc) from None
     return db
+
+
+# Replicas whose integrity this writing run has checked: one `PRAGMA quick_check` per run
+# (~35 ms for a year of 127 clients), reset by `writer_lock` when a run starts and ends.
+verified: set[Path] = set()
+
+
+def _check_intact(db: sqlite_utils.Database, path: Path) -> None:
+    """Refuse, before anything is written, a replica SQLite finds damaged."""
+    key = path.resolve()
+    if key in verified:
+        return
+    problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    if problem != "ok":
+        problem = " ".join(problem.replace("*** in database main ***", "").split())  # one line
+        raise UsageError(f"replica {path} is corrupt ({problem}); nothing was written", hint=_CORRUPT_HINT)
+    verified.add(key)
+
+
+_CORRUPT_HINT = "restore it from a backup, or move it away and run a full sync"
+
+
+def storage_error(path: Path, exc: sqlite3.Error) -> DeliverySyncError:
+    """The one-line error for a SQLite failure on the replica file: exit 1 for a run the machine
+    could not complete (full disk, I/O, busy), exit 2 for a path the user must fix."""
+    text = str(exc).lower()
+    folder = path.parent if str(path.parent) else Path(".")
+    if "full" in text or "disk i/o" in text:
+        # A full disk and a file-size limit (EFBIG on the -wal or -shm) both end here.
+        return DeliverySyncError(
+            f"cannot write replica {path}: {exc} (disk full or file size limit reached)",
+            hint="free space and run again; every stored client is as it was or fully updated",
+        )
+    if "locked" in text or "busy" in text:
+        return DeliverySyncError(
+            f"replica {path} is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
+            hint="close sqlite3 or other sessions writing to it",
+        )
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return UsageError(
+            f"cannot write replica {path}: {exc}",
+            hint=f"a writing run needs write permission on {path} and on its folder {folder}",
+        )
+    if "malformed" in text or "corrupt" in text:
+        return UsageError(f"replica {path} is corrupt ({exc})", hint=_CORRUPT_HINT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return UsageError(f"cannot open replica {path}: {exc}")
+    return UsageError(f"{path} is not a usable SQLite database ({exc})", hint="restore it from a backup, or move it away")
 
 
 def _check_is_ours(db: sqlite_utils.Database, path: Path) -> None:
     """Refuse, before anything is changed, a file that is not an empty database or one of our replicas."""
     tables = set(db.table_names())
-    if not tables:
-        return
+    sets: set[str] = set()
+    if migrations.migrations_table in tables:
+        sets = {row[0] for row in db.execute(f"SELECT DISTINCT migration_set FROM [{migrations.migrations_table}]")}
+    if not tables - {migrations.migrations_table} and sets <= {migrations.name}:
+        return  # empty, or a first sync died before its first migration committed: completed now
     version = None
     if {"meta", "sync_runs"} <= tables:
         row = db.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_VERSION_KEY]).fetchone()
         version = row[0] if row else None
+    if version is None and migrations.name in sets:
+        # A first sync died after a migration committed but before `schema_version` was written.
+        version = str(len(migrations.applied(db)))
     if version is None or not str(version).isdigit():
         raise UsageError(f"{path} is not a delivery-sync replica (it holds other tables)", hint="check --db or `database`")
     if int(version) > SCHEMA_VERSION:
@@ -158,4 +196,3 @@ def _check_is_ours(db: sqlite_utils.Database, path: Path) -> None:
             f"replica {path} has schema version {version}, newer than this delivery-sync knows ({SCHEMA_VERSION})",
             hint="upgrade delivery-sync",
         )
-

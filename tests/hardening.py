@@ -1,0 +1,79 @@
+"""Helpers of the tests/test_hardening_*.py files: the console script in a subprocess, under a file-size
+limit or as another user, so faults come from the real kernel and real files."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
+IS_ROOT = os.geteuid() == 0
+# Root ignores file modes: permission tests then run the command as this unprivileged user.
+NOBODY = 65534
+SETPRIV = shutil.which("setpriv")
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, fsize: int | None = None, as_nobody: bool = False, cwd: Path | None = None,
+            timeout: float = 60, env: dict | None = None) -> Run:
+    """`delivery-sync ARGS...` in a subprocess, optionally under RLIMIT_FSIZE or as an unprivileged user."""
+
+    def preexec() -> None:
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    prefix: list[str] = []
+    if as_nobody:
+        # setpriv rather than setuid() in preexec_fn: the interpreter behind the script can then
+        # still be started where the kernel refuses a plain setuid child (seen under sandboxes).
+        if not SETPRIV:
+            pytest.skip("running as root without setpriv: cannot act as an unprivileged user")
+        prefix = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    environment.update(env or {})
+    proc = subprocess.run([*prefix, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+                          cwd=cwd, env=environment)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def one_line(stderr: str) -> str:
+    """The single `error: ...` line a fault must produce (never a traceback, never "unexpected")."""
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    return lines[0]
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def shared_folder(tmp_path: Path, name: str = "shared") -> Path:
+    """A folder another user can enter: pytest's tmp_path is private (0700) to its owner."""
+    folder = tmp_path / name
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    for parent in (tmp_path, *tmp_path.parents):
+        if parent == Path("/tmp") or parent == parent.parent:
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)  # x for group and others: enter, not list
+    return folder
