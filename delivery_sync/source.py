@@ -227,7 +227,7 @@ class SourceClient:
             stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough,
             wait=self._wait,
             retry=retry_if_exception(retry_on or _is_retryable),
-            before_sleep=lambda state: _log_retry(what, state),
+            before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries),
             reraise=True,
         )
         try:
@@ -280,7 +280,8 @@ class SourceClient:
             finally:
                 response.close()
         # Our own request log: httpx's would print the URL with any user:password in it.
-        log.debug("%s %s%s%s -> HTTP %d", method, self.display_url, path, f"?{urlencode(params)}" if params else "", response.status_code)
+        log.debug("%s %s%s%s -> HTTP %d in %.2f s", method, self.display_url, path, f"?{urlencode(params)}" if params else "",
+                  response.status_code, time.monotonic() - started)
         if response.status_code in AUTH_STATUSES:
             raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
         if response.status_code in RETRY_STATUSES:
@@ -433,7 +434,9 @@ def _describe_transport(exc: httpx.TransportError) -> str:
     return type(exc).__name__
 
 
-def _log_retry(what: str, state: RetryCallState) -> None:
+def _log_retry(what: str, state: RetryCallState, retries: int) -> None:
+    """One warning per retry, at the default level: an operator sees a struggling remote as it happens."""
     exc = state.outcome.exception() if state.outcome else None
     reason = str(exc) if isinstance(exc, RetryableStatus) else _describe_transport(exc) if isinstance(exc, httpx.TransportError) else repr(exc)
-    log.debug("%s: %s, retrying in %.1f s (attempt %d)", what, reason, state.upcoming_sleep, state.attempt_number)
+    wait = state.upcoming_sleep
+    log.warning("%s: %s, retry %d/%d in %s s", what, reason, state.attempt_number, retries, f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}")

@@ -1,12 +1,19 @@
-"""Logging to stderr: `error:`/`warning:` prefixes; -v for debug, -q for errors only."""
+"""Logging to stderr: `error:`/`warning:` prefixes, UTC timestamps off a terminal; -v for debug, -q for errors only."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 
 
 class _Formatter(logging.Formatter):
+    """`warning: ...`; off a terminal (cron mail, log files) prefixed with the UTC time."""
+
+    def __init__(self, stamped: bool):
+        super().__init__()
+        self.stamped = stamped
+
     def format(self, record: logging.LogRecord) -> str:
         from ..render.text import safe
 
@@ -15,6 +22,9 @@ class _Formatter(logging.Formatter):
             message = f"error: {message}"
         elif record.levelno >= logging.WARNING:
             message = f"warning: {message}"
+        if self.stamped:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+            message = f"{stamp} {message}"
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         return message
@@ -23,7 +33,7 @@ class _Formatter(logging.Formatter):
 def setup_logging(verbose: bool, quiet: bool) -> None:
     """Send every log line to stderr at the level -v/-q ask for."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter(stamped=not sys.stderr.isatty()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)

@@ -73,7 +73,7 @@ def collect(
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be more than 0 seconds (got {timeout:g})")
     settings = _fail_fast_if_unconfigured(ctx.obj.settings(source={"url": source}, collect={"timeout": timeout}))
-    with serving_demo(settings) as settings:
+    with serving_demo(settings) as settings, render.waiting("collect: waiting for the remote's answer", ctx.obj.quiet):
         result = run_collect(settings)
     _hint_if_unconfigured(settings, result.run["error"])
     render.summary(render.collect_summary(result))

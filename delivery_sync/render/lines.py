@@ -115,3 +115,42 @@ def interrupted_summary(run: dict) -> str:
     if run["command"] == "collect":
         return collect_summary(SimpleNamespace(run=run, message=None, seconds=seconds))
     return f"{run['command']} failed: {seconds:.1f} s - {run['error']}"
+
+
+STILL_WAITING_EVERY = 180.0  # seconds between "still waiting" lines off a terminal
+
+
+@contextmanager
+def waiting(what: str, quiet: bool = False) -> Iterator[None]:
+    """While a long request runs: an elapsed-time spinner on a terminal, else a
+    `collect: still waiting (N min)` log line every few minutes, so cron logs show it is alive."""
+    if quiet:
+        yield
+        return
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn(what), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            bar.add_task(what, total=None)
+            yield
+        return
+    import logging
+    import threading
+    import time
+
+    done = threading.Event()
+    began = time.monotonic()
+
+    def tell() -> None:
+        while not done.wait(STILL_WAITING_EVERY):
+            minutes = (time.monotonic() - began) / 60
+            logging.getLogger("delivery_sync").info("%s: still waiting (%s min)", what.split(":")[0], f"{minutes:.0f}" if minutes >= 1 else f"{minutes:.1f}")
+
+    thread = threading.Thread(target=tell, name="still-waiting", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

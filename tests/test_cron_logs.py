@@ -1,0 +1,80 @@
+"""Logs for cron (issue 9): timestamps off a terminal, request durations, retry warnings, a live collect."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_config
+from delivery_sync.render import lines
+
+SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+
+
+def test_off_a_terminal_every_log_line_but_the_summary_has_a_utc_timestamp(cli, config, demo):
+    demo.faults.extra_rows = {2: [{"stat_date": "N/A"}]}
+    result = cli("sync", "--days-back", "2")
+    *logged, summary = result.stderr.strip().splitlines()
+    assert logged and all(re.match(STAMP + "(warning|error): ", line) for line in logged), logged
+    assert summary.startswith("sync partial: ")  # the summary stays bare: cron mail subjects and greps start with it
+
+
+def test_verbose_request_lines_carry_their_duration(cli, config):
+    result = cli("-v", "sync", "--days-back", "1")
+    requests = [line for line in result.stderr.splitlines() if "-> HTTP" in line]
+    assert requests and all(re.search(r"-> HTTP 200 in \d+\.\d\d s$", line) for line in requests), requests
+
+
+def test_retries_are_one_warning_each_at_the_default_level(cli, tmp_path, db_path, demo):
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "max_retries": 3})
+    demo.faults.flaky_clients = {4: 2}
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "retry" in line]
+    assert len(retries) == 2
+    assert re.fullmatch(STAMP + r"warning: client 4: HTTP 503, retry 1/3 in \d\.\d s", retries[0]), retries
+    assert re.fullmatch(STAMP + r"warning: client 4: HTTP 503, retry 2/3 in \d(\.\d)? s", retries[1]), retries
+    assert "retry" not in cli("-q", "sync", "--days-back", "1").stderr
+
+
+def test_a_long_collect_says_it_is_still_waiting_off_a_terminal(cli, config, demo, monkeypatch):
+    monkeypatch.setattr(lines, "STILL_WAITING_EVERY", 0.1)
+    demo.faults.collect_seconds = 0.45
+    result = cli("collect")
+    assert result.code == 0, result.stderr
+    waiting = [line for line in result.stderr.splitlines() if "still waiting" in line]
+    assert len(waiting) >= 3 and all(re.fullmatch(STAMP + r"collect: still waiting \(0\.0 min\)", w) for w in waiting), waiting
+    assert result.stderr.strip().splitlines()[-1].startswith("collect ok: ")
+    assert "still waiting" not in cli("-q", "collect").stderr
+
+
+def test_collect_shows_an_elapsed_time_spinner_on_a_terminal(tmp_path, demo, db_path):
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    demo.faults.collect_seconds = 1.2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env.update(TERM="xterm", COLUMNS="100")
+    parent, child = pty.openpty()
+    try:
+        proc = subprocess.run([SCRIPT, "collect"], cwd=tmp_path, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(parent)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "collect: waiting for the remote's answer" in shown and "0:00:01" in shown
+    assert re.search(r"collect ok: Collection finished for 12 clients, 1 request, 1\.\d s", shown)
+    assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown)  # a person at a terminal gets no timestamps
