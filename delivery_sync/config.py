@@ -106,7 +106,7 @@ class CollectSettings(_Section):
 
 
 class StatusSettings(_Section):
-    stale_after_hours: PositiveFloat = 26
+    stale_after_hours: PositiveFloat = Field(26, le=876_000)  # at most 100 years: beyond, date arithmetic overflows
 
 
 class _TomlSource(TomlConfigSettingsSource):

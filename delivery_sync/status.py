@@ -63,17 +63,20 @@ class Status:
     missing_days: int = 0
     missing_by_client: dict[int, int] = field(default_factory=dict)
     verdict: Verdict | None = None
+    history: list[dict] | None = None  # the last N runs of any command, newest first (`--history N`)
 
     def as_json(self) -> dict:
         data = asdict(self)
         # JSON object keys are strings; keep ids readable as such.
         data["missing_by_client"] = {str(k): v for k, v in self.missing_by_client.items()}
         data["failures"] = {str(k): v for k, v in self.failures.items()}
+        if self.history is None:
+            del data["history"]
         return data
 
 
-def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Status:
-    """Gather the status facts of the replica at `database` (which may not exist)."""
+def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
+    """Gather the status facts of the replica at `database` (which may not exist), with its last `history` runs."""
     now = datetime.now(timezone.utc)
     today = now.astimezone(tz).date()
     status = Status(
@@ -83,6 +86,7 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Statu
         timezone=str(tz),
         today=today.isoformat(),
         stale_after_hours=stale_after_hours,
+        history=[] if history else None,
     )
     if status.exists:
         status.database_bytes = _size(database)
@@ -93,7 +97,7 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float) -> Statu
             idle = writer_holds_lock(database) is False
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
-                _read(conn, status, now, today, dead_running=idle and writer_holds_lock(database) is False)
+                _read(conn, status, now, today, idle and writer_holds_lock(database) is False, history)
         finally:
             conn.close()
     status.verdict = judge(status)
@@ -106,7 +110,8 @@ def _size(database: Path) -> int:
     return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, dead_running: bool = False) -> None:
+def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, dead_running: bool = False,
+          history: int = 0) -> None:
     status.clients, status.active_clients = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(active), 0) FROM clients"
     ).fetchone()
@@ -116,28 +121,16 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
     status.last_sync = _last_run(conn, "sync", dead_running)
     status.last_collect = _last_run(conn, "collect", dead_running)
     status.last_aggregate = _last_run(conn, "aggregate", dead_running)
+    if history:
+        rows = conn.execute("SELECT * FROM sync_runs ORDER BY id DESC LIMIT ?", [history])
+        status.history = [_shown_run(_run(row), dead_running) for row in rows]
     if not dead_running:
         status.running = [_run(r) for r in conn.execute("SELECT * FROM sync_runs WHERE status = 'running' ORDER BY id")]
 
-    last_ok = conn.execute(
-        "SELECT finished_at FROM sync_runs WHERE command = 'sync' AND status = 'ok' ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if last_ok:
-        status.last_ok_sync_at = last_ok[0]
-        age = now - datetime.fromisoformat(last_ok[0])
-        status.age_hours = round(age.total_seconds() / 3600, 2)
-        # Stale only when the age exceeds the limit: exactly at the limit is still fresh.
-        status.freshness = "stale" if age > timedelta(hours=status.stale_after_hours) else "fresh"
-
-    # Per client too: a narrow repair sync must not make a replica whose other clients are old look fresh.
-    cutoff = (now - timedelta(hours=status.stale_after_hours)).replace(microsecond=0).isoformat()
-    status.stale_clients = [
-        r[0] for r in conn.execute(
-            "SELECT id FROM clients WHERE active = 1 AND (last_synced_at IS NULL OR last_synced_at < ?) ORDER BY id", [cutoff]
-        )
-    ]
-    if status.freshness == "fresh" and status.stale_clients:
-        status.freshness = "stale"
+    fresh = read_freshness(conn, now, status.stale_after_hours)
+    status.freshness, status.last_ok_sync_at, status.stale_clients = fresh.freshness, fresh.last_ok_sync_at, fresh.stale_clients
+    if fresh.last_ok_sync_at:
+        status.age_hours = round((now - datetime.fromisoformat(fresh.last_ok_sync_at)).total_seconds() / 3600, 2)
 
     if status.last_sync:
         status.failures = dict(
@@ -162,6 +155,34 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
     ]
 
 
+@dataclass
+class Freshness:
+    """How fresh the replica is (SPEC §5): `fresh`, `stale` or `never`, and why."""
+
+    freshness: str
+    last_ok_sync_at: str | None
+    stale_clients: list[int]
+
+
+def read_freshness(conn: sqlite3.Connection, now: datetime, stale_after_hours: float) -> Freshness:
+    """The freshness rule, in one place for `status` and the warning of `query`: the last ok sync and
+    every active client's last confirmation within `stale_after_hours` (exactly at the limit is fresh)."""
+    last_ok = conn.execute(
+        "SELECT finished_at FROM sync_runs WHERE command = 'sync' AND status = 'ok' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    # Per client too: a narrow repair sync must not make a replica whose other clients are old look fresh.
+    cutoff = (now - timedelta(hours=stale_after_hours)).replace(microsecond=0).isoformat()
+    stale_clients = [
+        r[0] for r in conn.execute(
+            "SELECT id FROM clients WHERE active = 1 AND (last_synced_at IS NULL OR last_synced_at < ?) ORDER BY id", [cutoff]
+        )
+    ]
+    if not last_ok:
+        return Freshness("never", None, stale_clients)
+    too_old = now - datetime.fromisoformat(last_ok[0]) > timedelta(hours=stale_after_hours)
+    return Freshness("stale" if too_old or stale_clients else "fresh", last_ok[0], stale_clients)
+
+
 def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False) -> dict | None:
     """The latest finished run of `command` (a run in progress is listed under `running`); with
     `dead_running`, a run left `running` by a dead process counts, shown as the next writer will
@@ -170,10 +191,12 @@ def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False
         "SELECT * FROM sync_runs WHERE command = ? AND (status != 'running' OR ?) ORDER BY id DESC LIMIT 1",
         [command, dead_running],
     ).fetchone()
-    if row is None:
-        return None
-    run = _run(row)
-    if run["status"] == "running":
+    return None if row is None else _shown_run(_run(row), dead_running)
+
+
+def _shown_run(run: dict, dead_running: bool) -> dict:
+    """A run as `status` shows it: one left `running` by a dead process is failed, interrupted."""
+    if dead_running and run["status"] == "running":
         run.update(status="failed", error="; ".join(filter(None, [run["error"], "interrupted (its process died)"])))
     return run
 

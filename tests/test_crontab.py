@@ -121,3 +121,24 @@ def test_the_comments_an_operator_needs():
     assert "DELIVERY_SYNC_CONFIG" in text and "--config" in text
     assert "lock" in text and "75" in text
     assert "UTC" in text and "Bali" in text
+
+
+def test_the_prometheus_line_writes_a_parsable_file_atomically(cli, config, demo, tmp_path):
+    """The monitoring entry, run by a shell as cron would, against a real replica."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    [line] = [command for _, command in ENTRIES if "--format prometheus" in command]
+    assert "> " in line and ".tmp && mv " in line  # the collector never reads half a file
+    assert cli("sync", "--days-back", "1").code == 0
+    target = tmp_path / "node_exporter"
+    target.mkdir()
+    shell = line.replace("/var/lib/node_exporter", str(target))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DELIVERY_SYNC_CONFIG": str(config)}
+    assert subprocess.run(["sh", "-c", shell], env=env, cwd=tmp_path, timeout=60).returncode == 0
+    assert [p.name for p in target.iterdir()] == ["delivery_sync.prom"]
+    families = {f.name: f for f in text_string_to_metric_families((target / "delivery_sync.prom").read_text())}
+    assert families["delivery_sync_fresh"].samples[0].value == 1

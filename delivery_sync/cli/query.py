@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timezone
 from typing import Optional
 
 import typer
@@ -9,6 +11,7 @@ import typer
 from ..errors import UsageError
 from .app import app, parse_date
 
+log = logging.getLogger("delivery_sync")
 query_app = typer.Typer(help="Read-only reports from the replica (never asks the remote).", no_args_is_help=True)
 app.add_typer(query_app, name="query")
 
@@ -22,6 +25,7 @@ _COLUMNS = typer.Option(None, "--columns", metavar="A,B,C", help="Only these col
 def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=None, from_=None, to=None, windowed: bool = True) -> None:
     """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
     from .. import readonly, render
+    from ..status import read_freshness
     from ..window import resolve_window
 
     if fmt not in ("table", "csv", "json"):
@@ -38,9 +42,25 @@ def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=No
     try:
         with readonly.snapshot(conn):
             result = build(conn, window)
+            fresh = read_freshness(conn, datetime.now(timezone.utc), settings.status.stale_after_hours)
     finally:
         conn.close()
+    _warn_unless_fresh(fresh, settings.status.stale_after_hours)
     render.report(result.select(wanted) if wanted else result, fmt)
+
+
+def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
+    """One line on stderr when the figures may be behind the remote; stdout stays the report."""
+    from ..status import stamp_text
+
+    if fresh.freshness == "never":
+        log.warning("no sync of this replica has ended ok yet: these figures may be incomplete (see 'delivery-sync status')")
+    elif fresh.freshness == "stale":
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(fresh.last_ok_sync_at)
+        why = (f"last ok sync finished {stamp_text(fresh.last_ok_sync_at)}" if age.total_seconds() > stale_after_hours * 3600
+               else f"{len(fresh.stale_clients)} active clients not confirmed")
+        log.warning("the replica is stale (%s; stale after %g h): these figures may be behind the remote "
+                    "(see 'delivery-sync status')", why, stale_after_hours)
 
 
 @query_app.command("top")

@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from ..errors import EXIT_FAILED
+from ..errors import EXIT_FAILED, UsageError
 from .app import app
+
+FORMATS = ("text", "json", "prometheus")
 
 
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of the view."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="text|json|prometheus", help="The view (default text), one JSON object, or Prometheus metrics for node_exporter's textfile collector."),
+    as_json: bool = typer.Option(False, "--json", help="Short for --format json."),
+    history: int = typer.Option(0, "--history", metavar="N", min=0, help="Also list the last N runs of any command, newest first."),
     check: bool = typer.Option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
 ) -> None:
-    """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
+    """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits).
+
+    Example: delivery-sync status --format prometheus > f.tmp && mv f.tmp delivery_sync.prom
+    """
     from .. import render
     from ..status import read_status
 
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if as_json and fmt not in (None, "json"):
+        raise UsageError(f"--json is --format json: it cannot be combined with --format {fmt}")
+    fmt = "json" if as_json else fmt or "text"
     settings = ctx.obj.settings()
-    report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours)
-    if as_json:
+    _check_path(settings.database)
+    report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history)
+    if fmt == "json":
         render.status_json(report)
+    elif fmt == "prometheus":
+        print(render.status_prometheus(report), end="")
     elif check:
         print(render.status_check_line(report))
     else:
         render.show_status(report)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
+
+
+def _check_path(database) -> None:
+    """A replica path that can never hold one is the user's to fix, not a reason to advise `sync`."""
+    if database.is_dir():
+        raise UsageError(f"{database} is a folder, not a replica file", hint="point --db or `database` at a file, e.g. delivery_stats.db")
+    if not database.parent.is_dir():
+        raise UsageError(f"the folder of the replica {database} does not exist", hint="create it, or fix --db or `database`")

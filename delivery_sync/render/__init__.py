@@ -7,10 +7,11 @@ scripts asking for CSV/JSON do not pay for it.
 from .lines import (
     aggregate_summary, collect_summary, interrupted_summary, progress_bar, status_check_line, summary, sync_summary, waiting,
 )
+from .prometheus import status_prometheus
 from .status_view import show_status, status_json
 from .tables import report
 
 __all__ = [
     "aggregate_summary", "collect_summary", "interrupted_summary", "progress_bar", "report", "show_status", "status_check_line",
-    "status_json", "summary", "sync_summary", "waiting",
+    "status_json", "status_prometheus", "summary", "sync_summary", "waiting",
 ]

@@ -75,12 +75,26 @@ def show_status(status) -> None:
         if run is None:
             line(f"  {command}", Text("never", style="yellow"), 13)
             continue
-        text = Text(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
-        text.append(f"{_when(run['started_at'], status)}, took {_took(run)}")
-        details = _run_details(run)
-        line(f"  {command}", text.append(f": {details}" if details else ""), 13)
-        if run["error"]:
-            line("", Text(f"error: {safe(run['error'])}", style="red"), 21)
+        _run_lines(line, f"  {command}", run, status)
+    if status.history is not None:
+        console.print()
+        console.print(Text(f"History (last {plural(len(status.history), 'run')}, newest first)", style="bold"))
+        for run in status.history:
+            _run_lines(line, f"  #{run['id']} {run['command']}", run, status, 21)
+        if not status.history:
+            console.print("  no runs yet", soft_wrap=True)
+
+
+def _run_lines(line, label: str, run: dict, status, indent: int = 13) -> None:
+    """`sync     ok      2026-01-25 01:00 UTC (6.0 h ago), took 12 s: 127/127 clients, ...` and its error."""
+    from rich.text import Text
+
+    text = Text(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
+    text.append(f"{_when(run['started_at'], status)}" + (f", took {_took(run)}" if run["finished_at"] else ""))
+    details = _run_details(run)
+    line(label, text.append(f": {details}" if details else ""), indent)
+    if run["error"]:
+        line("", Text(f"error: {safe(run['error'])}", style="red"), indent + 8)
 
 
 def _run_details(run: dict) -> str:

@@ -38,16 +38,20 @@ def writer_lock(database: Path, command: str) -> Iterator[None]:
         except OSError as exc:
             raise _lock_error(lock_path, exc) from None
         schema.verified.discard(database.resolve())  # this run checks the replica's integrity once
+        refused = False
         try:
             try:
                 yield
             except sqlite3.DatabaseError as exc:
                 raise storage_error(database, exc) from None
+        except UsageError:
+            refused = True  # e.g. a file that is not a replica: nothing of ours should stay beside it
+            raise
         finally:
             schema.verified.discard(database.resolve())
-            if created and not database.exists():
-                # The run stopped before creating the replica (e.g. an unknown client id):
-                # leave no file behind. Unlinked while still locked; _acquire re-checks.
+            if created and (refused or not database.exists()):
+                # The run stopped before it wrote anything (an unknown client id, a file that
+                # is not ours): leave no file behind. Unlinked while still locked; _acquire re-checks.
                 os.unlink(lock_path)
             else:
                 os.ftruncate(fd, 0)

@@ -1,0 +1,68 @@
+"""`status --format prometheus`: the status facts in the Prometheus text exposition format.
+
+Meant for node_exporter's textfile collector (cron writes the file atomically,
+see crontab.example), so an alert can fire on `delivery_sync_fresh == 0` or on
+the age of `delivery_sync_last_ok_sync_timestamp_seconds`. Times that never
+happened are 0: their age is then huge, and an age alert fires as it should.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+RUN_STATUSES = ("running", "ok", "partial", "failed")
+COMMANDS = ("collect", "sync", "aggregate")
+
+
+def _seconds(stamp: str | None) -> float:
+    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+
+
+def _escape(value: str) -> str:
+    """A label value as the format requires: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
+
+
+def status_prometheus(status) -> str:
+    """The exposition text (ends with a newline), one gauge family per fact."""
+    families: list[tuple[str, str, list[tuple[str, float]]]] = []
+
+    def gauge(name: str, help_text: str, *samples: tuple[str, float]) -> None:
+        families.append((f"delivery_sync_{name}", help_text, list(samples)))
+
+    last_sync = status.last_sync or {}
+    gauge("info", "The replica this describes (always 1).", (_labels(database=status.database), 1))
+    gauge("exists", "1 when the replica file exists.", ("", int(status.exists)))
+    gauge("ok", "1 when status --check passes: fresh, and the last sync ok.", ("", int(bool(status.verdict and status.verdict.ok))))
+    gauge("fresh", "1 when the replica is fresh (last ok sync and every active client within stale_after_hours).",
+          ("", int(status.freshness == "fresh")))
+    gauge("last_sync_timestamp_seconds", "When the latest finished sync ended (Unix time; 0: never).",
+          ("", _seconds(last_sync.get("finished_at"))))
+    gauge("last_ok_sync_timestamp_seconds", "When the latest ok sync ended (Unix time; 0: never).",
+          ("", _seconds(status.last_ok_sync_at)))
+    gauge("rows", "Rows in client_stats.", ("", status.rows))
+    gauge("replica_bytes", "Size of the replica on disk, WAL included.", ("", status.database_bytes or 0))
+    gauge("clients", "Clients by state: all, active, failed in the last sync, lagging, stale.",
+          (_labels(state="all"), status.clients), (_labels(state="active"), status.active_clients),
+          (_labels(state="failed"), len(status.failed_clients)), (_labels(state="lagging"), len(status.lagging_clients)),
+          (_labels(state="stale"), len(status.stale_clients)))
+    gauge("missing_days", "Active (client, day) pairs in the last sync's window with no row.", ("", status.missing_days))
+    runs = {command: getattr(status, f"last_{command}") for command in COMMANDS}
+    gauge("last_run_status", "1 for the status of each command's latest finished run, 0 for the others.",
+          *((_labels(command=c, status=s), int(run["status"] == s)) for c, run in runs.items() if run for s in RUN_STATUSES))
+    gauge("last_run_timestamp_seconds", "When each command's latest finished run ended (Unix time).",
+          *((_labels(command=c), _seconds(run["finished_at"])) for c, run in runs.items() if run))
+    gauge("last_run_duration_seconds", "How long each command's latest finished run took.",
+          *((_labels(command=c), _seconds(run["finished_at"]) - _seconds(run["started_at"])) for c, run in runs.items()
+            if run and run["finished_at"]))
+    gauge("running", "Writing runs in progress, per command.",
+          *((_labels(command=c), sum(r["command"] == c for r in status.running)) for c in COMMANDS))
+    lines = []
+    for name, help_text, samples in families:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{labels} {value}" if isinstance(value, int) else f"{name}{labels} {value:.3f}" for labels, value in samples]
+    return "\n".join(lines) + "\n"
