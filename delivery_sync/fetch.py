@@ -3,7 +3,8 @@
 Requests run on `source.concurrency` threads with at most PENDING_PER_THREAD x
 that many submitted at once, so memory stays bounded however many clients there
 are: the calling thread, which writes, is the back-pressure. Answers are parsed
-on their fetch thread; everything else happens on the calling thread.
+on their fetch thread; everything else happens on the calling thread, which
+calls `idle` (the writer commits) whenever it would otherwise wait for an answer.
 
 Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
@@ -80,7 +81,7 @@ class Fetcher:
     """Fetches every client's window and hands each complete one to `write`, failures to `fail`."""
 
     def __init__(self, source: SourceClient, settings: SourceSettings, staging_db, write: WriteRows,
-                 fail: RecordFailure, progress: Progress | None = None):
+                 fail: RecordFailure, progress: Progress | None = None, idle: Callable[[], None] | None = None):
         self.source = source
         self.settings = settings
         self.tz: ZoneInfo = settings.tz
@@ -88,6 +89,7 @@ class Fetcher:
         self.write = write
         self.fail = fail
         self.progress = progress
+        self.idle = idle
         self.consecutive = 0
         self.failed: set[int] = set()
 
@@ -245,7 +247,11 @@ class Fetcher:
                         break
                 if not pending:
                     return
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+                if not finished:
+                    if self.idle:  # nothing to write yet: the writer's COMMIT overlaps the network
+                        self.idle()
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=lambda f: pending[f][0]):
                     yield pending.pop(future)[1], future
         finally:
