@@ -1,4 +1,5 @@
-"""The upsert of one client's window into `client_stats`, in one transaction (SPEC §4, §5)."""
+"""The upsert of one client's window into `client_stats`, all or nothing (SPEC §4, §5): in its own
+transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients."""
 
 from __future__ import annotations
 
