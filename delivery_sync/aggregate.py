@@ -130,34 +130,7 @@ def _columns(key: str) -> str:
     return ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
 
 
-_PERIOD = ":period, :start, :end"
-INSERT_CLIENT = (
-    f"INSERT INTO client_aggregates({_columns('client_id')}) "
-    f"SELECT {_PERIOD}, client_id, {', '.join(CLIENT_COLUMNS[1:])}, {', '.join(RATIOS)}, :computed_at "
-    f"FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)})"
-)
 PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
-INSERT_FINE = {
-    by: f"INSERT INTO {table}({_columns('clients_with_data')}) "
-    f"SELECT {', '.join(PERIOD_COLUMNS)}, {', '.join(RATIOS)}, :computed_at "
-    f"FROM ({with_ratios(period_sums(by, 'FROM client_stats'), PERIOD_COLUMNS)})"
-    for by, table in FINE_TABLES.items()
-}
-INSERT_OVERALL = (
-    f"INSERT INTO overall_aggregates({_columns('clients_with_data')}) "
-    f"SELECT {_PERIOD}, {', '.join(OVERALL_COLUMNS)}, {', '.join(RATIOS)}, :computed_at "
-    f"FROM ({with_ratios(OVERALL_SUMS, OVERALL_COLUMNS)})"
-)
-
-
-def periods(db: "sqlite_utils.Database", as_of: date) -> list[tuple[str, date, date]]:
-    """(period, first day, last day) of every rolling window and every calendar month with data."""
-    rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
-    months = []
-    for (month,) in db.execute("SELECT DISTINCT substr(stat_date, 1, 7) FROM client_stats ORDER BY 1"):
-        first = date.fromisoformat(f"{month}-01")
-        months.append((month, first, first.replace(day=calendar.monthrange(first.year, first.month)[1])))
-    return rolling + months
 
 
 def _create_tables(db: "sqlite_utils.Database") -> None:
@@ -212,17 +185,8 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
         with replica.closed_on_error(db, run_id):
             try:
                 with db.atomic():
-                    built = periods(db, as_of)
-                    _create_tables(db)
-                    computed_at = replica.utc_now()
-                    for period, start, end in built:
-                        params = {"period": period, "start": start.isoformat(), "end": end.isoformat(), "computed_at": computed_at}
-                        db.execute(INSERT_CLIENT, params)
-                        db.execute(INSERT_OVERALL, params)
-                    for insert in INSERT_FINE.values():  # every day and week, unclipped
-                        db.execute(insert, {"start": "0000-01-01", "end": "9999-12-31", "computed_at": computed_at})
-                    counts = _counts(db)
-                    run = replica.finish_run(db, run_id, "ok", counts)
+                    built = _rebuild(db, as_of, replica.utc_now())
+                    run = replica.finish_run(db, run_id, "ok", _counts(db))
             except Exception as exc:  # recorded, then reported by the caller as a failed run
                 run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
                 built = []
@@ -236,7 +200,126 @@ def _counts(db: "sqlite_utils.Database"):
     """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
     from .replica import RunCounts
 
-    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats").fetchone()
+    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), TOTAL(days_with_data) FROM temp.agg_months").fetchone()
     tables = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values())
     written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
-    return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=rows, rows_inserted=written)
+    db.execute("DROP TABLE temp.agg_months")
+    return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=int(rows), rows_inserted=written)
+
+
+# --- the rebuild -------------------------------------------------------------------------------
+# Every raw row is read twice: once into per (client, month) and once into per day partial sums,
+# amounts in whole cents. Every rollup is then a sum of partial sums (of raw rows only at the
+# edges of rolling periods): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
+# period_sums give on the raw rows, and NULL exactly when every value is NULL.
+
+def _cents(metric: str) -> str:
+    return f"CAST(ROUND({metric} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else metric
+
+
+_PARTIALS = ", ".join(f"SUM({_cents(m)}) AS {m}" for m in METRICS)
+_RAW_CENTS = ", ".join(f"{_cents(m)} AS {m}" for m in METRICS)
+_PLAIN = ", ".join(METRICS)
+_ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
+# Partial sums as the rollups store them: amounts back in rupiah.
+_STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
+_MONTH_END = "date(month || '-01', '+1 month', '-1 day')"
+_WEEK_KEY = period_bounds("week", "day")[0]
+
+
+def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, params: dict) -> None:
+    """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
+    `table`, with their ratios."""
+    columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
+    db.execute(
+        f"INSERT INTO {table}({_columns(key)}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, :computed_at "
+        f"FROM ({with_ratios(sums_sql, columns)})",
+        params,
+    )
+
+
+def _rebuild(db: "sqlite_utils.Database", as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
+    """Recreate every rollup table as of `as_of`; returns (period, first day, last day) of every
+    rolling window and every calendar month with data."""
+    db.execute("DROP TABLE IF EXISTS temp.agg_months")
+    db.execute("DROP TABLE IF EXISTS temp.agg_days")
+    db.execute("DROP TABLE IF EXISTS temp.agg_rolling")
+    db.execute(
+        f"CREATE TEMP TABLE agg_months AS SELECT client_id, substr(stat_date, 1, 7) AS month, COUNT(*) AS days_with_data, "
+        f"{_PARTIALS} FROM client_stats GROUP BY client_id, month"
+    )
+    db.execute(
+        f"CREATE TEMP TABLE agg_days AS SELECT stat_date AS day, COUNT(*) AS clients_with_data, {_PARTIALS} "
+        "FROM client_stats GROUP BY stat_date"
+    )
+    db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {_PLAIN})")
+    rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
+    months = []
+    for (month,) in db.execute("SELECT DISTINCT month FROM temp.agg_months ORDER BY 1"):
+        first = date.fromisoformat(f"{month}-01")
+        months.append((month, first, first.replace(day=calendar.monthrange(first.year, first.month)[1])))
+    _create_tables(db)
+    params = {"computed_at": computed_at}
+    for name, start, end in rolling:
+        _rolling_partials(db, name, start, end)
+    _insert(db, "client_aggregates", "client_id", (
+        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
+        f"{_STORED} FROM temp.agg_months"), params)
+    _insert(db, "client_aggregates", "client_id", (
+        f"SELECT period, period_start, period_end, client_id, days_with_data, {_STORED} FROM temp.agg_rolling"), params)
+    # All clients: clients_with_data from the per-client partials, days_with_data from the days.
+    _insert(db, "overall_aggregates", "clients_with_data", (
+        f"SELECT m.month AS period, m.month || '-01' AS period_start, date(m.month || '-01', '+1 month', '-1 day') AS period_end, "
+        f"clients_with_data, d.days AS days_with_data, {_STORED} FROM "
+        f"(SELECT month, COUNT(*) AS clients_with_data, {_ADDED} FROM temp.agg_months GROUP BY month) AS m "
+        "JOIN (SELECT substr(day, 1, 7) AS month, COUNT(*) AS days FROM temp.agg_days GROUP BY 1) AS d ON d.month = m.month"),
+        params)
+    for name, start, end in rolling:
+        _insert(db, "overall_aggregates", "clients_with_data", (
+            f"SELECT :period AS period, :start AS period_start, :end AS period_end, clients_with_data, "
+            f"(SELECT COUNT(*) FROM temp.agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {_STORED} "
+            f"FROM (SELECT COUNT(*) AS clients_with_data, {_ADDED} FROM temp.agg_rolling WHERE period = :period "
+            "HAVING COUNT(*) > 0)"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
+    _insert(db, "overall_daily", "clients_with_data", (
+        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {_STORED} "
+        "FROM temp.agg_days"), params)
+    # A week's clients_with_data counts distinct clients over its days: the one figure not a sum.
+    _insert(db, "overall_weekly", "clients_with_data", (
+        f"SELECT w.week AS period, w.week AS period_start, date(w.week, '+6 days') AS period_end, "
+        "(SELECT COUNT(DISTINCT client_id) FROM client_stats WHERE stat_date BETWEEN w.week AND date(w.week, '+6 days')) "
+        f"AS clients_with_data, w.days AS days_with_data, {_STORED} "
+        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {_ADDED} FROM temp.agg_days GROUP BY week) AS w"), params)
+    db.execute("DROP TABLE temp.agg_days")
+    db.execute("DROP TABLE temp.agg_rolling")
+    return rolling + months
+
+
+def _rolling_partials(db: "sqlite_utils.Database", name: str, start: date, end: date) -> None:
+    """Per-client partial sums over [start, end] into temp.agg_rolling: the whole months inside
+    it from temp.agg_months, the days at either edge from the raw rows."""
+    first_full = start if start.day == 1 else _next_month(start)
+    last_full = end if _next_month(end) - timedelta(days=1) == end else end.replace(day=1) - timedelta(days=1)
+    if first_full > last_full:  # no whole month inside: every day from the raw rows
+        head, tail, months = (start, end), None, None
+    else:
+        head = (start, first_full - timedelta(days=1)) if start < first_full else None
+        tail = (last_full + timedelta(days=1), end) if last_full < end else None
+        months = (first_full.isoformat()[:7], last_full.isoformat()[:7])
+    parts = []
+    params: dict = {"period": name, "start": start.isoformat(), "end": end.isoformat()}
+    if months:
+        parts.append(f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_months WHERE month BETWEEN :m0 AND :m1")
+        params.update(m0=months[0], m1=months[1])
+    for i, edge in enumerate((head, tail)):
+        if edge:
+            parts.append(f"SELECT client_id, 1 AS days_with_data, {_RAW_CENTS} FROM client_stats WHERE stat_date BETWEEN :s{i} AND :e{i}")
+            params.update({f"s{i}": edge[0].isoformat(), f"e{i}": edge[1].isoformat()})
+    db.execute(
+        f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, SUM(days_with_data), {_ADDED} "
+        f"FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id",
+        params,
+    )
+
+
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)

@@ -3,7 +3,8 @@
 Requests run on `source.concurrency` threads with at most PENDING_PER_THREAD x
 that many submitted at once, so memory stays bounded however many clients there
 are: the calling thread, which writes, is the back-pressure. Answers are parsed
-on their fetch thread; everything else happens on the calling thread.
+on their fetch thread; everything else happens on the calling thread, which
+calls `idle` (the writer commits) whenever it would otherwise wait for an answer.
 
 Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 BATCH_MAX_IDS = 500
 # Requests submitted ahead of the writer, per fetch thread: enough to keep every thread busy.
 PENDING_PER_THREAD = 2
+# A batch answer is up to BATCH_MAX_IDS clients x batch_days rows (tens of MB as parsed JSON):
+# at most this many ahead in all, whatever the concurrency, so peak memory stays bounded.
+PENDING_TILES = 3
 
 Progress = Callable[[int, int, str], None]
 WriteRows = Callable[[int, Window, ClientRows], None]
@@ -80,7 +84,7 @@ class Fetcher:
     """Fetches every client's window and hands each complete one to `write`, failures to `fail`."""
 
     def __init__(self, source: SourceClient, settings: SourceSettings, staging_db, write: WriteRows,
-                 fail: RecordFailure, progress: Progress | None = None):
+                 fail: RecordFailure, progress: Progress | None = None, idle: Callable[[], None] | None = None):
         self.source = source
         self.settings = settings
         self.tz: ZoneInfo = settings.tz
@@ -88,6 +92,7 @@ class Fetcher:
         self.write = write
         self.fail = fail
         self.progress = progress
+        self.idle = idle
         self.consecutive = 0
         self.failed: set[int] = set()
 
@@ -140,7 +145,7 @@ class Fetcher:
                 self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
                 self._report(1, len(tiles), "batch windows")
                 tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
-                for done, (tile, future) in enumerate(self._pump(tasks), start=2):
+                for done, (tile, future) in enumerate(self._pump(tasks, PENDING_TILES), start=2):
                     try:
                         answer = future.result()
                     except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
@@ -228,10 +233,11 @@ class Fetcher:
         if self.consecutive >= self.settings.max_consecutive_failures:
             raise StopRun(f"stopped after {self.consecutive} consecutive client failures (the remote looks down); {not_fetched}")
 
-    def _pump(self, tasks: Iterable[tuple[object, Callable]]) -> Iterator[tuple[object, Future]]:
-        """Run `tasks` on the fetch threads, a bounded number ahead; yield (key, future) as each
-        completes, in submission order among those done together (stable logs)."""
-        limit = self.settings.concurrency * PENDING_PER_THREAD
+    def _pump(self, tasks: Iterable[tuple[object, Callable]], ahead: int | None = None) -> Iterator[tuple[object, Future]]:
+        """Run `tasks` on the fetch threads, at most `ahead` submitted and not yet taken (default
+        PENDING_PER_THREAD per thread); yield (key, future) as each completes, in submission order
+        among those done together (stable logs)."""
+        limit = ahead or self.settings.concurrency * PENDING_PER_THREAD
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="fetch")
         tasks = iter(tasks)
         pending: dict[Future, tuple[int, object]] = {}
@@ -245,7 +251,11 @@ class Fetcher:
                         break
                 if not pending:
                     return
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+                if not finished:
+                    if self.idle:  # nothing to write yet: the writer's COMMIT overlaps the network
+                        self.idle()
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=lambda f: pending[f][0]):
                     yield pending.pop(future)[1], future
         finally:

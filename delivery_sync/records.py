@@ -20,7 +20,8 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Iterable
+from functools import lru_cache
+from typing import Any, Iterable, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,7 +40,15 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 def parse_stat_date(value: Any, tz: ZoneInfo) -> date:
     """The calendar date a remote `stat_date` means in the source time zone."""
-    if not isinstance(value, str) or not value.strip():
+    if isinstance(value, str):
+        return _cached_stat_date(value, tz)
+    raise ValueError(f"no usable stat_date ({value!r})")
+
+
+# A year of answers repeats the same 365 date strings for every client.
+@lru_cache(maxsize=4096)
+def _cached_stat_date(value: str, tz: ZoneInfo) -> date:
+    if not value.strip():
         raise ValueError(f"no usable stat_date ({value!r})")
     text = value.strip()
     try:
@@ -147,6 +156,84 @@ class StatRow(BaseModel):
         return (*(getattr(self, name) for name in METRICS), self.extra_json)
 
 
+class Row(NamedTuple("_Row", [(name, Any) for name in (*METRICS, "extra")])):
+    """A validated row as the replica compares and stores it: the metrics in `METRICS` order, then
+    `extra` (canonical JSON or None). A plain tuple to SQLite; read by name like a StatRow."""
+
+    __slots__ = ()
+
+    @property
+    def extra_json(self) -> str | None:
+        return self.extra
+
+    def values(self) -> tuple:
+        """The row itself: `StatRow.values()` order."""
+        return self
+
+
+def _fast_amount(value: Any) -> float:
+    """parse_amount for the values a readable row carries; raises ValueError on anything else."""
+    kind = type(value)
+    if kind is float:
+        number = value
+    elif kind is int:
+        number = float(value)
+    elif kind is str and value.isascii() and "_" not in value:
+        number = float(value)  # ASCII, no underscores: float() then accepts exactly what _NUMBER matches
+    else:
+        raise ValueError(value)
+    if not -MAX_AMOUNT < number < MAX_AMOUNT:  # also false for NaN and infinities
+        raise ValueError(value)
+    return number
+
+
+def _fast_count(value: Any) -> int:
+    """parse_count for the values a readable row carries; raises ValueError on anything else."""
+    if type(value) is int and 0 <= value < MAX_COUNT:
+        return value
+    number = _fast_amount(value)
+    if not (0 <= number < MAX_COUNT and number.is_integer()):
+        raise ValueError(value)
+    return int(number)
+
+
+# What StatRow.extra_json's json.dumps does, with the encoder built once rather than per row.
+_EXTRA_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+_FAST = {name: (METRICS.index(name), _fast_amount if name in AMOUNT_METRICS else _fast_count) for name in METRICS}
+_SALES, _ORDERS = METRICS.index("total_sales"), METRICS.index("total_orders")
+_GRAB_SALES, _GOJEK_SALES = METRICS.index("grab_sales"), METRICS.index("gojek_sales")
+_GRAB_ORDERS, _GOJEK_ORDERS = METRICS.index("grab_orders"), METRICS.index("gojek_orders")
+
+
+def _fast_row(raw: dict, tz: ZoneInfo) -> tuple[date, Row]:
+    """What `StatRow` plus `_fill_totals` make of a readable row, without building a model (about
+    5x faster). Raises on any row it cannot read plainly: the model path then decides and says why."""
+    day = parse_stat_date(raw["stat_date"], tz)
+    row: list[Any] = [None] * len(METRICS)
+    extra = {}
+    for key, value in raw.items():
+        fast = _FAST.get(key)
+        if fast is None:
+            if key != "stat_date":
+                extra[key] = value
+        elif value is not None:
+            row[fast[0]] = fast[1](value)
+    if row[_SALES] is None:
+        row[_SALES] = (row[_GRAB_SALES] or 0.0) + (row[_GOJEK_SALES] or 0.0)
+    if row[_ORDERS] is None:
+        row[_ORDERS] = (row[_GRAB_ORDERS] or 0) + (row[_GOJEK_ORDERS] or 0)
+    row.append(_EXTRA_JSON(extra) if extra else None)
+    return day, Row._make(row)
+
+
+def _model_row(raw: Any, tz: ZoneInfo) -> tuple[date, Row]:
+    """The reference path through the pydantic model: raises ValidationError/ValueError with the reason."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"row is not an object ({type(raw).__name__})")
+    row = _fill_totals(StatRow.model_validate(raw, context={"tz": tz}))
+    return row.stat_date, Row._make(row.values())
+
+
 def _fill_totals(row: StatRow) -> StatRow:
     updates: dict[str, Any] = {}
     if row.total_sales is None:
@@ -169,13 +256,13 @@ class Reject:
 class ParsedRows:
     """One answer's rows: valid rows by date (last wins), rejects, and how many arrived."""
 
-    rows: dict[date, StatRow]
+    rows: dict[date, Row]
     rejects: list[Reject]
     fetched: int
 
     def stored(self) -> "ClientRows":
         """The rows as the replica compares and stores them."""
-        return ClientRows({day: row.values() for day, row in self.rows.items()}, self.rejects, self.fetched)
+        return ClientRows(self.rows, self.rejects, self.fetched)
 
 
 @dataclass
@@ -193,22 +280,23 @@ def parse_rows(raw_rows: Iterable[Any], tz: ZoneInfo, window: tuple[date, date] 
     With `window`, a row dated outside it is rejected: it could never be pruned,
     and a far-future date would hide a lagging client.
     """
-    rows: dict[date, StatRow] = {}
+    rows: dict[date, Row] = {}
     rejects: list[Reject] = []
     fetched = 0
     for raw in raw_rows:
         fetched += 1
         try:
-            if not isinstance(raw, dict):
-                raise ValueError(f"row is not an object ({type(raw).__name__})")
-            row = _fill_totals(StatRow.model_validate(raw, context={"tz": tz}))
-            if window and not window[0] <= row.stat_date <= window[1]:
-                raise ValueError(f"stat_date {row.stat_date} is outside the requested window {window[0]}..{window[1]}")
+            try:
+                day, row = _fast_row(raw, tz)
+            except Exception:  # unreadable, or not even a dict: the model path gives the reason
+                day, row = _model_row(raw, tz)
+            if window and not window[0] <= day <= window[1]:
+                raise ValueError(f"stat_date {day} is outside the requested window {window[0]}..{window[1]}")
         except (ValidationError, ValueError) as exc:
             rejects.append(_reject(raw, exc))
             continue
-        rows.pop(row.stat_date, None)  # last wins, and keeps answer order
-        rows[row.stat_date] = row
+        rows.pop(day, None)  # last wins, and keeps answer order
+        rows[day] = row
     return ParsedRows(rows, rejects, fetched)
 
 

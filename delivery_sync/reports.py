@@ -232,6 +232,9 @@ def _client_rows(conn: sqlite3.Connection, window: Window, order: str, params: d
         bounds = "a.period_start, a.period_end"
     else:
         sums = _CLIENT_PARTS if plan.whole else CLIENT_SUMS
+        if client_id is not None:  # one client: read its rows by the (client_id, ...) keys, not every client's
+            sums = sums.replace("FROM client_stats", "FROM (SELECT * FROM client_stats WHERE client_id = :id)")
+            sums = sums.replace("FROM client_aggregates", "FROM (SELECT * FROM client_aggregates WHERE client_id = :id)")
         source = f"({with_ratios(sums, CLIENT_COLUMNS)})"
         bounds = ":start AS period_start, :end AS period_end"
     columns = ", ".join(["a.client_id", "c.name", bounds, *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])

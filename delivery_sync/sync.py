@@ -1,9 +1,10 @@
-"""The `sync` run: source -> records -> replica, one transaction per client.
+"""The `sync` run: source -> records -> replica, several whole clients per transaction.
 
 `fetch.Fetcher` gets the windows (batch or per client, on `source.concurrency`
 threads); every write happens on the calling thread, one client's whole window
-per transaction, so a run killed at any moment leaves each client either as it
-was or fully updated.
+at a time in a `replica.WriteGroup` committed when it reaches its bounds or
+when the writer would otherwise wait for the network, so a run killed at any
+moment leaves each client either as it was or fully updated.
 """
 
 from __future__ import annotations
@@ -185,23 +186,43 @@ def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days
 def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], prune: bool,
                      counts: RunCounts, failures: list, written: set[int], progress: Progress | None,
                      settings: Settings) -> None:
+    # Several whole clients per transaction; a client counts as written once its group commits.
+    group = replica.WriteGroup(db)
+    uncommitted: list[tuple[int, int, replica.ClientWrite]] = []
+
+    def commit() -> None:
+        group.commit()
+        for cid, fetched, result in uncommitted:
+            written.add(cid)
+            _count(counts, fetched, result)
+        uncommitted.clear()
+
     def write(cid: int, window: Window, rows: ClientRows) -> None:
-        result = replica.write_client_window(db, run_id, cid, (window.start, window.end), rows, prune)
-        written.add(cid)
-        _count(counts, rows, result)
+        uncommitted.append((cid, rows.fetched, group.write(run_id, cid, (window.start, window.end), rows, prune)))
         for reject in rows.rejects:
             log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
+        if group.due:
+            commit()
 
     def fail(cid: int | None, error: str) -> None:
+        commit()  # so that the failure is recorded whatever happens to a later group
         failures.append((cid, error))
         replica.record_failure(db, run_id, cid, error)
 
-    Fetcher(source, settings.source, db, write, fail, progress).run(windows)
+    try:
+        Fetcher(source, settings.source, db, write, fail, progress, idle=commit).run(windows)
+    except StopRun:
+        commit()  # what was fetched whole is kept
+        raise
+    except BaseException:
+        group.rollback()  # Ctrl-C or a crash: the clients of the open group stay as they were
+        raise
+    commit()
 
 
-def _count(counts: RunCounts, parsed: ClientRows, written: replica.ClientWrite) -> None:
+def _count(counts: RunCounts, fetched: int, written: replica.ClientWrite) -> None:
     counts.clients_ok += 1
-    counts.rows_fetched += parsed.fetched
+    counts.rows_fetched += fetched
     counts.rows_inserted += written.inserted
     counts.rows_updated += written.updated
     counts.rows_unchanged += written.unchanged

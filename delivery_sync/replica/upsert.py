@@ -1,8 +1,10 @@
-"""The upsert of one client's window into `client_stats`, in one transaction (SPEC §4, §5)."""
+"""The upsert of one client's window into `client_stats`, all or nothing (SPEC §4, §5): in its own
+transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import date
 
@@ -23,6 +25,11 @@ _UPDATE = (
     "WHERE client_id = ? AND stat_date = ?"
 )
 
+
+# Bounds of one grouped transaction: enough clients that a COMMIT (an fsync of the WAL) is paid
+# rarely, few enough that readers see progress often and the WAL stays small.
+GROUP_MAX_ROWS = 20_000
+GROUP_MAX_SECONDS = 1.0
 
 _LOG_CHANGE = "INSERT INTO stat_changes(run_id, client_id, stat_date, [column], old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -115,3 +122,45 @@ def _prune(
         [(run_id, client_id, k, "*", json.dumps(dict(zip(_COLUMNS, stored[k]))), None, now) for k in gone],
     )
     return len(gone), None
+
+
+class WriteGroup:
+    """Whole client windows written several to a transaction, each client still all or nothing.
+
+    Each `write_client_window` runs in its own SAVEPOINT inside the group's
+    transaction, so an error rolls back that client alone, and a kill rolls back
+    the whole uncommitted group: every client is then as it was or fully updated.
+    `due` says when the group reached its bounds and should be committed.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
+        self.db = db
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self.rows = 0
+        self._began = 0.0
+
+    def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
+        """`write_client_window` inside the group's transaction (opened on the first write)."""
+        if not self.db.conn.in_transaction:
+            self.db.execute("BEGIN")
+            self._began, self.rows = time.monotonic(), 0
+        result = write_client_window(self.db, run_id, client_id, window, parsed, prune)
+        self.rows += len(parsed.values) + len(parsed.rejects)
+        return result
+
+    @property
+    def due(self) -> bool:
+        return self.rows >= self.max_rows or (self.rows > 0 and time.monotonic() - self._began >= self.max_seconds)
+
+    def commit(self) -> None:
+        """Make every client written since the last commit durable (nothing to do when none was)."""
+        if self.db.conn.in_transaction:
+            self.db.execute("COMMIT")
+        self.rows = 0
+
+    def rollback(self) -> None:
+        """Drop every client written since the last commit: they stay as they were."""
+        if self.db.conn.in_transaction:
+            self.db.execute("ROLLBACK")
+        self.rows = 0

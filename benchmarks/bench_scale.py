@@ -1,0 +1,131 @@
+"""Scale: N clients x D days from the demo source at 0 ms, as cron runs it, each step its own process.
+
+Steps, into one new replica:
+1. the first `sync --no-aggregate` (wall, peak RSS, WAL peak, requests);
+2. `aggregate`, the full rebuild of the rollups (wall, peak RSS);
+3. a daily `sync --incremental` (the last `sync.lookback_days` days, its aggregate included);
+4. every report of benchmarks/bench_query.py on that replica, in-process (median ms).
+
+Peak RSS is the process's VmHWM read from /proc/<pid>/status while it runs (cross-checked with
+the kernel's ru_maxrss at exit); the WAL peak is the largest size of `<replica>-wal` seen. The
+demo source runs in its own process, so its CPU (building rows) is not counted as ours, but on
+a 2-core machine it competes with the sync for the CPU.
+
+Targets (issue 11): peak RSS <= 250 MB and independent of N; aggregate <= 10 s at 10,000 x 365;
+incremental <= 10 s at 10,000 with the batch endpoint; reports at 10,000: stored periods <= 10 ms,
+any window <= 200 ms. `--clients 10000` runs in under 20 minutes.
+
+Run: python benchmarks/bench_scale.py [--clients 1000] [--days 365] [--concurrency 8] [--batch auto] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_query import in_process  # noqa: E402  (a sibling script, not a package)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def watched(args: list[str], wal: Path) -> dict:
+    """Run one process to its end, polling its peak RSS and the WAL's size; exits on failure."""
+    began = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hwm = wal_peak = 0
+    while True:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            hwm = max(hwm, next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")))
+        except (OSError, StopIteration):
+            pass  # it is exiting (a zombie has no memory figures)
+        try:
+            wal_peak = max(wal_peak, wal.stat().st_size)
+        except OSError:
+            pass
+        try:
+            pid, code, usage = os.wait4(process.pid, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - began
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(code) != 0:
+        sys.exit(f"{' '.join(args)} failed: {stderr.strip()}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": max(hwm, usage.ru_maxrss) / 1024,
+            "wal": wal_peak / 2**20, "summary": stderr.strip().splitlines()[-1] if stderr.strip() else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch", choices=("auto", "never"), default="auto")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each report timing")
+    args = parser.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "delivery_sync", "demo-source", "--port", str(port),
+                               "--clients", str(args.clients)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    began = time.monotonic()
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/api/v1/clients", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        with tempfile.TemporaryDirectory() as tmp:
+            database = Path(tmp) / "replica.db"
+            config = Path(tmp) / "config.toml"
+            config.write_text(f'database = "{database}"\n[source]\nurl = "{url}"\nbatch = "{args.batch}"\n'
+                              f"concurrency = {args.concurrency}\nmin_interval = 0\n")
+            cli = [sys.executable, "-m", "delivery_sync", "-q", "--config", str(config)]
+            wal = database.with_name(database.name + "-wal")
+            steps = {
+                "first sync": watched([*cli, "sync", "--days-back", str(args.days), "--no-aggregate"], wal),
+                "aggregate": watched([*cli, "aggregate"], wal),
+                "incremental sync": watched([*cli, "sync", "--days-back", str(args.days), "--incremental"], wal),
+            }
+            conn = sqlite3.connect(database)
+            rows = conn.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0]
+            conn.close()
+            reports = in_process(database, args.runs)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"{args.clients} clients x {args.days} days ({rows} rows), demo source at 0 ms in its own process, "
+          f"concurrency {args.concurrency}, batch = {args.batch}; load average {os.getloadavg()[0]:.2f}; "
+          f"{time.monotonic() - began:.0f} s in all")
+    for name, f in steps.items():
+        print(f"  {name:17} wall {f['wall']:7.1f} s  cpu {f['cpu']:7.1f} s  peak RSS {f['rss']:6.1f} MB  WAL peak {f['wal']:6.1f} MB")
+        print(f"  {'':17} {f['summary']}")
+    worst = max(f["rss"] for f in steps.values())
+    print(f"  peak RSS of any step: {worst:.1f} MB (target <= 250 MB, independent of the client count)")
+    print(f"  full aggregate: {steps['aggregate']['wall']:.1f} s (target <= 10 s at 10,000 x 365)")
+    print(f"\nreports, in-process, median of {args.runs} (targets at 10,000 clients: stored periods <= 10 ms, any window <= 200 ms)")
+    for label, ms, target in reports:
+        limit = 10 if target == 10 else 200
+        print(f"  {'ok  ' if ms <= limit else 'SLOW'} {ms:9.2f} ms  (<= {limit} ms)  {label}")
+
+
+if __name__ == "__main__":
+    main()

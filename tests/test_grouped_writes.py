@@ -1,0 +1,70 @@
+"""Several clients per transaction (replica.WriteGroup): a kill while a group is open leaves every
+client either as it was or fully updated, with the committed groups kept whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+from conftest import DEMO_CLIENTS, query_db
+
+DAYS = 20
+MARK = 4242
+
+# Writes clients 1..6 with what the remote now answers: 1..3 in one committed group, 4..6 in a
+# group left open when the parent kills the process.
+CHILD = f"""
+import sys, time
+from datetime import date
+from delivery_sync import replica
+from delivery_sync.config import Settings
+from delivery_sync.records import parse_rows
+from delivery_sync.source import SourceClient
+
+url, path, start, end = sys.argv[1], sys.argv[2], date.fromisoformat(sys.argv[3]), date.fromisoformat(sys.argv[4])
+settings = Settings(database=path, source={{"url": url, "min_interval": 0}})
+db = replica.open_replica(settings.database)
+run_id = replica.start_run(db, "sync")
+group = replica.WriteGroup(db, max_rows=10**9, max_seconds=3600)
+with SourceClient(settings.source) as source:
+    for cid in range(1, 7):
+        rows = parse_rows(source.client_stats(cid, start, end), settings.source.tz, (start, end)).stored()
+        group.write(run_id, cid, (start, end), rows)
+        if cid == 3:
+            group.commit()
+print("group open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_kill_during_a_grouped_transaction_leaves_every_client_old_or_new(cli, config, db_path, demo):
+    assert cli("sync", "--days-back", str(DAYS)).code == 0
+    today = demo.today()
+    start = today - timedelta(days=DAYS - 1)
+    for cid in range(1, DEMO_CLIENTS + 1):
+        for i in range(DAYS):
+            demo.faults.overrides[(cid, (today - timedelta(days=i)).isoformat())] = {"grab_fake_orders": MARK}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, demo.url, str(db_path), start.isoformat(), today.isoformat()],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line == "group open\n", child.stderr.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+    per_client = dict(query_db(db_path, f"SELECT client_id, SUM(grab_fake_orders IS {MARK}) FROM client_stats GROUP BY client_id"))
+    # The committed group is new, the open one and the clients never written are as they were.
+    assert per_client == {cid: DAYS if cid <= 3 else 0 for cid in range(1, DEMO_CLIENTS + 1)}
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * DAYS,)]
+    changes = dict(query_db(db_path, "SELECT client_id, COUNT(*) FROM stat_changes GROUP BY client_id"))
+    assert set(changes) == {1, 2, 3}  # the change log went with its group
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
+    # The next sync repairs the rest.
+    assert cli("sync", "--days-back", str(DAYS)).code == 0
+    assert query_db(db_path, f"SELECT COUNT(*) FROM client_stats WHERE grab_fake_orders = {MARK}") == [(DEMO_CLIENTS * DAYS,)]
