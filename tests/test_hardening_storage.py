@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DEMO_CLIENTS, query_db, write_config
 from hardening import IS_ROOT, integrity, one_line, run_cli, shared_folder
+from delivery_sync.replica import SCHEMA_VERSION
 
 
 def stored(db_path) -> list[tuple]:
@@ -33,7 +34,7 @@ def test_first_sync_under_a_file_size_limit_leaves_a_file_the_next_run_completes
     again = run_cli("--config", str(config), "sync", "--days-back", "30")
     assert again.code == 0, again.stderr
     assert query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS * 30, DEMO_CLIENTS)]
-    assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     status = run_cli("--config", str(config), "status", "--json")
     assert status.code == 0 and '"freshness": "fresh"' in status.stdout
 
@@ -58,7 +59,7 @@ def test_tables_without_schema_version_are_completed(cli, config, db_path):
     db.close()
     result = cli("sync", "--days-back", "2")
     assert result.code == 0, result.stderr
-    assert query_db(db_path, "SELECT value FROM meta") == [("3",)]
+    assert query_db(db_path, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
 
 
 def test_another_programs_migrations_are_still_refused(cli, config, db_path):

@@ -16,11 +16,30 @@ app = typer.Typer(
     name="delivery-sync",
     help="Keep a fast local SQLite replica of the remote Grab/GoJek delivery statistics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion for bash, zsh, fish and PowerShell
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="\b\nExamples:\n  delivery-sync sync --source demo && delivery-sync query top --limit 5\n"
+           "  delivery-sync --config /etc/delivery-sync/config.toml -q sync --days-back 365\n\n"
+           "Reference: docs/reference.md. Global options go before the command.",
 )
+
+
+def option(*args: Any, **kwargs: Any) -> Any:
+    """typer.Option in the one help style of delivery-sync: the default is written in the help as
+    "(default: ...)", never as click's "[default: ...]" (which cannot say "today" or name a config key)."""
+    return typer.Option(*args, show_default=False, **kwargs)
+
+
+def argument(*args: Any, **kwargs: Any) -> Any:
+    """typer.Argument in the same style."""
+    return typer.Argument(*args, show_default=False, **kwargs)
+
+
+def examples(*lines: str) -> str:
+    """The epilog every command's --help ends with: example command lines, kept as written."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)  # \b: click must not rewrap them
 
 
 @dataclass
@@ -50,11 +69,11 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _globals(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", metavar="PATH", help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml)."),
-    db: Optional[Path] = typer.Option(None, "--db", metavar="PATH", help="Replica file (overrides `database`)."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logs, and tracebacks on errors."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
-    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    config: Optional[Path] = option(None, "--config", metavar="PATH", help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml if it exists)."),
+    db: Optional[Path] = option(None, "--db", metavar="PATH", help="Replica file (default: `database` of the config, delivery_stats.db)."),
+    verbose: bool = option(False, "-v", "--verbose", help="Debug logs: every request with its duration, and tracebacks on errors."),
+    quiet: bool = option(False, "-q", "--quiet", help="Only errors and the summary line (for cron)."),
+    _version: bool = option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     if verbose and quiet:
         both = UsageError("-v and -q cannot be used together")

@@ -9,17 +9,22 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .app import app, parse_date
+from ..metrics import METRICS
+from .app import app, argument, examples, option, parse_date
 
 log = logging.getLogger("delivery_sync")
-query_app = typer.Typer(help="Read-only reports from the replica (never asks the remote).", no_args_is_help=True)
+query_app = typer.Typer(
+    help="Read-only reports from the replica (never asks the remote, works while it is down).",
+    no_args_is_help=True,
+    epilog=examples("delivery-sync query top --limit 5", "delivery-sync query totals --by week --days 28 --format csv"),
+)
 app.add_typer(query_app, name="query")
 
-_DAYS = typer.Option(None, "--days", metavar="N", help="The N calendar days ending today (default 30).")
-_FROM = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
-_TO = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today).")
-_FORMAT = typer.Option("table", "--format", metavar="table|csv|json", help="Output format (csv/json carry exact numbers).")
-_COLUMNS = typer.Option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order (every format).")
+_DAYS = option(None, "--days", metavar="N", help="The N calendar days ending today (default: 30).")
+_FROM = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
+_TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, not after today (default: today in source.timezone).")
+_FORMAT = option("table", "--format", metavar="table|csv|json", help="table for people, csv or json (exact numbers) for scripts (default: table).")
+_COLUMNS = option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order, in every format (default: the report's own).")
 
 
 def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=None, from_=None, to=None, windowed: bool = True) -> None:
@@ -63,24 +68,30 @@ def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
                     "(see 'delivery-sync status')", why, stale_after_hours)
 
 
-@query_app.command("top")
+@query_app.command("top", epilog=examples(
+    "delivery-sync query top --limit 5 --days 7",
+    "delivery-sync query top --by gojek_orders --from 2026-01-01 --to 2026-01-31 --format csv",
+))
 def query_top(
     ctx: typer.Context,
-    by: str = typer.Option("total_sales", "--by", metavar="METRIC", help="Metric to rank by (a client_stats metric)."),
-    limit: int = typer.Option(10, "--limit", metavar="N", help="How many clients."),
+    by: str = option("total_sales", "--by", metavar="METRIC", help=f"Metric to rank by, one of: {', '.join(METRICS)} (default: total_sales)."),
+    limit: int = option(10, "--limit", metavar="N", help="How many clients (default: 10)."),
     days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
-    """Clients ranked by the sum of METRIC, with their names, sums and ratios."""
+    """Clients ranked by the sum of METRIC over the window, with their names, sums and ratios."""
     from ..reports import top
 
     _report(ctx, fmt, columns, lambda conn, window: top(conn, window, by, limit), days, from_, to)
 
 
-@query_app.command("client")
+@query_app.command("client", epilog=examples(
+    "delivery-sync query client 42 --days 90",
+    "delivery-sync query client 42 --daily --days 7 --columns stat_date,total_sales,total_orders",
+))
 def query_client(
     ctx: typer.Context,
-    client_id: int = typer.Argument(..., metavar="ID", help="Client id."),
-    daily: bool = typer.Option(False, "--daily", help="One row per day instead of the window's totals."),
+    client_id: int = argument(..., metavar="ID", help="Client id."),
+    daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
     days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
@@ -89,10 +100,13 @@ def query_client(
     _report(ctx, fmt, columns, lambda conn, window: client(conn, window, client_id, daily), days, from_, to)
 
 
-@query_app.command("totals")
+@query_app.command("totals", epilog=examples(
+    "delivery-sync query totals --days 30",
+    "delivery-sync query totals --by month --from 2026-01-01 --format json",
+))
 def query_totals(
     ctx: typer.Context,
-    by: Optional[str] = typer.Option(None, "--by", metavar="day|week|month", help="One row per day, week (from Monday) or month."),
+    by: Optional[str] = option(None, "--by", metavar="day|week|month", help="One row per day, week (from Monday) or month (default: one row for the window)."),
     days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week or month."""
@@ -101,10 +115,12 @@ def query_totals(
     _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by), days, from_, to)
 
 
-@query_app.command("changes")
+@query_app.command("changes", epilog=examples(
+    "delivery-sync query changes --client 42 --days 7",
+))
 def query_changes(
     ctx: typer.Context,
-    client_id: Optional[int] = typer.Option(None, "--client", metavar="ID", help="Only this client."),
+    client_id: Optional[int] = option(None, "--client", metavar="ID", help="Only this client (default: every client)."),
     days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
     """Values the remote restated (old and new, per column) for days in the window, newest run first."""
@@ -113,14 +129,16 @@ def query_changes(
     _report(ctx, fmt, columns, lambda conn, window: changes(conn, window, client_id), days, from_, to)
 
 
-@query_app.command("sql")
+@query_app.command("sql", epilog=examples(
+    'delivery-sync query sql "SELECT stat_date, total_sales FROM client_stats_named WHERE name LIKE \'Kopi%\' LIMIT 5"',
+))
 def query_sql(
     ctx: typer.Context,
-    statement: str = typer.Argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
-    max_seconds: float = typer.Option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds (exit 1)."),
+    statement: str = argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
+    max_seconds: float = option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds, exit 1 (default: 10)."),
     fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
 ) -> None:
-    """Run one read-only SQL statement against the replica."""
+    """Run one read-only SQL statement against the replica (writes are refused, exit 2)."""
     from ..reports import check_statement, sql
 
     if max_seconds <= 0:

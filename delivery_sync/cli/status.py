@@ -7,23 +7,24 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_FAILED, UsageError
-from .app import app
+from .app import app, examples, option
 
 FORMATS = ("text", "json", "prometheus")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "delivery-sync status --history 5",
+    "delivery-sync status --check || delivery-sync status     # cron: mail only when not ok",
+    "delivery-sync status --format prometheus > f.tmp && mv f.tmp delivery_sync.prom",
+))
 def status(
     ctx: typer.Context,
-    fmt: Optional[str] = typer.Option(None, "--format", metavar="text|json|prometheus", help="The view (default text), one JSON object, or Prometheus metrics for node_exporter's textfile collector."),
-    as_json: bool = typer.Option(False, "--json", help="Short for --format json."),
-    history: int = typer.Option(0, "--history", metavar="N", min=0, help="Also list the last N runs of any command, newest first."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
+    fmt: Optional[str] = option(None, "--format", metavar="text|json|prometheus", help="text (the view), json (one object) or prometheus (metrics for node_exporter's textfile collector) (default: text)."),
+    as_json: bool = option(False, "--json", help="Short for --format json."),
+    history: int = option(0, "--history", metavar="N", min=0, help="Also list the last N runs of any command, newest first (default: 0, none)."),
+    check: bool = option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
 ) -> None:
-    """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits).
-
-    Example: delivery-sync status --format prometheus > f.tmp && mv f.tmp delivery_sync.prom
-    """
+    """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
     from .. import render
     from ..status import read_status
 

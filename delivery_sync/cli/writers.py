@@ -8,26 +8,30 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_FAILED, UsageError
-from .app import Globals, app, parse_date, parse_ids
+from .app import Globals, app, examples, option, parse_date, parse_ids
 
 log = logging.getLogger("delivery_sync")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "delivery-sync sync --source demo           # try it with the built-in simulated remote",
+    "delivery-sync -q sync --days-back 365      # the daily cron job",
+    "delivery-sync sync --retry-failed          # only what the last sync did not bring in",
+))
 def sync(
     ctx: typer.Context,
-    days_back: Optional[int] = typer.Option(None, "--days-back", metavar="N", help="The N calendar days ending today (default sync.days_back = 365)."),
-    from_: Optional[str] = typer.Option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
-    to: Optional[str] = typer.Option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD (default today)."),
-    clients: Optional[str] = typer.Option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15."),
-    incremental: bool = typer.Option(False, "--incremental", help="Start each client at its latest stored day minus sync.lookback_days."),
-    prune: bool = typer.Option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
-    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
-    no_aggregate: bool = typer.Option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
-    deadline: Optional[float] = typer.Option(None, "--deadline", metavar="MINUTES", help="Time budget of the run, e.g. 0.5 = 30 s (default sync.deadline_minutes; 0 = none)."),
+    days_back: Optional[int] = option(None, "--days-back", metavar="N", help="The N calendar days ending today (default: sync.days_back, 365)."),
+    from_: Optional[str] = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
+    to: Optional[str] = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, not after today (default: today in source.timezone)."),
+    clients: Optional[str] = option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15 (default: every active client)."),
+    incremental: bool = option(False, "--incremental", help="Start each client at its latest stored day minus sync.lookback_days."),
+    prune: bool = option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
+    source: Optional[str] = option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
+    no_aggregate: bool = option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
+    retry_failed: bool = option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
+    deadline: Optional[float] = option(None, "--deadline", metavar="MINUTES", help="Time budget of the run in minutes, e.g. 0.5 = 30 s (default: sync.deadline_minutes; 0 = none)."),
 ) -> None:
-    """Replicate a window of days from the remote into the replica."""
+    """Replicate a window of days from the remote into the replica, then rebuild the rollups."""
     from .. import render
     from ..demo_source import serving_demo
     from ..sync import NothingToRetry, SyncOptions, run_sync
@@ -59,11 +63,13 @@ def sync(
     raise typer.Exit(0 if result.status == "ok" and (rollup is None or rollup.status == "ok") else EXIT_FAILED)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "delivery-sync -q collect                   # cron, 30 minutes before the sync",
+))
 def collect(
     ctx: typer.Context,
-    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="How long to wait for the remote's answer (default collect.timeout = 900)."),
-    source: Optional[str] = typer.Option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote."),
+    timeout: Optional[float] = option(None, "--timeout", metavar="SECONDS", help="How long to wait for the remote's answer (default: collect.timeout, 900)."),
+    source: Optional[str] = option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
 ) -> None:
     """Ask the remote to collect fresh data from Grab/GoJek, and wait for its answer (never sent twice)."""
     from .. import render
@@ -80,12 +86,16 @@ def collect(
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "delivery-sync aggregate --as-of 2026-01-31",
+))
 def aggregate(
     ctx: typer.Context,
-    as_of: Optional[str] = typer.Option(None, "--as-of", metavar="DATE", help="Last day of the rolling periods (default today in source.timezone)."),
+    as_of: Optional[str] = option(None, "--as-of", metavar="DATE", help="Last day of the rolling periods, YYYY-MM-DD (default: today in source.timezone)."),
 ) -> None:
-    """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats."""
+    """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats.
+
+    sync runs it after every run that changed rows; run it by hand after --no-aggregate."""
     from .. import render
     from ..aggregate import run_aggregate
 

@@ -94,6 +94,19 @@ def _sync_unfetched(db: sqlite_utils.Database) -> None:
     db["sync_unfetched"].create_index(["run_id"])
 
 
+@migrations(name="0004_client_stats_named")
+def _client_stats_named(db: sqlite_utils.Database) -> None:
+    # client_stats with each client's name beside its id, for analysts and Datasette: a view rather
+    # than a foreign key, which would mean rebuilding the largest table and refusing rows of clients
+    # the remote no longer lists.
+    rest = [c.name for c in db["client_stats"].columns if c.name != "client_id"]
+    db.execute(
+        "CREATE VIEW client_stats_named AS SELECT s.client_id, c.name, "
+        + ", ".join(f"s.[{name}]" for name in rest)
+        + " FROM client_stats s LEFT JOIN clients c ON c.id = s.client_id"
+    )
+
+
 SCHEMA_VERSION = len(migrations._migrations)
 
 
