@@ -9,6 +9,7 @@ Imports only the standard library, to keep reports fast to start.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -147,6 +148,17 @@ def writer_holds_lock(path: Path) -> bool | None:
     finally:
         os.close(fd)  # releases the shared lock too
     return False
+
+
+def lock_holder(path: Path) -> dict | None:
+    """What the live writer holding `<database>.lock` wrote into it (`pid`, `command`, `started_at`), or None."""
+    if writer_holds_lock(path) is not True:
+        return None
+    try:
+        holder = json.loads(path.with_name(path.name + ".lock").read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) and {"pid", "command", "started_at"} <= holder.keys() else None
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from .metrics import RUN_COUNTERS
-from .readonly import open_readonly, replica_exists, snapshot, writer_holds_lock
+from .readonly import lock_holder, open_readonly, replica_exists, snapshot, writer_holds_lock
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
 LAG_DAYS = 2
@@ -100,6 +100,10 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history:
                 _read(conn, status, now, today, idle and writer_holds_lock(database) is False, history)
         finally:
             conn.close()
+        if not status.running and (holder := lock_holder(database)):
+            # A live writer that has not opened its run row yet (a sync retrying the client list).
+            status.running = [{"id": None, "command": holder["command"], "status": "running",
+                               "started_at": holder["started_at"], "pid": holder["pid"]}]
     status.verdict = judge(status)
     return status
 

@@ -132,3 +132,29 @@ def test_a_query_before_any_ok_sync_warns_that_figures_may_be_incomplete(cli, sy
     assert result.code == 0 and json.loads(result.stdout)[0]["total_orders"] > 0
     assert "warning: no sync of this replica has ended ok yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sync_retrying_the_client_list_already_shows_as_running(cli, tmp_path, config, demo, db_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    assert cli("sync", "--days-back", "1").code == 0
+    demo.faults.throttle_next, demo.faults.retry_after = 2, "1"  # the listing waits ~2 s (2 retries allowed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("delivery-sync")), "sync", "--days-back", "1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not demo.faults.throttle_next < 2:
+            time.sleep(0.02)
+        data = json.loads(cli("status", "--json").stdout)
+        view = cli("status").stdout
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert [(r["command"], r["status"], r["pid"]) for r in data["running"]] == [("sync", "running", proc.pid)]
+    assert "  sync       running  since " in view
+    assert proc.returncode == 0
