@@ -7,6 +7,7 @@ back against the same report as JSON, so a cut number or a hidden name fails.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -28,9 +29,19 @@ def _table_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line[:1] in BOX]
 
 
-def _left_out(out: str) -> list[str]:
-    match = re.search(r"^left out to fit \d+ columns: (.*) \(see --columns, or --format csv\|json\)$", out, re.M)
-    return match.group(1).split(", ") if match else []
+def _left_out(out: str, shown_after: list[str] | None = None) -> list[str]:
+    """The columns the "left out" line names; "and N more" counts the rest of `shown_after`."""
+    match = re.search(r"^left out: (.*) \(see --columns, --format csv\|json\)$", out, re.M)
+    if not match:
+        return []
+    assert len(match.group(0)) <= int(os.environ["COLUMNS"])  # one line, within the width
+    listed = match.group(1)
+    more = re.search(r" and (\d+) more$", listed)
+    names = listed[: more.start()].split(", ") if more else listed.split(", ")
+    if more and shown_after:
+        names += shown_after[shown_after.index(names[-1]) + 1:]
+        assert len(names) == len(listed[: more.start()].split(", ")) + int(more.group(1))
+    return names
 
 
 def _rupiah(value: float) -> str:
@@ -49,8 +60,8 @@ def test_top_keeps_ids_names_and_whole_amounts_at_every_width(cli, synced, monke
         line = next(line for line in body if f"│ {row['name']} " in line)
         assert re.search(rf"│\s+{row['client_id']} │", line), line
         assert _rupiah(row["total_sales"]) in line, line
-    left_out = _left_out(out)
     shown = ["client_id", "name", *_TOP_SHOWN]
+    left_out = _left_out(out, shown)
     assert left_out == shown[len(shown) - len(left_out):]  # dropped from the end, by priority
     if width == 80:
         assert "gojek_sales" in left_out

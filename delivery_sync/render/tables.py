@@ -152,10 +152,17 @@ def _report_table(rep) -> None:
     console.print(table)
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
-        console.print(
-            Text(f"left out to fit {width} columns: {', '.join(left_out)} (see --columns, or --format csv|json)", style="dim"),
-            soft_wrap=True,
-        )
+        console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
+
+
+def left_out_line(names: list[str], width: int) -> str:
+    """`left out: a, b and 5 more (see --columns, --format csv|json)`: one line within `width`."""
+    head, tail = "left out: ", " (see --columns, --format csv|json)"
+    for shown in range(len(names), 0, -1):
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if shown < len(names) else "")
+        if len(head + listed + tail) <= width:
+            return head + listed + tail
+    return head + f"{len(names)} columns" + tail
 
 
 def _stacked(console, columns: list[_Column], count: int) -> None:
