@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-RUN_STATUSES = ("running", "ok", "partial", "failed")
+RUN_STATUSES = ("ok", "partial", "failed")  # of a finished run
 COMMANDS = ("collect", "sync", "aggregate")
 
 

@@ -179,8 +179,8 @@ def _stacked(console, columns: list[_Column], count: int) -> None:
 
 
 def _numeric(key: str, rows: list[dict]) -> bool:
-    values = [row[key] for row in rows if row[key] is not None]
-    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    """Right-aligned: every value a number, or none at all (a ratio with no denominator in the window)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (row[key] for row in rows) if v is not None)
 
 
 def _label(column: str) -> str:
