@@ -97,3 +97,27 @@ def query_db(path: Path, sql: str, params=()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def run_on_terminal(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
+    """Run a command with stderr on a pseudo-terminal (as a person sees it); its exit code and what it showed."""
+    import os
+    import pty
+    import subprocess
+
+    parent, child = pty.openpty()
+    try:
+        proc = subprocess.run(args, cwd=cwd, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:  # the terminal closed: all was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(parent)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")

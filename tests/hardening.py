@@ -77,3 +77,15 @@ def shared_folder(tmp_path: Path, name: str = "shared") -> Path:
             break
         os.chmod(parent, os.stat(parent).st_mode | 0o011)  # x for group and others: enter, not list
     return folder
+
+
+def synced_shared_replica(tmp_path: Path, url: str, days: int) -> tuple[Path, Path, Path]:
+    """(folder, config, replica): a replica synced from `url` in a shared folder, its config readable by all."""
+    from conftest import write_config
+
+    folder = shared_folder(tmp_path)
+    db = folder / "replica.db"
+    config = write_config(folder / "config.toml", url, db)
+    os.chmod(config, 0o644)
+    assert run_cli("--config", str(config), "sync", "--days-back", str(days)).code == 0
+    return folder, config, db

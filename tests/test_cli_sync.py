@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pty
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, run_on_terminal, write_config
 from delivery_sync import replica
 from delivery_sync.demo_source import DemoSource
 
@@ -238,23 +237,8 @@ def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
     env.update(TERM="xterm", COLUMNS="100")
-    parent, child = pty.openpty()
-    try:
-        proc = subprocess.run([SCRIPT, "sync", "--days-back", "1"], cwd=tmp_path, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
-        os.close(child)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(parent, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(parent)
-    shown = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    code, shown = run_on_terminal([SCRIPT, "sync", "--days-back", "1"], tmp_path, env)
+    assert code == 0
     assert "/12" in shown and "clients" in shown and "sync ok: 12/12 clients" in shown
 
 

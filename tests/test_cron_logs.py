@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import pty
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_config
+from conftest import run_on_terminal, write_config
 from delivery_sync.render import lines
 
 SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
@@ -58,23 +56,8 @@ def test_collect_shows_an_elapsed_time_spinner_on_a_terminal(tmp_path, demo, db_
     demo.faults.collect_seconds = 1.2
     env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
     env.update(TERM="xterm", COLUMNS="100")
-    parent, child = pty.openpty()
-    try:
-        proc = subprocess.run([SCRIPT, "collect"], cwd=tmp_path, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
-        os.close(child)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(parent, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(parent)
-    shown = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    code, shown = run_on_terminal([SCRIPT, "collect"], tmp_path, env)
+    assert code == 0
     assert "collect: waiting for the remote's answer" in shown and "0:00:01" in shown
     assert re.search(r"collect ok: Collection finished for 12 clients, 1 request, 1\.\d s", shown)
     assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown)  # a person at a terminal gets no timestamps

@@ -16,7 +16,7 @@ MARK = 4242
 
 # Writes clients 1..6 with what the remote now answers: 1..3 in one committed group, 4..6 in a
 # group left open when the parent kills the process.
-CHILD = f"""
+CHILD = """
 import sys, time
 from datetime import date
 from delivery_sync import replica
@@ -25,7 +25,7 @@ from delivery_sync.records import parse_rows
 from delivery_sync.source import SourceClient
 
 url, path, start, end = sys.argv[1], sys.argv[2], date.fromisoformat(sys.argv[3]), date.fromisoformat(sys.argv[4])
-settings = Settings(database=path, source={{"url": url, "min_interval": 0}})
+settings = Settings(database=path, source={"url": url, "min_interval": 0})
 db = replica.open_replica(settings.database)
 run_id = replica.start_run(db, "sync")
 group = replica.WriteGroup(db, max_rows=10**9, max_seconds=3600)

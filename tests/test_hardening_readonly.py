@@ -13,17 +13,13 @@ import sys
 import pytest
 
 from conftest import DEMO_CLIENTS, write_config
-from hardening import IS_ROOT, one_line, run_cli, shared_folder
+from hardening import IS_ROOT, one_line, run_cli, shared_folder, synced_shared_replica
 
 
 @pytest.fixture
 def readonly_replica(tmp_path, demo):
     """A synced replica in a folder the reader may only read (another user's when we are root)."""
-    folder = shared_folder(tmp_path)
-    db = folder / "replica.db"
-    config = write_config(folder / "config.toml", demo.url, db)
-    os.chmod(config, 0o644)
-    assert run_cli("--config", str(config), "sync", "--days-back", "3").code == 0
+    folder, config, db = synced_shared_replica(tmp_path, demo.url, 3)
     assert not db.with_name("replica.db-wal").exists()  # a clean sync leaves no side files
     os.chmod(folder, 0o555)
     yield folder, config

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from conftest import DEMO_CLIENTS, query_db, write_config
-from hardening import IS_ROOT, integrity, one_line, run_cli, shared_folder
+from hardening import IS_ROOT, integrity, one_line, run_cli, shared_folder, synced_shared_replica
 from delivery_sync.replica import SCHEMA_VERSION
 
 
@@ -131,11 +131,7 @@ def test_first_sync_in_a_folder_that_is_not_writable(tmp_path, demo):
 
 
 def test_sync_of_a_replica_it_may_not_write(tmp_path, demo):
-    folder = shared_folder(tmp_path)
-    db = folder / "replica.db"
-    config = write_config(folder / "config.toml", demo.url, db)
-    os.chmod(config, 0o644)
-    assert run_cli("--config", str(config), "sync", "--days-back", "2").code == 0
+    folder, config, db = synced_shared_replica(tmp_path, demo.url, 2)
     before = stored(db)
     lock = folder / "replica.db.lock"
     os.chmod(lock, 0o644)

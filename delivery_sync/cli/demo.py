@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import typer
 
 from ..errors import Interrupted, UsageError
 from .app import app, examples, option
