@@ -220,10 +220,8 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
                         built, refreshed = _refresh(db, as_of, now, changed.keys), True
                     else:
                         built = _rebuild(db, as_of, now)
-                    db.execute(
-                        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        [PARTS_KEY, str(run_id)],
-                    )
+                    db.execute("DELETE FROM agg_parts_run")
+                    db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
                     run = replica.finish_run(db, run_id, "ok", _counts(db))
             except Exception as exc:  # recorded, then reported by the caller as a failed run
                 run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
@@ -252,11 +250,10 @@ def _counts(db: "sqlite_utils.Database"):
 # - agg_days: per day, all clients.
 # Every rollup is a sum of partial sums (of raw rows only at the ragged edges of rolling periods,
 # at most 6 days each side): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
-# period_sums give on the raw rows, and NULL exactly when every value is NULL. meta `PARTS_KEY`
-# names the aggregate run that last brought them up to date.
+# period_sums give on the raw rows, and NULL exactly when every value is NULL. The one row of
+# agg_parts_run names the aggregate run that last brought them up to date.
 
-PARTS_KEY = "aggregate_parts_run"
-PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days")
+PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
 
 
 def _cents(metric: str, alias: str = "") -> str:
@@ -294,6 +291,7 @@ def _create_parts(db: "sqlite_utils.Database") -> None:
     )
     db.execute("CREATE INDEX agg_client_months_month ON agg_client_months(month)")
     db.execute(f"CREATE TABLE agg_days(day TEXT PRIMARY KEY, clients_with_data INTEGER NOT NULL, {_PART_METRICS}) WITHOUT ROWID")
+    db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
 
 
 def _month_end(day: date) -> date:
@@ -324,8 +322,8 @@ def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
     latest = db.execute(
         "SELECT id, status FROM sync_runs WHERE command = 'aggregate' AND id < ? ORDER BY id DESC LIMIT 1", [sync_run]
     ).fetchone()
-    parts = db.execute("SELECT value FROM meta WHERE key = ?", [PARTS_KEY]).fetchone()
-    if latest is None or latest[1] != "ok" or parts is None or parts[0] != str(latest[0]):
+    parts = db.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()
+    if latest is None or latest[1] != "ok" or parts[0] != latest[0]:
         return False
     changed = db.execute(
         "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND id < ? AND command = 'sync' AND (status = 'running' "
