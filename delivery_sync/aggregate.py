@@ -154,10 +154,34 @@ class AggregateResult:
     periods: int = 0
     months: int = 0
     seconds: float = 0.0
+    refreshed: bool = False  # only what a sync changed was recomputed (else a full rebuild)
 
     @property
     def status(self) -> str:
         return self.run["status"]
+
+
+# A sync that wrote more rows than this gets a full rebuild: by then it is as cheap, and the keys
+# need not be held in memory.
+MAX_CHANGED_ROWS = 200_000
+
+
+class ChangedRows:
+    """The (client, day) keys a sync inserted, updated or deleted (also those of a group that was
+    then rolled back: recomputing more than changed is harmless), so that the aggregate that ends
+    the sync recomputes only what they touch. `keys` is None once there were too many."""
+
+    def __init__(self, run_id: int | None = None, limit: int | None = None):
+        self.run_id = run_id
+        self.limit = MAX_CHANGED_ROWS if limit is None else limit
+        self.keys: set[tuple[int, str]] | None = set()
+
+    def add(self, client_id: int, days) -> None:
+        if self.keys is None:
+            return
+        self.keys.update((client_id, day) for day in days)
+        if len(self.keys) > self.limit:
+            self.keys = None
 
 
 def run_aggregate(database: Path, as_of: date) -> AggregateResult:
@@ -170,8 +194,13 @@ def run_aggregate(database: Path, as_of: date) -> AggregateResult:
         return aggregate_locked(database, as_of)
 
 
-def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
+def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = None) -> AggregateResult:
     """Rebuild every rollup as of `as_of`, recorded as an `aggregate` run; the caller holds the writer lock.
+
+    With `changed` (what the sync that just ran wrote), and when the rollups and their partial
+    sums were current just before that sync, only the partial sums and rollup rows of the
+    months, weeks and days those rows fall in are recomputed, plus the rolling periods (from
+    partial sums, so a new as-of date costs little). Otherwise everything is rebuilt.
 
     The rebuild and its `ok` run row commit in one transaction, so a reader sees
     either the old rollups and run or the new ones, never a half-built table.
@@ -180,12 +209,19 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
 
     began = time.monotonic()
     db = replica.open_replica(database)
+    refreshed = False
     try:
         run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
         with replica.closed_on_error(db, run_id):
             try:
                 with db.atomic():
-                    built = _rebuild(db, as_of, replica.utc_now())
+                    now = replica.utc_now()
+                    if changed is not None and changed.keys is not None and _refreshable(db, changed.run_id):
+                        built, refreshed = _refresh(db, as_of, now, changed.keys), True
+                    else:
+                        built = _rebuild(db, as_of, now)
+                    db.execute("DELETE FROM agg_parts_run")
+                    db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
                     run = replica.finish_run(db, run_id, "ok", _counts(db))
             except Exception as exc:  # recorded, then reported by the caller as a failed run
                 run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
@@ -193,38 +229,244 @@ def aggregate_locked(database: Path, as_of: date) -> AggregateResult:
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)
-    return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began)
+    return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
 
 
 def _counts(db: "sqlite_utils.Database"):
     """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
     from .replica import RunCounts
 
-    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), TOTAL(days_with_data) FROM temp.agg_months").fetchone()
+    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), TOTAL(days_with_data) FROM agg_client_months").fetchone()
     tables = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values())
     written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
-    db.execute("DROP TABLE temp.agg_months")
     return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=int(rows), rows_inserted=written)
 
 
-# --- the rebuild -------------------------------------------------------------------------------
-# Every raw row is read twice: once into per (client, month) and once into per day partial sums,
-# amounts in whole cents. Every rollup is then a sum of partial sums (of raw rows only at the
-# edges of rolling periods): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
-# period_sums give on the raw rows, and NULL exactly when every value is NULL.
+# --- partial sums ------------------------------------------------------------------------------
+# Kept in the replica beside the rollups, amounts in whole cents, written in the same transaction:
+# - agg_client_pieces: per client and piece, a piece being a Monday-started week cut at month
+#   ends (so both every week and every month is a union of whole pieces);
+# - agg_client_months: per client and month (the sum of its pieces);
+# - agg_days: per day, all clients.
+# Every rollup is a sum of partial sums (of raw rows only at the ragged edges of rolling periods,
+# at most 6 days each side): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
+# period_sums give on the raw rows, and NULL exactly when every value is NULL. The one row of
+# agg_parts_run names the aggregate run that last brought them up to date.
 
-def _cents(metric: str) -> str:
-    return f"CAST(ROUND({metric} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else metric
+PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
 
 
-_PARTIALS = ", ".join(f"SUM({_cents(m)}) AS {m}" for m in METRICS)
+def _cents(metric: str, alias: str = "") -> str:
+    column = f"{alias}.{metric}" if alias else metric
+    return f"CAST(ROUND({column} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else column
+
+
+def _cents_of(alias: str) -> str:
+    return ", ".join(f"SUM({_cents(m, alias)}) AS {m}" for m in METRICS)
+
+
 _RAW_CENTS = ", ".join(f"{_cents(m)} AS {m}" for m in METRICS)
 _PLAIN = ", ".join(METRICS)
 _ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
+_ADDED_P = ", ".join(f"SUM(p.{m}) AS {m}" for m in METRICS)
 # Partial sums as the rollups store them: amounts back in rupiah.
 _STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
 _MONTH_END = "date(month || '-01', '+1 month', '-1 day')"
 _WEEK_KEY = period_bounds("week", "day")[0]
+_PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
+
+
+def _create_parts(db: "sqlite_utils.Database") -> None:
+    for table in PARTS_TABLES:
+        db.execute(f"DROP TABLE IF EXISTS {table}")
+    db.execute(
+        "CREATE TABLE agg_client_pieces(client_id INTEGER NOT NULL, piece TEXT NOT NULL, piece_end TEXT NOT NULL, "
+        f"week TEXT NOT NULL, month TEXT NOT NULL, days_with_data INTEGER NOT NULL, {_PART_METRICS}, "
+        "PRIMARY KEY (client_id, piece)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX agg_client_pieces_piece ON agg_client_pieces(piece)")
+    db.execute(
+        "CREATE TABLE agg_client_months(client_id INTEGER NOT NULL, month TEXT NOT NULL, days_with_data INTEGER NOT NULL, "
+        f"{_PART_METRICS}, PRIMARY KEY (client_id, month)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX agg_client_months_month ON agg_client_months(month)")
+    db.execute(f"CREATE TABLE agg_days(day TEXT PRIMARY KEY, clients_with_data INTEGER NOT NULL, {_PART_METRICS}) WITHOUT ROWID")
+    db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
+
+
+def _month_end(day: date) -> date:
+    return _next_month(day) - timedelta(days=1)
+
+
+def _piece(day: date) -> tuple[date, date]:
+    """First and last day of the piece holding `day`: its Monday-started week, cut at month ends."""
+    monday = day - timedelta(days=day.weekday())
+    return max(monday, day.replace(day=1)), min(monday + timedelta(days=6), _month_end(day))
+
+
+def _piece_row(first: date) -> tuple[str, str, str, str]:
+    """(piece, piece_end, week, month) of the piece starting on `first`."""
+    last = _piece(first)[1]
+    return first.isoformat(), last.isoformat(), (first - timedelta(days=first.weekday())).isoformat(), first.isoformat()[:7]
+
+
+def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
+    """Were the rollups and partial sums current just before sync run `sync_run`? That is: the
+    latest aggregate run before it was `ok` and brought the partial sums up to date, and no sync
+    in between may have changed client_stats (the test `reports._rollups_as_of` makes)."""
+    if sync_run is None:
+        return False
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {*PARTS_TABLES, "client_aggregates", "overall_aggregates", *FINE_TABLES.values()} <= present:
+        return False
+    latest = db.execute(
+        "SELECT id, status FROM sync_runs WHERE command = 'aggregate' AND id < ? ORDER BY id DESC LIMIT 1", [sync_run]
+    ).fetchone()
+    parts = db.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()
+    if latest is None or latest[1] != "ok" or parts[0] != latest[0]:
+        return False
+    changed = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND id < ? AND command = 'sync' AND (status = 'running' "
+        "OR COALESCE(error, '') LIKE '%interrupted%' "
+        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
+        [latest[0], sync_run],
+    ).fetchone()[0]
+    return not changed
+
+
+def _temp(db: "sqlite_utils.Database", name: str, columns: str, rows) -> None:
+    db.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    db.execute(f"CREATE TEMP TABLE {name}({columns}) WITHOUT ROWID")
+    marks = ", ".join("?" * (columns.split(", PRIMARY KEY")[0].count(",") + 1))
+    db.conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)
+
+
+def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str | None) -> None:
+    """Partial sums of the (client, piece), (client, month) and day keys the three queries list
+    (every day when `days` is None); their rows must not be in the tables yet."""
+    db.execute(
+        f"INSERT INTO agg_client_pieces SELECT d.client_id, d.piece, d.piece_end, d.week, d.month, COUNT(*), {_cents_of('s')} "
+        f"FROM ({pieces}) AS d CROSS JOIN client_stats AS s ON s.client_id = d.client_id AND s.stat_date BETWEEN d.piece AND d.piece_end "
+        "GROUP BY d.client_id, d.piece"
+    )
+    db.execute(
+        f"INSERT INTO agg_client_months SELECT d.client_id, d.month, SUM(p.days_with_data), {_ADDED_P} "
+        f"FROM ({months}) AS d CROSS JOIN agg_client_pieces AS p ON p.client_id = d.client_id "
+        "AND p.piece BETWEEN d.month || '-01' AND d.month || '-31' GROUP BY d.client_id, d.month"
+    )
+    if days is None:  # every day: one pass in table order and a sort, cheaper than by the date index
+        db.execute(f"INSERT INTO agg_days SELECT +stat_date, COUNT(*), {_cents_of('s')} FROM client_stats AS s GROUP BY 1")
+    else:
+        db.execute(
+            f"INSERT INTO agg_days SELECT d.day, COUNT(*), {_cents_of('s')} "
+            f"FROM ({days}) AS d CROSS JOIN client_stats AS s ON s.stat_date = d.day GROUP BY d.day"
+        )
+
+
+def _rebuild(db: "sqlite_utils.Database", as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
+    """Recreate every partial sum and rollup table as of `as_of`; returns (period, first day, last
+    day) of every rolling window and every calendar month with data."""
+    _create_parts(db)
+    first, last = db.execute("SELECT MIN(stat_date), MAX(stat_date) FROM client_stats").fetchone()
+    calendar_rows, month_rows = [], []
+    if first is not None:
+        day, end = _piece(date.fromisoformat(first))[0], date.fromisoformat(last)
+        while day <= end:
+            calendar_rows.append(_piece_row(day))
+            if day.day == 1 or not month_rows:
+                month_rows.append((day.isoformat()[:7],))
+            day = _piece(day)[1] + timedelta(days=1)
+    _temp(db, "agg_calendar", "piece TEXT PRIMARY KEY, piece_end, week, month", calendar_rows)
+    _temp(db, "agg_month_list", "month TEXT PRIMARY KEY", month_rows)
+    clients = "SELECT id AS client_id FROM clients"
+    for attempt in (clients, "SELECT DISTINCT client_id FROM client_stats"):
+        # Clients are never deleted and rows are written only for listed clients: `clients` lists
+        # every client with rows, and is far cheaper to read (checked by the row count).
+        _fill_parts(
+            db,
+            f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({attempt}) AS c CROSS JOIN temp.agg_calendar AS p",
+            f"SELECT c.client_id, m.month FROM ({attempt}) AS c CROSS JOIN temp.agg_month_list AS m",
+            None,
+        )
+        counted = db.execute("SELECT (SELECT TOTAL(days_with_data) FROM agg_client_pieces) = (SELECT COUNT(*) FROM client_stats)").fetchone()[0]
+        if counted:
+            break
+        for table in PARTS_TABLES:
+            db.execute(f"DELETE FROM {table}")
+    _create_tables(db)
+    params = {"computed_at": computed_at}
+    _insert(db, "client_aggregates", "client_id", (
+        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
+        f"{_STORED} FROM agg_client_months"), params)
+    _overall_rows(db, params, "", "", "")
+    db.execute("DROP TABLE temp.agg_calendar")
+    db.execute("DROP TABLE temp.agg_month_list")
+    return _rolling(db, as_of, params) + _months(db)
+
+
+def _refresh(db: "sqlite_utils.Database", as_of: date, computed_at: str, keys: set[tuple[int, str]]) -> list[tuple[str, date, date]]:
+    """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
+    changed (client, day) `keys` fall in, and every rolling period as of `as_of`."""
+    pieces, months, days = set(), set(), set()
+    for client_id, day in keys:
+        first = _piece(date.fromisoformat(day))[0]
+        pieces.add((client_id, *_piece_row(first)))
+        months.add((client_id, day[:7]))
+        days.add((day,))
+    _temp(db, "agg_dirty_pieces", "client_id, piece, piece_end, week, month, PRIMARY KEY (client_id, piece)", pieces)
+    _temp(db, "agg_dirty_months", "client_id, month, PRIMARY KEY (client_id, month)", months)
+    _temp(db, "agg_dirty_days", "day PRIMARY KEY", days)
+    db.execute("DELETE FROM agg_client_pieces WHERE (client_id, piece) IN (SELECT client_id, piece FROM temp.agg_dirty_pieces)")
+    db.execute("DELETE FROM agg_client_months WHERE (client_id, month) IN (SELECT client_id, month FROM temp.agg_dirty_months)")
+    db.execute("DELETE FROM agg_days WHERE day IN (SELECT day FROM temp.agg_dirty_days)")
+    _fill_parts(db, "SELECT * FROM temp.agg_dirty_pieces", "SELECT * FROM temp.agg_dirty_months", "SELECT day FROM temp.agg_dirty_days")
+    params = {"computed_at": computed_at}
+    db.execute("DELETE FROM client_aggregates WHERE (client_id, period) IN (SELECT client_id, month FROM temp.agg_dirty_months)")
+    _insert(db, "client_aggregates", "client_id", (
+        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
+        f"{_STORED} FROM agg_client_months WHERE (client_id, month) IN (SELECT client_id, month FROM temp.agg_dirty_months)"), params)
+    month_keys = "(SELECT DISTINCT month FROM temp.agg_dirty_months)"
+    week_keys = f"(SELECT DISTINCT {_WEEK_KEY} FROM temp.agg_dirty_days)"
+    db.execute(f"DELETE FROM overall_aggregates WHERE period IN {month_keys}")
+    db.execute("DELETE FROM overall_daily WHERE period IN (SELECT day FROM temp.agg_dirty_days)")
+    db.execute(f"DELETE FROM overall_weekly WHERE period IN {week_keys}")
+    _overall_rows(db, params, f"IN {month_keys}", "IN (SELECT day FROM temp.agg_dirty_days)", f"IN {week_keys}")
+    for name in ("agg_dirty_pieces", "agg_dirty_months", "agg_dirty_days"):
+        db.execute(f"DROP TABLE temp.{name}")
+    db.execute(f"DELETE FROM client_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
+    db.execute(f"DELETE FROM overall_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
+    return _rolling(db, as_of, params) + _months(db)
+
+
+def _months(db: "sqlite_utils.Database") -> list[tuple[str, date, date]]:
+    months = []
+    for (month,) in db.execute("SELECT DISTINCT month FROM agg_client_months ORDER BY 1"):
+        first = date.fromisoformat(f"{month}-01")
+        months.append((month, first, first.replace(day=calendar.monthrange(first.year, first.month)[1])))
+    return months
+
+
+def _overall_rows(db: "sqlite_utils.Database", params: dict, months: str, days: str, weeks: str) -> None:
+    """overall_aggregates month rows, overall_daily and overall_weekly rows from the partial sums:
+    every one, or those whose month, day or week is `months`, `days`, `weeks` ("IN (...)")."""
+    in_months = f"WHERE month {months}" if months else ""
+    # All clients: clients_with_data from the per-client partials, days_with_data from the days.
+    _insert(db, "overall_aggregates", "clients_with_data", (
+        f"SELECT m.month AS period, m.month || '-01' AS period_start, date(m.month || '-01', '+1 month', '-1 day') AS period_end, "
+        f"clients_with_data, d.days AS days_with_data, {_STORED} FROM "
+        f"(SELECT month, COUNT(*) AS clients_with_data, {_ADDED} FROM agg_client_months {in_months} GROUP BY month) AS m "
+        f"JOIN (SELECT substr(day, 1, 7) AS month, COUNT(*) AS days FROM agg_days GROUP BY 1) AS d ON d.month = m.month"),
+        params)
+    _insert(db, "overall_daily", "clients_with_data", (
+        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {_STORED} "
+        f"FROM agg_days {f'WHERE day {days}' if days else ''}"), params)
+    # A week's clients_with_data counts distinct clients over its pieces: the one figure not a sum.
+    _insert(db, "overall_weekly", "clients_with_data", (
+        f"SELECT w.week AS period, w.week AS period_start, date(w.week, '+6 days') AS period_end, "
+        "(SELECT COUNT(DISTINCT client_id) FROM agg_client_pieces p WHERE p.piece BETWEEN w.week AND date(w.week, '+6 days')) "
+        f"AS clients_with_data, w.days AS days_with_data, {_STORED} "
+        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {_ADDED} FROM agg_days GROUP BY week) AS w "
+        f"{f'WHERE w.week {weeks}' if weeks else ''}"), params)
 
 
 def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, params: dict) -> None:
@@ -238,82 +480,68 @@ def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, pa
     )
 
 
-def _rebuild(db: "sqlite_utils.Database", as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
-    """Recreate every rollup table as of `as_of`; returns (period, first day, last day) of every
-    rolling window and every calendar month with data."""
-    db.execute("DROP TABLE IF EXISTS temp.agg_months")
-    db.execute("DROP TABLE IF EXISTS temp.agg_days")
+def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tuple[str, date, date]]:
+    """The rolling periods' rows as of `as_of`, per client and overall (none may be stored yet)."""
     db.execute("DROP TABLE IF EXISTS temp.agg_rolling")
-    db.execute(
-        f"CREATE TEMP TABLE agg_months AS SELECT client_id, substr(stat_date, 1, 7) AS month, COUNT(*) AS days_with_data, "
-        f"{_PARTIALS} FROM client_stats GROUP BY client_id, month"
-    )
-    db.execute(
-        f"CREATE TEMP TABLE agg_days AS SELECT stat_date AS day, COUNT(*) AS clients_with_data, {_PARTIALS} "
-        "FROM client_stats GROUP BY stat_date"
-    )
     db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {_PLAIN})")
     rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
-    months = []
-    for (month,) in db.execute("SELECT DISTINCT month FROM temp.agg_months ORDER BY 1"):
-        first = date.fromisoformat(f"{month}-01")
-        months.append((month, first, first.replace(day=calendar.monthrange(first.year, first.month)[1])))
-    _create_tables(db)
-    params = {"computed_at": computed_at}
     for name, start, end in rolling:
         _rolling_partials(db, name, start, end)
     _insert(db, "client_aggregates", "client_id", (
-        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
-        f"{_STORED} FROM temp.agg_months"), params)
-    _insert(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {_STORED} FROM temp.agg_rolling"), params)
-    # All clients: clients_with_data from the per-client partials, days_with_data from the days.
-    _insert(db, "overall_aggregates", "clients_with_data", (
-        f"SELECT m.month AS period, m.month || '-01' AS period_start, date(m.month || '-01', '+1 month', '-1 day') AS period_end, "
-        f"clients_with_data, d.days AS days_with_data, {_STORED} FROM "
-        f"(SELECT month, COUNT(*) AS clients_with_data, {_ADDED} FROM temp.agg_months GROUP BY month) AS m "
-        "JOIN (SELECT substr(day, 1, 7) AS month, COUNT(*) AS days FROM temp.agg_days GROUP BY 1) AS d ON d.month = m.month"),
-        params)
     for name, start, end in rolling:
         _insert(db, "overall_aggregates", "clients_with_data", (
             f"SELECT :period AS period, :start AS period_start, :end AS period_end, clients_with_data, "
-            f"(SELECT COUNT(*) FROM temp.agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {_STORED} "
+            f"(SELECT COUNT(*) FROM agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {_STORED} "
             f"FROM (SELECT COUNT(*) AS clients_with_data, {_ADDED} FROM temp.agg_rolling WHERE period = :period "
             "HAVING COUNT(*) > 0)"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
-    _insert(db, "overall_daily", "clients_with_data", (
-        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {_STORED} "
-        "FROM temp.agg_days"), params)
-    # A week's clients_with_data counts distinct clients over its days: the one figure not a sum.
-    _insert(db, "overall_weekly", "clients_with_data", (
-        f"SELECT w.week AS period, w.week AS period_start, date(w.week, '+6 days') AS period_end, "
-        "(SELECT COUNT(DISTINCT client_id) FROM client_stats WHERE stat_date BETWEEN w.week AND date(w.week, '+6 days')) "
-        f"AS clients_with_data, w.days AS days_with_data, {_STORED} "
-        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {_ADDED} FROM temp.agg_days GROUP BY week) AS w"), params)
-    db.execute("DROP TABLE temp.agg_days")
     db.execute("DROP TABLE temp.agg_rolling")
-    return rolling + months
+    return rolling
+
+
+def _cover(start: date, end: date) -> tuple[list, list, list]:
+    """[start, end] as disjoint spans of whole months, of whole pieces and of single days."""
+    first_full = start if start.day == 1 else _next_month(start)
+    last_full = end if _month_end(end) == end else end.replace(day=1) - timedelta(days=1)
+    if first_full > last_full:
+        months, edges = [], [(start, end)]
+    else:
+        months = [(first_full, last_full)]
+        edges = [(start, first_full - timedelta(days=1)), (last_full + timedelta(days=1), end)]
+    pieces, days = [], []
+    for a, b in edges:
+        if a > b:
+            continue
+        pa = a if _piece(a)[0] == a else _piece(a)[1] + timedelta(days=1)
+        pb = b if _piece(b)[1] == b else _piece(b)[0] - timedelta(days=1)
+        if pa > pb:
+            days.append((a, b))
+            continue
+        pieces.append((pa, pb))
+        if a < pa:
+            days.append((a, pa - timedelta(days=1)))
+        if pb < b:
+            days.append((pb + timedelta(days=1), b))
+    return months, pieces, days
 
 
 def _rolling_partials(db: "sqlite_utils.Database", name: str, start: date, end: date) -> None:
-    """Per-client partial sums over [start, end] into temp.agg_rolling: the whole months inside
-    it from temp.agg_months, the days at either edge from the raw rows."""
-    first_full = start if start.day == 1 else _next_month(start)
-    last_full = end if _next_month(end) - timedelta(days=1) == end else end.replace(day=1) - timedelta(days=1)
-    if first_full > last_full:  # no whole month inside: every day from the raw rows
-        head, tail, months = (start, end), None, None
-    else:
-        head = (start, first_full - timedelta(days=1)) if start < first_full else None
-        tail = (last_full + timedelta(days=1), end) if last_full < end else None
-        months = (first_full.isoformat()[:7], last_full.isoformat()[:7])
+    """Per-client partial sums over [start, end] into temp.agg_rolling: the whole months inside it
+    from agg_client_months, the whole pieces left from agg_client_pieces, the days at either edge
+    from the raw rows."""
+    months, pieces, days = _cover(start, end)
     parts = []
     params: dict = {"period": name, "start": start.isoformat(), "end": end.isoformat()}
-    if months:
-        parts.append(f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_months WHERE month BETWEEN :m0 AND :m1")
-        params.update(m0=months[0], m1=months[1])
-    for i, edge in enumerate((head, tail)):
-        if edge:
-            parts.append(f"SELECT client_id, 1 AS days_with_data, {_RAW_CENTS} FROM client_stats WHERE stat_date BETWEEN :s{i} AND :e{i}")
-            params.update({f"s{i}": edge[0].isoformat(), f"e{i}": edge[1].isoformat()})
+    sources = [
+        (months, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_months WHERE month BETWEEN :a{{i}} AND :b{{i}}", 7),
+        (pieces, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_pieces WHERE piece BETWEEN :a{{i}} AND :b{{i}}", 10),
+        (days, f"SELECT client_id, 1 AS days_with_data, {_RAW_CENTS} FROM client_stats WHERE stat_date BETWEEN :a{{i}} AND :b{{i}}", 10),
+    ]
+    for spans, sql, width in sources:
+        for a, b in spans:
+            i = len(parts)
+            parts.append(sql.format(i=i))
+            params.update({f"a{i}": a.isoformat()[:width], f"b{i}": b.isoformat()[:width]})
     db.execute(
         f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, SUM(days_with_data), {_ADDED} "
         f"FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from . import replica
-from .aggregate import AggregateResult, aggregate_locked
+from .aggregate import AggregateResult, ChangedRows, aggregate_locked
 from .config import Settings
 from .errors import SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
@@ -50,6 +50,7 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     aggregate: AggregateResult | None = None  # the rollup rebuild that ended the run, if any
+    changed: ChangedRows | None = None  # the keys the run wrote, for the aggregate to refresh only those
 
     @property
     def status(self) -> str:
@@ -71,7 +72,7 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
         run = result.run
         changed = (run["rows_inserted"] or 0) + (run["rows_updated"] or 0) + (run["rows_deleted"] or 0)
         if options.aggregate and (run["status"] != "failed" or changed):
-            result.aggregate = aggregate_locked(settings.database, settings.source.today())
+            result.aggregate = aggregate_locked(settings.database, settings.source.today(), result.changed)
         return result
 
 
@@ -95,12 +96,14 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             window_start = min((w.start for w in windows.values()), default=options.window.start)
             run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
+            changed = ChangedRows(run_id)
             error = None
             with replica.closed_on_error(db, run_id, counts):
                 written: set[int] = set()
                 deadline_hit = False
                 try:
-                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings)
+                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings,
+                                     changed)
                 except StopRun as stop:
                     # Recorded so that `sync --retry-failed` fetches them too.
                     failed = {cid for cid, _ in failures}
@@ -121,7 +124,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             db.close()
     for warning in counts.warnings:
         log.warning(warning)
-    return SyncResult(run, failures, counts.warnings, time.monotonic() - began)
+    return SyncResult(run, failures, counts.warnings, time.monotonic() - began, changed=changed)
 
 
 def _retry_options(database, options: SyncOptions) -> SyncOptions:
@@ -185,7 +188,7 @@ def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days
 
 def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], prune: bool,
                      counts: RunCounts, failures: list, written: set[int], progress: Progress | None,
-                     settings: Settings) -> None:
+                     settings: Settings, changed: ChangedRows) -> None:
     # Several whole clients per transaction; a client counts as written once its group commits.
     group = replica.WriteGroup(db)
     uncommitted: list[tuple[int, int, replica.ClientWrite]] = []
@@ -198,7 +201,9 @@ def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, W
         uncommitted.clear()
 
     def write(cid: int, window: Window, rows: ClientRows) -> None:
-        uncommitted.append((cid, rows.fetched, group.write(run_id, cid, (window.start, window.end), rows, prune)))
+        result = group.write(run_id, cid, (window.start, window.end), rows, prune)
+        changed.add(cid, result.days)  # before its commit: a group rolled back later only costs a recomputation
+        uncommitted.append((cid, rows.fetched, result))
         for reject in rows.rejects:
             log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
         if group.due:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import sqlite_utils
@@ -44,6 +44,7 @@ class ClientWrite:
     deleted: int = 0
     rejected: int = 0
     warning: str | None = None
+    days: list[str] = field(default_factory=list)  # the stat_dates inserted, updated or deleted
 
 
 def write_client_window(
@@ -86,8 +87,11 @@ def write_client_window(
             db.conn.executemany(_UPDATE, updates)
             db.conn.executemany(_LOG_CHANGE, changes)
         result.inserted, result.updated = len(inserts), len(updates)
+        result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
         if prune:
-            result.deleted, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
+            gone, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
+            result.deleted = len(gone)
+            result.days += gone
         if parsed.rejects:
             db.conn.executemany(
                 "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
@@ -100,28 +104,28 @@ def write_client_window(
 def _prune(
     db: sqlite_utils.Database, run_id: int, client_id: int, window: tuple[date, date], stored: dict,
     parsed: ClientRows, now: str,
-) -> tuple[int, str | None]:
+) -> tuple[list[str], str | None]:
     """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`), each logged
-    in `stat_changes` as column `*` with the old row as JSON."""
+    in `stat_changes` as column `*` with the old row as JSON; returns their dates."""
     first, last = window[0].isoformat(), window[1].isoformat()
     kept = {day.isoformat() for day in parsed.values}
     gone = [key for key in stored if first <= key <= last and key not in kept]
     if not gone:
-        return 0, None
+        return [], None
     if parsed.fetched == 0:
-        return 0, (
+        return [], (
             f"client {client_id}: remote returned no rows for {window[0]}..{window[1]} "
             f"but {len(gone)} are stored; nothing pruned"
         )
     if parsed.rejects:
         # A rejected row still exists remotely, but its date may be unreadable: keep everything.
-        return 0, f"client {client_id}: {len(parsed.rejects)} rows rejected; nothing pruned"
+        return [], f"client {client_id}: {len(parsed.rejects)} rows rejected; nothing pruned"
     db.conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, k) for k in gone])
     db.conn.executemany(
         _LOG_CHANGE,
         [(run_id, client_id, k, "*", json.dumps(dict(zip(_COLUMNS, stored[k]))), None, now) for k in gone],
     )
-    return len(gone), None
+    return gone, None
 
 
 class WriteGroup:

@@ -1,0 +1,142 @@
+"""The aggregate that ends a sync recomputes only what the sync wrote (the partial sums and rollup
+rows of the pieces, months, weeks and days its rows fall in, and the rolling periods): after any
+sequence of syncs that insert, restate and prune rows, over any windows and client subsets and
+with any as-of date, the rollups equal a full rebuild's bit for bit, and the raw-row path's."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from delivery_sync.aggregate import aggregate_locked
+from delivery_sync.config import Settings
+from delivery_sync.demo_source import DemoSource
+from delivery_sync.sync import SyncOptions, run_sync
+from delivery_sync.window import Window
+from test_aggregate_exact import raw_path, stored
+
+CLIENTS = 6
+DAYS = 120
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with DemoSource(clients=CLIENTS) as server:
+        yield server
+
+
+def snapshot(path: Path) -> dict[str, set[tuple]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return stored(conn)
+    finally:
+        conn.close()
+
+
+def full_rebuild(path: Path, as_of: date, folder: Path) -> dict[str, set[tuple]]:
+    """The rollups a full rebuild of a copy of `path` gives as of `as_of`."""
+    copy = folder / "copy.db"
+    copy.unlink(missing_ok=True)
+    source, target = sqlite3.connect(path), sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    result = aggregate_locked(copy, as_of)
+    assert result.status == "ok" and not result.refreshed
+    return snapshot(copy)
+
+
+edit = st.tuples(
+    st.integers(1, CLIENTS),
+    st.integers(0, DAYS + 5),  # days back from today; past DAYS: before anything was stored
+    st.sampled_from(["restate", "delete", "restore"]),
+    st.sampled_from(["grab_sales", "gojek_ads_spend", "total_orders", "grab_new_customers"]),
+    st.one_of(st.none(), st.integers(0, 10**6), st.decimals(0, 10**7, places=2).map(str)),
+)
+step = st.fixed_dictionaries({
+    "days_back": st.integers(1, DAYS + 10),
+    "incremental": st.booleans(),
+    "prune": st.booleans(),
+    "clients": st.one_of(st.none(), st.lists(st.integers(1, CLIENTS), min_size=1, max_size=3, unique=True)),
+    "edits": st.lists(edit, max_size=8),
+    "as_of": st.one_of(st.none(), st.integers(-DAYS - 40, 40)),  # None: the sync's own (today)
+    "aggregate": st.sampled_from(["after", "after", "after", "never"]),
+})
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(step, min_size=1, max_size=4))
+def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, steps):
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = folder / "replica.db"
+        config = Settings(database=path, source={"url": demo.url, "min_interval": 0, "batch": "never"})
+        first = run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today)))
+        assert first.status == "ok" and not first.aggregate.refreshed
+        current = True  # the rollups match client_stats
+        for s in steps:
+            for cid, back, kind, column, value in s["edits"]:
+                key = (cid, (today - timedelta(days=back)).isoformat())
+                if kind == "restate":
+                    demo.faults.overrides[key] = {column: value}
+                elif kind == "delete":
+                    demo.faults.deleted_rows.add(key)
+                else:
+                    demo.faults.overrides.pop(key, None)
+                    demo.faults.deleted_rows.discard(key)
+            window = Window(today - timedelta(days=s["days_back"] - 1), today)
+            options = SyncOptions(window, client_ids=s["clients"], incremental=s["incremental"], prune=s["prune"],
+                                  aggregate=s["as_of"] is None and s["aggregate"] == "after")
+            result = run_sync(config, options)
+            assert result.status in ("ok", "partial"), result.run
+            wrote = (result.run["rows_inserted"] or 0) + (result.run["rows_updated"] or 0) + (result.run["rows_deleted"] or 0)
+            if s["aggregate"] == "never":
+                current = current and not wrote
+                continue
+            as_of = today if s["as_of"] is None else today + timedelta(days=s["as_of"])
+            if s["as_of"] is not None:  # as run_sync does, with another as-of date
+                result.aggregate = aggregate_locked(path, as_of, result.changed)
+            assert result.aggregate.status == "ok"
+            # Refreshed exactly when the rollups were current before the sync.
+            assert result.aggregate.refreshed == current
+            current = True
+            assert snapshot(path) == full_rebuild(path, as_of, folder)
+        conn = sqlite3.connect(path)
+        conn.row_factory = sqlite3.Row
+        try:
+            if current:
+                as_of = date.fromisoformat(conn.execute(
+                    "SELECT window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1").fetchone()[0])
+                assert stored(conn) == raw_path(conn, as_of)
+        finally:
+            conn.close()
+
+
+def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, monkeypatch):
+    from delivery_sync import aggregate
+
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=tmp_path / "replica.db", source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=9), today))).status == "ok"
+    monkeypatch.setattr(aggregate, "MAX_CHANGED_ROWS", 5)
+    result = run_sync(config, SyncOptions(Window(today - timedelta(days=29), today)))
+    assert result.changed.keys is None and not result.aggregate.refreshed
+    monkeypatch.undo()
+    demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
+    result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
+    assert result.changed.keys == {(2, today.isoformat())} and result.aggregate.refreshed
+    assert snapshot(config.database) == full_rebuild(config.database, today, tmp_path)
