@@ -54,6 +54,9 @@ class Report:
 
     def select(self, columns: list[str]) -> "Report":
         """This report with only `columns`, in that order, in every format (`--columns`)."""
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise UsageError(f"--columns: {twice[0]!r} is given twice")
         unknown = [c for c in columns if c not in self.columns]
         if unknown:
             raise UsageError(f"--columns: no column {unknown[0]!r} in this report", hint=f"one of: {', '.join(self.columns)}")
@@ -127,9 +130,10 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
     else:
         sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS) + " ORDER BY period"
     rows = _fetch(conn, sql, plan.params())
-    shown = ["period", "period_start", "period_end", "clients_with_data", "total_sales", "total_orders",
+    # The figures first: on a narrow terminal the period and its totals stay, its clipped edges go.
+    shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
-    return Report(f"Totals per {by}, all clients, {window}", PERIOD_TOTALS_COLUMNS, rows, shown)
+    return Report(f"Totals per {by}, all clients, {window}", PERIOD_TOTALS_COLUMNS, rows, shown, keep=2)
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)
@@ -217,8 +221,22 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
     finally:
         conn.set_progress_handler(None, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
-    columns = [d[0] for d in cursor.description or []]
+    columns = _unique([d[0] for d in cursor.description or []])
     return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names made distinct (`error`, `error_2`): a join of two tables must not lose a column."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}_{n}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
 
 
 # --- helpers ----------------------------------------------------------------------

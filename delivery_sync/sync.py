@@ -17,7 +17,7 @@ from datetime import date, timedelta
 from . import replica
 from .aggregate import AggregateResult, ChangedRows, aggregate_locked
 from .config import Settings
-from .errors import SourceError, UsageError
+from .errors import Interrupted, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import ClientRows, parse_clients
 from .replica import RunCounts
@@ -87,7 +87,10 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                 unreadable = f" ({len(problems)} unreadable entries)" if problems else ""
                 raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
-            return _failed_before_fetch(settings, options, exc, source.requests, began)
+            return _failed_before_fetch(settings, options, str(exc), source.requests, began)
+        except Interrupted as stop:  # stopped while the list was retried: recorded like any other run
+            stop.run = _failed_before_fetch(settings, options, "interrupted", source.requests, began).run
+            raise
         selected = _select(listed, options.client_ids, options.retrying)
         db = replica.open_replica(settings.database)
         try:
@@ -245,12 +248,12 @@ def _status(counts: RunCounts, error: str | None) -> str:
     return "ok"
 
 
-def _failed_before_fetch(settings: Settings, options: SyncOptions, exc: SourceError, requests: int, began: float) -> SyncResult:
+def _failed_before_fetch(settings: Settings, options: SyncOptions, error: str, requests: int, began: float) -> SyncResult:
     """The client list could not be had: record a failed run, touch no data."""
     db = replica.open_replica(settings.database)
     try:
         run_id = replica.start_run(db, "sync", (options.window.start, options.window.end))
-        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), str(exc))
+        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), error)
     finally:
         db.close()
-    return SyncResult(run, [(None, str(exc))], [], time.monotonic() - began)
+    return SyncResult(run, [(None, error)], [], time.monotonic() - began)

@@ -285,3 +285,36 @@ def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config
         holder.close()
     assert result.code == 1 and "is locked by another program" in result.stderr
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+
+
+def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_path, db_path):
+    with DemoSource(clients=4) as demo:
+        demo.faults.throttle_next, demo.faults.retry_after = 1000, "60"  # the client list: 429, wait 60 s
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 5})
+        proc = _start_sync(config, tmp_path, "--days-back", "3")
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not demo.requests:
+                time.sleep(0.02)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"sync failed: 0/0 clients, 0 rows .*, 1 request, [\d.]+ s - interrupted", summary), stderr
+    assert query_db(db_path, "SELECT command, status, error FROM sync_runs") == [("sync", "failed", "interrupted")]
+
+
+def test_a_closed_stderr_does_not_change_the_exit_code(cli, config, db_path, tmp_path):
+    assert cli("sync", "--days-back", "2").code == 0
+    read, write = os.pipe()
+    os.close(read)  # whoever read stderr is gone
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    exe = str(Path(sys.executable).with_name("delivery-sync"))
+    ok = subprocess.run([exe, "aggregate"], cwd=tmp_path, env=env, stderr=write, stdout=subprocess.DEVNULL, timeout=60)
+    bad = subprocess.run([exe, "query", "top", "--days", "0"], cwd=tmp_path, env=env, stderr=write, stdout=subprocess.DEVNULL, timeout=60)
+    os.close(write)
+    assert (ok.returncode, bad.returncode) == (0, 2)
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1") == [("ok",)]

@@ -169,3 +169,39 @@ def test_remote_names_are_shown_literally_and_never_as_control_codes(cli, config
     assert not any(line.startswith("sync ok") for line in result.stdout.splitlines())
     title = cli("query", "client", "3", "--days", "3").stdout.splitlines()[0]
     assert title.startswith("Client 3 Evil\\x1b]0;pwned\\x07\\nsync ok")
+
+
+def test_sql_columns_of_the_same_name_are_all_kept(cli, synced):
+    rows = json.loads(cli("query", "sql", "SELECT 1 AS a, 2 AS a, 3 AS a_2", "--format", "json").stdout)
+    assert rows == [{"a": 1, "a_2": 2, "a_2_2": 3}]
+    assert cli("query", "sql", "SELECT 1 AS a, 2 AS a", "--format", "csv").stdout.splitlines() == ["a,a_2", "1,2"]
+
+
+@pytest.mark.parametrize("width", ["200", "10"])  # a table, and stacked rows
+def test_sql_aliases_are_shown_literally_too(cli, synced, monkeypatch, width):
+    monkeypatch.setenv("COLUMNS", width)
+    result = cli("query", "sql", 'SELECT 1 AS "[/bold]", 2 AS "t\x1b]0;x\x07"')
+    assert result.code == 0, result.stderr
+    assert "[/bold]" in result.stdout and "t\\x1b]0;x\\x07" in result.stdout and "\x1b" not in result.stdout
+
+
+def test_invisible_and_line_breaking_characters_are_escaped(cli, config, demo, monkeypatch):
+    demo.faults.names = {1: "x\u2028sync ok: forged\u200b\ufeff\u200f"}
+    assert cli("sync", "--days-back", "1").code == 0
+    monkeypatch.setenv("COLUMNS", "120")
+    out = cli("query", "top", "--limit", "12", "--days", "1", "--columns", "client_id,name").stdout
+    assert "x\\u2028sync ok: forged\\u200b\\ufeff\\u200f" in out
+    assert not any(ch in out for ch in "\u2028\u200b\ufeff\u200f")
+
+
+def test_period_totals_keep_their_figures_on_a_narrow_terminal(cli, synced, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    rows = json.loads(cli("query", "totals", "--by", "week", "--days", "10", "--format", "json").stdout)
+    out = cli("query", "totals", "--by", "week", "--days", "10").stdout
+    for row in rows:
+        assert re.search(rf"│ {row['period']} │ +{re.escape(_rupiah(row['total_sales']))} │", out), out
+
+
+def test_a_column_asked_for_twice_is_a_usage_error(cli, synced):
+    result = cli("query", "top", "--columns", "name,name,client_id")
+    assert result.code == 2 and "'name' is given twice" in result.stderr

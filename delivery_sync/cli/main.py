@@ -154,4 +154,7 @@ def _error(message: str, hint: Optional[str] = None) -> None:
     line = f"error: {message}"
     if hint:
         line += f" ({hint})"
-    print(safe(line), file=sys.stderr)
+    try:
+        print(safe(line), file=sys.stderr)
+    except BrokenPipeError:  # nobody reads stderr any more: the exit code still tells
+        pass

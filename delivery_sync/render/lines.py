@@ -11,7 +11,10 @@ def summary(line: str) -> None:
     """The one line every writing run ends with, on stderr (kept even with -q); remote text in it escaped."""
     from .text import safe
 
-    print(safe(line), file=sys.stderr, flush=True)
+    try:
+        print(safe(line), file=sys.stderr, flush=True)
+    except BrokenPipeError:  # nobody reads stderr any more: the run's own outcome still decides the exit code
+        pass
 
 
 def sync_summary(result) -> str:

@@ -133,7 +133,7 @@ def _report_table(rep) -> None:
         table.add_column(style="bold", no_wrap=True)
         table.add_column(justify="right", overflow="fold")
         for column in columns:
-            table.add_row(_label(column.key), Text(column.cells[0]))
+            table.add_row(Text(_label(column.key)), Text(column.cells[0]))
         console.print(table)
         return
     if layout is None:  # not even the essential columns fit side by side
@@ -143,7 +143,7 @@ def _report_table(rep) -> None:
     table = Table()
     for column, column_width in zip(shown, widths):
         table.add_column(
-            _label(column.key), justify="right" if column.numeric else "left", width=column_width, overflow="fold"
+            Text(_label(column.key)), justify="right" if column.numeric else "left", width=column_width, overflow="fold"
         )
     for at in range(len(rows)):
         table.add_row(*(Text(column.cells[at]) for column in shown))
@@ -169,11 +169,12 @@ def _stacked(console, columns: list[_Column], count: int) -> None:
     """Each row as `column  value` lines: nothing is cut, however narrow the terminal."""
     from rich.text import Text
 
-    label_width = max(len(c.key) for c in columns)
+    labels = [safe(c.key) for c in columns]
+    label_width = max(map(len, labels))
     for at in range(count):
         console.print(Text(_STACK_LABEL.format(at + 1), style="dim"), soft_wrap=True)
-        for column in columns:
-            console.print(Text.assemble((f"{column.key:<{label_width}}  ", "bold"), column.cells[at]), soft_wrap=True)
+        for label, column in zip(labels, columns):
+            console.print(Text.assemble((f"{label:<{label_width}}  ", "bold"), column.cells[at]), soft_wrap=True)
     if not count:
         console.print("no rows", soft_wrap=True)
 
@@ -184,7 +185,8 @@ def _numeric(key: str, rows: list[dict]) -> bool:
 
 
 def _label(column: str) -> str:
-    return column.replace("_", " ")
+    """A header: `total sales`; a `query sql` alias may hold anything, so it is made safe like a cell."""
+    return safe(column.replace("_", " "))
 
 
 def _cell(column: str, value, raw: bool = False) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-# C0 controls, DEL, C1 controls (incl. the 8-bit CSI), and the bidi overrides that reorder what is shown.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 controls, DEL, C1 controls (incl. the 8-bit CSI), the line and paragraph separators some viewers
+# break lines at, zero-width characters, and the bidi marks and overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
