@@ -27,7 +27,10 @@ DATA = ("SELECT client_id, stat_date, grab_sales, grab_orders, gojek_sales, tota
 
 
 def _generations(db_path) -> dict[int, set]:
-    """Per client: the remote generations its stored rows come from, and how many rows it has."""
+    """Per client: the remote generations its stored rows come from, and how many rows it has
+    ({} while a first sync killed early left a file without its tables: the next run completes it)."""
+    if not query_db(db_path, "SELECT 1 FROM sqlite_master WHERE name = 'client_stats'"):
+        return {}
     rows = query_db(db_path, "SELECT client_id, COALESCE(json_extract(extra, '$.chaos_gen'), 0), COUNT(*) "
                              "FROM client_stats GROUP BY client_id, 2")
     found: dict[int, set] = {}
