@@ -166,6 +166,7 @@ class Freshness:
     freshness: str
     last_ok_sync_at: str | None
     stale_clients: list[int]
+    sync_too_old: bool = False  # the last ok sync itself is past the limit (not only some clients)
 
 
 def read_freshness(conn: sqlite3.Connection, now: datetime, stale_after_hours: float) -> Freshness:
@@ -184,7 +185,7 @@ def read_freshness(conn: sqlite3.Connection, now: datetime, stale_after_hours: f
     if not last_ok:
         return Freshness("never", None, stale_clients)
     too_old = now - datetime.fromisoformat(last_ok[0]) > timedelta(hours=stale_after_hours)
-    return Freshness("stale" if too_old or stale_clients else "fresh", last_ok[0], stale_clients)
+    return Freshness("stale" if too_old or stale_clients else "fresh", last_ok[0], stale_clients, too_old)
 
 
 def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False) -> dict | None:

@@ -61,8 +61,7 @@ def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
     if fresh.freshness == "never":
         log.warning("no sync of this replica has ended ok yet: these figures may be incomplete (see 'delivery-sync status')")
     elif fresh.freshness == "stale":
-        age = datetime.now(timezone.utc) - datetime.fromisoformat(fresh.last_ok_sync_at)
-        why = (f"last ok sync finished {stamp_text(fresh.last_ok_sync_at)}" if age.total_seconds() > stale_after_hours * 3600
+        why = (f"last ok sync finished {stamp_text(fresh.last_ok_sync_at)}" if fresh.sync_too_old
                else f"{len(fresh.stale_clients)} active clients not confirmed")
         log.warning("the replica is stale (%s; stale after %g h): these figures may be behind the remote "
                     "(see 'delivery-sync status')", why, stale_after_hours)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 from .text import safe
 
@@ -64,12 +65,19 @@ class _Column:
     cells: list[str]
     numeric: bool
 
-    @property
+    @cached_property
+    def widest_cell(self) -> int:
+        """The widest cell, measured once: a wide `query sql` answer has thousands of them."""
+        from rich.cells import cell_len
+
+        return max(map(cell_len, self.cells), default=0)
+
+    @cached_property
     def natural(self) -> int:
         """The width that shows every cell and the header on one line."""
         from rich.cells import cell_len
 
-        return max([cell_len(_label(self.key)), *map(cell_len, self.cells)])
+        return max(cell_len(_label(self.key)), self.widest_cell)
 
     def least(self, name_width: int) -> int:
         """The narrowest width that cuts nothing: headers wrap at spaces, only a name wraps its cells."""
@@ -78,7 +86,7 @@ class _Column:
         words = max(map(cell_len, _label(self.key).split()))
         if self.key == "name":
             return max(words, min(self.natural, name_width))
-        return max([words, *map(cell_len, self.cells)])
+        return max(words, self.widest_cell)
 
 
 def _table_width(widths: list[int]) -> int:
