@@ -525,27 +525,58 @@ def _cover(start: date, end: date) -> tuple[list, list, list]:
     return months, pieces, days
 
 
-def _rolling_partials(db: "sqlite_utils.Database", name: str, start: date, end: date) -> None:
-    """Per-client partial sums over [start, end] into temp.agg_rolling: the whole months inside it
-    from agg_client_months, the whole pieces left from agg_client_pieces, the days at either edge
-    from the raw rows."""
+def window_parts(start: date, end: date, one_client: bool = False) -> tuple[str, dict]:
+    """SQL of per-client partial sums over [start, end] (client_id, days_with_data, every metric;
+    amounts in whole cents), and its parameters (named `w_*`, so they mix with a caller's).
+
+    The whole months inside the window come from agg_client_months, the whole pieces left from
+    agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
+    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. With `one_client`, only the
+    client `:id`, read by the (client_id, ...) keys of all three tables.
+    """
     months, pieces, days = _cover(start, end)
-    parts = []
-    params: dict = {"period": name, "start": start.isoformat(), "end": end.isoformat()}
+    only = " AND client_id = :id" if one_client else ""
     sources = [
-        (months, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_months WHERE month BETWEEN :a{{i}} AND :b{{i}}", 7),
-        (pieces, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_pieces WHERE piece BETWEEN :a{{i}} AND :b{{i}}", 10),
-        (days, f"SELECT client_id, 1 AS days_with_data, {_RAW_CENTS} FROM client_stats WHERE stat_date BETWEEN :a{{i}} AND :b{{i}}", 10),
+        (months, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_months WHERE month BETWEEN :w_a{{i}} AND :w_b{{i}}", 7),
+        (pieces, f"SELECT client_id, days_with_data, {_PLAIN} FROM agg_client_pieces WHERE piece BETWEEN :w_a{{i}} AND :w_b{{i}}", 10),
+        (days, f"SELECT client_id, 1 AS days_with_data, {_RAW_CENTS} FROM client_stats WHERE stat_date BETWEEN :w_a{{i}} AND :w_b{{i}}", 10),
     ]
+    parts, params = [], {}
     for spans, sql, width in sources:
         for a, b in spans:
             i = len(parts)
-            parts.append(sql.format(i=i))
-            params.update({f"a{i}": a.isoformat()[:width], f"b{i}": b.isoformat()[:width]})
+            parts.append(sql.format(i=i) + only)
+            params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
+    sql = f"SELECT client_id, SUM(days_with_data) AS days_with_data, {_ADDED} FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id"
+    return sql, params
+
+
+def client_window_sums(start: date, end: date, one_client: bool = False) -> tuple[str, dict]:
+    """`window_parts` with amounts back in rupiah: the columns and numbers of CLIENT_SUMS."""
+    sql, params = window_parts(start, end, one_client)
+    return f"SELECT client_id, days_with_data, {_STORED} FROM ({sql})", params
+
+
+# All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
+# numbers (no row when the window is empty). Clients with data are counted by one probe of the
+# (client_id, stat_date) index per client, as rows exist only for clients the remote listed.
+OVERALL_DAY_SUMS = f"""
+SELECT (SELECT COUNT(*) FROM clients c WHERE EXISTS (
+            SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN :start AND :end
+       )) AS clients_with_data,
+       COUNT(*) AS days_with_data,
+       {", ".join(f"SUM({m}) / 100.0 AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
+FROM agg_days
+WHERE day BETWEEN :start AND :end
+HAVING COUNT(*) > 0"""
+
+
+def _rolling_partials(db: "sqlite_utils.Database", name: str, start: date, end: date) -> None:
+    """Per-client partial sums over [start, end] into temp.agg_rolling."""
+    sql, params = window_parts(start, end)
     db.execute(
-        f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, SUM(days_with_data), {_ADDED} "
-        f"FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id",
-        params,
+        f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {_PLAIN} FROM ({sql})",
+        params | {"period": name, "start": start.isoformat(), "end": end.isoformat()},
     )
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from .aggregate import (
-    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS,
-    SUMS, period_bounds, period_sums, with_ratios,
+    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_DAY_SUMS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS,
+    RATIOS, ROLLING_PERIODS, SUMS, client_window_sums, period_bounds, period_sums, with_ratios,
 )
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
@@ -113,14 +113,14 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
         if plan.period:
             sql = f"SELECT {', '.join(TOTALS_COLUMNS)} FROM overall_aggregates WHERE period = :period"
         else:
-            sums = _OVERALL_PARTS if plan.whole else OVERALL_SUMS
+            sums = OVERALL_DAY_SUMS if plan.current else OVERALL_SUMS
             sql = with_ratios(sums, [":start AS period_start", ":end AS period_end", *OVERALL_COLUMNS])
         rows = _fetch(conn, sql, plan.params())
         rows = rows or [_empty(TOTALS_COLUMNS, window)]
         return Report(f"Totals, all clients, {window}", TOTALS_COLUMNS, rows, TOTALS_COLUMNS, single=True)
     if by not in GROUPINGS:
         raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month")
-    plan = _plan(conn, window, rolling=False, by=by)
+    plan = _plan(conn, window, by=by)
     if plan.current:  # whole periods from their rollup rows, the partial ones at the edges from daily totals
         parts = [with_ratios(_edge_period_sums(by), PERIOD_COLUMNS)]
         if plan.whole:
@@ -245,28 +245,26 @@ def _unique(names: list[str]) -> list[str]:
 def _client_rows(conn: sqlite3.Connection, window: Window, order: str, params: dict, client_id: int | None = None) -> list[dict]:
     """Per-client sums and ratios with names over the window, read the fastest way `_plan` allows."""
     plan = _plan(conn, window)
+    extra: dict = {}
     if plan.period:
         source = "(SELECT * FROM client_aggregates WHERE period = :period)"
         bounds = "a.period_start, a.period_end"
     else:
-        sums = _CLIENT_PARTS if plan.whole else CLIENT_SUMS
-        if client_id is not None:  # one client: read its rows by the (client_id, ...) keys, not every client's
-            sums = sums.replace("FROM client_stats", "FROM (SELECT * FROM client_stats WHERE client_id = :id)")
-            sums = sums.replace("FROM client_aggregates", "FROM (SELECT * FROM client_aggregates WHERE client_id = :id)")
+        if plan.current:  # whole months and pieces from the partial sums, raw rows only at the edges
+            sums, extra = client_window_sums(window.start, window.end, one_client=client_id is not None)
+        elif client_id is not None:  # one client: read its rows by the (client_id, ...) keys, not every client's
+            sums = CLIENT_SUMS.replace("FROM client_stats", "FROM (SELECT * FROM client_stats WHERE client_id = :id)")
+        else:
+            sums = CLIENT_SUMS
         source = f"({with_ratios(sums, CLIENT_COLUMNS)})"
         bounds = ":start AS period_start, :end AS period_end"
     columns = ", ".join(["a.client_id", "c.name", bounds, *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])
     where = "" if client_id is None else "WHERE a.client_id = :id"
     sql = f"SELECT {columns} FROM {source} a LEFT JOIN clients c ON c.id = a.client_id {where} {order}"
-    return _fetch(conn, sql, {**params, **plan.params(), "id": client_id})
+    return _fetch(conn, sql, {**params, **extra, **plan.params(), "id": client_id})
 
 
 _METRIC_LIST = ", ".join(METRICS)
-# Sums of whole periods from the rollups plus the raw rows of the partial periods at the
-# window's edges. Amounts re-enter the sum as exact cents, so this equals summing raw rows.
-_EDGE_ROWS = (
-    "FROM client_stats WHERE stat_date BETWEEN :head_start AND :head_end OR stat_date BETWEEN :tail_start AND :tail_end"
-)
 
 
 def _edge_period_sums(by: str) -> str:
@@ -293,30 +291,11 @@ FROM (SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS 
             GROUP BY 1))"""
 
 
-_CLIENT_PARTS = f"""
-SELECT client_id, SUM(days) AS days_with_data,
-       {SUMS}
-FROM (SELECT client_id, days_with_data AS days, {_METRIC_LIST}
-      FROM client_aggregates WHERE period BETWEEN :first_period AND :last_period
-      UNION ALL
-      SELECT client_id, 1, {_METRIC_LIST} {_EDGE_ROWS})
-GROUP BY client_id"""
-_OVERALL_PARTS = f"""
-SELECT COUNT(DISTINCT client_id) AS clients_with_data,
-       (SELECT COALESCE(SUM(days_with_data), 0) FROM overall_aggregates WHERE period BETWEEN :first_period AND :last_period)
-         + COUNT(DISTINCT stat_date) AS days_with_data,
-       {SUMS}
-FROM (SELECT client_id, NULL AS stat_date, {_METRIC_LIST}
-      FROM client_aggregates WHERE period BETWEEN :first_period AND :last_period
-      UNION ALL
-      SELECT client_id, stat_date, {_METRIC_LIST} {_EDGE_ROWS})
-HAVING COUNT(*) > 0"""
-
-
 @dataclass(frozen=True)
 class _Plan:
-    """How to read a window: one stored period, or whole stored periods (months, weeks or days)
-    plus raw rows at the edges, or raw rows only."""
+    """How to read a window: one stored period; or (`current`) from the partial sums, or with a
+    grouping, whole stored periods (days, weeks or months) plus daily totals at the edges; or
+    raw rows only."""
 
     window: Window
     period: str | None = None
@@ -364,15 +343,20 @@ def _whole_span(window: Window, by: str) -> tuple[date, date]:
     return first, last
 
 
-def _plan(conn: sqlite3.Connection, window: Window, rolling: bool = True, by: str = "month") -> _Plan:
-    """Read a rolling period ending at the rollups' as-of date from its row, whole periods from theirs, the rest raw."""
+def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _Plan:
+    """Read a rolling period ending at the rollups' as-of date from its row; with `by`, whole
+    periods from theirs; any other window from the partial sums (`current`); all raw when the
+    rollups are not current."""
     as_of = _rollups_as_of(conn)
     if as_of is None:
-        return _Plan(window, by=by)
+        return _Plan(window, by=by or "month")
     names = {days: name for name, days in ROLLING_PERIODS.items()}
-    if rolling and window.end == as_of and window.days in names:
-        log.debug("reading stored rollup %s", names[window.days])
-        return _Plan(window, period=names[window.days], current=True)
+    if by is None:
+        if window.end == as_of and window.days in names:
+            log.debug("reading stored rollup %s", names[window.days])
+            return _Plan(window, period=names[window.days], current=True)
+        log.debug("reading partial sums for %s", window)
+        return _Plan(window, current=True)
     first, last = _whole_span(window, by)
     if first > last:
         return _Plan(window, by=by, current=True)
@@ -388,19 +372,22 @@ def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
     """The as-of date of the rollups if they are current, else None (read raw rows).
 
     Current means: the latest `aggregate` run is `ok` (its row commits with its
-    tables), and no `sync` since may have changed `client_stats` (one running,
-    interrupted, or that wrote or deleted rows).
+    tables) and brought the partial sums up to date (`agg_parts_run`), and no `sync`
+    since may have changed `client_stats` (one running, interrupted, or that wrote or
+    deleted rows).
     """
     latest = conn.execute(
         "SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1"
     ).fetchone()
     if latest is None or latest["status"] != "ok":
         return None
-    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values()}
+    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES}
     present = conn.execute(
         f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(tables))})", sorted(tables)
     ).fetchone()[0]
-    if present < len(tables):  # rollups built by an older delivery-sync: read raw rows until the next rebuild
+    # Rollups built by an older delivery-sync, without partial sums or past those it left:
+    # read raw rows until the next rebuild.
+    if present < len(tables) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest["id"]:
         return None
     changed = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND command = 'sync' AND (status = 'running' "

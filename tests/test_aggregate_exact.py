@@ -96,8 +96,9 @@ def test_rollups_equal_the_raw_path_bit_for_bit_for_any_as_of(synced, offset):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(min_value=-DAYS - 20, max_value=10), st.integers(min_value=1, max_value=DAYS + 30), st.integers(1, 12))
 def test_reports_of_any_window_equal_the_raw_path_bit_for_bit(synced, end_offset, days, client_id):
-    """`query client` and `query top` read rollups plus raw edges (or one client's keys): the
-    numbers must be those of CLIENT_SUMS over the raw rows, type for type."""
+    """`query client`, `query top` and `query totals` (with and without --by) read rollups and
+    partial sums plus raw edges: the numbers must be those of CLIENT_SUMS, OVERALL_SUMS and
+    period_sums over the raw rows, type for type."""
     from delivery_sync import readonly, reports
 
     path, today = synced
@@ -117,5 +118,17 @@ def test_reports_of_any_window_equal_the_raw_path_bit_for_bit(synced, end_offset
         assert {r["client_id"]: [exact(r[c]) for c in columns] for r in top} == {
             cid: [exact(r[c]) for c in columns] for cid, r in raw.items()
         }
+        overall = [*OVERALL_COLUMNS, *RATIOS]
+        raw_totals = conn.execute(with_ratios(OVERALL_SUMS, OVERALL_COLUMNS), window.params()).fetchone()
+        got_totals = reports.totals(conn, window).rows[0]
+        if raw_totals is None:
+            assert got_totals["days_with_data"] == 0 and got_totals["clients_with_data"] == 0 and got_totals["total_sales"] is None
+        else:
+            assert [exact(got_totals[c]) for c in overall] == [exact(raw_totals[c]) for c in overall]
+        for by in ("day", "week", "month"):
+            periods = [*PERIOD_COLUMNS, *RATIOS]
+            sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS)
+            expected = [[exact(r[c]) for c in periods] for r in conn.execute(sql + " ORDER BY period", window.params())]
+            assert [[exact(r[c]) for c in periods] for r in reports.totals(conn, window, by).rows] == expected, by
     finally:
         conn.close()

@@ -362,7 +362,7 @@ def test_a_stored_period_is_read_from_the_rollup_tables(replica, caplog):
         reports.totals(connection, WINDOWS["across_months"], "day")
     connection.close()
     assert "reading stored rollup last_30d" in caplog.text
-    assert "reading stored months 2026-02..2026-02" in caplog.text
+    assert "reading partial sums for 2026-01-25..2026-03-05" in caplog.text
     # 2026-01-25 is a Sunday and 2026-03-05 a Thursday: the whole weeks run from 01-26 to 03-01.
     assert "reading stored weeks 2026-01-26..2026-02-23" in caplog.text
     assert "reading stored days 2026-01-25..2026-03-05" in caplog.text
