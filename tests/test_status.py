@@ -226,6 +226,19 @@ def test_a_running_sync_is_listed_but_last_sync_is_the_last_finished(cli, config
     assert "sync       running  since" in view
 
 
+def test_a_first_sync_still_running_is_not_also_shown_as_never(cli, config, db_path):
+    db = replica.open_replica(db_path)
+    db.close()
+    with replica.writer_lock(db_path, "sync"):
+        db = replica.open_replica(db_path)
+        replica.start_run(db, "sync")
+        db.close()
+        view = cli("status").stdout
+    lines = [line.split() for line in view.splitlines() if line.strip().startswith(("sync", "collect"))]
+    assert ["sync", "running", "since"] == lines[0][:3]
+    assert ["collect", "never"] in lines and ["sync", "none", "finished", "yet"] in lines
+
+
 def test_last_collect_and_failed_runs_in_the_view(cli, config, db_path, demo):
     synced(cli)
     demo.faults.collect_fails = True

@@ -72,8 +72,9 @@ def show_status(status) -> None:
         line(f"  {run['command']}", Text("running", style="cyan").append(f"  since {_when(run['started_at'], status)}"), 13)
     for command in ("collect", "sync", "aggregate"):
         run = getattr(status, f"last_{command}")
-        if run is None:
-            line(f"  {command}", Text("never", style="yellow"), 13)
+        if run is None:  # beside a running one of that command, "never" would read as a contradiction
+            running = any(r["command"] == command for r in status.running)
+            line(f"  {command}", Text("none finished yet" if running else "never", style="yellow"), 13)
             continue
         _run_lines(line, f"  {command}", run, status)
     if status.history is not None:
