@@ -272,6 +272,8 @@ _ADDED_P = ", ".join(f"SUM(p.{m}) AS {m}" for m in METRICS)
 # Partial sums as the rollups store them: amounts back in rupiah.
 _STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
 _MONTH_END = "date(month || '-01', '+1 month', '-1 day')"
+# client_aggregates month rows from agg_client_months (a FROM clause follows)
+_MONTH_ROWS = f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, {_STORED} FROM "
 _WEEK_KEY = period_bounds("week", "day")[0]
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
 
@@ -395,9 +397,7 @@ def _rebuild(db: "sqlite_utils.Database", as_of: date, computed_at: str) -> list
             db.execute(f"DELETE FROM {table}")
     _create_tables(db)
     params = {"computed_at": computed_at}
-    _insert(db, "client_aggregates", "client_id", (
-        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
-        f"{_STORED} FROM agg_client_months"), params)
+    _insert(db, "client_aggregates", "client_id", _MONTH_ROWS + "agg_client_months", params)
     _overall_rows(db, params, "", "", "")
     db.execute("DROP TABLE temp.agg_calendar")
     db.execute("DROP TABLE temp.agg_month_list")
@@ -407,24 +407,28 @@ def _rebuild(db: "sqlite_utils.Database", as_of: date, computed_at: str) -> list
 def _refresh(db: "sqlite_utils.Database", as_of: date, computed_at: str, keys: set[tuple[int, str]]) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     changed (client, day) `keys` fall in, and every rolling period as of `as_of`."""
-    pieces, months, days = set(), set(), set()
+    pieces, months = set(), set()
+    piece_of: dict[str, tuple[str, str, str, str]] = {}  # a sync touches many clients but few days
     for client_id, day in keys:
-        first = _piece(date.fromisoformat(day))[0]
-        pieces.add((client_id, *_piece_row(first)))
+        if day not in piece_of:
+            piece_of[day] = _piece_row(_piece(date.fromisoformat(day))[0])
+        pieces.add((client_id, *piece_of[day]))
         months.add((client_id, day[:7]))
-        days.add((day,))
+    days = {(day,) for day in piece_of}
     _temp(db, "agg_dirty_pieces", "client_id, piece, piece_end, week, month, PRIMARY KEY (client_id, piece)", pieces)
     _temp(db, "agg_dirty_months", "client_id, month, PRIMARY KEY (client_id, month)", months)
     _temp(db, "agg_dirty_days", "day PRIMARY KEY", days)
-    db.execute("DELETE FROM agg_client_pieces WHERE (client_id, piece) IN (SELECT client_id, piece FROM temp.agg_dirty_pieces)")
-    db.execute("DELETE FROM agg_client_months WHERE (client_id, month) IN (SELECT client_id, month FROM temp.agg_dirty_months)")
+    # By key from Python: SQLite plans `(client_id, piece) IN (SELECT ...)` on client_id alone and
+    # then reads every piece of the client (2.7x slower at 10,000 clients).
+    dirty_months = list(months)
+    db.conn.executemany("DELETE FROM agg_client_pieces WHERE client_id = ? AND piece = ?", [p[:2] for p in pieces])
+    db.conn.executemany("DELETE FROM agg_client_months WHERE client_id = ? AND month = ?", dirty_months)
     db.execute("DELETE FROM agg_days WHERE day IN (SELECT day FROM temp.agg_dirty_days)")
     _fill_parts(db, "SELECT * FROM temp.agg_dirty_pieces", "SELECT * FROM temp.agg_dirty_months", "SELECT day FROM temp.agg_dirty_days")
     params = {"computed_at": computed_at}
-    db.execute("DELETE FROM client_aggregates WHERE (client_id, period) IN (SELECT client_id, month FROM temp.agg_dirty_months)")
-    _insert(db, "client_aggregates", "client_id", (
-        f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, "
-        f"{_STORED} FROM agg_client_months WHERE (client_id, month) IN (SELECT client_id, month FROM temp.agg_dirty_months)"), params)
+    db.conn.executemany("DELETE FROM client_aggregates WHERE client_id = ? AND period = ?", dirty_months)
+    # A join by key, not `(client_id, month) IN (...)`, for the same reason as the deletes above.
+    _insert(db, "client_aggregates", "client_id", _MONTH_ROWS + "temp.agg_dirty_months CROSS JOIN agg_client_months USING (client_id, month)", params)
     month_keys = "(SELECT DISTINCT month FROM temp.agg_dirty_months)"
     week_keys = f"(SELECT DISTINCT {_WEEK_KEY} FROM temp.agg_dirty_days)"
     db.execute(f"DELETE FROM overall_aggregates WHERE period IN {month_keys}")
@@ -485,8 +489,23 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
     db.execute("DROP TABLE IF EXISTS temp.agg_rolling")
     db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {_PLAIN})")
     rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
+    # Every period ends at as_of: the month so far (its raw days the costliest part at scale) is
+    # summed once, and each period longer than it adds only what lies before.
+    month_start = as_of.replace(day=1)
+    sql, params_so_far = window_parts(month_start, as_of)
+    db.execute("DROP TABLE IF EXISTS temp.agg_month_so_far")
+    db.execute(f"CREATE TEMP TABLE agg_month_so_far AS {sql}", params_so_far)
     for name, start, end in rolling:
-        _rolling_partials(db, name, start, end)
+        if start < month_start:
+            sql, window = window_parts(start, month_start - timedelta(days=1))
+            sql = _added_per_client([sql, f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_month_so_far"])
+        else:
+            sql, window = window_parts(start, end)
+        db.execute(
+            f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {_PLAIN} FROM ({sql})",
+            window | {"period": name, "start": start.isoformat(), "end": end.isoformat()},
+        )
+    db.execute("DROP TABLE temp.agg_month_so_far")
     _insert(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {_STORED} FROM temp.agg_rolling"), params)
     for name, start, end in rolling:
@@ -547,8 +566,12 @@ def window_parts(start: date, end: date, one_client: bool = False) -> tuple[str,
             i = len(parts)
             parts.append(sql.format(i=i) + only)
             params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
-    sql = f"SELECT client_id, SUM(days_with_data) AS days_with_data, {_ADDED} FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id"
-    return sql, params
+    return _added_per_client(parts), params
+
+
+def _added_per_client(parts: list[str]) -> str:
+    """The per-client sums of the partial-sum rows (client_id, days_with_data, metrics) of `parts`."""
+    return f"SELECT client_id, SUM(days_with_data) AS days_with_data, {_ADDED} FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id"
 
 
 def client_window_sums(start: date, end: date, one_client: bool = False) -> tuple[str, dict]:
@@ -569,15 +592,6 @@ SELECT (SELECT COUNT(*) FROM clients c WHERE EXISTS (
 FROM agg_days
 WHERE day BETWEEN :start AND :end
 HAVING COUNT(*) > 0"""
-
-
-def _rolling_partials(db: "sqlite_utils.Database", name: str, start: date, end: date) -> None:
-    """Per-client partial sums over [start, end] into temp.agg_rolling."""
-    sql, params = window_parts(start, end)
-    db.execute(
-        f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {_PLAIN} FROM ({sql})",
-        params | {"period": name, "start": start.isoformat(), "end": end.isoformat()},
-    )
 
 
 def _next_month(day: date) -> date:
