@@ -5,6 +5,7 @@ and the reports that read those rollups give the raw path's numbers for any wind
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from delivery_sync.aggregate import (
     aggregate_locked, period_sums, with_ratios,
 )
 from delivery_sync.config import Settings
+from delivery_sync.metrics import METRICS
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window
@@ -65,6 +67,22 @@ def raw_path(conn: sqlite3.Connection, as_of: date) -> dict[str, set[tuple]]:
     return expected
 
 
+@contextmanager
+def aggregated(synced: tuple[Path, date], end_offset: int, days: int):
+    """The replica aggregated as of its today, opened read-only, and the window of `days` days
+    ending `end_offset` days after today."""
+    from delivery_sync import readonly
+
+    path, today = synced
+    aggregate_locked(path, today)
+    end = today + timedelta(days=end_offset)
+    conn = readonly.open_readonly(path)
+    try:
+        yield conn, Window(end - timedelta(days=days - 1), end)
+    finally:
+        conn.close()
+
+
 def stored(conn: sqlite3.Connection) -> dict[str, set[tuple]]:
     head = ["period", "period_start", "period_end"]
     got = {
@@ -99,14 +117,9 @@ def test_reports_of_any_window_equal_the_raw_path_bit_for_bit(synced, end_offset
     """`query client`, `query top` and `query totals` (with and without --by) read rollups and
     partial sums plus raw edges: the numbers must be those of CLIENT_SUMS, OVERALL_SUMS and
     period_sums over the raw rows, type for type."""
-    from delivery_sync import readonly, reports
+    from delivery_sync import reports
 
-    path, today = synced
-    aggregate_locked(path, today)
-    end = today + timedelta(days=end_offset)
-    window = Window(end - timedelta(days=days - 1), end)
-    conn = readonly.open_readonly(path)
-    try:
+    with aggregated(synced, end_offset, days) as (conn, window):
         raw = {r["client_id"]: r for r in conn.execute(with_ratios(CLIENT_SUMS, CLIENT_COLUMNS), window.params())}
         columns = [*CLIENT_COLUMNS, *RATIOS]
         got = reports.client(conn, window, client_id).rows[0]
@@ -130,5 +143,20 @@ def test_reports_of_any_window_equal_the_raw_path_bit_for_bit(synced, end_offset
             sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS)
             expected = [[exact(r[c]) for c in periods] for r in conn.execute(sql + " ORDER BY period", window.params())]
             assert [[exact(r[c]) for c in periods] for r in reports.totals(conn, window, by).rows] == expected, by
-    finally:
-        conn.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=-DAYS - 20, max_value=10), st.integers(min_value=1, max_value=DAYS + 30),
+       st.sampled_from(METRICS), st.integers(1, 13))
+def test_top_ranks_and_cuts_as_the_raw_path_for_any_window_metric_and_limit(synced, end_offset, days, metric, limit):
+    """`query top` ranks by the one metric first, then sums every column of the clients it kept:
+    order, cut-off (ties by client id, NULL sums last: some clients sell on one platform only, some
+    spend nothing on ads) and numbers must be those of the raw path's ORDER BY ... LIMIT."""
+    from delivery_sync import reports
+
+    with aggregated(synced, end_offset, days) as (conn, window):
+        columns = [*CLIENT_COLUMNS, *RATIOS]
+        raw_sql = with_ratios(CLIENT_SUMS, CLIENT_COLUMNS) + f" ORDER BY {metric} IS NULL, {metric} DESC, client_id LIMIT :limit"
+        expected = [[exact(r[c]) for c in columns] for r in conn.execute(raw_sql, {**window.params(), "limit": limit})]
+        got = [[exact(r[c]) for c in columns] for r in reports.top(conn, window, by=metric, limit=limit).rows]
+        assert got == expected
