@@ -119,8 +119,11 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
     status.clients, status.active_clients = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(active), 0) FROM clients"
     ).fetchone()
+    # Each in its own subquery: a lone MIN or MAX reads one end of the date index, both together
+    # scan it all (0.3 s at 10,000 clients x 365 days).
     status.rows, status.date_min, status.date_max = conn.execute(
-        "SELECT COUNT(*), MIN(stat_date), MAX(stat_date) FROM client_stats"
+        "SELECT (SELECT COUNT(*) FROM client_stats), (SELECT MIN(stat_date) FROM client_stats), "
+        "(SELECT MAX(stat_date) FROM client_stats)"
     ).fetchone()
     status.last_sync = _last_run(conn, "sync", dead_running)
     status.last_collect = _last_run(conn, "collect", dead_running)
