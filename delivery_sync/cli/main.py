@@ -62,7 +62,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.stdout = stdout
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    if argv is None:
+    # Under a profiler or a coverage tracer the normal exit lets them write their reports, unless
+    # a signal stopped the run.
+    traced = sys.getprofile() is not None or sys.gettrace() is not None
+    if argv is None and (code >= 128 or not traced):
         _exit_now(code)
     sys.exit(code)
 
