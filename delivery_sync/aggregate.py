@@ -584,40 +584,45 @@ def window_parts(start: date, end: date, clients: list[int] | None = None, colum
 
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
-    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. With `clients`, only those,
-    read by the (client_id, ...) keys of all three tables.
+    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. A span of one month, one piece
+    or up to two days is read by its key's index; a longer one client by client. With `clients`,
+    only those, read by the (client_id, ...) keys of all three tables.
     """
     months, pieces, days = _cover(start, end)
-    only = "" if clients is None else f" AND client_id IN ({', '.join(str(int(c)) for c in clients)})"
-    stored = ", ".join(columns)
-    raw = ", ".join("1 AS days_with_data" if c == "days_with_data" else f"{_cents(c)} AS {c}" for c in columns)
-    months_sql = f"SELECT client_id, {stored} FROM agg_client_months WHERE month BETWEEN :w_a{{i}} AND :w_b{{i}}{only}"
-    if months and months[0][0].strftime("%Y-%m") != months[0][1].strftime("%Y-%m"):
-        # Several months: one pass over the table in its (client_id, month) order, summed per
-        # client as it goes, is several times cheaper than every row by the month index and a sort.
-        added = ", ".join(f"SUM({c}) AS {c}" for c in columns)
-        months_sql = f"SELECT client_id, {added} FROM agg_client_months WHERE +month BETWEEN :w_a{{i}} AND :w_b{{i}}{only} GROUP BY client_id"
-    days_sql = f"SELECT client_id, {raw} FROM client_stats WHERE stat_date BETWEEN :w_a{{i}} AND :w_b{{i}}{only}"
-    # Three days or more: each client's rows by the (client_id, stat_date) index, where they lie
-    # together, summed per client as they come; by the date index, every row is on another page
-    # (2x slower at 10,000 clients). Rows exist only for listed clients, who are never deleted.
-    raw_added = ", ".join("COUNT(*) AS days_with_data" if c == "days_with_data" else f"SUM({_cents(c, 's')}) AS {c}" for c in columns)
-    per_client_sql = (
-        f"SELECT c.id AS client_id, {raw_added} FROM clients AS c CROSS JOIN client_stats AS s "
-        f"ON s.client_id = c.id AND s.stat_date BETWEEN :w_a{{i}} AND :w_b{{i}}{only.replace('client_id', 'c.id')} GROUP BY c.id"
+    sources = (  # spans, table, key, key width, does a span hold several rows per client?
+        (months, "agg_client_months", "month", 7, lambda a, b: a.strftime("%Y-%m") != b.strftime("%Y-%m")),
+        (pieces, "agg_client_pieces", "piece", 10, lambda a, b: _piece(a)[1] < b),
+        (days, "client_stats", "stat_date", 10, lambda a, b: (b - a).days >= 2),
     )
-    sources = [
-        (months, months_sql, 7),
-        (pieces, f"SELECT client_id, {stored} FROM agg_client_pieces WHERE piece BETWEEN :w_a{{i}} AND :w_b{{i}}{only}", 10),
-        (days, days_sql, 10),
-    ]
+    ids = "" if clients is None else ", ".join(str(int(c)) for c in clients)
     parts, params = [], {}
-    for spans, sql, width in sources:
+    for spans, table, key, width, several in sources:
+        raw = table == "client_stats"
         for a, b in spans:
             i = len(parts)
-            parts.append((per_client_sql if sql is days_sql and (b - a).days >= 2 else sql).format(i=i))
             params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
+            span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
+            if several(a, b):
+                # Client by client along the (client_id, key) index, where a client's rows lie
+                # together, summed as they come: by the key's own index every row is on another
+                # page and then sorted (2-3x slower at 10,000 clients). Rows exist only for
+                # listed clients, who are never deleted.
+                sums = ", ".join(_per_client_sum(c, raw) for c in columns)
+                only = f" AND c.id IN ({ids})" if clients is not None else ""
+                parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
+                             f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
+            else:
+                values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{_cents(c)} AS {c}") if raw else c for c in columns)
+                only = f" AND client_id IN ({ids})" if clients is not None else ""
+                parts.append(f"SELECT client_id, {values} FROM {table} WHERE {span}{only}")
     return _added_per_client(parts, columns), params
+
+
+def _per_client_sum(column: str, raw: bool) -> str:
+    """One client's sum of `column` over its rows `p` of a partial-sum table, or of client_stats (`raw`)."""
+    if not raw:
+        return f"SUM(p.{column}) AS {column}"
+    return "COUNT(*) AS days_with_data" if column == "days_with_data" else f"SUM({_cents(column, 'p')}) AS {column}"
 
 
 def _added_per_client(parts: list[str], columns: list[str] = _SUMMED) -> str:
