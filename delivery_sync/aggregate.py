@@ -123,6 +123,7 @@ FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
 # day|week` reads a few hundred rows instead of summing every client-day: one row per day and
 # per Monday-started week with data, same columns as overall_aggregates.
 FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
+EDGE_CLIENTS = "agg_edge_clients"
 
 CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
 OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]
@@ -321,7 +322,7 @@ def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
     if sync_run is None:
         return False
     present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {*PARTS_TABLES, "client_aggregates", "overall_aggregates", *FINE_TABLES.values()} <= present:
+    if not {*PARTS_TABLES, EDGE_CLIENTS, "client_aggregates", "overall_aggregates", *FINE_TABLES.values()} <= present:
         return False
     latest = db.execute(
         "SELECT id, status FROM sync_runs WHERE command = 'aggregate' AND id < ? ORDER BY id DESC LIMIT 1", [sync_run]
@@ -535,6 +536,7 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
             f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {_PLAIN} FROM ({sql})",
             window | {"period": name, "start": start.isoformat(), "end": end.isoformat()},
         )
+    _edge_clients(db, as_of)
     db.execute("DROP TABLE temp.agg_month_so_far")
     _insert(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {_STORED} FROM temp.agg_rolling"), params)
@@ -546,6 +548,41 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
             "HAVING COUNT(*) > 0)"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
     db.execute("DROP TABLE temp.agg_rolling")
     return rolling
+
+
+def _edge_clients(db: "sqlite_utils.Database", as_of: date) -> None:
+    """EDGE_CLIENTS: clients with data in the partial week and month at each end of every rolling
+    period ending at `as_of`, so that `totals --by week|month` of a stored period reads them: a
+    count of clients is not a sum of counts, and probing every client's index at both edges cost
+    40 ms at 10,000 clients. The month so far needs no probe: it is temp.agg_month_so_far's rows."""
+    db.execute(f"DROP TABLE IF EXISTS {EDGE_CLIENTS}")
+    db.execute(f"CREATE TABLE {EDGE_CLIENTS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, "
+               "clients_with_data INTEGER NOT NULL, PRIMARY KEY (period_start, period_end)) WITHOUT ROWID")
+    spans = set()
+    for days in ROLLING_PERIODS.values():
+        start = as_of - timedelta(days=days - 1)
+        for day in (start, as_of):
+            for first, last in ((day - timedelta(days=day.weekday()), day + timedelta(days=6 - day.weekday())),
+                                (day.replace(day=1), _month_end(day))):
+                span = (max(first, start), min(last, as_of))
+                if span != (first, last):
+                    spans.add(span)
+    month_so_far = (as_of.replace(day=1), as_of)
+    db.execute(f"INSERT INTO {EDGE_CLIENTS} SELECT :a, :b, COUNT(*) FROM temp.agg_month_so_far",
+               {"a": month_so_far[0].isoformat(), "b": month_so_far[1].isoformat()})
+    ends: dict[date, list[date]] = {}
+    for a, b in spans - {month_so_far}:
+        ends.setdefault(a, []).append(b)
+    for a, bs in sorted(ends.items()):
+        # Spans from one first day (a period's partial week and month) share one probe per
+        # client: its first day with data from `a` on.
+        counts = ", ".join(f"COUNT(CASE WHEN first <= :b{i} THEN 1 END)" for i in range(len(bs)))
+        found = db.execute(
+            f"SELECT {counts} FROM (SELECT (SELECT MIN(stat_date) FROM client_stats s WHERE s.client_id = c.id "
+            "AND s.stat_date >= :a) AS first FROM clients c)",
+            {"a": a.isoformat(), **{f"b{i}": b.isoformat() for i, b in enumerate(bs)}},
+        ).fetchone()
+        db.conn.executemany(f"INSERT INTO {EDGE_CLIENTS} VALUES (?, ?, ?)", [(a.isoformat(), b.isoformat(), n) for b, n in zip(bs, found)])
 
 
 def _cover(start: date, end: date) -> tuple[list, list, list]:
@@ -651,10 +688,16 @@ def window_ranking(start: date, end: date, metric: str) -> tuple[str, dict]:
 # All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
 # numbers (no row when the window is empty). Clients with data are counted by one probe of the
 # (client_id, stat_date) index per client, as rows exist only for clients the remote listed.
+def clients_with_data(start: str, end: str) -> str:
+    """SQL of the number of clients with a row between the days `start` and `end` (SQL
+    expressions): one probe of the (client_id, stat_date) index per client, as rows exist only
+    for clients the remote listed (about 1.5 us a client)."""
+    return (f"(SELECT COUNT(*) FROM clients c WHERE EXISTS ("
+            f"SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN {start} AND {end}))")
+
+
 OVERALL_DAY_SUMS = f"""
-SELECT (SELECT COUNT(*) FROM clients c WHERE EXISTS (
-            SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN :start AND :end
-       )) AS clients_with_data,
+SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
        COUNT(*) AS days_with_data,
        {", ".join(f"SUM({m}) / 100.0 AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
 FROM agg_days

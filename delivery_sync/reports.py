@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from .aggregate import (
-    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_DAY_SUMS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS,
-    RATIOS, ROLLING_PERIODS, SUMS, client_window_sums, period_bounds, period_sums, window_ranking, with_ratios,
+    CLIENT_COLUMNS, CLIENT_SUMS, EDGE_CLIENTS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_DAY_SUMS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS,
+    RATIOS, ROLLING_PERIODS, SUMS, client_window_sums, clients_with_data, period_bounds, period_sums, window_ranking, with_ratios,
 )
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
@@ -279,25 +279,23 @@ _METRIC_LIST = ", ".join(METRICS)
 def _edge_period_sums(by: str) -> str:
     """`period_sums` of the window's partial edge periods, from the stored daily totals.
 
-    Sums come from `overall_daily` (exact cents, so equal to summing the raw rows);
-    clients with data are counted by probing the (client_id, stat_date) index once
-    per client, far cheaper than reading every client-day of the edges.
+    Sums come from `overall_daily` (exact cents, so equal to summing the raw rows).
+    Clients with data are read from EDGE_CLIENTS, which holds the edges of the stored
+    rolling periods; any other edge probes the (client_id, stat_date) index once per
+    client, far cheaper than reading every client-day of the edges.
     """
     key, first, last = period_bounds(by, day="period")
-    # Probing from `clients` counts the same as DISTINCT client_stats.client_id: rows are
-    # written only for clients the remote listed, and clients are never deleted.
+    stored = f"SELECT e.clients_with_data FROM {EDGE_CLIENTS} e WHERE e.period_start = x.period_start AND e.period_end = x.period_end"
     return f"""
 SELECT period, period_start, period_end,
-       (SELECT COUNT(*) FROM clients c WHERE EXISTS (
-            SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN period_start AND period_end
-       )) AS clients_with_data,
+       COALESCE(({stored}), {clients_with_data("period_start", "period_end")}) AS clients_with_data,
        days_with_data, {_METRIC_LIST}
 FROM (SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end, days_with_data, {_METRIC_LIST}
       FROM (SELECT {key} AS period, COUNT(*) AS days_with_data,
                    {SUMS}
             FROM overall_daily
             WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end
-            GROUP BY 1))"""
+            GROUP BY 1)) AS x"""
 
 
 @dataclass(frozen=True)
@@ -390,7 +388,7 @@ def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
     ).fetchone()
     if latest is None or latest["status"] != "ok":
         return None
-    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES}
+    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS}
     present = conn.execute(
         f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(tables))})", sorted(tables)
     ).fetchone()[0]

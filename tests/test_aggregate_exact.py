@@ -160,3 +160,31 @@ def test_top_ranks_and_cuts_as_the_raw_path_for_any_window_metric_and_limit(sync
         expected = [[exact(r[c]) for c in columns] for r in conn.execute(raw_sql, {**window.params(), "limit": limit})]
         got = [[exact(r[c]) for c in columns] for r in reports.top(conn, window, by=metric, limit=limit).rows]
         assert got == expected
+
+
+def test_totals_by_week_and_month_of_every_stored_period_read_their_edges_clients_from_the_rollups(synced):
+    """The partial weeks and months at the ends of each rolling period have their clients with
+    data stored (a count of clients is not a sum): `totals --by` of a stored period reads them,
+    and gives the raw path's rows."""
+    from delivery_sync import reports
+
+    _, today = synced
+    with aggregated(synced, 0, 1) as (conn, _):
+        stored = {(a, b): n for a, b, n in conn.execute("SELECT period_start, period_end, clients_with_data FROM agg_edge_clients")}
+        read = set()
+        for days in ROLLING_PERIODS.values():
+            window = Window(today - timedelta(days=days - 1), today)
+            for by in ("week", "month"):
+                periods = [*PERIOD_COLUMNS, *RATIOS]
+                sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS)
+                expected = [[exact(r[c]) for c in periods] for r in conn.execute(sql + " ORDER BY period", window.params())]
+                rows = reports.totals(conn, window, by).rows
+                assert [[exact(r[c]) for c in periods] for r in rows] == expected, (days, by)
+                for edge in (rows[0], rows[-1]):
+                    span = (edge["period_start"], edge["period_end"])
+                    if span in stored:
+                        assert stored[span] == edge["clients_with_data"]
+                        read.add(span)
+    # Every stored edge with data is an edge of a stored period (the month so far among them), and
+    # is read; the 365-day period begins before this replica's first day, so its edges are empty.
+    assert len(read) >= 5 and all(stored[span] == 0 for span in set(stored) - read)
