@@ -3,7 +3,8 @@
 Steps, into one new replica:
 1. the first `sync --no-aggregate` (wall, peak RSS, WAL peak, requests);
 2. `aggregate`, the full rebuild of the rollups (wall, peak RSS);
-3. a daily `sync --incremental` (the last `sync.lookback_days` days, its aggregate included);
+3. a daily `sync --incremental` (the last `sync.lookback_days` days, its aggregate included), the
+   demo source restating about a fifth of the last 3 days as late refunds do (`--restate`);
 4. every report of benchmarks/bench_query.py on that replica, in-process (median ms).
 
 Peak RSS is the process's VmHWM read from /proc/<pid>/status while it runs (cross-checked with
@@ -32,7 +33,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_query import in_process  # noqa: E402  (a sibling script, not a package)
+from _installed import compile_package  # noqa: E402  (sibling scripts, not a package)
+from bench_query import in_process  # noqa: E402
 
 
 def free_port() -> int:
@@ -79,12 +81,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch", choices=("auto", "never"), default="auto")
     parser.add_argument("--runs", type=int, default=5, help="runs of each report timing")
+    parser.add_argument("--keep", type=Path, metavar="FOLDER", help="leave the replica and its config in this (new) folder, to profile")
     args = parser.parse_args()
+    print(compile_package(), flush=True)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "delivery_sync", "demo-source", "--port", str(port),
-                               "--clients", str(args.clients)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--clients", str(args.clients), "--restate"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     began = time.monotonic()
     try:
         for _ in range(200):
@@ -94,6 +98,9 @@ def main() -> None:
             except OSError:
                 time.sleep(0.05)
         with tempfile.TemporaryDirectory() as tmp:
+            if args.keep:
+                args.keep.mkdir(parents=True)
+                tmp = args.keep
             database = Path(tmp) / "replica.db"
             config = Path(tmp) / "config.toml"
             config.write_text(f'database = "{database}"\n[source]\nurl = "{url}"\nbatch = "{args.batch}"\n'

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from _installed import compile_package
+
 CONCURRENCY = 4
 
 
@@ -127,6 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.floor:
         return floor(args.floor, args.compare)
+    print(compile_package(), flush=True)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
