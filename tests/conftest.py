@@ -99,15 +99,17 @@ def query_db(path: Path, sql: str, params=()) -> list[tuple]:
         conn.close()
 
 
-def run_on_terminal(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
-    """Run a command with stderr on a pseudo-terminal (as a person sees it); its exit code and what it showed."""
+def run_on_terminal(args: list[str], cwd: Path, env: dict, stream: str = "stderr") -> tuple[int, str]:
+    """Run a command with `stream` (stderr or stdout) on a pseudo-terminal, as a person sees it,
+    the other stream discarded; its exit code and what it showed."""
     import os
     import pty
     import subprocess
 
     parent, child = pty.openpty()
+    streams = {"stderr": child, "stdout": subprocess.DEVNULL} if stream == "stderr" else {"stdout": child, "stderr": subprocess.DEVNULL}
     try:
-        proc = subprocess.run(args, cwd=cwd, env=env, stderr=child, stdout=subprocess.DEVNULL, timeout=30)
+        proc = subprocess.run(args, cwd=cwd, env=env, timeout=30, **streams)
         os.close(child)
         chunks = []
         while True:

@@ -7,7 +7,7 @@ import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, run_on_terminal, write_config
 from freezegun import freeze_time
 
 from delivery_sync import replica
@@ -288,3 +288,26 @@ def test_a_one_client_repair_sync_does_not_make_old_clients_look_fresh(cli, quic
     with freeze_time("2026-11-21T04:10:00Z", tick=True):
         assert cli("sync", "--days-back", str(DAYS), "--clients", ",".join(map(str, others)), "--no-aggregate").code == 0
         assert cli("status", "--check").code == 0
+
+
+def test_on_an_80_column_terminal_long_facts_wrap_under_their_value_column(cli, config, db_path, tmp_path):
+    """A person's terminal: a long value wraps at a word boundary, under its value, never cut in
+    a word; piped (logs, cron mail), each fact stays one line."""
+    import os
+    import re
+    import sys
+    from pathlib import Path
+
+    assert cli("sync", "--days-back", "3").code == 0
+    script = str(Path(sys.executable).with_name("delivery-sync"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}, "TERM": "xterm", "COLUMNS": "80"}
+    code, shown = run_on_terminal([script, "--db", str(db_path), "status"], tmp_path, env, stream="stdout")
+    assert code == 0
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in shown.replace("\r", "").splitlines()]
+    assert lines and all(len(line) <= 80 for line in lines), lines
+    rows = next(i for i, line in enumerate(lines) if line.startswith("Rows "))
+    # `Rows  12345, first .. last (today is ... in Asia/Makassar)` is longer than 80: its rest
+    # goes on the next line, indented to the value column, the zone name whole.
+    assert lines[rows + 1].startswith(" " * 17 + "Asia/Makassar)"), lines[rows:rows + 2]
+    piped = cli("status")
+    assert any(line.startswith("Rows ") and line.endswith("in Asia/Makassar)") for line in piped.stdout.splitlines())

@@ -19,15 +19,26 @@ def status_json(status) -> None:
 def show_status(status) -> None:
     """The human status view on stdout: the verdict first, then the facts behind it.
 
-    Lines are never wrapped by us (soft wrap), so logs and cron mail get one fact per line.
+    On a terminal a long value wraps at word boundaries under its own column; elsewhere lines
+    are never wrapped (soft wrap), so logs and cron mail get one fact per line.
     """
     from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
     console = Console()
+    soft_wrap = not console.is_terminal
 
     def line(label: str, value: "Text | str", indent: int = 17) -> None:
-        console.print(Text.assemble((f"{label:<{indent}}", "bold"), safe(value) if isinstance(value, str) else value), soft_wrap=True)
+        value = safe(value) if isinstance(value, str) else value
+        if soft_wrap:
+            console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
+            return
+        grid = Table.grid()
+        grid.add_column(width=indent, no_wrap=True, style="bold")
+        grid.add_column(overflow="fold")  # a path longer than the terminal folds, never an ellipsis
+        grid.add_row(label, value)
+        console.print(grid)
 
     verdict = status.verdict
     head = Text.assemble(
@@ -35,7 +46,7 @@ def show_status(status) -> None:
         ("yes", "bold green") if verdict.ok else ("NO", "bold red"),
         f" - {safe(verdict.reason)}",
     )
-    console.print(head, soft_wrap=True)
+    console.print(head, soft_wrap=soft_wrap)
     if verdict.advice:
         line("Run:", verdict.advice, 5)
     if not status.exists:
