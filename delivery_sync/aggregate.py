@@ -527,9 +527,9 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
     db.execute("DROP TABLE IF EXISTS temp.agg_month_so_far")
     db.execute(f"CREATE TEMP TABLE agg_month_so_far AS {sql}", params_so_far)
     for name, start, end in rolling:
-        if start < month_start:
-            sql, window = window_parts(start, month_start - timedelta(days=1))
-            sql = _added_per_client([sql, f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_month_so_far"])
+        if start < month_start:  # one sum of its parts and the month so far (not a sum of sums)
+            parts, window = window_part_list(start, month_start - timedelta(days=1))
+            sql = _added_per_client([*parts, f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_month_so_far"])
         else:
             sql, window = window_parts(start, end)
         db.execute(
@@ -617,7 +617,14 @@ _SUMMED = ["days_with_data", *METRICS]
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = _SUMMED) -> tuple[str, dict]:
     """SQL of per-client partial sums over [start, end] (client_id and `columns`, by default
     days_with_data and every metric; amounts in whole cents), and its parameters (named `w_*`,
-    so they mix with a caller's).
+    so they mix with a caller's): the sums of `window_part_list`."""
+    parts, params = window_part_list(start, end, clients, columns)
+    return _added_per_client(parts, columns), params
+
+
+def window_part_list(start: date, end: date, clients: list[int] | None = None, columns: list[str] = _SUMMED) -> tuple[list[str], dict]:
+    """The SELECTs of partial-sum rows (client_id and `columns`) that together cover [start, end]
+    once, and their parameters (named `w_*`).
 
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
@@ -652,7 +659,7 @@ def window_parts(start: date, end: date, clients: list[int] | None = None, colum
                 values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{_cents(c)} AS {c}") if raw else c for c in columns)
                 only = f" AND client_id IN ({ids})" if clients is not None else ""
                 parts.append(f"SELECT client_id, {values} FROM {table} WHERE {span}{only}")
-    return _added_per_client(parts, columns), params
+    return parts, params
 
 
 def _per_client_sum(column: str, raw: bool) -> str:
