@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
-from .aggregate import (
-    CLIENT_COLUMNS, CLIENT_SUMS, EDGE_CLIENTS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_DAY_SUMS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS,
-    RATIOS, ROLLING_PERIODS, SUMS, client_window_sums, clients_with_data, period_bounds, period_sums, window_ranking, with_ratios,
+from .aggregate.sql import (
+    CLIENT_COLUMNS, CLIENT_SUMS, EDGE_CLIENTS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS, RATIOS,
+    ROLLING_PERIODS, SUMS, period_bounds, period_sums, with_ratios,
 )
+from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .readonly import check_denied
 from .metrics import METRICS

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from . import replica
-from .aggregate import AggregateResult, ChangedRows, aggregate_locked
+from .aggregate.build import AggregateResult, ChangedRows, aggregate_locked
 from .config import Settings
 from .errors import Interrupted, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun

@@ -12,7 +12,7 @@ from freezegun import freeze_time
 
 from conftest import query_db, write_config
 from delivery_sync import replica as replica_module
-from delivery_sync.aggregate import run_aggregate
+from delivery_sync.aggregate.build import run_aggregate
 from delivery_sync.errors import LockHeld
 from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
 

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from delivery_sync.aggregate import (
-    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS,
-    aggregate_locked, period_sums, with_ratios,
+from delivery_sync.aggregate.build import aggregate_locked
+from delivery_sync.aggregate.sql import (
+    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS, period_sums,
+    with_ratios,
 )
 from delivery_sync.config import Settings
 from delivery_sync.metrics import METRICS

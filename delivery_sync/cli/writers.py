@@ -97,7 +97,7 @@ def aggregate(
 
     sync runs it after every run that changed rows; run it by hand after --no-aggregate."""
     from .. import render
-    from ..aggregate import run_aggregate
+    from ..aggregate.build import run_aggregate
 
     settings = ctx.obj.settings()
     result = run_aggregate(settings.database, parse_date(as_of, "--as-of") or settings.source.today())

@@ -1,18 +1,8 @@
-"""Rollups: `client_aggregates` and `overall_aggregates` (SPEC §4), plus `overall_daily` and
-`overall_weekly`, rebuilt in one transaction.
+"""The `aggregate` run: every rollup and partial sum rebuilt, or, after a sync, refreshed for
+what it wrote, and the rolling periods as of a day; one transaction with its `sync_runs` row.
 
-One row per (client, period) and per period for all clients, where a period is
-`last_7d`, `last_30d`, `last_90d`, `last_365d` (ending at the as-of date) or a
-calendar month `YYYY-MM` with data. Every rollup row is produced by the same
-named SQL (`CLIENT_SUMS`, `OVERALL_SUMS`, `with_ratios`) that `reports.py` runs
-on raw rows for that window, so reading a rollup or the raw rows gives the same
-numbers. Amounts are summed in whole cents (integers): exact, and independent of
-the order SQLite visits rows in.
-
-Only the standard library is imported at module level: `reports.py` imports the
-named SQL from here on the fast read path. The rollup tables are derived data,
-dropped and recreated on every rebuild, so their schema always matches this code
-and needs no migration.
+The rollup tables are derived data, dropped and recreated on every rebuild, so their schema
+always matches this code and needs no migration.
 """
 
 from __future__ import annotations
@@ -24,116 +14,23 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import NoReplica
-from .metrics import AMOUNT_METRICS, METRICS
+from ..errors import NoReplica
+from ..metrics import AMOUNT_METRICS, METRICS
+from .pieces import month_end, piece_row, piece_span
+from .sql import (
+    ADDED, CLIENT_COLUMNS, EDGE_CLIENTS, FINE_TABLES, PARTS_TABLES, PLAIN, RATIOS, ROLLING_PERIODS, STORED, cents_of,
+    period_bounds, with_ratios,
+)
+from .windows import added_per_client, window_part_list, window_parts
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import sqlite_utils
 
-# Rolling periods ending at the as-of date, inclusive.
-ROLLING_PERIODS = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
-
-
-def _sum(metric: str) -> str:
-    # Cents as integers: an exact sum whatever the row order; NULL when every value is NULL.
-    if metric in AMOUNT_METRICS:
-        return f"SUM(CAST(ROUND({metric} * 100) AS INTEGER)) / 100.0 AS {metric}"
-    return f"SUM({metric}) AS {metric}"
-
-
-def _plus(*columns: str) -> str:
-    """Sum of columns, NULLs as 0, but NULL when every one is NULL (a platform a client does not use)."""
-    all_null = " AND ".join(f"{c} IS NULL" for c in columns)
-    total = " + ".join(f"COALESCE({c}, 0)" for c in columns)
-    return f"(CASE WHEN {all_null} THEN NULL ELSE {total} END)"
-
-
-def _ratio(numerator: str, denominator: str) -> str:
-    return f"CAST({numerator} AS REAL) / NULLIF({denominator}, 0)"
-
-
-# Weighted ratios over sums (or over one day's values), NULL on a zero denominator (SPEC §4).
-RATIOS = {
-    "grab_ads_roas": _ratio("grab_ads_sales", "grab_ads_spend"),
-    "gojek_ads_roas": _ratio("gojek_ads_sales", "gojek_ads_spend"),
-    "ads_roas": _ratio(_plus("grab_ads_sales", "gojek_ads_sales"), _plus("grab_ads_spend", "gojek_ads_spend")),
-    "avg_order_value": _ratio("total_sales", "total_orders"),
-    "fake_order_rate": _ratio(_plus("grab_fake_orders", "gojek_fake_orders"), "total_orders"),
-    "new_customer_share": _ratio(
-        _plus("grab_new_customers", "gojek_new_customers"),
-        _plus("grab_new_customers", "grab_repeated_customers", "gojek_new_customers", "gojek_returned_customers"),
-    ),
-    "ads_spend_share": _ratio(_plus("grab_ads_spend", "gojek_ads_spend"), "total_sales"),
-}
-# Every metric summed, named as the metric.
-SUMS = ",\n       ".join(_sum(m) for m in METRICS)
-
-# Per client over the window [:start, :end].
-CLIENT_SUMS = f"""
-SELECT client_id, COUNT(*) AS days_with_data,
-       {SUMS}
-FROM client_stats
-WHERE stat_date BETWEEN :start AND :end
-GROUP BY client_id"""
-
-# All clients together over [:start, :end]; no row when the window is empty.
-OVERALL_SUMS = f"""
-SELECT COUNT(DISTINCT client_id) AS clients_with_data, COUNT(DISTINCT stat_date) AS days_with_data,
-       {SUMS}
-FROM client_stats
-WHERE stat_date BETWEEN :start AND :end
-HAVING COUNT(*) > 0"""
-
-
-def with_ratios(sums_sql: str, columns: list[str]) -> str:
-    """`columns` of a sums (or daily rows) query, followed by every ratio computed from them."""
-    ratios = ",\n       ".join(f"{expr} AS {name}" for name, expr in RATIOS.items())
-    return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql})"
-
-
-def period_bounds(by: str, day: str = "stat_date") -> tuple[str, str, str]:
-    """SQL for the period of the date column `day`, and for the first and last day of `period`."""
-    key = {
-        "day": day,
-        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
-        "week": f"date({day}, '-' || ((CAST(strftime('%w', {day}) AS INTEGER) + 6) % 7) || ' days')",
-        "month": f"substr({day}, 1, 7)",
-    }[by]
-    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
-    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
-    return key, first, last
-
-
-def period_sums(by: str, rows: str) -> str:
-    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
-    key, first, last = period_bounds(by)
-    return f"""
-SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
-       clients_with_data, days_with_data, {', '.join(METRICS)}
-FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
-             COUNT(DISTINCT stat_date) AS days_with_data,
-             {SUMS}
-      {rows}
-      GROUP BY period)"""
-
-
-# Calendar periods finer than a month, stored beside the SPEC's rollups so `query totals --by
-# day|week` reads a few hundred rows instead of summing every client-day: one row per day and
-# per Monday-started week with data, same columns as overall_aggregates.
-FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
-EDGE_CLIENTS = "agg_edge_clients"
-
-CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
-OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]
-
 
 def _columns(key: str) -> str:
     return ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
-
-
-PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
 
 
 def _create_tables(db: "sqlite_utils.Database") -> None:
@@ -189,7 +86,7 @@ class ChangedRows:
 
 def run_aggregate(database: Path, as_of: date) -> AggregateResult:
     """`delivery-sync aggregate`: take the writer lock, then rebuild (never creates a replica)."""
-    from . import replica
+    from .. import replica
 
     if not database.is_file():
         raise NoReplica(f"no replica at {database}", hint="run 'delivery-sync sync' first")
@@ -208,7 +105,7 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
     The rebuild and its `ok` run row commit in one transaction, so a reader sees
     either the old rollups and run or the new ones, never a half-built table.
     """
-    from . import replica
+    from .. import replica
 
     began = time.monotonic()
     db = replica.open_replica(database)
@@ -237,7 +134,7 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
 
 def _counts(db: "sqlite_utils.Database"):
     """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
-    from .replica import RunCounts
+    from ..replica import RunCounts
 
     clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), TOTAL(days_with_data) FROM agg_client_months").fetchone()
     tables = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values())
@@ -245,39 +142,19 @@ def _counts(db: "sqlite_utils.Database"):
     return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=int(rows), rows_inserted=written)
 
 
-# --- partial sums ------------------------------------------------------------------------------
-# Kept in the replica beside the rollups, amounts in whole cents, written in the same transaction:
-# - agg_client_pieces: per client and piece, a piece being a Monday-started week cut at month
-#   ends (so both every week and every month is a union of whole pieces);
-# - agg_client_months: per client and month (the sum of its pieces);
-# - agg_days: per day, all clients.
-# Every rollup is a sum of partial sums (of raw rows only at the ragged edges of rolling periods,
-# at most 6 days each side): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
-# period_sums give on the raw rows, and NULL exactly when every value is NULL. The one row of
-# agg_parts_run names the aggregate run that last brought them up to date.
-
-PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
-
-
-def _cents(metric: str, alias: str = "") -> str:
-    column = f"{alias}.{metric}" if alias else metric
-    return f"CAST(ROUND({column} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else column
-
-
-def _cents_of(alias: str) -> str:
-    return ", ".join(f"SUM({_cents(m, alias)}) AS {m}" for m in METRICS)
-
-
-_RAW_CENTS = ", ".join(f"{_cents(m)} AS {m}" for m in METRICS)
-_PLAIN = ", ".join(METRICS)
-_ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
 _ADDED_P = ", ".join(f"SUM(p.{m}) AS {m}" for m in METRICS)
-# Partial sums as the rollups store them: amounts back in rupiah.
-_STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
+
+
 _MONTH_END = "date(month || '-01', '+1 month', '-1 day')"
+
+
 # client_aggregates month rows from agg_client_months (a FROM clause follows)
-_MONTH_ROWS = f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, {_STORED} FROM "
+_MONTH_ROWS = f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, {STORED} FROM "
+
+
 _WEEK_KEY = period_bounds("week", "day")[0]
+
+
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
 
 
@@ -297,22 +174,6 @@ def _create_parts(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE INDEX agg_client_months_month ON agg_client_months(month)")
     db.execute(f"CREATE TABLE agg_days(day TEXT PRIMARY KEY, clients_with_data INTEGER NOT NULL, {_PART_METRICS}) WITHOUT ROWID")
     db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
-
-
-def _month_end(day: date) -> date:
-    return _next_month(day) - timedelta(days=1)
-
-
-def _piece(day: date) -> tuple[date, date]:
-    """First and last day of the piece holding `day`: its Monday-started week, cut at month ends."""
-    monday = day - timedelta(days=day.weekday())
-    return max(monday, day.replace(day=1)), min(monday + timedelta(days=6), _month_end(day))
-
-
-def _piece_row(first: date) -> tuple[str, str, str, str]:
-    """(piece, piece_end, week, month) of the piece starting on `first`."""
-    last = _piece(first)[1]
-    return first.isoformat(), last.isoformat(), (first - timedelta(days=first.weekday())).isoformat(), first.isoformat()[:7]
 
 
 def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
@@ -350,7 +211,7 @@ def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str
     """Partial sums of the (client, piece), (client, month) and day keys the three queries list
     (no day when `days` is None); their rows must not be in the tables yet."""
     db.execute(
-        f"INSERT INTO agg_client_pieces SELECT d.client_id, d.piece, d.piece_end, d.week, d.month, COUNT(*), {_cents_of('s')} "
+        f"INSERT INTO agg_client_pieces SELECT d.client_id, d.piece, d.piece_end, d.week, d.month, COUNT(*), {cents_of('s')} "
         f"FROM ({pieces}) AS d CROSS JOIN client_stats AS s ON s.client_id = d.client_id AND s.stat_date BETWEEN d.piece AND d.piece_end "
         "GROUP BY d.client_id, d.piece"
     )
@@ -361,13 +222,13 @@ def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str
     )
     if days is not None:
         db.execute(
-            f"INSERT INTO agg_days SELECT d.day, COUNT(*), {_cents_of('s')} "
+            f"INSERT INTO agg_days SELECT d.day, COUNT(*), {cents_of('s')} "
             f"FROM ({days}) AS d CROSS JOIN client_stats AS s ON s.stat_date = d.day GROUP BY d.day"
         )
 
 
 # Every day's partial sums: one pass in table order and a sort, cheaper than by the date index.
-_ALL_DAYS = f"SELECT +stat_date, COUNT(*), {_cents_of('s')} FROM client_stats AS s GROUP BY 1"
+_ALL_DAYS = f"SELECT +stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY 1"
 
 
 def _all_days_meanwhile(database: Path) -> "Future[list[tuple]]":
@@ -377,7 +238,7 @@ def _all_days_meanwhile(database: Path) -> "Future[list[tuple]]":
     writer lock and does not write client_stats, so both read the same rows."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .readonly import open_readonly
+    from ..readonly import open_readonly
 
     def read() -> list[tuple]:
         conn = open_readonly(database)
@@ -402,12 +263,12 @@ def _rebuild(db: "sqlite_utils.Database", database: Path, as_of: date, computed_
     first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     calendar_rows, month_rows = [], []
     if first is not None:
-        day, end = _piece(date.fromisoformat(first))[0], date.fromisoformat(last)
+        day, end = piece_span(date.fromisoformat(first))[0], date.fromisoformat(last)
         while day <= end:
-            calendar_rows.append(_piece_row(day))
+            calendar_rows.append(piece_row(day))
             if day.day == 1 or not month_rows:
                 month_rows.append((day.isoformat()[:7],))
-            day = _piece(day)[1] + timedelta(days=1)
+            day = piece_span(day)[1] + timedelta(days=1)
     _temp(db, "agg_calendar", "piece TEXT PRIMARY KEY, piece_end, week, month", calendar_rows)
     _temp(db, "agg_month_list", "month TEXT PRIMARY KEY", month_rows)
     clients = "SELECT id AS client_id FROM clients"
@@ -442,7 +303,7 @@ def _refresh(db: "sqlite_utils.Database", as_of: date, computed_at: str, keys: s
     piece_of: dict[str, tuple[str, str, str, str]] = {}  # a sync touches many clients but few days
     for client_id, day in keys:
         if day not in piece_of:
-            piece_of[day] = _piece_row(_piece(date.fromisoformat(day))[0])
+            piece_of[day] = piece_row(piece_span(date.fromisoformat(day))[0])
         pieces.add((client_id, *piece_of[day]))
         months.add((client_id, day[:7]))
     days = {(day,) for day in piece_of}
@@ -488,19 +349,19 @@ def _overall_rows(db: "sqlite_utils.Database", params: dict, months: str, days: 
     # All clients: clients_with_data from the per-client partials, days_with_data from the days.
     _insert(db, "overall_aggregates", "clients_with_data", (
         f"SELECT m.month AS period, m.month || '-01' AS period_start, date(m.month || '-01', '+1 month', '-1 day') AS period_end, "
-        f"clients_with_data, d.days AS days_with_data, {_STORED} FROM "
-        f"(SELECT month, COUNT(*) AS clients_with_data, {_ADDED} FROM agg_client_months {in_months} GROUP BY month) AS m "
+        f"clients_with_data, d.days AS days_with_data, {STORED} FROM "
+        f"(SELECT month, COUNT(*) AS clients_with_data, {ADDED} FROM agg_client_months {in_months} GROUP BY month) AS m "
         f"JOIN (SELECT substr(day, 1, 7) AS month, COUNT(*) AS days FROM agg_days GROUP BY 1) AS d ON d.month = m.month"),
         params)
     _insert(db, "overall_daily", "clients_with_data", (
-        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {_STORED} "
+        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {STORED} "
         f"FROM agg_days {f'WHERE day {days}' if days else ''}"), params)
     # A week's clients_with_data counts distinct clients over its pieces: the one figure not a sum.
     _insert(db, "overall_weekly", "clients_with_data", (
         f"SELECT w.week AS period, w.week AS period_start, date(w.week, '+6 days') AS period_end, "
         "(SELECT COUNT(DISTINCT client_id) FROM agg_client_pieces p WHERE p.piece BETWEEN w.week AND date(w.week, '+6 days')) "
-        f"AS clients_with_data, w.days AS days_with_data, {_STORED} "
-        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {_ADDED} FROM agg_days GROUP BY week) AS w "
+        f"AS clients_with_data, w.days AS days_with_data, {STORED} "
+        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {ADDED} FROM agg_days GROUP BY week) AS w "
         f"{f'WHERE w.week {weeks}' if weeks else ''}"), params)
 
 
@@ -518,7 +379,7 @@ def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, pa
 def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall (none may be stored yet)."""
     db.execute("DROP TABLE IF EXISTS temp.agg_rolling")
-    db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {_PLAIN})")
+    db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {PLAIN})")
     rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
     # Every period ends at as_of: the month so far (its raw days the costliest part at scale) is
     # summed once, and each period longer than it adds only what lies before.
@@ -529,22 +390,22 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
     for name, start, end in rolling:
         if start < month_start:  # one sum of its parts and the month so far (not a sum of sums)
             parts, window = window_part_list(start, month_start - timedelta(days=1))
-            sql = _added_per_client([*parts, f"SELECT client_id, days_with_data, {_PLAIN} FROM temp.agg_month_so_far"])
+            sql = added_per_client([*parts, f"SELECT client_id, days_with_data, {PLAIN} FROM temp.agg_month_so_far"])
         else:
             sql, window = window_parts(start, end)
         db.execute(
-            f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {_PLAIN} FROM ({sql})",
+            f"INSERT INTO temp.agg_rolling SELECT :period, :start, :end, client_id, days_with_data, {PLAIN} FROM ({sql})",
             window | {"period": name, "start": start.isoformat(), "end": end.isoformat()},
         )
     _edge_clients(db, as_of)
     db.execute("DROP TABLE temp.agg_month_so_far")
     _insert(db, "client_aggregates", "client_id", (
-        f"SELECT period, period_start, period_end, client_id, days_with_data, {_STORED} FROM temp.agg_rolling"), params)
+        f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM temp.agg_rolling"), params)
     for name, start, end in rolling:
         _insert(db, "overall_aggregates", "clients_with_data", (
             f"SELECT :period AS period, :start AS period_start, :end AS period_end, clients_with_data, "
-            f"(SELECT COUNT(*) FROM agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {_STORED} "
-            f"FROM (SELECT COUNT(*) AS clients_with_data, {_ADDED} FROM temp.agg_rolling WHERE period = :period "
+            f"(SELECT COUNT(*) FROM agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {STORED} "
+            f"FROM (SELECT COUNT(*) AS clients_with_data, {ADDED} FROM temp.agg_rolling WHERE period = :period "
             "HAVING COUNT(*) > 0)"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
     db.execute("DROP TABLE temp.agg_rolling")
     return rolling
@@ -563,7 +424,7 @@ def _edge_clients(db: "sqlite_utils.Database", as_of: date) -> None:
         start = as_of - timedelta(days=days - 1)
         for day in (start, as_of):
             for first, last in ((day - timedelta(days=day.weekday()), day + timedelta(days=6 - day.weekday())),
-                                (day.replace(day=1), _month_end(day))):
+                                (day.replace(day=1), month_end(day))):
                 span = (max(first, start), min(last, as_of))
                 if span != (first, last):
                     spans.add(span)
@@ -583,134 +444,3 @@ def _edge_clients(db: "sqlite_utils.Database", as_of: date) -> None:
             {"a": a.isoformat(), **{f"b{i}": b.isoformat() for i, b in enumerate(bs)}},
         ).fetchone()
         db.conn.executemany(f"INSERT INTO {EDGE_CLIENTS} VALUES (?, ?, ?)", [(a.isoformat(), b.isoformat(), n) for b, n in zip(bs, found)])
-
-
-def _cover(start: date, end: date) -> tuple[list, list, list]:
-    """[start, end] as disjoint spans of whole months, of whole pieces and of single days."""
-    first_full = start if start.day == 1 else _next_month(start)
-    last_full = end if _month_end(end) == end else end.replace(day=1) - timedelta(days=1)
-    if first_full > last_full:
-        months, edges = [], [(start, end)]
-    else:
-        months = [(first_full, last_full)]
-        edges = [(start, first_full - timedelta(days=1)), (last_full + timedelta(days=1), end)]
-    pieces, days = [], []
-    for a, b in edges:
-        if a > b:
-            continue
-        pa = a if _piece(a)[0] == a else _piece(a)[1] + timedelta(days=1)
-        pb = b if _piece(b)[1] == b else _piece(b)[0] - timedelta(days=1)
-        if pa > pb:
-            days.append((a, b))
-            continue
-        pieces.append((pa, pb))
-        if a < pa:
-            days.append((a, pa - timedelta(days=1)))
-        if pb < b:
-            days.append((pb + timedelta(days=1), b))
-    return months, pieces, days
-
-
-_SUMMED = ["days_with_data", *METRICS]
-
-
-def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = _SUMMED) -> tuple[str, dict]:
-    """SQL of per-client partial sums over [start, end] (client_id and `columns`, by default
-    days_with_data and every metric; amounts in whole cents), and its parameters (named `w_*`,
-    so they mix with a caller's): the sums of `window_part_list`."""
-    parts, params = window_part_list(start, end, clients, columns)
-    return _added_per_client(parts, columns), params
-
-
-def window_part_list(start: date, end: date, clients: list[int] | None = None, columns: list[str] = _SUMMED) -> tuple[list[str], dict]:
-    """The SELECTs of partial-sum rows (client_id and `columns`) that together cover [start, end]
-    once, and their parameters (named `w_*`).
-
-    The whole months inside the window come from agg_client_months, the whole pieces left from
-    agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
-    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. A span of one month, one piece
-    or up to two days is read by its key's index; a longer one client by client. With `clients`,
-    only those, read by the (client_id, ...) keys of all three tables.
-    """
-    months, pieces, days = _cover(start, end)
-    sources = (  # spans, table, key, key width, does a span hold several rows per client?
-        (months, "agg_client_months", "month", 7, lambda a, b: a.strftime("%Y-%m") != b.strftime("%Y-%m")),
-        (pieces, "agg_client_pieces", "piece", 10, lambda a, b: _piece(a)[1] < b),
-        (days, "client_stats", "stat_date", 10, lambda a, b: (b - a).days >= 2),
-    )
-    ids = "" if clients is None else ", ".join(str(int(c)) for c in clients)
-    parts, params = [], {}
-    for spans, table, key, width, several in sources:
-        raw = table == "client_stats"
-        for a, b in spans:
-            i = len(parts)
-            params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
-            span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
-            if several(a, b):
-                # Client by client along the (client_id, key) index, where a client's rows lie
-                # together, summed as they come: by the key's own index every row is on another
-                # page and then sorted (2-3x slower at 10,000 clients). Rows exist only for
-                # listed clients, who are never deleted.
-                sums = ", ".join(_per_client_sum(c, raw) for c in columns)
-                only = f" AND c.id IN ({ids})" if clients is not None else ""
-                parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
-                             f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
-            else:
-                values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{_cents(c)} AS {c}") if raw else c for c in columns)
-                only = f" AND client_id IN ({ids})" if clients is not None else ""
-                parts.append(f"SELECT client_id, {values} FROM {table} WHERE {span}{only}")
-    return parts, params
-
-
-def _per_client_sum(column: str, raw: bool) -> str:
-    """One client's sum of `column` over its rows `p` of a partial-sum table, or of client_stats (`raw`)."""
-    if not raw:
-        return f"SUM(p.{column}) AS {column}"
-    return "COUNT(*) AS days_with_data" if column == "days_with_data" else f"SUM({_cents(column, 'p')}) AS {column}"
-
-
-def _added_per_client(parts: list[str], columns: list[str] = _SUMMED) -> str:
-    """The per-client sums of `columns` over the partial-sum rows (client_id, *columns) of `parts`."""
-    added = ", ".join(f"SUM({c}) AS {c}" for c in columns)
-    return f"SELECT client_id, {added} FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id"
-
-
-def client_window_sums(start: date, end: date, clients: list[int] | None = None) -> tuple[str, dict]:
-    """`window_parts` with amounts back in rupiah: the columns and numbers of CLIENT_SUMS."""
-    sql, params = window_parts(start, end, clients)
-    return f"SELECT client_id, days_with_data, {_STORED} FROM ({sql})", params
-
-
-def window_ranking(start: date, end: date, metric: str) -> tuple[str, dict]:
-    """SQL of the ids of the `:limit` clients with the largest sum of `metric` over [start, end],
-    in `query top`'s order (NULL sums last, ties by client id), and its parameters.
-
-    It sums the one metric, in cents as `window_parts` does, so it ranks exactly as the sums of
-    every column would, at a fraction of their cost.
-    """
-    sql, params = window_parts(start, end, columns=[metric])
-    return f"SELECT client_id FROM ({sql}) ORDER BY {metric} IS NULL, {metric} DESC, client_id LIMIT :limit", params
-
-
-# All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
-# numbers (no row when the window is empty). Clients with data are counted by one probe of the
-# (client_id, stat_date) index per client, as rows exist only for clients the remote listed.
-def clients_with_data(start: str, end: str) -> str:
-    """SQL of the number of clients with a row between the days `start` and `end` (SQL
-    expressions): one probe of the (client_id, stat_date) index per client, as rows exist only
-    for clients the remote listed (about 1.5 us a client)."""
-    return (f"(SELECT COUNT(*) FROM clients c WHERE EXISTS ("
-            f"SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN {start} AND {end}))")
-
-
-OVERALL_DAY_SUMS = f"""
-SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
-       COUNT(*) AS days_with_data,
-       {", ".join(f"SUM({m}) / 100.0 AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
-FROM agg_days
-WHERE day BETWEEN :start AND :end
-HAVING COUNT(*) > 0"""
-
-
-def _next_month(day: date) -> date:
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)

@@ -1,0 +1,52 @@
+"""Pieces: Monday-started weeks cut at month ends, so that every week and every month is a union
+of whole pieces; and a window covered by whole months, whole pieces and single days."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+
+def month_end(day: date) -> date:
+    return next_month(day) - timedelta(days=1)
+
+
+def next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def piece_span(day: date) -> tuple[date, date]:
+    """First and last day of the piece holding `day`: its Monday-started week, cut at month ends."""
+    monday = day - timedelta(days=day.weekday())
+    return max(monday, day.replace(day=1)), min(monday + timedelta(days=6), month_end(day))
+
+
+def piece_row(first: date) -> tuple[str, str, str, str]:
+    """(piece, piece_end, week, month) of the piece starting on `first`."""
+    last = piece_span(first)[1]
+    return first.isoformat(), last.isoformat(), (first - timedelta(days=first.weekday())).isoformat(), first.isoformat()[:7]
+
+
+def cover(start: date, end: date) -> tuple[list, list, list]:
+    """[start, end] as disjoint spans of whole months, of whole pieces and of single days."""
+    first_full = start if start.day == 1 else next_month(start)
+    last_full = end if month_end(end) == end else end.replace(day=1) - timedelta(days=1)
+    if first_full > last_full:
+        months, edges = [], [(start, end)]
+    else:
+        months = [(first_full, last_full)]
+        edges = [(start, first_full - timedelta(days=1)), (last_full + timedelta(days=1), end)]
+    pieces, days = [], []
+    for a, b in edges:
+        if a > b:
+            continue
+        pa = a if piece_span(a)[0] == a else piece_span(a)[1] + timedelta(days=1)
+        pb = b if piece_span(b)[1] == b else piece_span(b)[0] - timedelta(days=1)
+        if pa > pb:
+            days.append((a, b))
+            continue
+        pieces.append((pa, pb))
+        if a < pa:
+            days.append((a, pa - timedelta(days=1)))
+        if pb < b:
+            days.append((pb + timedelta(days=1), b))
+    return months, pieces, days

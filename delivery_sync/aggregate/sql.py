@@ -1,0 +1,150 @@
+"""The named SQL of sums and ratios that a rollup row holds, the same whether summed from raw
+rows (the reports' raw path) or from partial sums; and the names of the rollup tables."""
+
+from __future__ import annotations
+
+from ..metrics import AMOUNT_METRICS, METRICS
+
+# Rolling periods ending at the as-of date, inclusive.
+ROLLING_PERIODS = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
+
+
+def _sum(metric: str) -> str:
+    # Cents as integers: an exact sum whatever the row order; NULL when every value is NULL.
+    if metric in AMOUNT_METRICS:
+        return f"SUM(CAST(ROUND({metric} * 100) AS INTEGER)) / 100.0 AS {metric}"
+    return f"SUM({metric}) AS {metric}"
+
+
+def _plus(*columns: str) -> str:
+    """Sum of columns, NULLs as 0, but NULL when every one is NULL (a platform a client does not use)."""
+    all_null = " AND ".join(f"{c} IS NULL" for c in columns)
+    total = " + ".join(f"COALESCE({c}, 0)" for c in columns)
+    return f"(CASE WHEN {all_null} THEN NULL ELSE {total} END)"
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    return f"CAST({numerator} AS REAL) / NULLIF({denominator}, 0)"
+
+
+# Weighted ratios over sums (or over one day's values), NULL on a zero denominator (SPEC §4).
+RATIOS = {
+    "grab_ads_roas": _ratio("grab_ads_sales", "grab_ads_spend"),
+    "gojek_ads_roas": _ratio("gojek_ads_sales", "gojek_ads_spend"),
+    "ads_roas": _ratio(_plus("grab_ads_sales", "gojek_ads_sales"), _plus("grab_ads_spend", "gojek_ads_spend")),
+    "avg_order_value": _ratio("total_sales", "total_orders"),
+    "fake_order_rate": _ratio(_plus("grab_fake_orders", "gojek_fake_orders"), "total_orders"),
+    "new_customer_share": _ratio(
+        _plus("grab_new_customers", "gojek_new_customers"),
+        _plus("grab_new_customers", "grab_repeated_customers", "gojek_new_customers", "gojek_returned_customers"),
+    ),
+    "ads_spend_share": _ratio(_plus("grab_ads_spend", "gojek_ads_spend"), "total_sales"),
+}
+
+
+# Every metric summed, named as the metric.
+SUMS = ",\n       ".join(_sum(m) for m in METRICS)
+
+
+# Per client over the window [:start, :end].
+CLIENT_SUMS = f"""
+SELECT client_id, COUNT(*) AS days_with_data,
+       {SUMS}
+FROM client_stats
+WHERE stat_date BETWEEN :start AND :end
+GROUP BY client_id"""
+
+
+# All clients together over [:start, :end]; no row when the window is empty.
+OVERALL_SUMS = f"""
+SELECT COUNT(DISTINCT client_id) AS clients_with_data, COUNT(DISTINCT stat_date) AS days_with_data,
+       {SUMS}
+FROM client_stats
+WHERE stat_date BETWEEN :start AND :end
+HAVING COUNT(*) > 0"""
+
+
+def with_ratios(sums_sql: str, columns: list[str]) -> str:
+    """`columns` of a sums (or daily rows) query, followed by every ratio computed from them."""
+    ratios = ",\n       ".join(f"{expr} AS {name}" for name, expr in RATIOS.items())
+    return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql})"
+
+
+def period_bounds(by: str, day: str = "stat_date") -> tuple[str, str, str]:
+    """SQL for the period of the date column `day`, and for the first and last day of `period`."""
+    key = {
+        "day": day,
+        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
+        "week": f"date({day}, '-' || ((CAST(strftime('%w', {day}) AS INTEGER) + 6) % 7) || ' days')",
+        "month": f"substr({day}, 1, 7)",
+    }[by]
+    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
+    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
+    return key, first, last
+
+
+def period_sums(by: str, rows: str) -> str:
+    """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
+    key, first, last = period_bounds(by)
+    return f"""
+SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
+       clients_with_data, days_with_data, {', '.join(METRICS)}
+FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
+             COUNT(DISTINCT stat_date) AS days_with_data,
+             {SUMS}
+      {rows}
+      GROUP BY period)"""
+
+
+# Calendar periods finer than a month, stored beside the SPEC's rollups so `query totals --by
+# day|week` reads a few hundred rows instead of summing every client-day: one row per day and
+# per Monday-started week with data, same columns as overall_aggregates.
+FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
+
+
+EDGE_CLIENTS = "agg_edge_clients"
+
+
+CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
+
+
+OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]
+
+
+PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
+
+
+# --- partial sums ------------------------------------------------------------------------------
+# Kept in the replica beside the rollups, amounts in whole cents, written in the same transaction:
+# - agg_client_pieces: per client and piece, a piece being a Monday-started week cut at month
+#   ends (so both every week and every month is a union of whole pieces);
+# - agg_client_months: per client and month (the sum of its pieces);
+# - agg_days: per day, all clients.
+# Every rollup is a sum of partial sums (of raw rows only at the ragged edges of rolling periods,
+# at most 6 days each side): integers, so exactly the numbers CLIENT_SUMS / OVERALL_SUMS /
+# period_sums give on the raw rows, and NULL exactly when every value is NULL. The one row of
+# agg_parts_run names the aggregate run that last brought them up to date.
+
+PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
+
+
+def cents(metric: str, alias: str = "") -> str:
+    column = f"{alias}.{metric}" if alias else metric
+    return f"CAST(ROUND({column} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else column
+
+
+def cents_of(alias: str) -> str:
+    return ", ".join(f"SUM({cents(m, alias)}) AS {m}" for m in METRICS)
+
+
+PLAIN = ", ".join(METRICS)
+
+
+ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
+
+
+# Partial sums as the rollups store them: amounts back in rupiah.
+STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
+
+
+SUMMED = ["days_with_data", *METRICS]
