@@ -140,3 +140,33 @@ def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, mon
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
     assert result.changed.keys == {(2, today.isoformat())} and result.aggregate.refreshed
     assert snapshot(config.database) == full_rebuild(config.database, today, tmp_path)
+
+
+def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_partial_sums(demo, tmp_path):
+    """The refresh replaces partial sums in place; a (client, piece) or (client, month) left with
+    no row at all must lose its old partial sums and its month rollup, not keep them."""
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=tmp_path / "replica.db", source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today))).status == "ok"
+    # Client 3 loses the whole month before last (every piece of it) and client 4 the whole week before last.
+    month = (today.replace(day=1) - timedelta(days=1)).replace(day=1) - timedelta(days=1)
+    first = month.replace(day=1)
+    gone = {(3, (first + timedelta(days=i)).isoformat()) for i in range((month - first).days + 1)}
+    monday = today - timedelta(days=today.weekday() + 14)
+    gone |= {(4, (monday + timedelta(days=i)).isoformat()) for i in range(7)}
+    demo.faults.deleted_rows.update(gone)
+    try:
+        result = run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today), prune=True))
+    finally:
+        demo.faults.deleted_rows.clear()
+    assert result.status == "ok" and result.run["rows_deleted"] == len(gone)
+    assert result.aggregate.refreshed
+    assert snapshot(config.database) == full_rebuild(config.database, today, tmp_path)
+    conn = sqlite3.connect(config.database)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM agg_client_months WHERE client_id = 3 AND month = ?", [first.isoformat()[:7]]).fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]).fetchone()[0] == 0
+    finally:
+        conn.close()
