@@ -20,7 +20,7 @@ from datetime import date, timedelta
 
 from .aggregate.sql import (
     CLIENT_COLUMNS, CLIENT_SUMS, EDGE_CLIENTS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS, RATIOS,
-    ROLLING_PERIODS, SUMS, period_bounds, period_sums, with_ratios,
+    ROLLING_PERIODS, SUMS, id_list, period_bounds, period_sums, with_ratios,
 )
 from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
@@ -255,7 +255,7 @@ def _client_rows(conn: sqlite3.Connection, plan: "_Plan", order: str, params: di
     given), read the fastest way the plan allows."""
     window = plan.window
     extra: dict = {}
-    only = "" if clients is None else f"client_id IN ({', '.join(str(int(c)) for c in clients)})"
+    only = "" if clients is None else f"client_id IN ({id_list(clients)})"
     if plan.period:
         source = "(SELECT * FROM client_aggregates WHERE period = :period)"
         bounds = "a.period_start, a.period_end"

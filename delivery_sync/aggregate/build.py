@@ -21,7 +21,7 @@ from .sql import (
     ADDED, CLIENT_COLUMNS, EDGE_CLIENTS, FINE_TABLES, PARTS_TABLES, PLAIN, RATIOS, ROLLING_PERIODS, STORED, cents_of,
     period_bounds, with_ratios,
 )
-from .windows import added_per_client, window_part_list, window_parts
+from .windows import added_per_client, clients_with_data, window_part_list, window_parts
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -227,7 +227,7 @@ def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str
     )
     if replace:
         _drop_emptied(db, "agg_client_months", "month", "temp.agg_dirty_months",
-                      "agg_client_pieces p WHERE p.client_id = d.client_id AND p.month = d.month", "client_aggregates", "period")
+                      "agg_client_pieces p WHERE p.client_id = d.client_id AND p.month = d.month", ("client_aggregates", "period"))
     if days is not None:
         db.execute(
             f"INSERT INTO agg_days SELECT d.day, COUNT(*), {cents_of('s')} "
@@ -235,13 +235,14 @@ def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str
         )
 
 
-def _drop_emptied(db: "sqlite_utils.Database", table: str, key: str, dirty: str, rows: str, *also: str) -> None:
-    """Delete the rows of `table` (and of the (table, key column) pairs `also`) whose dirty
+def _drop_emptied(db: "sqlite_utils.Database", table: str, key: str, dirty: str, rows: str,
+                  also: tuple[str, str] | None = None) -> None:
+    """Delete the rows of `table` (and of the table `also[0]`, keyed by `also[1]`) whose dirty
     (client_id, `key`) has no `rows` left (days deleted by --prune). By key from Python: SQLite
     plans `(client_id, key) IN (SELECT ...)` on client_id alone and then reads every key of the
     client; there are few such keys, while deleting every dirty key first cost 0.1 s at 10,000 clients."""
     emptied = db.execute(f"SELECT d.client_id, d.{key} FROM {dirty} AS d WHERE NOT EXISTS (SELECT 1 FROM {rows})").fetchall()
-    for name, column in ((table, key), *zip(also[::2], also[1::2])):
+    for name, column in ((table, key), *([also] if also else [])):
         db.conn.executemany(f"DELETE FROM {name} WHERE client_id = ? AND {column} = ?", emptied)
 
 
@@ -443,18 +444,6 @@ def _edge_clients(db: "sqlite_utils.Database", as_of: date) -> None:
                 if span != (first, last):
                     spans.add(span)
     month_so_far = (as_of.replace(day=1), as_of)
-    db.execute(f"INSERT INTO {EDGE_CLIENTS} SELECT :a, :b, COUNT(*) FROM temp.agg_month_so_far",
-               {"a": month_so_far[0].isoformat(), "b": month_so_far[1].isoformat()})
-    ends: dict[date, list[date]] = {}
-    for a, b in spans - {month_so_far}:
-        ends.setdefault(a, []).append(b)
-    for a, bs in sorted(ends.items()):
-        # Spans from one first day (a period's partial week and month) share one probe per
-        # client: its first day with data from `a` on.
-        counts = ", ".join(f"COUNT(CASE WHEN first <= :b{i} THEN 1 END)" for i in range(len(bs)))
-        found = db.execute(
-            f"SELECT {counts} FROM (SELECT (SELECT MIN(stat_date) FROM client_stats s WHERE s.client_id = c.id "
-            "AND s.stat_date >= :a) AS first FROM clients c)",
-            {"a": a.isoformat(), **{f"b{i}": b.isoformat() for i, b in enumerate(bs)}},
-        ).fetchone()
-        db.conn.executemany(f"INSERT INTO {EDGE_CLIENTS} VALUES (?, ?, ?)", [(a.isoformat(), b.isoformat(), n) for b, n in zip(bs, found)])
+    for a, b in sorted(spans):
+        count = "(SELECT COUNT(*) FROM temp.agg_month_so_far)" if (a, b) == month_so_far else clients_with_data(":a", ":b")
+        db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {count})", {"a": a.isoformat(), "b": b.isoformat()})

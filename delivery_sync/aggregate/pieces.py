@@ -7,10 +7,12 @@ from datetime import date, timedelta
 
 
 def month_end(day: date) -> date:
+    """The last day of `day`'s month."""
     return next_month(day) - timedelta(days=1)
 
 
 def next_month(day: date) -> date:
+    """The first day of the month after `day`'s."""
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 

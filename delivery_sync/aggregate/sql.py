@@ -100,17 +100,10 @@ FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
 # day|week` reads a few hundred rows instead of summing every client-day: one row per day and
 # per Monday-started week with data, same columns as overall_aggregates.
 FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
-
-
 EDGE_CLIENTS = "agg_edge_clients"
 
-
 CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
-
-
 OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]
-
-
 PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
 
 
@@ -128,23 +121,24 @@ PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
 PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
 
 
+def id_list(clients: list[int]) -> str:
+    """Client ids as an SQL list, `3, 17`: integers only, so nothing else can reach the SQL."""
+    return ", ".join(str(int(c)) for c in clients)
+
+
 def cents(metric: str, alias: str = "") -> str:
+    """`metric` of the rows `alias` in whole cents (an amount) or as it is (a count)."""
     column = f"{alias}.{metric}" if alias else metric
     return f"CAST(ROUND({column} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else column
 
 
 def cents_of(alias: str) -> str:
+    """Every metric of the rows `alias` summed in cents, named as the metric."""
     return ", ".join(f"SUM({cents(m, alias)}) AS {m}" for m in METRICS)
 
 
 PLAIN = ", ".join(METRICS)
-
-
 ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
-
-
 # Partial sums as the rollups store them: amounts back in rupiah.
 STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
-
-
 SUMMED = ["days_with_data", *METRICS]

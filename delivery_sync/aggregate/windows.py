@@ -7,7 +7,7 @@ from datetime import date
 
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import STORED, SUMMED, cents
+from .sql import STORED, SUMMED, cents, id_list
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED) -> tuple[str, dict]:
@@ -34,7 +34,7 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
         (pieces, "agg_client_pieces", "piece", 10, lambda a, b: piece_span(a)[1] < b),
         (days, "client_stats", "stat_date", 10, lambda a, b: (b - a).days >= 2),
     )
-    ids = "" if clients is None else ", ".join(str(int(c)) for c in clients)
+    ids = "" if clients is None else id_list(clients)
     parts, params = [], {}
     for spans, table, key, width, several in sources:
         raw = table == "client_stats"
@@ -88,9 +88,6 @@ def window_ranking(start: date, end: date, metric: str) -> tuple[str, dict]:
     return f"SELECT client_id FROM ({sql}) ORDER BY {metric} IS NULL, {metric} DESC, client_id LIMIT :limit", params
 
 
-# All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
-# numbers (no row when the window is empty). Clients with data are counted by one probe of the
-# (client_id, stat_date) index per client, as rows exist only for clients the remote listed.
 def clients_with_data(start: str, end: str) -> str:
     """SQL of the number of clients with a row between the days `start` and `end` (SQL
     expressions): one probe of the (client_id, stat_date) index per client, as rows exist only
@@ -99,6 +96,8 @@ def clients_with_data(start: str, end: str) -> str:
             f"SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN {start} AND {end}))")
 
 
+# All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
+# numbers (no row when the window is empty).
 OVERALL_DAY_SUMS = f"""
 SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
        COUNT(*) AS days_with_data,
