@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from _installed import compile_package
+
 from delivery_sync import readonly, reports
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DEMO_TZ, DemoSource

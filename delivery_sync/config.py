@@ -82,7 +82,7 @@ class SourceSettings(_Section):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Asia/Makassar')")
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Asia/Makassar')") from None
         return value
 
     @property

@@ -18,10 +18,10 @@ import json
 import math
 import random
 import threading
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -131,7 +131,7 @@ def demo_row(client_id: int, day: date, seed: int) -> dict[str, Any]:
     rng = random.Random(int.from_bytes(digest, "big"))
     grab_on, gojek_on = _platforms(client_id, seed)
     size = random.Random(f"{seed}:size:{client_id}").uniform(15, 140)
-    midnight = datetime(day.year, day.month, day.day, tzinfo=DEMO_TZ).astimezone(timezone.utc)
+    midnight = datetime(day.year, day.month, day.day, tzinfo=DEMO_TZ).astimezone(UTC)
     row: dict[str, Any] = {
         "id": client_id * 100_000 + (day - FIRST_DAY).days,
         "client_id": client_id,
@@ -200,7 +200,7 @@ class DemoSource:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "DemoSource":
+    def start(self) -> DemoSource:
         # A short poll interval: stop() waits up to one interval, paid by every test that starts a server.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="demo-source", daemon=True
@@ -215,7 +215,7 @@ class DemoSource:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "DemoSource":
+    def __enter__(self) -> DemoSource:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,10 +18,10 @@ endpoint is missing, `always` stops the run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 from .config import SourceSettings
@@ -114,7 +114,7 @@ class Fetcher:
         done, total = 0, len(windows)
         self._report(0, total, "clients")
 
-        for cid, future in self._pump(((cid, lambda cid=cid: self._fetch_client(cid, windows[cid])) for cid in windows)):
+        for cid, future in self._pump((cid, lambda cid=cid: self._fetch_client(cid, windows[cid])) for cid in windows):
             done += 1
             try:
                 parsed = future.result()
@@ -202,7 +202,7 @@ class Fetcher:
     def _fallback(self, fallback: list[tuple[int, Window]]) -> None:
         """Per-client requests for the tiles whose batch failed."""
         tasks = (((cid, window), lambda cid=cid, window=window: self._fetch_client(cid, window)) for cid, window in fallback)
-        for done, ((cid, window), future) in enumerate(self._pump(tasks), start=1):
+        for done, ((cid, _window), future) in enumerate(self._pump(tasks), start=1):
             if cid in self.failed:
                 continue
             try:

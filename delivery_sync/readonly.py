@@ -12,9 +12,9 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 from .errors import NoReplica, ReadOnlyViolation

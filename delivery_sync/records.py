@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -260,7 +261,7 @@ class ParsedRows:
     rejects: list[Reject]
     fetched: int
 
-    def stored(self) -> "ClientRows":
+    def stored(self) -> ClientRows:
         """The rows as the replica compares and stores them."""
         return ClientRows(self.rows, self.rejects, self.fetched)
 

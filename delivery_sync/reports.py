@@ -19,13 +19,26 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from .aggregate.sql import (
-    CLIENT_COLUMNS, CLIENT_SUMS, EDGE_CLIENTS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PARTS_TABLES, PERIOD_COLUMNS, RATIOS,
-    ROLLING_PERIODS, SUMS, id_list, period_bounds, period_sums, with_ratios,
+    CLIENT_COLUMNS,
+    CLIENT_SUMS,
+    EDGE_CLIENTS,
+    FINE_TABLES,
+    OVERALL_COLUMNS,
+    OVERALL_SUMS,
+    PARTS_TABLES,
+    PERIOD_COLUMNS,
+    RATIOS,
+    ROLLING_PERIODS,
+    SUMS,
+    id_list,
+    period_bounds,
+    period_sums,
+    with_ratios,
 )
 from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
-from .readonly import check_denied
 from .metrics import METRICS
+from .readonly import check_denied
 from .window import Window
 
 log = logging.getLogger(__name__)
@@ -53,7 +66,7 @@ class Report:
     keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
 
-    def select(self, columns: list[str]) -> "Report":
+    def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
         twice = sorted({c for c in columns if columns.count(c) > 1})
         if twice:
@@ -250,7 +263,7 @@ def _unique(names: list[str]) -> list[str]:
 # --- helpers ----------------------------------------------------------------------
 
 
-def _client_rows(conn: sqlite3.Connection, plan: "_Plan", order: str, params: dict, clients: list[int] | None = None) -> list[dict]:
+def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict, clients: list[int] | None = None) -> list[dict]:
     """Per-client sums and ratios with names over the plan's window (of `clients` only, when
     given), read the fastest way the plan allows."""
     window = plan.window

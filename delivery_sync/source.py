@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -76,8 +76,8 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -156,7 +156,7 @@ class SourceClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "SourceClient":
+    def __enter__(self) -> SourceClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -77,7 +77,7 @@ class Status:
 
 def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
     """Gather the status facts of the replica at `database` (which may not exist), with its last `history` runs."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     today = now.astimezone(tz).date()
     status = Status(
         database=os.path.abspath(database),
@@ -252,7 +252,8 @@ def _judge(status: Status) -> Verdict:
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
     if last["status"] != "ok":
-        return Verdict(False, f"last sync {last['status']} at {stamp_text(last['finished_at'] or last['started_at'])}: {_what_went_wrong(status)}", _repair(status))
+        when = stamp_text(last['finished_at'] or last['started_at'])
+        return Verdict(False, f"last sync {last['status']} at {when}: {_what_went_wrong(status)}", _repair(status))
     if status.freshness != "fresh" and status.last_ok_sync_at and not _run_too_old(status):
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)

@@ -10,7 +10,6 @@ from datetime import date, timedelta
 
 from .errors import UsageError
 
-
 # Far wider than any delivery statistics, and far from the limits of date arithmetic.
 FIRST_DAY = date(1900, 1, 1)
 LAST_DAY = date(2999, 12, 31)

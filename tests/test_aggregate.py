@@ -8,13 +8,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from freezegun import freeze_time
-
 from conftest import query_db, write_config
+from freezegun import freeze_time
+from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
+
 from delivery_sync import replica as replica_module
 from delivery_sync.aggregate.build import run_aggregate
 from delivery_sync.errors import LockHeld
-from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
 
 ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
 
@@ -134,7 +134,9 @@ def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path
     assert result.code == 0 and result.stderr.count("\n") == 1 and result.stderr.startswith("sync ok: 2/2 clients")
     verbose = cli("-v", "sync", "--days-back", "3", "--clients", "1,2")
     assert verbose.code == 0 and "aggregate ok: 2 clients, 6 rows" in verbose.stderr
-    assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [("sync", "ok"), ("sync", "ok"), ("aggregate", "ok"), ("sync", "ok"), ("aggregate", "ok")]
+    assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [
+        ("sync", "ok"), ("sync", "ok"), ("aggregate", "ok"), ("sync", "ok"), ("aggregate", "ok")
+    ]
 
 
 def test_aggregate_without_a_replica_exits_2_and_creates_nothing(cli, tmp_path):

@@ -15,12 +15,20 @@ from hypothesis import strategies as st
 
 from delivery_sync.aggregate.build import aggregate_locked
 from delivery_sync.aggregate.sql import (
-    CLIENT_COLUMNS, CLIENT_SUMS, FINE_TABLES, OVERALL_COLUMNS, OVERALL_SUMS, PERIOD_COLUMNS, RATIOS, ROLLING_PERIODS, period_sums,
+    CLIENT_COLUMNS,
+    CLIENT_SUMS,
+    FINE_TABLES,
+    OVERALL_COLUMNS,
+    OVERALL_SUMS,
+    PERIOD_COLUMNS,
+    RATIOS,
+    ROLLING_PERIODS,
+    period_sums,
     with_ratios,
 )
 from delivery_sync.config import Settings
-from delivery_sync.metrics import METRICS
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.metrics import METRICS
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window
 

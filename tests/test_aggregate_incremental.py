@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_aggregate_exact import raw_path, stored
 
 from delivery_sync.aggregate.build import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window
-from test_aggregate_exact import raw_path, stored
 
 CLIENTS = 6
 DAYS = 120

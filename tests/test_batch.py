@@ -13,11 +13,11 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
+from conftest import DEMO_CLIENTS, query_db, write_config
 from freezegun import freeze_time
 
-from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.demo_source import DemoSource
 
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23

@@ -8,9 +8,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+from conftest import DEMO_CLIENTS, query_db
 from freezegun import freeze_time
 
-from conftest import DEMO_CLIENTS, query_db
 from delivery_sync import replica
 
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
@@ -102,6 +102,7 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
 
 def test_the_demo_source_restates_recent_days_from_the_second_sync_on(cli, tmp_path, db_path):
     from conftest import write_config
+
     from delivery_sync.demo_source import DemoSource
 
     with DemoSource(clients=40, restate=True) as demo:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db, run_on_terminal, write_config
+
 from delivery_sync import replica
 from delivery_sync.demo_source import DemoSource
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import query_db, write_config
+
 from delivery_sync.config import load_settings
 from delivery_sync.errors import ConfigError
 

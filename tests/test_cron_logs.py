@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_on_terminal, write_config
+
 from delivery_sync.render import lines
 
 SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))

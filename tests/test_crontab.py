@@ -110,7 +110,7 @@ def test_the_daily_schedule_in_utc():
     assert sync[0] == ["0", "1", "*", "*", "*"]  # 09:00 in Bali
     assert sync[1] == ["--days-back", "365"]
     assert any(rest == ["--check"] for _, rest, _ in by_command["status"])
-    for fields, _, command in collect, sync:
+    for _fields, _, command in collect, sync:
         assert ">> " in command and "2>&1" in command, "output is appended to a log file"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from conftest import DEMO_CLIENTS, query_db, write_config
+
 from delivery_sync.demo_source import DemoSource
 
 

@@ -16,9 +16,10 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from conftest import query_db, write_config
+from hardening import SCRIPT, integrity
+
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.status import read_status
-from hardening import SCRIPT, integrity
 
 CLIENTS, DAYS = 16, 20
 KILLS = 24

@@ -9,10 +9,10 @@ import sqlite3
 from datetime import date
 from zoneinfo import ZoneInfo
 
+from conftest import DEMO_CLIENTS, query_db
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEMO_CLIENTS, query_db
 from delivery_sync.metrics import METRICS
 from delivery_sync.records import parse_batch, parse_clients, parse_rows
 

@@ -7,7 +7,6 @@ import hashlib
 import sqlite3
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db
 
 

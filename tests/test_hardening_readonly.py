@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DEMO_CLIENTS, write_config
 from hardening import IS_ROOT, one_line, run_cli, shared_folder, synced_shared_replica
 

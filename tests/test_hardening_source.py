@@ -7,7 +7,6 @@ import math
 import time
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db, write_config
 
 

@@ -8,9 +8,9 @@ import os
 import sqlite3
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db, write_config
 from hardening import IS_ROOT, integrity, one_line, run_cli, shared_folder, synced_shared_replica
+
 from delivery_sync.replica import SCHEMA_VERSION
 
 
@@ -51,8 +51,9 @@ def test_a_file_holding_only_the_migration_table_is_completed(cli, config, db_pa
 
 def test_tables_without_schema_version_are_completed(cli, config, db_path):
     """Killed after the first migration committed, before `schema_version` was written."""
-    from delivery_sync.replica.schema import migrations
     import sqlite_utils
+
+    from delivery_sync.replica.schema import migrations
 
     db = sqlite_utils.Database(db_path)
     migrations.apply(db)

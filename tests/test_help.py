@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import typer.main
-
 from conftest import query_db
+
 from delivery_sync.cli import app
 from delivery_sync.metrics import METRICS
 

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
+
 from delivery_sync.demo_source import DemoSource
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -76,7 +76,9 @@ def test_no_config_and_nothing_at_the_default_url_says_what_to_do(cli, default_p
     result = cli(command)
     assert result.code == 1
     warning, summary = result.stderr.strip().splitlines()
-    assert re.sub(r"^\S+Z ", "", warning).startswith("warning: no config file found (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml)")
+    assert re.sub(r"^\S+Z ", "", warning).startswith(
+        "warning: no config file found (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml)"
+    )
     assert "'delivery-sync sync --source demo'" in warning and "config.example.toml" in warning
     assert summary.startswith(f"{command} failed:") and "1 request" in summary  # no minutes of retries
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from test_reports import NOW, REFUSED_STATEMENTS, TODAY, assert_matches, build_replica, expected_clients, load_rows
 
 from delivery_sync import replica as replica_module
-from test_reports import NOW, REFUSED_STATEMENTS, TODAY, assert_matches, build_replica, expected_clients, load_rows
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_sql_select_works_while_a_sync_holds_the_lock_and_writes(cli, replica, t
 
 def test_sql_runaway_query_is_interrupted_with_exit_1(cli, replica):
     # Not under freeze_time: the deadline runs on the real monotonic clock.
-    result = cli("--db", str(replica), "query", "sql", "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT COUNT(*) FROM n", "--max-seconds", "0.3")
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT COUNT(*) FROM n"
+    result = cli("--db", str(replica), "query", "sql", endless, "--max-seconds", "0.3")
     assert result.code == 1 and "query interrupted after 0.3 s" in result.stderr
 
 

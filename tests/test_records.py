@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -52,7 +52,7 @@ def test_unusable_stat_dates_raise(bad):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)))
+@given(st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)))
 def test_any_mysql2_timestamp_maps_to_its_local_date(moment):
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     expected = moment.replace(microsecond=moment.microsecond // 1000 * 1000).astimezone(BALI).date()
@@ -63,7 +63,7 @@ def test_any_mysql2_timestamp_maps_to_its_local_date(moment):
 @given(st.dates(min_value=date(1950, 1, 1), max_value=date(2200, 12, 31)))
 def test_any_local_midnight_round_trips(day):
     # What mysql2 does to a DATE column: local midnight of `day`, written in UTC.
-    midnight = datetime(day.year, day.month, day.day, tzinfo=BALI).astimezone(timezone.utc)
+    midnight = datetime(day.year, day.month, day.day, tzinfo=BALI).astimezone(UTC)
     assert parse_stat_date(midnight.strftime("%Y-%m-%dT%H:%M:%S.000Z"), BALI) == day
     assert parse_stat_date(day.isoformat(), BALI) == day
 

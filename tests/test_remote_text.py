@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import query_db, write_config
+
 from delivery_sync.demo_source import DemoSource
 
 TOKEN = "tok-9f8e7d6c5b4a39281706/xyz"

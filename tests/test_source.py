@@ -5,11 +5,11 @@ from __future__ import annotations
 import email.utils
 import socket
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db, write_config
+
 from delivery_sync.config import SourceSettings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import AuthFailed, ClientFetchFailed, SourceUnreachable
@@ -63,7 +63,7 @@ def test_429_retry_after_seconds_is_honoured(demo):
 
 
 def test_429_retry_after_http_date_is_honoured(demo):
-    when = datetime.now(timezone.utc) + timedelta(seconds=2)
+    when = datetime.now(UTC) + timedelta(seconds=2)
     demo.faults.throttle_next = 1
     demo.faults.retry_after = email.utils.format_datetime(when, usegmt=True)  # whole seconds
     with _client(demo) as source:

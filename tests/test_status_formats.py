@@ -7,10 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from conftest import query_db, write_config
 from freezegun import freeze_time
 from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import query_db, write_config
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_CLIENTS, query_db, write_config
 from freezegun import freeze_time
 
-from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.demo_source import DemoSource, demo_row
-from delivery_sync.window import Window, resolve_window
 from delivery_sync.errors import UsageError
+from delivery_sync.window import Window, resolve_window
 
 
 @pytest.fixture(autouse=True)

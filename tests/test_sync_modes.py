@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_CLIENTS, query_db, write_config
+
 from delivery_sync.demo_source import DemoSource
 
 

@@ -18,8 +18,18 @@ from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import month_end, piece_row, piece_span
 from .sql import (
-    ADDED, CLIENT_COLUMNS, EDGE_CLIENTS, FINE_TABLES, PARTS_TABLES, PLAIN, RATIOS, ROLLING_PERIODS, STORED, cents_of,
-    period_bounds, with_ratios,
+    ADDED,
+    CLIENT_COLUMNS,
+    EDGE_CLIENTS,
+    FINE_TABLES,
+    PARTS_TABLES,
+    PLAIN,
+    RATIOS,
+    ROLLING_PERIODS,
+    STORED,
+    cents_of,
+    period_bounds,
+    with_ratios,
 )
 from .windows import added_per_client, clients_with_data, window_part_list, window_parts
 
@@ -33,7 +43,7 @@ def _columns(key: str) -> str:
     return ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
 
 
-def _create_tables(db: "sqlite_utils.Database") -> None:
+def _create_tables(db: sqlite_utils.Database) -> None:
     metrics = {m: float if m in AMOUNT_METRICS else int for m in METRICS}
     tail = {**metrics, **{r: float for r in RATIOS}, "computed_at": str}
     head = {"period": str, "period_start": str, "period_end": str}
@@ -132,7 +142,7 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
     return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
 
 
-def _counts(db: "sqlite_utils.Database"):
+def _counts(db: sqlite_utils.Database):
     """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
     from ..replica import RunCounts
 
@@ -158,7 +168,7 @@ _WEEK_KEY = period_bounds("week", "day")[0]
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
 
 
-def _create_parts(db: "sqlite_utils.Database") -> None:
+def _create_parts(db: sqlite_utils.Database) -> None:
     for table in PARTS_TABLES:
         db.execute(f"DROP TABLE IF EXISTS {table}")
     db.execute(
@@ -176,7 +186,7 @@ def _create_parts(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
 
 
-def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
+def _refreshable(db: sqlite_utils.Database, sync_run: int | None) -> bool:
     """Were the rollups and partial sums current just before sync run `sync_run`? That is: the
     latest aggregate run before it was `ok` and brought the partial sums up to date, and no sync
     in between may have changed client_stats (the test `reports._rollups_as_of` makes)."""
@@ -200,14 +210,14 @@ def _refreshable(db: "sqlite_utils.Database", sync_run: int | None) -> bool:
     return not changed
 
 
-def _temp(db: "sqlite_utils.Database", name: str, columns: str, rows) -> None:
+def _temp(db: sqlite_utils.Database, name: str, columns: str, rows) -> None:
     db.execute(f"DROP TABLE IF EXISTS temp.{name}")
     db.execute(f"CREATE TEMP TABLE {name}({columns}) WITHOUT ROWID")
     marks = ", ".join("?" * (columns.split(", PRIMARY KEY")[0].count(",") + 1))
     db.conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)
 
 
-def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str | None, replace: bool = False) -> None:
+def _fill_parts(db: sqlite_utils.Database, pieces: str, months: str, days: str | None, replace: bool = False) -> None:
     """Partial sums of the (client, piece), (client, month) and day keys the three queries list
     (no day when `days` is None); their rows must not be in the tables yet, or with `replace`,
     they are replaced (a key left with no rows at all keeps its old row: see _drop_emptied)."""
@@ -235,7 +245,7 @@ def _fill_parts(db: "sqlite_utils.Database", pieces: str, months: str, days: str
         )
 
 
-def _drop_emptied(db: "sqlite_utils.Database", table: str, key: str, dirty: str, rows: str,
+def _drop_emptied(db: sqlite_utils.Database, table: str, key: str, dirty: str, rows: str,
                   also: tuple[str, str] | None = None) -> None:
     """Delete the rows of `table` (and of the table `also[0]`, keyed by `also[1]`) whose dirty
     (client_id, `key`) has no `rows` left (days deleted by --prune). By key from Python: SQLite
@@ -250,7 +260,7 @@ def _drop_emptied(db: "sqlite_utils.Database", table: str, key: str, dirty: str,
 _ALL_DAYS = f"SELECT +stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY 1"
 
 
-def _all_days_meanwhile(database: Path) -> "Future[list[tuple]]":
+def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
     """`_ALL_DAYS`, read on a connection of its own in a thread while the caller builds the
     pieces: the sqlite3 module lets go of the GIL while a statement runs, so the two passes over
     client_stats run on two cores (at 10,000 clients x 365 days, 5 s each). The caller holds the
@@ -273,7 +283,7 @@ def _all_days_meanwhile(database: Path) -> "Future[list[tuple]]":
         pool.shutdown(wait=False)
 
 
-def _rebuild(db: "sqlite_utils.Database", database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
+def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
     """Recreate every partial sum and rollup table as of `as_of`; returns (period, first day, last
     day) of every rolling window and every calendar month with data."""
     _create_parts(db)
@@ -315,7 +325,7 @@ def _rebuild(db: "sqlite_utils.Database", database: Path, as_of: date, computed_
     return _rolling(db, as_of, params) + _months(db)
 
 
-def _refresh(db: "sqlite_utils.Database", as_of: date, computed_at: str, keys: set[tuple[int, str]]) -> list[tuple[str, date, date]]:
+def _refresh(db: sqlite_utils.Database, as_of: date, computed_at: str, keys: set[tuple[int, str]]) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     changed (client, day) `keys` fall in, and every rolling period as of `as_of`."""
     pieces, months = set(), set()
@@ -349,7 +359,7 @@ def _refresh(db: "sqlite_utils.Database", as_of: date, computed_at: str, keys: s
     return _rolling(db, as_of, params) + _months(db)
 
 
-def _months(db: "sqlite_utils.Database") -> list[tuple[str, date, date]]:
+def _months(db: sqlite_utils.Database) -> list[tuple[str, date, date]]:
     months = []
     for (month,) in db.execute("SELECT DISTINCT month FROM agg_client_months ORDER BY 1"):
         first = date.fromisoformat(f"{month}-01")
@@ -357,7 +367,7 @@ def _months(db: "sqlite_utils.Database") -> list[tuple[str, date, date]]:
     return months
 
 
-def _overall_rows(db: "sqlite_utils.Database", params: dict, months: str, days: str, weeks: str) -> None:
+def _overall_rows(db: sqlite_utils.Database, params: dict, months: str, days: str, weeks: str) -> None:
     """overall_aggregates month rows, overall_daily and overall_weekly rows from the partial sums:
     every one, or those whose month, day or week is `months`, `days`, `weeks` ("IN (...)")."""
     in_months = f"WHERE month {months}" if months else ""
@@ -380,7 +390,7 @@ def _overall_rows(db: "sqlite_utils.Database", params: dict, months: str, days: 
         f"{f'WHERE w.week {weeks}' if weeks else ''}"), params)
 
 
-def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, params: dict, replace: bool = False) -> None:
+def _insert(db: sqlite_utils.Database, table: str, key: str, sums_sql: str, params: dict, replace: bool = False) -> None:
     """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
     `table`, with their ratios (`replace`: in place of those with the same key)."""
     columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
@@ -391,7 +401,7 @@ def _insert(db: "sqlite_utils.Database", table: str, key: str, sums_sql: str, pa
     )
 
 
-def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tuple[str, date, date]]:
+def _rolling(db: sqlite_utils.Database, as_of: date, params: dict) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall (none may be stored yet)."""
     db.execute("DROP TABLE IF EXISTS temp.agg_rolling")
     db.execute(f"CREATE TEMP TABLE agg_rolling(period, period_start, period_end, client_id, days_with_data, {PLAIN})")
@@ -426,7 +436,7 @@ def _rolling(db: "sqlite_utils.Database", as_of: date, params: dict) -> list[tup
     return rolling
 
 
-def _edge_clients(db: "sqlite_utils.Database", as_of: date) -> None:
+def _edge_clients(db: sqlite_utils.Database, as_of: date) -> None:
     """EDGE_CLIENTS: clients with data in the partial week and month at each end of every rolling
     period ending at `as_of`, so that `totals --by week|month` of a stored period reads them: a
     count of clients is not a sum of counts, and probing every client's index at both edges cost

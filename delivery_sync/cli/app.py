@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -46,8 +46,8 @@ def examples(*lines: str) -> str:
 class Globals:
     """Options given before the command."""
 
-    config: Optional[Path]
-    db: Optional[Path]
+    config: Path | None
+    db: Path | None
     verbose: bool
     quiet: bool
 
@@ -69,8 +69,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _globals(
     ctx: typer.Context,
-    config: Optional[Path] = option(None, "--config", metavar="PATH", help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml if it exists)."),
-    db: Optional[Path] = option(None, "--db", metavar="PATH", help="Replica file (default: `database` of the config, delivery_stats.db)."),
+    config: Path | None = option(None, "--config", metavar="PATH",
+        help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml if it exists)."),
+    db: Path | None = option(None, "--db", metavar="PATH", help="Replica file (default: `database` of the config, delivery_stats.db)."),
     verbose: bool = option(False, "-v", "--verbose", help="Debug logs: every request with its duration, and tracebacks on errors."),
     quiet: bool = option(False, "-q", "--quiet", help="Only errors and the summary line (for cron)."),
     _version: bool = option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
@@ -83,7 +84,7 @@ def _globals(
     ctx.obj = Globals(config, db, verbose, quiet)
 
 
-def parse_date(value: Optional[str], flag: str) -> Optional[date]:
+def parse_date(value: str | None, flag: str) -> date | None:
     """A `YYYY-MM-DD` flag value, or a UsageError naming the flag."""
     if value is None:
         return None
@@ -93,7 +94,7 @@ def parse_date(value: Optional[str], flag: str) -> Optional[date]:
         raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
-def parse_ids(value: Optional[str]) -> Optional[list[int]]:
+def parse_ids(value: str | None) -> list[int] | None:
     """A `--clients 12,15` value as ids, or a UsageError."""
     if value is None:
         return None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
-
 
 from ..errors import Interrupted, UsageError
 from .app import app, examples, option
@@ -23,7 +21,8 @@ def demo_source(
     seed: int = option(42, "--seed", help="Seed of the deterministic data (default: 42)."),
     latency_ms: float = option(0, "--latency-ms", min=0, help="Delay added to every answer (default: 0)."),
     error_rate: float = option(0, "--error-rate", min=0, max=1, help="Share of requests answered with a random 503, 0 to 1 (default: 0)."),
-    rate_limit: Optional[float] = option(None, "--rate-limit", metavar="RPS", min=0.1, help="Requests per second before it answers 429 + Retry-After (default: no limit)."),
+    rate_limit: float | None = option(None, "--rate-limit", metavar="RPS", min=0.1,
+        help="Requests per second before it answers 429 + Retry-After (default: no limit)."),
     no_batch: bool = option(False, "--no-batch", help="Answer 404 to POST /api/v1/getBatchStats."),
     restate: bool = option(False, "--restate", help="From the second sync on, restate some of the last 3 days (late refunds)."),
 ) -> None:

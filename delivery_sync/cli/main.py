@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import sys
-from typing import Optional
 
 import typer
 
@@ -45,7 +44,7 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line on stderr and the spec's exit code for every error."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
@@ -168,7 +167,7 @@ def _silence_stdout() -> None:
         pass
 
 
-def _error(message: str, hint: Optional[str] = None) -> None:
+def _error(message: str, hint: str | None = None) -> None:
     from ..render.text import safe
 
     line = f"error: {message}"

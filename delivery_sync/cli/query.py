@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 import typer
 
@@ -27,7 +26,7 @@ _FORMAT = option("table", "--format", metavar="table|csv|json", help="table for 
 _COLUMNS = option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order, in every format (default: the report's own).")
 
 
-def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=None, from_=None, to=None, windowed: bool = True) -> None:
+def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
     """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
     from .. import readonly, render
     from ..status import read_freshness
@@ -47,7 +46,7 @@ def _report(ctx: typer.Context, fmt: str, columns: Optional[str], build, days=No
     try:
         with readonly.snapshot(conn):
             result = build(conn, window)
-            fresh = read_freshness(conn, datetime.now(timezone.utc), settings.status.stale_after_hours)
+            fresh = read_freshness(conn, datetime.now(UTC), settings.status.stale_after_hours)
     finally:
         conn.close()
     _warn_unless_fresh(fresh, settings.status.stale_after_hours)
@@ -75,7 +74,7 @@ def query_top(
     ctx: typer.Context,
     by: str = option("total_sales", "--by", metavar="METRIC", help=f"Metric to rank by, one of: {', '.join(METRICS)} (default: total_sales)."),
     limit: int = option(10, "--limit", metavar="N", help="How many clients (default: 10)."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
+    days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Clients ranked by the sum of METRIC over the window, with their names, sums and ratios."""
     from ..reports import top
@@ -91,7 +90,7 @@ def query_client(
     ctx: typer.Context,
     client_id: int = argument(..., metavar="ID", help="Client id."),
     daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
+    days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
@@ -105,8 +104,9 @@ def query_client(
 ))
 def query_totals(
     ctx: typer.Context,
-    by: Optional[str] = option(None, "--by", metavar="day|week|month", help="One row per day, week (from Monday) or month (default: one row for the window)."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
+    by: str | None = option(None, "--by", metavar="day|week|month",
+        help="One row per day, week (from Monday) or month (default: one row for the window)."),
+    days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week or month."""
     from ..reports import totals
@@ -119,8 +119,8 @@ def query_totals(
 ))
 def query_changes(
     ctx: typer.Context,
-    client_id: Optional[int] = option(None, "--client", metavar="ID", help="Only this client (default: every client)."),
-    days: Optional[int] = _DAYS, from_: Optional[str] = _FROM, to: Optional[str] = _TO, fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
+    client_id: int | None = option(None, "--client", metavar="ID", help="Only this client (default: every client)."),
+    days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Values the remote restated (old and new, per column) for days in the window, newest run first."""
     from ..reports import changes
@@ -135,7 +135,7 @@ def query_sql(
     ctx: typer.Context,
     statement: str = argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
     max_seconds: float = option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds, exit 1 (default: 10)."),
-    fmt: str = _FORMAT, columns: Optional[str] = _COLUMNS,
+    fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Run one read-only SQL statement against the replica (writes are refused, exit 2)."""
     from ..reports import check_statement, sql

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ..errors import EXIT_FAILED, UsageError
@@ -19,7 +17,8 @@ FORMATS = ("text", "json", "prometheus")
 ))
 def status(
     ctx: typer.Context,
-    fmt: Optional[str] = option(None, "--format", metavar="text|json|prometheus", help="text (the view), json (one object) or prometheus (metrics for node_exporter's textfile collector) (default: text)."),
+    fmt: str | None = option(None, "--format", metavar="text|json|prometheus",
+        help="text (the view), json (one object) or prometheus (metrics for node_exporter's textfile collector) (default: text)."),
     as_json: bool = option(False, "--json", help="Short for --format json."),
     history: int = option(0, "--history", metavar="N", min=0, help="Also list the last N runs of any command, newest first (default: 0, none)."),
     check: bool = option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),

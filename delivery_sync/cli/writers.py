@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import typer
 
@@ -20,16 +19,18 @@ log = logging.getLogger("delivery_sync")
 ))
 def sync(
     ctx: typer.Context,
-    days_back: Optional[int] = option(None, "--days-back", metavar="N", help="The N calendar days ending today (default: sync.days_back, 365)."),
-    from_: Optional[str] = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
-    to: Optional[str] = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, not after today (default: today in source.timezone)."),
-    clients: Optional[str] = option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15 (default: every active client)."),
+    days_back: int | None = option(None, "--days-back", metavar="N", help="The N calendar days ending today (default: sync.days_back, 365)."),
+    from_: str | None = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days-back)."),
+    to: str | None = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, not after today (default: today in source.timezone)."),
+    clients: str | None = option(None, "--clients", metavar="IDS", help="Only these client ids, e.g. 12,15 (default: every active client)."),
     incremental: bool = option(False, "--incremental", help="Start each client at its latest stored day minus sync.lookback_days."),
     prune: bool = option(False, "--prune", help="Delete local rows in the window that the remote no longer returns."),
-    source: Optional[str] = option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
+    source: str | None = option(None, "--source", metavar="URL",
+        help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
     no_aggregate: bool = option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
     retry_failed: bool = option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
-    deadline: Optional[float] = option(None, "--deadline", metavar="MINUTES", help="Time budget of the run in minutes, e.g. 0.5 = 30 s (default: sync.deadline_minutes; 0 = none)."),
+    deadline: float | None = option(None, "--deadline", metavar="MINUTES",
+        help="Time budget of the run in minutes, e.g. 0.5 = 30 s (default: sync.deadline_minutes; 0 = none)."),
 ) -> None:
     """Replicate a window of days from the remote into the replica, then rebuild the rollups."""
     from .. import render
@@ -39,7 +40,8 @@ def sync(
 
     g: Globals = ctx.obj
     if retry_failed:
-        given = [flag for flag, value in (("--clients", clients), ("--days-back", days_back), ("--from", from_), ("--to", to), ("--incremental", incremental)) if value]
+        flags = (("--clients", clients), ("--days-back", days_back), ("--from", from_), ("--to", to), ("--incremental", incremental))
+        given = [flag for flag, value in flags if value]
         if given:
             raise UsageError(f"--retry-failed takes the last sync's clients and window; it cannot be combined with {', '.join(given)}")
     if deadline is not None and deadline < 0:
@@ -68,8 +70,10 @@ def sync(
 ))
 def collect(
     ctx: typer.Context,
-    timeout: Optional[float] = option(None, "--timeout", metavar="SECONDS", help="How long to wait for the remote's answer (default: collect.timeout, 900)."),
-    source: Optional[str] = option(None, "--source", metavar="URL", help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
+    timeout: float | None = option(None, "--timeout", metavar="SECONDS",
+        help="How long to wait for the remote's answer (default: collect.timeout, 900)."),
+    source: str | None = option(None, "--source", metavar="URL",
+        help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
 ) -> None:
     """Ask the remote to collect fresh data from Grab/GoJek, and wait for its answer (never sent twice)."""
     from .. import render
@@ -91,7 +95,8 @@ def collect(
 ))
 def aggregate(
     ctx: typer.Context,
-    as_of: Optional[str] = option(None, "--as-of", metavar="DATE", help="Last day of the rolling periods, YYYY-MM-DD (default: today in source.timezone)."),
+    as_of: str | None = option(None, "--as-of", metavar="DATE",
+        help="Last day of the rolling periods, YYYY-MM-DD (default: today in source.timezone)."),
 ) -> None:
     """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats.
 
@@ -112,7 +117,7 @@ def _fail_fast_if_unconfigured(settings):
     return settings.model_copy(update={"source": settings.source.model_copy(update={"max_retries": 0})})
 
 
-def _hint_if_unconfigured(settings, error: Optional[str]) -> None:
+def _hint_if_unconfigured(settings, error: str | None) -> None:
     """Before the summary: where the config was looked for, and the two ways forward."""
     from ..config import CONFIG_ENV, DEFAULT_CONFIG_FILE
 

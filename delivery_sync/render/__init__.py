@@ -5,7 +5,14 @@ scripts asking for CSV/JSON do not pay for it.
 """
 
 from .lines import (
-    aggregate_summary, collect_summary, interrupted_summary, progress_bar, status_check_line, summary, sync_summary, waiting,
+    aggregate_summary,
+    collect_summary,
+    interrupted_summary,
+    progress_bar,
+    status_check_line,
+    summary,
+    sync_summary,
+    waiting,
 )
 from .prometheus import status_prometheus
 from .status_view import show_status, status_json

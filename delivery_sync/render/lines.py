@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
 
 
 def summary(line: str) -> None:
@@ -56,7 +56,7 @@ def plural(count: int, word: str) -> str:
 
 
 @contextmanager
-def progress_bar(quiet: bool = False) -> Iterator[Optional[Callable[[int, int, str], None]]]:
+def progress_bar(quiet: bool = False) -> Iterator[Callable[[int, int, str], None] | None]:
     """A "45/127 clients" bar on stderr, only when stderr is a terminal; yields its update callback
     (done, total, unit) or None."""
     if quiet or not sys.stderr.isatty():
@@ -148,7 +148,8 @@ def waiting(what: str, quiet: bool = False) -> Iterator[None]:
     def tell() -> None:
         while not done.wait(STILL_WAITING_EVERY):
             minutes = (time.monotonic() - began) / 60
-            logging.getLogger("delivery_sync").info("%s: still waiting (%s min)", what.split(":")[0], f"{minutes:.0f}" if minutes >= 1 else f"{minutes:.1f}")
+            shown = f"{minutes:.0f}" if minutes >= 1 else f"{minutes:.1f}"
+            logging.getLogger("delivery_sync").info("%s: still waiting (%s min)", what.split(":")[0], shown)
 
     thread = threading.Thread(target=tell, name="still-waiting", daemon=True)
     thread.start()

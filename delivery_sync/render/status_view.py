@@ -5,7 +5,6 @@ from __future__ import annotations
 from .lines import plural, sync_counts
 from .text import safe
 
-
 _STATUS_STYLE = {"ok": "green", "fresh": "green", "partial": "yellow", "stale": "red", "failed": "red", "never": "yellow", "running": "cyan"}
 
 
@@ -29,7 +28,7 @@ def show_status(status) -> None:
     console = Console()
     soft_wrap = not console.is_terminal
 
-    def line(label: str, value: "Text | str", indent: int = 17) -> None:
+    def line(label: str, value: Text | str, indent: int = 17) -> None:
         value = safe(value) if isinstance(value, str) else value
         if soft_wrap:
             console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)

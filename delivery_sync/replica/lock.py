@@ -7,9 +7,9 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import DeliverySyncError, LockHeld, UsageError
 from . import schema

@@ -4,7 +4,7 @@ the file read-write in WAL mode, refusing files that are not ours."""
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -20,7 +20,7 @@ BUSY_TIMEOUT_MS = 10_000
 
 def utc_now() -> str:
     """Now as the replica writes times: `YYYY-MM-DDTHH:MM:SS+00:00`."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 migrations = Migrations("delivery_sync")
