@@ -4,11 +4,12 @@ Requests run on `source.concurrency` threads with at most PENDING_PER_THREAD x
 that many submitted at once, so memory stays bounded however many clients there
 are: the calling thread, which writes, is the back-pressure. Answers are parsed
 on their fetch thread; everything else happens on the calling thread, which
-calls `idle` (the writer commits) whenever it would otherwise wait for an answer.
+hands complete windows to the `Writer` and lets it commit whenever it would
+otherwise wait for an answer.
 
 Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
-BATCH_MAX_IDS. A client's rows wait in `replica.Staging` (on disk) until every
+BATCH_MAX_IDS. A client's rows wait in the writer's staging (on disk) until every
 tile of its window has arrived, so the writer still gets each client's whole
 window at once. A tile that fails after the retry policy is fetched client by
 client; `auto` falls back to per-client requests for the whole run when the
@@ -22,12 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from .config import SourceSettings
 from .errors import AuthFailed, BatchUnavailable, DeadlineReached, SourceError
 from .records import ClientRows, ParsedRows, parse_batch, parse_rows
-from .replica import Staging
 from .source import SourceClient
 from .window import Window
 
@@ -43,8 +44,24 @@ PENDING_PER_THREAD = 2
 PENDING_TILES = 3
 
 Progress = Callable[[int, int, str], None]
-WriteRows = Callable[[int, Window, ClientRows], None]
-RecordFailure = Callable[["int | None", str], None]
+
+
+class Staging(Protocol):
+    """Batch rows of clients whose window has not fully arrived, by client."""
+
+    def add(self, client_id: int, parsed: ParsedRows) -> None: ...
+    def take(self, client_id: int) -> ClientRows: ...
+    def discard(self, client_id: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class Writer(Protocol):
+    """Where fetched windows go (`replica.SyncWriter`): the fetcher never sees the database."""
+
+    def write(self, client_id: int, window: Window, rows: ClientRows) -> None: ...
+    def fail(self, client_id: int | None, error: str) -> None: ...
+    def commit(self) -> None: ...
+    def staging(self) -> Staging: ...
 
 
 class StopRun(Exception):
@@ -81,18 +98,14 @@ def plan_tiles(windows: dict[int, Window], batch_days: int) -> list[Tile]:
 
 
 class Fetcher:
-    """Fetches every client's window and hands each complete one to `write`, failures to `fail`."""
+    """Fetches every client's window and hands each complete one to the writer, failures too."""
 
-    def __init__(self, source: SourceClient, settings: SourceSettings, staging_db, write: WriteRows,
-                 fail: RecordFailure, progress: Progress | None = None, idle: Callable[[], None] | None = None):
+    def __init__(self, source: SourceClient, settings: SourceSettings, writer: Writer, progress: Progress | None = None):
         self.source = source
         self.settings = settings
         self.tz: ZoneInfo = settings.tz
-        self.staging_db = staging_db
-        self.write = write
-        self.fail = fail
+        self.writer = writer
         self.progress = progress
-        self.idle = idle
         self.consecutive = 0
         self.failed: set[int] = set()
 
@@ -122,7 +135,7 @@ class Fetcher:
                 self._failed(cid, exc, f"{total - done} clients not fetched")
             else:
                 self.consecutive = 0
-                self.write(cid, windows[cid], parsed.stored())
+                self.writer.write(cid, windows[cid], parsed.stored())
             self._report(done, total, "clients")
 
     def _fetch_client(self, cid: int, window: Window) -> ParsedRows:
@@ -133,7 +146,7 @@ class Fetcher:
 
     def _batched(self, windows: dict[int, Window]) -> None:
         tiles = plan_tiles(windows, self.settings.batch_days)
-        self._staging = Staging(self.staging_db)
+        self._staging = self.writer.staging()
         self._outstanding = dict.fromkeys(windows, 0)  # tiles of each client not yet staged
         for tile in tiles:
             for cid in tile.client_ids:
@@ -164,7 +177,7 @@ class Fetcher:
         """Hand every client whose tiles have all arrived to the writer, one whole window each."""
         complete = [cid for cid in windows if self._outstanding[cid] == 0 and cid not in self.failed]
         for done, cid in enumerate(complete, start=1):
-            self.write(cid, windows[cid], self._staging.take(cid))
+            self.writer.write(cid, windows[cid], self._staging.take(cid))
             self._report(done, len(complete), "clients written")
 
     def _arrived(self, cid: int, parsed: ParsedRows) -> None:
@@ -225,7 +238,7 @@ class Fetcher:
             raise DeadlineStop()
         if cid is not None:
             self.failed.add(cid)
-        self.fail(cid, str(exc))
+        self.writer.fail(cid, str(exc))
         if isinstance(exc, AuthFailed):
             raise StopRun(str(exc))
         log.error("%s", exc)
@@ -252,9 +265,8 @@ class Fetcher:
                 if not pending:
                     return
                 finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
-                if not finished:
-                    if self.idle:  # nothing to write yet: the writer's COMMIT overlaps the network
-                        self.idle()
+                if not finished:  # nothing to write yet: the writer's COMMIT overlaps the network
+                    self.writer.commit()
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=lambda f: pending[f][0]):
                     yield pending.pop(future)[1], future

@@ -1,10 +1,10 @@
 """The `sync` run: source -> records -> replica, several whole clients per transaction.
 
 `fetch.Fetcher` gets the windows (batch or per client, on `source.concurrency`
-threads); every write happens on the calling thread, one client's whole window
-at a time in a `replica.WriteGroup` committed when it reaches its bounds or
-when the writer would otherwise wait for the network, so a run killed at any
-moment leaves each client either as it was or fully updated.
+threads) and hands them to a `replica.SyncWriter` on the calling thread: one
+client's whole window at a time, several clients to a transaction committed when
+it reaches its bounds or when the fetcher would otherwise wait for the network,
+so a run killed at any moment leaves each client either as it was or fully updated.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from . import replica
-from .aggregate.build import AggregateResult, ChangedRows, aggregate_locked
+from .aggregate.build import AggregateResult, aggregate_locked
 from .config import Settings
 from .errors import Interrupted, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
-from .records import ClientRows, parse_clients
-from .replica import RunCounts
+from .records import parse_clients
+from .replica import ChangedRows, RunCounts, SyncWriter
 from .source import SourceClient
 from .window import Window
 
@@ -78,7 +78,6 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
 
 def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
     began = time.monotonic()
-    failures: list[tuple[int | None, str]] = []
     deadline = began + options.deadline_minutes * 60 if options.deadline_minutes else None
     with SourceClient(settings.source, deadline=deadline) as source:
         try:
@@ -99,19 +98,15 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             window_start = min((w.start for w in windows.values()), default=options.window.start)
             run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
-            changed = ChangedRows(run_id)
+            writer = SyncWriter(db, run_id, counts, options.prune)
             error = None
             with replica.closed_on_error(db, run_id, counts):
-                written: set[int] = set()
                 deadline_hit = False
                 try:
-                    _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings,
-                                     changed)
+                    _fetch_and_write(source, settings, windows, writer, progress)
                 except StopRun as stop:
                     # Recorded so that `sync --retry-failed` fetches them too.
-                    failed = {cid for cid, _ in failures}
-                    unfetched = [cid for cid in windows if cid not in written and cid not in failed]
-                    replica.record_unfetched(db, run_id, unfetched)
+                    unfetched = writer.unfetched(windows)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
                         shown = ", ".join(map(str, unfetched[:20])) + (", ..." if len(unfetched) > 20 else "")
@@ -119,7 +114,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True
                 finally:
-                    counts.requests, counts.clients_failed = source.requests, len(failures)
+                    counts.requests, counts.clients_failed = source.requests, len(writer.failures)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
             run = replica.finish_run(db, run_id, status, counts, error)
@@ -127,7 +122,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             db.close()
     for warning in counts.warnings:
         log.warning(warning)
-    return SyncResult(run, failures, counts.warnings, time.monotonic() - began, changed=changed)
+    return SyncResult(run, writer.failures, counts.warnings, time.monotonic() - began, changed=writer.changed)
 
 
 def _retry_options(database, options: SyncOptions) -> SyncOptions:
@@ -189,55 +184,19 @@ def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days
     return {cid: incremental if cid in latest else window for cid in selected}
 
 
-def _fetch_and_write(db, source: SourceClient, run_id: int, windows: dict[int, Window], prune: bool,
-                     counts: RunCounts, failures: list, written: set[int], progress: Progress | None,
-                     settings: Settings, changed: ChangedRows) -> None:
-    # Several whole clients per transaction; a client counts as written once its group commits.
-    group = replica.WriteGroup(db)
-    uncommitted: list[tuple[int, int, replica.ClientWrite]] = []
-
-    def commit() -> None:
-        group.commit()
-        for cid, fetched, result in uncommitted:
-            written.add(cid)
-            _count(counts, fetched, result)
-        uncommitted.clear()
-
-    def write(cid: int, window: Window, rows: ClientRows) -> None:
-        result = group.write(run_id, cid, (window.start, window.end), rows, prune)
-        changed.add(cid, result.days)  # before its commit: a group rolled back later only costs a recomputation
-        uncommitted.append((cid, rows.fetched, result))
-        for reject in rows.rejects:
-            log.warning("client %s: rejected row %s: %s", cid, reject.stat_date, reject.reason)
-        if group.due:
-            commit()
-
-    def fail(cid: int | None, error: str) -> None:
-        commit()  # so that the failure is recorded whatever happens to a later group
-        failures.append((cid, error))
-        replica.record_failure(db, run_id, cid, error)
-
+def _fetch_and_write(source: SourceClient, settings: Settings, windows: dict[int, Window], writer: SyncWriter,
+                     progress: Progress | None) -> None:
+    """Fetch every window into `writer`: what was fetched whole is kept when the run stops early;
+    on Ctrl-C or a crash the clients of the open transaction stay as they were."""
     try:
-        Fetcher(source, settings.source, db, write, fail, progress, idle=commit).run(windows)
+        Fetcher(source, settings.source, writer, progress).run(windows)
     except StopRun:
-        commit()  # what was fetched whole is kept
+        writer.commit()
         raise
     except BaseException:
-        group.rollback()  # Ctrl-C or a crash: the clients of the open group stay as they were
+        writer.rollback()
         raise
-    commit()
-
-
-def _count(counts: RunCounts, fetched: int, written: replica.ClientWrite) -> None:
-    counts.clients_ok += 1
-    counts.rows_fetched += fetched
-    counts.rows_inserted += written.inserted
-    counts.rows_updated += written.updated
-    counts.rows_unchanged += written.unchanged
-    counts.rows_rejected += written.rejected
-    counts.rows_deleted += written.deleted
-    if written.warning:
-        counts.warnings.append(written.warning)
+    writer.commit()
 
 
 def _status(counts: RunCounts, error: str | None) -> str:

@@ -125,14 +125,14 @@ def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, steps):
 
 
 def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, monkeypatch):
-    from delivery_sync.aggregate import build
+    from delivery_sync.replica import writer
 
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
     config = Settings(database=tmp_path / "replica.db", source={"url": demo.url, "min_interval": 0, "batch": "never"})
     assert run_sync(config, SyncOptions(Window(today - timedelta(days=9), today))).status == "ok"
-    monkeypatch.setattr(build, "MAX_CHANGED_ROWS", 5)
+    monkeypatch.setattr(writer, "MAX_CHANGED_ROWS", 5)
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=29), today)))
     assert result.changed.keys is None and not result.aggregate.refreshed
     monkeypatch.undo()

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     import sqlite_utils
 
+    from ..replica import ChangedRows
+
 
 def _columns(key: str) -> str:
     return ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
@@ -69,29 +71,6 @@ class AggregateResult:
     @property
     def status(self) -> str:
         return self.run["status"]
-
-
-# A sync that wrote more rows than this gets a full rebuild: by then it is as cheap, and the keys
-# need not be held in memory.
-MAX_CHANGED_ROWS = 200_000
-
-
-class ChangedRows:
-    """The (client, day) keys a sync inserted, updated or deleted (also those of a group that was
-    then rolled back: recomputing more than changed is harmless), so that the aggregate that ends
-    the sync recomputes only what they touch. `keys` is None once there were too many."""
-
-    def __init__(self, run_id: int | None = None, limit: int | None = None):
-        self.run_id = run_id
-        self.limit = MAX_CHANGED_ROWS if limit is None else limit
-        self.keys: set[tuple[int, str]] | None = set()
-
-    def add(self, client_id: int, days) -> None:
-        if self.keys is None:
-            return
-        self.keys.update((client_id, day) for day in days)
-        if len(self.keys) > self.limit:
-            self.keys = None
 
 
 def run_aggregate(database: Path, as_of: date) -> AggregateResult:

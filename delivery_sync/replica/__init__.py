@@ -6,6 +6,7 @@
     clients.py  the `clients` table
     upsert.py   one client's window into `client_stats` (its own transaction, or a savepoint of a WriteGroup)
     staging.py  batch-fetched rows waiting (in TEMP tables) until their client is complete
+    writer.py   `SyncWriter`: the write side of a sync run as one object the fetcher is handed
 
 Writers open it with `open_replica()` while holding `writer_lock()`; readers use
 `readonly.py`. The names below are the package's interface.
@@ -17,8 +18,10 @@ from .runs import RunCounts, closed_on_error, finish_run, record_failure, record
 from .schema import SCHEMA_VERSION, open_replica, utc_now
 from .staging import Staging
 from .upsert import ClientWrite, WriteGroup, write_client_window
+from .writer import MAX_CHANGED_ROWS, ChangedRows, SyncWriter
 
 __all__ = [
-    "SCHEMA_VERSION", "ClientWrite", "RunCounts", "Staging", "WriteGroup", "closed_on_error", "finish_run", "latest_dates", "open_replica",
-    "record_failure", "record_unfetched", "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
+    "MAX_CHANGED_ROWS", "SCHEMA_VERSION", "ChangedRows", "ClientWrite", "RunCounts", "Staging", "SyncWriter", "WriteGroup",
+    "closed_on_error", "finish_run", "latest_dates", "open_replica", "record_failure", "record_unfetched", "save_client_list",
+    "start_run", "utc_now", "write_client_window", "writer_lock",
 ]

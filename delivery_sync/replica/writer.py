@@ -1,0 +1,116 @@
+"""The write side of one `sync` run, as one object: whole client windows in, failures and counts
+recorded, several clients to a transaction, each client still all or nothing.
+
+The fetcher knows nothing of the database: it hands each client's complete window to `write`,
+each client it could not fetch to `fail`, calls `commit` whenever it would otherwise wait for the
+network, and asks `staging()` for a place where batch rows wait for their client's last tile.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlite_utils
+
+from ..records import ClientRows
+from .runs import RunCounts, record_failure, record_unfetched
+from .staging import Staging
+from .upsert import ClientWrite, WriteGroup
+
+log = logging.getLogger(__name__)
+
+# A sync that wrote more rows than this gets a full rebuild of the rollups: by then it is as
+# cheap, and the keys need not be held in memory.
+MAX_CHANGED_ROWS = 200_000
+
+
+class ChangedRows:
+    """The (client, day) keys a sync inserted, updated or deleted (also those of a group that was
+    then rolled back: recomputing more than changed is harmless), so that the aggregate that ends
+    the sync recomputes only what they touch. `keys` is None once there were too many."""
+
+    def __init__(self, run_id: int | None = None, limit: int | None = None):
+        self.run_id = run_id
+        self.limit = MAX_CHANGED_ROWS if limit is None else limit
+        self.keys: set[tuple[int, str]] | None = set()
+
+    def add(self, client_id: int, days) -> None:
+        """Note the days of `client_id` a write touched."""
+        if self.keys is None:
+            return
+        self.keys.update((client_id, day) for day in days)
+        if len(self.keys) > self.limit:
+            self.keys = None
+
+
+class SyncWriter:
+    """Writes one sync run's clients into the replica, counting them into `counts`.
+
+    A client counts as written (`written`, the counters) only once the transaction holding it
+    has committed; `rollback` drops every client since the last commit, which stay as they were.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, run_id: int, counts: RunCounts, prune: bool = False):
+        self.db = db
+        self.run_id = run_id
+        self.counts = counts
+        self.prune = prune
+        self.changed = ChangedRows(run_id)
+        self.written: set[int] = set()
+        self.failures: list[tuple[int | None, str]] = []
+        self._group = WriteGroup(db)
+        self._uncommitted: list[tuple[int, int, ClientWrite]] = []
+
+    def write(self, client_id: int, window, rows: ClientRows) -> None:
+        """Upsert one client's whole window (`window` has `start` and `end` dates)."""
+        result = self._group.write(self.run_id, client_id, (window.start, window.end), rows, self.prune)
+        self.changed.add(client_id, result.days)  # before its commit: a rollback only costs a recomputation
+        self._uncommitted.append((client_id, rows.fetched, result))
+        for reject in rows.rejects:
+            log.warning("client %s: rejected row %s: %s", client_id, reject.stat_date, reject.reason)
+        if self._group.due:
+            self.commit()
+
+    def fail(self, client_id: int | None, error: str) -> None:
+        """Record a client (None: a whole batch) that could not be fetched."""
+        self.commit()  # so that the failure is recorded whatever happens to a later group
+        self.failures.append((client_id, error))
+        record_failure(self.db, self.run_id, client_id, error)
+
+    def commit(self) -> None:
+        """Make every client written since the last commit durable, and count them."""
+        self._group.commit()
+        for client_id, fetched, result in self._uncommitted:
+            self.written.add(client_id)
+            self._count(fetched, result)
+        self._uncommitted.clear()
+
+    def rollback(self) -> None:
+        """Drop every client written since the last commit: they stay as they were."""
+        self._group.rollback()
+        self._uncommitted.clear()
+
+    def unfetched(self, client_ids) -> list[int]:
+        """Record the clients of `client_ids` neither written nor failed (the run stopped early),
+        for `sync --retry-failed`; returns them."""
+        failed = {cid for cid, _ in self.failures}
+        left = [cid for cid in client_ids if cid not in self.written and cid not in failed]
+        record_unfetched(self.db, self.run_id, left)
+        return left
+
+    def staging(self) -> Staging:
+        """A place for batch rows of clients whose window has not fully arrived (on disk)."""
+        return Staging(self.db)
+
+    def _count(self, fetched: int, written: ClientWrite) -> None:
+        counts = self.counts
+        counts.clients_ok += 1
+        counts.rows_fetched += fetched
+        counts.rows_inserted += written.inserted
+        counts.rows_updated += written.updated
+        counts.rows_unchanged += written.unchanged
+        counts.rows_rejected += written.rejected
+        counts.rows_deleted += written.deleted
+        if written.warning:
+            counts.warnings.append(written.warning)
+
