@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
+from .aggregate.current import rollups_as_of
 from .aggregate.sql import (
     CLIENT_COLUMNS,
     CLIENT_SUMS,
@@ -25,7 +26,6 @@ from .aggregate.sql import (
     FINE_TABLES,
     OVERALL_COLUMNS,
     OVERALL_SUMS,
-    PARTS_TABLES,
     PERIOD_COLUMNS,
     RATIOS,
     ROLLING_PERIODS,
@@ -368,7 +368,7 @@ def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _P
     """Read a rolling period ending at the rollups' as-of date from its row; with `by`, whole
     periods from theirs; any other window from the partial sums (`current`); all raw when the
     rollups are not current."""
-    as_of = _rollups_as_of(conn)
+    as_of = rollups_as_of(conn)
     if as_of is None:
         return _Plan(window, by=by or "month")
     names = {days: name for name, days in ROLLING_PERIODS.items()}
@@ -387,36 +387,6 @@ def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _P
 
 def _next_month(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
-def _rollups_as_of(conn: sqlite3.Connection) -> date | None:
-    """The as-of date of the rollups if they are current, else None (read raw rows).
-
-    Current means: the latest `aggregate` run is `ok` (its row commits with its
-    tables) and brought the partial sums up to date (`agg_parts_run`), and no `sync`
-    since may have changed `client_stats` (one running, interrupted, or that wrote or
-    deleted rows).
-    """
-    latest = conn.execute(
-        "SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if latest is None or latest["status"] != "ok":
-        return None
-    tables = {"client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS}
-    present = conn.execute(
-        f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(tables))})", sorted(tables)
-    ).fetchone()[0]
-    # Rollups built by an older delivery-sync, without partial sums or past those it left:
-    # read raw rows until the next rebuild.
-    if present < len(tables) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest["id"]:
-        return None
-    changed = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND command = 'sync' AND (status = 'running' "
-        "OR COALESCE(error, '') LIKE '%interrupted%' "
-        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
-        [latest["id"]],
-    ).fetchone()[0]
-    return None if changed else date.fromisoformat(latest["window_end"])
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: dict) -> list[dict]:

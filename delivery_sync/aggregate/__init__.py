@@ -11,8 +11,9 @@ exact, and independent of the order SQLite visits rows in.
 - sql.py: the named SQL of sums and ratios, and the names of the tables;
 - pieces.py: the calendar of pieces (weeks cut at month ends) and a window's cover;
 - windows.py: any window as a sum of partial sums, read by reports and rolling periods;
+- current.py: whether the rollups are current (read by reports, and by build before a refresh);
 - build.py: the `aggregate` run: rebuild everything, or refresh what a sync wrote.
 
-Only the standard library is imported at module level: `reports.py` imports sql.py
-and windows.py on the fast read path.
+Only the standard library is imported at module level: `reports.py` imports sql.py,
+current.py and windows.py on the fast read path.
 """

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
+from .current import rollups_as_of
 from .pieces import month_end, piece_row, piece_span
 from .sql import (
     ADDED,
@@ -105,7 +106,9 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
             try:
                 with db.atomic():
                     now = replica.utc_now()
-                    if changed is not None and changed.keys is not None and _refreshable(db, changed.run_id):
+                    # Refreshed only when the rollups were current just before the sync that wrote `changed`.
+                    current = changed is not None and changed.keys is not None and changed.run_id is not None
+                    if current and rollups_as_of(db, changed.run_id) is not None:
                         built, refreshed = _refresh(db, as_of, now, changed.keys), True
                     else:
                         built = _rebuild(db, database, as_of, now)
@@ -163,30 +166,6 @@ def _create_parts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX agg_client_months_month ON agg_client_months(month)")
     db.execute(f"CREATE TABLE agg_days(day TEXT PRIMARY KEY, clients_with_data INTEGER NOT NULL, {_PART_METRICS}) WITHOUT ROWID")
     db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
-
-
-def _refreshable(db: sqlite_utils.Database, sync_run: int | None) -> bool:
-    """Were the rollups and partial sums current just before sync run `sync_run`? That is: the
-    latest aggregate run before it was `ok` and brought the partial sums up to date, and no sync
-    in between may have changed client_stats (the test `reports._rollups_as_of` makes)."""
-    if sync_run is None:
-        return False
-    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {*PARTS_TABLES, EDGE_CLIENTS, "client_aggregates", "overall_aggregates", *FINE_TABLES.values()} <= present:
-        return False
-    latest = db.execute(
-        "SELECT id, status FROM sync_runs WHERE command = 'aggregate' AND id < ? ORDER BY id DESC LIMIT 1", [sync_run]
-    ).fetchone()
-    parts = db.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()
-    if latest is None or latest[1] != "ok" or parts[0] != latest[0]:
-        return False
-    changed = db.execute(
-        "SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ? AND id < ? AND command = 'sync' AND (status = 'running' "
-        "OR COALESCE(error, '') LIKE '%interrupted%' "
-        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
-        [latest[0], sync_run],
-    ).fetchone()[0]
-    return not changed
 
 
 def _temp(db: sqlite_utils.Database, name: str, columns: str, rows) -> None:

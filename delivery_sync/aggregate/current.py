@@ -1,0 +1,43 @@
+"""Whether the rollups and their partial sums are current: the one test the reports make before
+reading them, and the aggregate ending a sync makes before refreshing only what the sync wrote.
+
+Standard library only: the fast `query` path imports it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from .sql import EDGE_CLIENTS, FINE_TABLES, PARTS_TABLES
+
+ROLLUP_TABLES = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS)
+
+
+def rollups_as_of(conn, before_run: int | None = None) -> date | None:
+    """The as-of date of the rollups if they are current, else None (read raw rows, or rebuild).
+
+    Current means: the latest `aggregate` run (before run `before_run`, when given) is `ok` (its
+    row commits with its tables) and brought the partial sums up to date (`agg_parts_run`), every
+    rollup table exists, and no `sync` since (and before `before_run`) may have changed
+    `client_stats`: one running, interrupted, or that wrote or deleted rows. `conn` is any
+    connection whose `execute` returns a cursor.
+    """
+    bound = "" if before_run is None else f" AND id < {int(before_run)}"
+    latest = conn.execute(
+        f"SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate'{bound} ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if latest is None or latest[1] != "ok":
+        return None
+    present = conn.execute(
+        f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(ROLLUP_TABLES))})", ROLLUP_TABLES
+    ).fetchone()[0]
+    # Rollups built by an older delivery-sync, without partial sums or past those it left.
+    if present < len(ROLLUP_TABLES) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest[0]:
+        return None
+    changed = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ?{bound} AND command = 'sync' AND (status = 'running' "
+        "OR COALESCE(error, '') LIKE '%interrupted%' "
+        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
+        [latest[0]],
+    ).fetchone()[0]
+    return None if changed else date.fromisoformat(latest[2])
