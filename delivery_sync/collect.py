@@ -37,16 +37,17 @@ class CollectResult:
 
 def run_collect(settings: Settings) -> CollectResult:
     """Trigger one collection on the remote and record it as a `collect` run, holding the writer lock."""
-    with replica.writer_lock(settings.database, "collect"):
-        db = replica.open_replica(settings.database)
+    store = replica.open_store(settings.database)
+    with store.writer_lock("collect"):
+        db = store.open()
         try:
             # The row is `running` while we wait, so `status` shows a collection in progress.
-            run_id = replica.start_run(db, "collect")
+            run_id = db.start_run("collect")
             began = time.monotonic()
-            with replica.closed_on_error(db, run_id):
+            with db.closed_on_error(run_id):
                 message, error, requests = _trigger(settings)
             seconds = time.monotonic() - began
-            run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
+            run = db.finish_run(run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
         finally:
             db.close()
     # No separate error log: the summary line carries the reason (one line for cron mail).

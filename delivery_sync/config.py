@@ -13,7 +13,7 @@ import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
 from pydantic_settings import (
@@ -41,6 +42,49 @@ from .errors import ConfigError
 ENV_PREFIX = "DELIVERY_SYNC_"
 CONFIG_ENV = "DELIVERY_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.toml")
+
+
+class PostgresURL:
+    """A PostgreSQL replica, `postgresql://user[:password]@host[:port]/dbname[?options]`.
+
+    Printed (str, repr, f-strings) without its password, like `source.url`: only `dsn`, handed
+    to the driver, carries it.
+    """
+
+    SCHEMES = ("postgresql://", "postgres://")
+
+    def __init__(self, dsn: str):
+        parts = urlsplit(dsn)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("the port of a postgresql:// URL must be a number from 1 to 65535") from None
+        if not parts.path.strip("/"):
+            raise ValueError("a postgresql:// URL must name a database: postgresql://user@host/dbname")
+        self.dsn = dsn
+        shown = parts.netloc.rsplit("@", 1)
+        if len(shown) == 2 and ":" in shown[0]:
+            parts = parts._replace(netloc=f"{shown[0].split(':', 1)[0]}:[redacted]@{shown[1]}")
+        self.shown = urlunsplit(parts)
+
+    @classmethod
+    def matches(cls, value: object) -> bool:
+        """Whether `value` is written as a PostgreSQL URL."""
+        return isinstance(value, str) and value.lower().startswith(cls.SCHEMES)
+
+    def __str__(self) -> str:
+        return self.shown
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(self.shown, spec)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PostgresURL) and other.dsn == self.dsn
+
+    def __hash__(self) -> int:
+        return hash(self.dsn)
 
 
 class _Section(BaseModel):
@@ -115,7 +159,7 @@ class _TomlSource(TomlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         path = self.toml_file_path
-        if isinstance(data.get("database"), str) and isinstance(path, Path):
+        if isinstance(data.get("database"), str) and isinstance(path, Path) and not PostgresURL.matches(data["database"]):
             data["database"] = str(path.parent / Path(data["database"]).expanduser())  # no-op when absolute
         return data
 
@@ -130,6 +174,7 @@ class Settings(BaseSettings):
         nested_model_default_partial_update=True,
     )
 
+    # A SQLite file, or a PostgreSQL server as `postgresql://...` (a PostgresURL).
     database: Path = Path("delivery_stats.db")
     _config_file: Path | None = PrivateAttr(default=None)  # the file these settings were read from, if any
 
@@ -143,10 +188,14 @@ class Settings(BaseSettings):
         """No config file and no source.url given: a new user, not a configured deployment."""
         return self._config_file is None and "url" not in self.source.model_fields_set
 
-    @field_validator("database")
+    @field_validator("database", mode="wrap")
     @classmethod
-    def _home(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _home(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Path | PostgresURL:
+        if isinstance(value, PostgresURL):
+            return value
+        if PostgresURL.matches(value):
+            return PostgresURL(value)
+        return handler(value).expanduser()
     source: SourceSettings = Field(default_factory=SourceSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     collect: CollectSettings = Field(default_factory=CollectSettings)
@@ -243,12 +292,19 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
 
 
+def _shown(value: Any) -> Any:
+    """A bad value as an error may quote it: a database URL without its password."""
+    if PostgresURL.matches(value):
+        return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1[redacted]@", value)
+    return value
+
+
 def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:
     """One line naming the first bad key, where it may come from, and why."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
     if key in FLAG_KEYS and _given(flags, error["loc"]):
-        return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})"
+        return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {_shown(error['input'])!r})"
     env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     where = f"{path} or {env}" if path else env
     if error["type"] == "extra_forbidden":
@@ -256,7 +312,7 @@ def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) ->
     else:
         reason = error["msg"].removeprefix("Value error, ")
         if "input" in error and not isinstance(error["input"], (dict, SecretStr)) and key != "source.token":
-            reason += f" (got {error['input']!r})"
+            reason += f" (got {_shown(error['input'])!r})"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"invalid config: {key}: {reason} [{where}]{suffix}"

@@ -63,20 +63,21 @@ class NothingToRetry(Exception):
 
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
-    with replica.writer_lock(settings.database, "sync"):
+    store = replica.open_store(settings.database)
+    with store.writer_lock("sync"):
         if options.retry_failed:
-            options = _retry_options(settings.database, options)
-        result = _sync(settings, options, progress)
+            options = _retry_options(store, options)
+        result = _sync(store, settings, options, progress)
         # After a partial sync too, and after a failed one that still wrote rows: rollups of what
         # is stored are right either way. A failed sync that wrote nothing changed nothing to roll up.
         run = result.run
         changed = (run["rows_inserted"] or 0) + (run["rows_updated"] or 0) + (run["rows_deleted"] or 0)
         if options.aggregate and (run["status"] != "failed" or changed):
-            result.aggregate = aggregate_locked(settings.database, settings.source.today(), result.changed)
+            result.aggregate = aggregate_locked(store, settings.source.today(), result.changed)
         return result
 
 
-def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
+def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
     began = time.monotonic()
     deadline = began + options.deadline_minutes * 60 if options.deadline_minutes else None
     with SourceClient(settings.source, deadline=deadline) as source:
@@ -86,21 +87,21 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                 unreadable = f" ({len(problems)} unreadable entries)" if problems else ""
                 raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
-            return _failed_before_fetch(settings, options, str(exc), source.requests, began)
+            return _failed_before_fetch(store, options, str(exc), source.requests, began)
         except Interrupted as stop:  # stopped while the list was retried: recorded like any other run
-            stop.run = _failed_before_fetch(settings, options, "interrupted", source.requests, began).run
+            stop.run = _failed_before_fetch(store, options, "interrupted", source.requests, began).run
             raise
         selected = _select(listed, options.client_ids, options.retrying)
-        db = replica.open_replica(settings.database)
+        db = store.open()
         try:
-            replica.save_client_list(db, listed)
+            db.save_client_list(listed)
             windows = _client_windows(db, selected, options, settings.sync.lookback_days)
             window_start = min((w.start for w in windows.values()), default=options.window.start)
-            run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
+            run_id = db.start_run("sync", (window_start, options.window.end), len(selected))
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             writer = SyncWriter(db, run_id, counts, options.prune)
             error = None
-            with replica.closed_on_error(db, run_id, counts):
+            with db.closed_on_error(run_id, counts):
                 deadline_hit = False
                 try:
                     _fetch_and_write(source, settings, windows, writer, progress)
@@ -117,7 +118,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                     counts.requests, counts.clients_failed = source.requests, len(writer.failures)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
-            run = replica.finish_run(db, run_id, status, counts, error)
+            run = db.finish_run(run_id, status, counts, error)
         finally:
             db.close()
     for warning in counts.warnings:
@@ -125,26 +126,19 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
     return SyncResult(run, writer.failures, counts.warnings, time.monotonic() - began, changed=writer.changed)
 
 
-def _retry_options(database, options: SyncOptions) -> SyncOptions:
+def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:
     """The last sync's window and the clients it did not bring in: those that failed and those it
     never fetched (it stopped early). Raises NothingToRetry when there are none."""
-    if not database.is_file():
+    if not store.exists():
         raise NothingToRetry("no replica yet, so no sync to retry")
-    db = replica.open_replica(database)
+    db = store.open()
     try:
-        last = db.execute(
-            "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
-            "ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        if last is None:
-            raise NothingToRetry("no sync has run yet")
-        run_id, status, start, end = last
-        ids = sorted({cid for (cid,) in db.execute(
-            "SELECT client_id FROM sync_failures WHERE run_id = :run AND client_id IS NOT NULL "
-            "UNION SELECT client_id FROM sync_unfetched WHERE run_id = :run", {"run": run_id}
-        )})
+        last = db.last_sync_to_retry()
     finally:
         db.close()
+    if last is None:
+        raise NothingToRetry("no sync has run yet")
+    run_id, status, start, end, ids = last
     if not ids and status == "failed" and start:
         ids = None  # it failed before any client (e.g. the client list): every client, over its window
     elif not ids:
@@ -170,12 +164,12 @@ def _select(listed, client_ids: list[int] | None, retrying: bool = False) -> lis
     return list(dict.fromkeys(client_ids))
 
 
-def _client_windows(db, selected: list[int], options: SyncOptions, lookback_days: int) -> dict[int, Window]:
+def _client_windows(db: replica.Replica, selected: list[int], options: SyncOptions, lookback_days: int) -> dict[int, Window]:
     """Each selected client's window: the requested one, or the incremental start for clients with rows."""
     window = options.window
     if not options.incremental:
         return {cid: window for cid in selected}
-    latest = replica.latest_dates(db)
+    latest = db.latest_dates()
     start = min(
         (latest[cid] - timedelta(days=lookback_days) for cid in selected if cid in latest),
         default=window.start,
@@ -207,12 +201,12 @@ def _status(counts: RunCounts, error: str | None) -> str:
     return "ok"
 
 
-def _failed_before_fetch(settings: Settings, options: SyncOptions, error: str, requests: int, began: float) -> SyncResult:
+def _failed_before_fetch(store: replica.Store, options: SyncOptions, error: str, requests: int, began: float) -> SyncResult:
     """The client list could not be had: record a failed run, touch no data."""
-    db = replica.open_replica(settings.database)
+    db = store.open()
     try:
-        run_id = replica.start_run(db, "sync", (options.window.start, options.window.end))
-        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), error)
+        run_id = db.start_run("sync", (options.window.start, options.window.end))
+        run = db.finish_run(run_id, "failed", RunCounts(requests=requests), error)
     finally:
         db.close()
     return SyncResult(run, [(None, error)], [], time.monotonic() - began)

@@ -29,6 +29,7 @@ from delivery_sync.aggregate.sql import (
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.metrics import METRICS
+from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window
 
@@ -83,7 +84,7 @@ def aggregated(synced: tuple[Path, date], end_offset: int, days: int):
     from delivery_sync import readonly
 
     path, today = synced
-    aggregate_locked(path, today)
+    aggregate_locked(open_store(path), today)
     end = today + timedelta(days=end_offset)
     conn = readonly.open_readonly(path)
     try:
@@ -108,7 +109,7 @@ def stored(conn: sqlite3.Connection) -> dict[str, set[tuple]]:
 def test_rollups_equal_the_raw_path_bit_for_bit_for_any_as_of(synced, offset):
     path, today = synced
     as_of = today + timedelta(days=offset)
-    assert aggregate_locked(path, as_of).status == "ok"
+    assert aggregate_locked(open_store(path), as_of).status == "ok"
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:

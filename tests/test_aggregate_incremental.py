@@ -18,6 +18,7 @@ from test_aggregate_exact import raw_path, stored
 from delivery_sync.aggregate.build import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 from delivery_sync.window import Window
 
@@ -50,7 +51,7 @@ def full_rebuild(path: Path, as_of: date, folder: Path) -> dict[str, set[tuple]]
     finally:
         source.close()
         target.close()
-    result = aggregate_locked(copy, as_of)
+    result = aggregate_locked(open_store(copy), as_of)
     assert result.status == "ok" and not result.refreshed
     return snapshot(copy)
 
@@ -107,7 +108,7 @@ def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, steps):
                 continue
             as_of = today if s["as_of"] is None else today + timedelta(days=s["as_of"])
             if s["as_of"] is not None:  # as run_sync does, with another as-of date
-                result.aggregate = aggregate_locked(path, as_of, result.changed)
+                result.aggregate = aggregate_locked(open_store(path), as_of, result.changed)
             assert result.aggregate.status == "ok"
             # Refreshed exactly when the rollups were current before the sync.
             assert result.aggregate.refreshed == current

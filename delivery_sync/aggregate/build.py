@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
     import sqlite_utils
 
-    from ..replica import ChangedRows
+    from ..replica import ChangedRows, Store
+    from ..replica.store import SqliteReplica
 
 
 def _columns(key: str) -> str:
@@ -74,17 +75,18 @@ class AggregateResult:
         return self.run["status"]
 
 
-def run_aggregate(database: Path, as_of: date) -> AggregateResult:
+def run_aggregate(database, as_of: date) -> AggregateResult:
     """`delivery-sync aggregate`: take the writer lock, then rebuild (never creates a replica)."""
     from .. import replica
 
-    if not database.is_file():
-        raise NoReplica(f"no replica at {database}", hint="run 'delivery-sync sync' first")
-    with replica.writer_lock(database, "aggregate"):
-        return aggregate_locked(database, as_of)
+    store = replica.open_store(database)
+    if not store.exists():
+        raise NoReplica(f"no replica at {store}", hint="run 'delivery-sync sync' first")
+    with store.writer_lock("aggregate"):
+        return aggregate_locked(store, as_of)
 
 
-def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = None) -> AggregateResult:
+def aggregate_locked(store: Store, as_of: date, changed: ChangedRows | None = None) -> AggregateResult:
     """Rebuild every rollup as of `as_of`, recorded as an `aggregate` run; the caller holds the writer lock.
 
     With `changed` (what the sync that just ran wrote), and when the rollups and their partial
@@ -98,30 +100,48 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
     from .. import replica
 
     began = time.monotonic()
-    db = replica.open_replica(database)
+    db = store.open()
     refreshed = False
     try:
-        run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
-        with replica.closed_on_error(db, run_id):
+        run_id = db.start_run("aggregate", (as_of - timedelta(days=364), as_of))
+        with db.closed_on_error(run_id):
             try:
-                with db.atomic():
-                    now = replica.utc_now()
-                    # Refreshed only when the rollups were current just before the sync that wrote `changed`.
-                    current = changed is not None and changed.keys is not None and changed.run_id is not None
-                    if current and rollups_as_of(db, changed.run_id) is not None:
-                        built, refreshed = _refresh(db, as_of, now, changed.keys), True
-                    else:
-                        built = _rebuild(db, database, as_of, now)
-                    db.execute("DELETE FROM agg_parts_run")
-                    db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
-                    run = replica.finish_run(db, run_id, "ok", _counts(db))
+                with db.transaction():
+                    built, refreshed, counts = _builder(db.engine)(db, as_of, run_id, changed)
+                    run = db.finish_run(run_id, "ok", counts)
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
+                run = db.finish_run(run_id, "failed", replica.RunCounts(), str(exc))
                 built = []
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)
     return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
+
+
+def _builder(engine: str):
+    """The rollup build of an engine: where the two engines' SQL differs most, each has its own."""
+    if engine == "postgresql":
+        from .postgres import build
+
+        return build
+    return _build
+
+
+def _build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows | None):
+    """The SQLite build, inside the aggregate run's transaction: a refresh of what `changed` touched
+    when the rollups were current just before the sync that wrote it, else a full rebuild.
+    Returns the periods built, whether it was a refresh, and the run's counters."""
+    from ..replica import utc_now
+
+    db = replica.db
+    now = utc_now()
+    if changed is not None and changed.keys is not None and changed.run_id is not None and rollups_as_of(db, changed.run_id):
+        built, refreshed = _refresh(db, as_of, now, changed.keys), True
+    else:
+        built, refreshed = _rebuild(db, replica.path, as_of, now), False
+    db.execute("DELETE FROM agg_parts_run")
+    db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
+    return built, refreshed, _counts(db)
 
 
 def _counts(db: sqlite_utils.Database):

@@ -109,3 +109,19 @@ def record_failure(db: sqlite_utils.Database, run_id: int, client_id: int | None
 def record_unfetched(db: sqlite_utils.Database, run_id: int, client_ids: list[int]) -> None:
     """Clients the run selected but never fetched (it stopped early), for `sync --retry-failed`."""
     db.conn.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
+
+
+def last_sync_to_retry(db: sqlite_utils.Database) -> tuple[int, str, str | None, str | None, list[int]] | None:
+    """The last finished sync (id, status, window start and end) and the clients it did not bring in:
+    those that failed and those it never fetched. None when no sync has finished."""
+    last = db.execute(
+        "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
+        "ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if last is None:
+        return None
+    ids = sorted({cid for (cid,) in db.execute(
+        "SELECT client_id FROM sync_failures WHERE run_id = :run AND client_id IS NOT NULL "
+        "UNION SELECT client_id FROM sync_unfetched WHERE run_id = :run", {"run": last[0]}
+    )})
+    return (*last, ids)

@@ -9,13 +9,14 @@ network, and asks `staging()` for a place where batch rows wait for their client
 from __future__ import annotations
 
 import logging
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..records import ClientRows
-from .runs import RunCounts, record_failure, record_unfetched
-from .staging import Staging
-from .upsert import ClientWrite, WriteGroup
+from .runs import RunCounts
+from .upsert import ClientWrite
+
+if TYPE_CHECKING:
+    from .store import Replica
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,15 @@ class SyncWriter:
     has committed; `rollback` drops every client since the last commit, which stay as they were.
     """
 
-    def __init__(self, db: sqlite_utils.Database, run_id: int, counts: RunCounts, prune: bool = False):
-        self.db = db
+    def __init__(self, replica: Replica, run_id: int, counts: RunCounts, prune: bool = False):
+        self.replica = replica
         self.run_id = run_id
         self.counts = counts
         self.prune = prune
         self.changed = ChangedRows(run_id)
         self.written: set[int] = set()
         self.failures: list[tuple[int | None, str]] = []
-        self._group = WriteGroup(db)
+        self._group = replica.write_group()
         self._uncommitted: list[tuple[int, int, ClientWrite]] = []
 
     def write(self, client_id: int, window, rows: ClientRows) -> None:
@@ -75,7 +76,7 @@ class SyncWriter:
         """Record a client (None: a whole batch) that could not be fetched."""
         self.commit()  # so that the failure is recorded whatever happens to a later group
         self.failures.append((client_id, error))
-        record_failure(self.db, self.run_id, client_id, error)
+        self.replica.record_failure(self.run_id, client_id, error)
 
     def commit(self) -> None:
         """Make every client written since the last commit durable, and count them."""
@@ -95,12 +96,12 @@ class SyncWriter:
         for `sync --retry-failed`; returns them."""
         failed = {cid for cid, _ in self.failures}
         left = [cid for cid in client_ids if cid not in self.written and cid not in failed]
-        record_unfetched(self.db, self.run_id, left)
+        self.replica.record_unfetched(self.run_id, left)
         return left
 
-    def staging(self) -> Staging:
+    def staging(self):
         """A place for batch rows of clients whose window has not fully arrived (on disk)."""
-        return Staging(self.db)
+        return self.replica.staging()
 
     def _count(self, fetched: int, written: ClientWrite) -> None:
         counts = self.counts

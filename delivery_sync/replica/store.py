@@ -1,0 +1,140 @@
+"""The store interface: what the commands need of a replica, whichever engine holds it.
+
+`open_store(database)` gives a `Store` for a SQLite file (the embedded default) or a PostgreSQL
+server (`postgresql://...`, psycopg imported only then). A store takes the writer lock and opens
+a `Replica`: the write side of one run (client list, runs, the sync's writer, its staging).
+Readers (`status`, `query`) get a read-only connection from `open_reader()`. Everything above
+this module asks these objects, never which engine it has; where the SQL of the two engines
+differs, each implementation holds its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Protocol
+
+import sqlite_utils
+
+from ..records import Client
+from . import clients, runs
+from .lock import writer_lock
+from .runs import RunCounts
+from .schema import open_replica
+from .staging import Staging
+from .upsert import WriteGroup
+
+
+class Replica(Protocol):
+    """An open, migrated replica, written by one run that holds the writer lock."""
+
+    engine: str  # "sqlite" or "postgresql": which rollup builder and SQL dialect apply
+
+    def save_client_list(self, listed: list[Client]) -> None: ...
+    def latest_dates(self) -> dict[int, date]: ...
+    def start_run(self, command: str, window: tuple[date, date] | None = None, clients_total: int = 0) -> int: ...
+    def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict: ...
+    def closed_on_error(self, run_id: int, counts: RunCounts | None = None) -> AbstractContextManager[None]: ...
+    def record_failure(self, run_id: int, client_id: int | None, error: str) -> None: ...
+    def record_unfetched(self, run_id: int, client_ids: list[int]) -> None: ...
+    def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None: ...
+    def write_group(self): ...
+    def staging(self): ...
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Where the replica lives."""
+
+    def __str__(self) -> str: ...
+    def exists(self) -> bool: ...
+    def writer_lock(self, command: str) -> AbstractContextManager[None]: ...
+    def open(self) -> Replica: ...
+    def open_reader(self): ...
+
+
+def open_store(database) -> Store:
+    """The store of `settings.database`: a `PostgresURL`, or the path of a SQLite file."""
+    if isinstance(database, Path):
+        return SqliteStore(database)
+    from .postgres import PostgresStore
+
+    return PostgresStore(database)
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """The replica as one SQLite file (WAL), locked by `<database>.lock`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def writer_lock(self, command: str) -> AbstractContextManager[None]:
+        return writer_lock(self.path, command)
+
+    def open(self) -> SqliteReplica:
+        return SqliteReplica(open_replica(self.path), self.path)
+
+    def open_reader(self):
+        from ..readonly import open_readonly
+
+        return open_readonly(self.path)
+
+
+class SqliteReplica:
+    """The write side of a run on a SQLite replica: the functions of this package, on one connection."""
+
+    engine = "sqlite"
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        self.db = db
+        self.path = path
+
+    def save_client_list(self, listed: list[Client]) -> None:
+        clients.save_client_list(self.db, listed)
+
+    def latest_dates(self) -> dict[int, date]:
+        return clients.latest_dates(self.db)
+
+    def start_run(self, command: str, window: tuple[date, date] | None = None, clients_total: int = 0) -> int:
+        return runs.start_run(self.db, command, window, clients_total)
+
+    def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
+        return runs.finish_run(self.db, run_id, status, counts, error)
+
+    def closed_on_error(self, run_id: int, counts: RunCounts | None = None) -> AbstractContextManager[None]:
+        return runs.closed_on_error(self.db, run_id, counts)
+
+    def record_failure(self, run_id: int, client_id: int | None, error: str) -> None:
+        runs.record_failure(self.db, run_id, client_id, error)
+
+    def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
+        runs.record_unfetched(self.db, run_id, client_ids)
+
+    def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None:
+        return runs.last_sync_to_retry(self.db)
+
+    def write_group(self) -> WriteGroup:
+        return WriteGroup(self.db)
+
+    def staging(self) -> Staging:
+        return Staging(self.db)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction: everything inside commits together or not at all."""
+        with self.db.atomic():
+            yield
+
+    def close(self) -> None:
+        self.db.close()
