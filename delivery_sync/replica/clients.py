@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from datetime import date
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..records import Client
 from .schema import utc_now
 
+if TYPE_CHECKING:
+    from .schema import ReplicaDatabase
 
-def save_client_list(db: sqlite_utils.Database, clients: list[Client]) -> None:
+
+def save_client_list(db: ReplicaDatabase, clients: list[Client]) -> None:
     """Upsert the remote's client list; clients it no longer lists become inactive."""
     now = utc_now()
     with db.atomic():
-        db.conn.executemany(
+        db.executemany(
             "INSERT INTO clients(id, name, active, first_seen_at, last_seen_at) VALUES (?, ?, 1, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET name = excluded.name, active = 1, last_seen_at = excluded.last_seen_at",
             [(c.id, c.name, now, now) for c in clients],
@@ -26,7 +28,7 @@ def save_client_list(db: sqlite_utils.Database, clients: list[Client]) -> None:
         )
 
 
-def latest_dates(db: sqlite_utils.Database) -> dict[int, date]:
+def latest_dates(db: ReplicaDatabase) -> dict[int, date]:
     """Latest stored stat_date of each client that has rows."""
     return {
         client_id: date.fromisoformat(latest)

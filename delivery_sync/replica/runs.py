@@ -1,17 +1,20 @@
-"""Runs: the `sync_runs` rows every writing command opens and closes, and `sync_failures`."""
+"""Runs: the `sync_runs` rows every writing command opens and closes, and `sync_failures`.
+
+Engine-neutral SQL: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL `postgres.Connection`."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..errors import Interrupted
 from .schema import RUN_COUNTERS, utc_now
+
+if TYPE_CHECKING:
+    from .schema import ReplicaDatabase
 
 
 @dataclass
@@ -34,7 +37,7 @@ class RunCounts:
         return {name: getattr(self, name) for name in RUN_COUNTERS}
 
 
-def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
+def _mark_interrupted_runs(db: ReplicaDatabase) -> int:
     """Runs left `running` by a process that died become `failed` ("interrupted").
 
     Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
@@ -50,7 +53,7 @@ def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
 
 
 def start_run(
-    db: sqlite_utils.Database, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
+    db: ReplicaDatabase, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
 ) -> int:
     """Insert a `running` row in `sync_runs` and return its id; the caller holds the writer lock.
 
@@ -58,34 +61,26 @@ def start_run(
     writing run starts here, so none of them can forget it.
     """
     _mark_interrupted_runs(db)
-    row = {
-        "command": command,
-        "status": "running",
-        "started_at": utc_now(),
-        "window_start": window[0].isoformat() if window else None,
-        "window_end": window[1].isoformat() if window else None,
-        "clients_total": clients_total,
-    }
-    return db["sync_runs"].insert(row).last_pk
+    return db.insert_id(
+        "INSERT INTO sync_runs(command, status, started_at, window_start, window_end, clients_total) VALUES (?, 'running', ?, ?, ?, ?)",
+        [command, utc_now(), window[0].isoformat() if window else None, window[1].isoformat() if window else None, clients_total],
+    )
 
 
-def finish_run(db: sqlite_utils.Database, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
+def finish_run(db: ReplicaDatabase, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
     """Close a run with its status, counters and error/warnings; returns the stored row."""
     messages = [*counts.warnings, *([error] if error else [])]
-    db["sync_runs"].update(
-        run_id,
-        {
-            "status": status,
-            "finished_at": utc_now(),
-            "error": "; ".join(messages) or None,
-            **counts.as_row(),
-        },
+    counters = counts.as_row()
+    db.execute(
+        f"UPDATE sync_runs SET status = ?, finished_at = ?, error = ?, {', '.join(f'{name} = ?' for name in counters)} WHERE id = ?",
+        [status, utc_now(), "; ".join(messages) or None, *counters.values(), run_id],
     )
-    return db["sync_runs"].get(run_id)
+    cursor = db.execute("SELECT * FROM sync_runs WHERE id = ?", [run_id])
+    return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
 
 
 @contextmanager
-def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | None = None) -> Iterator[None]:
+def closed_on_error(db: ReplicaDatabase, run_id: int, counts: RunCounts | None = None) -> Iterator[None]:
     """Close the run as `failed` at once if the block is interrupted (Ctrl-C, SIGTERM) or crashes,
     rather than leave it `running` until the next writing run."""
     try:
@@ -95,23 +90,24 @@ def closed_on_error(db: sqlite_utils.Database, run_id: int, counts: RunCounts | 
         reason = "interrupted" if stopped else f"crashed: {type(exc).__name__}: {exc}"
         try:
             run = finish_run(db, run_id, "failed", counts or RunCounts(), reason)
-        except sqlite3.Error:
+        except Exception:  # of either engine
             run = None  # the disk that failed the run may refuse this too: the next writing run marks it interrupted
         if isinstance(exc, Interrupted) and exc.run is None:  # the innermost run: its summary line is printed
             exc.run = run
         raise
 
 
-def record_failure(db: sqlite_utils.Database, run_id: int, client_id: int | None, error: str) -> None:
-    db["sync_failures"].insert({"run_id": run_id, "client_id": client_id, "error": error})
+def record_failure(db: ReplicaDatabase, run_id: int, client_id: int | None, error: str) -> None:
+    """Record a client (None: a whole batch) the run could not fetch, and why."""
+    db.execute("INSERT INTO sync_failures(run_id, client_id, error) VALUES (?, ?, ?)", [run_id, client_id, error])
 
 
-def record_unfetched(db: sqlite_utils.Database, run_id: int, client_ids: list[int]) -> None:
+def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) -> None:
     """Clients the run selected but never fetched (it stopped early), for `sync --retry-failed`."""
-    db.conn.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
+    db.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
 
 
-def last_sync_to_retry(db: sqlite_utils.Database) -> tuple[int, str, str | None, str | None, list[int]] | None:
+def last_sync_to_retry(db: ReplicaDatabase) -> tuple[int, str, str | None, str | None, list[int]] | None:
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
     those that failed and those it never fetched. None when no sync has finished."""
     last = db.execute(

@@ -23,6 +23,28 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+class ReplicaDatabase(sqlite_utils.Database):
+    """A SQLite replica connection with the few methods the engine-neutral write code calls, which
+    the PostgreSQL connection (`postgres.Connection`) has too."""
+
+    def executemany(self, statement: str, rows) -> None:
+        """Run one statement for every parameter row."""
+        self.conn.executemany(statement, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def insert_id(self, statement: str, params) -> int:
+        """Run one INSERT and return the id it gave its row."""
+        return self.execute(statement, params).lastrowid
+
+    @staticmethod
+    def encode_change(value):
+        """A value as stat_changes keeps it: as it is (the columns have no declared type)."""
+        return value
+
+
 migrations = Migrations("delivery_sync")
 
 
@@ -110,7 +132,7 @@ def _client_stats_named(db: sqlite_utils.Database) -> None:
 SCHEMA_VERSION = len(migrations._migrations)
 
 
-def open_replica(path: Path) -> sqlite_utils.Database:
+def open_replica(path: Path) -> ReplicaDatabase:
     """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema.
 
     Refuses a file that is some other program's database, or a replica written by
@@ -125,7 +147,7 @@ def open_replica(path: Path) -> sqlite_utils.Database:
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db = sqlite_utils.Database(conn)
+        db = ReplicaDatabase(conn)
         _check_is_ours(db, path)
         _check_intact(db, path)
         db.enable_wal()

@@ -1,5 +1,8 @@
 """The upsert of one client's window into `client_stats`, all or nothing (SPEC §4, §5): in its own
-transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients."""
+transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
+
+The same code writes both engines: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL
+`postgres.Connection` (execute, executemany, atomic, in_transaction, encode_change)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..metrics import METRICS
 from ..records import ClientRows
 from .schema import utc_now
+
+if TYPE_CHECKING:
+    from .schema import ReplicaDatabase
 
 _COLUMNS = (*METRICS, "extra")
 _SELECT_WINDOW = f"SELECT stat_date, {', '.join(_COLUMNS)} FROM client_stats WHERE client_id = ? AND stat_date BETWEEN ? AND ?"
@@ -31,7 +36,7 @@ _UPDATE = (
 GROUP_MAX_ROWS = 20_000
 GROUP_MAX_SECONDS = 1.0
 
-_LOG_CHANGE = "INSERT INTO stat_changes(run_id, client_id, stat_date, [column], old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_LOG_CHANGE = 'INSERT INTO stat_changes(run_id, client_id, stat_date, "column", old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)'
 
 
 @dataclass
@@ -48,7 +53,7 @@ class ClientWrite:
 
 
 def write_client_window(
-    db: sqlite_utils.Database,
+    db: ReplicaDatabase,
     run_id: int,
     client_id: int,
     window: tuple[date, date],
@@ -64,6 +69,7 @@ def write_client_window(
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
     result = ClientWrite(rejected=len(parsed.rejects))
+    encode = db.encode_change
     with db.atomic():
         stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
         inserts, updates, changes = [], [], []
@@ -75,17 +81,17 @@ def write_client_window(
             elif previous != values:
                 updates.append((*values, now, now, client_id, key))
                 changes.extend(
-                    (run_id, client_id, key, column, old, new, now)
+                    (run_id, client_id, key, column, encode(old), encode(new), now)
                     for column, old, new in zip(_COLUMNS, previous, values)
                     if old != new
                 )
             else:
                 result.unchanged += 1
         if inserts:
-            db.conn.executemany(_INSERT, inserts)
+            db.executemany(_INSERT, inserts)
         if updates:
-            db.conn.executemany(_UPDATE, updates)
-            db.conn.executemany(_LOG_CHANGE, changes)
+            db.executemany(_UPDATE, updates)
+            db.executemany(_LOG_CHANGE, changes)
         result.inserted, result.updated = len(inserts), len(updates)
         result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
         if prune:
@@ -93,7 +99,7 @@ def write_client_window(
             result.deleted = len(gone)
             result.days += gone
         if parsed.rejects:
-            db.conn.executemany(
+            db.executemany(
                 "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
             )
@@ -102,7 +108,7 @@ def write_client_window(
 
 
 def _prune(
-    db: sqlite_utils.Database, run_id: int, client_id: int, window: tuple[date, date], stored: dict,
+    db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], stored: dict,
     parsed: ClientRows, now: str,
 ) -> tuple[list[str], str | None]:
     """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`), each logged
@@ -120,10 +126,10 @@ def _prune(
     if parsed.rejects:
         # A rejected row still exists remotely, but its date may be unreadable: keep everything.
         return [], f"client {client_id}: {len(parsed.rejects)} rows rejected; nothing pruned"
-    db.conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, k) for k in gone])
-    db.conn.executemany(
+    db.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, k) for k in gone])
+    db.executemany(
         _LOG_CHANGE,
-        [(run_id, client_id, k, "*", json.dumps(dict(zip(_COLUMNS, stored[k]))), None, now) for k in gone],
+        [(run_id, client_id, k, "*", db.encode_change(json.dumps(dict(zip(_COLUMNS, stored[k])))), None, now) for k in gone],
     )
     return gone, None
 
@@ -137,7 +143,7 @@ class WriteGroup:
     `due` says when the group reached its bounds and should be committed.
     """
 
-    def __init__(self, db: sqlite_utils.Database, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
+    def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
         self.db = db
         self.max_rows = max_rows
         self.max_seconds = max_seconds
@@ -146,7 +152,7 @@ class WriteGroup:
 
     def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
         """`write_client_window` inside the group's transaction (opened on the first write)."""
-        if not self.db.conn.in_transaction:
+        if not self.db.in_transaction:
             self.db.execute("BEGIN")
             self._began, self.rows = time.monotonic(), 0
         result = write_client_window(self.db, run_id, client_id, window, parsed, prune)
@@ -159,12 +165,12 @@ class WriteGroup:
 
     def commit(self) -> None:
         """Make every client written since the last commit durable (nothing to do when none was)."""
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.db.execute("COMMIT")
         self.rows = 0
 
     def rollback(self) -> None:
         """Drop every client written since the last commit: they stay as they were."""
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")
         self.rows = 0

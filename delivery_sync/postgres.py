@@ -1,0 +1,259 @@
+"""PostgreSQL access shared by readers and writers: connecting, the one-writer advisory lock and
+who holds it, and a connection that speaks the project's SQL.
+
+The project's SQL is written once, for both engines: `:name` and `?` parameters, dates as
+`YYYY-MM-DD` text in parameters, `"column"` quoting. `Connection.execute` turns the parameters
+into psycopg's, and rows come back as SQLite gives them: dates as `YYYY-MM-DD` text, exact sums
+of integers as int. Where the SQL of the engines really differs, `Dialect` holds both forms.
+
+psycopg is imported only here and in `replica/postgres.py`, never on the SQLite path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from decimal import Decimal
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .config import PostgresURL
+from .errors import DeliverySyncError, LockHeld, NoReplica, UsageError
+
+# The advisory lock every writing run holds (per database): a fixed key of our own.
+LOCK_KEY = 0x64656C7379  # "delsy"
+# Writers name themselves in application_name, so a second run and `status` can say who holds the lock.
+APP_PREFIX = "delivery-sync "
+CONNECT_TIMEOUT = 10
+
+
+class Dialect:
+    """The SQL fragments that differ between the engines (the SQLite forms are in readonly.SQLITE)."""
+
+    name = "postgresql"
+    table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    row_order = "ctid"  # stands in for SQLite's rowid where rows of one key are shown in insertion order
+
+    @staticmethod
+    def week_start(day: str) -> str:
+        return f"CAST(date_trunc('week', {day}) AS DATE)"
+
+    @staticmethod
+    def month_key(day: str) -> str:
+        return f"to_char({day}, 'YYYY-MM')"
+
+    @staticmethod
+    def month_first(month: str) -> str:
+        return f"CAST({month} || '-01' AS DATE)"
+
+    @staticmethod
+    def plus_days(day: str, days: int) -> str:
+        return f"CAST({day} AS DATE) + {int(days)}"
+
+    @staticmethod
+    def month_last(month: str) -> str:
+        return f"CAST(CAST({month} || '-01' AS DATE) + INTERVAL '1 month' - INTERVAL '1 day' AS DATE)"
+
+    @staticmethod
+    def is_number(value: str) -> str:
+        return f"jsonb_typeof({value}) = 'number'"
+
+    @staticmethod
+    def is_integer(value: str) -> str:
+        return f"(jsonb_typeof({value}) = 'number' AND {value}::text NOT LIKE '%.%' AND {value}::text NOT LIKE '%e%')"
+
+    @staticmethod
+    def number(value: str) -> str:
+        return f"CAST({value} AS TEXT)::numeric"
+
+
+POSTGRES = Dialect()
+
+
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<!:):([A-Za-z_]\w*)|\?|%")
+
+
+@functools.lru_cache(maxsize=512)
+def translate(statement: str) -> str:
+    """The project's parameter style (`:name`, `?`) as psycopg's (`%(name)s`, `%s`), `%` doubled;
+    quoted strings and identifiers are left as they are."""
+
+    def one(match: re.Match) -> str:
+        token = match.group(0)
+        if token == "%":
+            return "%%"
+        if token == "?":
+            return "%s"
+        if match.group(1):
+            return f"%({match.group(1)})s"
+        return token
+
+    return _TOKENS.sub(one, statement)
+
+
+class Row(tuple):
+    """A row readable by position and by column name, like sqlite3.Row (`dict(row)` works)."""
+
+    __slots__ = ()
+    _names: tuple[str, ...] = ()
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+def _value(value):
+    """A value as the SQLite replica gives it: dates as text, an exact integer sum as int."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _rows(cursor):
+    names = tuple(c.name for c in cursor.description or ())
+    shape = type("Row", (Row,), {"__slots__": (), "_names": names})
+
+    def make(values) -> Row:
+        return shape(_value(v) for v in values)
+
+    return make
+
+
+class Connection:
+    """A psycopg connection that runs the project's SQL (see `translate`) and returns `Row`s.
+
+    Autocommit, like the SQLite connections: `BEGIN` opens a transaction explicitly.
+    """
+
+    dialect = POSTGRES
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def execute(self, statement: str, params=None):
+        """Run one statement; returns its cursor."""
+        cursor = self.conn.cursor(row_factory=_rows)
+        if params:
+            cursor.execute(translate(statement), params)
+        else:
+            cursor.execute(statement)
+        return cursor
+
+    def executemany(self, statement: str, rows) -> None:
+        """Run one statement for every parameter row."""
+        with self.conn.cursor() as cursor:
+            cursor.executemany(translate(statement), rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def rollback(self) -> None:
+        """End an open transaction, keeping nothing of it."""
+        if self.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(url: PostgresURL, *, read_only: bool = False, application: str = "delivery-sync") -> Connection:
+    """A connection to the replica's server (autocommit; `read_only`: every transaction read-only).
+
+    Failures are one line naming the URL without its password: exit 2 for what the user must fix
+    (no such database, role or password refused), exit 1 for a server that cannot be reached.
+    """
+    options = "-c default_transaction_read_only=on" if read_only else ""
+    try:
+        conn = psycopg.connect(url.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=options,
+                               application_name=application[:63])
+    except psycopg.OperationalError as exc:
+        raise connect_error(url, exc) from None
+    except psycopg.ProgrammingError as exc:  # a malformed connection string
+        raise UsageError(f"cannot use database {url}: {_one_line(exc, url)}") from None
+    return Connection(conn)
+
+
+def connect_error(url: PostgresURL, exc: Exception) -> DeliverySyncError:
+    """The one line for a server that refused or could not be reached."""
+    text = _one_line(exc, url)
+    lowered = text.lower()
+    if "does not exist" in lowered or "authentication failed" in lowered or "no password" in lowered or "permission denied" in lowered:
+        return UsageError(f"cannot connect to database {url}: {text}", hint="check `database` (--db): role, password and database name")
+    return DeliverySyncError(f"cannot connect to database {url}: {text}", hint="is the PostgreSQL server running and reachable?")
+
+
+def _one_line(exc: Exception, url: PostgresURL) -> str:
+    """The driver's message on one line, never with the password in it."""
+    text = " ".join(str(exc).split())
+    password = psycopg.conninfo.conninfo_to_dict(url.dsn).get("password")
+    return text.replace(password, "[redacted]") if password else text
+
+
+def replica_exists(url: PostgresURL) -> bool:
+    """Whether the database holds a replica (its `sync_runs` table); a server that cannot be
+    reached raises the one-line error."""
+    conn = connect(url, read_only=True)
+    try:
+        return conn.execute("SELECT to_regclass('sync_runs') IS NOT NULL").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def open_readonly(url: PostgresURL) -> Connection:
+    """A read-only connection to the replica (`status`, `query`); `NoReplica` when there is none."""
+    conn = connect(url, read_only=True, application="delivery-sync reader")
+    if not conn.execute("SELECT to_regclass('sync_runs') IS NOT NULL").fetchone()[0]:
+        conn.close()
+        raise NoReplica(f"no replica in database {url} (no sync_runs table)", hint="run 'delivery-sync sync' first")
+    return conn
+
+
+@contextmanager
+def advisory_lock(url: PostgresURL, command: str) -> Iterator[Connection]:
+    """Hold the writers' advisory lock for a whole run on a connection of its own, or raise LockHeld
+    at once naming the holder. The server releases it when the holder's connection ends, so a
+    killed run never leaves it behind."""
+    from .replica.schema import utc_now
+
+    # "delivery-sync sync 4242 2026-12-05T01:00:00+00:00": within the 63 characters a name may have.
+    conn = connect(url, application=f"{APP_PREFIX}{command} {os.getpid()} {utc_now()}")
+    try:
+        if not conn.execute("SELECT pg_try_advisory_lock(?)", [LOCK_KEY]).fetchone()[0]:
+            held = lock_holder(conn)
+            who = f"pid {held['pid']} running '{held['command']}' since {held['started_at']}" if held else "holder unknown"
+            raise LockHeld(f"another run holds the lock on {url}: {who}")
+        yield conn
+    finally:
+        conn.close()  # releases the lock
+
+
+_HOLDER = pgsql.SQL(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND ((l.classid::bigint << 32) | l.objid::bigint) = {key} LIMIT 1"
+).format(key=pgsql.Literal(LOCK_KEY))
+
+
+def lock_holder(conn: Connection) -> dict | None:
+    """What the live writer holding the lock says of itself (`pid`, `command`, `started_at`), or None."""
+    row = conn.conn.execute(_HOLDER).fetchone()
+    parts = (row[0] or "").removeprefix(APP_PREFIX).split(" ") if row and (row[0] or "").startswith(APP_PREFIX) else []
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return {"pid": int(parts[1]), "command": parts[0], "started_at": parts[2]}
