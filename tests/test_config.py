@@ -1,4 +1,4 @@
-"""SPEC §2: where settings come from, their precedence, and how bad ones are refused."""
+"""Configuration (docs/reference.md): where settings come from, their precedence, and how bad ones are refused."""
 
 from __future__ import annotations
 
