@@ -12,7 +12,7 @@ the kernel's ru_maxrss at exit); the WAL peak is the largest size of `<replica>-
 demo source runs in its own process, so its CPU (building rows) is not counted as ours, but on
 a 2-core machine it competes with the sync for the CPU.
 
-Targets (issue 11): peak RSS <= 250 MB and independent of N; aggregate <= 10 s at 10,000 x 365;
+Targets: peak RSS <= 250 MB and independent of N; aggregate <= 10 s at 10,000 x 365;
 incremental <= 10 s at 10,000 with the batch endpoint; reports at 10,000: stored periods <= 10 ms,
 any window <= 200 ms. `--clients 10000` runs in under 20 minutes.
 

@@ -1,4 +1,4 @@
-"""The `collect` run: ask the remote to collect fresh data from Grab/GoJek (SPEC §1, §3).
+"""The `collect` run: ask the remote to collect fresh data from Grab/GoJek (docs/remote-api.md, triggerCollection).
 
 `POST /api/v1/triggerCollection` may take 15 minutes. We wait `collect.timeout`
 for the answer and never send it twice: once the request is out the remote may

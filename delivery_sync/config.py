@@ -1,4 +1,4 @@
-"""Settings: command-line flag > environment > TOML file > default (SPEC §2).
+"""Settings: command-line flag > environment > TOML file > default (docs/reference.md, Configuration).
 
 The TOML file is `--config PATH`, else `$DELIVERY_SYNC_CONFIG`, else
 `./config.toml` when it exists. Environment names are `DELIVERY_SYNC_` + key,
@@ -165,7 +165,7 @@ class _TomlSource(TomlConfigSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Every configuration key of SPEC §2."""
+    """Every configuration key (docs/reference.md, Configuration)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,4 +1,4 @@
-"""The simulated remote (SPEC §6): the API of SPEC §3 over real HTTP on loopback.
+"""The simulated remote: the API of docs/remote-api.md over real HTTP on loopback.
 
 Data are deterministic from the seed: every (client, day) has the same figures
 whatever is asked, so a re-sync finds them unchanged. It behaves like the real

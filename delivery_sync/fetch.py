@@ -1,4 +1,4 @@
-"""Fetching a sync's windows from the remote: batch requests or one request per client (SPEC §3).
+"""Fetching a sync's windows from the remote: batch requests or one request per client (docs/remote-api.md).
 
 Requests run on `source.concurrency` threads with at most PENDING_PER_THREAD x
 that many submitted at once, so memory stays bounded however many clients there

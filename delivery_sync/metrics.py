@@ -1,4 +1,4 @@
-"""The metric columns of `client_stats` (SPEC §4), by kind.
+"""The metric columns of `client_stats` (docs/reference.md, Tables), by kind.
 
 Names only, no imports: the fast `query` path needs them without loading the
 pydantic models of records.py.
@@ -24,7 +24,7 @@ COUNT_METRICS = (
     "gojek_fake_orders",
     "total_orders",
 )
-# Column order of client_stats (SPEC §4).
+# Column order of client_stats (docs/reference.md, Tables).
 METRICS = (
     "grab_sales",
     "grab_orders",
@@ -45,7 +45,7 @@ METRICS = (
 )
 
 
-# The counters of a `sync_runs` row (SPEC §4), in column order.
+# The counters of a `sync_runs` row (docs/reference.md, Tables), in column order.
 RUN_COUNTERS = (
     "clients_total", "clients_ok", "clients_failed", "rows_fetched", "rows_inserted", "rows_updated",
     "rows_unchanged", "rows_rejected", "rows_deleted", "requests",

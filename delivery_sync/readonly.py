@@ -1,4 +1,4 @@
-"""Read-only access to the replica for `status` and `query` (SPEC §5).
+"""Read-only access to the replica for `status` and `query` (docs/reference.md, query).
 
 Opened with a `mode=ro` URI, so SQLite itself refuses to create or write the
 file, plus an authorizer that refuses writes, ATTACH and state-changing

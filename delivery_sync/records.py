@@ -1,4 +1,4 @@
-"""Validated rows from the remote: every quirk of SPEC §3 is handled here, once.
+"""Validated rows from the remote: every quirk of docs/remote-api.md is handled here, once.
 
 - `stat_date` is `YYYY-MM-DD` or a mysql2 UTC timestamp meaning the calendar
   date in the source time zone (`2026-01-24T16:00:00.000Z` is 2026-01-25 in Bali).
@@ -147,7 +147,7 @@ class StatRow(BaseModel):
 
     @property
     def extra_json(self) -> str | None:
-        """Fields the spec does not name, as canonical JSON (None when there are none)."""
+        """Fields that are not metrics, as canonical JSON (None when there are none)."""
         if not self.model_extra:
             return None
         return json.dumps(self.model_extra, sort_keys=True, separators=(",", ":"), default=str)

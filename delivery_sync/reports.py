@@ -1,6 +1,6 @@
-"""The `query` reports: named SQL over a read-only connection (SPEC §1, §4, §5).
+"""The `query` reports: named SQL over a read-only connection (docs/reference.md, query).
 
-Each report returns a `Report`: its rows as dicts keyed by the SPEC §4 names,
+Each report returns a `Report`: its rows as dicts keyed by the replica's column names,
 in the column order of `columns`. A window that is a stored rollup period
 (`last_Nd` ending at the rollup's as-of date, or a whole calendar month) is read
 from the rollup tables when they are current; otherwise the raw rows are summed

@@ -1,4 +1,4 @@
-"""HTTP client for the remote (SPEC §3): endpoints, auth, retries, concurrency, rate limit.
+"""HTTP client for the remote (docs/remote-api.md): endpoints, auth, retries, concurrency, rate limit.
 
 Knows nothing of SQLite or the terminal. Errors are classified once, here:
 

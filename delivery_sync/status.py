@@ -1,4 +1,4 @@
-"""Status facts: what is in the replica, how fresh it is, how the last runs went (SPEC §5).
+"""Status facts: what is in the replica, how fresh it is, how the last runs went (docs/reference.md, status).
 
 Read through `readonly.py`: never creates the file, never takes the writer
 lock, works while a sync runs. Standard library only, so `status --check`
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from .metrics import RUN_COUNTERS
 from .readonly import lock_holder, open_readonly, replica_exists, snapshot, writer_holds_lock
 
-# An active client whose latest day is more than this many days before today lags (SPEC §5).
+# An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
 
 
@@ -164,7 +164,7 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
 
 @dataclass
 class Freshness:
-    """How fresh the replica is (SPEC §5): `fresh`, `stale` or `never`, and why."""
+    """How fresh the replica is (docs/reference.md, status): `fresh`, `stale` or `never`, and why."""
 
     freshness: str
     last_ok_sync_at: str | None
@@ -274,7 +274,7 @@ def _judge(status: Status) -> Verdict:
         )
     reason = f"fresh, last sync ok {age_text(status.age_hours)} ago, data through {status.date_max}"
     if status.lagging_clients:
-        # Not a failure (SPEC §5 --check), but the operator should see it in the headline.
+        # Not a failure (`--check` wants fresh and the last sync ok), but the operator should see it in the headline.
         count = len(status.lagging_clients)
         reason += f"; but {count} active client{'s' if count != 1 else ''} lag (see lagging clients)"
     return Verdict(True, reason)

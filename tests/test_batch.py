@@ -1,4 +1,4 @@
-"""The batch endpoint (SPEC §3 `POST /api/v1/getBatchStats`), against a demo source that answers it as
+"""The batch endpoint (`POST /api/v1/getBatchStats`, docs/remote-api.md), against a demo source that answers it as
 the real Express + mysql2 remote does: days keyed by the UTC date (one day early for Bali), rows
 carrying their own timestamp `stat_date`, `id` and `client_id`, and Express's HTML 404 without it."""
 

@@ -1,4 +1,4 @@
-"""The change log of restated history (SPEC §4 `stat_changes`) and `query changes`, over loopback."""
+"""The change log of restated history (`stat_changes`, docs/reference.md) and `query changes`, over loopback."""
 
 from __future__ import annotations
 

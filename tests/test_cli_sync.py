@@ -1,4 +1,4 @@
-"""`delivery-sync sync` as an operator meets it: errors, exit codes, the lock, the token, output (SPEC §1, §5)."""
+"""`delivery-sync sync` as an operator meets it: errors, exit codes, the lock, the token, output (docs/reference.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from delivery_sync.demo_source import DemoSource
 
 @pytest.fixture(autouse=True)
 def _per_client_endpoint(monkeypatch):
-    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    """These tests are about one request per client (docs/remote-api.md); tests/test_batch.py covers the batch endpoint."""
     monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
 
 

@@ -1,13 +1,15 @@
-"""SPEC §2: where settings come from, their precedence, and how bad ones are refused."""
+"""Configuration (docs/reference.md): where settings come from, their precedence, and how bad ones are refused."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import query_db, write_config
+from pydantic import BaseModel
 
-from delivery_sync.config import load_settings
+from delivery_sync.config import Settings, load_settings
 from delivery_sync.errors import ConfigError
 
 
@@ -166,3 +168,19 @@ def test_toml_syntax_error_exits_2(cli, tmp_path):
     _toml(tmp_path / "config.toml", "[source\nurl = \n")
     result = cli("sync", "--days-back", "1")
     assert result.code == 2 and "config.toml" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_config_example_documents_every_key_with_its_default():
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    with example.open("rb") as file:
+        written = tomllib.load(file)
+    # Every key of the Settings model, by section (None: a top-level key such as `database`).
+    expected = {name: set(info.annotation.model_fields) if isinstance(info.annotation, type)
+                and issubclass(info.annotation, BaseModel) else None for name, info in Settings.model_fields.items()}
+    assert {name: set(value) if isinstance(value, dict) else None for name, value in written.items()} == expected
+    # Loaded by the real loader, the example changes nothing: its values are the defaults.
+    settings, defaults = load_settings(example), Settings()
+    assert settings.config_file == example
+    assert settings.database == example.parent / defaults.database
+    for section in expected.keys() - {"database"}:
+        assert getattr(settings, section).model_dump() == getattr(defaults, section).model_dump(), section

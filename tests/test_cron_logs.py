@@ -1,4 +1,4 @@
-"""Logs for cron (issue 9): timestamps off a terminal, request durations, retry warnings, a live collect."""
+"""Logs for cron: timestamps off a terminal, request durations, retry warnings, a live collect."""
 
 from __future__ import annotations
 

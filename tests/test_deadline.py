@@ -1,4 +1,4 @@
-"""`sync --deadline MINUTES` / `sync.deadline_minutes` (SPEC §1): the run ends on time, partial, with what it fetched."""
+"""`sync --deadline MINUTES` / `sync.deadline_minutes` (docs/reference.md, sync): the run ends on time, partial, with what it fetched."""
 
 from __future__ import annotations
 

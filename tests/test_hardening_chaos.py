@@ -1,4 +1,4 @@
-"""Chaos (issue 8 acceptance): random SIGKILLs of real processes across a first sync, a full re-sync
+"""Chaos: random SIGKILLs of real processes across a first sync, a full re-sync
 and aggregate. After each: `PRAGMA integrity_check`, every client either as it was or fully updated,
 `status` shows no live run; at the end one sync makes the replica equal to the remote.
 

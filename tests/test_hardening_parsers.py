@@ -1,4 +1,4 @@
-"""Hostile answers for the parsers of records.py (issue 8, item 5 and the fuzzing acceptance): with
+"""Hostile answers for the parsers of records.py, fuzzed: with
 arbitrary JSON, every row is stored, rejected with a reason, or fails its client; every client entry
 is read or named unreadable; nothing raises anything unexpected."""
 

@@ -1,4 +1,4 @@
-"""`query sql` and a corrupt replica (issue 8, item 11): fts3_tokenizer() refused, table-valued read-only
+"""`query sql` and a corrupt replica: fts3_tokenizer() refused, table-valued read-only
 pragmas allowed, output bounded; a damaged replica is refused before anything is written."""
 
 from __future__ import annotations

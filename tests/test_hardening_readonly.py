@@ -1,4 +1,4 @@
-"""Readers on a folder they cannot write (issue 8, item 7): `status` and `query` read a replica on a
+"""Readers on a folder they cannot write: `status` and `query` read a replica on a
 read-only folder, a backup copy or another user's folder, or say in one line what to grant."""
 
 from __future__ import annotations

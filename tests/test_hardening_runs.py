@@ -1,4 +1,4 @@
-"""Runs after a crash (issue 8, item 11): a SIGKILLed run is shown dead at once, and a run it left
+"""Runs after a crash: a SIGKILLed run is shown dead at once, and a run it left
 with NULL counters never breaks `status`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A hostile remote (issue 8, items 3 and 9): `source.timeout` bounds a whole request, a trickling or
+"""A hostile remote: `source.timeout` bounds a whole request, a trickling or
 endless body included; one answer may decode to at most `source.max_answer_mb`, gzip bombs included."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Storage faults (issue 8, items 1 and 10): a first sync that dies or hits a file-size limit leaves a
+"""Storage faults: a first sync that dies or hits a file-size limit leaves a
 file the next run completes; a full disk, a read-only folder, a lock path that is a folder or an
 unwritable replica each give one clear line and exit 1 or 2, and never lose a stored row."""
 

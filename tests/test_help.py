@@ -1,5 +1,5 @@
 """--help of every command: one default style, every choice named, an example at the end;
-shell completion; the client_stats_named view (issue 9, help and docs)."""
+shell completion; the client_stats_named view."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""First-contact mistakes get one line that points the right way (issue 9, hints)."""
+"""First-contact mistakes get one line that points the right way."""
 
 from __future__ import annotations
 

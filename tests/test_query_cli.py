@@ -38,7 +38,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_top_json_is_an_array_keyed_by_spec_names(query, replica):
+def test_top_json_is_an_array_keyed_by_column_names(query, replica):
     result = query("top", "--days", "30", "--limit", "3", "--format", "json")
     assert result.code == 0, result.stderr
     rows = json.loads(result.stdout)

@@ -1,4 +1,4 @@
-"""Every quirk of SPEC §3 as records.py reads it: dates, numbers, nulls, extra, totals, duplicates, rejects."""
+"""Every quirk of docs/remote-api.md as records.py reads it: dates, numbers, nulls, extra, totals, duplicates, rejects."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ BALI = ZoneInfo("Asia/Makassar")
 
 
 def test_mysql2_timestamp_is_the_calendar_date_in_the_source_time_zone():
-    # The SPEC example: Bali midnight of 2026-01-25, serialised by mysql2 as UTC.
+    # The example of docs/remote-api.md: Bali midnight of 2026-01-25, serialised by mysql2 as UTC.
     assert parse_stat_date("2026-01-24T16:00:00.000Z", BALI) == date(2026, 1, 25)
 
 

@@ -1,4 +1,4 @@
-"""Remote text is data (issue 8, items 2 and 6): a remote that echoes our token, or sends
+"""Remote text is data: a remote that echoes our token, or sends
 control codes and forged lines, reaches no terminal, log, status or stored row as such."""
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def _ratio(numerator, denominator):
 
 
 def expected_ratios(s: dict) -> dict:
-    """SPEC §4 ratios from sums (or one day's values)."""
+    """The ratios of docs/reference.md from sums (or one day's values)."""
     return {
         "grab_ads_roas": _ratio(s["grab_ads_sales"], s["grab_ads_spend"]),
         "gojek_ads_roas": _ratio(s["gojek_ads_sales"], s["gojek_ads_spend"]),

@@ -1,4 +1,4 @@
-"""`sync --retry-failed` (SPEC §1): only what the last sync did not bring in, over its window."""
+"""`sync --retry-failed` (docs/reference.md, sync): only what the last sync did not bring in, over its window."""
 
 from __future__ import annotations
 

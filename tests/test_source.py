@@ -1,4 +1,4 @@
-"""SPEC §3 failures and limits, against the real demo server over loopback (measured server-side)."""
+"""The remote's failure classes and limits (docs/remote-api.md), against the real demo server over loopback (measured server-side)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from delivery_sync.source import SourceClient
 
 @pytest.fixture(autouse=True)
 def _per_client_endpoint(monkeypatch):
-    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    """These tests are about one request per client (docs/remote-api.md); tests/test_batch.py covers the batch endpoint."""
     monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
 
 

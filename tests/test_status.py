@@ -17,12 +17,12 @@ from delivery_sync.readonly import open_readonly
 
 @pytest.fixture(autouse=True)
 def _per_client_endpoint(monkeypatch):
-    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    """These tests are about one request per client (docs/remote-api.md); tests/test_batch.py covers the batch endpoint."""
     monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
 
 
 DAYS = 10
-SPEC_KEYS = {
+DOCUMENTED_KEYS = {
     "database", "clients", "active_clients", "rows", "date_min", "date_max", "freshness",
     "last_sync", "last_collect", "last_aggregate", "failed_clients", "lagging_clients", "missing_days",
     "stale_clients",
@@ -51,7 +51,7 @@ def synced(cli, *args: str) -> None:
 
 def test_no_replica_reports_never_and_creates_nothing(cli, config, db_path, tmp_path):
     data = status_json(cli)
-    assert SPEC_KEYS <= data.keys()
+    assert DOCUMENTED_KEYS <= data.keys()
     assert data["database"] == str(db_path)
     assert data["freshness"] == "never"
     assert (data["clients"], data["active_clients"], data["rows"], data["missing_days"]) == (0, 0, 0, 0)
@@ -171,7 +171,7 @@ def test_lagging_clients_and_missing_days(cli, config, db_path, demo):
     assert data["missing_days"] == 3 + 2 + 1
     assert data["missing_by_client"] == {"5": 3, "6": 2, "7": 1}
     assert data["date_max"] == today.isoformat()
-    # Lagging clients are shown, but the check follows SPEC §5: fresh and last sync ok.
+    # Lagging clients are shown, but the check wants only fresh and last sync ok.
     check = cli("status", "--check")
     assert check.code == 0 and "but 1 active client lag" in check.stdout
 

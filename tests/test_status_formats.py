@@ -1,5 +1,5 @@
 """`status --history N`, `--format text|json|prometheus`, paths that cannot be a replica,
-and the staleness warning of `query` (issue 9, status for operators; SPEC §5)."""
+and the staleness warning of `query`."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_history_lists_the_last_runs_newest_first_in_the_view_and_json(cli, sync
     assert any(line.startswith(f"  #{ids[1]} sync") and "partial" in line for line in lines)
 
 
-def test_prometheus_output_parses_and_carries_the_spec_metrics(cli, synced, db_path):
+def test_prometheus_output_parses_and_carries_the_documented_metrics(cli, synced, db_path):
     result = cli("status", "--format", "prometheus")
     assert result.code == 0 and result.stderr == ""
     samples = _samples(result.stdout)

@@ -1,4 +1,4 @@
-"""The sync run end to end (SPEC §1 sync, §3 failures, §4 upsert, §5 runs): real demo over loopback, real SQLite."""
+"""The sync run end to end (docs/reference.md, docs/remote-api.md): real demo over loopback, real SQLite."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from delivery_sync.window import Window, resolve_window
 
 @pytest.fixture(autouse=True)
 def _per_client_endpoint(monkeypatch):
-    """These tests are about one request per client (SPEC §3); tests/test_batch.py covers the batch endpoint."""
+    """These tests are about one request per client (docs/remote-api.md); tests/test_batch.py covers the batch endpoint."""
     monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
 
 
@@ -47,7 +47,7 @@ def last_run(db_path: Path) -> dict:
 # --- inserts, values, and the upsert cases ---------------------------------------------------------
 
 
-def test_first_sync_stores_the_remote_rows_as_the_spec_says(cli, config, db_path, demo):
+def test_first_sync_stores_the_remote_rows_as_documented(cli, config, db_path, demo):
     with freeze_time(NOW, tick=True):
         result = cli("sync", "--days-back", "3")
     assert result.code == 0, result.stderr

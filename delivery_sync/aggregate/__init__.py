@@ -1,4 +1,4 @@
-"""Rollups: `client_aggregates` and `overall_aggregates` (SPEC §4), plus `overall_daily` and
+"""Rollups: `client_aggregates` and `overall_aggregates` (docs/reference.md, Tables), plus `overall_daily` and
 `overall_weekly`, built from partial sums kept beside them, in one transaction.
 
 One row per (client, period) and per period for all clients, where a period is

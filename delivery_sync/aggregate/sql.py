@@ -27,7 +27,7 @@ def _ratio(numerator: str, denominator: str) -> str:
     return f"CAST({numerator} AS REAL) / NULLIF({denominator}, 0)"
 
 
-# Weighted ratios over sums (or over one day's values), NULL on a zero denominator (SPEC §4).
+# Weighted ratios over sums (or over one day's values), NULL on a zero denominator (docs/reference.md, Tables).
 RATIOS = {
     "grab_ads_roas": _ratio("grab_ads_sales", "grab_ads_spend"),
     "gojek_ads_roas": _ratio("gojek_ads_sales", "gojek_ads_spend"),
@@ -96,7 +96,7 @@ FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
       GROUP BY period)"""
 
 
-# Calendar periods finer than a month, stored beside the SPEC's rollups so `query totals --by
+# Calendar periods finer than a month, stored beside the month rollups so `query totals --by
 # day|week` reads a few hundred rows instead of summing every client-day: one row per day and
 # per Monday-started week with data, same columns as overall_aggregates.
 FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}

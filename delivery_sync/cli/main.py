@@ -1,4 +1,4 @@
-"""The console entry point: run the app, map every error to one line and the spec's exit code."""
+"""The console entry point: run the app, map every error to one line and its documented exit code."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class _GuardedStdout:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one clear line on stderr and the spec's exit code for every error."""
+    """Console entry point: one clear line on stderr and the documented exit code for every error."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
     handlers = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}

@@ -1,4 +1,4 @@
-"""The writing lock: `<database>.lock`, held (flock) by one writing run at a time (SPEC §5)."""
+"""The writing lock: `<database>.lock`, held (flock) by one writing run at a time; a second exits 75."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Staging for batch fetches: a client's rows wait here until every batch window of its sync window
-has arrived, then go to the upsert as one client window (one transaction, SPEC §5).
+has arrived, then go to the upsert as one client window (one transaction).
 
 The rows live in TEMP tables of the writer's connection: SQLite keeps them in a
 temporary file, not in the replica and not in Python memory, so a year of 10,000

@@ -1,5 +1,5 @@
-"""The upsert of one client's window into `client_stats`, all or nothing (SPEC §4, §5): in its own
-transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
+"""The upsert of one client's window into `client_stats`, all or nothing (docs/reference.md, Tables):
+in its own transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
 
 The same code writes both engines: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL
 `postgres.Connection` (execute, executemany, atomic, in_transaction, encode_change)."""
@@ -111,7 +111,7 @@ def _prune(
     db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], stored: dict,
     parsed: ClientRows, now: str,
 ) -> tuple[list[str], str | None]:
-    """Delete stored rows in the window the remote no longer returns (SPEC §1 `--prune`), each logged
+    """Delete stored rows in the window the remote no longer returns (`sync --prune`), each logged
     in `stat_changes` as column `*` with the old row as JSON; returns their dates."""
     first, last = window[0].isoformat(), window[1].isoformat()
     kept = {day.isoformat() for day in parsed.values}
