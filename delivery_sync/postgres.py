@@ -4,7 +4,7 @@ who holds it, and a connection that speaks the project's SQL.
 The project's SQL is written once, for both engines: `:name` and `?` parameters, dates as
 `YYYY-MM-DD` text in parameters, `"column"` quoting. `Connection.execute` turns the parameters
 into psycopg's, and rows come back as SQLite gives them: dates as `YYYY-MM-DD` text, exact sums
-of integers as int. Where the SQL of the engines really differs, `Dialect` holds both forms.
+of integers as int. Where the SQL of the engines really differs, `dialect.py` holds both forms.
 
 psycopg is imported only here and in `replica/postgres.py`, never on the SQLite path.
 """
@@ -12,6 +12,7 @@ psycopg is imported only here and in `replica/postgres.py`, never on the SQLite 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ from decimal import Decimal
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
 
 from .config import PostgresURL
-from .errors import DeliverySyncError, LockHeld, NoReplica, UsageError
+from .dialect import POSTGRES
+from .errors import DeliverySyncError, LockHeld, NoReplica, QueryTimeout, ReadOnlyViolation, UsageError
 
 # The advisory lock every writing run holds (per database): a fixed key of our own.
 LOCK_KEY = 0x64656C7379  # "delsy"
@@ -32,56 +35,13 @@ APP_PREFIX = "delivery-sync "
 CONNECT_TIMEOUT = 10
 
 
-class Dialect:
-    """The SQL fragments that differ between the engines (the SQLite forms are in readonly.SQLITE)."""
-
-    name = "postgresql"
-    table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-    row_order = "ctid"  # stands in for SQLite's rowid where rows of one key are shown in insertion order
-
-    @staticmethod
-    def week_start(day: str) -> str:
-        return f"CAST(date_trunc('week', {day}) AS DATE)"
-
-    @staticmethod
-    def month_key(day: str) -> str:
-        return f"to_char({day}, 'YYYY-MM')"
-
-    @staticmethod
-    def month_first(month: str) -> str:
-        return f"CAST({month} || '-01' AS DATE)"
-
-    @staticmethod
-    def plus_days(day: str, days: int) -> str:
-        return f"CAST({day} AS DATE) + {int(days)}"
-
-    @staticmethod
-    def month_last(month: str) -> str:
-        return f"CAST(CAST({month} || '-01' AS DATE) + INTERVAL '1 month' - INTERVAL '1 day' AS DATE)"
-
-    @staticmethod
-    def is_number(value: str) -> str:
-        return f"jsonb_typeof({value}) = 'number'"
-
-    @staticmethod
-    def is_integer(value: str) -> str:
-        return f"(jsonb_typeof({value}) = 'number' AND {value}::text NOT LIKE '%.%' AND {value}::text NOT LIKE '%e%')"
-
-    @staticmethod
-    def number(value: str) -> str:
-        return f"CAST({value} AS TEXT)::numeric"
-
-
-POSTGRES = Dialect()
-
-
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<!:):([A-Za-z_]\w*)|\?|%")
 
 
 @functools.lru_cache(maxsize=512)
 def translate(statement: str) -> str:
-    """The project's parameter style (`:name`, `?`) as psycopg's (`%(name)s`, `%s`), `%` doubled;
-    quoted strings and identifiers are left as they are."""
+    """The project's parameter style (`:name`, `?`) as psycopg's (`%(name)s`, `%s`), every `%`
+    doubled; a `:` or `?` inside a quoted string or name is left as it is."""
 
     def one(match: re.Match) -> str:
         token = match.group(0)
@@ -91,7 +51,7 @@ def translate(statement: str) -> str:
             return "%s"
         if match.group(1):
             return f"%({match.group(1)})s"
-        return token
+        return token.replace("%", "%%")  # a quoted string or name: psycopg reads % there too
 
     return _TOKENS.sub(one, statement)
 
@@ -140,6 +100,7 @@ class Connection:
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
+        self._savepoints = itertools.count(1)
 
     def execute(self, statement: str, params=None):
         """Run one statement; returns its cursor."""
@@ -159,6 +120,30 @@ class Connection:
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
+    def insert_id(self, statement: str, params) -> int:
+        """Run one INSERT and return the id it gave its row."""
+        return self.execute(statement + " RETURNING id", params).fetchone()[0]
+
+    @staticmethod
+    def encode_change(value):
+        """A value as stat_changes keeps it: JSON, so a number stays a number and text stays text."""
+        return None if value is None else Jsonb(value)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A transaction, or a savepoint inside the open one: all of the block or none of it."""
+        if self.in_transaction:
+            with self.conn.transaction(savepoint_name=f"sp{next(self._savepoints)}", force_rollback=False):
+                yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     def rollback(self) -> None:
         """End an open transaction, keeping nothing of it."""
         if self.in_transaction:
@@ -170,6 +155,37 @@ class Connection:
 
     def close(self) -> None:
         self.conn.close()
+
+    def read_only_statement(self, statement: str, max_seconds: float) -> tuple[list[str], list[tuple]]:
+        """`query sql` here: one statement in a transaction (read-only, as every transaction of a
+        reader's session is), cancelled by the server after `max_seconds` (statement_timeout);
+        returns its column names and rows."""
+        refused = _REFUSED_FUNCTIONS.search(statement)
+        if refused:
+            raise ReadOnlyViolation(f"refused: {refused.group(1)}() - query sql runs no function that reads files or reaches other servers")
+        try:
+            with self.conn.transaction():
+                self.conn.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(max(1, int(max_seconds * 1000)))))
+                cursor = self.conn.cursor(row_factory=_rows)
+                cursor.execute(statement, prepare=False)
+                rows = cursor.fetchall() if cursor.description else []
+                columns = [c.name for c in cursor.description or ()]
+        except psycopg.errors.QueryCanceled:
+            raise QueryTimeout(f"query interrupted after {max_seconds:g} s", hint="raise --max-seconds or narrow the query") from None
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+            raise ReadOnlyViolation(f"refused: the replica is read-only here ({' '.join(str(exc).split())})") from None
+        except psycopg.Error as exc:
+            raise UsageError(f"SQL error: {' '.join(str(exc).split())}") from None
+        return columns, rows
+
+
+# Functions a read-only transaction still lets run, which read the server's files, reach other
+# servers or change settings: refused by name (a read-only role is the real fence: docs/reference.md).
+_REFUSED_FUNCTIONS = re.compile(
+    r"\b(pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|dblink\w*|set_config|pg_reload_conf|pg_rotate_logfile"
+    r"|pg_terminate_backend|pg_cancel_backend|pg_sleep\w*|pg_advisory\w*|pg_try_advisory\w*|query_to_xml\w*|copy)\s*\(",
+    re.IGNORECASE,
+)
 
 
 def connect(url: PostgresURL, *, read_only: bool = False, application: str = "delivery-sync") -> Connection:
@@ -257,3 +273,41 @@ def lock_holder(conn: Connection) -> dict | None:
     if len(parts) != 3 or not parts[1].isdigit():
         return None
     return {"pid": int(parts[1]), "command": parts[0], "started_at": parts[2]}
+
+
+class PostgresReader:
+    """A reader's view of a PostgreSQL replica (`status`, `query`): the SQLite reader's questions."""
+
+    def __init__(self, url: PostgresURL):
+        self.url = url
+        self.location = str(url)
+
+    def exists(self) -> bool:
+        return replica_exists(self.url)
+
+    def size(self) -> int:
+        """Bytes the replica's tables and indexes take on the server."""
+        conn = connect(self.url, read_only=True)
+        try:
+            return conn.execute(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "WHERE c.relkind IN ('r', 'm') AND c.relnamespace = current_schema()::regnamespace"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+
+    def check_path(self) -> None:
+        """Nothing to check before connecting: the server says what is wrong."""
+
+    def connect(self) -> Connection:
+        return open_readonly(self.url)
+
+    def writer_holds_lock(self) -> bool:
+        return self.lock_holder() is not None
+
+    def lock_holder(self) -> dict | None:
+        conn = connect(self.url, read_only=True)
+        try:
+            return lock_holder(conn)
+        finally:
+            conn.close()

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import NoReplica, ReadOnlyViolation
+from .dialect import dialect_of
+from .errors import NoReplica, ReadOnlyViolation, UsageError
 
 # PRAGMAs that only read state; any other PRAGMA (or one given a value) is refused.
 READ_ONLY_PRAGMAS = frozenset({
@@ -161,10 +162,56 @@ def lock_holder(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) and {"pid", "command", "started_at"} <= holder.keys() else None
 
 
+class SqliteReader:
+    """A reader's view of a SQLite replica file: is it there, how big, is a writer at work, a connection."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.location = os.path.abspath(path)
+
+    def exists(self) -> bool:
+        return replica_exists(self.path)
+
+    def size(self) -> int:
+        """Bytes on disk, the WAL included (it holds recent writes until a checkpoint)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def check_path(self) -> None:
+        """A replica path that can never hold one is the user's to fix, not a reason to advise `sync`."""
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a folder, not a replica file", hint="point --db or `database` at a file, e.g. delivery_stats.db")
+        if not self.path.parent.is_dir():
+            raise UsageError(f"the folder of the replica {self.path} does not exist", hint="create it, or fix --db or `database`")
+
+    def connect(self) -> sqlite3.Connection:
+        return open_readonly(self.path)
+
+    def writer_holds_lock(self) -> bool | None:
+        return writer_holds_lock(self.path)
+
+    def lock_holder(self) -> dict | None:
+        return lock_holder(self.path)
+
+
+def reader_for(database):
+    """The reader of `settings.database`: a SQLite file, or a PostgreSQL URL (psycopg only then)."""
+    if isinstance(database, Path):
+        return SqliteReader(database)
+    from .postgres import PostgresReader
+
+    return PostgresReader(database)
+
+
+def open_reader(database):
+    """A read-only connection to the replica, whichever engine holds it; `NoReplica` when there is none."""
+    return reader_for(database).connect()
+
+
 @contextmanager
 def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One read transaction: every statement inside sees the same committed state, even mid-sync."""
-    conn.execute("BEGIN")
+    conn.execute(dialect_of(conn).begin_snapshot)
     try:
         yield conn
     finally:

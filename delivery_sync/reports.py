@@ -36,6 +36,7 @@ from .aggregate.sql import (
     with_ratios,
 )
 from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
+from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .metrics import METRICS
 from .readonly import check_denied
@@ -149,7 +150,8 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
             parts.insert(0, f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM {table} WHERE period BETWEEN :first_period AND :last_period")
         sql = " UNION ALL ".join(parts) + " ORDER BY period"
     else:
-        sql = with_ratios(period_sums(by, "FROM client_stats WHERE stat_date BETWEEN :start AND :end"), PERIOD_COLUMNS) + " ORDER BY period"
+        rows_sql = "FROM client_stats WHERE stat_date BETWEEN :start AND :end"
+        sql = with_ratios(period_sums(by, rows_sql, dialect_of(conn)), PERIOD_COLUMNS) + " ORDER BY period"
     rows = _fetch(conn, sql, plan.params())
     # The figures first: on a narrow terminal the period and its totals stay, its clipped edges go.
     shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
@@ -162,23 +164,27 @@ _READING_STATEMENTS = {"SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES"}
 
 
 CHANGES_COLUMNS = ["client_id", "name", "stat_date", "column", "old_value", "new_value", "difference", "run_id", "changed_at"]
-_CHANGES = """
-SELECT s.client_id, c.name, s.stat_date, s.[column], s.old_value, s.new_value,
-       CASE WHEN typeof(s.old_value) IN ('integer', 'real') AND typeof(s.new_value) IN ('integer', 'real')
-            THEN CASE WHEN typeof(s.old_value) = 'integer' AND typeof(s.new_value) = 'integer'
-                      THEN s.new_value - s.old_value ELSE ROUND(s.new_value - s.old_value, 2) END
-       END AS difference,
-       s.run_id, s.changed_at
+def _changes_sql(dialect: Dialect) -> str:
+    """The change log in the window, with the difference of two numbers (cents kept exact)."""
+    old, new = "s.old_value", "s.new_value"
+    difference = (
+        f"CASE WHEN {dialect.is_number(old)} AND {dialect.is_number(new)} "
+        f"THEN CASE WHEN {dialect.is_integer(old)} AND {dialect.is_integer(new)} "
+        f"THEN {dialect.integer(new)} - {dialect.integer(old)} ELSE {dialect.round2(f'{dialect.real(new)} - {dialect.real(old)}')} END END"
+    )
+    return f"""
+SELECT s.client_id, c.name, s.stat_date, s."column", s.old_value, s.new_value, {difference} AS difference, s.run_id, s.changed_at
 FROM stat_changes s LEFT JOIN clients c ON c.id = s.client_id
-WHERE s.stat_date BETWEEN :start AND :end AND (:client_id IS NULL OR s.client_id = :client_id)
-ORDER BY s.run_id DESC, s.client_id, s.stat_date, s.rowid"""
+WHERE s.stat_date BETWEEN :start AND :end AND (CAST(:client_id AS BIGINT) IS NULL OR s.client_id = :client_id)
+ORDER BY s.run_id DESC, s.client_id, s.stat_date, s.{dialect.row_order}"""
 
 
 def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = None) -> Report:
     """The restatements logged in `stat_changes` whose day lies in the window, newest run first."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stat_changes'").fetchone():
+    dialect = dialect_of(conn)
+    if "stat_changes" not in {row[0] for row in conn.execute(dialect.table_names)}:
         raise UsageError("this replica predates the change log (stat_changes)", hint="any writing run upgrades it, e.g. 'delivery-sync sync'")
-    rows = _fetch(conn, _CHANGES, {**window.params(), "client_id": client_id})
+    rows = _fetch(conn, _changes_sql(dialect), {**window.params(), "client_id": client_id})
     # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
@@ -213,6 +219,10 @@ def check_statement(statement: str) -> None:
 def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
     """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`."""
     check_statement(statement)
+    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL: the server times and fences it
+        names, rows = conn.read_only_statement(statement, max_seconds)
+        columns = _unique(names)
+        return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
     deadline = time.monotonic() + max_seconds
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
@@ -276,7 +286,7 @@ def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict
         if plan.current:  # whole months and pieces from the partial sums, raw rows only at the edges
             sums, extra = client_window_sums(window.start, window.end, clients)
         elif clients is not None:  # read their rows by the (client_id, ...) keys, not every client's
-            sums = CLIENT_SUMS.replace("FROM client_stats", f"FROM (SELECT * FROM client_stats WHERE {only})")
+            sums = CLIENT_SUMS.replace("FROM client_stats", f"FROM (SELECT * FROM client_stats WHERE {only}) AS s")
         else:
             sums = CLIENT_SUMS
         source = f"({with_ratios(sums, CLIENT_COLUMNS)})"

@@ -10,15 +10,14 @@ remote's calendar day.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from .dialect import dialect_of
 from .metrics import RUN_COUNTERS
-from .readonly import lock_holder, open_readonly, replica_exists, snapshot, writer_holds_lock
+from .readonly import reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
@@ -75,13 +74,15 @@ class Status:
         return data
 
 
-def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
-    """Gather the status facts of the replica at `database` (which may not exist), with its last `history` runs."""
+def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
+    """Gather the status facts of the replica at `database` (a path or a PostgreSQL URL; it may not
+    exist yet), with its last `history` runs."""
+    reader = reader_for(database)
     now = datetime.now(UTC)
     today = now.astimezone(tz).date()
     status = Status(
-        database=os.path.abspath(database),
-        exists=replica_exists(database),
+        database=reader.location,
+        exists=reader.exists(),
         checked_at=now.replace(microsecond=0).isoformat(),
         timezone=str(tz),
         today=today.isoformat(),
@@ -89,29 +90,23 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history:
         history=[] if history else None,
     )
     if status.exists:
-        status.database_bytes = _size(database)
-        conn = open_readonly(database)
+        status.database_bytes = reader.size()
+        conn = reader.connect()
         try:
             # A `running` row is dead when no writer held the lock before and after the snapshot
             # (a writer starting or finishing in between holds it at one of the two checks).
-            idle = writer_holds_lock(database) is False
+            idle = reader.writer_holds_lock() is False
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
-                _read(conn, status, now, today, idle and writer_holds_lock(database) is False, history)
+                _read(conn, status, now, today, idle and reader.writer_holds_lock() is False, history)
         finally:
             conn.close()
-        if not status.running and (holder := lock_holder(database)):
+        if not status.running and (holder := reader.lock_holder()):
             # A live writer that has not opened its run row yet (a sync retrying the client list).
             status.running = [{"id": None, "command": holder["command"], "status": "running",
                                "started_at": holder["started_at"], "pid": holder["pid"]}]
     status.verdict = judge(status)
     return status
-
-
-def _size(database: Path) -> int:
-    """Bytes on disk, the WAL included (it holds recent writes until a checkpoint)."""
-    wal = database.with_name(database.name + "-wal")
-    return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, dead_running: bool = False,
@@ -142,7 +137,8 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
     if status.last_sync:
         status.failures = dict(
             conn.execute(
-                "SELECT client_id, error FROM sync_failures WHERE run_id = ? AND client_id IS NOT NULL ORDER BY client_id, rowid",
+                "SELECT client_id, error FROM sync_failures WHERE run_id = ? AND client_id IS NOT NULL "
+                f"ORDER BY client_id, {dialect_of(conn).row_order}",
                 [status.last_sync["id"]],
             ).fetchall()
         )

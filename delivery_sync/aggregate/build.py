@@ -110,7 +110,7 @@ def aggregate_locked(store: Store, as_of: date, changed: ChangedRows | None = No
                     built, refreshed, counts = _builder(db.engine)(db, as_of, run_id, changed)
                     run = db.finish_run(run_id, "ok", counts)
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = db.finish_run(run_id, "failed", replica.RunCounts(), str(exc))
+                run = db.finish_run(run_id, "failed", replica.RunCounts(), " ".join(str(exc).split()))  # one line
                 built = []
     finally:
         db.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from ..dialect import dialect_of
 from .sql import EDGE_CLIENTS, FINE_TABLES, PARTS_TABLES
 
 ROLLUP_TABLES = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS)
@@ -28,11 +29,9 @@ def rollups_as_of(conn, before_run: int | None = None) -> date | None:
     ).fetchone()
     if latest is None or latest[1] != "ok":
         return None
-    present = conn.execute(
-        f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(ROLLUP_TABLES))})", ROLLUP_TABLES
-    ).fetchone()[0]
+    present = {row[0] for row in conn.execute(dialect_of(conn).table_names)}
     # Rollups built by an older delivery-sync, without partial sums or past those it left.
-    if present < len(ROLLUP_TABLES) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest[0]:
+    if not present.issuperset(ROLLUP_TABLES) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest[0]:
         return None
     changed = conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ?{bound} AND command = 'sync' AND (status = 'running' "

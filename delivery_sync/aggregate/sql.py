@@ -1,8 +1,14 @@
 """The named SQL of sums and ratios that a rollup row holds, the same whether summed from raw
-rows (the reports' raw path) or from partial sums; and the names of the rollup tables."""
+rows (the reports' raw path) or from partial sums; and the names of the rollup tables.
+
+Written for both engines: `DOUBLE PRECISION` and `BIGINT` (SQLite reads them as REAL and
+INTEGER), `CASE` for the larger of two values, a name for every subquery; calendar arithmetic
+comes from the connection's `Dialect`.
+"""
 
 from __future__ import annotations
 
+from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 
 # Rolling periods ending at the as-of date, inclusive.
@@ -11,8 +17,10 @@ ROLLING_PERIODS = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 36
 
 def _sum(metric: str) -> str:
     # Cents as integers: an exact sum whatever the row order; NULL when every value is NULL.
+    # (PostgreSQL's ROUND of a float breaks an exact tie, x.xx5 in binary, to even: rupiah
+    # amounts with two decimals never are one.)
     if metric in AMOUNT_METRICS:
-        return f"SUM(CAST(ROUND({metric} * 100) AS INTEGER)) / 100.0 AS {metric}"
+        return f"CAST(SUM(CAST(ROUND({metric} * 100) AS BIGINT)) AS DOUBLE PRECISION) / 100 AS {metric}"
     return f"SUM({metric}) AS {metric}"
 
 
@@ -24,7 +32,7 @@ def _plus(*columns: str) -> str:
 
 
 def _ratio(numerator: str, denominator: str) -> str:
-    return f"CAST({numerator} AS REAL) / NULLIF({denominator}, 0)"
+    return f"CAST({numerator} AS DOUBLE PRECISION) / NULLIF({denominator}, 0)"
 
 
 # Weighted ratios over sums (or over one day's values), NULL on a zero denominator (docs/reference.md, Tables).
@@ -67,33 +75,29 @@ HAVING COUNT(*) > 0"""
 def with_ratios(sums_sql: str, columns: list[str]) -> str:
     """`columns` of a sums (or daily rows) query, followed by every ratio computed from them."""
     ratios = ",\n       ".join(f"{expr} AS {name}" for name, expr in RATIOS.items())
-    return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql})"
+    return f"SELECT {', '.join(columns)},\n       {ratios}\nFROM ({sums_sql}) AS sums"
 
 
-def period_bounds(by: str, day: str = "stat_date") -> tuple[str, str, str]:
+def period_bounds(by: str, day: str = "stat_date", dialect: Dialect = SQLITE) -> tuple[str, str, str]:
     """SQL for the period of the date column `day`, and for the first and last day of `period`."""
-    key = {
-        "day": day,
-        # SQLite's %w is 0 for Sunday: step back (w + 6) % 7 days to the Monday.
-        "week": f"date({day}, '-' || ((CAST(strftime('%w', {day}) AS INTEGER) + 6) % 7) || ' days')",
-        "month": f"substr({day}, 1, 7)",
-    }[by]
-    first = {"day": "period", "week": "period", "month": "period || '-01'"}[by]
-    last = {"day": "period", "week": "date(period, '+6 days')", "month": "date(period || '-01', '+1 month', '-1 day')"}[by]
+    key = {"day": day, "week": dialect.week_start(day), "month": dialect.month_key(day)}[by]
+    first = {"day": "period", "week": "period", "month": dialect.month_first("period")}[by]
+    last = {"day": "period", "week": dialect.plus_days("period", 6), "month": dialect.month_last("period")}[by]
     return key, first, last
 
 
-def period_sums(by: str, rows: str) -> str:
+def period_sums(by: str, rows: str, dialect: Dialect = SQLITE) -> str:
     """Sums per day, Monday-started week or month of the `rows` clause, each period clipped to the window."""
-    key, first, last = period_bounds(by)
+    key, first, last = period_bounds(by, dialect=dialect)
     return f"""
-SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end,
+SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
+       CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end,
        clients_with_data, days_with_data, {', '.join(METRICS)}
 FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
              COUNT(DISTINCT stat_date) AS days_with_data,
              {SUMS}
       {rows}
-      GROUP BY period)"""
+      GROUP BY period) AS periods"""
 
 
 # Calendar periods finer than a month, stored beside the month rollups so `query totals --by

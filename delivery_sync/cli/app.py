@@ -47,7 +47,7 @@ class Globals:
     """Options given before the command."""
 
     config: Path | None
-    db: Path | None
+    db: str | None  # a path, or a postgresql:// URL: the config's validator tells them apart
     verbose: bool
     quiet: bool
 
@@ -71,7 +71,8 @@ def _globals(
     ctx: typer.Context,
     config: Path | None = option(None, "--config", metavar="PATH",
         help="TOML config file (default: $DELIVERY_SYNC_CONFIG, else ./config.toml if it exists)."),
-    db: Path | None = option(None, "--db", metavar="PATH", help="Replica file (default: `database` of the config, delivery_stats.db)."),
+    db: str | None = option(None, "--db", metavar="PATH|URL",
+        help="Replica file, or postgresql://user@host/dbname (default: `database` of the config, delivery_stats.db)."),
     verbose: bool = option(False, "-v", "--verbose", help="Debug logs: every request with its duration, and tracebacks on errors."),
     quiet: bool = option(False, "-q", "--quiet", help="Only errors and the summary line (for cron)."),
     _version: bool = option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),

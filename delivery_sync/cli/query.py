@@ -42,7 +42,7 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
     if windowed:
         start, end = parse_date(from_, "--from"), parse_date(to, "--to")
         window = resolve_window(settings.source.today(), days, start, end, flag="--days", default=30)
-    conn = readonly.open_readonly(settings.database)
+    conn = readonly.open_reader(settings.database)
     try:
         with readonly.snapshot(conn):
             result = build(conn, window)

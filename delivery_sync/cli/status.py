@@ -25,6 +25,7 @@ def status(
 ) -> None:
     """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
     from .. import render
+    from ..readonly import reader_for
     from ..status import read_status
 
     if fmt is not None and fmt not in FORMATS:
@@ -33,7 +34,7 @@ def status(
         raise UsageError(f"--json is --format json: it cannot be combined with --format {fmt}")
     fmt = "json" if as_json else fmt or "text"
     settings = ctx.obj.settings()
-    _check_path(settings.database)
+    reader_for(settings.database).check_path()
     report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history)
     if fmt == "json":
         render.status_json(report)
@@ -44,11 +45,3 @@ def status(
     else:
         render.show_status(report)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
-
-
-def _check_path(database) -> None:
-    """A replica path that can never hold one is the user's to fix, not a reason to advise `sync`."""
-    if database.is_dir():
-        raise UsageError(f"{database} is a folder, not a replica file", hint="point --db or `database` at a file, e.g. delivery_stats.db")
-    if not database.parent.is_dir():
-        raise UsageError(f"the folder of the replica {database} does not exist", hint="create it, or fix --db or `database`")

@@ -1,0 +1,90 @@
+"""The rollup build on PostgreSQL: `client_aggregates`, `overall_aggregates`, `overall_daily` and
+`overall_weekly` recomputed from `client_stats` in the aggregate run's transaction.
+
+Every row is summed by the same named SQL the reports run on raw rows (`CLIENT_SUMS`,
+`OVERALL_SUMS`, `SUMS`, `with_ratios`), amounts in whole cents, so a PostgreSQL replica holds the
+numbers a SQLite one does, value for value. PostgreSQL groups a year of clients in parallel, so
+there are no partial-sum tables here: the whole build runs every time, and the reports read raw
+rows.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
+
+from ..dialect import POSTGRES as PG
+from ..metrics import AMOUNT_METRICS, METRICS
+from .sql import CLIENT_SUMS, FINE_TABLES, OVERALL_SUMS, RATIOS, ROLLING_PERIODS, SUMS, with_ratios
+
+if TYPE_CHECKING:
+    from ..replica import ChangedRows, RunCounts
+    from ..replica.postgres import PostgresReplica
+
+_METRIC_TYPES = ", ".join(f"{m} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for m in METRICS)
+_TAIL = f"{_METRIC_TYPES}, {', '.join(f'{r} DOUBLE PRECISION' for r in RATIOS)}, computed_at TEXT"
+_HEAD = "period TEXT NOT NULL, period_start DATE, period_end DATE"
+OVERALL_TABLES = ("overall_aggregates", *FINE_TABLES.values())
+
+
+def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRows | None):
+    """Recreate every rollup as of `as_of` (a refresh would cost as much: `changed` is not needed);
+    returns the periods built, False (not a refresh) and the run's counters."""
+    from ..replica import RunCounts, utc_now
+
+    db = replica.db
+    computed_at = utc_now()
+    db.execute("DROP TABLE IF EXISTS client_aggregates, " + ", ".join(OVERALL_TABLES))
+    db.execute(f"CREATE TABLE client_aggregates (client_id BIGINT NOT NULL, {_HEAD}, days_with_data BIGINT, {_TAIL}, "
+               "PRIMARY KEY (client_id, period))")
+    db.execute("CREATE INDEX idx_client_aggregates_period ON client_aggregates (period)")
+    for table in OVERALL_TABLES:
+        db.execute(f"CREATE TABLE {table} ({_HEAD}, clients_with_data BIGINT, days_with_data BIGINT, {_TAIL}, PRIMARY KEY (period))")
+
+    month, day = PG.month_key("stat_date"), "to_char(stat_date, 'YYYY-MM-DD')"
+    week = f"to_char({PG.week_start('stat_date')}, 'YYYY-MM-DD')"
+    # Calendar months with data, per client and overall.
+    _insert(db, "client_aggregates", "client_id", (
+        f"SELECT period, {PG.month_first('period')} AS period_start, {PG.month_last('period')} AS period_end, client_id, "
+        f"days_with_data, {', '.join(METRICS)} FROM (SELECT {month} AS period, client_id, COUNT(*) AS days_with_data, {SUMS} "
+        "FROM client_stats GROUP BY 1, client_id) AS m"), computed_at)
+    for table, key, first, last in (
+        ("overall_aggregates", month, PG.month_first("period"), PG.month_last("period")),
+        ("overall_daily", day, "CAST(period AS DATE)", "CAST(period AS DATE)"),
+        ("overall_weekly", week, "CAST(period AS DATE)", PG.plus_days("period", 6)),
+    ):
+        _insert(db, table, "clients_with_data", (
+            f"SELECT period, {first} AS period_start, {last} AS period_end, clients_with_data, days_with_data, {', '.join(METRICS)} "
+            f"FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data, COUNT(DISTINCT stat_date) AS days_with_data, "
+            f"{SUMS} FROM client_stats GROUP BY 1) AS p"), computed_at)
+    # Rolling periods ending at as_of.
+    rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
+    for name, start, end in rolling:
+        params = {"period": name, "start": start, "end": end}
+        head = "SELECT CAST(:period AS TEXT) AS period, CAST(:start AS DATE) AS period_start, CAST(:end AS DATE) AS period_end"
+        _insert(db, "client_aggregates", "client_id", (
+            f"{head}, client_id, days_with_data, {', '.join(METRICS)} FROM ({CLIENT_SUMS}) AS c"), computed_at, params)
+        _insert(db, "overall_aggregates", "clients_with_data", (
+            f"{head}, clients_with_data, days_with_data, {', '.join(METRICS)} FROM ({OVERALL_SUMS}) AS o"), computed_at, params)
+    months = [(m, date.fromisoformat(first), date.fromisoformat(last)) for m, first, last in db.execute(
+        "SELECT period, period_start, period_end FROM overall_aggregates WHERE period NOT LIKE 'last%' ORDER BY period")]
+    return rolling + months, False, _counts(db, RunCounts)
+
+
+def _insert(db, table: str, key: str, sums_sql: str, computed_at: str, params: dict | None = None) -> None:
+    """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
+    `table`, with their ratios."""
+    columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
+    names = ", ".join([*columns, *RATIOS, "computed_at"])
+    db.execute(
+        f"INSERT INTO {table} ({names}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, CAST(:computed_at AS TEXT) "
+        f"FROM ({with_ratios(sums_sql, columns)}) AS r",
+        {**(params or {}), "computed_at": computed_at},
+    )
+
+
+def _counts(db, run_counts: type[RunCounts]) -> RunCounts:
+    """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
+    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats").fetchone()
+    written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("client_aggregates", *OVERALL_TABLES))
+    return run_counts(clients_total=clients, clients_ok=clients, rows_fetched=rows, rows_inserted=written)
