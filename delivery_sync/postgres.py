@@ -20,9 +20,16 @@ from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 
-import psycopg
-from psycopg import sql as pgsql
-from psycopg.types.json import Jsonb
+try:
+    import psycopg
+    from psycopg import sql as pgsql
+    from psycopg.types.json import Jsonb
+except ImportError:  # the optional extra is not installed: one line, not a traceback
+    from .errors import UsageError as _UsageError
+
+    raise _UsageError(
+        "a postgresql:// database needs the PostgreSQL driver", hint="install it with: pip install 'delivery-sync[postgres]'"
+    ) from None
 
 from .config import PostgresURL
 from .dialect import POSTGRES

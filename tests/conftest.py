@@ -123,3 +123,56 @@ def run_on_terminal(args: list[str], cwd: Path, env: dict, stream: str = "stderr
     finally:
         os.close(parent)
     return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+# The replica-facing tests that take `engine` run against both engines. PostgreSQL's come from a
+# real server: TEST_POSTGRES_URL (not DELIVERY_SYNC_*: those are config keys) names a database on it whose role may create
+# databases (.ci/postgres starts one); each test gets a new database of its own.
+PG_ENV = "TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def pg_url():
+    """A new, empty PostgreSQL database for this test, as a postgresql:// URL (dropped after)."""
+    import os
+    import uuid
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {PG_ENV} is not set: .ci/run starts a PostgreSQL server for these tests")
+        pytest.skip(f'no PostgreSQL server: run eval "$(.ci/postgres start)" to set {PG_ENV}')
+    import psycopg
+
+    name = f"ds_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = base.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    """The replica `database` of each engine: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "replica.db")
+    return request.getfixturevalue("pg_url")
+
+
+def rows_of(database: str, sql: str, params=()) -> list[tuple]:
+    """Rows of `sql` (SQLite's `?` parameters) read straight from either engine's replica."""
+    if not database.startswith("postgresql://"):
+        return query_db(Path(database), sql, params)
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    conn = postgres.connect(PostgresURL(database))
+    try:
+        return [tuple(row) for row in conn.execute(sql, list(params) or None)]
+    finally:
+        conn.close()

@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 
-import psycopg
-
 from .. import postgres
 from ..config import PostgresURL
 from ..dialect import POSTGRES
 from ..errors import DeliverySyncError, UsageError
 from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
+from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from ..records import Client, ClientRows, ParsedRows, Reject
 from . import clients, runs
 from .runs import RunCounts

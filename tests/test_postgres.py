@@ -1,0 +1,269 @@
+"""PostgreSQL as the replica, against a real server (see `pg_url` in conftest.py): the same
+commands give the same values as SQLite, with the same guarantees (whole clients, unchanged rows
+not rewritten, one writer, readers never blocked, query sql read-only, no password printed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import rows_of, write_config
+from freezegun import freeze_time
+
+from delivery_sync.demo_source import DemoSource
+
+NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
+SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
+
+
+def configure(tmp_path: Path, demo, database: str, name: str, **sections) -> Path:
+    return write_config(tmp_path / f"{name}.toml", demo.url, database, **sections)
+
+
+def run(cli, config: Path, *args: str):
+    with freeze_time(NOW, tick=True):
+        return cli("--config", str(config), *args)
+
+
+REPORTS = [
+    ("query", "top", "--format", "json"),
+    ("query", "top", "--days", "7", "--by", "gojek_orders", "--limit", "50", "--format", "json"),
+    ("query", "top", "--from", "2026-08-13", "--to", "2026-11-20", "--format", "json"),
+    ("query", "client", "5", "--format", "json"),
+    ("query", "client", "5", "--daily", "--days", "10", "--format", "json"),
+    ("query", "client", "7", "--from", "2026-09-03", "--to", "2026-10-18", "--format", "json"),
+    ("query", "totals", "--format", "json"),
+    ("query", "totals", "--days", "90", "--format", "json"),
+    ("query", "totals", "--by", "day", "--days", "12", "--format", "json"),
+    ("query", "totals", "--by", "week", "--from", "2026-09-10", "--to", "2026-11-19", "--format", "json"),
+    ("query", "totals", "--by", "month", "--days", "120", "--format", "json"),
+    ("query", "sql", "SELECT client_id, stat_date, grab_sales, total_orders, extra FROM client_stats ORDER BY client_id, stat_date",
+     "--format", "json"),
+    ("query", "sql", "SELECT * FROM client_aggregates ORDER BY client_id, period", "--format", "json"),
+    ("query", "sql", "SELECT * FROM overall_aggregates ORDER BY period", "--format", "json"),
+    ("query", "sql", "SELECT * FROM overall_weekly ORDER BY period", "--format", "json"),
+    ("query", "sql", "SELECT * FROM overall_daily ORDER BY period", "--format", "json"),
+]
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    """Rows without the columns that hold when they were written."""
+    return [{k: v for k, v in row.items() if k not in ("computed_at", "changed_at")} for row in rows]
+
+
+def test_every_report_gives_the_same_values_on_both_engines(cli, demo, tmp_path, pg_url):
+    sqlite_config = configure(tmp_path, demo, str(tmp_path / "replica.db"), "sqlite")
+    pg_config = configure(tmp_path, demo, pg_url, "pg")
+    for config in (sqlite_config, pg_config):
+        result = run(cli, config, "sync", "--days-back", "120")
+        assert result.code == 0, result.stderr
+    # Restated history and a pruned day, written the same way on both.
+    demo.faults.overrides[(5, "2026-11-20")] = {"grab_sales": "123456.78", "gojek_orders": 3, "grab_ads_spend": None}
+    demo.faults.deleted_rows = {(7, "2026-11-18")}
+    for config in (sqlite_config, pg_config):
+        result = run(cli, config, "sync", "--days-back", "10", "--prune")
+        assert result.code == 0, result.stderr
+        assert "1 updated" in result.stderr
+    compared = 0
+    for args in [*REPORTS, ("query", "changes", "--format", "json")]:
+        sqlite_out, pg_out = run(cli, sqlite_config, *args), run(cli, pg_config, *args)
+        assert sqlite_out.code == pg_out.code == 0, (args, sqlite_out.stderr, pg_out.stderr)
+        expected = without_times(json.loads(sqlite_out.stdout))
+        assert expected, args
+        assert without_times(json.loads(pg_out.stdout)) == expected, args
+        compared += len(expected)
+    assert compared > 1000
+    changes = json.loads(run(cli, pg_config, "query", "changes", "--format", "json").stdout)
+    restated = {(c["client_id"], c["stat_date"], c["column"], c["new_value"]) for c in changes if c["column"] != "*"}
+    assert (5, "2026-11-20", "grab_sales", 123456.78) in restated
+    assert restated <= {(5, "2026-11-20", "grab_sales", 123456.78), (5, "2026-11-20", "gojek_orders", 3),
+                        (5, "2026-11-20", "grab_ads_spend", None)}
+    assert [(c["client_id"], c["stat_date"], c["new_value"]) for c in changes if c["column"] == "*"] == [(7, "2026-11-18", None)]
+
+
+def test_status_gives_the_same_facts_on_both_engines(cli, demo, tmp_path, pg_url):
+    demo.faults.fail_clients[3] = 500
+    facts = []
+    for name, database in (("sqlite", str(tmp_path / "replica.db")), ("pg", pg_url)):
+        config = configure(tmp_path, demo, database, name, source={"batch": "never"})
+        assert run(cli, config, "sync", "--days-back", "20").code == 1  # client 3 failed
+        result = run(cli, config, "status", "--json", "--history", "3")
+        assert result.code == 0, result.stderr
+        status = json.loads(result.stdout)
+        keep = ("clients", "active_clients", "rows", "date_min", "date_max", "freshness", "failed_clients", "lagging_clients",
+                "missing_days", "stale_clients", "failures")
+        facts.append({**{k: status[k] for k in keep}, "history": [(r["command"], r["status"], r["rows_inserted"]) for r in status["history"]]})
+    assert facts[0] == facts[1]
+    assert facts[1]["failed_clients"] == [3] and facts[1]["rows"] == 11 * 20
+    assert facts[1]["history"] == [("aggregate", "ok", facts[1]["history"][0][2]), ("sync", "partial", 220)]
+
+
+def test_an_unchanged_resync_rewrites_nothing(cli, demo, tmp_path, engine):
+    config = configure(tmp_path, demo, engine, "replica")
+    assert run(cli, config, "sync", "--days-back", "15").code == 0
+    before = rows_of(engine, "SELECT client_id, stat_date, updated_at, synced_at FROM client_stats ORDER BY client_id, stat_date")
+    result = run(cli, config, "sync", "--days-back", "15")
+    assert result.code == 0
+    assert "0 inserted, 0 updated, 180 unchanged" in result.stderr
+    assert rows_of(engine, "SELECT client_id, stat_date, updated_at, synced_at FROM client_stats ORDER BY client_id, stat_date") == before
+    assert rows_of(engine, "SELECT COUNT(*) FROM stat_changes") == [(0,)]
+
+
+def test_a_change_and_its_log_commit_together(cli, demo, tmp_path, engine):
+    config = configure(tmp_path, demo, engine, "replica")
+    assert run(cli, config, "sync", "--days-back", "5").code == 0
+    demo.faults.overrides[(2, "2026-11-22")] = {"grab_orders": 4242}
+    assert run(cli, config, "sync", "--days-back", "5").code == 0
+    (run_id,) = rows_of(engine, "SELECT MAX(id) FROM sync_runs WHERE command = 'sync'")[0]
+    logged = rows_of(engine, 'SELECT run_id, client_id, stat_date, "column", new_value FROM stat_changes')
+    assert logged == [(run_id, 2, "2026-11-22", "grab_orders", 4242)]
+    (updated_at,) = rows_of(engine, "SELECT updated_at FROM client_stats WHERE client_id = 2 AND stat_date = '2026-11-22'")[0]
+    assert rows_of(engine, "SELECT changed_at FROM stat_changes") == [(updated_at,)]
+
+
+def test_a_second_writer_exits_75_naming_the_holder_and_readers_go_on(cli, demo, tmp_path, pg_url):
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "3").code == 0
+    with freeze_time(NOW), postgres.advisory_lock(PostgresURL(pg_url), "sync"):
+        second = run(cli, config, "sync", "--days-back", "3")
+        assert second.code == 75
+        assert f"another run holds the lock on {pg_url}: pid {os.getpid()} running 'sync' since 2026-11-23T10:00" in second.stderr
+        assert run(cli, config, "aggregate").code == 75
+        status = run(cli, config, "status", "--json")
+        assert status.code == 0 and json.loads(status.stdout)["running"][0]["pid"] == os.getpid()
+        assert run(cli, config, "query", "top", "--format", "json").code == 0
+    assert run(cli, config, "sync", "--days-back", "3").code == 0  # released with its connection
+
+
+def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
+    clients, days = 60, 20
+    with DemoSource(clients=clients, latency_ms=30) as demo:
+        # One request per client: clients arrive, and commit, one after another.
+        config = write_config(tmp_path / "config.toml", demo.url, pg_url, source={"batch": "never", "concurrency": 2})
+        command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        today = demo.today()
+        demo.faults.overrides = {
+            (cid, (today - timedelta(days=d)).isoformat()): {"grab_orders": 7777} for cid in range(1, clients + 1) for d in range(days)
+        }
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            limit = time.monotonic() + 30
+            while time.monotonic() < limit and not rows_of(pg_url, "SELECT 1 FROM client_stats WHERE grab_orders = 7777 LIMIT 1"):
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    per_client = rows_of(
+        pg_url, "SELECT client_id, SUM(CASE WHEN grab_orders = 7777 THEN 1 ELSE 0 END), COUNT(*) FROM client_stats GROUP BY client_id"
+    )
+    assert len(per_client) == clients
+    assert all(new in (0, count) and count == days for _, new, count in per_client), per_client
+    assert any(new == days for _, new, _ in per_client) and any(new == 0 for _, new, _ in per_client), "killed mid-run"
+    # The next writer marks the dead run failed ("interrupted") and finishes the job.
+    with DemoSource(clients=clients) as demo:
+        config = write_config(tmp_path / "again.toml", demo.url, pg_url)
+        again = subprocess.run([SCRIPT, "--config", str(config), "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert json.loads(again.stdout)["last_sync"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("statement, refused", [
+    ("INSERT INTO clients(id, name) VALUES (999, 'x')", "refused: INSERT"),
+    ("WITH gone AS (DELETE FROM client_stats RETURNING *) SELECT COUNT(*) FROM gone", "read-only"),
+    ("SELECT nextval('sync_runs_id_seq')", "read-only"),
+    ("SELECT pg_read_file('/etc/passwd')", "refused: pg_read_file()"),
+    ("SELECT lo_import('/etc/passwd')", "refused: lo_import()"),
+    ("SELECT set_config('default_transaction_read_only', 'off', false)", "refused: set_config()"),
+    ("COPY clients TO STDOUT", "refused: COPY"),
+    ("SET default_transaction_read_only = off", "refused: SET"),
+    ("SELECT 1; DELETE FROM clients", "exactly one statement"),
+])
+def test_query_sql_stays_read_only(cli, demo, tmp_path, pg_url, statement, refused):
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "2").code == 0
+    result = run(cli, config, "query", "sql", statement)
+    assert result.code == 2 and refused in result.stderr, result.stderr
+    assert rows_of(pg_url, "SELECT COUNT(*) FROM client_stats") == [(24,)]
+    assert rows_of(pg_url, "SELECT COUNT(*) FROM clients") == [(12,)]
+
+
+def test_query_sql_is_cancelled_by_the_server_after_max_seconds(cli, demo, tmp_path, pg_url):
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "2").code == 0
+    endless = "SELECT COUNT(*) FROM generate_series(1, 10000000000)"
+    began = time.monotonic()
+    result = cli("--config", str(config), "query", "sql", endless, "--max-seconds", "0.5")
+    assert result.code == 1 and "query interrupted after 0.5 s" in result.stderr
+    assert time.monotonic() - began < 10
+
+
+def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):
+    # The test server trusts local connections, so any password is accepted and none is checked.
+    with_password = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t-pw@")
+    config = configure(tmp_path, demo, with_password, "pg")
+    outputs = [run(cli, config, "sync", "--days-back", "2")]
+    outputs += [run(cli, config, "status", *args) for args in ((), ("--json",), ("--format", "prometheus"))]
+    outputs.append(cli("--db", with_password.rsplit("/", 1)[0] + "/no_such_db", "status"))
+    outputs.append(cli("--db", with_password.replace(":5", ":x5") if ":5" in with_password else with_password + "?port=x", "status"))
+    assert outputs[0].code == 0 and outputs[-2].code == 2 and "does not exist" in outputs[-2].stderr
+    for result in outputs:
+        assert "s3cr3t" not in result.stdout + result.stderr
+    assert "postgres:[redacted]@" in outputs[1].stdout
+
+
+def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_url):
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "4").code == 0
+    conn = postgres.connect(PostgresURL(pg_url))  # as a replica of schema version 2 was
+    for statement in ("DROP VIEW client_stats_named", "DROP TABLE sync_unfetched",
+                      "DELETE FROM delivery_sync_migrations WHERE name IN ('0003_sync_unfetched', '0004_client_stats_named')",
+                      "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
+        conn.execute(statement)
+    conn.close()
+    assert run(cli, config, "sync", "--days-back", "4").code == 0
+    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert rows_of(pg_url, "SELECT COUNT(*), COUNT(DISTINCT name) FROM client_stats_named") == [(48, 12)]
+    assert rows_of(pg_url, "SELECT COUNT(*) FROM sync_runs WHERE command = 'sync'") == [(2,)]
+
+
+def test_both_engines_follow_one_list_of_migrations_and_columns(cli, demo, tmp_path, pg_url):
+    from delivery_sync.replica.postgres import MIGRATIONS, migration_names
+
+    assert list(MIGRATIONS) == migration_names()
+    sqlite_db = str(tmp_path / "replica.db")
+    for name, database in (("sqlite", sqlite_db), ("pg", pg_url)):
+        assert run(cli, configure(tmp_path, demo, database, name), "sync", "--days-back", "2").code == 0
+    tables = ["clients", "client_stats", "client_stats_named", "sync_runs", "sync_failures", "sync_rejects", "stat_changes",
+              "sync_unfetched", "meta", "client_aggregates", "overall_aggregates", "overall_daily", "overall_weekly"]
+    for table in tables:
+        sqlite_columns = [row[1] for row in rows_of(sqlite_db, f"PRAGMA table_xinfo({table})")]
+        pg_columns = [row[0] for row in rows_of(
+            pg_url, "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table])]
+        assert pg_columns == sqlite_columns, table
+
+
+def test_without_the_driver_a_postgresql_database_is_one_line(tmp_path):
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from delivery_sync.cli import main\n"
+            "main(['--db', 'postgresql://u:pw@127.0.0.1/x', 'status'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: a postgresql:// database needs the PostgreSQL driver (install it with: pip install 'delivery-sync[postgres]')"
+    ]
