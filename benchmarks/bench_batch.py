@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 
 def one_sync(folder: Path, url: str, batch: str, run: int) -> tuple[float, int]:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from delivery_sync import replica
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.records import ClientRows, parse_rows
 from delivery_sync.replica import upsert
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 
 def baseline_write(db, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> None:

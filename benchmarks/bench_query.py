@@ -26,9 +26,9 @@ from _installed import compile_package
 
 from delivery_sync import readonly, reports
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 HELLO = '''
 import typer

@@ -13,7 +13,11 @@ Prints medians of wall, CPU and peak RSS, the ratios against the targets (full <
 unchanged <= 1.2x the compare floor, peak RSS <= 120 MB), and the tail: how long the sync ran
 after the remote sent its last answer (target < 0.2 s; it includes process exit).
 
-Run: python benchmarks/bench_sync.py [--runs 5] [--latency-ms 50] [--clients 127]
+With --postgres URL (a server whose role may create databases, e.g. from `.ci/postgres start`),
+each round also syncs into a new PostgreSQL database and again unchanged, and prints those
+against the SQLite runs of the same round (target: full <= 1.3x SQLite's full).
+
+Run: python benchmarks/bench_sync.py [--runs 5] [--latency-ms 50] [--clients 127] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--clients", type=int, default=127)
+    parser.add_argument("--postgres", metavar="URL", help="also sync into new databases on this PostgreSQL server")
     parser.add_argument("--floor", metavar="URL", help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--compare", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,6 +143,8 @@ def main() -> None:
     server.start()
     ready.wait(30)
     figures: dict[str, list[dict]] = {"floor": [], "compare floor": [], "full": [], "unchanged": []}
+    if args.postgres:
+        figures.update({"pg full": [], "pg unchanged": []})
     tails: dict[str, list[float]] = {"full": [], "unchanged": []}
     me = [sys.executable, os.path.abspath(__file__)]
     try:
@@ -155,6 +162,9 @@ def main() -> None:
                 round_["compare floor"] = timed([*me, "--floor", url, "--compare", str(database)])
                 round_["unchanged"] = timed(sync)
                 unchanged_tail = round_["unchanged"]["ended"] - last_answer.value
+                if args.postgres:
+                    pg_sync = [*sync[:4], "--db", new_database(args.postgres, run), "--config", str(config), "sync"]
+                    round_["pg full"], round_["pg unchanged"] = timed(pg_sync), timed(pg_sync)
                 if run:
                     for name, figure in round_.items():
                         figures[name].append(figure)
@@ -162,6 +172,8 @@ def main() -> None:
                     tails["unchanged"].append(unchanged_tail)
     finally:
         server.terminate()
+        if args.postgres:
+            drop_databases(args.postgres)
     med = {name: {k: statistics.median(f[k] for f in runs) for k in ("wall", "cpu", "rss")} for name, runs in figures.items()}
     print(f"{args.clients} clients x 365 days, {args.latency_ms:g} ms per answer, concurrency {CONCURRENCY}, "
           f"per client, {args.runs} runs each (medians); load average {os.getloadavg()[0]:.2f}")
@@ -175,6 +187,32 @@ def main() -> None:
     print(f"  peak RSS of the full sync:  {med['full']['rss']:5.1f} MB (target <= 120 MB)")
     for name, values in tails.items():
         print(f"  after the last answer ({name}): {statistics.median(values):5.2f} s (target < 0.2 s; includes process exit)")
+    if args.postgres:
+        for kind in ("full", "unchanged"):
+            ratio = statistics.median(p["wall"] / s["wall"] for p, s in zip(figures[f"pg {kind}"], figures[kind]))
+            target = " (target <= 1.3x)" if kind == "full" else ""
+            print(f"  PostgreSQL / SQLite, {kind + ':':10} {ratio:5.2f}x{target}; peak RSS {med[f'pg {kind}']['rss']:5.1f} MB")
+
+
+def drop_databases(server: str) -> None:
+    """Drop the databases `new_database` made."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as admin:
+        names = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"bench_sync_{os.getpid()}_%"])]
+        for name in names:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def new_database(server: str, run: int) -> str:
+    """A new, empty database on the PostgreSQL server `server` for round `run`; its URL."""
+    import psycopg
+
+    name = f"bench_sync_{os.getpid()}_{run}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
 
 
 if __name__ == "__main__":

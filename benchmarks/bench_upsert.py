@@ -24,11 +24,11 @@ from pathlib import Path
 
 from delivery_sync import replica
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.metrics import METRICS
 from delivery_sync.records import parse_rows
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 COLUMNS = (*METRICS, "extra")
 FLOOR = (

@@ -27,10 +27,10 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from .config import SourceSettings
+from .days import Window
 from .errors import AuthFailed, BatchUnavailable, DeadlineReached, SourceError
 from .records import ClientRows, ParsedRows, parse_batch, parse_rows
 from .source import SourceClient
-from .window import Window
 
 log = logging.getLogger(__name__)
 

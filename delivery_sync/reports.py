@@ -36,11 +36,11 @@ from .aggregate.sql import (
     with_ratios,
 )
 from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
+from .days import Window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .metrics import METRICS
 from .readonly import check_denied
-from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def _period_key(day: date, by: str) -> str:
     if by == "month":
         return day.strftime("%Y-%m")
     if by == "week":
-        return (day - timedelta(days=day.weekday())).isoformat()
+        return week_start(day).isoformat()
     return day.isoformat()
 
 
@@ -366,11 +366,11 @@ def _whole_span(window: Window, by: str) -> tuple[date, date]:
     if by == "day":
         return window.start, window.end
     if by == "week":
-        first = window.start + timedelta(days=-window.start.weekday() % 7)
-        last = window.end - timedelta(days=(window.end.weekday() + 1) % 7)
+        first = window.start if window.start.weekday() == 0 else week_end(window.start) + timedelta(days=1)
+        last = window.end if window.end.weekday() == 6 else week_start(window.end) - timedelta(days=1)
         return first, last
-    first = window.start if window.start.day == 1 else _next_month(window.start)
-    last = window.end if _next_month(window.end) - timedelta(days=1) == window.end else window.end.replace(day=1) - timedelta(days=1)
+    first = window.start if window.start.day == 1 else next_month(window.start)
+    last = window.end if month_end(window.end) == window.end else window.end.replace(day=1) - timedelta(days=1)
     return first, last
 
 
@@ -393,10 +393,6 @@ def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _P
         return _Plan(window, by=by, current=True)
     log.debug("reading stored %ss %s..%s", by, _period_key(first, by), _period_key(last, by))
     return _Plan(window, whole=(first, last), by=by, current=True)
-
-
-def _next_month(day: date) -> date:
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: dict) -> list[dict]:

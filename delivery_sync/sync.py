@@ -17,12 +17,12 @@ from datetime import date, timedelta
 from . import replica
 from .aggregate.build import AggregateResult, aggregate_locked
 from .config import Settings
+from .days import Window
 from .errors import Interrupted, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
 from .source import SourceClient
-from .window import Window
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from delivery_sync.aggregate.sql import (
     with_ratios,
 )
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.metrics import METRICS
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 DAYS = 200
 

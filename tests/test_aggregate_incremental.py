@@ -17,10 +17,10 @@ from test_aggregate_exact import raw_path, stored
 
 from delivery_sync.aggregate.build import aggregate_locked
 from delivery_sync.config import Settings
+from delivery_sync.days import Window
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window
 
 CLIENTS = 6
 DAYS = 120

@@ -17,11 +17,11 @@ from freezegun import freeze_time
 
 from delivery_sync import readonly, reports
 from delivery_sync.config import Settings
+from delivery_sync.days import Window, resolve_window
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import QueryTimeout, ReadOnlyViolation, UsageError
 from delivery_sync.metrics import AMOUNT_METRICS, METRICS
 from delivery_sync.sync import SyncOptions, run_sync
-from delivery_sync.window import Window, resolve_window
 
 # 04:00 UTC is noon on 10 March in Bali and still 9 March in Honolulu: "today" must follow source.timezone.
 NOW = "2026-03-10 04:00:00"

@@ -15,9 +15,9 @@ import pytest
 from conftest import DEMO_CLIENTS, query_db, write_config
 from freezegun import freeze_time
 
+from delivery_sync.days import Window, resolve_window
 from delivery_sync.demo_source import DemoSource, demo_row
 from delivery_sync.errors import UsageError
-from delivery_sync.window import Window, resolve_window
 
 
 @pytest.fixture(autouse=True)

@@ -7,17 +7,17 @@ always matches this code and needs no migration.
 
 from __future__ import annotations
 
-import calendar
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..days import month_end, week_end, week_start
 from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import month_end, piece_row, piece_span
+from .pieces import piece_row, piece_span
 from .sql import (
     ADDED,
     CLIENT_COLUMNS,
@@ -341,7 +341,7 @@ def _months(db: sqlite_utils.Database) -> list[tuple[str, date, date]]:
     months = []
     for (month,) in db.execute("SELECT DISTINCT month FROM agg_client_months ORDER BY 1"):
         first = date.fromisoformat(f"{month}-01")
-        months.append((month, first, first.replace(day=calendar.monthrange(first.year, first.month)[1])))
+        months.append((month, first, month_end(first)))
     return months
 
 
@@ -426,7 +426,7 @@ def _edge_clients(db: sqlite_utils.Database, as_of: date) -> None:
     for days in ROLLING_PERIODS.values():
         start = as_of - timedelta(days=days - 1)
         for day in (start, as_of):
-            for first, last in ((day - timedelta(days=day.weekday()), day + timedelta(days=6 - day.weekday())),
+            for first, last in ((week_start(day), week_end(day)),
                                 (day.replace(day=1), month_end(day))):
                 span = (max(first, start), min(last, as_of))
                 if span != (first, last):

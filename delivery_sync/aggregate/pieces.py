@@ -5,27 +5,18 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-
-def month_end(day: date) -> date:
-    """The last day of `day`'s month."""
-    return next_month(day) - timedelta(days=1)
-
-
-def next_month(day: date) -> date:
-    """The first day of the month after `day`'s."""
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+from ..days import month_end, next_month, week_end, week_start
 
 
 def piece_span(day: date) -> tuple[date, date]:
     """First and last day of the piece holding `day`: its Monday-started week, cut at month ends."""
-    monday = day - timedelta(days=day.weekday())
-    return max(monday, day.replace(day=1)), min(monday + timedelta(days=6), month_end(day))
+    return max(week_start(day), day.replace(day=1)), min(week_end(day), month_end(day))
 
 
 def piece_row(first: date) -> tuple[str, str, str, str]:
     """(piece, piece_end, week, month) of the piece starting on `first`."""
     last = piece_span(first)[1]
-    return first.isoformat(), last.isoformat(), (first - timedelta(days=first.weekday())).isoformat(), first.isoformat()[:7]
+    return first.isoformat(), last.isoformat(), week_start(first).isoformat(), first.isoformat()[:7]
 
 
 def cover(start: date, end: date) -> tuple[list, list, list]:

@@ -29,8 +29,8 @@ _COLUMNS = option(None, "--columns", metavar="A,B,C", help="Only these columns, 
 def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
     """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
     from .. import readonly, render
+    from ..days import resolve_window
     from ..status import read_freshness
-    from ..window import resolve_window
 
     if fmt not in ("table", "csv", "json"):
         raise UsageError(f"--format: {fmt!r} is not one of table, csv, json")

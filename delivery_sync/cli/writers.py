@@ -34,9 +34,9 @@ def sync(
 ) -> None:
     """Replicate a window of days from the remote into the replica, then rebuild the rollups."""
     from .. import render
+    from ..days import resolve_window
     from ..demo_source import serving_demo
     from ..sync import NothingToRetry, SyncOptions, run_sync
-    from ..window import resolve_window
 
     g: Globals = ctx.obj
     if retry_failed:

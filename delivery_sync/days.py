@@ -1,4 +1,5 @@
-"""Windows of calendar days, as `sync --days-back` and `query --days` take them.
+"""Calendar days: windows of days, as `sync --days-back` and `query --days` take them, and the
+weeks (Monday to Sunday) and months they fall in. The one home of calendar arithmetic.
 
 Standard library only: the fast `query` path imports it.
 """
@@ -61,3 +62,23 @@ def resolve_window(
     if days > (today - FIRST_DAY).days + 1:
         raise UsageError(f"{flag} {days} reaches before {FIRST_DAY}")
     return Window(today - timedelta(days=days - 1), today)
+
+
+def week_start(day: date) -> date:
+    """The Monday of `day`'s week."""
+    return day - timedelta(days=day.weekday())
+
+
+def week_end(day: date) -> date:
+    """The Sunday of `day`'s week."""
+    return day + timedelta(days=6 - day.weekday())
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after `day`'s."""
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def month_end(day: date) -> date:
+    """The last day of `day`'s month."""
+    return next_month(day) - timedelta(days=1)
