@@ -126,17 +126,21 @@ def _report_table(rep) -> None:
 
     keys = rep.table_columns or rep.columns
     rows = rep.rows if rep.table_rows is None else rep.table_rows
-    columns = [
-        _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
-        for key in keys
-    ]
+    if rep.figures:  # one row against a base window: a figure a line, its values side by side
+        columns, rows = _comparison_columns(rep.rows[0], rep.figures), rep.figures
+    else:
+        columns = [
+            _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
+            for key in keys
+        ]
     width = terminal_width()
-    layout = None if rep.single else _fit(columns, min(rep.keep, len(columns)), width)
+    single = rep.single and not rep.figures
+    layout = None if single else _fit(columns, min(2 if rep.figures else rep.keep, len(columns)), width)
     natural = _table_width([c.natural for c in columns])
     console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
-    if rep.single and rep.rows:
+    if single and rep.rows:
         table = Table(show_header=False)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(justify="right", overflow="fold")
@@ -161,6 +165,21 @@ def _report_table(rep) -> None:
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
         console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
+
+
+def _comparison_columns(row: dict, figures: list[str]) -> list[_Column]:
+    """The columns of a compared row shown a figure a line: figure, current, change %, base, change
+    (in that order of importance: a narrow terminal drops the last first; the title names both windows)."""
+    def cells(suffix: str) -> list[str]:
+        return [_cell(f"{figure}{suffix}", row[f"{figure}{suffix}"]) for figure in figures]
+
+    return [
+        _Column("figure", [_label(figure) for figure in figures], False),
+        _Column("current", cells(""), True),
+        _Column("change %", cells("_change_pct"), True),
+        _Column("base", cells("_base"), True),
+        _Column("change", cells("_change"), True),
+    ]
 
 
 def left_out_line(names: list[str], width: int) -> str:
@@ -193,7 +212,10 @@ def _numeric(key: str, rows: list[dict]) -> bool:
 
 
 def _label(column: str) -> str:
-    """A header: `total sales`; a `query sql` alias may hold anything, so it is made safe like a cell."""
+    """A header: `total sales`, `total sales change %`; a `query sql` alias may hold anything, so
+    it is made safe like a cell."""
+    if column.endswith("_change_pct"):
+        column = column.removesuffix("_pct") + " %"
     return safe(column.replace("_", " "))
 
 
@@ -212,6 +234,16 @@ def _cell(column: str, value, raw: bool = False) -> str:
         return safe(str(value))
     if raw or column in ("client_id", "id", "run_id"):
         return str(value)
+    # A comparison: the base as its figure, the change signed, the change in percent.
+    if column.endswith("_change_pct"):
+        return f"{value:+,.1f}%"
+    if column.endswith("_change"):
+        sign = "+" if value > 0 else "-" if value < 0 else ""
+        return sign + _cell(column.removesuffix("_change"), abs(value))
+    if column.endswith("_base"):
+        return _cell(column.removesuffix("_base"), value)
+    if column == "sales":  # the platform split's
+        return f"Rp {value:,.0f}"
     if column.endswith(("_sales", "_spend")) or column == "avg_order_value":
         return f"Rp {value:,.0f}"
     if column.endswith("_roas"):
