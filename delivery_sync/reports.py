@@ -67,6 +67,7 @@ class Report:
     keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
+    subtitle: str = ""  # a second line under the title (the base window of a comparison)
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -124,8 +125,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         # Each figure with its change in percent; the ranked one with its base and change too.
         shown = [*who, by, f"{by}_change_pct", f"{by}_base", f"{by}_change",
                  *(c for other in others for c in (other, f"{other}_change_pct"))]
-        title += f", against {base} ({compare})"
-    return Report(title, columns, rows, shown, keep=len(who) + 1 + (base is not None))
+    subtitle = f"against {base} ({compare})" if base is not None else ""
+    return Report(title, columns, rows, shown, keep=len(who) + 1 + (base is not None), subtitle=subtitle)
 
 
 _TOP_SHOWN = ["total_sales", "total_orders", "avg_order_value", "grab_sales", "gojek_sales", "ads_roas",
@@ -178,7 +179,7 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         return Report(title, columns, [row], columns, single=True)
     row = compared(row, one(base), base, CLIENT_FIGURES)
     columns = with_comparison(columns, CLIENT_FIGURES)
-    return Report(f"{title} against {base} ({compare})", columns, [row], columns, single=True, figures=CLIENT_FIGURES)
+    return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})")
 
 
 def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None) -> Report:
@@ -194,7 +195,7 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
             return Report(title, TOTALS_COLUMNS, [row], TOTALS_COLUMNS, single=True)
         row = compared(row, _totals_row(conn, base), base, TOTALS_FIGURES)
         columns = with_comparison(TOTALS_COLUMNS, TOTALS_FIGURES)
-        return Report(f"{title} against {base} ({compare})", columns, [row], columns, single=True, figures=TOTALS_FIGURES)
+        return Report(title, columns, [row], columns, single=True, figures=TOTALS_FIGURES, subtitle=f"against {base} ({compare})")
     if by == "platform":
         return _platforms(_totals_row(conn, window), window)
     if by not in GROUPINGS:
@@ -349,7 +350,8 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         diff, pct = change(by, now, then)
         found.append({
             "client_id": client_id, "name": name, "active": active, "lagging": int(last_day is None or last_day < cutoff),
-            "last_day": last_day, **window.params(), "base_period_start": base.start.isoformat(),
+            "last_day": last_day, "period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
+            "base_period_start": base.start.isoformat(),
             "base_period_end": base.end.isoformat(), by: now, f"{by}_base": then, f"{by}_change": diff, f"{by}_change_pct": pct,
         })
     key = f"{by}_change_pct" if rank == "pct" else f"{by}_change"
@@ -366,8 +368,9 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     floor = f", base at least {min_base:g}" if min_base is not None else ""
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
-    return Report(f"Movers by {by} ({'percent' if rank == 'pct' else 'change'}), {window} against {base} ({compare}){floor}",
-                  [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4)
+    return Report(f"Movers by {by} ({'percent' if rank == 'pct' else 'change'}), {window}",
+                  [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
+                  subtitle=f"against {base} ({compare}){floor}")
 
 
 # Then the metric ranked by: `<metric>`, `<metric>_base`, `<metric>_change`, `<metric>_change_pct`.

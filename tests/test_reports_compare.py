@@ -142,7 +142,7 @@ def test_compare_keeps_the_report_columns_first_then_the_base_under_clear_keys(c
     assert compared.columns[len(plain.columns):len(plain.columns) + 5] == [
         "base_period_start", "base_period_end", "days_with_data_base", "days_with_data_change", "days_with_data_change_pct"]
     assert [{c: r[c] for c in plain.columns} for r in compared.rows] == plain.rows
-    assert compared.title.endswith("against 2026-02-25..2026-03-03 (previous)")
+    assert compared.subtitle == "against 2026-02-25..2026-03-03 (previous)"
 
 
 @pytest.mark.parametrize("name", ["last_30d", "across_months", "march", "february"])
@@ -291,6 +291,8 @@ def test_movers_rank_the_biggest_rises_and_falls(conn, rows, name, by):
         assert row[by] == approx(now[c][by]) and row[f"{by}_base"] == approx(before[c][by])
         assert row[f"{by}_change"] == pytest.approx(now[c][by] - before[c][by]) and row[f"{by}_change_pct"] == pytest.approx(pct[c])
         assert row["lagging"] == 0 and row["last_day"] == window.end.isoformat()
+        assert list(row) == report.columns
+        assert (row["period_start"], row["base_period_end"]) == (window.start.isoformat(), base.end.isoformat())
     assert report.columns == [*reports.MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"]
 
 
@@ -308,7 +310,7 @@ def test_movers_by_change_with_a_floor_on_the_base(conn, rows):
     assert [r["client_id"] for r in report.rows if r["direction"] == "rose"] == rose
     assert [r["client_id"] for r in report.rows if r["direction"] == "fell"] == fell
     assert all(r["total_sales_base"] >= floor for r in report.rows)
-    assert "base at least" in report.title and "(year)" in report.title
+    assert report.subtitle == f"against {base} (year), base at least {floor:g}"
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,8 @@ def _report_table(rep) -> None:
     console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
+    if rep.subtitle:
+        console.print(Text(safe(rep.subtitle)), soft_wrap=True)
     if single and rep.rows:
         table = Table(show_header=False)
         table.add_column(style="bold", no_wrap=True)
