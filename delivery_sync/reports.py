@@ -67,7 +67,7 @@ class Report:
     keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
-    subtitle: str = ""  # a second line under the title (the base window of a comparison)
+    subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -182,11 +182,15 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
     return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})")
 
 
-def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None) -> Report:
+def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None,
+           mark_partial: bool = False) -> Report:
     """All clients together over the window (one row), or per day, Monday-started week or month,
-    or per platform (`by`); `compare` puts each figure of the one row beside the base window's."""
+    or per platform (`by`); `compare` puts each figure of the one row beside the base window's;
+    `mark_partial` adds each period's `days` in the window and marks the `partial` ones."""
     if compare is not None and by is not None:
         raise UsageError("--compare compares the window's totals: it does not combine with --by")
+    if mark_partial and by not in GROUPINGS:
+        raise UsageError("--mark-partial marks the periods of --by day|week|month")
     if by is None:
         base = base_window(window, compare) if compare is not None else None
         row = _totals_row(conn, window)
@@ -213,7 +217,28 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
     # The figures first: on a narrow terminal the period and its totals stay, its clipped edges go.
     shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
-    return Report(f"Totals per {by}, all clients, {window}", PERIOD_TOTALS_COLUMNS, rows, shown, keep=2)
+    title = f"Totals per {by}, all clients, {window}"
+    if not mark_partial:
+        return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2)
+    rows = [{**row, **_partial(row, by)} for row in rows]
+    columns = [*PERIOD_TOTALS_COLUMNS[:3], *PARTIAL_COLUMNS, *PERIOD_TOTALS_COLUMNS[3:]]
+    shown = [*shown[:5], "days", *shown[5:]]
+    marked = [{**row, "period": f"{row['period']} *"} if row["partial"] else row for row in rows]
+    note = "* partial: cut by the window, or fewer days with data than days" if any(row["partial"] for row in rows) else ""
+    return Report(title, columns, rows, shown, keep=2, table_rows=marked, subtitle=note)
+
+
+PARTIAL_COLUMNS = ["days", "partial"]
+
+
+def _partial(row: dict, by: str) -> dict:
+    """`days`: the calendar days of the row's period inside the window; `partial`: 1 when the
+    window cuts the period or fewer of those days have data, else 0."""
+    first, last = date.fromisoformat(row["period_start"]), date.fromisoformat(row["period_end"])
+    days = (last - first).days + 1
+    start = date.fromisoformat(row["period"] + ("-01" if by == "month" else ""))
+    whole = {"day": 1, "week": 7}.get(by) or (_next_month(start) - start).days
+    return {"days": days, "partial": int(days < whole or row["days_with_data"] < days)}
 
 
 def _totals_row(conn: sqlite3.Connection, window: Window) -> dict:

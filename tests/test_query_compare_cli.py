@@ -149,3 +149,21 @@ def test_totals_by_platform_table_and_json(query, replica):
     e = expected_overall(load_rows(replica), date(2026, 3, 4), TODAY)
     assert grab["orders_share"] == pytest.approx(e["grab_orders"] / (e["grab_orders"] + e["gojek_orders"]))
     assert f"{grab['sales_share'] * 100:.2f}%" in table.stdout and f"{gojek['sales_share'] * 100:.2f}%" in table.stdout
+
+
+def test_partial_periods_are_marked_in_every_format(query):
+    args = ("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--mark-partial")
+    table = query(*args)
+    assert table.code == 0 and widest(table.stdout) <= 80
+    lines = table.stdout.splitlines()
+    assert lines[1] == "* partial: cut by the window, or fewer days with data than days"
+    assert any(line.startswith("│ 2026-01-26 * │") for line in lines)  # only 2026-02-01, a Sunday, is in the window
+    assert any(line.startswith("│ 2026-02-02   │") for line in lines)
+    as_csv = query(*args, "--columns", "period,days,partial", "--format", "csv")
+    assert as_csv.stdout.splitlines() == ["period,days,partial", "2026-01-26,1,1", "2026-02-02,7,0", "2026-02-09,7,0",
+                                          "2026-02-16,7,0", "2026-02-23,6,1"]
+    as_json = json.loads(query(*args, "--format", "json").stdout)
+    assert list(as_json[0])[:5] == ["period", "period_start", "period_end", "days", "partial"]
+    assert [(w["days"], w["partial"]) for w in as_json] == [(1, 1), (7, 0), (7, 0), (7, 0), (6, 1)]
+    plain = query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--format", "json")
+    assert "days" not in json.loads(plain.stdout)[0]

@@ -373,3 +373,55 @@ def test_totals_by_platform_of_an_empty_window_has_null_shares(conn):
     assert [r["platform"] for r in rows] == ["Grab", "GoJek"]
     assert all(r["sales"] is None and r["sales_share"] is None and r["avg_order_value"] is None for r in rows)
 
+
+
+# --- partial periods ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_day_missing(replica, tmp_path_factory) -> Path:
+    """A copy with no data at all on 2026-02-10 (a Tuesday), rollups rebuilt."""
+    copy = tmp_path_factory.mktemp("missing_day") / "replica.db"
+    shutil.copy(replica, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM client_stats WHERE stat_date = '2026-02-10'")
+    with freeze_time(NOW):
+        assert run_aggregate(copy, TODAY).status == "ok"
+    return copy
+
+
+@pytest.mark.parametrize("by, expected", [
+    # 2026-01-25 is a Sunday, 2026-03-05 a Thursday: both edge weeks and months are cut; the week
+    # of 2026-02-09 and February miss 2026-02-10.
+    ("week", {"2026-01-19": (1, 1), "2026-01-26": (7, 0), "2026-02-02": (7, 0), "2026-02-09": (7, 1),
+              "2026-02-16": (7, 0), "2026-02-23": (7, 0), "2026-03-02": (4, 1)}),
+    ("month", {"2026-01": (7, 1), "2026-02": (28, 1), "2026-03": (5, 1)}),
+])
+def test_partial_periods_say_how_many_days_and_are_marked(one_day_missing, by, expected):
+    connection = readonly.open_readonly(one_day_missing)
+    try:
+        report = reports.totals(connection, WINDOWS["across_months"], by, mark_partial=True)
+        whole = reports.totals(connection, Window(date(2026, 1, 26), date(2026, 3, 1)), by, mark_partial=True)
+        plain = reports.totals(connection, WINDOWS["across_months"], by)
+    finally:
+        connection.close()
+    assert {r["period"]: (r["days"], r["partial"]) for r in report.rows} == expected
+    assert report.columns[:5] == ["period", "period_start", "period_end", "days", "partial"]
+    assert "days" not in plain.columns and plain.subtitle == "" and plain.table_rows is None  # unchanged without the flag
+    assert [{k: v for k, v in r.items() if k not in ("days", "partial")} for r in report.rows] == plain.rows
+    assert [r["period"] for r in report.table_rows] == [p + (" *" if expected[p][1] else "") for p in expected]
+    assert report.subtitle.startswith("* partial")
+    chosen = report.select(["period", "days", "partial"])
+    assert chosen.columns == ["period", "days", "partial"]
+    if by == "week":  # whole weeks with every day: nothing marked, no note
+        assert [r["partial"] for r in whole.rows if r["period"] != "2026-02-09"] == [0] * 4 and whole.rows[2]["partial"] == 1
+    else:
+        assert [(r["period"], r["partial"]) for r in whole.rows] == [("2026-01", 1), ("2026-02", 1), ("2026-03", 1)]
+
+
+def test_whole_periods_with_every_day_are_not_marked(conn):
+    report = reports.totals(conn, Window(date(2026, 2, 2), date(2026, 3, 1)), "week", mark_partial=True)
+    assert [(r["days"], r["partial"]) for r in report.rows] == [(7, 0)] * 4
+    assert report.subtitle == "" and report.table_rows == report.rows
+    with pytest.raises(UsageError, match="--mark-partial marks the periods of --by day|week|month"):
+        reports.totals(conn, WINDOWS["last_7d"], mark_partial=True)

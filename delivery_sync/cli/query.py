@@ -128,12 +128,16 @@ def query_totals(
     by: str | None = option(None, "--by", metavar="day|week|month|platform",
         help="One row per day, week (from Monday) or month, or per platform with its shares (default: one row for the window)."),
     compare: str | None = _COMPARE,
+    mark_partial: bool = option(False, "--mark-partial",
+        help="With --by day|week|month: add each period's days in the window (`days`), and mark (`partial`, `*`) "
+             "the periods the window cuts or with fewer days of data than days."),
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week, month or platform."""
     from ..reports import totals
 
-    _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by, compare=compare), days, from_, to)
+    _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by, compare=compare, mark_partial=mark_partial),
+            days, from_, to)
 
 
 @query_app.command("movers", epilog=examples(
