@@ -68,6 +68,7 @@ class Report:
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
     subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
+    chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -77,7 +78,7 @@ class Report:
         unknown = [c for c in columns if c not in self.columns]
         if unknown:
             raise UsageError(f"--columns: no column {unknown[0]!r} in this report", hint=f"one of: {', '.join(self.columns)}")
-        return replace(self, columns=columns, table_columns=columns, keep=len(columns), figures=None)
+        return replace(self, columns=columns, table_columns=columns, keep=len(columns), figures=None, chart=None)
 
 
 # --- the reports ------------------------------------------------------------------
@@ -85,13 +86,14 @@ class Report:
 
 def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit: int = 10, *, ascending: bool = False,
         min_orders: int | None = None, active_only: bool = False, show_active: bool = False,
-        compare: str | None = None) -> Report:
+        compare: str | None = None, spark: bool = False) -> Report:
     """Clients ranked by the sum of `by`, or by the ratio `by` of their sums, over the window
     (largest first, or smallest with `ascending`; NULL last, ties by client id).
 
     `min_orders` keeps clients with at least that many orders in the window, `active_only` the
     clients the remote lists as active; `show_active` adds their `active` flag; `compare`
-    (previous|year) puts each figure beside the base window's (see `compared`).
+    (previous|year) puts each figure beside the base window's (see `compared`); `spark` adds a
+    `trend` table column, `by` over the window's days (see `_trends`).
     """
     if by not in METRICS and by not in RATIOS:
         raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
@@ -126,7 +128,39 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         shown = [*who, by, f"{by}_change_pct", f"{by}_base", f"{by}_change",
                  *(c for other in others for c in (other, f"{other}_change_pct"))]
     subtitle = f"against {base} ({compare})" if base is not None else ""
-    return Report(title, columns, rows, shown, keep=len(who) + 1 + (base is not None), subtitle=subtitle)
+    keep = len(who) + 1 + (base is not None)
+    table_rows = None
+    if spark:
+        trends = _trends(conn, window, [row["client_id"] for row in rows], by)
+        table_rows = [{**row, "trend": trends[row["client_id"]]} for row in rows]
+        shown = [*shown[:keep], "trend", *shown[keep:]]
+        subtitle = "\n".join(filter(None, [subtitle, f"trend: {by} per {_trend_days(window)}, oldest first"]))
+    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows)
+
+
+SPARK_POINTS = 24
+
+
+def _trend_days(window: Window) -> str:
+    days = -(-window.days // SPARK_POINTS)
+    return "day" if days == 1 else f"{days} days"
+
+
+def _trends(conn: sqlite3.Connection, window: Window, clients: list[int], by: str) -> dict[int, list]:
+    """Per client, `by` per span of days over the window: each day up to SPARK_POINTS days, else
+    spans of equal length ending at the window's end (the few days left at its start are not
+    drawn, so no span is shorter than the others). Sums or ratios of sums, NULL where no data."""
+    step = -(-window.days // SPARK_POINTS)
+    points = window.days // step
+    start = window.end - timedelta(days=points * step - 1)
+    span = f"CAST(julianday(stat_date) - julianday(:start) AS INTEGER) / {step}"
+    sums = (f"SELECT client_id, {span} AS point, {SUMS} FROM client_stats "
+            f"WHERE client_id IN ({id_list(clients)}) AND stat_date BETWEEN :start AND :end GROUP BY client_id, point")
+    series: dict[int, list] = {c: [None] * points for c in clients}
+    sql = f"SELECT client_id, point, {by} FROM ({with_ratios(sums, ['client_id', 'point', *METRICS])})"
+    for client_id, point, value in conn.execute(sql, {"start": start.isoformat(), "end": window.end.isoformat()}):
+        series[client_id][point] = value
+    return series
 
 
 _TOP_SHOWN = ["total_sales", "total_orders", "avg_order_value", "grab_sales", "gojek_sales", "ads_roas",
@@ -142,11 +176,15 @@ def _with_active(columns: list[str], show_active: bool) -> list[str]:
 
 
 def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool = False, *,
-           compare: str | None = None, show_active: bool = False) -> Report:
+           compare: str | None = None, show_active: bool = False, chart: str | None = None) -> Report:
     """One client's sums and ratios over the window (always one row), or its daily rows with their
-    ratios; `compare` puts each figure beside the base window's, `show_active` adds its flag."""
+    ratios; `compare` puts each figure beside the base window's, `show_active` adds its flag;
+    `chart` draws the daily rows' metric or ratio as bars."""
     if compare is not None and daily:
         raise UsageError("--compare compares the window's totals: it does not combine with --daily")
+    if chart is not None and not daily:
+        raise UsageError("--chart draws the daily rows: use it with --daily")
+    _check_charted(chart)
     base = base_window(window, compare) if compare is not None else None
     known = conn.execute(
         "SELECT (SELECT name FROM clients WHERE id = :id), "
@@ -165,7 +203,8 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name, "active": known[2]})
         shown = ["stat_date", "total_sales", "total_orders", "grab_sales", "grab_orders", "gojek_sales",
                  "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
-        return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown, keep=2)
+        return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown, keep=2,
+                      chart=("stat_date", chart) if chart else None)
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     known_values = {"client_id": client_id, "name": name, **({"active": known[2]} if show_active else {})}
 
@@ -183,14 +222,18 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
 
 
 def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None,
-           mark_partial: bool = False) -> Report:
+           mark_partial: bool = False, chart: str | None = None) -> Report:
     """All clients together over the window (one row), or per day, Monday-started week or month,
     or per platform (`by`); `compare` puts each figure of the one row beside the base window's;
-    `mark_partial` adds each period's `days` in the window and marks the `partial` ones."""
+    `mark_partial` adds each period's `days` in the window and marks the `partial` ones; `chart`
+    draws the periods' metric or ratio as bars."""
     if compare is not None and by is not None:
         raise UsageError("--compare compares the window's totals: it does not combine with --by")
     if mark_partial and by not in GROUPINGS:
         raise UsageError("--mark-partial marks the periods of --by day|week|month")
+    if chart is not None and by not in GROUPINGS:
+        raise UsageError("--chart draws the periods of --by day|week|month")
+    _check_charted(chart)
     if by is None:
         base = base_window(window, compare) if compare is not None else None
         row = _totals_row(conn, window)
@@ -218,14 +261,20 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
     shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
     title = f"Totals per {by}, all clients, {window}"
+    charted = ("period", chart) if chart else None
     if not mark_partial:
-        return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2)
+        return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2, chart=charted)
     rows = [{**row, **_partial(row, by)} for row in rows]
     columns = [*PERIOD_TOTALS_COLUMNS[:3], *PARTIAL_COLUMNS, *PERIOD_TOTALS_COLUMNS[3:]]
     shown = [*shown[:5], "days", *shown[5:]]
     marked = [{**row, "period": f"{row['period']} *"} if row["partial"] else row for row in rows]
     note = "* partial: cut by the window, or fewer days with data than days" if any(row["partial"] for row in rows) else ""
-    return Report(title, columns, rows, shown, keep=2, table_rows=marked, subtitle=note)
+    return Report(title, columns, rows, shown, keep=2, table_rows=marked, subtitle=note, chart=charted)
+
+
+def _check_charted(chart: str | None) -> None:
+    if chart is not None and chart not in METRICS and chart not in RATIOS:
+        raise UsageError(f"unknown metric {chart!r} for --chart", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
 
 
 PARTIAL_COLUMNS = ["days", "partial"]

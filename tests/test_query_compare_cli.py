@@ -167,3 +167,57 @@ def test_partial_periods_are_marked_in_every_format(query):
     assert [(w["days"], w["partial"]) for w in as_json] == [(1, 1), (7, 0), (7, 0), (7, 0), (6, 1)]
     plain = query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--format", "json")
     assert "days" not in json.loads(plain.stdout)[0]
+
+
+def test_totals_chart_draws_proportional_bars_within_80_columns(query, replica):
+    result = query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["Totals per week, all clients, 2026-02-02..2026-03-01", "total sales per period"]
+    bars = {line.split()[0]: line.split("  ")[-1] for line in lines[2:]}
+    assert list(bars) == ["2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23"]
+    assert widest(result.stdout) == 80 and "\x1b" not in result.stdout  # a pipe: no colour codes
+    weekly = {w["period"]: w["total_sales"] for w in json.loads(
+        query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--format", "json").stdout)}
+    largest = max(weekly.values())
+    room = 80 - len("2026-02-02") - len(_cell("total_sales", largest)) - 4
+    for period, bar in bars.items():
+        eighths = len(bar.rstrip(" ▏▎▍▌▋▊▉")) * 8 + (" ▏▎▍▌▋▊▉".index(bar[-1]) if bar[-1] != "█" else 0)
+        assert eighths == round(weekly[period] / largest * room * 8)
+
+
+def test_client_daily_chart_and_top_spark_on_the_terminal(query):
+    chart = query("client", "2", "--daily", "--days", "5", "--chart", "--chart-by", "avg_order_value")
+    assert chart.code == 0 and chart.stdout.splitlines()[1] == "avg order value per stat date"
+    assert [line.split()[0] for line in chart.stdout.splitlines()[2:]] == ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
+    spark = query("top", "--days", "7", "--limit", "3", "--spark")
+    assert spark.code == 0 and widest(spark.stdout) <= 80 and "trend" in spark.stdout
+    assert sum(c in "▁▂▃▄▅▆▇█" for c in spark.stdout) >= 3 * 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (("totals", "--by", "week", "--chart", "--format", "csv"), "--chart draws in a table: csv and json carry the numbers"),
+    (("top", "--spark", "--format", "json"), "--spark draws in a table"),
+    (("totals", "--by", "week", "--chart", "--columns", "period"), "--chart does not combine with --columns"),
+    (("totals", "--chart"), "--chart draws the periods of --by day|week|month"),
+    (("client", "2", "--chart"), "use it with --daily"),
+])
+def test_charts_are_never_drawn_into_csv_or_json(query, args, message):
+    result = query(*args)
+    assert result.code == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_charts_honour_no_color_on_a_terminal(replica, tmp_path):
+    import os
+    import sys
+
+    from conftest import run_on_terminal
+
+    exe = str(Path(sys.executable).with_name("delivery-sync"))
+    args = [exe, "--db", str(replica), "query", "totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart"]
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "DELIVERY_SYNC_STATUS__STALE_AFTER_HOURS": "500000"}
+    env.pop("NO_COLOR", None)
+    code, coloured = run_on_terminal(args, tmp_path, env, stream="stdout")
+    assert code == 0 and "\x1b[36m" in coloured and "█" in coloured
+    code, plain = run_on_terminal(args, tmp_path, {**env, "NO_COLOR": "1"}, stream="stdout")
+    assert code == 0 and "\x1b[36m" not in plain and "█" in plain

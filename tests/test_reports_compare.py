@@ -425,3 +425,42 @@ def test_whole_periods_with_every_day_are_not_marked(conn):
     assert report.subtitle == "" and report.table_rows == report.rows
     with pytest.raises(UsageError, match="--mark-partial marks the periods of --by day|week|month"):
         reports.totals(conn, WINDOWS["last_7d"], mark_partial=True)
+
+
+# --- trends: charts and sparklines -----------------------------------------------------------------------------
+
+
+def test_charts_name_their_rows_and_metric_and_refuse_what_has_no_series(conn):
+    assert reports.totals(conn, WINDOWS["across_months"], "week", chart="total_sales").chart == ("period", "total_sales")
+    assert reports.client(conn, WINDOWS["last_7d"], 2, daily=True, chart="ads_roas").chart == ("stat_date", "ads_roas")
+    assert reports.totals(conn, WINDOWS["across_months"], "week").chart is None
+    for build, message in (
+        (lambda: reports.totals(conn, WINDOWS["last_7d"], chart="total_sales"), "--chart draws the periods of --by"),
+        (lambda: reports.totals(conn, WINDOWS["last_7d"], "platform", chart="total_sales"), "--chart draws the periods of --by"),
+        (lambda: reports.totals(conn, WINDOWS["last_7d"], "day", chart="revenue"), "unknown metric 'revenue' for --chart"),
+        (lambda: reports.client(conn, WINDOWS["last_7d"], 2, chart="total_sales"), "use it with --daily"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            build()
+
+
+@pytest.mark.parametrize("days, step", [(7, 1), (30, 2), (90, 4)])
+@pytest.mark.parametrize("by", ["total_sales", "avg_order_value"])
+def test_top_spark_series_are_the_metric_per_equal_span_of_days(conn, rows, days, step, by):
+    window = Window(TODAY - timedelta(days=days - 1), TODAY)
+    report = reports.top(conn, window, by, limit=3, spark=True)
+    assert "trend" in report.table_columns and "trend" not in report.columns  # never in csv/json
+    assert report.subtitle == f"trend: {by} per {'day' if step == 1 else f'{step} days'}, oldest first"
+    points = days // step
+    first = TODAY - timedelta(days=points * step - 1)
+    for row in report.table_rows:
+        spans = [expected_clients(rows, first + timedelta(days=i * step), first + timedelta(days=(i + 1) * step - 1)).get(row["client_id"])
+                 for i in range(points)]
+        assert row["trend"] == [approx(s[by] if s else None) for s in spans]
+
+
+def test_sparkline_scales_from_the_smallest_to_the_largest():
+    from delivery_sync.render.tables import sparkline
+
+    assert sparkline([1, None, 3, 2]) == "▁ █▅"
+    assert sparkline([5, 5]) == "▄▄" and sparkline([None]) == " "

@@ -32,6 +32,16 @@ _COMPARE = option(None, "--compare", metavar="previous|year",
 _ACTIVE_ONLY = option(False, "--active-only", help="Only clients the remote lists as active.")
 _SHOW_ACTIVE = option(False, "--show-active", help="Add an `active` column (1/0) after the name.")
 _RANKED = f"{', '.join(METRICS)}, or a ratio: {', '.join(RATIOS)}"
+_CHART = option(False, "--chart", help="Draw bars of --chart-by instead of the table (a terminal table only).")
+_CHART_BY = option("total_sales", "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
+
+
+def _drawn(flag: str, given: bool, fmt: str, columns: str | None) -> None:
+    """Charts are drawn on a terminal table only: csv and json carry the numbers."""
+    if given and fmt != "table":
+        raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
+    if given and columns is not None:
+        raise UsageError(f"{flag} does not combine with --columns")
 
 
 def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
@@ -91,14 +101,16 @@ def query_top(
     asc: bool = option(False, "--asc", help="The bottom: smallest first (clients with no value stay last)."),
     min_orders: int | None = option(None, "--min-orders", metavar="N", help="Only clients with at least N orders in the window."),
     active_only: bool = _ACTIVE_ONLY, show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE,
+    spark: bool = option(False, "--spark", help="Add a `trend` column: METRIC over the window's days, as a sparkline (a terminal table only)."),
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Clients ranked by the sum of METRIC (or a ratio of sums) over the window, with their names, sums and ratios."""
     from ..reports import top
 
+    _drawn("--spark", spark, fmt, columns)
     _report(ctx, fmt, columns, lambda conn, window: top(
         conn, window, by, limit, ascending=asc, min_orders=min_orders, active_only=active_only, show_active=show_active,
-        compare=compare), days, from_, to)
+        compare=compare, spark=spark), days, from_, to)
 
 
 @query_app.command("client", epilog=examples(
@@ -109,14 +121,15 @@ def query_client(
     ctx: typer.Context,
     client_id: int = argument(..., metavar="ID", help="Client id."),
     daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
-    show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE,
+    show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE, chart: bool = _CHART, chart_by: str = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
-    _report(ctx, fmt, columns, lambda conn, window: client(conn, window, client_id, daily, compare=compare, show_active=show_active),
-            days, from_, to)
+    _drawn("--chart", chart, fmt, columns)
+    _report(ctx, fmt, columns, lambda conn, window: client(
+        conn, window, client_id, daily, compare=compare, show_active=show_active, chart=chart_by if chart else None), days, from_, to)
 
 
 @query_app.command("totals", epilog=examples(
@@ -131,13 +144,15 @@ def query_totals(
     mark_partial: bool = option(False, "--mark-partial",
         help="With --by day|week|month: add each period's days in the window (`days`), and mark (`partial`, `*`) "
              "the periods the window cuts or with fewer days of data than days."),
+    chart: bool = _CHART, chart_by: str = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week, month or platform."""
     from ..reports import totals
 
-    _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by, compare=compare, mark_partial=mark_partial),
-            days, from_, to)
+    _drawn("--chart", chart, fmt, columns)
+    _report(ctx, fmt, columns, lambda conn, window: totals(
+        conn, window, by, compare=compare, mark_partial=mark_partial, chart=chart_by if chart else None), days, from_, to)
 
 
 @query_app.command("movers", epilog=examples(

@@ -134,14 +134,16 @@ def _report_table(rep) -> None:
             for key in keys
         ]
     width = terminal_width()
+    if rep.chart:
+        _bar_chart(rep, width or 80)
+        return
     single = rep.single and not rep.figures
     layout = None if single else _fit(columns, min(2 if rep.figures else rep.keep, len(columns)), width)
     natural = _table_width([c.natural for c in columns])
     console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
-    if rep.subtitle:
-        console.print(Text(safe(rep.subtitle)), soft_wrap=True)
+    _subtitle(console, rep.subtitle)
     if single and rep.rows:
         table = Table(show_header=False)
         table.add_column(style="bold", no_wrap=True)
@@ -167,6 +169,57 @@ def _report_table(rep) -> None:
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
         console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
+
+
+def _subtitle(console, subtitle: str) -> None:
+    """The lines under a title (ours, never remote text: a line each)."""
+    from rich.text import Text
+
+    for line in subtitle.splitlines():
+        console.print(Text(safe(line)), soft_wrap=True)
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _bar_chart(rep, width: int) -> None:
+    """One line per row: its label, its value as the table shows it, and a bar as long as the
+    value is large (eighths of a character), all within `width`. Zero, negative and NULL values
+    draw no bar. Colour only where rich finds a terminal that wants it (NO_COLOR is honoured)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    label_key, value_key = rep.chart
+    shown = rep.rows if rep.table_rows is None else rep.table_rows
+    labels = [safe(str(row[label_key])) for row in shown]
+    values = [row[value_key] for row in rep.rows]
+    cells = [_cell(value_key, value) for value in values]
+    largest = max((v for v in values if v is not None and v > 0), default=0)
+    label_width, cell_width = max(map(len, labels), default=0), max(map(len, cells), default=0)
+    room = max(1, width - label_width - cell_width - 4)
+    console = Console(highlight=False, width=width)
+    if rep.title:
+        console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
+    console.print(Text(f"{_label(value_key)} per {_label(label_key)}", style="dim"), soft_wrap=True)
+    _subtitle(console, rep.subtitle)
+    for label, cell, value in zip(labels, cells, values):
+        eighths = round(value / largest * room * 8) if largest and value is not None and value > 0 else 0
+        bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+        console.print(Text.assemble(f"{label:<{label_width}}  {cell:>{cell_width}}  ", (bar, "cyan")), no_wrap=True)
+    if not rep.rows:
+        console.print("no data in this window", soft_wrap=True)
+
+
+def sparkline(values: list) -> str:
+    """Values as one character each, from ▁ (the smallest) to █ (the largest); a space for NULL."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return " " * len(values)
+    low, high = min(present), max(present)
+    steps = len(_SPARKS) - 1
+    return "".join(" " if v is None else _SPARKS[round((v - low) / (high - low) * steps) if high > low else steps // 2]
+                   for v in values)
 
 
 def _comparison_columns(row: dict, figures: list[str]) -> list[_Column]:
@@ -230,6 +283,8 @@ def _cell(column: str, value, raw: bool = False) -> str:
     """
     if value is None:
         return "NULL" if raw else "-"
+    if isinstance(value, list):  # a series (top --spark)
+        return sparkline(value)
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
