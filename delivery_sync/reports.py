@@ -262,7 +262,7 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
     title = f"Totals per {by}, all clients, {window}"
     charted = ("period", chart) if chart else None
-    if not mark_partial:
+    if not mark_partial and not chart:  # a bar of a cut period would look like a fall: charts mark them
         return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2, chart=charted)
     rows = [{**row, **_partial(row, by)} for row in rows]
     columns = [*PERIOD_TOTALS_COLUMNS[:3], *PARTIAL_COLUMNS, *PERIOD_TOTALS_COLUMNS[3:]]
@@ -439,7 +439,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     }
     rows = [{"direction": direction, "rank": at, **row}
             for direction, chosen in sections.items() for at, row in enumerate(chosen[:limit], 1)]
-    floor = f", base at least {min_base:g}" if min_base is not None else ""
+    floor = "" if min_base is None else f", base at least {int(min_base) if min_base == int(min_base) else min_base:,}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
     return Report(f"Movers by {by} ({'percent' if rank == 'pct' else 'change'}), {window}",

@@ -170,6 +170,8 @@ def test_partial_periods_are_marked_in_every_format(query):
 
 
 def test_totals_chart_draws_proportional_bars_within_80_columns(query, replica):
+    cut = query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-03-01", "--chart").stdout.splitlines()
+    assert cut[2] == "* partial: cut by the window, or fewer days with data than days" and cut[3].startswith("2026-01-26 *  ")
     result = query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart")
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
