@@ -94,6 +94,7 @@ def in_process(path: Path, runs: int) -> list[tuple[str, float, float]]:
         "totals --by day": lambda w: reports.totals(conn, w, "day"),
         "totals --by platform": lambda w: reports.totals(conn, w, "platform"),
         "top --compare previous": lambda w: reports.top(conn, w, compare="previous"),
+        "top --spark": lambda w: reports.top(conn, w, spark=True),
         "top --by ads_roas --asc --min-orders 100": lambda w: reports.top(conn, w, "ads_roas", ascending=True, min_orders=100),
         "client 42 --compare year": lambda w: reports.client(conn, w, 42, compare="year"),
         "totals --compare previous": lambda w: reports.totals(conn, w, compare="previous"),
