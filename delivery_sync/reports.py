@@ -429,10 +429,10 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
             "base_period_end": base.end.isoformat(), by: now, f"{by}_base": then, f"{by}_change": diff, f"{by}_change_pct": pct,
         })
     key = f"{by}_change_pct" if rank == "pct" else f"{by}_change"
-    ranked = [r for r in found if r[key] is not None and (min_base is None or r[f"{by}_base"] >= min_base)]
+    ranked = [r for r in found if r[key] is not None and not r["lagging"] and (min_base is None or r[f"{by}_base"] >= min_base)]
     sections = {
         "rose": sorted((r for r in ranked if r[key] > 0), key=lambda r: (-r[key], r["client_id"])),
-        "fell": sorted((r for r in ranked if r[key] < 0 and not r["lagging"]), key=lambda r: (r[key], r["client_id"])),
+        "fell": sorted((r for r in ranked if r[key] < 0), key=lambda r: (r[key], r["client_id"])),
         # What a lagging client had in the base window is what the window may be missing: most first.
         "lagging": sorted((r for r in found if r["lagging"] and r[f"{by}_base"] is not None),
                           key=lambda r: (-r[f"{by}_base"], r["client_id"])),

@@ -36,8 +36,10 @@ _CHART = option(False, "--chart", help="Draw bars of --chart-by instead of the t
 _CHART_BY = option("total_sales", "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
 
 
-def _drawn(flag: str, given: bool, fmt: str, columns: str | None) -> None:
+def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str = "total_sales") -> None:
     """Charts are drawn on a terminal table only: csv and json carry the numbers."""
+    if chart_by != "total_sales" and not given:
+        raise UsageError("--chart-by says what --chart draws: add --chart")
     if given and fmt != "table":
         raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
     if given and columns is not None:
@@ -127,7 +129,7 @@ def query_client(
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
-    _drawn("--chart", chart, fmt, columns)
+    _drawn("--chart", chart, fmt, columns, chart_by)
     _report(ctx, fmt, columns, lambda conn, window: client(
         conn, window, client_id, daily, compare=compare, show_active=show_active, chart=chart_by if chart else None), days, from_, to)
 
@@ -150,7 +152,7 @@ def query_totals(
     """All clients together, per platform: one row, or one per day, week, month or platform."""
     from ..reports import totals
 
-    _drawn("--chart", chart, fmt, columns)
+    _drawn("--chart", chart, fmt, columns, chart_by)
     _report(ctx, fmt, columns, lambda conn, window: totals(
         conn, window, by, compare=compare, mark_partial=mark_partial, chart=chart_by if chart else None), days, from_, to)
 
