@@ -124,6 +124,10 @@ def _report_table(rep) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    width = terminal_width()
+    if rep.chart:
+        _bar_chart(rep, width or 80)
+        return
     keys = rep.table_columns or rep.columns
     rows = rep.rows if rep.table_rows is None else rep.table_rows
     if rep.figures:  # one row against a base window: a figure a line, its values side by side
@@ -133,10 +137,6 @@ def _report_table(rep) -> None:
             _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
             for key in keys
         ]
-    width = terminal_width()
-    if rep.chart:
-        _bar_chart(rep, width or 80)
-        return
     single = rep.single and not rep.figures
     layout = None if single else _fit(columns, min(2 if rep.figures else rep.keep, len(columns)), width)
     natural = _table_width([c.natural for c in columns])
