@@ -241,6 +241,7 @@ def test_active_only_leaves_inactive_clients_out_and_show_active_says_which(one_
         everyone = reports.top(connection, window, limit=100, show_active=True)
         active = reports.top(connection, window, limit=100, active_only=True)
         client = reports.client(connection, window, 2, show_active=True)
+        daily = reports.client(connection, window, 2, daily=True, show_active=True)
     finally:
         connection.close()
     assert everyone.columns[:3] == ["client_id", "name", "active"] and everyone.table_columns[2] == "active"
@@ -248,6 +249,7 @@ def test_active_only_leaves_inactive_clients_out_and_show_active_says_which(one_
     assert [row["client_id"] for row in active.rows] == [c for c in _ranked(expected, "total_sales") if c != 2]
     assert "active" not in active.columns and active.title.endswith("active clients only")
     assert client.rows[0]["active"] == 0 and client.columns[2] == "active"
+    assert daily.columns[:4] == ["client_id", "name", "active", "stat_date"] and {r["active"] for r in daily.rows} == {0}
 
 
 @pytest.mark.parametrize("name", ["last_7d", "across_months", "march"])
