@@ -11,12 +11,14 @@ Imports only the standard library and our light modules: `query` must start fast
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from typing import NamedTuple
 
 from .aggregate.sql import (
     CLIENT_COLUMNS,
@@ -419,32 +421,50 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         "WHERE s.client_id = c.id AND s.stat_date <= :end) FROM clients c ORDER BY c.id", {"end": window.end.isoformat()}
     ):
         now, then = current.get(client_id), before.get(client_id)
-        if (now is None and then is None) or (active_only and not active):
-            continue
-        diff, pct = change(by, now, then)
-        found.append({
-            "client_id": client_id, "name": name, "active": active, "lagging": int(last_day is None or last_day < cutoff),
-            "last_day": last_day, "period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
-            "base_period_start": base.start.isoformat(),
-            "base_period_end": base.end.isoformat(), by: now, f"{by}_base": then, f"{by}_change": diff, f"{by}_change_pct": pct,
-        })
-    key = f"{by}_change_pct" if rank == "pct" else f"{by}_change"
-    ranked = [r for r in found if r[key] is not None and not r["lagging"] and (min_base is None or r[f"{by}_base"] >= min_base)]
+        if (now is not None or then is not None) and (active or not active_only):
+            found.append(_Move(client_id, name, active, int(last_day is None or last_day < cutoff), last_day, now, then,
+                               *change(by, now, then)))
+    by_pct = rank == "pct"
+    ranked = [m for m in found if (m.pct if by_pct else m.diff) is not None and not m.lagging
+              and (min_base is None or m.base >= min_base)]
+
+    def size(m: _Move):
+        return m.pct if by_pct else m.diff
+
+    # Only the rows shown are built: 10,000 clients make 10,000 candidates.
     sections = {
-        "rose": sorted((r for r in ranked if r[key] > 0), key=lambda r: (-r[key], r["client_id"])),
-        "fell": sorted((r for r in ranked if r[key] < 0), key=lambda r: (r[key], r["client_id"])),
+        "rose": heapq.nsmallest(limit, (m for m in ranked if size(m) > 0), key=lambda m: (-size(m), m.client_id)),
+        "fell": heapq.nsmallest(limit, (m for m in ranked if size(m) < 0), key=lambda m: (size(m), m.client_id)),
         # What a lagging client had in the base window is what the window may be missing: most first.
-        "lagging": sorted((r for r in found if r["lagging"] and r[f"{by}_base"] is not None),
-                          key=lambda r: (-r[f"{by}_base"], r["client_id"])),
+        "lagging": heapq.nsmallest(limit, (m for m in found if m.lagging and m.base is not None), key=lambda m: (-m.base, m.client_id)),
     }
-    rows = [{"direction": direction, "rank": at, **row}
-            for direction, chosen in sections.items() for at, row in enumerate(chosen[:limit], 1)]
+    bounds = {"period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
+              "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
+    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, "name": m.name, "active": m.active,
+             "lagging": m.lagging, "last_day": m.last_day, **bounds,
+             by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
+            for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]
+    key = f"{by}_change_pct" if by_pct else f"{by}_change"
     floor = "" if min_base is None else f", base at least {int(min_base) if min_base == int(min_base) else min_base:,}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
-    return Report(f"Movers by {by} ({'percent' if rank == 'pct' else 'change'}), {window}",
+    return Report(f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}",
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
                   subtitle=f"against {base} ({compare}){floor}")
+
+
+class _Move(NamedTuple):
+    """One client's figure in both windows of `movers`."""
+
+    client_id: int
+    name: str | None
+    active: int | None
+    lagging: int
+    last_day: str | None
+    now: float | int | None
+    base: float | int | None
+    diff: float | int | None
+    pct: float | None
 
 
 # Then the metric ranked by: `<metric>`, `<metric>_base`, `<metric>_change`, `<metric>_change_pct`.
