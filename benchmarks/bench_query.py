@@ -2,7 +2,9 @@
 
 Builds the replica from the in-process demo source, then prints:
 - each report's in-process query time (median) against its target: < 10 ms for
-  the stored periods (--days 7/30/90/365), < 50 ms for any other window;
+  the stored periods (--days 7/30/90/365), < 50 ms for any other window; the
+  comparisons, rankings by ratio, movers and the platform split included (a
+  comparison reads its base window too, which is never a stored period);
 - the whole-process time of `delivery-sync query top --format json` as a ratio
   to a minimal Typer hello-world measured in the same run (target <= 1.2x), and the same
   hello-world that also imports pydantic-settings, which our config needs: the floor of the stack;
@@ -90,6 +92,14 @@ def in_process(path: Path, runs: int) -> list[tuple[str, float, float]]:
         "totals --by month": lambda w: reports.totals(conn, w, "month"),
         "totals --by week": lambda w: reports.totals(conn, w, "week"),
         "totals --by day": lambda w: reports.totals(conn, w, "day"),
+        "totals --by platform": lambda w: reports.totals(conn, w, "platform"),
+        "top --compare previous": lambda w: reports.top(conn, w, compare="previous"),
+        "top --spark": lambda w: reports.top(conn, w, spark=True),
+        "top --by ads_roas --asc --min-orders 100": lambda w: reports.top(conn, w, "ads_roas", ascending=True, min_orders=100),
+        "client 42 --compare year": lambda w: reports.client(conn, w, 42, compare="year"),
+        "totals --compare previous": lambda w: reports.totals(conn, w, compare="previous"),
+        "movers": lambda w: reports.movers(conn, w),
+        "movers --by avg_order_value --compare year": lambda w: reports.movers(conn, w, "avg_order_value", compare="year"),
     }
     results = []
     for name, report in builds.items():

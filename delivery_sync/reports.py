@@ -11,12 +11,14 @@ Imports only the standard library and our light modules: `query` must start fast
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from typing import NamedTuple
 
 from .aggregate.current import rollups_as_of
 from .aggregate.sql import (
@@ -35,12 +37,13 @@ from .aggregate.sql import (
     period_sums,
     with_ratios,
 )
-from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking
+from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking, window_values
 from .days import Window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
-from .metrics import METRICS
+from .metrics import AMOUNT_METRICS, METRICS
 from .readonly import check_denied
+from .status import LAG_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ class Report:
     table_rows: list[dict] | None = None  # the rows as a terminal shows them, where that differs
     keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
+    figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
+    subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
+    chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -75,41 +81,118 @@ class Report:
         unknown = [c for c in columns if c not in self.columns]
         if unknown:
             raise UsageError(f"--columns: no column {unknown[0]!r} in this report", hint=f"one of: {', '.join(self.columns)}")
-        return replace(self, columns=columns, table_columns=columns, keep=len(columns))
+        return replace(self, columns=columns, table_columns=columns, keep=len(columns), figures=None, chart=None)
 
 
 # --- the reports ------------------------------------------------------------------
 
 
-def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit: int = 10) -> Report:
-    """Clients ranked by the sum of `by` over the window (NULL sums last, ties by client id)."""
-    if by not in METRICS:
-        raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join(METRICS)}")
+def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit: int = 10, *, ascending: bool = False,
+        min_orders: int | None = None, active_only: bool = False, show_active: bool = False,
+        compare: str | None = None, spark: bool = False) -> Report:
+    """Clients ranked by the sum of `by`, or by the ratio `by` of their sums, over the window
+    (largest first, or smallest with `ascending`; NULL last, ties by client id).
+
+    `min_orders` keeps clients with at least that many orders in the window, `active_only` the
+    clients the remote lists as active; `show_active` adds their `active` flag; `compare`
+    (previous|year) puts each figure beside the base window's (see `compared`); `spark` adds a
+    `trend` table column, `by` over the window's days (see `_trends`).
+    """
+    if by not in METRICS and by not in RATIOS:
+        raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
     if limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit})")
-    order = f"ORDER BY {by} IS NULL, {by} DESC, client_id LIMIT :limit"
+    if min_orders is not None and min_orders < 0:
+        raise UsageError(f"--min-orders must be at least 0 (got {min_orders})")
+    base = base_window(window, compare) if compare is not None else None
+    order = f"ORDER BY {by} IS NULL, {by} {'ASC' if ascending else 'DESC'}, client_id LIMIT :limit"
+    conditions = ((f"a.total_orders >= {int(min_orders)}",) if min_orders is not None else ()) + (("c.active = 1",) if active_only else ())
     plan = _plan(conn, window)
     clients = None
     if plan.current and plan.period is None:
         # Summing every column of every client costs 3-4x ranking by the one metric: rank first,
         # then sum the rest for the `limit` clients ranked (same order, same numbers).
-        sql, params = window_ranking(window.start, window.end, by)
+        sql, params = window_ranking(window.start, window.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only)
         clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
-    rows = _client_rows(conn, plan, order, {"limit": limit}, clients) if clients != [] else []
-    shown = ["client_id", "name", by, *(c for c in _TOP_SHOWN if c != by)]  # the ranked metric stays in view
-    title = f"Top {limit} clients by {by}, {window}"
-    return Report(title, CLIENT_REPORT_COLUMNS, rows, shown, keep=3)
+    rows = _client_rows(conn, plan, order, {"limit": limit}, clients, conditions, show_active) if clients != [] else []
+    who = ["client_id", "name", *(["active"] if show_active else [])]
+    columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
+    others = [c for c in _TOP_SHOWN if c != by]
+    shown = [*who, by, *others]  # the ranked metric stays in view
+    title = f"{'Bottom' if ascending else 'Top'} {limit} clients by {by}, {window}"
+    title += f", at least {min_orders} orders" if min_orders is not None else ""
+    title += ", active clients only" if active_only else ""
+    if base is not None:
+        ids = [row["client_id"] for row in rows]
+        before = {row["client_id"]: row for row in _client_rows(conn, _plan(conn, base), "", {}, ids)} if ids else {}
+        rows = [compared(row, before.get(row["client_id"]), base, CLIENT_FIGURES) for row in rows]
+        columns = with_comparison(columns, CLIENT_FIGURES)
+        # Each figure with its change in percent; the ranked one with its base and change too.
+        shown = [*who, by, f"{by}_change_pct", f"{by}_base", f"{by}_change",
+                 *(c for other in others for c in (other, f"{other}_change_pct"))]
+    subtitle = f"against {base} ({compare})" if base is not None else ""
+    keep = len(who) + 1 + (base is not None)
+    table_rows = None
+    if spark:
+        trends = _trends(conn, window, [row["client_id"] for row in rows], by)
+        table_rows = [{**row, "trend": trends[row["client_id"]]} for row in rows]
+        shown = [*shown[:keep], "trend", *shown[keep:]]
+        subtitle = "\n".join(filter(None, [subtitle, f"trend: {by} per {_trend_days(window)}, oldest first"]))
+    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows)
+
+
+SPARK_POINTS = 24
+
+
+def _trend_days(window: Window) -> str:
+    days = -(-window.days // SPARK_POINTS)
+    return "day" if days == 1 else f"{days} days"
+
+
+def _trends(conn: sqlite3.Connection, window: Window, clients: list[int], by: str) -> dict[int, list]:
+    """Per client, `by` per span of days over the window: each day up to SPARK_POINTS days, else
+    spans of equal length ending at the window's end (the few days left at its start are not
+    drawn, so no span is shorter than the others). Sums or ratios of sums, NULL where no data."""
+    step = -(-window.days // SPARK_POINTS)
+    points = window.days // step
+    start = window.end - timedelta(days=points * step - 1)
+    span = f"CAST(julianday(stat_date) - julianday(:start) AS INTEGER) / {step}"
+    sums = (f"SELECT client_id, {span} AS point, {SUMS} FROM client_stats "
+            f"WHERE client_id IN ({id_list(clients)}) AND stat_date BETWEEN :start AND :end GROUP BY client_id, point")
+    series: dict[int, list] = {c: [None] * points for c in clients}
+    sql = f"SELECT client_id, point, {by} FROM ({with_ratios(sums, ['client_id', 'point', *METRICS])})"
+    for client_id, point, value in conn.execute(sql, {"start": start.isoformat(), "end": window.end.isoformat()}):
+        series[client_id][point] = value
+    return series
 
 
 _TOP_SHOWN = ["total_sales", "total_orders", "avg_order_value", "grab_sales", "gojek_sales", "ads_roas",
               "ads_spend_share", "fake_order_rate", "new_customer_share", "days_with_data"]
 
 
-def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool = False) -> Report:
-    """One client's sums and ratios over the window (always one row), or its daily rows with their ratios."""
+def _with_active(columns: list[str], show_active: bool) -> list[str]:
+    """`columns` with `active` after the client's name, when asked for."""
+    if not show_active:
+        return columns
+    at = columns.index("name") + 1
+    return [*columns[:at], "active", *columns[at:]]
+
+
+def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool = False, *,
+           compare: str | None = None, show_active: bool = False, chart: str | None = None) -> Report:
+    """One client's sums and ratios over the window (always one row), or its daily rows with their
+    ratios; `compare` puts each figure beside the base window's, `show_active` adds its flag;
+    `chart` draws the daily rows' metric or ratio as bars."""
+    if compare is not None and daily:
+        raise UsageError("--compare compares the window's totals: it does not combine with --daily")
+    if chart is not None and not daily:
+        raise UsageError("--chart draws the daily rows: use it with --daily")
+    _check_charted(chart)
+    base = base_window(window, compare) if compare is not None else None
     known = conn.execute(
         "SELECT (SELECT name FROM clients WHERE id = :id), "
-        "EXISTS (SELECT 1 FROM clients WHERE id = :id) OR EXISTS (SELECT 1 FROM client_stats WHERE client_id = :id)",
+        "EXISTS (SELECT 1 FROM clients WHERE id = :id) OR EXISTS (SELECT 1 FROM client_stats WHERE client_id = :id), "
+        "(SELECT active FROM clients WHERE id = :id)",
         {"id": client_id},
     ).fetchone()
     if not known[1]:
@@ -118,30 +201,55 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
     if daily:
         sql = with_ratios(
             "SELECT * FROM client_stats WHERE client_id = :id AND stat_date BETWEEN :start AND :end",
-            ["client_id", ":name AS name", "stat_date", *METRICS],
+            ["client_id", ":name AS name", *([":active AS active"] if show_active else []), "stat_date", *METRICS],
         ) + " ORDER BY stat_date"
-        rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name})
+        rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name, "active": known[2]})
         shown = ["stat_date", "total_sales", "total_orders", "grab_sales", "grab_orders", "gojek_sales",
                  "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
-        return Report(f"Client {client_id} {name or ''}, daily, {window}", DAILY_COLUMNS, rows, shown, keep=2)
-    rows = _client_rows(conn, _plan(conn, window), "", {}, [client_id]) or [_empty(CLIENT_REPORT_COLUMNS, window, client_id=client_id, name=name)]
-    return Report(f"Client {client_id} {name or ''}, {window}", CLIENT_REPORT_COLUMNS, rows, CLIENT_REPORT_COLUMNS, single=True)
+        return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown, keep=2,
+                      chart=("stat_date", chart) if chart else None)
+    columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
+    known_values = {"client_id": client_id, "name": name, **({"active": known[2]} if show_active else {})}
+
+    def one(span: Window) -> dict:
+        found = _client_rows(conn, _plan(conn, span), "", {}, [client_id], active=show_active)
+        return found[0] if found else _empty(columns, span, **known_values)
+
+    row = one(window)
+    title = f"Client {client_id} {name or ''}, {window}"
+    if base is None:
+        return Report(title, columns, [row], columns, single=True)
+    row = compared(row, one(base), base, CLIENT_FIGURES)
+    columns = with_comparison(columns, CLIENT_FIGURES)
+    return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})")
 
 
-def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> Report:
-    """All clients together over the window (one row), or per day, Monday-started week or month."""
+def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None,
+           mark_partial: bool = False, chart: str | None = None) -> Report:
+    """All clients together over the window (one row), or per day, Monday-started week or month,
+    or per platform (`by`); `compare` puts each figure of the one row beside the base window's;
+    `mark_partial` adds each period's `days` in the window and marks the `partial` ones; `chart`
+    draws the periods' metric or ratio as bars."""
+    if compare is not None and by is not None:
+        raise UsageError("--compare compares the window's totals: it does not combine with --by")
+    if mark_partial and by not in GROUPINGS:
+        raise UsageError("--mark-partial marks the periods of --by day|week|month")
+    if chart is not None and by not in GROUPINGS:
+        raise UsageError("--chart draws the periods of --by day|week|month")
+    _check_charted(chart)
     if by is None:
-        plan = _plan(conn, window)
-        if plan.period:
-            sql = f"SELECT {', '.join(TOTALS_COLUMNS)} FROM overall_aggregates WHERE period = :period"
-        else:
-            sums = OVERALL_DAY_SUMS if plan.current else OVERALL_SUMS
-            sql = with_ratios(sums, [":start AS period_start", ":end AS period_end", *OVERALL_COLUMNS])
-        rows = _fetch(conn, sql, plan.params())
-        rows = rows or [_empty(TOTALS_COLUMNS, window)]
-        return Report(f"Totals, all clients, {window}", TOTALS_COLUMNS, rows, TOTALS_COLUMNS, single=True)
+        base = base_window(window, compare) if compare is not None else None
+        row = _totals_row(conn, window)
+        title = f"Totals, all clients, {window}"
+        if base is None:
+            return Report(title, TOTALS_COLUMNS, [row], TOTALS_COLUMNS, single=True)
+        row = compared(row, _totals_row(conn, base), base, TOTALS_FIGURES)
+        columns = with_comparison(TOTALS_COLUMNS, TOTALS_FIGURES)
+        return Report(title, columns, [row], columns, single=True, figures=TOTALS_FIGURES, subtitle=f"against {base} ({compare})")
+    if by == "platform":
+        return _platforms(_totals_row(conn, window), window)
     if by not in GROUPINGS:
-        raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month")
+        raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month, platform")
     plan = _plan(conn, window, by=by)
     if plan.current:  # whole periods from their rollup rows, the partial ones at the edges from daily totals
         parts = [with_ratios(_edge_period_sums(by), PERIOD_COLUMNS)]
@@ -156,7 +264,227 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None) -> R
     # The figures first: on a narrow terminal the period and its totals stay, its clipped edges go.
     shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
-    return Report(f"Totals per {by}, all clients, {window}", PERIOD_TOTALS_COLUMNS, rows, shown, keep=2)
+    title = f"Totals per {by}, all clients, {window}"
+    charted = ("period", chart) if chart else None
+    if not mark_partial and not chart:  # a bar of a cut period would look like a fall: charts mark them
+        return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2, chart=charted)
+    rows = [{**row, **_partial(row, by)} for row in rows]
+    columns = [*PERIOD_TOTALS_COLUMNS[:3], *PARTIAL_COLUMNS, *PERIOD_TOTALS_COLUMNS[3:]]
+    shown = [*shown[:5], "days", *shown[5:]]
+    marked = [{**row, "period": f"{row['period']} *"} if row["partial"] else row for row in rows]
+    note = "* partial: cut by the window, or fewer days with data than days" if any(row["partial"] for row in rows) else ""
+    return Report(title, columns, rows, shown, keep=2, table_rows=marked, subtitle=note, chart=charted)
+
+
+def _check_charted(chart: str | None) -> None:
+    if chart is not None and chart not in METRICS and chart not in RATIOS:
+        raise UsageError(f"unknown metric {chart!r} for --chart", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
+
+
+PARTIAL_COLUMNS = ["days", "partial"]
+
+
+def _partial(row: dict, by: str) -> dict:
+    """`days`: the calendar days of the row's period inside the window; `partial`: 1 when the
+    window cuts the period or fewer of those days have data, else 0."""
+    first, last = date.fromisoformat(row["period_start"]), date.fromisoformat(row["period_end"])
+    days = (last - first).days + 1
+    start = date.fromisoformat(row["period"] + ("-01" if by == "month" else ""))
+    whole = {"day": 1, "week": 7}.get(by) or (next_month(start) - start).days
+    return {"days": days, "partial": int(days < whole or row["days_with_data"] < days)}
+
+
+def _totals_row(conn: sqlite3.Connection, window: Window) -> dict:
+    """The one row of all clients' sums and ratios over the window, read the fastest way `_plan` allows."""
+    plan = _plan(conn, window)
+    if plan.period:
+        sql = f"SELECT {', '.join(TOTALS_COLUMNS)} FROM overall_aggregates WHERE period = :period"
+    else:
+        sums = OVERALL_DAY_SUMS if plan.current else OVERALL_SUMS
+        sql = with_ratios(sums, [":start AS period_start", ":end AS period_end", *OVERALL_COLUMNS])
+    rows = _fetch(conn, sql, plan.params())
+    return rows[0] if rows else _empty(TOTALS_COLUMNS, window)
+
+
+# --- comparisons ------------------------------------------------------------------
+
+COMPARISONS = ("previous", "year")
+CLIENT_FIGURES = ["days_with_data", *METRICS, *RATIOS]
+TOTALS_FIGURES = ["clients_with_data", *CLIENT_FIGURES]
+_COUNTS = ("days_with_data", "clients_with_data")
+
+
+def base_window(window: Window, compare: str) -> Window:
+    """The window to compare against: the same number of days just before (`previous`), or the
+    same days a year earlier (`year`; 29 February falls back to the 28th)."""
+    if compare == "previous":
+        return Window(window.start - timedelta(days=window.days), window.start - timedelta(days=1))
+    if compare == "year":
+        return Window(*(_year_earlier(day) for day in (window.start, window.end)))
+    raise UsageError(f"--compare: {compare!r} is not one of {', '.join(COMPARISONS)}")
+
+
+def _year_earlier(day: date) -> date:
+    return day.replace(year=day.year - 1, day=28 if (day.month, day.day) == (2, 29) else day.day)
+
+
+def change(figure: str, current, base) -> tuple:
+    """`current - base` and that change in percent of |base|, the one computation every report
+    and format shows: None when either is missing, the percent None on a zero base (never a
+    division error). Amounts are subtracted in whole cents, so the change is exact."""
+    if current is None or base is None:
+        return None, None
+    diff = (round(current * 100) - round(base * 100)) / 100 if figure in AMOUNT_METRICS else current - base
+    return diff, (diff / abs(base) * 100 if base else None)
+
+
+def compared(row: dict, base_row: dict | None, base: Window, figures: list[str]) -> dict:
+    """`row` followed by the base window's bounds and, per figure, `<figure>_base`,
+    `<figure>_change` and `<figure>_change_pct`; no `base_row` means no data in the base window."""
+    out = {**row, "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
+    for figure in figures:
+        before = base_row[figure] if base_row else (0 if figure in _COUNTS else None)
+        out[f"{figure}_base"] = before
+        out[f"{figure}_change"], out[f"{figure}_change_pct"] = change(figure, row[figure], before)
+    return out
+
+
+def with_comparison(columns: list[str], figures: list[str]) -> list[str]:
+    """The columns of `compared` rows: the report's own, then the base window and each figure's comparison."""
+    return [*columns, "base_period_start", "base_period_end",
+            *(f"{figure}{suffix}" for figure in figures for suffix in ("_base", "_change", "_change_pct"))]
+
+
+# --- platforms ---------------------------------------------------------------------
+
+PLATFORMS = {"grab": ("Grab", "grab_repeated_customers"), "gojek": ("GoJek", "gojek_returned_customers")}
+PLATFORM_COLUMNS = ["platform", *WINDOW_COLUMNS, "sales", "sales_share", "orders", "orders_share", "avg_order_value",
+                    "ads_spend", "ads_sales", "ads_roas", "new_customers", "returning_customers", "fake_orders", "fake_order_rate"]
+
+
+def _platforms(row: dict, window: Window) -> Report:
+    """Grab and GoJek as rows, from the window's totals: each platform's figures and its share of
+    the sales and orders of both (a share is NULL when both platforms sum to zero or NULL)."""
+    both = {figure: _plus(row[f"grab_{figure}"], row[f"gojek_{figure}"]) for figure in ("sales", "orders")}
+    rows = []
+    for prefix, (label, returning) in PLATFORMS.items():
+        sales, orders = row[f"{prefix}_sales"], row[f"{prefix}_orders"]
+        rows.append({
+            "platform": label, "period_start": row["period_start"], "period_end": row["period_end"],
+            "sales": sales, "sales_share": _share(sales, both["sales"]),
+            "orders": orders, "orders_share": _share(orders, both["orders"]),
+            "avg_order_value": _share(sales, orders),
+            "ads_spend": row[f"{prefix}_ads_spend"], "ads_sales": row[f"{prefix}_ads_sales"],
+            "ads_roas": row[f"{prefix}_ads_roas"],
+            "new_customers": row[f"{prefix}_new_customers"], "returning_customers": row[returning],
+            "fake_orders": row[f"{prefix}_fake_orders"], "fake_order_rate": _share(row[f"{prefix}_fake_orders"], orders),
+        })
+    shown = ["platform", "sales", "sales_share", "orders", "orders_share", "avg_order_value", "ads_roas",
+             "ads_spend", "new_customers", "fake_order_rate", "period_start", "period_end"]
+    return Report(f"Totals per platform, all clients, {window}", PLATFORM_COLUMNS, rows, shown, keep=5)
+
+
+def _plus(*values):
+    """Sum with NULL as 0, but NULL when every value is NULL (as SQL `_plus` in aggregate/sql.py)."""
+    return None if all(v is None for v in values) else sum(v or 0 for v in values)
+
+
+def _share(part, whole):
+    """part / whole, NULL on a missing or zero whole (as the SQL ratios)."""
+    return None if part is None or not whole else part / whole
+
+
+# --- movers ------------------------------------------------------------------------
+
+RANKINGS = ("pct", "change")
+
+
+def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit: int = 10, compare: str = "previous", *,
+           min_base: float | None = None, rank: str = "pct", active_only: bool = False) -> Report:
+    """The clients whose `by` (a metric's sum or a ratio) rose and fell most from the base window
+    to this one, ranked by the change in percent (`rank="pct"`) or in value (`"change"`).
+
+    Only clients whose base is at least `min_base` are ranked, so tiny ones do not top the list.
+    A client whose last day of data is more than LAG_DAYS before the window's end has stopped
+    sending data: it is listed as `lagging`, with its figures, never ranked as a fall.
+    """
+    if by not in METRICS and by not in RATIOS:
+        raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    if rank not in RANKINGS:
+        raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
+    base = base_window(window, compare)
+    current, before = _values(conn, window, by), _values(conn, base, by)
+    cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
+    found = []
+    for client_id, name, active, last_day in conn.execute(
+        "SELECT c.id, c.name, c.active, (SELECT MAX(s.stat_date) FROM client_stats s "
+        "WHERE s.client_id = c.id AND s.stat_date <= :end) FROM clients c ORDER BY c.id", {"end": window.end.isoformat()}
+    ):
+        now, then = current.get(client_id), before.get(client_id)
+        if (now is not None or then is not None) and (active or not active_only):
+            found.append(_Move(client_id, name, active, int(last_day is None or last_day < cutoff), last_day, now, then,
+                               *change(by, now, then)))
+    by_pct = rank == "pct"
+    ranked = [m for m in found if (m.pct if by_pct else m.diff) is not None and not m.lagging
+              and (min_base is None or m.base >= min_base)]
+
+    def size(m: _Move):
+        return m.pct if by_pct else m.diff
+
+    # Only the rows shown are built: 10,000 clients make 10,000 candidates.
+    sections = {
+        "rose": heapq.nsmallest(limit, (m for m in ranked if size(m) > 0), key=lambda m: (-size(m), m.client_id)),
+        "fell": heapq.nsmallest(limit, (m for m in ranked if size(m) < 0), key=lambda m: (size(m), m.client_id)),
+        # What a lagging client had in the base window is what the window may be missing: most first.
+        "lagging": heapq.nsmallest(limit, (m for m in found if m.lagging and m.base is not None), key=lambda m: (-m.base, m.client_id)),
+    }
+    bounds = {"period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
+              "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
+    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, "name": m.name, "active": m.active,
+             "lagging": m.lagging, "last_day": m.last_day, **bounds,
+             by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
+            for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]
+    key = f"{by}_change_pct" if by_pct else f"{by}_change"
+    floor = "" if min_base is None else f", base at least {int(min_base) if min_base == int(min_base) else min_base:,}"
+    shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
+             by, f"{by}_base", "last_day", "active"]
+    return Report(f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}",
+                  [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
+                  subtitle=f"against {base} ({compare}){floor}")
+
+
+class _Move(NamedTuple):
+    """One client's figure in both windows of `movers`."""
+
+    client_id: int
+    name: str | None
+    active: int | None
+    lagging: int
+    last_day: str | None
+    now: float | int | None
+    base: float | int | None
+    diff: float | int | None
+    pct: float | None
+
+
+# Then the metric ranked by: `<metric>`, `<metric>_base`, `<metric>_change`, `<metric>_change_pct`.
+MOVERS_COLUMNS = ["direction", "rank", "client_id", "name", "active", "lagging", "last_day", *WINDOW_COLUMNS,
+                  "base_period_start", "base_period_end"]
+
+
+def _values(conn: sqlite3.Connection, window: Window, by: str) -> dict[int, float | int | None]:
+    """Every client's `by` over the window (a sum or a ratio), read the fastest way `_plan` allows."""
+    plan = _plan(conn, window)
+    if plan.period:
+        sql, params = f"SELECT client_id, {by} FROM client_aggregates WHERE period = :period", plan.params()
+    elif plan.current:
+        sql, params = window_values(window.start, window.end, by)
+        sql = f"SELECT client_id, {by} FROM ({sql})"
+    else:
+        sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)})", window.params()
+    return dict(conn.execute(sql, params).fetchall())
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)
@@ -273,9 +601,11 @@ def _unique(names: list[str]) -> list[str]:
 # --- helpers ----------------------------------------------------------------------
 
 
-def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict, clients: list[int] | None = None) -> list[dict]:
+def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict, clients: list[int] | None = None,
+                 conditions: tuple[str, ...] = (), active: bool = False) -> list[dict]:
     """Per-client sums and ratios with names over the plan's window (of `clients` only, when
-    given), read the fastest way the plan allows."""
+    given, and meeting `conditions` on the columns `a.*` and `c.*`), read the fastest way the
+    plan allows; with `active`, the clients' `active` flag after their name."""
     window = plan.window
     extra: dict = {}
     only = "" if clients is None else f"client_id IN ({id_list(clients)})"
@@ -291,8 +621,11 @@ def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict
             sums = CLIENT_SUMS
         source = f"({with_ratios(sums, CLIENT_COLUMNS)})"
         bounds = ":start AS period_start, :end AS period_end"
-    columns = ", ".join(["a.client_id", "c.name", bounds, *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])
-    where = f"WHERE a.{only}" if only else ""
+    columns = ", ".join(["a.client_id", "c.name", *(["c.active"] if active else []), bounds,
+                         *(f"a.{c}" for c in [*CLIENT_COLUMNS[1:], *RATIOS])])
+    filters = [f"a.{only}"] if only else []
+    filters += conditions
+    where = f"WHERE {' AND '.join(filters)}" if filters else ""
     sql = f"SELECT {columns} FROM {source} a LEFT JOIN clients c ON c.id = a.client_id {where} {order}"
     return _fetch(conn, sql, {**params, **extra, **plan.params()})
 

@@ -3,11 +3,12 @@ tables, raw rows only at the edges; read by the reports and by the rolling perio
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import STORED, SUMMED, cents, id_list
+from .sql import RATIOS, STORED, SUMMED, cents, id_list
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED) -> tuple[str, dict]:
@@ -77,15 +78,40 @@ def client_window_sums(start: date, end: date, clients: list[int] | None = None)
     return f"SELECT client_id, days_with_data, {STORED} FROM ({sql})", params
 
 
-def window_ranking(start: date, end: date, metric: str) -> tuple[str, dict]:
-    """SQL of the ids of the `:limit` clients with the largest sum of `metric` over [start, end],
-    in `query top`'s order (NULL sums last, ties by client id), and its parameters.
+def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
+    and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers.
 
-    It sums the one metric, in cents as `window_parts` does, so it ranks exactly as the sums of
-    every column would, at a fraction of their cost.
+    Only the metrics `metric` and `extra` need are summed (a ratio's numerator and denominator),
+    at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
+    as `client_window_sums` gives them: so the values, and the order they rank in, are those of
+    the full sums. A ratio's inputs are among the columns too.
     """
-    sql, params = window_parts(start, end, columns=[metric])
-    return f"SELECT client_id FROM ({sql}) ORDER BY {metric} IS NULL, {metric} DESC, client_id LIMIT :limit", params
+    needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
+    inputs = [m for m in METRICS if m in needed | set(extra)]
+    sql, params = window_parts(start, end, columns=inputs)
+    rupiah = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
+    value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
+    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {rupiah} FROM ({sql}))", params
+
+
+def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
+                   active_only: bool = False) -> tuple[str, dict]:
+    """SQL of the ids of the `:limit` clients with the largest (`ascending`: smallest) `metric`
+    over [start, end], in `query top`'s order (NULL last, ties by client id), and its parameters.
+
+    `metric` is a metric's sum or a ratio (see `window_values`); `min_orders` keeps clients with
+    at least that many orders, `active_only` those the remote lists as active.
+    """
+    sql, params = window_values(start, end, metric, ("total_orders",) if min_orders is not None else ())
+    filters = []
+    if min_orders is not None:
+        filters.append(f"total_orders >= {int(min_orders)}")
+    if active_only:
+        filters.append("client_id IN (SELECT id FROM clients WHERE active = 1)")
+    where = f" WHERE {' AND '.join(filters)}" if filters else ""
+    order = "ASC" if ascending else "DESC"
+    return f"SELECT client_id FROM ({sql}){where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
 
 
 def clients_with_data(start: str, end: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import typer
 
+from ..aggregate.sql import RATIOS
 from ..errors import UsageError
 from ..metrics import METRICS
 from .app import app, argument, examples, option, parse_date
@@ -21,9 +22,28 @@ app.add_typer(query_app, name="query")
 
 _DAYS = option(None, "--days", metavar="N", help="The N calendar days ending today (default: 30).")
 _FROM = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
-_TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, not after today (default: today in source.timezone).")
+_TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD or 'yesterday', not after today (default: today in "
+             "source.timezone); without --from, the --days N (default 30) days ending there.")
 _FORMAT = option("table", "--format", metavar="table|csv|json", help="table for people, csv or json (exact numbers) for scripts (default: table).")
 _COLUMNS = option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order, in every format (default: the report's own).")
+_COMPARE = option(None, "--compare", metavar="previous|year",
+                  help="Beside each figure, the same-length window just before (previous) or a year earlier (year), "
+                       "with the change and the change in percent.")
+_ACTIVE_ONLY = option(False, "--active-only", help="Only clients the remote lists as active.")
+_SHOW_ACTIVE = option(False, "--show-active", help="Add an `active` column (1/0) after the name.")
+_RANKED = f"{', '.join(METRICS)}, or a ratio: {', '.join(RATIOS)}"
+_CHART = option(False, "--chart", help="Draw bars of --chart-by instead of the table (a terminal table only).")
+_CHART_BY = option("total_sales", "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
+
+
+def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str = "total_sales") -> None:
+    """Charts are drawn on a terminal table only: csv and json carry the numbers."""
+    if chart_by != "total_sales" and not given:
+        raise UsageError("--chart-by says what --chart draws: add --chart")
+    if given and fmt != "table":
+        raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
+    if given and columns is not None:
+        raise UsageError(f"{flag} does not combine with --columns")
 
 
 def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
@@ -40,8 +60,14 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
     settings = ctx.obj.settings()
     window = None
     if windowed:
-        start, end = parse_date(from_, "--from"), parse_date(to, "--to")
-        window = resolve_window(settings.source.today(), days, start, end, flag="--days", default=30)
+        today = settings.source.today()
+        start, end = parse_date(from_, "--from"), today - timedelta(days=1) if to == "yesterday" else parse_date(to, "--to")
+        if start is None and end is not None:  # `--to DATE [--days N]`: the N days ending there
+            if end > today:
+                raise UsageError(f"--to {end} is after today ({today} in source.timezone)")
+            window = resolve_window(end, days, flag="--days", default=30)
+        else:
+            window = resolve_window(today, days, start, end, flag="--days", default=30)
     conn = readonly.open_reader(settings.database)
     try:
         with readonly.snapshot(conn):
@@ -72,14 +98,21 @@ def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
 ))
 def query_top(
     ctx: typer.Context,
-    by: str = option("total_sales", "--by", metavar="METRIC", help=f"Metric to rank by, one of: {', '.join(METRICS)} (default: total_sales)."),
+    by: str = option("total_sales", "--by", metavar="METRIC", help=f"What to rank by, one of: {_RANKED} (default: total_sales)."),
     limit: int = option(10, "--limit", metavar="N", help="How many clients (default: 10)."),
+    asc: bool = option(False, "--asc", help="The bottom: smallest first (clients with no value stay last)."),
+    min_orders: int | None = option(None, "--min-orders", metavar="N", help="Only clients with at least N orders in the window."),
+    active_only: bool = _ACTIVE_ONLY, show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE,
+    spark: bool = option(False, "--spark", help="Add a `trend` column: METRIC over the window's days, as a sparkline (a terminal table only)."),
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
-    """Clients ranked by the sum of METRIC over the window, with their names, sums and ratios."""
+    """Clients ranked by the sum of METRIC (or a ratio of sums) over the window, with their names, sums and ratios."""
     from ..reports import top
 
-    _report(ctx, fmt, columns, lambda conn, window: top(conn, window, by, limit), days, from_, to)
+    _drawn("--spark", spark, fmt, columns)
+    _report(ctx, fmt, columns, lambda conn, window: top(
+        conn, window, by, limit, ascending=asc, min_orders=min_orders, active_only=active_only, show_active=show_active,
+        compare=compare, spark=spark), days, from_, to)
 
 
 @query_app.command("client", epilog=examples(
@@ -90,12 +123,15 @@ def query_client(
     ctx: typer.Context,
     client_id: int = argument(..., metavar="ID", help="Client id."),
     daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
+    show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE, chart: bool = _CHART, chart_by: str = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
-    _report(ctx, fmt, columns, lambda conn, window: client(conn, window, client_id, daily), days, from_, to)
+    _drawn("--chart", chart, fmt, columns, chart_by)
+    _report(ctx, fmt, columns, lambda conn, window: client(
+        conn, window, client_id, daily, compare=compare, show_active=show_active, chart=chart_by if chart else None), days, from_, to)
 
 
 @query_app.command("totals", epilog=examples(
@@ -104,14 +140,44 @@ def query_client(
 ))
 def query_totals(
     ctx: typer.Context,
-    by: str | None = option(None, "--by", metavar="day|week|month",
-        help="One row per day, week (from Monday) or month (default: one row for the window)."),
+    by: str | None = option(None, "--by", metavar="day|week|month|platform",
+        help="One row per day, week (from Monday) or month, or per platform with its shares (default: one row for the window)."),
+    compare: str | None = _COMPARE,
+    mark_partial: bool = option(False, "--mark-partial",
+        help="With --by day|week|month: add each period's days in the window (`days`), and mark (`partial`, `*`) "
+             "the periods the window cuts or with fewer days of data than days."),
+    chart: bool = _CHART, chart_by: str = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
-    """All clients together, per platform: one row, or one per day, week or month."""
+    """All clients together, per platform: one row, or one per day, week, month or platform."""
     from ..reports import totals
 
-    _report(ctx, fmt, columns, lambda conn, window: totals(conn, window, by), days, from_, to)
+    _drawn("--chart", chart, fmt, columns, chart_by)
+    _report(ctx, fmt, columns, lambda conn, window: totals(
+        conn, window, by, compare=compare, mark_partial=mark_partial, chart=chart_by if chart else None), days, from_, to)
+
+
+@query_app.command("movers", epilog=examples(
+    "delivery-sync query movers --days 7 --min-base 5000000",
+    "delivery-sync query movers --by ads_roas --compare year --rank change --format csv",
+))
+def query_movers(
+    ctx: typer.Context,
+    by: str = option("total_sales", "--by", metavar="METRIC", help=f"What moved, one of: {_RANKED} (default: total_sales)."),
+    limit: int = option(10, "--limit", metavar="N", help="How many clients rose, fell and lag, each (default: 10)."),
+    compare: str = option("previous", "--compare", metavar="previous|year",
+        help="Against the same-length window just before, or the same days a year earlier (default: previous)."),
+    min_base: float | None = option(None, "--min-base", metavar="X",
+        help="Rank only clients whose METRIC was at least X in the base window (tiny bases make huge percents)."),
+    rank: str = option("pct", "--rank", metavar="pct|change", help="Rank by the change in percent or in value (default: pct)."),
+    active_only: bool = _ACTIVE_ONLY,
+    days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
+) -> None:
+    """The clients whose METRIC rose and fell most against a base window; those that stopped sending data are listed apart."""
+    from ..reports import movers
+
+    _report(ctx, fmt, columns, lambda conn, window: movers(
+        conn, window, by, limit, compare, min_base=min_base, rank=rank, active_only=active_only), days, from_, to)
 
 
 @query_app.command("changes", epilog=examples(

@@ -124,19 +124,27 @@ def _report_table(rep) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    width = terminal_width()
+    if rep.chart:
+        _bar_chart(rep, width or 80)
+        return
     keys = rep.table_columns or rep.columns
     rows = rep.rows if rep.table_rows is None else rep.table_rows
-    columns = [
-        _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
-        for key in keys
-    ]
-    width = terminal_width()
-    layout = None if rep.single else _fit(columns, min(rep.keep, len(columns)), width)
+    if rep.figures:  # one row against a base window: a figure a line, its values side by side
+        columns, rows = _comparison_columns(rep.rows[0], rep.figures), rep.figures
+    else:
+        columns = [
+            _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
+            for key in keys
+        ]
+    single = rep.single and not rep.figures
+    layout = None if single else _fit(columns, min(2 if rep.figures else rep.keep, len(columns)), width)
     natural = _table_width([c.natural for c in columns])
     console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
-    if rep.single and rep.rows:
+    _subtitle(console, rep.subtitle)
+    if single and rep.rows:
         table = Table(show_header=False)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(justify="right", overflow="fold")
@@ -161,6 +169,72 @@ def _report_table(rep) -> None:
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
         console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
+
+
+def _subtitle(console, subtitle: str) -> None:
+    """The lines under a title (ours, never remote text: a line each)."""
+    from rich.text import Text
+
+    for line in subtitle.splitlines():
+        console.print(Text(safe(line)), soft_wrap=True)
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _bar_chart(rep, width: int) -> None:
+    """One line per row: its label, its value as the table shows it, and a bar as long as the
+    value is large (eighths of a character), all within `width`. Zero, negative and NULL values
+    draw no bar. Colour only where rich finds a terminal that wants it (NO_COLOR is honoured)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    label_key, value_key = rep.chart
+    shown = rep.rows if rep.table_rows is None else rep.table_rows
+    labels = [safe(str(row[label_key])) for row in shown]
+    values = [row[value_key] for row in rep.rows]
+    cells = [_cell(value_key, value) for value in values]
+    largest = max((v for v in values if v is not None and v > 0), default=0)
+    label_width, cell_width = max(map(len, labels), default=0), max(map(len, cells), default=0)
+    room = max(1, width - label_width - cell_width - 4)
+    console = Console(highlight=False, width=width)
+    if rep.title:
+        console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
+    console.print(Text(f"{_label(value_key)} per {_label(label_key)}", style="dim"), soft_wrap=True)
+    _subtitle(console, rep.subtitle)
+    for label, cell, value in zip(labels, cells, values):
+        eighths = round(value / largest * room * 8) if largest and value is not None and value > 0 else 0
+        bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+        console.print(Text.assemble(f"{label:<{label_width}}  {cell:>{cell_width}}  ", (bar, "cyan")), no_wrap=True)
+    if not rep.rows:
+        console.print("no data in this window", soft_wrap=True)
+
+
+def sparkline(values: list) -> str:
+    """Values as one character each, from ▁ (the smallest) to █ (the largest); a space for NULL."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return " " * len(values)
+    low, high = min(present), max(present)
+    steps = len(_SPARKS) - 1
+    return "".join(" " if v is None else _SPARKS[round((v - low) / (high - low) * steps) if high > low else steps // 2]
+                   for v in values)
+
+
+def _comparison_columns(row: dict, figures: list[str]) -> list[_Column]:
+    """The columns of a compared row shown a figure a line: figure, current, change %, base, change
+    (in that order of importance: a narrow terminal drops the last first; the title names both windows)."""
+    def cells(suffix: str) -> list[str]:
+        return [_cell(f"{figure}{suffix}", row[f"{figure}{suffix}"]) for figure in figures]
+
+    return [
+        _Column("figure", [_label(figure) for figure in figures], False),
+        _Column("current", cells(""), True),
+        _Column("change %", cells("_change_pct"), True),
+        _Column("base", cells("_base"), True),
+        _Column("change", cells("_change"), True),
+    ]
 
 
 def left_out_line(names: list[str], width: int) -> str:
@@ -193,7 +267,10 @@ def _numeric(key: str, rows: list[dict]) -> bool:
 
 
 def _label(column: str) -> str:
-    """A header: `total sales`; a `query sql` alias may hold anything, so it is made safe like a cell."""
+    """A header: `total sales`, `total sales change %`; a `query sql` alias may hold anything, so
+    it is made safe like a cell."""
+    if column.endswith("_change_pct"):
+        column = column.removesuffix("_pct") + " %"
     return safe(column.replace("_", " "))
 
 
@@ -206,12 +283,24 @@ def _cell(column: str, value, raw: bool = False) -> str:
     """
     if value is None:
         return "NULL" if raw else "-"
+    if isinstance(value, list):  # a series (top --spark)
+        return sparkline(value)
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return safe(str(value))
     if raw or column in ("client_id", "id", "run_id"):
         return str(value)
+    # A comparison: the base as its figure, the change signed, the change in percent.
+    if column.endswith("_change_pct"):
+        return f"{value:+,.1f}%"
+    if column.endswith("_change"):
+        sign = "+" if value > 0 else "-" if value < 0 else ""
+        return sign + _cell(column.removesuffix("_change"), abs(value))
+    if column.endswith("_base"):
+        return _cell(column.removesuffix("_base"), value)
+    if column == "sales":  # the platform split's
+        return f"Rp {value:,.0f}"
     if column.endswith(("_sales", "_spend")) or column == "avg_order_value":
         return f"Rp {value:,.0f}"
     if column.endswith("_roas"):

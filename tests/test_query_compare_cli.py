@@ -1,0 +1,227 @@
+"""`delivery-sync query` comparisons, rankings, movers and the platform split end to end:
+every format, 80-column tables, window flags and bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from test_reports import NOW, TODAY, build_replica, expected_clients, expected_overall, load_rows
+
+from delivery_sync.render.tables import _cell
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory) -> Path:
+    return build_replica(tmp_path_factory.mktemp("query_compare") / "replica.db")
+
+
+@pytest.fixture
+def query(cli, replica, monkeypatch):
+    """`delivery-sync --db REPLICA query ARGS...` on 10 March in Bali, on an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*args: str):
+        with freeze_time(NOW):
+            return cli("--db", str(replica), "query", *args)
+
+    return run
+
+
+def widest(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def test_top_compare_json_and_csv_carry_both_periods(query, replica):
+    rows = load_rows(replica)
+    result = query("top", "--days", "7", "--limit", "3", "--compare", "previous", "--format", "json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    now = expected_clients(rows, date(2026, 3, 4), TODAY)
+    before = expected_clients(rows, date(2026, 2, 25), date(2026, 3, 3))
+    for row in data:
+        c = row["client_id"]
+        assert (row["period_start"], row["base_period_start"], row["base_period_end"]) == ("2026-03-04", "2026-02-25", "2026-03-03")
+        assert row["total_sales_base"] == pytest.approx(before[c]["total_sales"])
+        assert row["total_sales_change"] == pytest.approx(now[c]["total_sales"] - before[c]["total_sales"])
+        assert row["total_sales_change_pct"] == pytest.approx(
+            (now[c]["total_sales"] - before[c]["total_sales"]) / before[c]["total_sales"] * 100)
+    as_csv = query("top", "--days", "7", "--limit", "3", "--compare", "previous", "--format", "csv").stdout
+    header, *lines = list(csv.reader(io.StringIO(as_csv)))
+    assert header == list(data[0]) and len(lines) == 3
+    assert float(dict(zip(header, lines[0]))["total_orders_change"]) == data[0]["total_orders_change"]
+
+
+def test_a_missing_base_is_a_dash_in_the_table_and_empty_in_csv(query):
+    # The replica starts on 2026-01-20: nothing a year earlier.
+    table = query("totals", "--days", "7", "--compare", "year")
+    assert table.code == 0, table.stderr
+    assert "Totals, all clients, 2026-03-04..2026-03-10\nagainst 2025-03-04..2025-03-10 (year)" in table.stdout
+    line = next(line for line in table.stdout.splitlines() if line.startswith("│ total sales"))
+    assert line.split("│")[3].strip() == "-" and line.split("│")[4].strip() == "-"  # change %, base
+    assert widest(table.stdout) <= 80
+    header, row = list(csv.reader(io.StringIO(query("totals", "--days", "7", "--compare", "year", "--format", "csv").stdout)))
+    cells = dict(zip(header, row))
+    assert (cells["total_sales_base"], cells["total_sales_change"], cells["total_sales_change_pct"]) == ("", "", "")
+    assert cells["clients_with_data_base"] == "0"
+
+
+def test_client_compare_table_is_a_figure_a_line_within_80_columns(query, replica):
+    result = query("client", "2", "--days", "7", "--compare", "previous")
+    assert result.code == 0, result.stderr
+    assert widest(result.stdout) <= 80
+    now = expected_clients(load_rows(replica), date(2026, 3, 4), TODAY)[2]
+    before = expected_clients(load_rows(replica), date(2026, 2, 25), date(2026, 3, 3))[2]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("│ total orders"))
+    cells = [cell.strip() for cell in line.split("│")[1:-1]]
+    diff = now["total_orders"] - before["total_orders"]
+    assert cells == ["total orders", f"{now['total_orders']:,}", f"{diff / before['total_orders'] * 100:+,.1f}%",
+                     f"{before['total_orders']:,}"]
+
+
+def test_top_compare_table_fits_80_columns_with_the_ranked_change(query):
+    result = query("top", "--days", "30", "--limit", "5", "--compare", "previous")
+    assert result.code == 0, result.stderr
+    assert widest(result.stdout) <= 80
+    assert "total sales change %" in " ".join(result.stdout.replace("┃", " ").split())
+    assert "%" in result.stdout and "left out:" in result.stdout
+
+
+def test_change_cells_are_signed_in_the_figure_own_unit():
+    assert _cell("total_sales_change", -1234.4) == "-Rp 1,234"
+    assert _cell("total_sales_change", 5000.0) == "+Rp 5,000"
+    assert _cell("total_orders_change", 0) == "0"
+    assert _cell("fake_order_rate_change", -0.0125) == "-1.25%"
+    assert _cell("ads_roas_change_pct", 12.345) == "+12.3%"
+    assert _cell("avg_order_value_base", 70165.2) == "Rp 70,165"
+
+
+@pytest.mark.parametrize("args, window", [
+    (("--to", "yesterday"), ("2026-02-08", "2026-03-09")),
+    (("--days", "7", "--to", "yesterday"), ("2026-03-03", "2026-03-09")),
+    (("--days", "7", "--to", "2026-03-01"), ("2026-02-23", "2026-03-01")),
+    (("--from", "2026-03-01", "--to", "yesterday"), ("2026-03-01", "2026-03-09")),
+])
+def test_to_yesterday_and_days_ending_on_a_date(query, replica, args, window):
+    result = query("totals", *args, "--format", "json")
+    assert result.code == 0, result.stderr
+    row, = json.loads(result.stdout)
+    assert (row["period_start"], row["period_end"]) == window
+    expected = expected_overall(load_rows(replica), date.fromisoformat(window[0]), date.fromisoformat(window[1]))
+    assert row["total_sales"] == pytest.approx(expected["total_sales"])
+
+
+def test_top_by_ratio_ascending_with_floor_and_active_column(query, replica):
+    result = query("top", "--by", "avg_order_value", "--asc", "--min-orders", "100", "--show-active", "--days", "7",
+                   "--limit", "3", "--format", "json")
+    assert result.code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    expected = expected_clients(load_rows(replica), date(2026, 3, 4), TODAY)
+    kept = [c for c in expected if (expected[c]["total_orders"] or 0) >= 100]
+    assert [r["client_id"] for r in rows] == sorted(kept, key=lambda c: (expected[c]["avg_order_value"], c))[:3]
+    assert all(r["active"] == 1 for r in rows) and list(rows[0])[:3] == ["client_id", "name", "active"]
+    table = query("top", "--by", "avg_order_value", "--asc", "--min-orders", "100", "--days", "7", "--limit", "3")
+    assert "Bottom 3 clients by avg_order_value, 2026-03-04..2026-03-10, at least 100 orders" in table.stdout
+
+
+def test_movers_in_every_format(query):
+    as_json = json.loads(query("movers", "--days", "7", "--limit", "2", "--format", "json").stdout)
+    assert [r["direction"] for r in as_json] == ["rose", "rose", "fell", "fell"]
+    assert as_json[0]["total_sales_change_pct"] >= as_json[1]["total_sales_change_pct"] > 0
+    assert as_json[2]["total_sales_change_pct"] <= as_json[3]["total_sales_change_pct"] < 0
+    header, *rows = list(csv.reader(io.StringIO(query("movers", "--days", "7", "--limit", "2", "--format", "csv").stdout)))
+    assert header == list(as_json[0]) and len(rows) == 4
+    table = query("movers", "--days", "7", "--limit", "2")
+    assert table.code == 0 and widest(table.stdout) <= 80
+    assert "Movers by total_sales (percent), 2026-03-04..2026-03-10\nagainst 2026-02-25..2026-03-03 (previous)" in table.stdout
+
+
+def test_totals_by_platform_table_and_json(query, replica):
+    table = query("totals", "--by", "platform", "--days", "7")
+    assert table.code == 0 and widest(table.stdout) <= 80
+    assert "│ Grab " in table.stdout and "│ GoJek " in table.stdout
+    grab, gojek = json.loads(query("totals", "--by", "platform", "--days", "7", "--format", "json").stdout)
+    e = expected_overall(load_rows(replica), date(2026, 3, 4), TODAY)
+    assert grab["orders_share"] == pytest.approx(e["grab_orders"] / (e["grab_orders"] + e["gojek_orders"]))
+    assert f"{grab['sales_share'] * 100:.2f}%" in table.stdout and f"{gojek['sales_share'] * 100:.2f}%" in table.stdout
+
+
+def test_partial_periods_are_marked_in_every_format(query):
+    args = ("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--mark-partial")
+    table = query(*args)
+    assert table.code == 0 and widest(table.stdout) <= 80
+    lines = table.stdout.splitlines()
+    assert lines[1] == "* partial: cut by the window, or fewer days with data than days"
+    assert any(line.startswith("│ 2026-01-26 * │") for line in lines)  # only 2026-02-01, a Sunday, is in the window
+    assert any(line.startswith("│ 2026-02-02   │") for line in lines)
+    as_csv = query(*args, "--columns", "period,days,partial", "--format", "csv")
+    assert as_csv.stdout.splitlines() == ["period,days,partial", "2026-01-26,1,1", "2026-02-02,7,0", "2026-02-09,7,0",
+                                          "2026-02-16,7,0", "2026-02-23,6,1"]
+    as_json = json.loads(query(*args, "--format", "json").stdout)
+    assert list(as_json[0])[:5] == ["period", "period_start", "period_end", "days", "partial"]
+    assert [(w["days"], w["partial"]) for w in as_json] == [(1, 1), (7, 0), (7, 0), (7, 0), (6, 1)]
+    plain = query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--format", "json")
+    assert "days" not in json.loads(plain.stdout)[0]
+
+
+def test_totals_chart_draws_proportional_bars_within_80_columns(query, replica):
+    cut = query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-03-01", "--chart").stdout.splitlines()
+    assert cut[2] == "* partial: cut by the window, or fewer days with data than days" and cut[3].startswith("2026-01-26 *  ")
+    result = query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["Totals per week, all clients, 2026-02-02..2026-03-01", "total sales per period"]
+    bars = {line.split()[0]: line.split("  ")[-1] for line in lines[2:]}
+    assert list(bars) == ["2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23"]
+    assert widest(result.stdout) == 80 and "\x1b" not in result.stdout  # a pipe: no colour codes
+    weekly = {w["period"]: w["total_sales"] for w in json.loads(
+        query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--format", "json").stdout)}
+    largest = max(weekly.values())
+    room = 80 - len("2026-02-02") - len(_cell("total_sales", largest)) - 4
+    for period, bar in bars.items():
+        eighths = len(bar.rstrip(" ▏▎▍▌▋▊▉")) * 8 + (" ▏▎▍▌▋▊▉".index(bar[-1]) if bar[-1] != "█" else 0)
+        assert eighths == round(weekly[period] / largest * room * 8)
+
+
+def test_client_daily_chart_and_top_spark_on_the_terminal(query):
+    chart = query("client", "2", "--daily", "--days", "5", "--chart", "--chart-by", "avg_order_value")
+    assert chart.code == 0 and chart.stdout.splitlines()[1] == "avg order value per stat date"
+    assert [line.split()[0] for line in chart.stdout.splitlines()[2:]] == ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
+    spark = query("top", "--days", "7", "--limit", "3", "--spark")
+    assert spark.code == 0 and widest(spark.stdout) <= 80 and "trend" in spark.stdout
+    assert sum(c in "▁▂▃▄▅▆▇█" for c in spark.stdout) >= 3 * 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (("totals", "--by", "week", "--chart", "--format", "csv"), "--chart draws in a table: csv and json carry the numbers"),
+    (("top", "--spark", "--format", "json"), "--spark draws in a table"),
+    (("totals", "--by", "week", "--chart", "--columns", "period"), "--chart does not combine with --columns"),
+    (("totals", "--chart"), "--chart draws the periods of --by day|week|month"),
+    (("client", "2", "--chart"), "use it with --daily"),
+    (("totals", "--by", "week", "--chart-by", "ads_roas"), "--chart-by says what --chart draws: add --chart"),
+    (("top", "--days", "7", "--to", "yesterday", "--from", "2026-03-01"), "either --days or --from/--to"),
+])
+def test_charts_are_never_drawn_into_csv_or_json(query, args, message):
+    result = query(*args)
+    assert result.code == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_charts_honour_no_color_on_a_terminal(replica, tmp_path):
+    import os
+    import sys
+
+    from conftest import run_on_terminal
+
+    exe = str(Path(sys.executable).with_name("delivery-sync"))
+    args = [exe, "--db", str(replica), "query", "totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart"]
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "DELIVERY_SYNC_STATUS__STALE_AFTER_HOURS": "500000"}
+    env.pop("NO_COLOR", None)
+    code, coloured = run_on_terminal(args, tmp_path, env, stream="stdout")
+    assert code == 0 and "\x1b[36m" in coloured and "█" in coloured
+    code, plain = run_on_terminal(args, tmp_path, {**env, "NO_COLOR": "1"}, stream="stdout")
+    assert code == 0 and "\x1b[36m" not in plain and "█" in plain
