@@ -38,6 +38,10 @@ class Dialect:
         """`day` moved by a whole number of days."""
         return f"date({day}, '{int(days):+d} days')"
 
+    def days_between(self, later: str, earlier: str) -> str:
+        """Whole days from `earlier` to `later`."""
+        return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
+
     def is_number(self, value: str) -> str:
         """Whether a value of stat_changes is a number."""
         return f"typeof({value}) IN ('integer', 'real')"
@@ -81,6 +85,9 @@ class PostgresDialect(Dialect):
 
     def plus_days(self, day: str, days: int) -> str:
         return f"(CAST({day} AS DATE) + {int(days)})"
+
+    def days_between(self, later: str, earlier: str) -> str:
+        return f"(CAST({later} AS DATE) - CAST({earlier} AS DATE))"
 
     def is_number(self, value: str) -> str:
         return f"jsonb_typeof({value}) = 'number'"

@@ -156,11 +156,11 @@ def _trends(conn: sqlite3.Connection, window: Window, clients: list[int], by: st
     step = -(-window.days // SPARK_POINTS)
     points = window.days // step
     start = window.end - timedelta(days=points * step - 1)
-    span = f"CAST(julianday(stat_date) - julianday(:start) AS INTEGER) / {step}"
+    span = f"{dialect_of(conn).days_between('stat_date', ':start')} / {step}"
     sums = (f"SELECT client_id, {span} AS point, {SUMS} FROM client_stats "
             f"WHERE client_id IN ({id_list(clients)}) AND stat_date BETWEEN :start AND :end GROUP BY client_id, point")
     series: dict[int, list] = {c: [None] * points for c in clients}
-    sql = f"SELECT client_id, point, {by} FROM ({with_ratios(sums, ['client_id', 'point', *METRICS])})"
+    sql = f"SELECT client_id, point, {by} FROM ({with_ratios(sums, ['client_id', 'point', *METRICS])}) AS points"
     for client_id, point, value in conn.execute(sql, {"start": start.isoformat(), "end": window.end.isoformat()}):
         series[client_id][point] = value
     return series
@@ -481,9 +481,9 @@ def _values(conn: sqlite3.Connection, window: Window, by: str) -> dict[int, floa
         sql, params = f"SELECT client_id, {by} FROM client_aggregates WHERE period = :period", plan.params()
     elif plan.current:
         sql, params = window_values(window.start, window.end, by)
-        sql = f"SELECT client_id, {by} FROM ({sql})"
+        sql = f"SELECT client_id, {by} FROM ({sql}) AS sums"
     else:
-        sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)})", window.params()
+        sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
     return dict(conn.execute(sql, params).fetchall())
 
 

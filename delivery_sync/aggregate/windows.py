@@ -69,13 +69,13 @@ def _per_client_sum(column: str, raw: bool) -> str:
 def added_per_client(parts: list[str], columns: list[str] = SUMMED) -> str:
     """The per-client sums of `columns` over the partial-sum rows (client_id, *columns) of `parts`."""
     added = ", ".join(f"SUM({c}) AS {c}" for c in columns)
-    return f"SELECT client_id, {added} FROM ({' UNION ALL '.join(parts)}) GROUP BY client_id"
+    return f"SELECT client_id, {added} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY client_id"
 
 
 def client_window_sums(start: date, end: date, clients: list[int] | None = None) -> tuple[str, dict]:
     """`window_parts` with amounts back in rupiah: the columns and numbers of CLIENT_SUMS."""
     sql, params = window_parts(start, end, clients)
-    return f"SELECT client_id, days_with_data, {STORED} FROM ({sql})", params
+    return f"SELECT client_id, days_with_data, {STORED} FROM ({sql}) AS cents", params
 
 
 def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = ()) -> tuple[str, dict]:
@@ -92,7 +92,7 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     sql, params = window_parts(start, end, columns=inputs)
     rupiah = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
-    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {rupiah} FROM ({sql}))", params
+    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {rupiah} FROM ({sql}) AS cents) AS rupiah", params
 
 
 def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
@@ -111,7 +111,7 @@ def window_ranking(start: date, end: date, metric: str, *, ascending: bool = Fal
         filters.append("client_id IN (SELECT id FROM clients WHERE active = 1)")
     where = f" WHERE {' AND '.join(filters)}" if filters else ""
     order = "ASC" if ascending else "DESC"
-    return f"SELECT client_id FROM ({sql}){where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
+    return f"SELECT client_id FROM ({sql}) AS ranked{where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
 
 
 def clients_with_data(start: str, end: str) -> str:
