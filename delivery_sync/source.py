@@ -11,6 +11,7 @@ Knows nothing of SQLite or the terminal. Errors are classified once, here:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import json as jsonlib
@@ -21,7 +22,7 @@ import threading
 import time
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -38,7 +39,15 @@ BATCH_ABSENT_STATUSES = frozenset({404, 405})
 BATCH_PATH = "/api/v1/getBatchStats"
 # Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
 MAX_RETRY_AFTER = 300.0
-REDACTED = b"[redacted]"
+REDACTED = "[redacted]"
+# The most characters of one text value the remote sends (a name, an error text, an `extra` value, a
+# key) that are kept; the rest is cut, with CUT_MARK saying how much. Every table, log line and
+# status output then stays readable whatever the remote sends.
+MAX_TEXT = 4096
+CUT_MARK = "...[{} more characters cut]"
+# Deeper answers are "not JSON": nothing the remote means to send is nested like that, and every
+# later step (records, json.dumps of `extra`) then works far from Python's recursion limit.
+MAX_DEPTH = 64
 # Nor longer than this in all the waits of one request: 5 retries x 300 s would be 25 minutes.
 MAX_TOTAL_WAIT = 300.0
 
@@ -140,7 +149,9 @@ class SourceClient:
         token = settings.token.get_secret_value()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._secrets = _secret_forms(token, urlsplit(self.base_url).password)
+        parts = urlsplit(self.base_url)
+        self._secrets = _secret_forms(token, parts.password and unquote(parts.password),
+                                      parts.password and _basic(unquote(parts.username or ""), unquote(parts.password)))
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -342,31 +353,48 @@ class SourceClient:
 
     def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
         try:
-            payload = jsonlib.loads(self.redact(body))
-        except ValueError:
+            payload = self._clean(jsonlib.loads(body, parse_constant=str))
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's own limit
             payload = None
         if response.is_error:
             detail = payload.get("error") if isinstance(payload, dict) else None
             if accept_error_body and isinstance(payload, dict):
                 return {**payload, "success": False, "http_status": response.status_code}
-            raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
+            raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {_cut(str(detail))}" if detail else ""))
         if response.is_redirect:  # never followed: the token would go along to wherever it points
-            location = redact_url(response.headers.get("Location", "?"))
+            location = _cut(self.redact_text(redact_url(response.headers.get("Location", "?"))))
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code} redirect to {location} (set source.url to the new address)")
         if payload is None:
             raise ClientFetchFailed(f"{what}: the answer is not JSON")
         return payload
 
-    def redact(self, content: bytes) -> bytes:
-        """An answer's bytes with our token and URL password replaced, before anything reads them.
+    def _clean(self, value: Any, depth: int = 0) -> Any:
+        """A decoded answer with every string (keys too) redacted, then cut to MAX_TEXT characters.
 
-        The one place remote text enters: an error body, a name or a row field that
-        echoes a secret is then never printed, logged or stored with it.
+        Redaction works on the decoded text, so a secret the remote sent JSON-escaped
+        (`\\u0073...`) is caught like a plain one. NaN and Infinity, which JSON does not
+        have, were decoded as the strings "NaN", "Infinity" and "-Infinity" (`parse_constant`):
+        a metric sent so is rejected, and `extra` stays valid JSON. Raises ValueError
+        when nested deeper than MAX_DEPTH.
         """
+        if isinstance(value, str):
+            return _cut(self.redact_text(value))
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            return {self._clean(key, depth + 1): self._clean(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._clean(item, depth + 1) for item in value]
+        return value
+
+    def redact_text(self, text: str) -> str:
+        """Remote text with our token and URL password (and the Basic form of it) replaced by
+        `[redacted]`: the one place remote text enters, so an error body, a name or a row field
+        that echoes a secret is never printed, logged or stored with it."""
         for secret in self._secrets:
-            if secret in content:
-                content = content.replace(secret, REDACTED)
-        return content
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -403,14 +431,23 @@ def _speaks_tls(base_url: str) -> bool:
         return False
 
 
-def _secret_forms(*secrets: str | None) -> tuple[bytes, ...]:
-    """Each secret as it may appear in an answer: raw, and as JSON escapes it (`/` as `\\/`)."""
-    forms: set[bytes] = set()
+def _secret_forms(*secrets: str | None) -> tuple[str, ...]:
+    """Each secret as it may appear in decoded remote text: as is, and percent-encoded (in a URL)."""
+    forms: set[str] = set()
     for secret in secrets:
         if secret and len(secret) >= 4:  # a one-letter password would blank every such letter
-            raw = secret.encode()
-            forms.update({raw, jsonlib.dumps(secret)[1:-1].encode(), jsonlib.dumps(secret)[1:-1].replace("/", "\\/").encode()})
+            forms.update({secret, quote(secret, safe=""), quote_plus(secret, safe="")})
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _basic(username: str, password: str) -> str:
+    """The credentials of an `Authorization: Basic ...` header, as httpx sends a URL's user:password."""
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _cut(text: str) -> str:
+    """Remote text of at most MAX_TEXT characters, and a marker saying how much was cut."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + CUT_MARK.format(len(text) - MAX_TEXT)
 
 
 def _waited_enough(state: RetryCallState) -> bool:
