@@ -159,6 +159,14 @@ class SourceClient:
             limits=httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency),
         )
         self._in_flight = threading.BoundedSemaphore(settings.concurrency)
+        # Answers are read at once on `concurrency` threads, each up to max_answer_mb. Each may grow
+        # to its share of max_answer_mb freely; beyond that it needs `_large`, which one answer
+        # holds at a time until it is decoded. The answers in memory then hold about twice
+        # max_answer_mb in all, never concurrency x max_answer_mb; nothing waits while holding
+        # `_large`, so no reader deadlocks.
+        self._share = int(settings.max_answer_mb * 1024 * 1024 / settings.concurrency)
+        self._large = threading.Lock()
+        self._holds_large = threading.local()  # .held: this thread's answer holds `_large`
         self._rate = _RateLimiter(settings.min_interval)
         self._count_lock = threading.Lock()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
@@ -242,26 +250,35 @@ class SourceClient:
             reraise=True,
         )
         try:
-            response, body = retrying(self._send, method, path, what, params, json, timeout)
-        except RetryableStatus as exc:
-            if accept_error_body:
-                response, body = exc.response, exc.body
-            else:
-                raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
-        except httpx.TransportError as exc:
-            raise SourceUnreachable(
-                f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
-            ) from None
-        if response.status_code in absent:
-            raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
-        return self._decode(response, body, what, accept_error_body)
+            try:
+                response, body = retrying(self._send, method, path, what, params, json, timeout)
+            except RetryableStatus as exc:
+                if accept_error_body:
+                    response, body = exc.response, exc.body
+                else:
+                    raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
+            except httpx.TransportError as exc:
+                raise SourceUnreachable(
+                    f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
+                ) from None
+            if response.status_code in absent:
+                raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
+            return self._decode(response, body, what, accept_error_body)
+        finally:
+            self._release_large()
+
+    def _release_large(self) -> None:
+        """Let the next large answer be read: this thread's is decoded, or failed."""
+        if getattr(self._holds_large, "held", False):
+            self._holds_large.held = False
+            self._large.release()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None without one)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def _send(self, method: str, path: str, what: str, params: dict | None, json: Any,
-              timeout: httpx.Timeout | None) -> tuple[httpx.Response, bytes]:
+              timeout: httpx.Timeout | None) -> tuple[httpx.Response, bytearray]:
         with self._in_flight:
             # Space starts only once a slot is ours: waiting for the slot after the
             # spacing would let two waiters start together when two slots free at once.
@@ -288,6 +305,9 @@ class SourceClient:
                 raise
             try:
                 body = self._read_body(response, what, started + budget)
+            except BaseException:
+                self._release_large()  # never held through the wait before a retry
+                raise
             finally:
                 response.close()
         # Our own request log: httpx's would print the URL with any user:password in it.
@@ -296,6 +316,7 @@ class SourceClient:
         if response.status_code in AUTH_STATUSES:
             raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
         if response.status_code in RETRY_STATUSES:
+            self._release_large()  # never held through the wait before a retry
             raise RetryableStatus(response, body)
         return response, body
 
@@ -308,7 +329,7 @@ class SourceClient:
             return "the server speaks TLS (use an https:// URL in source.url)"
         return None
 
-    def _read_body(self, response: httpx.Response, what: str, cut_off: float) -> bytes:
+    def _read_body(self, response: httpx.Response, what: str, cut_off: float) -> bytearray:
         """The decoded body, read as it streams in: at most `source.max_answer_mb`, and done by `cut_off`
         (time.monotonic()), else ClientFetchFailed (too large) or httpx.ReadTimeout (retried)."""
         limit = int(self.settings.max_answer_mb * 1024 * 1024)
@@ -334,6 +355,12 @@ class SourceClient:
                 body += chunk
                 if len(body) > limit:
                     raise ClientFetchFailed(self._too_large(what))
+                if len(body) > self._share and not getattr(self._holds_large, "held", False):
+                    # Past its share: wait (at most until the cut-off) for the one large-answer slot.
+                    self._holds_large.held = self._large.acquire(timeout=max(0.0, cut_off - time.monotonic()))
+                    if not self._holds_large.held:
+                        fired.set()
+                        break
                 if time.monotonic() > cut_off:
                     fired.set()
                     break
@@ -345,7 +372,7 @@ class SourceClient:
                 watchdog.cancel()
         if fired.is_set():
             raise httpx.ReadTimeout("the whole answer did not arrive within the timeout", request=response.request)
-        return bytes(body)
+        return body  # json.loads takes a bytearray: no bytes() copy of a large answer
 
     def _too_large(self, what: str) -> str:
         return (f"{what}: the answer is larger than source.max_answer_mb = {self.settings.max_answer_mb:g} MB "
@@ -360,7 +387,9 @@ class SourceClient:
             detail = payload.get("error") if isinstance(payload, dict) else None
             if accept_error_body and isinstance(payload, dict):
                 return {**payload, "success": False, "http_status": response.status_code}
-            raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {_cut(str(detail))}" if detail else ""))
+            if detail is not None and not isinstance(detail, str):  # an object or list: its text, cut too
+                detail = _cut(jsonlib.dumps(detail, ensure_ascii=False))
+            raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
         if response.is_redirect:  # never followed: the token would go along to wherever it points
             location = _cut(self.redact_text(redact_url(response.headers.get("Location", "?"))))
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code} redirect to {location} (set source.url to the new address)")

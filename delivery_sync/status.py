@@ -22,6 +22,8 @@ from .readonly import lock_holder, open_readonly, replica_exists, snapshot, writ
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
 LAG_DAYS = 2
+# A repair line names at most this many client ids; past that it advises the whole sync.
+MAX_ADVISED_IDS = 50
 
 
 @dataclass
@@ -258,7 +260,7 @@ def _judge(status: Status) -> Verdict:
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)
         advice = "delivery-sync sync"
-        if count < status.active_clients:
+        if count < status.active_clients and count <= MAX_ADVISED_IDS:  # else the whole sync: a runnable line
             advice += f" --clients {','.join(map(str, status.stale_clients))}"
         return Verdict(
             False,
@@ -332,4 +334,10 @@ def _repair(status: Status) -> str:
 
 
 def _ids(ids: list[int], limit: int = 10) -> str:
-    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")
+    return capped(ids, limit)
+
+
+def capped(items: list, limit: int) -> str:
+    """`1, 2, 3`, or past `limit` items `1, 2, 3 ... and 17 more`: a line stays readable with 10,000 of them."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

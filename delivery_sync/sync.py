@@ -22,6 +22,7 @@ from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import ClientRows, parse_clients
 from .replica import RunCounts
 from .source import SourceClient
+from .status import capped
 from .window import Window
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                     replica.record_unfetched(db, run_id, unfetched)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
-                        shown = ", ".join(map(str, unfetched[:20])) + (", ..." if len(unfetched) > 20 else "")
+                        shown = capped(unfetched, 20)
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True

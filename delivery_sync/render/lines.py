@@ -24,8 +24,10 @@ def sync_summary(result) -> str:
     if run["rows_deleted"]:
         parts.append(f"{run['rows_deleted']} deleted")
     if run["clients_failed"]:
-        failed = [str(cid) for cid, _ in result.failures if cid is not None]
-        shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
+        from ..status import capped
+
+        failed = [cid for cid, _ in result.failures if cid is not None]
+        shown = capped(failed, 10)
         parts.append(f"{run['clients_failed']} failed" + (f" ({shown})" if shown else ""))
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
         parts.append(plural(len(result.warnings), "warning"))
