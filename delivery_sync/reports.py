@@ -65,6 +65,8 @@ class Report:
     table_rows: list[dict] | None = None  # the rows as a terminal shows them, where that differs
     keep: int = 1  # the leading table columns a narrow terminal must still show (else rows are stacked)
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
+    more: bool = False  # query sql: the statement returns more rows than `rows` (--max-rows)
+    deadline: float | None = None  # query sql: time.monotonic() by which rendering must be done too (--max-seconds)
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -84,8 +86,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     """Clients ranked by the sum of `by` over the window (NULL sums last, ties by client id)."""
     if by not in METRICS:
         raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join(METRICS)}")
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    if not 1 <= limit < 2**63:  # SQLite cannot bind a larger one
+        raise UsageError(f"--limit must be at least 1 and below 2^63 (got {limit})")
     order = f"ORDER BY {by} IS NULL, {by} DESC, client_id LIMIT :limit"
     plan = _plan(conn, window)
     clients = None
@@ -210,8 +212,12 @@ def check_statement(statement: str) -> None:
             break
 
 
-def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
-    """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`."""
+def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10, max_rows: int | None = None) -> Report:
+    """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`.
+
+    Reads at most `max_rows` rows (the report's `more` then says whether there were more):
+    a statement returning millions of rows must not hold them all in memory to print them.
+    """
     check_statement(statement)
     deadline = time.monotonic() + max_seconds
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
@@ -221,7 +227,11 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
     try:
         cursor = conn.execute(statement)
         rows = []
-        while batch := cursor.fetchmany(1000):
+        wanted = None if max_rows is None else max_rows + 1  # one more tells whether there are more
+        while wanted is None or len(rows) < wanted:  # (fetchmany(0) would fetch every row)
+            batch = cursor.fetchmany(1000 if wanted is None else min(1000, wanted - len(rows)))
+            if not batch:
+                break
             rows.extend(batch)
             if time.monotonic() > deadline:  # fetching rows out of SQLite counts too
                 raise sqlite3.OperationalError("interrupted")
@@ -243,7 +253,9 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
         conn.set_progress_handler(None, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
     columns = _unique([d[0] for d in cursor.description or []])
-    return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
+    more = max_rows is not None and len(rows) > max_rows
+    return Report("", columns, [dict(zip(columns, row)) for row in rows[:max_rows]], columns, keep=len(columns), raw=True,
+                  more=more, deadline=deadline)
 
 
 def _unique(names: list[str]) -> list[str]:
