@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from .errors import NoReplica
 from .metrics import RUN_COUNTERS
 from .readonly import lock_holder, open_readonly, replica_exists, snapshot, writer_holds_lock
 
 # An active client whose latest day is more than this many days before today lags (SPEC §5).
 LAG_DAYS = 2
+# The small tables `status` reads, checked whole on every call (a few ms). client_stats is far too
+# large to check on every poll; the pages of it that status reads raise their own error, and every
+# writing run checks the whole file first.
+CHECKED_TABLES = ("sync_runs", "clients", "sync_failures", "meta")
+CORRUPT_ADVICE = "restore it from a backup, or move it away and run a full sync"
 # A repair line names at most this many client ids; past that it advises the whole sync.
 MAX_ADVISED_IDS = 50
 
@@ -66,6 +72,8 @@ class Status:
     missing_by_client: dict[int, int] = field(default_factory=dict)
     verdict: Verdict | None = None
     history: list[dict] | None = None  # the last N runs of any command, newest first (`--history N`)
+    unreadable: str | None = None  # why the replica could not be read (damaged, or no access): nothing above is known
+    unreadable_advice: str | None = None
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -77,8 +85,13 @@ class Status:
         return data
 
 
-def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
-    """Gather the status facts of the replica at `database` (which may not exist), with its last `history` runs."""
+def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history: int = 0,
+                tolerate_unopenable: bool = False) -> Status:
+    """Gather the status facts of the replica at `database` (which may not exist), with its last `history` runs.
+
+    A replica that is damaged (a check of the small tables, or any read, fails) is `unreadable`,
+    and so, with `tolerate_unopenable`, is one that cannot be opened at all (else NoReplica, exit 2).
+    """
     now = datetime.now(UTC)
     today = now.astimezone(tz).date()
     status = Status(
@@ -92,14 +105,27 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history:
     )
     if status.exists:
         status.database_bytes = _size(database)
-        conn = open_readonly(database)
+        try:
+            conn = open_readonly(database)
+        except NoReplica as exc:
+            if not tolerate_unopenable:
+                raise
+            status.unreadable, status.unreadable_advice = str(exc), exc.hint
+            status.verdict = judge(status)
+            return status
+        blank = replace(status)  # what is known before reading: all a damaged file leaves standing
         try:
             # A `running` row is dead when no writer held the lock before and after the snapshot
             # (a writer starting or finishing in between holds it at one of the two checks).
             idle = writer_holds_lock(database) is False
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
+                _check_intact(conn)
                 _read(conn, status, now, today, idle and writer_holds_lock(database) is False, history)
+        except sqlite3.DatabaseError as exc:  # a damaged file: nothing read from it can be vouched for
+            problem = " ".join(str(exc).replace("*** in database main ***", "").split())
+            status = replace(blank, unreadable=f"replica {database} is corrupt or unreadable ({problem})",
+                             unreadable_advice=CORRUPT_ADVICE)
         finally:
             conn.close()
         if not status.running and (holder := lock_holder(database)):
@@ -108,6 +134,18 @@ def read_status(database: Path, tz: ZoneInfo, stale_after_hours: float, history:
                                "started_at": holder["started_at"], "pid": holder["pid"]}]
     status.verdict = judge(status)
     return status
+
+
+def _check_intact(conn: sqlite3.Connection) -> None:
+    """Raise sqlite3.DatabaseError when a quick check of the small tables status reads, or the first
+    page of client_stats, finds damage: a status that says "yes" must not rest on a broken file."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table in (t for t in CHECKED_TABLES if t in tables):
+        problem = conn.execute(f"PRAGMA quick_check({table})").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(problem)
+    if "client_stats" in tables:
+        conn.execute("SELECT * FROM client_stats LIMIT 1").fetchall()
 
 
 def _size(database: Path) -> int:
@@ -250,6 +288,8 @@ def judge(status: Status) -> Verdict:
 def _judge(status: Status) -> Verdict:
     if not status.exists:
         return Verdict(False, f"no replica at {status.database} yet", "delivery-sync sync")
+    if status.unreadable:
+        return Verdict(False, status.unreadable, status.unreadable_advice)
     last = status.last_sync
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")

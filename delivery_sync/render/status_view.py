@@ -48,6 +48,8 @@ def show_status(status) -> None:
     console.print(head, soft_wrap=soft_wrap)
     if verdict.advice:
         line("Run:", verdict.advice, 5)
+    if status.unreadable:  # nothing else in it can be vouched for
+        return
     if not status.exists:
         console.print("(to try it without a remote: delivery-sync sync --source demo)", soft_wrap=True)
         return
