@@ -314,6 +314,12 @@ def _judge(status: Status) -> Verdict:
             f"stale, last ok sync finished {age_text(status.age_hours)} ago (limit {status.stale_after_hours:g} h)",
             "delivery-sync sync (and check that cron runs it)",
         )
+    rollup = status.last_aggregate
+    if rollup and rollup["status"] == "failed":
+        # The rows are fresh, but the rollups (and reports of stored periods) may not be.
+        when = stamp_text(rollup["finished_at"] or rollup["started_at"])
+        return Verdict(False, f"last aggregate failed at {when}: {rollup['error'] or 'no error recorded'}; "
+                              "the rollups may be out of date", "delivery-sync aggregate")
     reason = f"fresh, last sync ok {age_text(status.age_hours)} ago, data through {status.date_max}"
     if status.lagging_clients:
         # Not a failure (SPEC §5 --check), but the operator should see it in the headline.

@@ -8,6 +8,7 @@ always matches this code and needs no migration.
 from __future__ import annotations
 
 import calendar
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -121,7 +122,12 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
     db = replica.open_replica(database)
     refreshed = False
     try:
-        run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
+        try:
+            run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
+        except sqlite3.Error as exc:  # a full disk refuses even the run row: still a result to print
+            error = f"{_failure(database, exc)} (this failure could not be recorded)"
+            run = {"status": "failed", "error": error, **replica.RunCounts().as_row()}
+            return AggregateResult(run, as_of, seconds=time.monotonic() - began)
         with replica.closed_on_error(db, run_id):
             try:
                 with db.atomic():
@@ -134,12 +140,21 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
                     db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
                     run = replica.finish_run(db, run_id, "ok", _counts(db))
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
+                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), _failure(database, exc))
                 built = []
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)
     return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
+
+
+def _failure(database: Path, exc: Exception) -> str:
+    """Why an aggregate failed; a full disk (or file-size limit) said as the sync before it says it."""
+    from ..replica.schema import storage_error
+
+    if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o")):
+        return str(storage_error(database, exc))
+    return str(exc)
 
 
 def _counts(db: sqlite_utils.Database):
