@@ -123,3 +123,10 @@ def run_on_terminal(args: list[str], cwd: Path, env: dict, stream: str = "stderr
     finally:
         os.close(parent)
     return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def unstamped(text: str) -> str:
+    """stderr without the UTC time that starts each line off a terminal (`2026-12-02T01:00:03Z `)."""
+    import re
+
+    return re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "", text, flags=re.M)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import query_db, write_config
+from conftest import query_db, unstamped, write_config
 from hardening import integrity, run_cli
 
 
@@ -16,7 +16,7 @@ def test_a_full_disk_during_the_aggregate_after_an_ok_sync(tmp_path, demo, db_pa
     result = run_cli("--config", str(config), "sync", "--days-back", "1", "--clients", "1", fsize=200_000)
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr and "error:" not in result.stderr
-    [summary] = [line for line in result.stderr.splitlines() if "sync ok" in line]
+    [summary] = [line for line in unstamped(result.stderr).splitlines() if "sync ok" in line]
     assert summary.startswith("sync ok: 1/1 clients, 1 rows (0 inserted, 0 updated, 1 unchanged)")
     assert summary.endswith(f"; aggregate failed: cannot write replica {db_path}: disk I/O error "
                             "(disk full or file size limit reached)")
