@@ -16,6 +16,7 @@ import contextlib
 import email.utils
 import json as jsonlib
 import logging
+import math
 import re
 import socket
 import threading
@@ -380,7 +381,7 @@ class SourceClient:
 
     def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
         try:
-            payload = self._clean(jsonlib.loads(body, parse_constant=str))
+            payload = self._clean(jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text))
         except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's own limit
             payload = None
         if response.is_error:
@@ -402,9 +403,9 @@ class SourceClient:
 
         Redaction works on the decoded text, so a secret the remote sent JSON-escaped
         (`\\u0073...`) is caught like a plain one. NaN and Infinity, which JSON does not
-        have, were decoded as the strings "NaN", "Infinity" and "-Infinity" (`parse_constant`):
-        a metric sent so is rejected, and `extra` stays valid JSON. Raises ValueError
-        when nested deeper than MAX_DEPTH.
+        have, were decoded as the strings "NaN", "Infinity" and "-Infinity" (`parse_constant`),
+        and a number too large for a float (`1e400`) as its text: a metric sent so is rejected,
+        and `extra` stays valid JSON. Raises ValueError when nested deeper than MAX_DEPTH.
         """
         if isinstance(value, str):
             return _cut(self.redact_text(value))
@@ -472,6 +473,12 @@ def _secret_forms(*secrets: str | None) -> tuple[str, ...]:
 def _basic(username: str, password: str) -> str:
     """The credentials of an `Authorization: Basic ...` header, as httpx sends a URL's user:password."""
     return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _finite_or_text(text: str) -> float | str:
+    """A JSON number with a fraction or exponent as a float, or as its text when no float holds it."""
+    number = float(text)
+    return number if math.isfinite(number) else text
 
 
 def _cut(text: str) -> str:
