@@ -120,6 +120,15 @@ class SourceSettings(_Section):
             raise ValueError("must name a host, and a port from 1 to 65535 if any")
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr) -> SecretStr:
+        # Sent in a header: a line break would end it early (or add a header of its own), and
+        # non-ASCII bytes are not the same token to every server. Refused here, never sent.
+        if not all(" " <= char <= "~" for char in value.get_secret_value()):
+            raise ValueError("must be printable ASCII: no line break, tab, control or non-ASCII character")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -292,19 +301,22 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
 
 
-def _shown(value: Any) -> Any:
-    """A bad value as an error may quote it: a database URL without its password."""
-    if PostgresURL.matches(value):
-        return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1[redacted]@", value)
-    return value
+def _without_password(value: Any) -> Any:
+    """A URL as an error may show it: anything before the last `@` but the scheme (a user and password,
+    even in a URL too malformed to parse) replaced by `[redacted]`."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", lambda m: f"{m.group(1) or ''}[redacted]@", value, flags=re.DOTALL)
 
 
 def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:
     """One line naming the first bad key, where it may come from, and why."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
+    # A URL may carry a password: source.url, or database as postgresql://user:password@...
+    shown = _without_password(error.get("input")) if key in ("source.url", "database") else error.get("input")
     if key in FLAG_KEYS and _given(flags, error["loc"]):
-        return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {_shown(error['input'])!r})"
+        return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {shown!r})"
     env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
     where = f"{path} or {env}" if path else env
     if error["type"] == "extra_forbidden":
@@ -312,7 +324,7 @@ def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) ->
     else:
         reason = error["msg"].removeprefix("Value error, ")
         if "input" in error and not isinstance(error["input"], (dict, SecretStr)) and key != "source.token":
-            reason += f" (got {_shown(error['input'])!r})"
+            reason += f" (got {shown!r})"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"invalid config: {key}: {reason} [{where}]{suffix}"

@@ -163,10 +163,10 @@ class Connection:
     def close(self) -> None:
         self.conn.close()
 
-    def read_only_statement(self, statement: str, max_seconds: float) -> tuple[list[str], list[tuple]]:
+    def read_only_statement(self, statement: str, max_seconds: float, max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
         """`query sql` here: one statement in a transaction (read-only, as every transaction of a
         reader's session is), cancelled by the server after `max_seconds` (statement_timeout);
-        returns its column names and rows."""
+        returns its column names and its first `max_rows` rows (all without it)."""
         refused = _REFUSED_FUNCTIONS.search(statement)
         if refused:
             raise ReadOnlyViolation(f"refused: {refused.group(1)}() - query sql runs no function that reads files or reaches other servers")
@@ -175,7 +175,7 @@ class Connection:
                 self.conn.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(max(1, int(max_seconds * 1000)))))
                 cursor = self.conn.cursor(row_factory=_rows)
                 cursor.execute(statement, prepare=False)
-                rows = cursor.fetchall() if cursor.description else []
+                rows = [] if not cursor.description else cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows)
                 columns = [c.name for c in cursor.description or ()]
         except psycopg.errors.QueryCanceled:
             raise QueryTimeout(f"query interrupted after {max_seconds:g} s", hint="raise --max-seconds or narrow the query") from None
@@ -308,6 +308,12 @@ class PostgresReader:
 
     def connect(self) -> Connection:
         return open_readonly(self.url)
+
+    # A server checks its own pages; an error while reading still means nothing can be vouched for.
+    damage = (psycopg.Error,)
+
+    def check_intact(self, conn: Connection) -> None:
+        """Nothing to check: the server refuses to serve pages it finds damaged."""
 
     def writer_holds_lock(self) -> bool:
         return self.lock_holder() is not None

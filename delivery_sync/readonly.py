@@ -33,6 +33,8 @@ PRAGMAS_WITH_ARGUMENT = frozenset({
     "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
     "foreign_key_list", "integrity_check", "quick_check",
 })
+# The small tables `status` checks before it vouches for a replica (client_stats: its first page).
+CHECKED_TABLES = ("sync_runs", "clients", "sync_failures", "meta")
 # SQLITE_TRANSACTION lets a report BEGIN a read transaction: several statements, one snapshot.
 _ALLOWED_ACTIONS = {
     sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
@@ -186,6 +188,20 @@ class SqliteReader:
 
     def connect(self) -> sqlite3.Connection:
         return open_readonly(self.path)
+
+    # What reading a damaged file raises: `status` then says the replica cannot be trusted.
+    damage = (sqlite3.DatabaseError,)
+
+    def check_intact(self, conn: sqlite3.Connection) -> None:
+        """Raise sqlite3.DatabaseError when a quick check of the small tables status reads, or the first
+        page of client_stats, finds damage: a status that says "yes" must not rest on a broken file."""
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in (t for t in CHECKED_TABLES if t in tables):
+            problem = conn.execute(f"PRAGMA quick_check({table})").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+        if "client_stats" in tables:
+            conn.execute("SELECT * FROM client_stats LIMIT 1").fetchall()
 
     def writer_holds_lock(self) -> bool | None:
         return writer_holds_lock(self.path)

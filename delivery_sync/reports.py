@@ -72,6 +72,8 @@ class Report:
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
     subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
     chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
+    more: bool = False  # query sql: the statement returns more rows than `rows` (--max-rows)
+    deadline: float | None = None  # query sql: time.monotonic() by which rendering must be done too (--max-seconds)
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -100,8 +102,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     """
     if by not in METRICS and by not in RATIOS:
         raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    if not 1 <= limit < 2**63:  # SQLite cannot bind a larger one
+        raise UsageError(f"--limit must be at least 1 and below 2^63 (got {limit})")
     if min_orders is not None and min_orders < 0:
         raise UsageError(f"--min-orders must be at least 0 (got {min_orders})")
     base = base_window(window, compare) if compare is not None else None
@@ -544,14 +546,20 @@ def check_statement(statement: str) -> None:
             break
 
 
-def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Report:
-    """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`."""
+def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10, max_rows: int | None = None) -> Report:
+    """Run one read-only statement (see `check_statement`); interrupted with `QueryTimeout` after `max_seconds`.
+
+    Reads at most `max_rows` rows (the report's `more` then says whether there were more):
+    a statement returning millions of rows must not hold them all in memory to print them.
+    """
     check_statement(statement)
-    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL: the server times and fences it
-        names, rows = conn.read_only_statement(statement, max_seconds)
-        columns = _unique(names)
-        return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
     deadline = time.monotonic() + max_seconds
+    wanted = None if max_rows is None else max_rows + 1  # one more tells whether there are more
+    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL: the server times and fences it
+        names, rows = conn.read_only_statement(statement, max_seconds, wanted)
+        columns = _unique(names)
+        return Report("", columns, [dict(zip(columns, row)) for row in rows[:max_rows]], columns, keep=len(columns), raw=True,
+                      more=max_rows is not None and len(rows) > max_rows, deadline=deadline)
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     # One value can be built in a single VM step (`zeroblob(999999999)`): bound its size too.
@@ -559,7 +567,10 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
     try:
         cursor = conn.execute(statement)
         rows = []
-        while batch := cursor.fetchmany(1000):
+        while wanted is None or len(rows) < wanted:  # (fetchmany(0) would fetch every row)
+            batch = cursor.fetchmany(1000 if wanted is None else min(1000, wanted - len(rows)))
+            if not batch:
+                break
             rows.extend(batch)
             if time.monotonic() > deadline:  # fetching rows out of SQLite counts too
                 raise sqlite3.OperationalError("interrupted")
@@ -581,7 +592,9 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10) -> Re
         conn.set_progress_handler(None, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
     columns = _unique([d[0] for d in cursor.description or []])
-    return Report("", columns, [dict(zip(columns, row)) for row in rows], columns, keep=len(columns), raw=True)
+    more = max_rows is not None and len(rows) > max_rows
+    return Report("", columns, [dict(zip(columns, row)) for row in rows[:max_rows]], columns, keep=len(columns), raw=True,
+                  more=more, deadline=deadline)
 
 
 def _unique(names: list[str]) -> list[str]:

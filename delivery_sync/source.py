@@ -11,17 +11,19 @@ Knows nothing of SQLite or the terminal. Errors are classified once, here:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import json as jsonlib
 import logging
+import math
 import re
 import socket
 import threading
 import time
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -38,7 +40,15 @@ BATCH_ABSENT_STATUSES = frozenset({404, 405})
 BATCH_PATH = "/api/v1/getBatchStats"
 # Never sleep longer than this on one Retry-After: a broken header must not stall cron for hours.
 MAX_RETRY_AFTER = 300.0
-REDACTED = b"[redacted]"
+REDACTED = "[redacted]"
+# The most characters of one text value the remote sends (a name, an error text, an `extra` value, a
+# key) that are kept; the rest is cut, with CUT_MARK saying how much. Every table, log line and
+# status output then stays readable whatever the remote sends.
+MAX_TEXT = 4096
+CUT_MARK = "...[{} more characters cut]"
+# Deeper answers are "not JSON": nothing the remote means to send is nested like that, and every
+# later step (records, json.dumps of `extra`) then works far from Python's recursion limit.
+MAX_DEPTH = 64
 # Nor longer than this in all the waits of one request: 5 retries x 300 s would be 25 minutes.
 MAX_TOTAL_WAIT = 300.0
 
@@ -140,7 +150,9 @@ class SourceClient:
         token = settings.token.get_secret_value()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._secrets = _secret_forms(token, urlsplit(self.base_url).password)
+        parts = urlsplit(self.base_url)
+        self._secrets = _secret_forms(token, parts.password and unquote(parts.password),
+                                      parts.password and _basic(unquote(parts.username or ""), unquote(parts.password)))
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -148,6 +160,14 @@ class SourceClient:
             limits=httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency),
         )
         self._in_flight = threading.BoundedSemaphore(settings.concurrency)
+        # Answers are read at once on `concurrency` threads, each up to max_answer_mb. Each may grow
+        # to its share of max_answer_mb freely; beyond that it needs `_large`, which one answer
+        # holds at a time until it is decoded. The answers in memory then hold about twice
+        # max_answer_mb in all, never concurrency x max_answer_mb; nothing waits while holding
+        # `_large`, so no reader deadlocks.
+        self._share = int(settings.max_answer_mb * 1024 * 1024 / settings.concurrency)
+        self._large = threading.Lock()
+        self._holds_large = threading.local()  # .held: this thread's answer holds `_large`
         self._rate = _RateLimiter(settings.min_interval)
         self._count_lock = threading.Lock()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
@@ -231,26 +251,35 @@ class SourceClient:
             reraise=True,
         )
         try:
-            response, body = retrying(self._send, method, path, what, params, json, timeout)
-        except RetryableStatus as exc:
-            if accept_error_body:
-                response, body = exc.response, exc.body
-            else:
-                raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
-        except httpx.TransportError as exc:
-            raise SourceUnreachable(
-                f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
-            ) from None
-        if response.status_code in absent:
-            raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
-        return self._decode(response, body, what, accept_error_body)
+            try:
+                response, body = retrying(self._send, method, path, what, params, json, timeout)
+            except RetryableStatus as exc:
+                if accept_error_body:
+                    response, body = exc.response, exc.body
+                else:
+                    raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
+            except httpx.TransportError as exc:
+                raise SourceUnreachable(
+                    f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
+                ) from None
+            if response.status_code in absent:
+                raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
+            return self._decode(response, body, what, accept_error_body)
+        finally:
+            self._release_large()
+
+    def _release_large(self) -> None:
+        """Let the next large answer be read: this thread's is decoded, or failed."""
+        if getattr(self._holds_large, "held", False):
+            self._holds_large.held = False
+            self._large.release()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None without one)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def _send(self, method: str, path: str, what: str, params: dict | None, json: Any,
-              timeout: httpx.Timeout | None) -> tuple[httpx.Response, bytes]:
+              timeout: httpx.Timeout | None) -> tuple[httpx.Response, bytearray]:
         with self._in_flight:
             # Space starts only once a slot is ours: waiting for the slot after the
             # spacing would let two waiters start together when two slots free at once.
@@ -277,6 +306,9 @@ class SourceClient:
                 raise
             try:
                 body = self._read_body(response, what, started + budget)
+            except BaseException:
+                self._release_large()  # never held through the wait before a retry
+                raise
             finally:
                 response.close()
         # Our own request log: httpx's would print the URL with any user:password in it.
@@ -285,6 +317,7 @@ class SourceClient:
         if response.status_code in AUTH_STATUSES:
             raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
         if response.status_code in RETRY_STATUSES:
+            self._release_large()  # never held through the wait before a retry
             raise RetryableStatus(response, body)
         return response, body
 
@@ -297,7 +330,7 @@ class SourceClient:
             return "the server speaks TLS (use an https:// URL in source.url)"
         return None
 
-    def _read_body(self, response: httpx.Response, what: str, cut_off: float) -> bytes:
+    def _read_body(self, response: httpx.Response, what: str, cut_off: float) -> bytearray:
         """The decoded body, read as it streams in: at most `source.max_answer_mb`, and done by `cut_off`
         (time.monotonic()), else ClientFetchFailed (too large) or httpx.ReadTimeout (retried)."""
         limit = int(self.settings.max_answer_mb * 1024 * 1024)
@@ -323,6 +356,12 @@ class SourceClient:
                 body += chunk
                 if len(body) > limit:
                     raise ClientFetchFailed(self._too_large(what))
+                if len(body) > self._share and not getattr(self._holds_large, "held", False):
+                    # Past its share: wait (at most until the cut-off) for the one large-answer slot.
+                    self._holds_large.held = self._large.acquire(timeout=max(0.0, cut_off - time.monotonic()))
+                    if not self._holds_large.held:
+                        fired.set()
+                        break
                 if time.monotonic() > cut_off:
                     fired.set()
                     break
@@ -334,7 +373,7 @@ class SourceClient:
                 watchdog.cancel()
         if fired.is_set():
             raise httpx.ReadTimeout("the whole answer did not arrive within the timeout", request=response.request)
-        return bytes(body)
+        return body  # json.loads takes a bytearray: no bytes() copy of a large answer
 
     def _too_large(self, what: str) -> str:
         return (f"{what}: the answer is larger than source.max_answer_mb = {self.settings.max_answer_mb:g} MB "
@@ -342,31 +381,50 @@ class SourceClient:
 
     def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
         try:
-            payload = jsonlib.loads(self.redact(body))
-        except ValueError:
+            payload = self._clean(jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text))
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's own limit
             payload = None
         if response.is_error:
             detail = payload.get("error") if isinstance(payload, dict) else None
             if accept_error_body and isinstance(payload, dict):
                 return {**payload, "success": False, "http_status": response.status_code}
+            if detail is not None and not isinstance(detail, str):  # an object or list: its text, cut too
+                detail = _cut(jsonlib.dumps(detail, ensure_ascii=False))
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
         if response.is_redirect:  # never followed: the token would go along to wherever it points
-            location = redact_url(response.headers.get("Location", "?"))
+            location = _cut(self.redact_text(redact_url(response.headers.get("Location", "?"))))
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code} redirect to {location} (set source.url to the new address)")
         if payload is None:
             raise ClientFetchFailed(f"{what}: the answer is not JSON")
         return payload
 
-    def redact(self, content: bytes) -> bytes:
-        """An answer's bytes with our token and URL password replaced, before anything reads them.
+    def _clean(self, value: Any, depth: int = 0) -> Any:
+        """A decoded answer with every string (keys too) redacted, then cut to MAX_TEXT characters.
 
-        The one place remote text enters: an error body, a name or a row field that
-        echoes a secret is then never printed, logged or stored with it.
+        Redaction works on the decoded text, so a secret the remote sent JSON-escaped
+        (`\\u0073...`) is caught like a plain one. NaN and Infinity, which JSON does not
+        have, were decoded as the strings "NaN", "Infinity" and "-Infinity" (`parse_constant`),
+        and a number too large for a float (`1e400`) as its text: a metric sent so is rejected,
+        and `extra` stays valid JSON. Raises ValueError when nested deeper than MAX_DEPTH.
         """
+        if isinstance(value, str):
+            return _cut(self.redact_text(value))
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            return {self._clean(key, depth + 1): self._clean(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._clean(item, depth + 1) for item in value]
+        return value
+
+    def redact_text(self, text: str) -> str:
+        """Remote text with our token and URL password (and the Basic form of it) replaced by
+        `[redacted]`: the one place remote text enters, so an error body, a name or a row field
+        that echoes a secret is never printed, logged or stored with it."""
         for secret in self._secrets:
-            if secret in content:
-                content = content.replace(secret, REDACTED)
-        return content
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -403,14 +461,29 @@ def _speaks_tls(base_url: str) -> bool:
         return False
 
 
-def _secret_forms(*secrets: str | None) -> tuple[bytes, ...]:
-    """Each secret as it may appear in an answer: raw, and as JSON escapes it (`/` as `\\/`)."""
-    forms: set[bytes] = set()
+def _secret_forms(*secrets: str | None) -> tuple[str, ...]:
+    """Each secret as it may appear in decoded remote text: as is, and percent-encoded (in a URL)."""
+    forms: set[str] = set()
     for secret in secrets:
         if secret and len(secret) >= 4:  # a one-letter password would blank every such letter
-            raw = secret.encode()
-            forms.update({raw, jsonlib.dumps(secret)[1:-1].encode(), jsonlib.dumps(secret)[1:-1].replace("/", "\\/").encode()})
+            forms.update({secret, quote(secret, safe=""), quote_plus(secret, safe="")})
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _basic(username: str, password: str) -> str:
+    """The credentials of an `Authorization: Basic ...` header, as httpx sends a URL's user:password."""
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _finite_or_text(text: str) -> float | str:
+    """A JSON number with a fraction or exponent as a float, or as its text when no float holds it."""
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def _cut(text: str) -> str:
+    """Remote text of at most MAX_TEXT characters, and a marker saying how much was cut."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + CUT_MARK.format(len(text) - MAX_TEXT)
 
 
 def _waited_enough(state: RetryCallState) -> bool:

@@ -11,16 +11,23 @@ remote's calendar day.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .dialect import dialect_of
+from .errors import DeliverySyncError
 from .metrics import RUN_COUNTERS
 from .readonly import reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
+# The small tables `status` reads, checked whole on every call (a few ms). client_stats is far too
+# large to check on every poll; the pages of it that status reads raise their own error, and every
+# writing run checks the whole file first.
+CORRUPT_ADVICE = "restore it from a backup, or move it away and run a full sync"
+# A repair line names at most this many client ids; past that it advises the whole sync.
+MAX_ADVISED_IDS = 50
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Status:
     missing_by_client: dict[int, int] = field(default_factory=dict)
     verdict: Verdict | None = None
     history: list[dict] | None = None  # the last N runs of any command, newest first (`--history N`)
+    unreadable: str | None = None  # why the replica could not be read (damaged, or no access): nothing above is known
+    unreadable_advice: str | None = None
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -74,9 +83,14 @@ class Status:
         return data
 
 
-def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int = 0) -> Status:
+def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int = 0,
+                tolerate_unopenable: bool = False) -> Status:
     """Gather the status facts of the replica at `database` (a path or a PostgreSQL URL; it may not
-    exist yet), with its last `history` runs."""
+    exist yet), with its last `history` runs.
+
+    A replica that is damaged (a check of the small tables, or any read, fails) is `unreadable`,
+    and so, with `tolerate_unopenable`, is one that cannot be opened at all (else NoReplica, exit 2).
+    """
     reader = reader_for(database)
     now = datetime.now(UTC)
     today = now.astimezone(tz).date()
@@ -91,14 +105,27 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
     )
     if status.exists:
         status.database_bytes = reader.size()
-        conn = reader.connect()
+        try:
+            conn = reader.connect()
+        except DeliverySyncError as exc:  # no replica, or (PostgreSQL) no server to ask
+            if not tolerate_unopenable:
+                raise
+            status.unreadable, status.unreadable_advice = str(exc), exc.hint
+            status.verdict = judge(status)
+            return status
+        blank = replace(status)  # what is known before reading: all a damaged file leaves standing
         try:
             # A `running` row is dead when no writer held the lock before and after the snapshot
             # (a writer starting or finishing in between holds it at one of the two checks).
             idle = reader.writer_holds_lock() is False
             # One read transaction: counts and runs agree even while a sync commits.
             with snapshot(conn):
+                reader.check_intact(conn)
                 _read(conn, status, now, today, idle and reader.writer_holds_lock() is False, history)
+        except reader.damage as exc:  # a damaged replica: nothing read from it can be vouched for
+            problem = " ".join(str(exc).replace("*** in database main ***", "").split())
+            status = replace(blank, unreadable=f"replica {reader.location} is corrupt or unreadable ({problem})",
+                             unreadable_advice=CORRUPT_ADVICE)
         finally:
             conn.close()
         if not status.running and (holder := reader.lock_holder()):
@@ -244,6 +271,8 @@ def judge(status: Status) -> Verdict:
 def _judge(status: Status) -> Verdict:
     if not status.exists:
         return Verdict(False, f"no replica at {status.database} yet", "delivery-sync sync")
+    if status.unreadable:
+        return Verdict(False, status.unreadable, status.unreadable_advice)
     last = status.last_sync
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
@@ -254,7 +283,7 @@ def _judge(status: Status) -> Verdict:
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)
         advice = "delivery-sync sync"
-        if count < status.active_clients:
+        if count < status.active_clients and count <= MAX_ADVISED_IDS:  # else the whole sync: a runnable line
             advice += f" --clients {','.join(map(str, status.stale_clients))}"
         return Verdict(
             False,
@@ -268,6 +297,12 @@ def _judge(status: Status) -> Verdict:
             f"stale, last ok sync finished {age_text(status.age_hours)} ago (limit {status.stale_after_hours:g} h)",
             "delivery-sync sync (and check that cron runs it)",
         )
+    rollup = status.last_aggregate
+    if rollup and rollup["status"] == "failed":
+        # The rows are fresh, but the rollups (and reports of stored periods) may not be.
+        when = stamp_text(rollup["finished_at"] or rollup["started_at"])
+        return Verdict(False, f"last aggregate failed at {when}: {rollup['error'] or 'no error recorded'}; "
+                              "the rollups may be out of date", "delivery-sync aggregate")
     reason = f"fresh, last sync ok {age_text(status.age_hours)} ago, data through {status.date_max}"
     if status.lagging_clients:
         # Not a failure (`--check` wants fresh and the last sync ok), but the operator should see it in the headline.
@@ -328,4 +363,10 @@ def _repair(status: Status) -> str:
 
 
 def _ids(ids: list[int], limit: int = 10) -> str:
-    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")
+    return capped(ids, limit)
+
+
+def capped(items: list, limit: int) -> str:
+    """`1, 2, 3`, or past `limit` items `1, 2, 3 ... and 17 more`: a line stays readable with 10,000 of them."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

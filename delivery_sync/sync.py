@@ -23,6 +23,7 @@ from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
 from .source import SourceClient
+from .status import capped
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                     unfetched = writer.unfetched(windows)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
-                        shown = ", ".join(map(str, unfetched[:20])) + (", ..." if len(unfetched) > 20 else "")
+                        shown = capped(unfetched, 20)
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True

@@ -176,3 +176,10 @@ def rows_of(database: str, sql: str, params=()) -> list[tuple]:
         return [tuple(row) for row in conn.execute(sql, list(params) or None)]
     finally:
         conn.close()
+
+
+def unstamped(text: str) -> str:
+    """stderr without the UTC time that starts each line off a terminal (`2026-12-02T01:00:03Z `)."""
+    import re
+
+    return re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "", text, flags=re.M)

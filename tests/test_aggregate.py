@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import query_db, write_config
+from conftest import query_db, unstamped, write_config
 from freezegun import freeze_time
 from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
 
@@ -108,7 +108,7 @@ def test_aggregate_command_with_as_of_rebuilds_the_rolling_periods(cli, replica,
     path.write_bytes(replica.read_bytes())
     result = cli("--db", str(path), "aggregate", "--as-of", "2026-02-15")
     assert result.code == 0, result.stderr
-    assert result.stderr.startswith("aggregate ok: 8 clients, ") and "as of 2026-02-15" in result.stderr
+    assert unstamped(result.stderr).startswith("aggregate ok: 8 clients, ") and "as of 2026-02-15" in result.stderr
     rows = load_rows(path)
     stored = {r["period"]: r for r in table(path, "overall_aggregates")}
     assert (stored["last_7d"]["period_start"], stored["last_7d"]["period_end"]) == ("2026-02-09", "2026-02-15")
@@ -131,7 +131,7 @@ def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path
     assert query_db(db_path, "SELECT command FROM sync_runs") == [("sync",)]
     assert "client_aggregates" not in {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master")}
     result = cli("sync", "--days-back", "3", "--clients", "1,2")
-    assert result.code == 0 and result.stderr.count("\n") == 1 and result.stderr.startswith("sync ok: 2/2 clients")
+    assert result.code == 0 and result.stderr.count("\n") == 1 and unstamped(result.stderr).startswith("sync ok: 2/2 clients")
     verbose = cli("-v", "sync", "--days-back", "3", "--clients", "1,2")
     assert verbose.code == 0 and "aggregate ok: 2 clients, 6 rows" in verbose.stderr
     assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [

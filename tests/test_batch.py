@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -105,7 +105,7 @@ def test_always_without_the_endpoint_fails_the_run_without_per_client_requests(c
         result = sync(cli, tmp_path, demo, db_path, "--days-back", "5", batch="always")
         assert demo.stats_requests() == []
     assert result.code == 1
-    line = result.stderr.strip().splitlines()[-1]
+    line = unstamped(result.stderr).strip().splitlines()[-1]
     assert line.startswith("sync failed: 0/12 clients") and "POST /api/v1/getBatchStats answered HTTP 404" in line
     assert 'source.batch = "always"' in line and "<pre>" not in line
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(0,)]

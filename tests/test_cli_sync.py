@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, run_on_terminal, write_config
+from conftest import DEMO_CLIENTS, query_db, run_on_terminal, unstamped, write_config
 
 from delivery_sync import replica
 from delivery_sync.demo_source import DemoSource
@@ -114,7 +114,7 @@ def test_unreachable_remote_exits_1_saying_cannot_reach(cli, synced, tmp_path):
     result = cli("sync", "--days-back", "2")
     assert result.code == 1
     assert f"cannot reach {url}" in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("sync failed: 0/0 clients")
+    assert unstamped(result.stderr).strip().splitlines()[-1].startswith("sync failed: 0/0 clients")
     assert data(synced) == before  # no row, no client touched
     status, error = query_db(synced, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1")[0]
     assert status == "failed" and error.startswith(f"cannot reach {url}")
@@ -202,7 +202,7 @@ def test_quiet_prints_only_the_summary(cli, config, demo):
     assert "warning: client 2: rejected row 0000-00-00" in loud.stderr
     quiet = cli("-q", "sync", "--days-back", "1")
     assert quiet.code == 1 and quiet.stdout == ""
-    lines = quiet.stderr.strip().splitlines()
+    lines = unstamped(quiet.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sync partial: 12/12 clients, 12 rows (0 inserted, 0 updated, 12 unchanged), 1 rejected")
 
 
@@ -229,7 +229,7 @@ def test_console_script_in_a_subprocess_without_a_terminal(tmp_path, demo, db_pa
     ok = subprocess.run([SCRIPT, "sync", "--days-back", "2"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout == ""
     # stderr is a pipe: no progress bar, exactly one summary line for cron mail.
-    lines = ok.stderr.splitlines()
+    lines = unstamped(ok.stderr).splitlines()
     assert len(lines) == 1 and lines[0].startswith("sync ok: 12/12 clients, 24 rows (24 inserted")
     assert "\x1b" not in ok.stderr and "\r" not in ok.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 
 from delivery_sync import replica
 
@@ -19,7 +19,7 @@ def collect_posts(demo) -> int:
 def test_collect_ok_records_run_and_prints_one_summary(cli, config, db_path, demo):
     result = cli("collect")
     assert result.code == 0, result.stderr
-    assert result.stderr.startswith(f"collect ok: Collection finished for {DEMO_CLIENTS} clients, 1 request, ")
+    assert unstamped(result.stderr).startswith(f"collect ok: Collection finished for {DEMO_CLIENTS} clients, 1 request, ")
     assert result.stderr.count("\n") == 1
     assert result.stdout == ""
     assert query_db(db_path, f"SELECT {RUN_COLUMNS} FROM sync_runs") == [("collect", "ok", 1, None, 1)]
@@ -30,7 +30,7 @@ def test_collect_failure_500_is_recorded_and_never_resent(cli, config, db_path, 
     demo.faults.collect_fails = True  # HTTP 500 with {"success": false, "error": ...}
     result = cli("-q", "collect")
     assert result.code == 1
-    assert result.stderr.splitlines()[-1].startswith("collect failed: HTTP 500: Grab login failed for 3 clients, 1 request, ")
+    assert unstamped(result.stderr).splitlines()[-1].startswith("collect failed: HTTP 500: Grab login failed for 3 clients, 1 request, ")
     rows = query_db(db_path, f"SELECT {RUN_COLUMNS} FROM sync_runs")
     assert rows == [("collect", "failed", 1, "HTTP 500: Grab login failed for 3 clients", 1)]
     # 500 is retried for stats, but a collection may be running remotely: one POST only.
@@ -131,6 +131,6 @@ def test_collect_answered_200_with_success_false_fails(cli, tmp_path, db_path):
         result = cli("collect")
         server.shutdown()
     assert result.code == 1
-    assert result.stderr.startswith("collect failed: collector busy, 1 request, ")
+    assert unstamped(result.stderr).startswith("collect failed: collector busy, 1 request, ")
     assert query_db(db_path, "SELECT status, error FROM sync_runs") == [("failed", "collector busy")]
     assert posts == ["/api/v1/triggerCollection"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
 
@@ -26,7 +26,7 @@ def test_a_3_s_deadline_ends_a_10_s_run_on_time_and_keeps_what_was_fetched(cli, 
     unfetched = [cid for (cid,) in query_db(db_path, "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", (run_id,))]
     assert len(unfetched) == DEMO_CLIENTS - ok
     assert error.startswith(f"deadline of 0.05 min reached: {len(unfetched)} clients not fetched ({unfetched[0]}, ")
-    assert result.stderr.strip().splitlines()[-1].startswith(f"sync partial: {ok}/{DEMO_CLIENTS} clients")
+    assert unstamped(result.stderr).strip().splitlines()[-1].startswith(f"sync partial: {ok}/{DEMO_CLIENTS} clients")
     # Every client written is whole; --retry-failed then fetches exactly the rest.
     per_client = query_db(db_path, "SELECT client_id, COUNT(*) FROM client_stats GROUP BY client_id")
     assert len(per_client) == ok and all(n == 2 for _, n in per_client)

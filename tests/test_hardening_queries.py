@@ -55,7 +55,7 @@ def test_a_huge_value_is_refused_not_printed(cli, synced):
 def test_fetching_many_rows_counts_against_max_seconds(cli, synced):
     # Cheap per row for SQLite, but ten million of them: interrupted, never printed.
     statement = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 10000000) SELECT i FROM n"
-    result = cli("query", "sql", statement, "--max-seconds", "0.5")
+    result = cli("query", "sql", statement, "--max-seconds", "0.5", "--max-rows", "100000000")
     assert result.code == 1
     assert result.stdout == "" and "query interrupted after 0.5 s" in result.stderr
 

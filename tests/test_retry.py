@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 NOW = "2026-11-23T10:00:00Z"
@@ -35,13 +35,13 @@ def test_after_a_partial_run_only_the_failed_clients_over_its_window(cli, tmp_pa
         ("/api/v1/clients/5/stats", "2026-11-10", "2026-11-14"),
     ]
     assert last_sync(db_path)[1:] == ("ok", "2026-11-10", "2026-11-14", 2)
-    assert result.stderr.startswith("sync ok: 2/2 clients, 10 rows (10 inserted")
+    assert unstamped(result.stderr).startswith("sync ok: 2/2 clients, 10 rows (10 inserted")
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]
     # Now nothing is left to retry: one line, exit 0, no request.
     before = len(demo.requests)
     again = run(cli, "sync", "--retry-failed")
     assert (again.code, again.stdout) == (0, "")
-    assert again.stderr == f"sync: nothing to retry: the last sync (run {last_sync(db_path)[0]}) ended ok\n"
+    assert unstamped(again.stderr) == f"sync: nothing to retry: the last sync (run {last_sync(db_path)[0]}) ended ok\n"
     assert len(demo.requests) == before
 
 
@@ -82,7 +82,7 @@ def test_a_partial_run_of_rejected_rows_only_has_nothing_to_retry(cli, config, d
 
 def test_nothing_to_retry_without_a_replica(cli, config, db_path, demo):
     result = run(cli, "sync", "--retry-failed")
-    assert (result.code, result.stderr) == (0, "sync: nothing to retry: no replica yet, so no sync to retry\n")
+    assert (result.code, unstamped(result.stderr)) == (0, "sync: nothing to retry: no replica yet, so no sync to retry\n")
     assert demo.requests == [] and not db_path.exists()
 
 

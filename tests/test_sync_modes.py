@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
 
@@ -139,7 +139,7 @@ def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tm
         finally:
             proc.kill()
     assert proc.returncode == code, stderr
-    summary = stderr.strip().splitlines()[-1]
+    summary = unstamped(stderr).strip().splitlines()[-1]
     assert re.fullmatch(r"sync failed: \d+/12 clients, \d+ rows .*, window .*, \d+ requests, [\d.]+ s - interrupted", summary), stderr
     assert "Traceback" not in stderr
     status, *_, error = last_sync(db_path)
@@ -302,7 +302,7 @@ def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_pat
         finally:
             proc.kill()
     assert proc.returncode == 143, stderr
-    summary = stderr.strip().splitlines()[-1]
+    summary = unstamped(stderr).strip().splitlines()[-1]
     assert re.fullmatch(r"sync failed: 0/0 clients, 0 rows .*, 1 request, [\d.]+ s - interrupted", summary), stderr
     assert query_db(db_path, "SELECT command, status, error FROM sync_runs") == [("sync", "failed", "interrupted")]
 

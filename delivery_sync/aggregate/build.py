@@ -103,14 +103,19 @@ def aggregate_locked(store: Store, as_of: date, changed: ChangedRows | None = No
     db = store.open()
     refreshed = False
     try:
-        run_id = db.start_run("aggregate", (as_of - timedelta(days=364), as_of))
+        try:
+            run_id = db.start_run("aggregate", (as_of - timedelta(days=364), as_of))
+        except Exception as exc:  # a full disk refuses even the run row: still a result to print
+            error = f"{store.describe_failure(exc)} (this failure could not be recorded)"
+            run = {"status": "failed", "error": error, **replica.RunCounts().as_row()}
+            return AggregateResult(run, as_of, seconds=time.monotonic() - began)
         with db.closed_on_error(run_id):
             try:
                 with db.transaction():
                     built, refreshed, counts = _builder(db.engine)(db, as_of, run_id, changed)
                     run = db.finish_run(run_id, "ok", counts)
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = db.finish_run(run_id, "failed", replica.RunCounts(), " ".join(str(exc).split()))  # one line
+                run = db.finish_run(run_id, "failed", replica.RunCounts(), store.describe_failure(exc))
                 built = []
     finally:
         db.close()

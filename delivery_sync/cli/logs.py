@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 
 class _Formatter(logging.Formatter):
@@ -23,16 +22,34 @@ class _Formatter(logging.Formatter):
         elif record.levelno >= logging.WARNING:
             message = f"warning: {message}"
         if self.stamped:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
-            message = f"{stamp} {message}"
+            from ..render.lines import utc_stamp
+
+            message = f"{utc_stamp(record.created)} {message}"
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         return message
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a line is logged. While a progress bar or
+    spinner is live, rich points sys.stderr at its console, which prints the line above the bar
+    (a fixed stream would write it into the bar's line, and the next redraw would garble both)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it: always sys.stderr instead
+        pass
+
+
 def setup_logging(verbose: bool, quiet: bool) -> None:
     """Send every log line to stderr at the level -v/-q ask for."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(_Formatter(stamped=not sys.stderr.isatty()))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import typer
 
 from ..aggregate.sql import RATIOS
-from ..errors import UsageError
+from ..errors import EXIT_FAILED, UsageError
 from ..metrics import METRICS
 from .app import app, argument, examples, option, parse_date
 
@@ -20,6 +20,8 @@ query_app = typer.Typer(
 )
 app.add_typer(query_app, name="query")
 
+# SQLite's INTEGER: a larger id or limit could never match a row, and SQLite refuses to bind it.
+SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
 _DAYS = option(None, "--days", metavar="N", help="The N calendar days ending today (default: 30).")
 _FROM = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
 _TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD or 'yesterday', not after today (default: today in "
@@ -46,8 +48,8 @@ def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str 
         raise UsageError(f"{flag} does not combine with --columns")
 
 
-def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True) -> None:
-    """Open the replica read-only, run `build(conn, window)` in one snapshot, render it."""
+def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True):
+    """Open the replica read-only, run `build(conn, window)` in one snapshot, render it; returns the report."""
     from .. import readonly, render
     from ..days import resolve_window
     from ..status import read_freshness
@@ -77,6 +79,7 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
         conn.close()
     _warn_unless_fresh(fresh, settings.status.stale_after_hours)
     render.report(result.select(wanted) if wanted else result, fmt)
+    return result
 
 
 def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
@@ -121,7 +124,7 @@ def query_top(
 ))
 def query_client(
     ctx: typer.Context,
-    client_id: int = argument(..., metavar="ID", help="Client id."),
+    client_id: int = argument(..., metavar="ID", min=SQLITE_MIN, max=SQLITE_MAX, help="Client id."),
     daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
     show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE, chart: bool = _CHART, chart_by: str = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
@@ -185,7 +188,8 @@ def query_movers(
 ))
 def query_changes(
     ctx: typer.Context,
-    client_id: int | None = option(None, "--client", metavar="ID", help="Only this client (default: every client)."),
+    client_id: int | None = option(None, "--client", metavar="ID", min=SQLITE_MIN, max=SQLITE_MAX,
+                                   help="Only this client (default: every client)."),
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Values the remote restated (old and new, per column) for days in the window, newest run first."""
@@ -200,13 +204,22 @@ def query_changes(
 def query_sql(
     ctx: typer.Context,
     statement: str = argument(..., metavar="STATEMENT", help="One SELECT, WITH, EXPLAIN or read-only PRAGMA."),
-    max_seconds: float = option(10, "--max-seconds", metavar="S", help="Interrupt the query after S seconds, exit 1 (default: 10)."),
+    max_seconds: float = option(10, "--max-seconds", metavar="S",
+        help="Interrupt the query, rows printed included, after S seconds, exit 1 (default: 10)."),
+    max_rows: int = option(10_000, "--max-rows", metavar="N", min=1, max=SQLITE_MAX,
+        help="Print at most N rows; if the statement returns more, say so and exit 1 (default: 10000)."),
     fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """Run one read-only SQL statement against the replica (writes are refused, exit 2)."""
+    import math
+
     from ..reports import check_statement, sql
 
-    if max_seconds <= 0:
-        raise UsageError(f"--max-seconds must be more than 0 (got {max_seconds:g})")
+    if not (math.isfinite(max_seconds) and max_seconds > 0):  # NaN or infinity would never interrupt it
+        raise UsageError(f"--max-seconds must be more than 0 and finite (got {max_seconds:g})")
     check_statement(statement)  # before the replica is opened: a refused statement touches no file
-    _report(ctx, fmt, columns, lambda conn, _: sql(conn, statement, max_seconds), windowed=False)
+    result = _report(ctx, fmt, columns, lambda conn, _: sql(conn, statement, max_seconds, max_rows), windowed=False)
+    if result.more:  # a script must not take the first N rows for all of them
+        log.warning("only the first %d rows were printed: the statement returns more (raise --max-rows, or add "
+                    "LIMIT/OFFSET)", max_rows)
+        raise typer.Exit(EXIT_FAILED)

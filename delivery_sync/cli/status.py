@@ -35,7 +35,9 @@ def status(
     fmt = "json" if as_json else fmt or "text"
     settings = ctx.obj.settings()
     reader_for(settings.database).check_path()
-    report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history)
+    # Metrics are written for a monitor: a replica that cannot be opened is a value to report (up 0), not an error.
+    report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history,
+                         tolerate_unopenable=fmt == "prometheus")
     if fmt == "json":
         render.status_json(report)
     elif fmt == "prometheus":

@@ -7,12 +7,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+def utc_stamp(seconds: float | None = None) -> str:
+    """`2026-12-02T01:00:03Z`: the UTC time (now, or of `seconds` since the epoch) that starts a line in a log file."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def summary(line: str) -> None:
-    """The one line every writing run ends with, on stderr (kept even with -q); remote text in it escaped."""
+    """The one line every writing run ends with, on stderr (kept even with -q); remote text in it escaped.
+    Off a terminal (cron.log, a log file) it starts with its UTC time, like every log line."""
     from .text import safe
 
+    text = safe(line) if sys.stderr.isatty() else f"{utc_stamp()} {safe(line)}"
     try:
-        print(safe(line), file=sys.stderr, flush=True)
+        print(text, file=sys.stderr, flush=True)
     except BrokenPipeError:  # nobody reads stderr any more: the run's own outcome still decides the exit code
         pass
 
@@ -24,8 +33,10 @@ def sync_summary(result) -> str:
     if run["rows_deleted"]:
         parts.append(f"{run['rows_deleted']} deleted")
     if run["clients_failed"]:
-        failed = [str(cid) for cid, _ in result.failures if cid is not None]
-        shown = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
+        from ..status import capped
+
+        failed = [cid for cid, _ in result.failures if cid is not None]
+        shown = capped(failed, 10)
         parts.append(f"{run['clients_failed']} failed" + (f" ({shown})" if shown else ""))
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
         parts.append(plural(len(result.warnings), "warning"))

@@ -48,6 +48,8 @@ def show_status(status) -> None:
     console.print(head, soft_wrap=soft_wrap)
     if verdict.advice:
         line("Run:", verdict.advice, 5)
+    if status.unreadable:  # nothing else in it can be vouched for
+        return
     if not status.exists:
         console.print("(to try it without a remote: delivery-sync sync --source demo)", soft_wrap=True)
         return
@@ -64,15 +66,19 @@ def show_status(status) -> None:
     freshness.append(f"; stale after {status.stale_after_hours:g} h")
     line("Freshness", freshness)
     line("Failed clients", _id_list(status.failed_clients, "none in the last sync" if status.last_sync else "no sync yet"))
-    for error in list(status.failures.values())[:5]:
+    errors = list(status.failures.values())
+    for error in errors[:5]:
         line("", Text(safe(error), style="red"))
+    if len(errors) > 5:
+        line("", f"... and {len(errors) - 5} more (delivery-sync status --json lists them all)")
     line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
     line("Stale clients", _id_list(status.stale_clients, "none", f"(not confirmed by a sync within {status.stale_after_hours:g} h)"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
     if status.missing_by_client:
         worst = sorted(status.missing_by_client.items(), key=lambda item: (-item[1], item[0]))[:5]
         missing.append(" (" + ", ".join(f"client {cid}: {days}" for cid, days in worst))
-        missing.append(", ...)" if len(status.missing_by_client) > 5 else ")")
+        more = len(status.missing_by_client) - len(worst)
+        missing.append(f" ... and {more} more)" if more else ")")
     if status.last_sync and status.last_sync["window_start"]:
         missing.append(f" in the last sync's window {status.last_sync['window_start']}..{status.last_sync['window_end']}")
     line("Missing days", missing)
@@ -147,7 +153,9 @@ def _id_list(ids: list[int], empty: str, note: str = ""):
 
     if not ids:
         return Text(empty, style="green")
-    shown = ", ".join(map(str, ids[:20])) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
+    from ..status import capped
+
+    shown = capped(ids, 20)
     return Text(f"{shown} {note}".rstrip(), style="yellow")
 
 

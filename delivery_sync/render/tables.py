@@ -21,20 +21,47 @@ _STACK_LABEL = "-[ row {} ]"
 
 
 def report(rep, fmt: str) -> None:
-    """Print a `reports.Report` on stdout as a table, CSV or a JSON array; CSV and JSON keep the exact text."""
+    """Print a `reports.Report` on stdout as a table, CSV or a JSON array; CSV and JSON keep the exact text.
+
+    A report with a `deadline` (query sql --max-seconds) raises QueryTimeout when rendering runs past it.
+    """
     if fmt == "json":
         import json
 
-        rows = [{c: row[c] for c in rep.columns} for row in rep.rows]
-        print(json.dumps(rows, indent=2, ensure_ascii=False, default=_json_value))
+        # Row by row, as json.dumps(rows, indent=2) would write them all at once.
+        print("[" if rep.rows else "[]")
+        for at, row in enumerate(_in_time(rep)):
+            text = json.dumps({c: row[c] for c in rep.columns}, indent=2, ensure_ascii=False, default=_json_value)
+            print("  " + text.replace("\n", "\n  ") + ("," if at < len(rep.rows) - 1 else ""))
+        if rep.rows:
+            print("]")
     elif fmt == "csv":
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(rep.columns)
-        writer.writerows(["" if row[c] is None else _csv_value(row[c]) for c in rep.columns] for row in rep.rows)
+        writer.writerows(["" if row[c] is None else _csv_value(row[c]) for c in rep.columns] for row in _in_time(rep))
     else:
         _report_table(rep)
+
+
+def _in_time(rep, rows=None):
+    """The report's rows (or `rows`), checking its deadline every 500 rows."""
+    for at, row in enumerate(rep.rows if rows is None else rows):
+        if at % 500 == 0:
+            _check_deadline(rep)
+        yield row
+
+
+def _check_deadline(rep) -> None:
+    """QueryTimeout once the report's deadline (query sql --max-seconds) has passed."""
+    import time
+
+    if rep.deadline is not None and time.monotonic() > rep.deadline:
+        from ..errors import QueryTimeout
+
+        raise QueryTimeout("query interrupted: its rows were not printed within --max-seconds",
+                           hint="raise --max-seconds, use --format csv (quickest), or narrow the query")
 
 
 def _json_value(value):
@@ -134,7 +161,7 @@ def _report_table(rep) -> None:
         columns, rows = _comparison_columns(rep.rows[0], rep.figures), rep.figures
     else:
         columns = [
-            _Column(key, [_cell(key, row[key], rep.raw) for row in rows], _numeric(key, rows))
+            _Column(key, [_cell(key, row[key], rep.raw) for row in _in_time(rep, rows)], _numeric(key, rows))
             for key in keys
         ]
     single = rep.single and not rep.figures
@@ -153,7 +180,7 @@ def _report_table(rep) -> None:
         console.print(table)
         return
     if layout is None:  # not even the essential columns fit side by side
-        _stacked(console, columns, len(rows))
+        _stacked(console, columns, len(rows), rep)
         return
     shown, widths = layout
     table = Table()
@@ -165,7 +192,7 @@ def _report_table(rep) -> None:
         table.add_row(*(Text(column.cells[at]) for column in shown))
     if not rows:
         table.caption = "no data in this window" if not rep.raw else "no rows"
-    console.print(table)
+    console.print(_Timed(table, rep) if rep.deadline is not None else table)
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
         console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
@@ -237,6 +264,20 @@ def _comparison_columns(row: dict, figures: list[str]) -> list[_Column]:
     ]
 
 
+class _Timed:
+    """A renderable drawn as `inner` is, checking the report's deadline as it goes: drawing a table is
+    the slow part of a report (~3 s for 10,000 rows). Rich prints nothing until all is drawn."""
+
+    def __init__(self, inner, rep):
+        self.inner, self.rep = inner, rep
+
+    def __rich_console__(self, console, options):
+        for at, segment in enumerate(console.render(self.inner, options)):
+            if at % 2000 == 0:
+                _check_deadline(self.rep)
+            yield segment
+
+
 def left_out_line(names: list[str], width: int) -> str:
     """`left out: a, b and 5 more (see --columns, --format csv|json)`: one line within `width`."""
     head, tail = "left out: ", " (see --columns, --format csv|json)"
@@ -247,13 +288,15 @@ def left_out_line(names: list[str], width: int) -> str:
     return head + f"{len(names)} columns" + tail
 
 
-def _stacked(console, columns: list[_Column], count: int) -> None:
+def _stacked(console, columns: list[_Column], count: int, rep) -> None:
     """Each row as `column  value` lines: nothing is cut, however narrow the terminal."""
     from rich.text import Text
 
     labels = [safe(c.key) for c in columns]
     label_width = max(map(len, labels))
     for at in range(count):
+        if at % 100 == 0:
+            _check_deadline(rep)
         console.print(Text(_STACK_LABEL.format(at + 1), style="dim"), soft_wrap=True)
         for label, column in zip(labels, columns):
             console.print(Text.assemble((f"{label:<{label_width}}  ", "bold"), column.cells[at]), soft_wrap=True)

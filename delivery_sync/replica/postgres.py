@@ -110,6 +110,12 @@ class PostgresStore:
     def open_reader(self) -> postgres.Connection:
         return postgres.open_readonly(self.url)
 
+    def describe_failure(self, exc: Exception) -> str:
+        """Why a run failed, on one line (a server error as `storage_error` says it)."""
+        if isinstance(exc, psycopg.Error):
+            return str(storage_error(self.url, exc))
+        return " ".join(str(exc).split())
+
 
 def storage_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError:
     """The one-line error for a server that failed a run: exit 2 where the user must act (rights),

@@ -10,6 +10,7 @@ differs, each implementation holds its own.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
@@ -22,7 +23,7 @@ from ..records import Client
 from . import clients, runs
 from .lock import writer_lock
 from .runs import RunCounts
-from .schema import open_replica
+from .schema import open_replica, storage_error
 from .staging import Staging
 from .upsert import WriteGroup
 
@@ -53,6 +54,7 @@ class Store(Protocol):
     def writer_lock(self, command: str) -> AbstractContextManager[None]: ...
     def open(self) -> Replica: ...
     def open_reader(self): ...
+    def describe_failure(self, exc: Exception) -> str: ...
 
 
 def open_store(database) -> Store:
@@ -89,6 +91,12 @@ class SqliteStore:
         from ..readonly import open_readonly
 
         return open_readonly(self.path)
+
+    def describe_failure(self, exc: Exception) -> str:
+        """Why a run failed, on one line; a full disk (or file-size limit) said as a sync says it."""
+        if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o")):
+            return str(storage_error(self.path, exc))
+        return " ".join(str(exc).split())
 
 
 class SqliteReplica:

@@ -1,0 +1,165 @@
+"""Hostile answers (issue 18, items 7 and 8): deep nesting fails only its client or tile, remote text
+is cut at 4 KiB with a marker, NaN/Infinity never make `extra` invalid JSON, lists in status and
+summary lines are capped, and the answers read at once hold a bounded amount of memory."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from freezegun import freeze_time
+
+import delivery_sync.sync  # noqa: F401  the models are built now: pydantic cannot build them of freezegun's dates
+from delivery_sync.demo_source import DemoSource
+from delivery_sync.source import MAX_TEXT
+
+
+def failures(db_path) -> dict:
+    return dict(query_db(db_path, "SELECT client_id, error FROM sync_failures"))
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_deep_nesting_fails_only_that_client(cli, config, demo, db_path, monkeypatch, depth):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    today = demo.today().isoformat()
+    demo.faults.raw_paths["/api/v1/clients/3/stats"] = (200, f'[{{"stat_date": "{today}", "x": {nested(depth)}}}]', {})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert failures(db_path) == {3: "client 3: the answer is not JSON"}
+    assert query_db(db_path, "SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats") == [(DEMO_CLIENTS - 1, (DEMO_CLIENTS - 1) * 2)]
+    assert unstamped(result.stderr).rstrip().splitlines()[-1].startswith("sync partial: 11/12 clients")
+
+
+def test_a_deeply_nested_batch_tile_is_fetched_client_by_client(cli, config, demo, db_path):
+    demo.faults.raw_paths["/api/v1/getBatchStats"] = (200, nested(5000), {})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 0, result.stderr
+    assert "not JSON" in result.stderr  # the tile's failure is logged, then each client fetched alone
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 2,)]
+
+
+def test_a_deeply_nested_client_list_fails_the_run_with_one_line(cli, config, demo, db_path):
+    demo.faults.raw_paths["/api/v1/clients"] = (200, nested(5000), {})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1
+    assert "Traceback" not in result.stderr
+    last = unstamped(result.stderr).strip().splitlines()[-1]
+    assert last.startswith("sync failed: 0/0 clients") and last.endswith(" - client list: the answer is not JSON")
+
+
+def test_long_remote_text_is_cut_with_a_marker(cli, config, demo, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    long = "A" * 100_000
+    marker = f"...[{100_000 - MAX_TEXT} more characters cut]"
+    demo.faults.names = {2: long}
+    demo.faults.fail_clients = {3: 422}
+    demo.faults.error_text = long
+    demo.faults.extra_rows = {4: [{"stat_date": demo.today().isoformat(), "grab_sales": 1, "note": long, long: 1}]}
+    result = cli("sync", "--days-back", "1")
+    status = cli("status")
+    assert result.code == 1
+    assert query_db(db_path, "SELECT name FROM clients WHERE id = 2") == [("A" * MAX_TEXT + marker,)]
+    assert failures(db_path)[3] == "client 3: HTTP 422: " + "A" * MAX_TEXT + marker
+    (extra,) = query_db(db_path, "SELECT extra FROM client_stats WHERE client_id = 4 AND extra IS NOT NULL")[0]
+    assert json.loads(extra) == {"note": "A" * MAX_TEXT + marker, "A" * MAX_TEXT + marker: 1}
+    assert "A" * (MAX_TEXT + 1) not in result.stderr + status.stdout
+    assert marker in result.stderr and marker in status.stdout
+
+
+def _strict(text: str):
+    """json.loads that refuses NaN and Infinity, as every other JSON reader does."""
+    def refuse(constant):
+        raise ValueError(constant)
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_never_land_in_extra(cli, config, demo, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    today, yesterday = demo.today().isoformat(), (demo.today() - timedelta(days=1)).isoformat()
+    demo.faults.raw_paths["/api/v1/clients/5/stats"] = (
+        200, f'[{{"stat_date": "{today}", "grab_sales": NaN}}, '
+             f'{{"stat_date": "{yesterday}", "grab_sales": 5, "ratio": Infinity, "low": -Infinity, "odd": [NaN], '
+             '"huge": -1e400, "fine": 2.5}]', {})
+    result = cli("sync", "--days-back", "2")
+    assert result.code == 1, result.stderr
+    assert "client 5: rejected row " + today + ": grab_sales: not a number ('NaN')" in result.stderr
+    (extra,) = query_db(db_path, "SELECT extra FROM client_stats WHERE client_id = 5")[0]
+    assert _strict(extra) == {"ratio": "Infinity", "low": "-Infinity", "odd": ["NaN"], "huge": "-1e400", "fine": 2.5}
+    for (stored,) in query_db(db_path, "SELECT extra FROM client_stats WHERE extra IS NOT NULL"):
+        _strict(stored)
+    out = cli("query", "sql", "SELECT extra FROM client_stats WHERE client_id = 5", "--format", "json")
+    assert _strict(out.stdout)[0]["extra"] == extra
+
+
+def test_lists_of_many_clients_are_capped_in_status_and_the_summary(cli, tmp_path, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    with DemoSource(clients=60) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_consecutive_failures": 100})
+        demo.faults.fail_clients = {cid: 422 for cid in range(1, 41)}
+        result = cli("sync", "--days-back", "1")
+        status, check = cli("status"), cli("status", "--check")
+    assert result.code == 1
+    summary = result.stderr.strip().splitlines()[-1]
+    assert re.search(r", 40 failed \((\d+, ){9}\d+ \.\.\. and 30 more\), window ", summary), summary
+    assert "40 clients failed (1, 2, 3, 4, 5, 6, 7, 8, 9, 10 ... and 30 more)" in check.stdout
+    assert "... and 35 more (delivery-sync status --json lists them all)" in status.stdout
+    assert "11, 12, 13" not in check.stdout
+    assert len(json.loads(cli("status", "--json").stdout)["failed_clients"]) == 40  # scripts still get every id
+
+
+# Runs a command as its only child and prints its exit code and peak resident memory (KiB).
+_PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+         "stderr=subprocess.DEVNULL).returncode; print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def _sync_peak_mib(config) -> float:
+    import os
+    import subprocess
+    import sys
+
+    from hardening import SCRIPT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    # A fixed threshold: glibc's adaptive one keeps freed large buffers in the heap, which peak RSS
+    # would count as if they were still held.
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run([sys.executable, "-c", _PEAK, SCRIPT, "--config", str(config), "sync", "--days-back", "2",
+                          "--no-aggregate"], capture_output=True, text=True, env=env, timeout=120).stdout.split()
+    assert out[0] == "0", out
+    return int(out[1]) / 1024
+
+
+def test_answers_read_at_once_hold_a_bounded_amount_of_memory(tmp_path, demo, db_path):
+    """Six 6 MB answers trickling in at once on six threads: without a shared bound they would hold
+    36 MB at once (peak RSS +42 MiB measured); with it (+20 MiB), each waits at its share of max_answer_mb while one large answer is read."""
+    config = write_config(tmp_path / "config.toml", demo.url, db_path,
+                          source={"max_answer_mb": 8, "concurrency": 6, "timeout": 30, "batch": "never"})
+    plain = _sync_peak_mib(config)
+    for cid in range(1, 7):
+        demo.faults.padded_clients[cid] = 6
+        demo.faults.trickle_clients[cid] = 1.0
+    padded = _sync_peak_mib(config)
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 2,)]
+    assert padded - plain < 30, (plain, padded)
+
+
+def test_a_repair_line_for_many_stale_clients_stays_short_and_runnable(cli, tmp_path, db_path):
+    with DemoSource(clients=60) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path)
+        with freeze_time("2026-11-20T01:00:00Z", tick=True):
+            assert cli("sync", "--days-back", "2", "--no-aggregate").code == 0
+        with freeze_time("2026-11-21T00:00:00Z", tick=True):
+            assert cli("sync", "--days-back", "2", "--clients", "3", "--no-aggregate").code == 0
+        with freeze_time("2026-11-21T04:00:00Z"):
+            check = cli("status", "--check")
+    assert check.code == 1
+    assert check.stdout == ("status not ok: stale, 59 active clients not confirmed within 26 h "
+                            "(1, 2, 4, 5, 6, 7, 8, 9, 10, 11 ... and 49 more); run: delivery-sync sync\n")
