@@ -13,8 +13,7 @@ row had it), `stat_changes.old_value`/`new_value` JSONB (a number stays a number
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from datetime import date
+from contextlib import contextmanager
 
 from .. import postgres
 from ..config import PostgresURL
@@ -22,11 +21,10 @@ from ..dialect import POSTGRES
 from ..errors import DeliverySyncError, UsageError
 from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
-from ..records import Client, ClientRows, ParsedRows, Reject
-from . import clients, runs
 from .runs import RunCounts
 from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, migrations, utc_now
-from .upsert import WriteGroup
+from .staging import Staging
+from .store import OpenReplica
 
 MIGRATIONS_TABLE = "delivery_sync_migrations"
 
@@ -98,7 +96,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise storage_error(self.url, exc) from None
 
-    def open(self) -> PostgresReplica:
+    def open(self) -> OpenReplica:
         conn = postgres.connect(self.url, application="delivery-sync writer")
         try:
             migrate(conn, self.url)
@@ -155,105 +153,30 @@ def migrate(conn: postgres.Connection, url: PostgresURL) -> None:
     )
 
 
-class PostgresReplica:
-    """The write side of a run on a PostgreSQL replica: the engine-neutral functions on one connection."""
+class PostgresStaging(Staging):
+    """Batch rows waiting in TEMP tables of the writer's session (on the server's disk, not in
+    this process's memory): the SQLite staging with PostgreSQL's types and upsert."""
+
+    temp = "pg_temp"
+    reject_order = "seq"
+    _values = [f"v{i}" for i in range(len(METRICS) + 1)]
+    insert = (f"INSERT INTO staged_rows VALUES (?, ?, {', '.join('?' * len(_values))}) "
+              f"ON CONFLICT (client_id, stat_date) DO UPDATE SET {', '.join(f'{v} = excluded.{v}' for v in _values)}")
+
+    def create(self) -> None:
+        values = ", ".join(f"v{i} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for i, m in enumerate(METRICS))
+        self.db.execute(f"CREATE TEMP TABLE staged_rows (client_id BIGINT, stat_date TEXT, {values}, v{len(METRICS)} TEXT, "
+                        "PRIMARY KEY (client_id, stat_date))")
+        self.db.execute("CREATE TEMP TABLE staged_rejects (client_id BIGINT, stat_date TEXT, reason TEXT, payload TEXT, seq BIGSERIAL)")
+
+
+class PostgresReplica(OpenReplica):
+    """A run's write side on a PostgreSQL replica."""
 
     engine = "postgresql"
-
-    def __init__(self, conn: postgres.Connection):
-        self.db = conn
-
-    def save_client_list(self, listed: list[Client]) -> None:
-        clients.save_client_list(self.db, listed)
-
-    def latest_dates(self) -> dict[int, date]:
-        return clients.latest_dates(self.db)
-
-    def start_run(self, command: str, window: tuple[date, date] | None = None, clients_total: int = 0) -> int:
-        return runs.start_run(self.db, command, window, clients_total)
+    staging_type = PostgresStaging
 
     def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
-        if self.db.in_transaction and self.db.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        if self.db.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             self.db.rollback()  # a failed statement left the transaction unusable: record the run outside it
-        return runs.finish_run(self.db, run_id, status, counts, error)
-
-    def closed_on_error(self, run_id: int, counts: RunCounts | None = None) -> AbstractContextManager[None]:
-        return runs.closed_on_error(self.db, run_id, counts)
-
-    def record_failure(self, run_id: int, client_id: int | None, error: str) -> None:
-        runs.record_failure(self.db, run_id, client_id, error)
-
-    def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
-        runs.record_unfetched(self.db, run_id, client_ids)
-
-    def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None:
-        return runs.last_sync_to_retry(self.db)
-
-    def write_group(self) -> WriteGroup:
-        return WriteGroup(self.db)
-
-    def staging(self) -> PostgresStaging:
-        return PostgresStaging(self.db)
-
-    def transaction(self) -> AbstractContextManager[None]:
-        """One transaction: everything inside commits together or not at all."""
-        return self.db.atomic()
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class PostgresStaging:
-    """Batch rows of clients still being fetched, in a TEMP table of the writer's session (on the
-    server's disk, not in this process's memory); the SQLite `Staging` with PostgreSQL's SQL."""
-
-    def __init__(self, db: postgres.Connection):
-        self.db = db
-        values = ", ".join(f"v{i} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for i, m in enumerate(METRICS))
-        extra = f"v{len(METRICS)}"
-        self._values = [f"v{i}" for i in range(len(METRICS) + 1)]
-        db.execute("DROP TABLE IF EXISTS pg_temp.staged_rows")
-        db.execute("DROP TABLE IF EXISTS pg_temp.staged_rejects")
-        db.execute(f"CREATE TEMP TABLE staged_rows (client_id BIGINT, stat_date TEXT, {values}, {extra} TEXT, "
-                   "PRIMARY KEY (client_id, stat_date))")
-        db.execute("CREATE TEMP TABLE staged_rejects (seq BIGSERIAL, client_id BIGINT, stat_date TEXT, reason TEXT, payload TEXT)")
-        self._fetched: dict[int, int] = {}
-        updates = ", ".join(f"{v} = excluded.{v}" for v in self._values)
-        self._insert = (f"INSERT INTO staged_rows VALUES (?, ?, {', '.join('?' * len(self._values))}) "
-                        f"ON CONFLICT (client_id, stat_date) DO UPDATE SET {updates}")
-
-    def add(self, client_id: int, parsed: ParsedRows) -> None:
-        """Stage one answer's rows of a client (a later answer for the same day wins)."""
-        self._fetched[client_id] = self._fetched.get(client_id, 0) + parsed.fetched
-        with self.db.atomic():
-            if parsed.rows:
-                self.db.executemany(self._insert, [(client_id, day.isoformat(), *row.values()) for day, row in parsed.rows.items()])
-            if parsed.rejects:
-                self.db.executemany(
-                    "INSERT INTO staged_rejects (client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?)",
-                    [(client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
-                )
-
-    def take(self, client_id: int) -> ClientRows:
-        """Everything staged for a client, removed from the stage."""
-        values = {
-            date.fromisoformat(row[0]): tuple(row[1:])
-            for row in self.db.execute(
-                f"SELECT stat_date, {', '.join(self._values)} FROM staged_rows WHERE client_id = ? ORDER BY stat_date", [client_id]
-            )
-        }
-        rejects = [Reject(*row) for row in self.db.execute(
-            "SELECT stat_date, reason, payload FROM staged_rejects WHERE client_id = ? ORDER BY seq", [client_id]
-        )]
-        self.discard(client_id)
-        return ClientRows(values, rejects, self._fetched.pop(client_id, 0))
-
-    def discard(self, client_id: int) -> None:
-        """Forget a client's staged rows (it failed: nothing of it is written)."""
-        with self.db.atomic():
-            self.db.execute("DELETE FROM staged_rows WHERE client_id = ?", [client_id])
-            self.db.execute("DELETE FROM staged_rejects WHERE client_id = ?", [client_id])
-
-    def close(self) -> None:
-        self.db.execute("DROP TABLE IF EXISTS pg_temp.staged_rows")
-        self.db.execute("DROP TABLE IF EXISTS pg_temp.staged_rejects")
+        return super().finish_run(run_id, status, counts, error)

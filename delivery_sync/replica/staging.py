@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 
-import sqlite_utils
-
 from ..metrics import METRICS
 from ..records import ClientRows, ParsedRows, Reject
 
@@ -20,27 +18,36 @@ _VALUES = [f"v{i}" for i in range(len(METRICS) + 1)]  # the metrics, then extra 
 
 
 class Staging:
-    """Rows and rejects of clients still being fetched, by client."""
+    """Rows and rejects of clients still being fetched, by client (SQLite's SQL; the PostgreSQL
+    replica's subclass has its own)."""
 
-    def __init__(self, db: sqlite_utils.Database):
+    # The temp schema's name, the order rejects were staged in, and the upsert of a staged row.
+    temp = "temp"
+    reject_order = "rowid"
+    insert = f"INSERT OR REPLACE INTO staged_rows VALUES (?, ?, {', '.join('?' * len(_VALUES))})"
+
+    def __init__(self, db):
         self.db = db
-        # Columns without a declared type: SQLite keeps each value exactly as given (no affinity).
-        db.execute("DROP TABLE IF EXISTS temp.staged_rows")
-        db.execute("DROP TABLE IF EXISTS temp.staged_rejects")
-        db.execute(f"CREATE TEMP TABLE staged_rows(client_id, stat_date, {', '.join(_VALUES)}, PRIMARY KEY (client_id, stat_date))")
-        db.execute("CREATE TEMP TABLE staged_rejects(client_id, stat_date, reason, payload)")
-        db.execute("CREATE INDEX temp.staged_rejects_client ON staged_rejects(client_id)")
+        self.close()
+        self.create()
         self._fetched: dict[int, int] = defaultdict(int)
-        self._insert = f"INSERT OR REPLACE INTO staged_rows VALUES (?, ?, {', '.join('?' * len(_VALUES))})"
+
+    def create(self) -> None:
+        """The two TEMP tables."""
+        # Columns without a declared type: SQLite keeps each value exactly as given (no affinity).
+        self.db.execute(f"CREATE TEMP TABLE staged_rows(client_id, stat_date, {', '.join(_VALUES)}, PRIMARY KEY (client_id, stat_date))")
+        self.db.execute("CREATE TEMP TABLE staged_rejects(client_id, stat_date, reason, payload)")
+        self.db.execute("CREATE INDEX temp.staged_rejects_client ON staged_rejects(client_id)")
 
     def add(self, client_id: int, parsed: ParsedRows) -> None:
         """Stage one answer's rows of a client (a later answer for the same day wins)."""
         self._fetched[client_id] += parsed.fetched
         with self.db.atomic():  # one transaction of the temp database; the replica is not locked by it
-            self.db.conn.executemany(self._insert, [(client_id, day.isoformat(), *row.values()) for day, row in parsed.rows.items()])
+            if parsed.rows:
+                self.db.executemany(self.insert, [(client_id, day.isoformat(), *row.values()) for day, row in parsed.rows.items()])
             if parsed.rejects:
-                self.db.conn.executemany(
-                    "INSERT INTO staged_rejects VALUES (?, ?, ?, ?)",
+                self.db.executemany(
+                    "INSERT INTO staged_rejects (client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?)",
                     [(client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
                 )
 
@@ -53,7 +60,7 @@ class Staging:
             )
         }
         rejects = [Reject(*row) for row in self.db.execute(
-            "SELECT stat_date, reason, payload FROM staged_rejects WHERE client_id = ? ORDER BY rowid", [client_id]
+            f"SELECT stat_date, reason, payload FROM staged_rejects WHERE client_id = ? ORDER BY {self.reject_order}", [client_id]
         )]
         self.discard(client_id)
         return ClientRows(values, rejects, self._fetched.pop(client_id, 0))
@@ -65,5 +72,6 @@ class Staging:
             self.db.execute("DELETE FROM staged_rejects WHERE client_id = ?", [client_id])
 
     def close(self) -> None:
-        self.db.execute("DROP TABLE IF EXISTS temp.staged_rows")
-        self.db.execute("DROP TABLE IF EXISTS temp.staged_rejects")
+        """Drop the TEMP tables (left by an earlier run of this connection, or done with)."""
+        self.db.execute(f"DROP TABLE IF EXISTS {self.temp}.staged_rows")
+        self.db.execute(f"DROP TABLE IF EXISTS {self.temp}.staged_rejects")

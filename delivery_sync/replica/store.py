@@ -11,8 +11,7 @@ differs, each implementation holds its own.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Protocol
@@ -99,14 +98,15 @@ class SqliteStore:
         return " ".join(str(exc).split())
 
 
-class SqliteReplica:
-    """The write side of a run on a SQLite replica: the functions of this package, on one connection."""
+class OpenReplica:
+    """The write side of a run: the engine-neutral functions of this package on one connection
+    (a SQLite `ReplicaDatabase` or a `postgres.Connection`)."""
 
     engine = "sqlite"
+    staging_type = Staging
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
+    def __init__(self, db):
         self.db = db
-        self.path = path
 
     def save_client_list(self, listed: list[Client]) -> None:
         clients.save_client_list(self.db, listed)
@@ -136,13 +136,19 @@ class SqliteReplica:
         return WriteGroup(self.db)
 
     def staging(self) -> Staging:
-        return Staging(self.db)
+        return self.staging_type(self.db)
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One transaction: everything inside commits together or not at all."""
-        with self.db.atomic():
-            yield
+        return self.db.atomic()
 
     def close(self) -> None:
         self.db.close()
+
+
+class SqliteReplica(OpenReplica):
+    """A run's write side on a SQLite replica file."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        super().__init__(db)
+        self.path = path
