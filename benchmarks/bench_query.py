@@ -71,10 +71,10 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def in_process(path: Path, runs: int) -> list[tuple[str, float, float]]:
+def in_process(path, runs: int) -> list[tuple[str, float, float]]:
     """(label, median ms, target ms) for each report and window."""
     today = datetime.now(DEMO_TZ).date()
-    conn = readonly.open_readonly(path)
+    conn = readonly.open_reader(path)
     windows = [(f"--days {n}", Window(today - timedelta(days=n - 1), today), 10) for n in (7, 30, 90, 365)]
     first_of_month = today.replace(day=1)
     windows += [

@@ -16,7 +16,10 @@ Targets: peak RSS <= 250 MB and independent of N; aggregate <= 10 s at 10,000 x 
 incremental <= 10 s at 10,000 with the batch endpoint; reports at 10,000: stored periods <= 10 ms,
 any window <= 200 ms. `--clients 10000` runs in under 20 minutes.
 
-Run: python benchmarks/bench_scale.py [--clients 1000] [--days 365] [--concurrency 8] [--batch auto] [--runs 5]
+With --postgres URL (a server whose role may create databases) the replica is a new database
+there instead of a SQLite file; the same steps and reports are timed (no WAL to watch).
+
+Run: python benchmarks/bench_scale.py [--clients 1000] [--days 365] [--concurrency 8] [--batch auto] [--runs 5] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _installed import compile_package  # noqa: E402  (sibling scripts, not a package)
 from bench_query import in_process  # noqa: E402
+
+from delivery_sync import readonly  # noqa: E402
 
 
 def free_port() -> int:
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--batch", choices=("auto", "never"), default="auto")
     parser.add_argument("--runs", type=int, default=5, help="runs of each report timing")
     parser.add_argument("--keep", type=Path, metavar="FOLDER", help="leave the replica and its config in this (new) folder, to profile")
+    parser.add_argument("--postgres", metavar="URL", help="the replica in a new database on this PostgreSQL server")
     args = parser.parse_args()
     print(compile_package(), flush=True)
 
@@ -107,25 +112,28 @@ def main() -> None:
                 args.keep.mkdir(parents=True)
                 tmp = args.keep
             database = Path(tmp) / "replica.db"
+            if args.postgres:
+                database = new_database(args.postgres)
             config = Path(tmp) / "config.toml"
             config.write_text(f'database = "{database}"\n[source]\nurl = "{url}"\nbatch = "{args.batch}"\n'
                               f"concurrency = {args.concurrency}\nmin_interval = 0\n")
             cli = [sys.executable, "-m", "delivery_sync", "-q", "--config", str(config)]
-            wal = database.with_name(database.name + "-wal")
+            wal = Path(tmp) / "replica.db-wal"
             steps = {
                 "first sync": watched([*cli, "sync", "--days-back", str(args.days), "--no-aggregate"], wal),
                 "aggregate": watched([*cli, "aggregate"], wal),
                 # -v: its aggregate's own line tells how long refreshing the rollups took.
                 "incremental sync": watched([*cli[:3], "-v", *cli[4:], "sync", "--days-back", str(args.days), "--incremental"], wal),
             }
-            conn = sqlite3.connect(database)
+            conn = readonly.open_reader(database)
             rows = conn.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0]
             conn.close()
             reports = in_process(database, args.runs)
     finally:
         server.terminate()
         server.wait(10)
-    print(f"{args.clients} clients x {args.days} days ({rows} rows), demo source at 0 ms in its own process, "
+    engine = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"{args.clients} clients x {args.days} days ({rows} rows) into {engine}, demo source at 0 ms in its own process, "
           f"concurrency {args.concurrency}, batch = {args.batch}; load average {os.getloadavg()[0]:.2f}; "
           f"{time.monotonic() - began:.0f} s in all")
     for name, f in steps.items():
@@ -142,6 +150,16 @@ def main() -> None:
     for label, ms, target in reports:
         limit = 10 if target == 10 else 200
         print(f"  {'ok  ' if ms <= limit else 'SLOW'} {ms:9.2f} ms  (<= {limit} ms)  {label}")
+
+
+def new_database(server: str) -> str:
+    """A new, empty database on the PostgreSQL server `server`; its URL."""
+    import psycopg
+
+    name = f"bench_scale_{os.getpid()}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
 
 
 if __name__ == "__main__":

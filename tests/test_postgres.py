@@ -275,3 +275,23 @@ def test_without_the_driver_a_postgresql_database_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: a postgresql:// database needs the PostgreSQL driver (install it with: pip install 'delivery-sync[postgres]')"
     ]
+
+
+def test_collect_and_aggregate_as_of_record_their_runs_on_postgres(cli, demo, tmp_path, pg_url):
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "collect").code == 0
+    assert run(cli, config, "sync", "--days-back", "40", "--no-aggregate").code == 0
+    result = run(cli, config, "aggregate", "--as-of", "2026-11-01")
+    assert result.code == 0, result.stderr
+    assert rows_of(pg_url, "SELECT command, status FROM sync_runs ORDER BY id") == [("collect", "ok"), ("sync", "ok"), ("aggregate", "ok")]
+    assert rows_of(pg_url, "SELECT period_start, period_end FROM overall_aggregates WHERE period = 'last_7d'") == [("2026-10-26", "2026-11-01")]
+
+
+def test_the_sqlite_path_never_imports_the_postgresql_driver(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    for args in (["sync", "--source", "demo", "--days-back", "3"], ["status"], ["query", "top"], ["query", "sql", "SELECT 1"]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "delivery_sync", "--db", str(tmp_path / "r.db"), *args],
+                                env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-500:]
+        assert "delivery_sync.cli" in result.stderr  # the import log is there to read
+        assert "psycopg" not in result.stderr and "delivery_sync.postgres" not in result.stderr, args
