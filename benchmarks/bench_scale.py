@@ -39,6 +39,7 @@ from _installed import compile_package  # noqa: E402  (sibling scripts, not a pa
 from bench_query import in_process  # noqa: E402
 
 from delivery_sync import readonly  # noqa: E402
+from delivery_sync.config import PostgresURL  # noqa: E402
 
 
 def free_port() -> int:
@@ -125,10 +126,11 @@ def main() -> None:
                 # -v: its aggregate's own line tells how long refreshing the rollups took.
                 "incremental sync": watched([*cli[:3], "-v", *cli[4:], "sync", "--days-back", str(args.days), "--incremental"], wal),
             }
-            conn = readonly.open_reader(database)
+            replica = PostgresURL(database) if args.postgres else database
+            conn = readonly.open_reader(replica)
             rows = conn.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0]
             conn.close()
-            reports = in_process(database, args.runs)
+            reports = in_process(replica, args.runs)
     finally:
         server.terminate()
         server.wait(10)
