@@ -63,7 +63,7 @@ class NothingToRetry(Exception):
 
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
-    with replica.writer_lock(settings.database, "sync"):
+    with replica.writer_lock(settings.database, "sync", discard_unused=True):
         if options.retry_failed:
             options = _retry_options(settings.database, options)
         result = _sync(settings, options, progress)

@@ -35,6 +35,7 @@ def status(
     settings = ctx.obj.settings()
     _check_path(settings.database)
     report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history)
+    _warn_if_lock_refused(settings.database)
     if fmt == "json":
         render.status_json(report)
     elif fmt == "prometheus":
@@ -44,6 +45,18 @@ def status(
     else:
         render.show_status(report)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
+
+
+def _warn_if_lock_refused(database) -> None:
+    """A lock file every writing run refuses (a planted symlink, a FIFO): said on stderr, so the
+    operator learns it before the next sync fails on it; stdout stays the report."""
+    import logging
+
+    from ..readonly import lock_problem
+
+    problem = lock_problem(database)
+    if problem:
+        logging.getLogger("delivery_sync").warning("%s; every sync, collect and aggregate exits 2 until it is removed", problem)
 
 
 def _check_path(database) -> None:
