@@ -4,6 +4,8 @@ The TOML file is `--config PATH`, else `$DELIVERY_SYNC_CONFIG`, else
 `./config.toml` when it exists. Environment names are `DELIVERY_SYNC_` + key,
 with `__` between section and key. Unknown keys and wrong types are a
 `ConfigError` naming the key.
+
+There is no default `source.url`, so no token goes anywhere unasked.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class _Section(BaseModel):
 
 
 class SourceSettings(_Section):
-    url: str = "http://127.0.0.1:3000"
+    url: str | None = None  # no default: a token is sent only where someone said to
     token: SecretStr = SecretStr("")
     timeout: PositiveFloat = 30
     max_retries: NonNegativeInt = 5
@@ -137,11 +139,6 @@ class Settings(BaseSettings):
     def config_file(self) -> Path | None:
         """The TOML file these settings were read from (None: defaults and environment only)."""
         return self._config_file
-
-    @property
-    def first_contact(self) -> bool:
-        """No config file and no source.url given: a new user, not a configured deployment."""
-        return self._config_file is None and "url" not in self.source.model_fields_set
 
     @field_validator("database")
     @classmethod

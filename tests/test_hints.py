@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 import socket
 import ssl
 import threading
@@ -60,33 +60,65 @@ def test_to_after_today_is_refused(cli, config, db_path):
 
 
 @pytest.fixture
-def default_port_refuses():
-    """127.0.0.1:3000 (the default source.url) bound but not listening: a connection is refused at once."""
+def listener_on_the_old_default_url():
+    """Something listening on 127.0.0.1:3000, the default source.url of earlier versions: it must get no request."""
     sock = socket.socket()
     try:
         sock.bind(("127.0.0.1", 3000))
     except OSError:
         pytest.skip("port 3000 is in use here")
-    yield
+    sock.listen()
+    sock.setblocking(False)
+    yield sock
     sock.close()
 
 
+def _connections(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
 @pytest.mark.parametrize("command", ["sync", "collect"])
-def test_no_config_and_nothing_at_the_default_url_says_what_to_do(cli, default_port_refuses, command):
+def test_no_source_url_anywhere_stops_before_any_request(cli, monkeypatch, listener_on_the_old_default_url, db_path, command):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__TOKEN", "tok-never-sent")
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", str(db_path))
     result = cli(command)
-    assert result.code == 1
-    warning, summary = result.stderr.strip().splitlines()
-    assert re.sub(r"^\S+Z ", "", warning).startswith(
-        "warning: no config file found (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml)"
+    assert result.code == 2
+    assert one_line(result.stderr) == (
+        "error: no source.url configured (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml): "
+        f"nothing was sent (try 'delivery-sync {command} --source demo', or copy config.example.toml to config.toml "
+        "and set source.url)"
     )
-    assert "'delivery-sync sync --source demo'" in warning and "config.example.toml" in warning
-    assert summary.startswith(f"{command} failed:") and "1 request" in summary  # no minutes of retries
+    assert _connections(listener_on_the_old_default_url) == 0
+    assert not db_path.exists() and not db_path.with_name("replica.db.lock").exists()
 
 
-def test_a_configured_remote_that_is_down_gets_no_first_contact_hint(cli, tmp_path, db_path, default_port_refuses):
-    write_config(tmp_path / "config.toml", "http://127.0.0.1:3000", db_path, source={"max_retries": 1})
+def test_a_config_file_without_source_url_names_it(cli, tmp_path, db_path, listener_on_the_old_default_url):
+    (tmp_path / "config.toml").write_text(f'database = "{db_path}"\n[source]\ntoken = "tok-never-sent"\n')
+    os.chmod(tmp_path / "config.toml", 0o600)
     result = cli("sync")
-    assert result.code == 1 and "no config file" not in result.stderr and "2 attempts" in result.stderr
+    assert result.code == 2
+    assert one_line(result.stderr).startswith(
+        f"error: no source.url configured (not in {tmp_path / 'config.toml'} nor $DELIVERY_SYNC_SOURCE__URL): nothing was sent"
+    )
+    assert _connections(listener_on_the_old_default_url) == 0
+
+
+def test_a_configured_remote_that_is_down_is_retried_as_configured(cli, tmp_path, db_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: every connection is refused at once
+    try:
+        write_config(tmp_path / "config.toml", f"http://127.0.0.1:{sock.getsockname()[1]}", db_path, source={"max_retries": 1})
+        result = cli("sync")
+    finally:
+        sock.close()
+    assert result.code == 1 and "no source.url" not in result.stderr and "2 attempts" in result.stderr
 
 
 def test_https_url_on_a_plain_http_remote_says_so_without_retrying(cli, tmp_path, db_path):
