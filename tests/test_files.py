@@ -217,3 +217,58 @@ def test_a_first_collect_is_still_recorded(cli, config, db_path, demo):
     demo.faults.collect_fails = True
     assert cli("collect").code == 1
     assert query_db(db_path, "SELECT command, status FROM sync_runs") == [("collect", "failed")]
+
+
+# --- item 4: a ./config.toml nobody named -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_an_implicit_config_owned_by_another_user_is_refused(cli, config, demo, db_path):
+    os.chown(config, 65534, 65534)
+    result = cli("sync", "--days-back", "1")
+    assert result.code == 2
+    assert one_line(result.stderr) == (
+        "error: ./config.toml is owned by another user (uid 65534): refused, it was only found in the current folder "
+        "(pass it with --config if you trust it)"
+    )
+    assert demo.requests == [] and not db_path.exists()
+    assert cli("--config", str(config), "sync", "--days-back", "1").code == 0  # named, it is the user's choice
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_an_implicit_config_others_may_write_is_refused(cli, config, demo, db_path, mode):
+    os.chmod(config, mode)
+    for args in (["sync", "--days-back", "1"], ["status"]):
+        result = cli(*args)
+        assert result.code == 2
+        assert one_line(result.stderr) == (
+            f"error: ./config.toml may be written by other users (mode {mode:04o}): refused, whoever writes it chooses "
+            "where the token is sent (chmod go-w config.toml, or pass it with --config)"
+        )
+    assert demo.requests == []
+
+
+def test_a_named_config_others_may_write_is_read(cli, config, monkeypatch):
+    os.chmod(config, 0o666)
+    assert cli("--config", str(config), "sync", "--days-back", "1").code == 0
+    monkeypatch.setenv("DELIVERY_SYNC_CONFIG", str(config))
+    assert cli("status", "--check").code == 0
+
+
+def test_a_token_others_can_read_gets_a_warning(cli, tmp_path, db_path):
+    from delivery_sync.demo_source import DemoSource
+
+    with DemoSource(clients=2, token="tok-s3cret") as demo:
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"token": "tok-s3cret"})
+        os.chmod(config, 0o644)
+        shared = cli("sync", "--days-back", "1")
+        os.chmod(config, 0o600)
+        private = cli("sync", "--days-back", "1")
+    assert shared.code == 0 and private.code == 0
+    warning = [line for line in shared.stderr.splitlines() if "source.token" in line]
+    assert len(warning) == 1 and warning[0].endswith(
+        f"warning: {config} holds source.token and other users can read it (mode 0644): chmod 600 it, "
+        "or set DELIVERY_SYNC_SOURCE__TOKEN instead"
+    )
+    assert "tok-s3cret" not in shared.stderr + shared.stdout
+    assert "source.token" not in private.stderr
