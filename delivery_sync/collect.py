@@ -38,15 +38,15 @@ class CollectResult:
 def run_collect(settings: Settings) -> CollectResult:
     """Trigger one collection on the remote and record it as a `collect` run, holding the writer lock."""
     with replica.writer_lock(settings.database, "collect"):
+        clock = replica.RunClock()  # the summary's seconds are the run row's duration
         db = replica.open_replica(settings.database)
         try:
             # The row is `running` while we wait, so `status` shows a collection in progress.
-            run_id = replica.start_run(db, "collect")
-            began = time.monotonic()
+            run_id = replica.start_run(db, "collect", started_at=clock.started_at)
             with replica.closed_on_error(db, run_id):
                 message, error, requests = _trigger(settings)
-            seconds = time.monotonic() - began
-            run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
+            seconds, finished_at = clock.stop()
+            run = replica.finish_run(db, run_id, "failed" if error else "ok", RunCounts(requests=requests), error, finished_at)
         finally:
             db.close()
     # No separate error log: the summary line carries the reason (one line for cron mail).

@@ -10,7 +10,6 @@ moment leaves each client either as it was or fully updated.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
@@ -77,9 +76,11 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
 
 
 def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
-    began = time.monotonic()
+    # One clock for the run: its `sync_runs` times and the summary's seconds both come from it,
+    # the client list included.
+    clock = replica.RunClock()
     failures: list[tuple[int | None, str]] = []
-    deadline = began + options.deadline_minutes * 60 if options.deadline_minutes else None
+    deadline = clock.began + options.deadline_minutes * 60 if options.deadline_minutes else None
     with SourceClient(settings.source, deadline=deadline) as source:
         try:
             listed, problems = parse_clients(source.list_clients())
@@ -87,9 +88,9 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                 unreadable = f" ({len(problems)} unreadable entries)" if problems else ""
                 raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
-            return _failed_before_fetch(settings, options, str(exc), source.requests, began)
+            return _failed_before_fetch(settings, options, str(exc), source.requests, clock)
         except Interrupted as stop:  # stopped while the list was retried: recorded like any other run
-            stop.run = _failed_before_fetch(settings, options, "interrupted", source.requests, began).run
+            stop.run = _failed_before_fetch(settings, options, "interrupted", source.requests, clock).run
             raise
         selected = _select(listed, options.client_ids, options.retrying)
         db = replica.open_replica(settings.database)
@@ -97,37 +98,47 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
             replica.save_client_list(db, listed)
             windows = _client_windows(db, selected, options, settings.sync.lookback_days)
             window_start = min((w.start for w in windows.values()), default=options.window.start)
-            run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected))
+            run_id = replica.start_run(db, "sync", (window_start, options.window.end), len(selected), clock.started_at)
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             changed = ChangedRows(run_id)
             error = None
             with replica.closed_on_error(db, run_id, counts):
                 written: set[int] = set()
                 deadline_hit = False
+
+                def record_unfetched() -> list[int]:
+                    # Recorded so that `sync --retry-failed` fetches them too, and only them.
+                    failed = {cid for cid, _ in failures}
+                    unfetched = [cid for cid in windows if cid not in written and cid not in failed]
+                    replica.record_unfetched(db, run_id, unfetched)
+                    return unfetched
+
                 try:
                     _fetch_and_write(db, source, run_id, windows, options.prune, counts, failures, written, progress, settings,
                                      changed)
                 except StopRun as stop:
-                    # Recorded so that `sync --retry-failed` fetches them too.
-                    failed = {cid for cid, _ in failures}
-                    unfetched = [cid for cid in windows if cid not in written and cid not in failed]
-                    replica.record_unfetched(db, run_id, unfetched)
+                    unfetched = record_unfetched()
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
                         shown = ", ".join(map(str, unfetched[:20])) + (", ..." if len(unfetched) > 20 else "")
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True
+                except (Interrupted, KeyboardInterrupt):
+                    # Ctrl-C or SIGTERM: the clients written stay written, the rest is for --retry-failed.
+                    record_unfetched()
+                    raise
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(failures)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
-            run = replica.finish_run(db, run_id, status, counts, error)
+            seconds, finished_at = clock.stop()
+            run = replica.finish_run(db, run_id, status, counts, error, finished_at)
         finally:
             db.close()
     for warning in counts.warnings:
         log.warning(warning)
-    return SyncResult(run, failures, counts.warnings, time.monotonic() - began, changed=changed)
+    return SyncResult(run, failures, counts.warnings, seconds, changed=changed)
 
 
 def _retry_options(database, options: SyncOptions) -> SyncOptions:
@@ -248,12 +259,14 @@ def _status(counts: RunCounts, error: str | None) -> str:
     return "ok"
 
 
-def _failed_before_fetch(settings: Settings, options: SyncOptions, error: str, requests: int, began: float) -> SyncResult:
+def _failed_before_fetch(settings: Settings, options: SyncOptions, error: str, requests: int,
+                         clock: replica.RunClock) -> SyncResult:
     """The client list could not be had: record a failed run, touch no data."""
     db = replica.open_replica(settings.database)
     try:
-        run_id = replica.start_run(db, "sync", (options.window.start, options.window.end))
-        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), error)
+        run_id = replica.start_run(db, "sync", (options.window.start, options.window.end), started_at=clock.started_at)
+        seconds, finished_at = clock.stop()
+        run = replica.finish_run(db, run_id, "failed", RunCounts(requests=requests), error, finished_at)
     finally:
         db.close()
-    return SyncResult(run, [(None, error)], [], time.monotonic() - began)
+    return SyncResult(run, [(None, error)], [], seconds)

@@ -8,7 +8,6 @@ always matches this code and needs no migration.
 from __future__ import annotations
 
 import calendar
-import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -117,11 +116,11 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
     """
     from .. import replica
 
-    began = time.monotonic()
+    clock = replica.RunClock()  # the summary's seconds are the run row's duration
     db = replica.open_replica(database)
     refreshed = False
     try:
-        run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of))
+        run_id = replica.start_run(db, "aggregate", (as_of - timedelta(days=364), as_of), started_at=clock.started_at)
         with replica.closed_on_error(db, run_id):
             try:
                 with db.atomic():
@@ -132,14 +131,17 @@ def aggregate_locked(database: Path, as_of: date, changed: ChangedRows | None = 
                         built = _rebuild(db, database, as_of, now)
                     db.execute("DELETE FROM agg_parts_run")
                     db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
-                    run = replica.finish_run(db, run_id, "ok", _counts(db))
+                    counts = _counts(db)
+                    seconds, finished_at = clock.stop()
+                    run = replica.finish_run(db, run_id, "ok", counts, finished_at=finished_at)
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc))
+                seconds, finished_at = clock.stop()
+                run = replica.finish_run(db, run_id, "failed", replica.RunCounts(), str(exc), finished_at)
                 built = []
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)
-    return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
+    return AggregateResult(run, as_of, len(built) - months, months, seconds, refreshed)
 
 
 def _counts(db: sqlite_utils.Database):

@@ -13,12 +13,13 @@ Writers open it with `open_replica()` while holding `writer_lock()`; readers use
 
 from .clients import latest_dates, save_client_list
 from .lock import writer_lock
-from .runs import RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
+from .runs import RunClock, RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
 from .schema import SCHEMA_VERSION, open_replica, utc_now
 from .staging import Staging
 from .upsert import ClientWrite, WriteGroup, write_client_window
 
 __all__ = [
-    "SCHEMA_VERSION", "ClientWrite", "RunCounts", "Staging", "WriteGroup", "closed_on_error", "finish_run", "latest_dates", "open_replica",
+    "SCHEMA_VERSION", "ClientWrite", "RunClock", "RunCounts", "Staging", "WriteGroup", "closed_on_error",
+    "finish_run", "latest_dates", "open_replica",
     "record_failure", "record_unfetched", "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from datetime import date
 import sqlite_utils
 
 from ..errors import Interrupted
-from .schema import RUN_COUNTERS, utc_now
+from .schema import RUN_COUNTERS, utc_now, utc_stamp
 
 
 @dataclass
@@ -34,6 +35,21 @@ class RunCounts:
         return {name: getattr(self, name) for name in RUN_COUNTERS}
 
 
+class RunClock:
+    """A run's clock, read once at its start and once at its end: the `started_at` and `finished_at`
+    of its `sync_runs` row and the seconds of its summary line come from the same two readings."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self._wall = time.time()
+        self.started_at = utc_stamp(self._wall)
+
+    def stop(self) -> tuple[float, str]:
+        """(seconds since the start, the end as `finished_at`)."""
+        seconds = time.monotonic() - self.began
+        return seconds, utc_stamp(self._wall + seconds)
+
+
 def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
     """Runs left `running` by a process that died become `failed` ("interrupted").
 
@@ -50,7 +66,8 @@ def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
 
 
 def start_run(
-    db: sqlite_utils.Database, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
+    db: sqlite_utils.Database, command: str, window: tuple[date, date] | None = None, clients_total: int = 0,
+    started_at: str | None = None,
 ) -> int:
     """Insert a `running` row in `sync_runs` and return its id; the caller holds the writer lock.
 
@@ -61,7 +78,7 @@ def start_run(
     row = {
         "command": command,
         "status": "running",
-        "started_at": utc_now(),
+        "started_at": started_at or utc_now(),
         "window_start": window[0].isoformat() if window else None,
         "window_end": window[1].isoformat() if window else None,
         "clients_total": clients_total,
@@ -69,14 +86,15 @@ def start_run(
     return db["sync_runs"].insert(row).last_pk
 
 
-def finish_run(db: sqlite_utils.Database, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
-    """Close a run with its status, counters and error/warnings; returns the stored row."""
+def finish_run(db: sqlite_utils.Database, run_id: int, status: str, counts: RunCounts, error: str | None = None,
+               finished_at: str | None = None) -> dict:
+    """Close a run with its status, counters and error/warnings (at `finished_at`, default now); returns the stored row."""
     messages = [*counts.warnings, *([error] if error else [])]
     db["sync_runs"].update(
         run_id,
         {
             "status": status,
-            "finished_at": utc_now(),
+            "finished_at": finished_at or utc_now(),
             "error": "; ".join(messages) or None,
             **counts.as_row(),
         },

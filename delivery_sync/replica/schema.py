@@ -25,6 +25,11 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+def utc_stamp(seconds: float) -> str:
+    """A Unix time as the replica writes times (`YYYY-MM-DDTHH:MM:SS+00:00`)."""
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=0).isoformat()
+
+
 migrations = Migrations("delivery_sync")
 
 
