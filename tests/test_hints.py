@@ -164,3 +164,59 @@ def test_http_url_on_a_tls_remote_says_so_without_retrying(cli, tmp_path, db_pat
     assert result.code == 1
     assert "the server speaks TLS (use an https:// URL in source.url)" in result.stderr
     assert "1 request" in result.stderr.splitlines()[-1]
+
+
+# --- hints repeat the global options that chose the replica (issue 18, item 14) ------------------------------
+
+
+def test_a_repair_hint_copied_from_status_acts_on_the_same_replica(cli, tmp_path):
+    import json
+    import shlex
+
+    from conftest import DEMO_CLIENTS, query_db
+
+    elsewhere = tmp_path / "ops dir"
+    db = elsewhere / "shop.db"
+    with DemoSource(clients=DEMO_CLIENTS) as demo:
+        config = write_config(tmp_path / "etc.toml", demo.url, tmp_path / "unused.db",
+                              source={"max_retries": 0, "batch": "never"})
+        elsewhere.mkdir()
+        given = ["--config", str(config), "--db", str(db)]
+        demo.faults.fail_clients = {3: 500}
+        assert cli(*given, "sync", "--days-back", "2").code == 1
+        status = cli(*given, "status")
+        run_line = next(line for line in status.stdout.splitlines() if line.startswith("Run:"))
+        assert run_line == f'Run: delivery-sync --config {config} --db "{db}" sync --retry-failed'
+        check = cli(*given, "status", "--check")
+        assert check.stdout.strip().endswith(f'; run: delivery-sync --config {config} --db "{db}" sync --retry-failed')
+        advice = json.loads(cli(*given, "status", "--json").stdout)["verdict"]["advice"]
+        assert advice == run_line.removeprefix("Run: ")
+        demo.faults.fail_clients = {}
+        copied = shlex.split(advice)
+        assert copied[0] == "delivery-sync"
+        assert cli(*copied[1:]).code == 0  # the operator pastes the hint
+    assert query_db(db, "SELECT status FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("partial",), ("ok",)]
+    assert query_db(db, "SELECT COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS,)]
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_an_error_hint_repeats_db_and_a_plain_one_stays_plain(cli, tmp_path):
+    missing = tmp_path / "nowhere.db"
+    with_db = cli("--db", str(missing), "query", "top")
+    assert with_db.code == 2
+    assert one_line(with_db.stderr) == f"error: no replica at {missing} (run 'delivery-sync --db {missing} sync' first)"
+    status = cli("--db", str(missing), "status").stdout.splitlines()
+    assert status[1:] == [f"Run: delivery-sync --db {missing} sync",
+                          f"(to try it without a remote: delivery-sync --db {missing} sync --source demo)"]
+    plain = cli("query", "top")
+    assert one_line(plain.stderr) == f"error: no replica at {Path('delivery_stats.db')} (run 'delivery-sync sync' first)"
+
+
+def test_the_stale_warning_of_a_query_names_status_with_the_same_db(cli, config, db_path):
+    from freezegun import freeze_time
+
+    assert cli("sync", "--days-back", "2").code == 0
+    with freeze_time("2099-01-01"):
+        result = cli("--db", str(db_path), "query", "totals", "--from", "2026-01-01", "--to", "2026-01-02")
+    assert result.code == 0
+    assert f"(see 'delivery-sync --db {db_path} status')" in result.stderr

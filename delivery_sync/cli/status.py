@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..errors import EXIT_FAILED, UsageError
-from .app import app, examples, option
+from .app import app, examples, option, with_global_options
 
 FORMATS = ("text", "json", "prometheus")
 
@@ -36,6 +36,8 @@ def status(
     _check_path(settings.database)
     report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history)
     _warn_if_lock_refused(settings.database)
+    if report.verdict.advice:  # the repair command, for the replica this command line chose
+        report.verdict.advice = with_global_options(report.verdict.advice)
     if fmt == "json":
         render.status_json(report)
     elif fmt == "prometheus":
@@ -43,7 +45,7 @@ def status(
     elif check:
         print(render.status_check_line(report))
     else:
-        render.show_status(report)
+        render.show_status(report, with_global_options)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
 
 
