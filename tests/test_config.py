@@ -14,6 +14,7 @@ from delivery_sync.errors import ConfigError
 def _toml(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    path.chmod(0o600)  # whatever the umask: a ./config.toml others may write is refused
     return path
 
 
