@@ -126,7 +126,10 @@ def _sync(settings: Settings, options: SyncOptions, progress: Progress | None) -
                         deadline_hit = True
                 except (Interrupted, KeyboardInterrupt):
                     # Ctrl-C or SIGTERM: the clients written stay written, the rest is for --retry-failed.
-                    record_unfetched()
+                    try:
+                        record_unfetched()
+                    except Exception as exc:  # a note that cannot be written must not turn the stop into a crash
+                        log.debug("could not record the clients not fetched: %s", exc)
                     raise
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(failures)

@@ -124,4 +124,3 @@ def _require_source(settings, command: str):
         f"no source.url configured ({where}): nothing was sent",
         hint=f"try 'delivery-sync {command} --source demo', or copy config.example.toml to config.toml and set source.url",
     )
-
