@@ -79,7 +79,7 @@ def test_a_run_s_duration_is_the_same_in_the_summary_the_replica_and_status(cli,
     assert summary_seconds >= 3
     status = json.loads(cli("status", "--json").stdout)
     recorded = _seconds(status["last_sync"])
-    assert abs(recorded - summary_seconds) < 1  # the stored times have whole seconds
+    assert abs(recorded - summary_seconds) <= 0.55  # the stored times have whole seconds: the summary's, rounded
     text = cli("status").stdout
     assert re.search(rf"sync +ok .*, took {recorded:.0f} s:", text), text
     prometheus = cli("status", "--format", "prometheus").stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -45,9 +46,13 @@ class RunClock:
         self.started_at = utc_stamp(self._wall)
 
     def stop(self) -> tuple[float, str]:
-        """(seconds since the start, the end as `finished_at`)."""
+        """(seconds since the start, the end as `finished_at`).
+
+        The stored times have whole seconds: `finished_at` is `started_at` plus the seconds
+        rounded, so `status` ("took 13 s") says what the summary line (12.9 s) said.
+        """
         seconds = time.monotonic() - self.began
-        return seconds, utc_stamp(self._wall + seconds)
+        return seconds, utc_stamp(math.floor(self._wall) + round(seconds))
 
 
 def _mark_interrupted_runs(db: sqlite_utils.Database) -> int:
