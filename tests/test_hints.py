@@ -61,19 +61,25 @@ def test_to_after_today_is_refused(cli, config, db_path):
 
 @pytest.fixture
 def listener_on_the_old_default_url():
-    """Something listening on 127.0.0.1:3000, the default source.url of earlier versions: it must get no request."""
+    """Something listening on 127.0.0.1:3000, the default source.url of earlier versions: it must get no
+    request. None when another program holds the port: the rest of each test still runs."""
     sock = socket.socket()
     try:
         sock.bind(("127.0.0.1", 3000))
     except OSError:
-        pytest.skip("port 3000 is in use here")
+        sock.close()
+        yield None
+        return
     sock.listen()
     sock.setblocking(False)
     yield sock
     sock.close()
 
 
-def _connections(sock: socket.socket) -> int:
+def _connections(sock: socket.socket | None) -> int:
+    """Connections the listener received (0 when there is none)."""
+    if sock is None:
+        return 0
     count = 0
     while True:
         try:
