@@ -39,15 +39,15 @@ def run_collect(settings: Settings) -> CollectResult:
     """Trigger one collection on the remote and record it as a `collect` run, holding the writer lock."""
     store = replica.open_store(settings.database)
     with store.writer_lock("collect"):
+        clock = replica.RunClock()  # the summary's seconds are the run row's duration
         db = store.open()
         try:
             # The row is `running` while we wait, so `status` shows a collection in progress.
-            run_id = db.start_run("collect")
-            began = time.monotonic()
+            run_id = db.start_run("collect", started_at=clock.started_at)
             with db.closed_on_error(run_id):
                 message, error, requests = _trigger(settings)
-            seconds = time.monotonic() - began
-            run = db.finish_run(run_id, "failed" if error else "ok", RunCounts(requests=requests), error)
+            seconds, finished_at = clock.stop()
+            run = db.finish_run(run_id, "failed" if error else "ok", RunCounts(requests=requests), error, finished_at)
         finally:
             db.close()
     # No separate error log: the summary line carries the reason (one line for cron mail).

@@ -4,12 +4,19 @@ The TOML file is `--config PATH`, else `$DELIVERY_SYNC_CONFIG`, else
 `./config.toml` when it exists. Environment names are `DELIVERY_SYNC_` + key,
 with `__` between section and key. Unknown keys and wrong types are a
 `ConfigError` naming the key.
+
+A ./config.toml found only because it is in the current folder is refused when
+another user owns it or others may write it: whoever writes it chooses where the
+token is sent. There is no default `source.url`, so no token goes anywhere unasked.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
+import tomllib
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +45,8 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "DELIVERY_SYNC_"
 CONFIG_ENV = "DELIVERY_SYNC_CONFIG"
@@ -92,7 +101,7 @@ class _Section(BaseModel):
 
 
 class SourceSettings(_Section):
-    url: str = "http://127.0.0.1:3000"
+    url: str | None = None  # no default: a token is sent only where someone said to
     token: SecretStr = SecretStr("")
     timeout: PositiveFloat = 30
     max_retries: NonNegativeInt = 5
@@ -192,11 +201,6 @@ class Settings(BaseSettings):
         """The TOML file these settings were read from (None: defaults and environment only)."""
         return self._config_file
 
-    @property
-    def first_contact(self) -> bool:
-        """No config file and no source.url given: a new user, not a configured deployment."""
-        return self._config_file is None and "url" not in self.source.model_fields_set
-
     @field_validator("database", mode="wrap")
     @classmethod
     def _home(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Path | PostgresURL:
@@ -230,6 +234,7 @@ def find_config_file(explicit: Path | None) -> Path | None:
     elif os.environ.get(CONFIG_ENV):
         chosen, origin = Path(os.environ[CONFIG_ENV]), CONFIG_ENV
     elif DEFAULT_CONFIG_FILE.is_file():
+        _check_implicit(DEFAULT_CONFIG_FILE)
         return DEFAULT_CONFIG_FILE.resolve()
     else:
         return None
@@ -237,6 +242,36 @@ def find_config_file(explicit: Path | None) -> Path | None:
     if not chosen.is_file():
         raise ConfigError(f"config file {chosen} (from {origin}) does not exist")
     return chosen.resolve()
+
+
+def _check_implicit(path: Path) -> None:
+    """Refuse a ./config.toml nobody named that another user owns or others may write: on a shared
+    machine it may be someone else's, pointing source.url (and so the token) at their server."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"./{path} is owned by another user (uid {info.st_uid}): refused, it was only found in the current folder",
+            hint="pass it with --config if you trust it",
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"./{path} may be written by other users (mode {stat.S_IMODE(info.st_mode):04o}): refused, "
+            "whoever writes it chooses where the token is sent",
+            hint=f"chmod go-w {path}, or pass it with --config",
+        )
+
+
+def _warn_if_token_readable(path: Path) -> None:
+    """One warning when the file holds source.token and users other than its owner may read it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        with path.open("rb") as file:
+            token = tomllib.load(file).get("source", {}).get("token")
+    except (OSError, ValueError, AttributeError):
+        return  # the settings read it already: any problem was reported there
+    if token and mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s holds source.token and other users can read it (mode %04o): chmod 600 it, "
+                    "or set DELIVERY_SYNC_SOURCE__TOKEN instead", path, mode)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -260,6 +295,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except (OSError, ValueError) as exc:  # unreadable file or TOML syntax error
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     settings._config_file = path
+    if path is not None:
+        _warn_if_token_readable(path)
     return settings
 
 

@@ -4,6 +4,7 @@
      ├── UsageError              exit 2   bad flag, date, client id, or `query` misuse
      │    ├── ConfigError        exit 2   invalid configuration (names the key)
      │    ├── NoReplica          exit 2   `query` with no replica file
+     │    ├── UnsafeLockFile     exit 2   `<database>.lock` is a symlink, FIFO or other non-plain file
      │    └── ReadOnlyViolation  exit 2   a write attempted through `query sql`
      ├── LockHeld                exit 75  another writing run holds the lock (EX_TEMPFAIL)
      ├── QueryTimeout            exit 1   `query sql` ran past --max-seconds
@@ -51,6 +52,10 @@ class NoReplica(UsageError):
 
 
 class ReadOnlyViolation(UsageError):
+    pass
+
+
+class UnsafeLockFile(UsageError):
     pass
 
 

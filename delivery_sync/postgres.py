@@ -315,6 +315,9 @@ class PostgresReader:
     def check_intact(self, conn: Connection) -> None:
         """Nothing to check: the server refuses to serve pages it finds damaged."""
 
+    def lock_problem(self) -> None:
+        """No lock file to plant: the lock is the server's."""
+
     def writer_holds_lock(self) -> bool:
         return self.lock_holder() is not None
 

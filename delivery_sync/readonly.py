@@ -8,17 +8,19 @@ Imports only the standard library, to keep reports fast to start.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 from .dialect import dialect_of
-from .errors import NoReplica, ReadOnlyViolation, UsageError
+from .errors import NoReplica, ReadOnlyViolation, UnsafeLockFile, UsageError
 
 # PRAGMAs that only read state; any other PRAGMA (or one given a value) is refused.
 READ_ONLY_PRAGMAS = frozenset({
@@ -129,37 +131,98 @@ def _immutable_unsafe(path: Path) -> str | None:
     return "a writing run holds the lock" if held else None
 
 
+# Never follow a symlink, never block on a FIFO, never make a terminal ours, never leak into a child.
+_LOCK_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def lock_path(database: Path) -> Path:
+    """The writer lock of a replica: `<database>.lock` beside it."""
+    return database.with_name(database.name + ".lock")
+
+
+def open_lock_file(lock: Path, flags: int) -> int:
+    """Open an existing lock file, refusing (`UnsafeLockFile`, exit 2) anything but a plain file with one name.
+
+    A symlink is never followed and a FIFO or device never waited on, so no run can be made
+    to truncate or write another file, and no reader can be made to hang. `FileNotFoundError`
+    and other `OSError`s pass through.
+    """
+    try:
+        fd = os.open(lock, flags | _LOCK_OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
+            raise _unsafe_lock(lock, os.lstat(lock)) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise _unsafe_lock(lock, info)
+    return fd
+
+
+def _unsafe_lock(lock: Path, info: os.stat_result) -> UnsafeLockFile:
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        what = f"a file with {info.st_nlink} names (hard links)"
+    else:
+        what = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO",
+                stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}.get(stat.S_IFMT(mode), "not a file")
+    return UnsafeLockFile(
+        f"lock path {lock} is {what}, not a plain file: refused, never followed or written",
+        hint="remove it; a writing run creates its own",
+    )
+
+
 def writer_holds_lock(path: Path) -> bool | None:
     """Whether a live writing run holds `<database>.lock` (None: cannot tell). Never waits, never creates it.
 
     A shared flock is refused only while a writer holds its exclusive one; a killed
     writer's lock is released by the kernel, whatever its pid file says.
     """
-    lock = path.with_name(path.name + ".lock")
+    return _probe_lock(path)[0]
+
+
+def _probe_lock(path: Path) -> tuple[bool | None, bytes]:
+    """(whether a writer holds the lock, what it wrote in it while held); never waits on the file."""
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = open_lock_file(lock_path(path), os.O_RDONLY)
     except FileNotFoundError:
-        return False
-    except OSError:
-        return None
+        return False, b""
+    except (OSError, UnsafeLockFile):
+        return None, b""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        try:
+            return True, os.pread(fd, 4096, 0)
+        except OSError:
+            return True, b""
     except OSError:
-        return None
+        return None, b""
     finally:
         os.close(fd)  # releases the shared lock too
-    return False
+    return False, b""
+
+
+def lock_problem(path: Path) -> str | None:
+    """Why `<database>.lock` would be refused by a writing run (a symlink, a FIFO, ...), or None."""
+    try:
+        os.close(open_lock_file(lock_path(path), os.O_RDONLY))
+    except UnsafeLockFile as exc:
+        return str(exc)
+    except OSError:
+        return None
+    return None
 
 
 def lock_holder(path: Path) -> dict | None:
     """What the live writer holding `<database>.lock` wrote into it (`pid`, `command`, `started_at`), or None."""
-    if writer_holds_lock(path) is not True:
+    held, content = _probe_lock(path)
+    if held is not True:
         return None
     try:
-        holder = json.loads(path.with_name(path.name + ".lock").read_bytes() or b"{}")
-    except (OSError, ValueError):
+        holder = json.loads(content or b"{}")
+    except ValueError:
         return None
     return holder if isinstance(holder, dict) and {"pid", "command", "started_at"} <= holder.keys() else None
 
@@ -208,6 +271,9 @@ class SqliteReader:
 
     def lock_holder(self) -> dict | None:
         return lock_holder(self.path)
+
+    def lock_problem(self) -> str | None:
+        return lock_problem(self.path)
 
 
 def reader_for(database):

@@ -10,7 +10,6 @@ so a run killed at any moment leaves each client either as it was or fully updat
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
@@ -65,7 +64,7 @@ class NothingToRetry(Exception):
 def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None = None) -> SyncResult:
     """Replicate `options.window` from the remote into the replica, holding the writer lock."""
     store = replica.open_store(settings.database)
-    with store.writer_lock("sync"):
+    with store.writer_lock("sync", discard_unused=True):
         if options.retry_failed:
             options = _retry_options(store, options)
         result = _sync(store, settings, options, progress)
@@ -79,8 +78,10 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
 
 
 def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progress: Progress | None) -> SyncResult:
-    began = time.monotonic()
-    deadline = began + options.deadline_minutes * 60 if options.deadline_minutes else None
+    # One clock for the run: its `sync_runs` times and the summary's seconds both come from it,
+    # the client list included.
+    clock = replica.RunClock()
+    deadline = clock.began + options.deadline_minutes * 60 if options.deadline_minutes else None
     with SourceClient(settings.source, deadline=deadline) as source:
         try:
             listed, problems = parse_clients(source.list_clients())
@@ -88,9 +89,9 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                 unreadable = f" ({len(problems)} unreadable entries)" if problems else ""
                 raise SourceError(f"the remote listed no clients{unreadable}; nothing changed")
         except SourceError as exc:
-            return _failed_before_fetch(store, options, str(exc), source.requests, began)
+            return _failed_before_fetch(store, options, str(exc), source.requests, clock)
         except Interrupted as stop:  # stopped while the list was retried: recorded like any other run
-            stop.run = _failed_before_fetch(store, options, "interrupted", source.requests, began).run
+            stop.run = _failed_before_fetch(store, options, "interrupted", source.requests, clock).run
             raise
         selected = _select(listed, options.client_ids, options.retrying)
         db = store.open()
@@ -98,16 +99,17 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             db.save_client_list(listed)
             windows = _client_windows(db, selected, options, settings.sync.lookback_days)
             window_start = min((w.start for w in windows.values()), default=options.window.start)
-            run_id = db.start_run("sync", (window_start, options.window.end), len(selected))
+            run_id = db.start_run("sync", (window_start, options.window.end), len(selected), clock.started_at)
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             writer = SyncWriter(db, run_id, counts, options.prune)
             error = None
             with db.closed_on_error(run_id, counts):
                 deadline_hit = False
+
                 try:
                     _fetch_and_write(source, settings, windows, writer, progress)
                 except StopRun as stop:
-                    # Recorded so that `sync --retry-failed` fetches them too.
+                    # Recorded so that `sync --retry-failed` fetches them too, and only them.
                     unfetched = writer.unfetched(windows)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
@@ -115,16 +117,24 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True
+                except (Interrupted, KeyboardInterrupt):
+                    # Ctrl-C or SIGTERM: the clients written stay written, the rest is for --retry-failed.
+                    try:
+                        writer.unfetched(windows)
+                    except Exception as exc:  # a note that cannot be written must not turn the stop into a crash
+                        log.debug("could not record the clients not fetched: %s", exc)
+                    raise
                 finally:
                     counts.requests, counts.clients_failed = source.requests, len(writer.failures)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
-            run = db.finish_run(run_id, status, counts, error)
+            seconds, finished_at = clock.stop()
+            run = db.finish_run(run_id, status, counts, error, finished_at)
         finally:
             db.close()
     for warning in counts.warnings:
         log.warning(warning)
-    return SyncResult(run, writer.failures, counts.warnings, time.monotonic() - began, changed=writer.changed)
+    return SyncResult(run, writer.failures, counts.warnings, seconds, changed=writer.changed)
 
 
 def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:
@@ -202,12 +212,14 @@ def _status(counts: RunCounts, error: str | None) -> str:
     return "ok"
 
 
-def _failed_before_fetch(store: replica.Store, options: SyncOptions, error: str, requests: int, began: float) -> SyncResult:
+def _failed_before_fetch(store: replica.Store, options: SyncOptions, error: str, requests: int,
+                         clock: replica.RunClock) -> SyncResult:
     """The client list could not be had: record a failed run, touch no data."""
     db = store.open()
     try:
-        run_id = db.start_run("sync", (options.window.start, options.window.end))
-        run = db.finish_run(run_id, "failed", RunCounts(requests=requests), error)
+        run_id = db.start_run("sync", (options.window.start, options.window.end), started_at=clock.started_at)
+        seconds, finished_at = clock.stop()
+        run = db.finish_run(run_id, "failed", RunCounts(requests=requests), error, finished_at)
     finally:
         db.close()
-    return SyncResult(run, [(None, error)], [], time.monotonic() - began)
+    return SyncResult(run, [(None, error)], [], seconds)

@@ -55,6 +55,7 @@ def write_config(path: Path, url: str, database: Path, **sections: dict) -> Path
     for name, values in sections.items():
         lines += ["", f"[{name}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # whatever the umask: a ./config.toml others may write is refused
     return path
 
 

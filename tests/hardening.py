@@ -88,4 +88,7 @@ def synced_shared_replica(tmp_path: Path, url: str, days: int) -> tuple[Path, Pa
     config = write_config(folder / "config.toml", url, db)
     os.chmod(config, 0o644)
     assert run_cli("--config", str(config), "sync", "--days-back", str(days)).code == 0
+    # New replicas and locks are private to their owner (0600): sharing them is the operator's choice.
+    for path in (db, db.with_name(db.name + ".lock")):
+        os.chmod(path, 0o644)
     return folder, config, db

@@ -178,17 +178,19 @@ def test_wrong_token_fails_at_once_with_authentication_failed(cli, tmp_path, db_
     assert "authentication failed" in result.stderr
     assert len(demo.requests) == 1  # no retry, no stats request
     assert TOKEN not in result.stdout + result.stderr
-    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("failed",)]
+    assert not db_path.exists()  # a first run that fetched nothing leaves no empty replica
 
 
 def test_token_refused_mid_run_stops_at_once(cli, config, db_path, demo):
+    assert cli("sync", "--days-back", "1").code == 0
     demo.faults.fail_clients = {1: 401}
     write_config(config, demo.url, db_path, source={"concurrency": 1})
+    demo.requests.clear()
     result = cli("sync", "--days-back", "2")
     assert result.code == 1
     assert "authentication failed" in result.stderr
     assert len(demo.stats_requests()) <= 2  # client 1, and at most one already started
-    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("failed",)]
+    assert query_db(db_path, "SELECT status FROM sync_runs WHERE command = 'sync'") == [("ok",), ("failed",)]
     failures = query_db(db_path, "SELECT client_id, error FROM sync_failures")
     assert [cid for cid, _ in failures] == [1] and "authentication failed" in failures[0][1]
 

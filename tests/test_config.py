@@ -16,6 +16,7 @@ from delivery_sync.errors import ConfigError
 def _toml(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    path.chmod(0o600)  # whatever the umask: a ./config.toml others may write is refused
     return path
 
 
@@ -23,7 +24,7 @@ def test_defaults_without_any_file(tmp_path):
     settings = load_settings()
     assert settings.database == Path("delivery_stats.db")
     source = settings.source
-    assert (source.url, source.timeout, source.max_retries, source.concurrency) == ("http://127.0.0.1:3000", 30, 5, 4)
+    assert (source.url, source.timeout, source.max_retries, source.concurrency) == (None, 30, 5, 4)  # no default remote
     assert (source.min_interval, source.timezone, source.batch, source.batch_days) == (0.1, "Asia/Makassar", "auto", 31)
     assert source.max_consecutive_failures == 10 and source.token.get_secret_value() == ""
     assert (settings.sync.days_back, settings.sync.lookback_days) == (365, 3)

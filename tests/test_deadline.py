@@ -34,6 +34,8 @@ def test_a_3_s_deadline_ends_a_10_s_run_on_time_and_keeps_what_was_fetched(cli, 
 
 def test_retry_after_120_under_a_3_s_deadline_does_not_wait_120_s(cli, tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"}, sync={"deadline_minutes": 0.05})
+    # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+    assert cli("sync", "--days-back", "1", "--clients", "1").code == 0
     demo.faults.throttle_next = 1_000
     demo.faults.retry_after = "120"
     began = time.monotonic()
@@ -47,6 +49,8 @@ def test_retry_after_120_under_a_3_s_deadline_does_not_wait_120_s(cli, tmp_path,
 def test_the_deadline_applies_to_batch_requests_too(cli, tmp_path, db_path):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=700) as demo:
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch_days": 1, "concurrency": 1})
+        # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+        assert cli("sync", "--days-back", "1", "--clients", "1", "--no-aggregate").code == 0
         began = time.monotonic()
         result = cli("sync", "--days-back", "10", "--deadline", "0.05", "--no-aggregate")
         took = time.monotonic() - began

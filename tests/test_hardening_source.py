@@ -138,7 +138,8 @@ def test_retry_after_waits_have_a_total_bound_per_request(cli, tmp_path, demo, d
     # Waits of 1 s and 0.5 s (1.5 s in all), then no more: 3 attempts of the 6 allowed.
     assert time.monotonic() - began < 3.5
     assert len(demo.requests) == 3
-    assert "HTTP 429 after 3 attempts" in query_db(db_path, "SELECT error FROM sync_runs")[0][0]
+    assert "HTTP 429 after 3 attempts" in result.stderr.strip().splitlines()[-1]  # the summary line
+    assert not db_path.exists()  # nothing stored: a first sync leaves no empty replica
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:3000"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 import socket
 import ssl
 import threading
@@ -60,33 +60,71 @@ def test_to_after_today_is_refused(cli, config, db_path):
 
 
 @pytest.fixture
-def default_port_refuses():
-    """127.0.0.1:3000 (the default source.url) bound but not listening: a connection is refused at once."""
+def listener_on_the_old_default_url():
+    """Something listening on 127.0.0.1:3000, the default source.url of earlier versions: it must get no
+    request. None when another program holds the port: the rest of each test still runs."""
     sock = socket.socket()
     try:
         sock.bind(("127.0.0.1", 3000))
     except OSError:
-        pytest.skip("port 3000 is in use here")
-    yield
+        sock.close()
+        yield None
+        return
+    sock.listen()
+    sock.setblocking(False)
+    yield sock
     sock.close()
 
 
+def _connections(sock: socket.socket | None) -> int:
+    """Connections the listener received (0 when there is none)."""
+    if sock is None:
+        return 0
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
 @pytest.mark.parametrize("command", ["sync", "collect"])
-def test_no_config_and_nothing_at_the_default_url_says_what_to_do(cli, default_port_refuses, command):
+def test_no_source_url_anywhere_stops_before_any_request(cli, monkeypatch, listener_on_the_old_default_url, db_path, command):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__TOKEN", "tok-never-sent")
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", str(db_path))
     result = cli(command)
-    assert result.code == 1
-    warning, summary = result.stderr.strip().splitlines()
-    assert re.sub(r"^\S+Z ", "", warning).startswith(
-        "warning: no config file found (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml)"
+    assert result.code == 2
+    assert one_line(result.stderr) == (
+        "error: no source.url configured (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml): "
+        f"nothing was sent (try 'delivery-sync {command} --source demo', or copy config.example.toml to config.toml "
+        "and set source.url)"
     )
-    assert "'delivery-sync sync --source demo'" in warning and "config.example.toml" in warning
-    assert re.sub(r"^\S+Z ", "", summary).startswith(f"{command} failed:") and "1 request" in summary  # no minutes of retries
+    assert _connections(listener_on_the_old_default_url) == 0
+    assert not db_path.exists() and not db_path.with_name("replica.db.lock").exists()
 
 
-def test_a_configured_remote_that_is_down_gets_no_first_contact_hint(cli, tmp_path, db_path, default_port_refuses):
-    write_config(tmp_path / "config.toml", "http://127.0.0.1:3000", db_path, source={"max_retries": 1})
+def test_a_config_file_without_source_url_names_it(cli, tmp_path, db_path, listener_on_the_old_default_url):
+    (tmp_path / "config.toml").write_text(f'database = "{db_path}"\n[source]\ntoken = "tok-never-sent"\n')
+    os.chmod(tmp_path / "config.toml", 0o600)
     result = cli("sync")
-    assert result.code == 1 and "no config file" not in result.stderr and "2 attempts" in result.stderr
+    assert result.code == 2
+    assert one_line(result.stderr).startswith(
+        f"error: no source.url configured (not in {tmp_path / 'config.toml'} nor $DELIVERY_SYNC_SOURCE__URL): nothing was sent"
+    )
+    assert _connections(listener_on_the_old_default_url) == 0
+
+
+def test_a_configured_remote_that_is_down_is_retried_as_configured(cli, tmp_path, db_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: every connection is refused at once
+    try:
+        write_config(tmp_path / "config.toml", f"http://127.0.0.1:{sock.getsockname()[1]}", db_path, source={"max_retries": 1})
+        result = cli("sync")
+    finally:
+        sock.close()
+    assert result.code == 1 and "no source.url" not in result.stderr and "2 attempts" in result.stderr
 
 
 def test_https_url_on_a_plain_http_remote_says_so_without_retrying(cli, tmp_path, db_path):
@@ -132,3 +170,59 @@ def test_http_url_on_a_tls_remote_says_so_without_retrying(cli, tmp_path, db_pat
     assert result.code == 1
     assert "the server speaks TLS (use an https:// URL in source.url)" in result.stderr
     assert "1 request" in result.stderr.splitlines()[-1]
+
+
+# --- hints repeat the global options that chose the replica (issue 18, item 14) ------------------------------
+
+
+def test_a_repair_hint_copied_from_status_acts_on_the_same_replica(cli, tmp_path):
+    import json
+    import shlex
+
+    from conftest import DEMO_CLIENTS, query_db
+
+    elsewhere = tmp_path / "ops dir"
+    db = elsewhere / "shop.db"
+    with DemoSource(clients=DEMO_CLIENTS) as demo:
+        config = write_config(tmp_path / "etc.toml", demo.url, tmp_path / "unused.db",
+                              source={"max_retries": 0, "batch": "never"})
+        elsewhere.mkdir()
+        given = ["--config", str(config), "--db", str(db)]
+        demo.faults.fail_clients = {3: 500}
+        assert cli(*given, "sync", "--days-back", "2").code == 1
+        status = cli(*given, "status")
+        run_line = next(line for line in status.stdout.splitlines() if line.startswith("Run:"))
+        assert run_line == f'Run: delivery-sync --config {config} --db "{db}" sync --retry-failed'
+        check = cli(*given, "status", "--check")
+        assert check.stdout.strip().endswith(f'; run: delivery-sync --config {config} --db "{db}" sync --retry-failed')
+        advice = json.loads(cli(*given, "status", "--json").stdout)["verdict"]["advice"]
+        assert advice == run_line.removeprefix("Run: ")
+        demo.faults.fail_clients = {}
+        copied = shlex.split(advice)
+        assert copied[0] == "delivery-sync"
+        assert cli(*copied[1:]).code == 0  # the operator pastes the hint
+    assert query_db(db, "SELECT status FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("partial",), ("ok",)]
+    assert query_db(db, "SELECT COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS,)]
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_an_error_hint_repeats_db_and_a_plain_one_stays_plain(cli, tmp_path):
+    missing = tmp_path / "nowhere.db"
+    with_db = cli("--db", str(missing), "query", "top")
+    assert with_db.code == 2
+    assert one_line(with_db.stderr) == f"error: no replica at {missing} (run 'delivery-sync --db {missing} sync' first)"
+    status = cli("--db", str(missing), "status").stdout.splitlines()
+    assert status[1:] == [f"Run: delivery-sync --db {missing} sync",
+                          f"(to try it without a remote: delivery-sync --db {missing} sync --source demo)"]
+    plain = cli("query", "top")
+    assert one_line(plain.stderr) == f"error: no replica at {Path('delivery_stats.db')} (run 'delivery-sync sync' first)"
+
+
+def test_the_stale_warning_of_a_query_names_status_with_the_same_db(cli, config, db_path):
+    from freezegun import freeze_time
+
+    assert cli("sync", "--days-back", "2").code == 0
+    with freeze_time("2099-01-01"):
+        result = cli("--db", str(db_path), "query", "totals", "--from", "2026-01-01", "--to", "2026-01-02")
+    assert result.code == 0
+    assert f"(see 'delivery-sync --db {db_path} status')" in result.stderr

@@ -110,7 +110,7 @@ def test_query_without_a_replica_exits_2_with_a_hint_and_creates_nothing(cli, tm
     missing = tmp_path / "nothing.db"
     for args in (("top",), ("sql", "SELECT 1")):
         result = cli("--db", str(missing), "query", *args)
-        assert result.code == 2 and "no replica" in result.stderr and "run 'delivery-sync sync' first" in result.stderr
+        assert result.code == 2 and "no replica" in result.stderr and f"run 'delivery-sync --db {missing} sync' first" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

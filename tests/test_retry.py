@@ -58,6 +58,8 @@ def test_with_the_batch_endpoint_one_request_for_the_failed_clients(cli, tmp_pat
 
 def test_after_a_run_stopped_early_the_failed_and_the_never_fetched(cli, tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1, "max_consecutive_failures": 2})
+    # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+    assert run(cli, "sync", "--days-back", "2", "--clients", str(DEMO_CLIENTS)).code == 0
     demo.faults.fail_clients = {1: 500, 2: 500}
     result = run(cli, "sync", "--days-back", "2")
     assert result.code == 1 and "stopped after 2 consecutive client failures" in result.stderr

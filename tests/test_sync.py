@@ -165,6 +165,9 @@ def test_a_client_that_always_fails_leaves_the_run_partial_and_its_rows_untouche
 
 def test_max_consecutive_failures_stops_the_run_early(cli, tmp_path, db_path, demo):
     write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "max_consecutive_failures": 3})
+    # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+    assert cli("sync", "--days-back", "1", "--clients", str(DEMO_CLIENTS)).code == 0
+    demo.requests.clear()
     demo.faults.fail_clients = {cid: 404 for cid in range(1, DEMO_CLIENTS + 1)}
     result = cli("sync", "--days-back", "1")
     assert result.code == 1

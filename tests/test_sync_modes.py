@@ -154,6 +154,10 @@ def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tm
 def test_a_stopped_run_exits_at_once_though_a_fetch_waits_out_retry_after(tmp_path, db_path):
     with DemoSource(clients=4, latency_ms=100) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2, "batch": "never"})
+        # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+        assert _start_sync(config, tmp_path, "--days-back", "1", "--clients", "1").wait(timeout=30) == 0
+        demo.listings = 0
+        demo.requests.clear()
         proc = _start_sync(config, tmp_path, "--days-back", "3")
         try:
             deadline = time.monotonic() + 20
@@ -289,8 +293,11 @@ def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config
 
 def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_path, db_path):
     with DemoSource(clients=4) as demo:
-        demo.faults.throttle_next, demo.faults.retry_after = 1000, "60"  # the client list: 429, wait 60 s
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 5})
+        # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
+        assert _start_sync(config, tmp_path, "--days-back", "1", "--no-aggregate").wait(timeout=30) == 0
+        demo.requests.clear()
+        demo.faults.throttle_next, demo.faults.retry_after = 1000, "60"  # the client list: 429, wait 60 s
         proc = _start_sync(config, tmp_path, "--days-back", "3")
         try:
             deadline = time.monotonic() + 20
@@ -304,7 +311,7 @@ def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_pat
     assert proc.returncode == 143, stderr
     summary = unstamped(stderr).strip().splitlines()[-1]
     assert re.fullmatch(r"sync failed: 0/0 clients, 0 rows .*, 1 request, [\d.]+ s - interrupted", summary), stderr
-    assert query_db(db_path, "SELECT command, status, error FROM sync_runs") == [("sync", "failed", "interrupted")]
+    assert query_db(db_path, "SELECT command, status, error FROM sync_runs") == [("sync", "ok", None), ("sync", "failed", "interrupted")]
 
 
 def test_a_closed_stderr_does_not_change_the_exit_code(cli, config, db_path, tmp_path):

@@ -7,7 +7,6 @@ always matches this code and needs no migration.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -99,28 +98,30 @@ def aggregate_locked(store: Store, as_of: date, changed: ChangedRows | None = No
     """
     from .. import replica
 
-    began = time.monotonic()
+    clock = replica.RunClock()  # the summary's seconds are the run row's duration
     db = store.open()
     refreshed = False
     try:
         try:
-            run_id = db.start_run("aggregate", (as_of - timedelta(days=364), as_of))
+            run_id = db.start_run("aggregate", (as_of - timedelta(days=364), as_of), started_at=clock.started_at)
         except Exception as exc:  # a full disk refuses even the run row: still a result to print
             error = f"{store.describe_failure(exc)} (this failure could not be recorded)"
             run = {"status": "failed", "error": error, **replica.RunCounts().as_row()}
-            return AggregateResult(run, as_of, seconds=time.monotonic() - began)
+            return AggregateResult(run, as_of, seconds=clock.stop()[0])
         with db.closed_on_error(run_id):
             try:
                 with db.transaction():
                     built, refreshed, counts = _builder(db.engine)(db, as_of, run_id, changed)
-                    run = db.finish_run(run_id, "ok", counts)
+                    seconds, finished_at = clock.stop()
+                    run = db.finish_run(run_id, "ok", counts, finished_at=finished_at)
             except Exception as exc:  # recorded, then reported by the caller as a failed run
-                run = db.finish_run(run_id, "failed", replica.RunCounts(), store.describe_failure(exc))
+                seconds, finished_at = clock.stop()
+                run = db.finish_run(run_id, "failed", replica.RunCounts(), store.describe_failure(exc), finished_at)
                 built = []
     finally:
         db.close()
     months = sum(1 for period, _, _ in built if period not in ROLLING_PERIODS)
-    return AggregateResult(run, as_of, len(built) - months, months, time.monotonic() - began, refreshed)
+    return AggregateResult(run, as_of, len(built) - months, months, seconds, refreshed)
 
 
 def _builder(engine: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -58,6 +60,32 @@ class Globals:
         return load_settings(self.config, database=self.db, **overrides)
 
 
+# The global options this command line gave that choose the replica (`--config`, `--db`), repeated in
+# every hint that names a command, so that copying the hint acts on the same replica.
+_given_options: list[str] = []
+_COMMAND_IN_HINT = re.compile(r"\bdelivery-sync (?=(?:sync|collect|aggregate|status|query)\b)")
+
+
+def remember_global_options(config: Path | None, db: Path | None) -> None:
+    """Keep `--config` and `--db` as given, for `with_global_options` (reset by every command line)."""
+    _given_options[:] = [*(["--config", str(config)] if config else []), *(["--db", str(db)] if db else [])]
+
+
+def with_global_options(text: str) -> str:
+    """`delivery-sync sync ...` in a hint as `delivery-sync --db x.db sync ...` when `--db x.db` was given."""
+    if not _given_options:
+        return text
+    given = " ".join(map(_shell_word, _given_options))
+    return _COMMAND_IN_HINT.sub(lambda _: f"delivery-sync {given} ", text)
+
+
+def _shell_word(word: str) -> str:
+    """`word` as the shell reads it back; double quotes, since hints wrap commands in single ones."""
+    if shlex.quote(word) == word:
+        return word
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", word) + '"'
+
+
 def _print_version(value: bool) -> None:
     if value:
         from .. import __version__
@@ -82,6 +110,7 @@ def _globals(
         both.traceback = False
         raise both
     setup_logging(verbose, quiet)
+    remember_global_options(config, db)
     ctx.obj = Globals(config, db, verbose, quiet)
 
 

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from ..errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, Interrupted
-from .app import app
+from .app import app, remember_global_options, with_global_options
 
 log = logging.getLogger("delivery_sync")
 # cron's `timeout` and service managers send SIGTERM, a closed terminal SIGHUP: all stop like Ctrl-C.
@@ -90,6 +90,7 @@ def _exit_now(code: int) -> None:
 
 
 def _run(args: list[str], verbose: bool) -> int:
+    remember_global_options(None, None)  # until the global options are parsed: none
     try:
         code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
         if code == 130:  # Typer turns a KeyboardInterrupt it sees into this exit code, silently
@@ -97,7 +98,7 @@ def _run(args: list[str], verbose: bool) -> int:
     except DeliverySyncError as exc:
         if verbose and exc.traceback:
             log.exception("traceback")
-        _error(str(exc), exc.hint)
+        _error(with_global_options(str(exc)), exc.hint and with_global_options(exc.hint))
         code = exc.exit_code
     except typer.TyperException as exc:  # click usage errors: bad flag, bad value
         code = getattr(exc, "exit_code", EXIT_USAGE)

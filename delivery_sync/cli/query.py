@@ -10,7 +10,7 @@ import typer
 from ..aggregate.sql import RATIOS
 from ..errors import EXIT_FAILED, UsageError
 from ..metrics import METRICS
-from .app import app, argument, examples, option, parse_date
+from .app import app, argument, examples, option, parse_date, with_global_options
 
 log = logging.getLogger("delivery_sync")
 query_app = typer.Typer(
@@ -87,12 +87,13 @@ def _warn_unless_fresh(fresh, stale_after_hours: float) -> None:
     from ..status import stamp_text
 
     if fresh.freshness == "never":
-        log.warning("no sync of this replica has ended ok yet: these figures may be incomplete (see 'delivery-sync status')")
+        log.warning("%s", with_global_options(
+            "no sync of this replica has ended ok yet: these figures may be incomplete (see 'delivery-sync status')"))
     elif fresh.freshness == "stale":
         why = (f"last ok sync finished {stamp_text(fresh.last_ok_sync_at)}" if fresh.sync_too_old
                else f"{len(fresh.stale_clients)} active clients not confirmed")
-        log.warning("the replica is stale (%s; stale after %g h): these figures may be behind the remote "
-                    "(see 'delivery-sync status')", why, stale_after_hours)
+        log.warning("%s", with_global_options(f"the replica is stale ({why}; stale after {stale_after_hours:g} h): these "
+                                              "figures may be behind the remote (see 'delivery-sync status')"))
 
 
 @query_app.command("top", epilog=examples(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..errors import EXIT_FAILED, UsageError
-from .app import app, examples, option
+from .app import app, examples, option, with_global_options
 
 FORMATS = ("text", "json", "prometheus")
 
@@ -34,10 +34,14 @@ def status(
         raise UsageError(f"--json is --format json: it cannot be combined with --format {fmt}")
     fmt = "json" if as_json else fmt or "text"
     settings = ctx.obj.settings()
-    reader_for(settings.database).check_path()
+    reader = reader_for(settings.database)
+    reader.check_path()
     # Metrics are written for a monitor: a replica that cannot be opened is a value to report (up 0), not an error.
     report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history,
                          tolerate_unopenable=fmt == "prometheus")
+    _warn_if_lock_refused(reader)
+    if report.verdict.advice:  # the repair command, for the replica this command line chose
+        report.verdict.advice = with_global_options(report.verdict.advice)
     if fmt == "json":
         render.status_json(report)
     elif fmt == "prometheus":
@@ -45,5 +49,15 @@ def status(
     elif check:
         print(render.status_check_line(report))
     else:
-        render.show_status(report)
+        render.show_status(report, with_global_options)
     raise typer.Exit(EXIT_FAILED if check and not report.verdict.ok else 0)
+
+
+def _warn_if_lock_refused(reader) -> None:
+    """A lock file every writing run refuses (a planted symlink, a FIFO): said on stderr, so the
+    operator learns it before the next sync fails on it; stdout stays the report."""
+    import logging
+
+    problem = reader.lock_problem()
+    if problem:
+        logging.getLogger("delivery_sync").warning("%s; every sync, collect and aggregate exits 2 until it is removed", problem)

@@ -47,7 +47,7 @@ def sync(
     if deadline is not None and deadline < 0:
         raise UsageError(f"--deadline must be 0 (none) or more minutes (got {deadline:g})")
     start, end, ids = parse_date(from_, "--from"), parse_date(to, "--to"), parse_ids(clients)
-    settings = _fail_fast_if_unconfigured(g.settings(source={"url": source}, sync={"deadline_minutes": deadline}))
+    settings = _require_source(g.settings(source={"url": source}, sync={"deadline_minutes": deadline}), "sync")
     window = resolve_window(settings.source.today(), days_back, start, end, flag="--days-back", default=settings.sync.days_back)
     options = SyncOptions(window, ids, incremental, prune, aggregate=not no_aggregate, retry_failed=retry_failed,
                           deadline_minutes=settings.sync.deadline_minutes)
@@ -57,7 +57,6 @@ def sync(
     except NothingToRetry as nothing:
         render.summary(f"sync: nothing to retry: {nothing}")
         raise typer.Exit(0) from None
-    _hint_if_unconfigured(settings, result.run["error"])
     rollup = result.aggregate
     if rollup:  # cron mail gets one summary line per run, which says when the rollup failed
         log.debug("%s", render.aggregate_summary(rollup))
@@ -82,10 +81,9 @@ def collect(
 
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be more than 0 seconds (got {timeout:g})")
-    settings = _fail_fast_if_unconfigured(ctx.obj.settings(source={"url": source}, collect={"timeout": timeout}))
+    settings = _require_source(ctx.obj.settings(source={"url": source}, collect={"timeout": timeout}), "collect")
     with serving_demo(settings) as settings, render.waiting("collect: waiting for the remote's answer", ctx.obj.quiet):
         result = run_collect(settings)
-    _hint_if_unconfigured(settings, result.run["error"])
     render.summary(render.collect_summary(result))
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
@@ -110,20 +108,19 @@ def aggregate(
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
 
-def _fail_fast_if_unconfigured(settings):
-    """With no config file and no source.url, nobody set up a remote: one attempt, not minutes of retries."""
-    if not settings.first_contact:
+def _require_source(settings, command: str):
+    """No source.url anywhere (flag, environment, file): stop before any request, so that no token is
+    sent to an address nobody chose, and say where the config was looked for and the two ways forward."""
+    from ..config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
+    from ..errors import ConfigError
+
+    if settings.source.url is not None:
         return settings
-    return settings.model_copy(update={"source": settings.source.model_copy(update={"max_retries": 0})})
-
-
-def _hint_if_unconfigured(settings, error: str | None) -> None:
-    """Before the summary: where the config was looked for, and the two ways forward."""
-    from ..config import CONFIG_ENV, DEFAULT_CONFIG_FILE
-
-    if settings.first_contact and error and error.startswith("cannot reach"):
-        log.warning(
-            "no config file found (no --config, $%s is not set, no ./%s) and nothing answers at the default "
-            "source.url %s: try 'delivery-sync sync --source demo', or copy config.example.toml to config.toml "
-            "and set source.url", CONFIG_ENV, DEFAULT_CONFIG_FILE, settings.source.url,
-        )
+    if settings.config_file is not None:
+        where = f"not in {settings.config_file} nor ${ENV_PREFIX}SOURCE__URL"
+    else:
+        where = f"no --config, ${CONFIG_ENV} is not set, no ./{DEFAULT_CONFIG_FILE}"
+    raise ConfigError(
+        f"no source.url configured ({where}): nothing was sent",
+        hint=f"try 'delivery-sync {command} --source demo', or copy config.example.toml to config.toml and set source.url",
+    )

@@ -15,8 +15,9 @@ def status_json(status) -> None:
     print(json.dumps(status.as_json(), indent=2))
 
 
-def show_status(status) -> None:
-    """The human status view on stdout: the verdict first, then the facts behind it.
+def show_status(status, commands=lambda text: text) -> None:
+    """The human status view on stdout: the verdict first, then the facts behind it. `commands`
+    adds the global options the user gave to the commands it suggests.
 
     On a terminal a long value wraps at word boundaries under its own column; elsewhere lines
     are never wrapped (soft wrap), so logs and cron mail get one fact per line.
@@ -51,7 +52,7 @@ def show_status(status) -> None:
     if status.unreadable:  # nothing else in it can be vouched for
         return
     if not status.exists:
-        console.print("(to try it without a remote: delivery-sync sync --source demo)", soft_wrap=True)
+        console.print(commands("(to try it without a remote: delivery-sync sync --source demo)"), soft_wrap=True)
         return
     console.print()
     line("Replica", f"{status.database} ({_size_text(status.database_bytes)})")

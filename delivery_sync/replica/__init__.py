@@ -17,7 +17,7 @@ Writing runs get a `Store` from `open_store()`, hold its `writer_lock()` and `op
 
 from .clients import latest_dates, save_client_list
 from .lock import writer_lock
-from .runs import RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
+from .runs import RunClock, RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
 from .schema import SCHEMA_VERSION, open_replica, utc_now
 from .staging import Staging
 from .store import Replica, Store, open_store
@@ -25,7 +25,7 @@ from .upsert import ClientWrite, WriteGroup, write_client_window
 from .writer import MAX_CHANGED_ROWS, ChangedRows, SyncWriter
 
 __all__ = [
-    "MAX_CHANGED_ROWS", "SCHEMA_VERSION", "ChangedRows", "ClientWrite", "Replica", "RunCounts", "Staging", "Store", "SyncWriter", "WriteGroup",
-    "closed_on_error", "finish_run", "latest_dates", "open_replica", "open_store", "record_failure", "record_unfetched", "save_client_list",
-    "start_run", "utc_now", "write_client_window", "writer_lock",
+    "MAX_CHANGED_ROWS", "SCHEMA_VERSION", "ChangedRows", "ClientWrite", "Replica", "RunClock", "RunCounts", "Staging", "Store", "SyncWriter",
+    "WriteGroup", "closed_on_error", "finish_run", "latest_dates", "open_replica", "open_store", "record_failure", "record_unfetched",
+    "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
 ]

@@ -12,13 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DeliverySyncError, LockHeld, UsageError
+from ..readonly import open_lock_file
 from . import schema
 from .schema import storage_error, utc_now
 
 
 @contextmanager
-def writer_lock(database: Path, command: str) -> Iterator[None]:
+def writer_lock(database: Path, command: str, discard_unused: bool = False) -> Iterator[None]:
     """Hold the exclusive `<database>.lock` for a whole writing run, or raise LockHeld at once.
+
+    With `discard_unused` (a sync), a replica this run created is removed again at the end
+    when the run stored nothing in it and did not end ok (`schema.discard_if_unused`).
 
     Every write of a run happens inside this block, so it is where a storage fault
     (full disk, read-only file, I/O error) becomes one clear line instead of a bug report.
@@ -26,11 +30,14 @@ def writer_lock(database: Path, command: str) -> Iterator[None]:
     lock_path = database.with_name(database.name + ".lock")
     if not lock_path.parent.exists():
         raise UsageError(f"cannot create replica {database}: folder {lock_path.parent} does not exist")
+    schema.check_replica_path(database)  # before the lock is created: a refused path leaves nothing
     try:
         fd, created = _acquire(lock_path, database)
     except OSError as exc:
         raise _lock_error(lock_path, exc) from None
     try:
+        # Checked again under the lock: whether this run is the one creating the replica.
+        new_replica = not schema.check_replica_path(database)
         holder = {"pid": os.getpid(), "command": command, "started_at": utc_now()}
         try:
             os.ftruncate(fd, 0)
@@ -49,6 +56,10 @@ def writer_lock(database: Path, command: str) -> Iterator[None]:
             raise
         finally:
             schema.verified.discard(database.resolve())
+            if new_replica and discard_unused and database.exists():
+                # A first run that fetched nothing (unreachable remote, refused token, Ctrl-C before
+                # the first client) leaves no empty replica for status and query to trust.
+                schema.discard_if_unused(database)
             if created and (refused or not database.exists()):
                 # The run stopped before it wrote anything (an unknown client id, a file that
                 # is not ours): leave no file behind. Unlinked while still locked; _acquire re-checks.
@@ -61,13 +72,17 @@ def writer_lock(database: Path, command: str) -> Iterator[None]:
 
 
 def _acquire(lock_path: Path, database: Path) -> tuple[int, bool]:
-    """Open and flock the lock file; returns the fd and whether this call created the file."""
+    """Open and flock the lock file; returns the fd and whether this call created the file.
+
+    Created private (0600) and exclusively (O_EXCL never follows a symlink); an existing one is
+    opened only if it is a plain file (`open_lock_file`), so a planted symlink or FIFO is refused.
+    """
     while True:
         try:
-            fd, created = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            fd, created = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), True
         except FileExistsError:
             try:
-                fd, created = os.open(lock_path, os.O_RDWR), False
+                fd, created = open_lock_file(lock_path, os.O_RDWR), False
             except FileNotFoundError:
                 continue  # removed by its holder meanwhile: try again
         try:
@@ -77,7 +92,7 @@ def _acquire(lock_path: Path, database: Path) -> tuple[int, bool]:
             os.close(fd)
             raise LockHeld(message) from None
         try:
-            current = os.stat(lock_path).st_ino
+            current = os.lstat(lock_path).st_ino
         except FileNotFoundError:
             current = None
         if current == os.fstat(fd).st_ino:
@@ -89,8 +104,6 @@ def _lock_error(lock_path: Path, exc: OSError) -> DeliverySyncError:
     """One line for a lock file that cannot be created or written."""
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO):
         return DeliverySyncError(f"cannot write lock file {lock_path}: {exc.strerror}", hint="free space and run again")
-    if isinstance(exc, IsADirectoryError) or lock_path.is_dir():
-        return UsageError(f"lock path {lock_path} is a folder, not a file", hint="remove or rename it")
     if lock_path.exists():
         return UsageError(f"cannot open lock file {lock_path}: {exc.strerror}", hint=f"a writing run needs write permission on {lock_path}")
     return UsageError(

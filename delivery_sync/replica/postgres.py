@@ -88,8 +88,9 @@ class PostgresStore:
         return postgres.replica_exists(self.url)
 
     @contextmanager
-    def writer_lock(self, command: str) -> Iterator[None]:
-        """Hold the advisory lock for the whole run; a database error inside is one line."""
+    def writer_lock(self, command: str, discard_unused: bool = False) -> Iterator[None]:
+        """Hold the advisory lock for the whole run; a database error inside is one line. (A server
+        database is the operator's to create and drop: `discard_unused` removes nothing here.)"""
         with postgres.advisory_lock(self.url, command):
             try:
                 yield
@@ -176,7 +177,7 @@ class PostgresReplica(OpenReplica):
     engine = "postgresql"
     staging_type = PostgresStaging
 
-    def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
+    def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None, finished_at: str | None = None) -> dict:
         if self.db.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             self.db.rollback()  # a failed statement left the transaction unusable: record the run outside it
-        return super().finish_run(run_id, status, counts, error)
+        return super().finish_run(run_id, status, counts, error, finished_at)

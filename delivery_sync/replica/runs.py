@@ -4,6 +4,8 @@ Engine-neutral SQL: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL `postgres
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from ..errors import Interrupted
-from .schema import RUN_COUNTERS, utc_now
+from .schema import RUN_COUNTERS, utc_now, utc_stamp
 
 if TYPE_CHECKING:
     from .schema import ReplicaDatabase
@@ -37,6 +39,25 @@ class RunCounts:
         return {name: getattr(self, name) for name in RUN_COUNTERS}
 
 
+class RunClock:
+    """A run's clock, read once at its start and once at its end: the `started_at` and `finished_at`
+    of its `sync_runs` row and the seconds of its summary line come from the same two readings."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self._wall = time.time()
+        self.started_at = utc_stamp(self._wall)
+
+    def stop(self) -> tuple[float, str]:
+        """(seconds since the start, the end as `finished_at`).
+
+        The stored times have whole seconds: `finished_at` is `started_at` plus the seconds
+        rounded, so `status` ("took 13 s") says what the summary line (12.9 s) said.
+        """
+        seconds = time.monotonic() - self.began
+        return seconds, utc_stamp(math.floor(self._wall) + round(seconds))
+
+
 def _mark_interrupted_runs(db: ReplicaDatabase) -> int:
     """Runs left `running` by a process that died become `failed` ("interrupted").
 
@@ -53,7 +74,8 @@ def _mark_interrupted_runs(db: ReplicaDatabase) -> int:
 
 
 def start_run(
-    db: ReplicaDatabase, command: str, window: tuple[date, date] | None = None, clients_total: int = 0
+    db: ReplicaDatabase, command: str, window: tuple[date, date] | None = None, clients_total: int = 0,
+    started_at: str | None = None,
 ) -> int:
     """Insert a `running` row in `sync_runs` and return its id; the caller holds the writer lock.
 
@@ -63,17 +85,19 @@ def start_run(
     _mark_interrupted_runs(db)
     return db.insert_id(
         "INSERT INTO sync_runs(command, status, started_at, window_start, window_end, clients_total) VALUES (?, 'running', ?, ?, ?, ?)",
-        [command, utc_now(), window[0].isoformat() if window else None, window[1].isoformat() if window else None, clients_total],
+        [command, started_at or utc_now(), window[0].isoformat() if window else None, window[1].isoformat() if window else None,
+         clients_total],
     )
 
 
-def finish_run(db: ReplicaDatabase, run_id: int, status: str, counts: RunCounts, error: str | None = None) -> dict:
-    """Close a run with its status, counters and error/warnings; returns the stored row."""
+def finish_run(db: ReplicaDatabase, run_id: int, status: str, counts: RunCounts, error: str | None = None,
+               finished_at: str | None = None) -> dict:
+    """Close a run with its status, counters and error/warnings (at `finished_at`, default now); returns the stored row."""
     messages = [*counts.warnings, *([error] if error else [])]
     counters = counts.as_row()
     db.execute(
         f"UPDATE sync_runs SET status = ?, finished_at = ?, error = ?, {', '.join(f'{name} = ?' for name in counters)} WHERE id = ?",
-        [status, utc_now(), "; ".join(messages) or None, *counters.values(), run_id],
+        [status, finished_at or utc_now(), "; ".join(messages) or None, *counters.values(), run_id],
     )
     cursor = db.execute("SELECT * FROM sync_runs WHERE id = ?", [run_id])
     return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))

@@ -3,7 +3,9 @@ the file read-write in WAL mode, refusing files that are not ours."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +45,11 @@ class ReplicaDatabase(sqlite_utils.Database):
     def encode_change(value):
         """A value as stat_changes keeps it: as it is (the columns have no declared type)."""
         return value
+
+
+def utc_stamp(seconds: float) -> str:
+    """A Unix time as the replica writes times (`YYYY-MM-DDTHH:MM:SS+00:00`)."""
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=0).isoformat()
 
 
 migrations = Migrations("delivery_sync")
@@ -132,18 +139,24 @@ def _client_stats_named(db: sqlite_utils.Database) -> None:
 SCHEMA_VERSION = len(migrations._migrations)
 
 
+# SQLite's own files beside the replica: created by SQLite with the replica's owner and mode.
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
 def open_replica(path: Path) -> ReplicaDatabase:
     """Open (creating if needed) the replica read-write, in WAL mode, migrated to the latest schema.
 
     Refuses a file that is some other program's database, or a replica written by
     a newer delivery-sync, rather than change it. A file left by a first sync that
     died while creating it (only sqlite-utils' migration table, or the tables
-    without `schema_version`) is completed, not refused.
+    without `schema_version`) is completed, not refused. A new replica is created
+    private to its owner (0600, whatever the umask), and SQLite gives its side
+    files the same mode.
     """
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder, not a replica file")
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot create replica {path}: folder {path.parent} does not exist")
+    if not check_replica_path(path):
+        _create_private(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -159,6 +172,80 @@ def open_replica(path: Path) -> ReplicaDatabase:
     except sqlite3.DatabaseError as exc:
         raise storage_error(path, exc) from None
     return db
+
+
+def check_replica_path(path: Path) -> bool:
+    """Whether the replica exists; refuses (UsageError) a path a writer must not open.
+
+    A symlink is refused rather than followed: SQLite would create or rewrite whatever it
+    points at, another user's file included. So is a side file (`-wal`, `-shm`, `-journal`)
+    that is a symlink or not a plain file, or one beside a replica that does not exist
+    (SQLite would take its pages into the new file).
+    """
+    exists = _plain_or_absent(path, "replica path", "point --db or `database` at the real file")
+    for suffix in SIDE_SUFFIXES:
+        side = path.with_name(path.name + suffix)
+        if _plain_or_absent(side, "SQLite side file", "remove it") and not exists:
+            raise UsageError(f"{side} exists but the replica {path} does not: refused, it is not this replica's",
+                             hint="remove it if no other program uses it")
+    return exists
+
+
+def _plain_or_absent(path: Path, what: str, hint: str) -> bool:
+    """True for a plain file, False for nothing there; UsageError for anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise UsageError(f"cannot inspect {what} {path}: {exc.strerror}") from None
+    if stat.S_ISREG(mode):
+        return True
+    if stat.S_ISDIR(mode) and what == "replica path":
+        raise UsageError(f"{path} is a folder, not a replica file")
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a plain file"
+    raise UsageError(f"{what} {path} is {kind}: refused, never followed or written", hint=hint)
+
+
+def _create_private(path: Path) -> None:
+    """Create the empty replica file 0600 before SQLite opens it, never through a symlink."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        check_replica_path(path)  # created meanwhile: opened only if it is a plain file
+    except OSError as exc:
+        folder = path.parent if str(path.parent) else Path(".")
+        raise UsageError(f"cannot create replica {path}: {exc.strerror}",
+                         hint=f"a writing run needs write permission on the folder {folder}") from None
+
+
+def discard_if_unused(path: Path) -> None:
+    """Remove a replica this run created if it holds no stats row and no run ended ok in it.
+
+    Only called by the run that created it, under the writer lock, once its connections are
+    closed. Any doubt (an unreadable file) keeps it.
+    """
+    try:
+        # Read-write, though it only reads: closing the last connection so removes an empty -wal,
+        # which a read-only one would leave behind.
+        conn = sqlite3.connect(path)
+        try:
+            used = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM client_stats) OR EXISTS (SELECT 1 FROM sync_runs WHERE status = 'ok')"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError):
+        return
+    if used:
+        return
+    for suffix in (*SIDE_SUFFIXES, ""):
+        try:
+            os.unlink(path.with_name(path.name + suffix))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
 
 
 # Replicas whose integrity this writing run has checked: one `PRAGMA quick_check` per run

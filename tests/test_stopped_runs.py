@@ -1,0 +1,86 @@
+"""A sync stopped by a signal, and how long runs took (issue 18, item 15): after Ctrl-C or SIGTERM,
+`sync --retry-failed` fetches only the clients not yet written; the duration in `sync_runs`, in `status`
+and in the summary line is the same one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_CLIENTS, query_db, write_config
+
+from delivery_sync.demo_source import DemoSource
+
+
+def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", *args],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _clients_stored(db_path: Path) -> set[int]:
+    try:
+        return {cid for (cid,) in query_db(db_path, "SELECT DISTINCT client_id FROM client_stats")}
+    except Exception:  # the file or table does not exist yet
+        return set()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_retry_failed_after_a_stop_signal_fetches_only_the_clients_not_written(cli, tmp_path, db_path, signum, code):
+    with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
+        proc = _start_sync(config, tmp_path, "--days-back", "3")
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(_clients_stored(db_path)) < 3:
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        assert proc.returncode == code, stderr
+        written = _clients_stored(db_path)
+        assert 3 <= len(written) < DEMO_CLIENTS
+        (run_id, status, error), = query_db(db_path, "SELECT id, status, error FROM sync_runs WHERE command = 'sync'")
+        assert (status, error) == ("failed", "interrupted")
+        unfetched = {cid for (cid,) in query_db(db_path, "SELECT client_id FROM sync_unfetched WHERE run_id = ?", (run_id,))}
+        assert unfetched == set(range(1, DEMO_CLIENTS + 1)) - written
+
+        before = len(demo.stats_requests())
+        retry = cli("sync", "--retry-failed")
+        assert retry.code == 0, retry.stderr
+        retried = sorted(int(r.path.split("/")[4]) for r in demo.stats_requests()[before:])
+    assert retried == sorted(unfetched)  # none of the clients already written is fetched again
+    assert f"sync ok: {len(unfetched)}/{len(unfetched)} clients" in retry.stderr
+    assert query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS * 3, DEMO_CLIENTS)]
+
+
+def _seconds(run: dict) -> float:
+    return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+
+
+def test_a_run_s_duration_is_the_same_in_the_summary_the_replica_and_status(cli, tmp_path, db_path):
+    with DemoSource(clients=DEMO_CLIENTS) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 3})
+        demo.faults.throttle_next, demo.faults.retry_after = 1, "3"  # the client list waits 3 s, once
+        result = cli("sync", "--days-back", "2", "--no-aggregate")
+    assert result.code == 0, result.stderr
+    summary_seconds = float(re.search(r", ([\d.]+) s$", result.stderr.strip().splitlines()[-1]).group(1))
+    assert summary_seconds >= 3
+    status = json.loads(cli("status", "--json").stdout)
+    recorded = _seconds(status["last_sync"])
+    assert abs(recorded - summary_seconds) <= 0.55  # the stored times have whole seconds: the summary's, rounded
+    text = cli("status").stdout
+    assert re.search(rf"sync +ok .*, took {recorded:.0f} s:", text), text
+    prometheus = cli("status", "--format", "prometheus").stdout
+    assert f'delivery_sync_last_run_duration_seconds{{command="sync"}} {recorded:g}' in prometheus.replace(".000", "")
