@@ -27,8 +27,10 @@ def test_a_full_disk_during_the_aggregate_after_an_ok_sync(tmp_path, demo, db_pa
 
     check = run_cli("--config", str(config), "status", "--check")
     assert check.code == 1
+    # The repair command names the config this status was given, so it acts on the same replica.
     assert re.fullmatch(r"status not ok: last aggregate failed at \d{4}-\d\d-\d\d \d\d:\d\d UTC: cannot write replica .* "
-                        r"\(disk full or file size limit reached\); the rollups may be out of date; run: delivery-sync aggregate\n",
+                        r"\(disk full or file size limit reached\); the rollups may be out of date; "
+                        rf"run: delivery-sync --config {re.escape(str(config))} aggregate\n",
                         check.stdout), check.stdout
     prom = run_cli("--config", str(config), "status", "--format", "prometheus")
     assert "\ndelivery_sync_ok 0\n" in prom.stdout

@@ -10,7 +10,7 @@ import os
 import stat
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
 from hardening import one_line, run_cli
 
 SECRET = "the other file's contents\n"
@@ -191,7 +191,7 @@ def test_a_first_sync_that_reached_nothing_leaves_no_replica(cli, tmp_path, db_p
         result = cli("sync", "--days-back", "2")
     finally:
         sock.close()
-    assert result.code == 1 and result.stderr.strip().splitlines()[-1].startswith("sync failed: 0/0 clients")
+    assert result.code == 1 and unstamped(result.stderr).strip().splitlines()[-1].startswith("sync failed: 0/0 clients")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
     status = cli("status")
     assert status.stdout.startswith(f"Replica can be trusted: NO - no replica at {db_path} yet")
