@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,9 @@ import pytest
 
 from delivery_sync.cli import main
 from delivery_sync.demo_source import DemoSource
+
+# The installed command, beside this interpreter: the form users run, in a process of its own.
+SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 
 # Small but realistic: enough clients for concurrency, few enough to be quick.
 DEMO_CLIENTS = 12
@@ -89,6 +94,17 @@ def cli(capsys):
         return Result(code, out, err)
 
     return run
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any DELIVERY_SYNC_* setting, plus `extra`: for a command
+    run as its own process, which must read only the config its test gives it."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}, **extra}
+
+
+def last_run(db_path: Path, columns: str, command: str = "sync") -> tuple:
+    """`columns` of the latest `command` run in the replica's sync_runs."""
+    return query_db(db_path, f"SELECT {columns} FROM sync_runs WHERE command = ? ORDER BY id DESC LIMIT 1", [command])[0]
 
 
 def query_db(path: Path, sql: str, params=()) -> list[tuple]:

@@ -8,13 +8,12 @@ import resource
 import shutil
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import SCRIPT, clean_env
 
-SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 IS_ROOT = os.geteuid() == 0
 # Root ignores file modes: permission tests then run the command as this unprivileged user.
 NOBODY = 65534
@@ -44,7 +43,7 @@ def run_cli(*args: str, fsize: int | None = None, as_nobody: bool = False, cwd: 
             pytest.skip("running as root without setpriv: cannot act as an unprivileged user")
         prefix = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    environment = clean_env()
     environment.update(env or {})
     proc = subprocess.run([*prefix, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
                           cwd=cwd, env=environment)

@@ -5,17 +5,15 @@ carrying their own timestamp `stat_date`, `id` and `client_id`, and Express's HT
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -180,8 +178,8 @@ def test_a_killed_batch_sync_leaves_every_client_old_or_new(tmp_path, db_path):
     clients, days = 40, 20
     with DemoSource(clients=clients, latency_ms=20) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch_days": 2, "concurrency": 2})
-        command = [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
+        env = clean_env()
         assert subprocess.run(command, env=env, capture_output=True, timeout=60).returncode == 0
         today = demo.today()
         demo.faults.overrides = {

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, run_on_terminal, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, run_on_terminal, unstamped, write_config
 
 from delivery_sync import replica
 from delivery_sync.demo_source import DemoSource
@@ -24,7 +24,6 @@ def _per_client_endpoint(monkeypatch):
 
 
 TOKEN = "tok-3f9a-very-secret-77"
-SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 
 
 def digest(path: Path) -> str:
@@ -222,7 +221,7 @@ def test_verbose_shows_a_traceback_on_error(cli, config):
 
 def test_console_script_in_a_subprocess_without_a_terminal(tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     bad = subprocess.run([SCRIPT, "sync", "--from", "2026-02-30"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == "error: --from: '2026-02-30' is not a date (expected YYYY-MM-DD)"
@@ -241,7 +240,7 @@ def test_the_console_script_ends_without_teardown_but_with_all_its_output(tmp_pa
     closed first (SQLite removes the -wal), stdout reaches a pipe whole, and a stdout that cannot
     take the last flush is still a failure."""
     write_config(tmp_path / "config.toml", demo.url, db_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     ok = subprocess.run([SCRIPT, "sync", "--days-back", "30"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert ok.returncode == 0
     assert not Path(f"{db_path}-wal").exists() and not Path(f"{db_path}-shm").exists()
@@ -259,7 +258,7 @@ def test_the_console_script_ends_without_teardown_but_with_all_its_output(tmp_pa
 
 def test_progress_bar_is_shown_on_a_terminal(tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     env.update(TERM="xterm", COLUMNS="100")
     code, shown = run_on_terminal([SCRIPT, "sync", "--days-back", "1"], tmp_path, env)
     assert code == 0

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-from pathlib import Path
 
-from conftest import run_on_terminal, write_config
+from conftest import SCRIPT, clean_env, run_on_terminal, write_config
 
 from delivery_sync.render import lines
 
-SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
 
 
@@ -57,7 +53,7 @@ def test_a_long_collect_says_it_is_still_waiting_off_a_terminal(cli, config, dem
 def test_collect_shows_an_elapsed_time_spinner_on_a_terminal(tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path)
     demo.faults.collect_seconds = 1.2
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     env.update(TERM="xterm", COLUMNS="100")
     code, shown = run_on_terminal([SCRIPT, "collect"], tmp_path, env)
     assert code == 0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, last_run, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
 
 
 def last_sync(db_path):
-    return query_db(db_path, "SELECT id, status, error, clients_ok FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1")[0]
+    return last_run(db_path, "id, status, error, clients_ok")
 
 
 def test_a_3_s_deadline_ends_a_10_s_run_on_time_and_keeps_what_was_fetched(cli, tmp_path, db_path):

@@ -15,8 +15,8 @@ import time
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from conftest import query_db, write_config
-from hardening import SCRIPT, integrity
+from conftest import SCRIPT, clean_env, query_db, write_config
+from hardening import integrity
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.status import read_status
@@ -46,7 +46,7 @@ def test_random_sigkills_lose_nothing_and_leave_every_client_old_or_new(tmp_path
     print(f"chaos seed {seed}")
     rng = random.Random(seed)
     db_path = tmp_path / "replica.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     with DemoSource(clients=CLIENTS, latency_ms=15) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 2})
         end = demo.today() - timedelta(days=30)

@@ -8,8 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import query_db, write_config
-from hardening import SCRIPT
+from conftest import SCRIPT, query_db, write_config
 
 
 def _killed_sync(tmp_path, demo, db_path):

@@ -3,19 +3,14 @@ shell completion; the client_stats_named view."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import typer.main
-from conftest import query_db
+from conftest import SCRIPT, clean_env, query_db
 
 from delivery_sync.cli import app
 from delivery_sync.metrics import METRICS
-
-SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 
 
 def _commands(group=None, path=()):
@@ -61,7 +56,7 @@ def test_top_by_names_every_metric(cli):
 
 
 def test_shell_completion_is_available():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     result = subprocess.run([SCRIPT, "--show-completion", "bash"], capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0 and "_delivery_sync_completion" in result.stdout and "complete " in result.stdout
     assert "--install-completion" in subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, env=env).stdout

@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 import delivery_sync.sync  # noqa: F401  the models are built now: pydantic cannot build them of freezegun's dates
@@ -121,13 +121,10 @@ _PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], 
 
 
 def _sync_peak_mib(config) -> float:
-    import os
     import subprocess
     import sys
 
-    from hardening import SCRIPT
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     # A fixed threshold: glibc's adaptive one keeps freed large buffers in the heap, which peak RSS
     # would count as if they were still held.
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"

@@ -14,13 +14,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import rows_of, write_config
+from conftest import SCRIPT, clean_env, rows_of, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
 
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
-SCRIPT = str(Path(sys.executable).with_name("delivery-sync"))
 
 
 def configure(tmp_path: Path, demo, database: str, name: str, **sections) -> Path:
@@ -159,7 +158,7 @@ def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
         # One request per client: clients arrive, and commit, one after another.
         config = write_config(tmp_path / "config.toml", demo.url, pg_url, source={"batch": "never", "concurrency": 2})
         command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        env = clean_env()
         first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert first.returncode == 0, first.stderr
         today = demo.today()
@@ -288,7 +287,7 @@ def test_collect_and_aggregate_as_of_record_their_runs_on_postgres(cli, demo, tm
 
 
 def test_the_sqlite_path_never_imports_the_postgresql_driver(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     for args in (["sync", "--source", "demo", "--days-back", "3"], ["status"], ["query", "top"], ["query", "sql", "SELECT 1"]):
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "delivery_sync", "--db", str(tmp_path / "r.db"), *args],
                                 env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCRIPT
 from freezegun import freeze_time
 from test_reports import NOW, REFUSED_STATEMENTS, TODAY, assert_matches, build_replica, expected_clients, load_rows
 
@@ -168,7 +169,7 @@ def test_json_report_path_imports_no_http_sync_or_rich(replica):
 @pytest.mark.parametrize("fmt", ["csv", "json", "table"])
 def test_a_reader_that_stops_early_is_not_an_error(replica, fmt):
     """`... | head -1`: exit 0 and nothing on stderr, though most of the output was never read."""
-    exe = Path(sys.executable).with_name("delivery-sync")
+    exe = Path(SCRIPT)
     rows = 5000 if fmt == "table" else 30000  # well past the 64 KB a pipe holds
     statement = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) SELECT i, 'x' AS pad FROM n"
     script = f'set -o pipefail; "{exe}" --db "{replica}" query sql "{statement}" --format {fmt} | head -1'

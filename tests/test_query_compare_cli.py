@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import SCRIPT
 from freezegun import freeze_time
 from test_reports import NOW, TODAY, build_replica, expected_clients, expected_overall, load_rows
 
@@ -213,11 +214,10 @@ def test_charts_are_never_drawn_into_csv_or_json(query, args, message):
 
 def test_charts_honour_no_color_on_a_terminal(replica, tmp_path):
     import os
-    import sys
 
     from conftest import run_on_terminal
 
-    exe = str(Path(sys.executable).with_name("delivery-sync"))
+    exe = SCRIPT
     args = [exe, "--db", str(replica), "query", "totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart"]
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "DELIVERY_SYNC_STATUS__STALE_AFTER_HOURS": "500000"}
     env.pop("NO_COLOR", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, last_run, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 NOW = "2026-11-23T10:00:00Z"
@@ -15,8 +15,7 @@ def run(cli, *args):
 
 
 def last_sync(db_path):
-    sql = "SELECT id, status, window_start, window_end, clients_total FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1"
-    return query_db(db_path, sql)[0]
+    return last_run(db_path, "id, status, window_start, window_end, clients_total")
 
 
 def test_after_a_partial_run_only_the_failed_clients_over_its_window(cli, tmp_path, demo, db_path):

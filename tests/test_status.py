@@ -7,7 +7,7 @@ import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, run_on_terminal, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, run_on_terminal, write_config
 from freezegun import freeze_time
 
 from delivery_sync import replica
@@ -293,14 +293,11 @@ def test_a_one_client_repair_sync_does_not_make_old_clients_look_fresh(cli, quic
 def test_on_an_80_column_terminal_long_facts_wrap_under_their_value_column(cli, config, db_path, tmp_path):
     """A person's terminal: a long value wraps at a word boundary, under its value, never cut in
     a word; piped (logs, cron mail), each fact stays one line."""
-    import os
     import re
-    import sys
-    from pathlib import Path
 
     assert cli("sync", "--days-back", "3").code == 0
-    script = str(Path(sys.executable).with_name("delivery-sync"))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}, "TERM": "xterm", "COLUMNS": "80"}
+    script = SCRIPT
+    env = clean_env(TERM="xterm", COLUMNS="80")
     code, shown = run_on_terminal([script, "--db", str(db_path), "status"], tmp_path, env, stream="stdout")
     assert code == 0
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in shown.replace("\r", "").splitlines()]

@@ -7,7 +7,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import query_db, write_config
+from conftest import SCRIPT, clean_env, query_db, write_config
 from freezegun import freeze_time
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,16 +134,13 @@ def test_a_query_before_any_ok_sync_warns_that_figures_may_be_incomplete(cli, sy
 
 
 def test_a_sync_retrying_the_client_list_already_shows_as_running(cli, tmp_path, config, demo, db_path):
-    import os
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     assert cli("sync", "--days-back", "1").code == 0
     demo.faults.throttle_next, demo.faults.retry_after = 2, "1"  # the listing waits ~2 s (2 retries allowed)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("delivery-sync")), "sync", "--days-back", "1"],
+    env = clean_env()
+    proc = subprocess.Popen([SCRIPT, "sync", "--days-back", "1"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10

@@ -5,25 +5,23 @@ and in the summary line is the same one."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
 
 from delivery_sync.demo_source import DemoSource
 
 
 def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", *args],
+        [SCRIPT, "--config", str(config), "sync", *args],
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 

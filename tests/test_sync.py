@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
 from freezegun import freeze_time
 
 from delivery_sync.days import Window, resolve_window
@@ -355,9 +354,9 @@ def test_sigkill_mid_run_leaves_each_client_as_before_or_fully_updated(tmp_path,
         for cid in range(1, DEMO_CLIENTS + 1):
             for i in range(days):
                 demo.faults.overrides[(cid, (today - timedelta(days=i)).isoformat())] = {"grab_fake_orders": 4242}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        env = clean_env()
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", "--days-back", str(days)],
+            [SCRIPT, "--config", str(config), "sync", "--days-back", str(days)],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:

@@ -6,13 +6,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, last_run, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
 
@@ -31,12 +30,8 @@ def stats_windows(demo) -> dict[int, tuple[str, str]]:
     }
 
 
-def last_sync(db_path: Path) -> tuple:
-    return query_db(
-        db_path,
-        "SELECT status, window_start, window_end, rows_inserted, rows_unchanged, rows_deleted, error "
-        "FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1",
-    )[0]
+def last_sync(db_path):
+    return last_run(db_path, "status, window_start, window_end, rows_inserted, rows_unchanged, rows_deleted, error")
 
 
 # --- --incremental ---------------------------------------------------------------------------------
@@ -117,9 +112,9 @@ def test_prune_keeps_everything_of_a_client_the_remote_returns_nothing_for(cli, 
 
 
 def _start_sync(config: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+    env = clean_env()
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("delivery-sync")), "--config", str(config), "sync", *args],
+        [SCRIPT, "--config", str(config), "sync", *args],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
@@ -318,8 +313,8 @@ def test_a_closed_stderr_does_not_change_the_exit_code(cli, config, db_path, tmp
     assert cli("sync", "--days-back", "2").code == 0
     read, write = os.pipe()
     os.close(read)  # whoever read stderr is gone
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
-    exe = str(Path(sys.executable).with_name("delivery-sync"))
+    env = clean_env()
+    exe = SCRIPT
     ok = subprocess.run([exe, "aggregate"], cwd=tmp_path, env=env, stderr=write, stdout=subprocess.DEVNULL, timeout=60)
     bad = subprocess.run([exe, "query", "top", "--days", "0"], cwd=tmp_path, env=env, stderr=write, stdout=subprocess.DEVNULL, timeout=60)
     os.close(write)

@@ -3,11 +3,9 @@ live is printed above it, on a line of its own, never into the bar's line."""
 
 from __future__ import annotations
 
-import os
 import re
 
-from conftest import run_on_terminal, write_config
-from hardening import SCRIPT
+from conftest import SCRIPT, clean_env, run_on_terminal, write_config
 
 from delivery_sync.demo_source import DemoSource
 
@@ -24,7 +22,7 @@ def test_a_warning_during_the_progress_bar_gets_its_own_line(tmp_path, db_path):
     with DemoSource(clients=12, latency_ms=150) as demo:
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 2})
         demo.faults.flaky_clients = {5: 1}  # one 503, retried: a warning while the bar is drawn
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}
+        env = clean_env()
         env.update(TERM="xterm", COLUMNS="100")
         code, raw = run_on_terminal([SCRIPT, "sync", "--days-back", "2"], tmp_path, env)
     assert code == 0
