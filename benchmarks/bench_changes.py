@@ -23,7 +23,7 @@ from pathlib import Path
 
 from delivery_sync import replica
 from delivery_sync.config import Settings
-from delivery_sync.days import Window
+from delivery_sync.days import Window, utc_now
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.records import ClientRows, parse_rows
 from delivery_sync.replica import upsert
@@ -32,7 +32,7 @@ from delivery_sync.sync import SyncOptions, run_sync
 
 def baseline_write(db, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> None:
     """The upsert without change logging: compare, insert new keys, update changed rows."""
-    now = replica.utc_now()
+    now = utc_now()
     start, end = window[0].isoformat(), window[1].isoformat()
     with db.atomic():
         stored = {row[0]: tuple(row[1:]) for row in db.execute(upsert._SELECT_WINDOW, [client_id, start, end])}

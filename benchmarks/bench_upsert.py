@@ -24,7 +24,7 @@ from pathlib import Path
 
 from delivery_sync import replica
 from delivery_sync.config import Settings
-from delivery_sync.days import Window
+from delivery_sync.days import Window, utc_now
 from delivery_sync.demo_source import DEMO_TZ, DemoSource
 from delivery_sync.metrics import METRICS
 from delivery_sync.records import parse_rows
@@ -57,7 +57,7 @@ def product(path: Path, answers: dict, bounds) -> float:
 
 def floor(path: Path, answers: dict, bounds) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
-    now = replica.utc_now()
+    now = utc_now()
     began = time.perf_counter()
     conn.execute("BEGIN")
     conn.executemany(FLOOR, [(cid, day.isoformat(), *values, now, now, now)

@@ -1,5 +1,6 @@
 """Calendar days: windows of days, as `sync --days-back` and `query --days` take them, and the
-weeks (Monday to Sunday) and months they fall in. The one home of calendar arithmetic.
+weeks (Monday to Sunday) and months they fall in. The one home of calendar arithmetic, and of
+the time format the replica writes.
 
 Standard library only: the fast `query` path imports it.
 """
@@ -7,7 +8,7 @@ Standard library only: the fast `query` path imports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from .errors import UsageError
 
@@ -82,3 +83,13 @@ def next_month(day: date) -> date:
 def month_end(day: date) -> date:
     """The last day of `day`'s month."""
     return next_month(day) - timedelta(days=1)
+
+
+def utc_now() -> str:
+    """Now as the replica writes times: `YYYY-MM-DDTHH:MM:SS+00:00`."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def utc_stamp(seconds: float) -> str:
+    """A Unix time as the replica writes times (`YYYY-MM-DDTHH:MM:SS+00:00`)."""
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=0).isoformat()

@@ -32,6 +32,7 @@ except ImportError:  # the optional extra is not installed: one line, not a trac
     ) from None
 
 from .config import PostgresURL
+from .days import utc_now
 from .dialect import POSTGRES
 from .errors import DeliverySyncError, LockHeld, NoReplica, QueryTimeout, ReadOnlyViolation, UsageError
 
@@ -252,8 +253,6 @@ def advisory_lock(url: PostgresURL, command: str) -> Iterator[Connection]:
     """Hold the writers' advisory lock for a whole run on a connection of its own, or raise LockHeld
     at once naming the holder. The server releases it when the holder's connection ends, so a
     killed run never leaves it behind."""
-    from .replica.schema import utc_now
-
     # "delivery-sync sync 4242 2026-12-05T01:00:00+00:00": within the 63 characters a name may have.
     conn = connect(url, application=f"{APP_PREFIX}{command} {os.getpid()} {utc_now()}")
     try:

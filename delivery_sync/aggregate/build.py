@@ -137,7 +137,7 @@ def _build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRow
     """The SQLite build, inside the aggregate run's transaction: a refresh of what `changed` touched
     when the rollups were current just before the sync that wrote it, else a full rebuild.
     Returns the periods built, whether it was a refresh, and the run's counters."""
-    from ..replica import utc_now
+    from ..days import utc_now
 
     db = replica.db
     now = utc_now()

@@ -30,7 +30,8 @@ OVERALL_TABLES = ("overall_aggregates", *FINE_TABLES.values())
 def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRows | None):
     """Recreate every rollup as of `as_of` (a refresh would cost as much: `changed` is not needed);
     returns the periods built, False (not a refresh) and the run's counters."""
-    from ..replica import RunCounts, utc_now
+    from ..days import utc_now
+    from ..replica import RunCounts
 
     db = replica.db
     computed_at = utc_now()

@@ -9,6 +9,7 @@
     clients.py  the `clients` table
     upsert.py   one client's window into `client_stats` (its own transaction, or a savepoint of a WriteGroup)
     staging.py  batch-fetched rows waiting (in TEMP tables) until their client is complete
+    session.py  `OpenReplica`: a run's write side on one connection, either engine
     writer.py   `SyncWriter`: the write side of a sync run as one object the fetcher is handed
 
 Writing runs get a `Store` from `open_store()`, hold its `writer_lock()` and `open()` a
@@ -18,7 +19,7 @@ Writing runs get a `Store` from `open_store()`, hold its `writer_lock()` and `op
 from .clients import latest_dates, save_client_list
 from .lock import writer_lock
 from .runs import RunClock, RunCounts, closed_on_error, finish_run, record_failure, record_unfetched, start_run
-from .schema import SCHEMA_VERSION, open_replica, utc_now
+from .schema import SCHEMA_VERSION, open_replica
 from .staging import Staging
 from .store import Replica, Store, open_store
 from .upsert import ClientWrite, WriteGroup, write_client_window
@@ -27,5 +28,5 @@ from .writer import MAX_CHANGED_ROWS, ChangedRows, SyncWriter
 __all__ = [
     "MAX_CHANGED_ROWS", "SCHEMA_VERSION", "ChangedRows", "ClientWrite", "Replica", "RunClock", "RunCounts", "Staging", "Store", "SyncWriter",
     "WriteGroup", "closed_on_error", "finish_run", "latest_dates", "open_replica", "open_store", "record_failure", "record_unfetched",
-    "save_client_list", "start_run", "utc_now", "write_client_window", "writer_lock",
+    "save_client_list", "start_run", "write_client_window", "writer_lock",
 ]

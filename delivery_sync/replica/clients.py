@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING
 
+from ..days import utc_now
 from ..records import Client
-from .schema import utc_now
 
 if TYPE_CHECKING:
     from .schema import ReplicaDatabase

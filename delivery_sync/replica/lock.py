@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..days import utc_now
 from ..errors import DeliverySyncError, LockHeld, UsageError
 from ..readonly import open_lock_file
 from . import schema
-from .schema import storage_error, utc_now
+from .schema import storage_error
 
 
 @contextmanager

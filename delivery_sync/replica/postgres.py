@@ -17,14 +17,15 @@ from contextlib import contextmanager
 
 from .. import postgres
 from ..config import PostgresURL
+from ..days import utc_now
 from ..dialect import POSTGRES
 from ..errors import DeliverySyncError, UsageError
 from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from .runs import RunCounts
-from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, migrations, utc_now
+from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, migrations
+from .session import OpenReplica
 from .staging import Staging
-from .store import OpenReplica
 
 MIGRATIONS_TABLE = "delivery_sync_migrations"
 

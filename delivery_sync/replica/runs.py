@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
+from ..days import utc_now, utc_stamp
 from ..errors import Interrupted
-from .schema import RUN_COUNTERS, utc_now, utc_stamp
+from .schema import RUN_COUNTERS
 
 if TYPE_CHECKING:
     from .schema import ReplicaDatabase

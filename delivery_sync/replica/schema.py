@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -18,11 +17,6 @@ from ..metrics import COUNT_METRICS, METRICS, RUN_COUNTERS
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.
 BUSY_TIMEOUT_MS = 10_000
-
-
-def utc_now() -> str:
-    """Now as the replica writes times: `YYYY-MM-DDTHH:MM:SS+00:00`."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 class ReplicaDatabase(sqlite_utils.Database):
@@ -45,11 +39,6 @@ class ReplicaDatabase(sqlite_utils.Database):
     def encode_change(value):
         """A value as stat_changes keeps it: as it is (the columns have no declared type)."""
         return value
-
-
-def utc_stamp(seconds: float) -> str:
-    """A Unix time as the replica writes times (`YYYY-MM-DDTHH:MM:SS+00:00`)."""
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=0).isoformat()
 
 
 migrations = Migrations("delivery_sync")

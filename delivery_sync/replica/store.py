@@ -19,12 +19,10 @@ from typing import Protocol
 import sqlite_utils
 
 from ..records import Client
-from . import clients, runs
 from .lock import writer_lock
 from .runs import RunCounts
 from .schema import open_replica, storage_error
-from .staging import Staging
-from .upsert import WriteGroup
+from .session import OpenReplica
 
 
 class Replica(Protocol):
@@ -99,55 +97,6 @@ class SqliteStore:
         if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o")):
             return str(storage_error(self.path, exc))
         return " ".join(str(exc).split())
-
-
-class OpenReplica:
-    """The write side of a run: the engine-neutral functions of this package on one connection
-    (a SQLite `ReplicaDatabase` or a `postgres.Connection`)."""
-
-    engine = "sqlite"
-    staging_type = Staging
-
-    def __init__(self, db):
-        self.db = db
-
-    def save_client_list(self, listed: list[Client]) -> None:
-        clients.save_client_list(self.db, listed)
-
-    def latest_dates(self) -> dict[int, date]:
-        return clients.latest_dates(self.db)
-
-    def start_run(self, command: str, window: tuple[date, date] | None = None, clients_total: int = 0,
-                  started_at: str | None = None) -> int:
-        return runs.start_run(self.db, command, window, clients_total, started_at)
-
-    def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None, finished_at: str | None = None) -> dict:
-        return runs.finish_run(self.db, run_id, status, counts, error, finished_at)
-
-    def closed_on_error(self, run_id: int, counts: RunCounts | None = None) -> AbstractContextManager[None]:
-        return runs.closed_on_error(self.db, run_id, counts)
-
-    def record_failure(self, run_id: int, client_id: int | None, error: str) -> None:
-        runs.record_failure(self.db, run_id, client_id, error)
-
-    def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
-        runs.record_unfetched(self.db, run_id, client_ids)
-
-    def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None:
-        return runs.last_sync_to_retry(self.db)
-
-    def write_group(self) -> WriteGroup:
-        return WriteGroup(self.db)
-
-    def staging(self) -> Staging:
-        return self.staging_type(self.db)
-
-    def transaction(self) -> AbstractContextManager[None]:
-        """One transaction: everything inside commits together or not at all."""
-        return self.db.atomic()
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class SqliteReplica(OpenReplica):

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
+from ..days import utc_now
 from ..metrics import METRICS
 from ..records import ClientRows
-from .schema import utc_now
 
 if TYPE_CHECKING:
     from .schema import ReplicaDatabase
