@@ -102,6 +102,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_SYNC_")}, **extra}
 
 
+def kill_when(command: list[str], env: dict[str, str], seen) -> None:
+    """Run `command` as its own process and SIGKILL it as soon as `seen()` is true (within 30 s):
+    a run killed mid-way, as a power cut or the OOM killer would."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        limit = time.monotonic() + 30
+        while time.monotonic() < limit and not seen():
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+
+
 def last_run(db_path: Path, columns: str, command: str = "sync") -> tuple:
     """`columns` of the latest `command` run in the replica's sync_runs."""
     return query_db(db_path, f"SELECT {columns} FROM sync_runs WHERE command = ? ORDER BY id DESC LIMIT 1", [command])[0]

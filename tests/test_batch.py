@@ -5,15 +5,13 @@ carrying their own timestamp `stat_date`, `id` and `client_id`, and Express's HT
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, kill_when, query_db, unstamped, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -185,15 +183,7 @@ def test_a_killed_batch_sync_leaves_every_client_old_or_new(tmp_path, db_path):
         demo.faults.overrides = {
             (cid, (today - timedelta(days=d)).isoformat()): {"grab_orders": 7777} for cid in range(1, clients + 1) for d in range(days)
         }
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            limit = time.monotonic() + 30
-            while time.monotonic() < limit and not query_db(db_path, "SELECT 1 FROM client_stats WHERE grab_orders = 7777 LIMIT 1"):
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        kill_when(command, env, lambda: query_db(db_path, "SELECT 1 FROM client_stats WHERE grab_orders = 7777 LIMIT 1"))
     per_client = query_db(db_path, "SELECT client_id, SUM(COALESCE(grab_orders = 7777, 0)), COUNT(*) FROM client_stats GROUP BY client_id")
     assert len(per_client) == clients
     assert all(new in (0, count) and count == days for _, new, count in per_client), per_client

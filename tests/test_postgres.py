@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, clean_env, rows_of, write_config
+from conftest import SCRIPT, clean_env, kill_when, rows_of, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -165,15 +164,7 @@ def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
         demo.faults.overrides = {
             (cid, (today - timedelta(days=d)).isoformat()): {"grab_orders": 7777} for cid in range(1, clients + 1) for d in range(days)
         }
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            limit = time.monotonic() + 30
-            while time.monotonic() < limit and not rows_of(pg_url, "SELECT 1 FROM client_stats WHERE grab_orders = 7777 LIMIT 1"):
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        kill_when(command, env, lambda: rows_of(pg_url, "SELECT 1 FROM client_stats WHERE grab_orders = 7777 LIMIT 1"))
     per_client = rows_of(
         pg_url, "SELECT client_id, SUM(CASE WHEN grab_orders = 7777 THEN 1 ELSE 0 END), COUNT(*) FROM client_stats GROUP BY client_id"
     )
