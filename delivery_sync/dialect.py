@@ -16,6 +16,7 @@ class Dialect:
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     row_order = "rowid"  # insertion order of rows that share a key
     begin_snapshot = "BEGIN"  # a read transaction sees one committed state (WAL)
+    join_in_order = "CROSS JOIN"  # SQLite reads the left table first, as written (its planner may not)
 
     def week_start(self, day: str) -> str:
         """The Monday of `day`'s week."""
@@ -25,6 +26,14 @@ class Dialect:
     def month_key(self, day: str) -> str:
         """`YYYY-MM` of `day`."""
         return f"substr({day}, 1, 7)"
+
+    def day_text(self, day: str) -> str:
+        """`day` as `YYYY-MM-DD` text, the type of a rollup's `period`."""
+        return day
+
+    def as_date(self, day: str) -> str:
+        """A `YYYY-MM-DD` text, such as a daily rollup's `period`, as the engine's day type."""
+        return day
 
     def month_first(self, month: str) -> str:
         """The first day of the month `YYYY-MM`."""
@@ -70,12 +79,19 @@ class PostgresDialect(Dialect):
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
     row_order = "ctid"  # insert-only tables: physical order is insertion order
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ"  # every statement sees the same committed state
+    join_in_order = "JOIN"  # no CROSS JOIN ... ON here: the planner picks the order
 
     def week_start(self, day: str) -> str:
         return f"CAST(date_trunc('week', CAST({day} AS DATE)) AS DATE)"
 
     def month_key(self, day: str) -> str:
         return f"to_char(CAST({day} AS DATE), 'YYYY-MM')"
+
+    def day_text(self, day: str) -> str:
+        return f"to_char(CAST({day} AS DATE), 'YYYY-MM-DD')"
+
+    def as_date(self, day: str) -> str:
+        return f"CAST({day} AS DATE)"
 
     def month_first(self, month: str) -> str:
         return f"CAST({month} || '-01' AS DATE)"

@@ -114,7 +114,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     if plan.current and plan.period is None:
         # Summing every column of every client costs 3-4x ranking by the one metric: rank first,
         # then sum the rest for the `limit` clients ranked (same order, same numbers).
-        sql, params = window_ranking(window.start, window.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only)
+        sql, params = window_ranking(window.start, window.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only,
+                                     dialect=dialect_of(conn))
         clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
     rows = _client_rows(conn, plan, order, {"limit": limit}, clients, conditions, show_active) if clients != [] else []
     who = ["client_id", "name", *(["active"] if show_active else [])]
@@ -254,7 +255,7 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
         raise UsageError(f"unknown grouping {by!r} for --by", hint="one of: day, week, month, platform")
     plan = _plan(conn, window, by=by)
     if plan.current:  # whole periods from their rollup rows, the partial ones at the edges from daily totals
-        parts = [with_ratios(_edge_period_sums(by), PERIOD_COLUMNS)]
+        parts = [with_ratios(_edge_period_sums(by, dialect_of(conn)), PERIOD_COLUMNS)]
         if plan.whole:
             table = FINE_TABLES.get(by, "overall_aggregates")
             parts.insert(0, f"SELECT {', '.join(PERIOD_TOTALS_COLUMNS)} FROM {table} WHERE period BETWEEN :first_period AND :last_period")
@@ -482,7 +483,7 @@ def _values(conn: sqlite3.Connection, window: Window, by: str) -> dict[int, floa
     if plan.period:
         sql, params = f"SELECT client_id, {by} FROM client_aggregates WHERE period = :period", plan.params()
     elif plan.current:
-        sql, params = window_values(window.start, window.end, by)
+        sql, params = window_values(window.start, window.end, by, dialect=dialect_of(conn))
         sql = f"SELECT client_id, {by} FROM ({sql}) AS sums"
     else:
         sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
@@ -627,7 +628,7 @@ def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict
         bounds = "a.period_start, a.period_end"
     else:
         if plan.current:  # whole months and pieces from the partial sums, raw rows only at the edges
-            sums, extra = client_window_sums(window.start, window.end, clients)
+            sums, extra = client_window_sums(window.start, window.end, clients, dialect_of(conn))
         elif clients is not None:  # read their rows by the (client_id, ...) keys, not every client's
             sums = CLIENT_SUMS.replace("FROM client_stats", f"FROM (SELECT * FROM client_stats WHERE {only}) AS s")
         else:
@@ -646,7 +647,7 @@ def _client_rows(conn: sqlite3.Connection, plan: _Plan, order: str, params: dict
 _METRIC_LIST = ", ".join(METRICS)
 
 
-def _edge_period_sums(by: str) -> str:
+def _edge_period_sums(by: str, dialect: Dialect) -> str:
     """`period_sums` of the window's partial edge periods, from the stored daily totals.
 
     Sums come from `overall_daily` (exact cents, so equal to summing the raw rows).
@@ -654,18 +655,19 @@ def _edge_period_sums(by: str) -> str:
     rolling periods; any other edge probes the (client_id, stat_date) index once per
     client, far cheaper than reading every client-day of the edges.
     """
-    key, first, last = period_bounds(by, day="period")
+    key, first, last = period_bounds(by, day="period", dialect=dialect)
     stored = f"SELECT e.clients_with_data FROM {EDGE_CLIENTS} e WHERE e.period_start = x.period_start AND e.period_end = x.period_end"
     return f"""
 SELECT period, period_start, period_end,
        COALESCE(({stored}), {clients_with_data("period_start", "period_end")}) AS clients_with_data,
        days_with_data, {_METRIC_LIST}
-FROM (SELECT period, MAX({first}, :start) AS period_start, MIN({last}, :end) AS period_end, days_with_data, {_METRIC_LIST}
+FROM (SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
+             CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, {_METRIC_LIST}
       FROM (SELECT {key} AS period, COUNT(*) AS days_with_data,
                    {SUMS}
             FROM overall_daily
             WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end
-            GROUP BY 1)) AS x"""
+            GROUP BY 1) AS edges) AS x"""
 
 
 @dataclass(frozen=True)

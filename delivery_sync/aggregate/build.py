@@ -12,11 +12,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..days import month_end, week_end, week_start
+from ..days import month_end
 from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import piece_row, piece_span
+from .pieces import edge_spans, piece_row, piece_span
 from .sql import (
     ADDED,
     CLIENT_COLUMNS,
@@ -428,16 +428,7 @@ def _edge_clients(db: sqlite_utils.Database, as_of: date) -> None:
     db.execute(f"DROP TABLE IF EXISTS {EDGE_CLIENTS}")
     db.execute(f"CREATE TABLE {EDGE_CLIENTS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, "
                "clients_with_data INTEGER NOT NULL, PRIMARY KEY (period_start, period_end)) WITHOUT ROWID")
-    spans = set()
-    for days in ROLLING_PERIODS.values():
-        start = as_of - timedelta(days=days - 1)
-        for day in (start, as_of):
-            for first, last in ((week_start(day), week_end(day)),
-                                (day.replace(day=1), month_end(day))):
-                span = (max(first, start), min(last, as_of))
-                if span != (first, last):
-                    spans.add(span)
     month_so_far = (as_of.replace(day=1), as_of)
-    for a, b in sorted(spans):
+    for a, b in edge_spans(as_of):
         count = "(SELECT COUNT(*) FROM temp.agg_month_so_far)" if (a, b) == month_so_far else clients_with_data(":a", ":b")
         db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {count})", {"a": a.isoformat(), "b": b.isoformat()})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from ..days import month_end, next_month, week_end, week_start
+from .sql import ROLLING_PERIODS
 
 
 def piece_span(day: date) -> tuple[date, date]:
@@ -43,3 +44,17 @@ def cover(start: date, end: date) -> tuple[list, list, list]:
         if pb < b:
             days.append((pb + timedelta(days=1), b))
     return months, pieces, days
+
+
+def edge_spans(as_of: date) -> list[tuple[date, date]]:
+    """The partial weeks and months at each end of every rolling period ending at `as_of`, each
+    cut to the period: the spans whose clients with data the aggregate stores (EDGE_CLIENTS)."""
+    spans = set()
+    for days in ROLLING_PERIODS.values():
+        start = as_of - timedelta(days=days - 1)
+        for day in (start, as_of):
+            for first, last in ((week_start(day), week_end(day)), (day.replace(day=1), month_end(day))):
+                span = (max(first, start), min(last, as_of))
+                if span != (first, last):
+                    spans.add(span)
+    return sorted(spans)

@@ -1,11 +1,13 @@
-"""The rollup build on PostgreSQL: `client_aggregates`, `overall_aggregates`, `overall_daily` and
-`overall_weekly` recomputed from `client_stats` in the aggregate run's transaction.
+"""The rollup build on PostgreSQL: the partial sums (`agg_client_pieces`, `agg_client_months`,
+`agg_days`, EDGE_CLIENTS) and the rollups (`client_aggregates`, `overall_aggregates`,
+`overall_daily`, `overall_weekly`) recomputed from `client_stats` in the aggregate run's
+transaction.
 
-Every row is summed by the same named SQL the reports run on raw rows (`CLIENT_SUMS`,
-`OVERALL_SUMS`, `SUMS`, `with_ratios`), amounts in whole cents, so a PostgreSQL replica holds the
-numbers a SQLite one does, value for value. PostgreSQL groups a year of clients in parallel, so
-there are no partial-sum tables here: the whole build runs every time, and the reports read raw
-rows.
+Every rollup row is summed by the same named SQL the reports run on raw rows (`CLIENT_SUMS`,
+`OVERALL_SUMS`, `SUMS`, `with_ratios`), and every partial sum in whole cents as SQLite keeps
+them, so a PostgreSQL replica holds the numbers a SQLite one does, value for value, and the
+reports read it by the same partial-sum SQL (aggregate/windows.py). PostgreSQL groups a year of
+clients in parallel, so the whole build runs every time: there is no refresh of what a sync wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +17,20 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .sql import CLIENT_SUMS, FINE_TABLES, OVERALL_SUMS, RATIOS, ROLLING_PERIODS, SUMS, with_ratios
+from .pieces import edge_spans
+from .sql import (
+    CLIENT_SUMS,
+    EDGE_CLIENTS,
+    FINE_TABLES,
+    OVERALL_SUMS,
+    PARTS_TABLES,
+    RATIOS,
+    ROLLING_PERIODS,
+    SUMS,
+    cents_of,
+    with_ratios,
+)
+from .windows import clients_with_data
 
 if TYPE_CHECKING:
     from ..replica import ChangedRows, RunCounts
@@ -24,6 +39,7 @@ if TYPE_CHECKING:
 _METRIC_TYPES = ", ".join(f"{m} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for m in METRICS)
 _TAIL = f"{_METRIC_TYPES}, {', '.join(f'{r} DOUBLE PRECISION' for r in RATIOS)}, computed_at TEXT"
 _HEAD = "period TEXT NOT NULL, period_start DATE, period_end DATE"
+_PART_METRICS = ", ".join(f"{m} BIGINT" for m in METRICS)
 OVERALL_TABLES = ("overall_aggregates", *FINE_TABLES.values())
 
 
@@ -35,6 +51,7 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
 
     db = replica.db
     computed_at = utc_now()
+    _build_parts(db, as_of, run_id)
     db.execute("DROP TABLE IF EXISTS client_aggregates, " + ", ".join(OVERALL_TABLES))
     db.execute(f"CREATE TABLE client_aggregates (client_id BIGINT NOT NULL, {_HEAD}, days_with_data BIGINT, {_TAIL}, "
                "PRIMARY KEY (client_id, period))")
@@ -70,6 +87,36 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     months = [(m, date.fromisoformat(first), date.fromisoformat(last)) for m, first, last in db.execute(
         "SELECT period, period_start, period_end FROM overall_aggregates WHERE period NOT LIKE 'last%' ORDER BY period")]
     return rolling + months, False, _counts(db, RunCounts)
+
+
+def _build_parts(db, as_of: date, run_id: int) -> None:
+    """The partial sums the reports read any window from, in whole cents as SQLite keeps them
+    (see aggregate/sql.py), the clients with data at the edges of the rolling periods, and the
+    run that built them."""
+    db.execute(f"DROP TABLE IF EXISTS {', '.join(PARTS_TABLES)}, {EDGE_CLIENTS}")
+    db.execute("CREATE TABLE agg_client_pieces (client_id BIGINT NOT NULL, piece DATE NOT NULL, piece_end DATE NOT NULL, "
+               f"week DATE NOT NULL, month TEXT NOT NULL, days_with_data BIGINT NOT NULL, {_PART_METRICS}, PRIMARY KEY (client_id, piece))")
+    db.execute("CREATE INDEX agg_client_pieces_piece ON agg_client_pieces (piece)")
+    db.execute(f"CREATE TABLE agg_client_months (client_id BIGINT NOT NULL, month TEXT NOT NULL, days_with_data BIGINT NOT NULL, "
+               f"{_PART_METRICS}, PRIMARY KEY (client_id, month))")
+    db.execute("CREATE INDEX agg_client_months_month ON agg_client_months (month)")
+    db.execute(f"CREATE TABLE agg_days (day DATE PRIMARY KEY, clients_with_data BIGINT NOT NULL, {_PART_METRICS})")
+    db.execute("CREATE TABLE agg_parts_run (run_id BIGINT NOT NULL)")
+    db.execute(f"CREATE TABLE {EDGE_CLIENTS} (period_start DATE NOT NULL, period_end DATE NOT NULL, "
+               "clients_with_data BIGINT NOT NULL, PRIMARY KEY (period_start, period_end))")
+    # A piece is the part of a Monday-started week inside one month (aggregate/pieces.py).
+    week, month = "CAST(date_trunc('week', stat_date) AS DATE)", "CAST(date_trunc('month', stat_date) AS DATE)"
+    db.execute(
+        "INSERT INTO agg_client_pieces SELECT client_id, GREATEST(w, m), LEAST(w + 6, CAST(m + INTERVAL '1 month' - INTERVAL '1 day' AS DATE)), "
+        f"w, to_char(m, 'YYYY-MM'), COUNT(*), {cents_of('s')} "
+        f"FROM (SELECT *, {week} AS w, {month} AS m FROM client_stats) AS s GROUP BY client_id, w, m"
+    )
+    db.execute(f"INSERT INTO agg_client_months SELECT client_id, month, SUM(days_with_data), {', '.join(f'SUM({m})' for m in METRICS)} "
+               "FROM agg_client_pieces GROUP BY client_id, month")
+    db.execute(f"INSERT INTO agg_days SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY stat_date")
+    for a, b in edge_spans(as_of):
+        db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {clients_with_data(':a', ':b')})", {"a": a, "b": b})
+    db.execute("INSERT INTO agg_parts_run (run_id) VALUES (:run_id)", {"run_id": run_id})
 
 
 def _insert(db, table: str, key: str, sums_sql: str, computed_at: str, params: dict | None = None) -> None:

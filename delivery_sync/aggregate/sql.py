@@ -80,9 +80,10 @@ def with_ratios(sums_sql: str, columns: list[str]) -> str:
 
 def period_bounds(by: str, day: str = "stat_date", dialect: Dialect = SQLITE) -> tuple[str, str, str]:
     """SQL for the period of the date column `day`, and for the first and last day of `period`."""
-    key = {"day": day, "week": dialect.week_start(day), "month": dialect.month_key(day)}[by]
-    first = {"day": "period", "week": "period", "month": dialect.month_first("period")}[by]
-    last = {"day": "period", "week": dialect.plus_days("period", 6), "month": dialect.month_last("period")}[by]
+    key = {"day": day, "week": dialect.day_text(dialect.week_start(day)), "month": dialect.month_key(day)}[by]
+    period = dialect.as_date("period")
+    first = {"day": period, "week": period, "month": dialect.month_first("period")}[by]
+    last = {"day": period, "week": dialect.plus_days("period", 6), "month": dialect.month_last("period")}[by]
     return key, first, last
 
 
@@ -133,7 +134,7 @@ def id_list(clients: list[int]) -> str:
 def cents(metric: str, alias: str = "") -> str:
     """`metric` of the rows `alias` in whole cents (an amount) or as it is (a count)."""
     column = f"{alias}.{metric}" if alias else metric
-    return f"CAST(ROUND({column} * 100) AS INTEGER)" if metric in AMOUNT_METRICS else column
+    return f"CAST(ROUND({column} * 100) AS BIGINT)" if metric in AMOUNT_METRICS else column
 
 
 def cents_of(alias: str) -> str:
@@ -141,8 +142,13 @@ def cents_of(alias: str) -> str:
     return ", ".join(f"SUM({cents(m, alias)}) AS {m}" for m in METRICS)
 
 
+def rupiah(cents_sql: str) -> str:
+    """An amount in whole cents back in rupiah, a float: the value CLIENT_SUMS gives."""
+    return f"CAST({cents_sql} AS DOUBLE PRECISION) / 100"
+
+
 PLAIN = ", ".join(METRICS)
 ADDED = ", ".join(f"SUM({m}) AS {m}" for m in METRICS)
 # Partial sums as the rollups store them: amounts back in rupiah.
-STORED = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
+STORED = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in METRICS)
 SUMMED = ["days_with_data", *METRICS]

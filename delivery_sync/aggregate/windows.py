@@ -6,20 +6,23 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import RATIOS, STORED, SUMMED, cents, id_list
+from .sql import RATIOS, STORED, SUMMED, cents, id_list, rupiah
 
 
-def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED) -> tuple[str, dict]:
+def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
+                 dialect: Dialect = SQLITE) -> tuple[str, dict]:
     """SQL of per-client partial sums over [start, end] (client_id and `columns`, by default
     days_with_data and every metric; amounts in whole cents), and its parameters (named `w_*`,
     so they mix with a caller's): the sums of `window_part_list`."""
-    parts, params = window_part_list(start, end, clients, columns)
+    parts, params = window_part_list(start, end, clients, columns, dialect)
     return added_per_client(parts, columns), params
 
 
-def window_part_list(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED) -> tuple[list[str], dict]:
+def window_part_list(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
+                     dialect: Dialect = SQLITE) -> tuple[list[str], dict]:
     """The SELECTs of partial-sum rows (client_id and `columns`) that together cover [start, end]
     once, and their parameters (named `w_*`).
 
@@ -50,7 +53,7 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
                 # listed clients, who are never deleted.
                 sums = ", ".join(_per_client_sum(c, raw) for c in columns)
                 only = f" AND c.id IN ({ids})" if clients is not None else ""
-                parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
+                parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c {dialect.join_in_order} {table} AS p "
                              f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
             else:
                 values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{cents(c)} AS {c}") if raw else c for c in columns)
@@ -72,13 +75,13 @@ def added_per_client(parts: list[str], columns: list[str] = SUMMED) -> str:
     return f"SELECT client_id, {added} FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY client_id"
 
 
-def client_window_sums(start: date, end: date, clients: list[int] | None = None) -> tuple[str, dict]:
+def client_window_sums(start: date, end: date, clients: list[int] | None = None, dialect: Dialect = SQLITE) -> tuple[str, dict]:
     """`window_parts` with amounts back in rupiah: the columns and numbers of CLIENT_SUMS."""
-    sql, params = window_parts(start, end, clients)
+    sql, params = window_parts(start, end, clients, dialect=dialect)
     return f"SELECT client_id, days_with_data, {STORED} FROM ({sql}) AS cents", params
 
 
-def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = ()) -> tuple[str, dict]:
+def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE) -> tuple[str, dict]:
     """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
     and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers.
 
@@ -89,21 +92,21 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
     inputs = [m for m in METRICS if m in needed | set(extra)]
-    sql, params = window_parts(start, end, columns=inputs)
-    rupiah = ", ".join(f"{m} / 100.0 AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
+    sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
+    amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
-    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {rupiah} FROM ({sql}) AS cents) AS rupiah", params
+    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
 
 
 def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
-                   active_only: bool = False) -> tuple[str, dict]:
+                   active_only: bool = False, dialect: Dialect = SQLITE) -> tuple[str, dict]:
     """SQL of the ids of the `:limit` clients with the largest (`ascending`: smallest) `metric`
     over [start, end], in `query top`'s order (NULL last, ties by client id), and its parameters.
 
     `metric` is a metric's sum or a ratio (see `window_values`); `min_orders` keeps clients with
     at least that many orders, `active_only` those the remote lists as active.
     """
-    sql, params = window_values(start, end, metric, ("total_orders",) if min_orders is not None else ())
+    sql, params = window_values(start, end, metric, ("total_orders",) if min_orders is not None else (), dialect)
     filters = []
     if min_orders is not None:
         filters.append(f"total_orders >= {int(min_orders)}")
@@ -127,7 +130,7 @@ def clients_with_data(start: str, end: str) -> str:
 OVERALL_DAY_SUMS = f"""
 SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
        COUNT(*) AS days_with_data,
-       {", ".join(f"SUM({m}) / 100.0 AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
+       {", ".join(f"{rupiah(f'SUM({m})')} AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
 FROM agg_days
 WHERE day BETWEEN :start AND :end
 HAVING COUNT(*) > 0"""
