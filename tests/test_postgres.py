@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, clean_env, kill_when, rows_of, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, kill_when, rows_of, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -163,6 +163,55 @@ def test_a_second_writer_exits_75_naming_the_holder_and_readers_go_on(cli, demo,
         assert status.code == 0 and json.loads(status.stdout)["running"][0]["pid"] == os.getpid()
         assert run(cli, config, "query", "top", "--format", "json").code == 0
     assert run(cli, config, "sync", "--days-back", "3").code == 0  # released with its connection
+
+
+def test_readers_go_on_while_an_aggregate_rebuilds_the_rollups(cli, demo, tmp_path, pg_url):
+    """The rebuild empties and refills the rollup tables inside its transaction: a report run
+    meanwhile answers at once from the rollups as they were (DROP or TRUNCATE would make it wait)."""
+    from datetime import date
+
+    from delivery_sync import replica
+    from delivery_sync.aggregate.postgres import build
+    from delivery_sync.config import PostgresURL
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "10").code == 0
+    (run_id,) = rows_of(pg_url, "SELECT MAX(id) FROM sync_runs WHERE command = 'aggregate'")[0]
+    reports = [[SCRIPT, "--config", str(config), "query", *args, "--format", "json"]
+               for args in (["totals", "--by", "week", "--from", "2026-11-14", "--to", "2026-11-23"], ["top", "--days", "7"])]
+    before = [subprocess.run(r, capture_output=True, text=True, env=clean_env(), timeout=30).stdout for r in reports]
+    assert json.loads(before[0])[0]["total_orders"] > 0
+    db = replica.open_store(PostgresURL(pg_url)).open()
+    try:
+        with db.transaction():
+            build(db, date(2026, 11, 23), run_id, None)
+            for report, seen in zip(reports, before):
+                began = time.monotonic()
+                during = subprocess.run(report, capture_output=True, text=True, env=clean_env(), timeout=30)
+                assert during.returncode == 0, during.stderr
+                assert during.stdout == seen
+                assert time.monotonic() - began < 10  # answered, not waiting for the build to commit
+    finally:
+        db.close()
+
+
+def test_a_rollup_table_of_another_version_is_made_again(cli, demo, tmp_path, pg_url):
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "3").code == 0
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'client_aggregates' ORDER BY ordinal_position"
+    expected = rows_of(pg_url, columns)
+    conn = postgres.connect(PostgresURL(pg_url))
+    try:  # as an older delivery-sync left it: another column, no definition of ours
+        conn.execute("ALTER TABLE client_aggregates ADD COLUMN obsolete BIGINT")
+        conn.execute("COMMENT ON TABLE client_aggregates IS NULL")
+    finally:
+        conn.close()
+    assert run(cli, config, "aggregate").code == 0
+    assert rows_of(pg_url, columns) == expected
+    assert rows_of(pg_url, "SELECT COUNT(*) FROM client_aggregates WHERE period = 'last_7d'") == [(DEMO_CLIENTS,)]
 
 
 def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):

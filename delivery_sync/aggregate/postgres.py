@@ -23,7 +23,6 @@ from .sql import (
     EDGE_CLIENTS,
     FINE_TABLES,
     OVERALL_SUMS,
-    PARTS_TABLES,
     RATIOS,
     ROLLING_PERIODS,
     SUMS,
@@ -51,14 +50,9 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
 
     db = replica.db
     computed_at = utc_now()
+    for name, definition, indexes in _TABLES:
+        _emptied(db, name, definition, indexes)
     _build_parts(db, as_of, run_id)
-    db.execute("DROP TABLE IF EXISTS client_aggregates, " + ", ".join(OVERALL_TABLES))
-    db.execute(f"CREATE TABLE client_aggregates (client_id BIGINT NOT NULL, {_HEAD}, days_with_data BIGINT, {_TAIL}, "
-               "PRIMARY KEY (client_id, period))")
-    db.execute("CREATE INDEX idx_client_aggregates_period ON client_aggregates (period)")
-    for table in OVERALL_TABLES:
-        db.execute(f"CREATE TABLE {table} ({_HEAD}, clients_with_data BIGINT, days_with_data BIGINT, {_TAIL}, PRIMARY KEY (period))")
-
     month, day = PG.month_key("stat_date"), "to_char(stat_date, 'YYYY-MM-DD')"
     week = f"to_char({PG.week_start('stat_date')}, 'YYYY-MM-DD')"
     # Calendar months with data, per client and overall.
@@ -89,21 +83,49 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     return rolling + months, False, _counts(db, RunCounts)
 
 
+def _emptied(db, name: str, definition: str, indexes: tuple[str, ...]) -> None:
+    """Empty the table `name` in the build's transaction, or (re)create it when it is missing or
+    was made by another version of this code (its comment holds the definition it was made by).
+
+    Rows are deleted, not the table dropped: DROP and TRUNCATE lock out readers until the build
+    commits, while a DELETE leaves every reader its snapshot of the old rollups.
+    """
+    made_by = db.execute("SELECT obj_description(to_regclass(:name), 'pg_class')", {"name": name}).fetchone()[0]
+    if made_by == definition:
+        db.execute(f"DELETE FROM {name}")
+        return
+    db.execute(f"DROP TABLE IF EXISTS {name}")
+    db.execute(f"CREATE TABLE {name} ({definition})")
+    for columns in indexes:
+        db.execute(f"CREATE INDEX {name}_{columns.replace(', ', '_')} ON {name} ({columns})")
+    db.execute(f"COMMENT ON TABLE {name} IS {_quoted(definition)}")
+
+
+def _quoted(text: str) -> str:
+    """An SQL string literal of our own text (COMMENT ON takes no parameter)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Every table the build writes: (name, columns and keys, indexes).
+_TABLES = (
+    ("client_aggregates", f"client_id BIGINT NOT NULL, {_HEAD}, days_with_data BIGINT, {_TAIL}, PRIMARY KEY (client_id, period)",
+     ("period",)),
+    *((table, f"{_HEAD}, clients_with_data BIGINT, days_with_data BIGINT, {_TAIL}, PRIMARY KEY (period)", ()) for table in OVERALL_TABLES),
+    ("agg_client_pieces", "client_id BIGINT NOT NULL, piece DATE NOT NULL, piece_end DATE NOT NULL, week DATE NOT NULL, "
+     f"month TEXT NOT NULL, days_with_data BIGINT NOT NULL, {_PART_METRICS}, PRIMARY KEY (client_id, piece)", ("piece",)),
+    ("agg_client_months", f"client_id BIGINT NOT NULL, month TEXT NOT NULL, days_with_data BIGINT NOT NULL, {_PART_METRICS}, "
+     "PRIMARY KEY (client_id, month)", ("month",)),
+    ("agg_days", f"day DATE PRIMARY KEY, clients_with_data BIGINT NOT NULL, {_PART_METRICS}", ()),
+    ("agg_parts_run", "run_id BIGINT NOT NULL", ()),
+    (EDGE_CLIENTS, "period_start DATE NOT NULL, period_end DATE NOT NULL, clients_with_data BIGINT NOT NULL, "
+     "PRIMARY KEY (period_start, period_end)", ()),
+)
+
+
 def _build_parts(db, as_of: date, run_id: int) -> None:
     """The partial sums the reports read any window from, in whole cents as SQLite keeps them
     (see aggregate/sql.py), the clients with data at the edges of the rolling periods, and the
-    run that built them."""
-    db.execute(f"DROP TABLE IF EXISTS {', '.join(PARTS_TABLES)}, {EDGE_CLIENTS}")
-    db.execute("CREATE TABLE agg_client_pieces (client_id BIGINT NOT NULL, piece DATE NOT NULL, piece_end DATE NOT NULL, "
-               f"week DATE NOT NULL, month TEXT NOT NULL, days_with_data BIGINT NOT NULL, {_PART_METRICS}, PRIMARY KEY (client_id, piece))")
-    db.execute("CREATE INDEX agg_client_pieces_piece ON agg_client_pieces (piece)")
-    db.execute(f"CREATE TABLE agg_client_months (client_id BIGINT NOT NULL, month TEXT NOT NULL, days_with_data BIGINT NOT NULL, "
-               f"{_PART_METRICS}, PRIMARY KEY (client_id, month))")
-    db.execute("CREATE INDEX agg_client_months_month ON agg_client_months (month)")
-    db.execute(f"CREATE TABLE agg_days (day DATE PRIMARY KEY, clients_with_data BIGINT NOT NULL, {_PART_METRICS})")
-    db.execute("CREATE TABLE agg_parts_run (run_id BIGINT NOT NULL)")
-    db.execute(f"CREATE TABLE {EDGE_CLIENTS} (period_start DATE NOT NULL, period_end DATE NOT NULL, "
-               "clients_with_data BIGINT NOT NULL, PRIMARY KEY (period_start, period_end))")
+    run that built them, into the emptied tables."""
     # A piece is the part of a Monday-started week inside one month (aggregate/pieces.py).
     week, month = "CAST(date_trunc('week', stat_date) AS DATE)", "CAST(date_trunc('month', stat_date) AS DATE)"
     db.execute(
