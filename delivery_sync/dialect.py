@@ -16,7 +16,9 @@ class Dialect:
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     row_order = "rowid"  # insertion order of rows that share a key
     begin_snapshot = "BEGIN"  # a read transaction sees one committed state (WAL)
-    join_in_order = "CROSS JOIN"  # SQLite reads the left table first, as written (its planner may not)
+    # A window's sums per client, read client by client along the (client_id, day) keys: SQLite's
+    # planner would read the day's index instead, each row on another page (2-3x slower).
+    sums_client_by_client = True
 
     def week_start(self, day: str) -> str:
         """The Monday of `day`'s week."""
@@ -79,7 +81,9 @@ class PostgresDialect(Dialect):
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
     row_order = "ctid"  # insert-only tables: physical order is insertion order
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ"  # every statement sees the same committed state
-    join_in_order = "JOIN"  # no CROSS JOIN ... ON here: the planner picks the order
+    # PostgreSQL's planner reads the day's index as a bitmap, in page order: 4x faster than
+    # probing 10,000 clients one by one.
+    sums_client_by_client = False
 
     def week_start(self, day: str) -> str:
         return f"CAST(date_trunc('week', CAST({day} AS DATE)) AS DATE)"

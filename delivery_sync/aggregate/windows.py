@@ -47,14 +47,18 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
             params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
             span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
             if several(a, b):
-                # Client by client along the (client_id, key) index, where a client's rows lie
-                # together, summed as they come: by the key's own index every row is on another
-                # page and then sorted (2-3x slower at 10,000 clients). Rows exist only for
-                # listed clients, who are never deleted.
+                # SQLite: client by client along the (client_id, key) index, where a client's rows
+                # lie together, summed as they come: by the key's own index every row is on
+                # another page and then sorted (2-3x slower at 10,000 clients). Rows exist only
+                # for listed clients, who are never deleted. PostgreSQL: see the dialect.
                 sums = ", ".join(_per_client_sum(c, raw) for c in columns)
-                only = f" AND c.id IN ({ids})" if clients is not None else ""
-                parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c {dialect.join_in_order} {table} AS p "
-                             f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
+                if dialect.sums_client_by_client:
+                    only = f" AND c.id IN ({ids})" if clients is not None else ""
+                    parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
+                                 f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
+                else:
+                    only = f" AND p.client_id IN ({ids})" if clients is not None else ""
+                    parts.append(f"SELECT p.client_id, {sums} FROM {table} AS p WHERE p.{span}{only} GROUP BY p.client_id")
             else:
                 values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{cents(c)} AS {c}") if raw else c for c in columns)
                 only = f" AND client_id IN ({ids})" if clients is not None else ""
