@@ -17,9 +17,9 @@ from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
 from .pieces import edge_spans, piece_row, piece_span
+from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
     ADDED,
-    CLIENT_COLUMNS,
     EDGE_CLIENTS,
     FINE_TABLES,
     PARTS_TABLES,
@@ -28,8 +28,6 @@ from .sql import (
     ROLLING_PERIODS,
     STORED,
     cents_of,
-    period_bounds,
-    with_ratios,
 )
 from .windows import added_per_client, clients_with_data, window_part_list, window_parts
 
@@ -40,10 +38,6 @@ if TYPE_CHECKING:
 
     from ..replica import ChangedRows, Store
     from ..replica.store import SqliteReplica
-
-
-def _columns(key: str) -> str:
-    return ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
@@ -161,16 +155,6 @@ def _counts(db: sqlite_utils.Database):
 
 
 _ADDED_P = ", ".join(f"SUM(p.{m}) AS {m}" for m in METRICS)
-
-
-_MONTH_END = "date(month || '-01', '+1 month', '-1 day')"
-
-
-# client_aggregates month rows from agg_client_months (a FROM clause follows)
-_MONTH_ROWS = f"SELECT month AS period, month || '-01' AS period_start, {_MONTH_END} AS period_end, client_id, days_with_data, {STORED} FROM "
-
-
-_WEEK_KEY = period_bounds("week", "day")[0]
 
 
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
@@ -302,8 +286,8 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     db.conn.executemany(f"INSERT INTO agg_days VALUES ({', '.join('?' * (len(METRICS) + 2))})", all_days.result())
     _create_tables(db)
     params = {"computed_at": computed_at}
-    _insert(db, "client_aggregates", "client_id", _MONTH_ROWS + "agg_client_months", params)
-    _overall_rows(db, params, "", "", "")
+    insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months"), params)
+    overall_rows(db, params)
     db.execute("DROP TABLE temp.agg_calendar")
     db.execute("DROP TABLE temp.agg_month_list")
     return _rolling(db, as_of, params) + _months(db)
@@ -328,14 +312,14 @@ def _refresh(db: sqlite_utils.Database, as_of: date, computed_at: str, keys: set
                 replace=True)
     params = {"computed_at": computed_at}
     # A join by key: SQLite plans `(client_id, month) IN (SELECT ...)` on client_id alone.
-    _insert(db, "client_aggregates", "client_id", _MONTH_ROWS + "temp.agg_dirty_months CROSS JOIN agg_client_months USING (client_id, month)",
-            params, replace=True)
+    dirty = "temp.agg_dirty_months CROSS JOIN agg_client_months USING (client_id, month)"
+    insert_rows(db, "client_aggregates", "client_id", client_month_rows(dirty), params, replace=True)
     month_keys = "(SELECT DISTINCT month FROM temp.agg_dirty_months)"
-    week_keys = f"(SELECT DISTINCT {_WEEK_KEY} FROM temp.agg_dirty_days)"
+    week_keys = f"(SELECT DISTINCT {week_key()} FROM temp.agg_dirty_days)"
     db.execute(f"DELETE FROM overall_aggregates WHERE period IN {month_keys}")
     db.execute("DELETE FROM overall_daily WHERE period IN (SELECT day FROM temp.agg_dirty_days)")
     db.execute(f"DELETE FROM overall_weekly WHERE period IN {week_keys}")
-    _overall_rows(db, params, f"IN {month_keys}", "IN (SELECT day FROM temp.agg_dirty_days)", f"IN {week_keys}")
+    overall_rows(db, params, f"IN {month_keys}", "IN (SELECT day FROM temp.agg_dirty_days)", f"IN {week_keys}")
     for name in ("agg_dirty_pieces", "agg_dirty_months", "agg_dirty_days"):
         db.execute(f"DROP TABLE temp.{name}")
     db.execute(f"DELETE FROM client_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
@@ -349,40 +333,6 @@ def _months(db: sqlite_utils.Database) -> list[tuple[str, date, date]]:
         first = date.fromisoformat(f"{month}-01")
         months.append((month, first, month_end(first)))
     return months
-
-
-def _overall_rows(db: sqlite_utils.Database, params: dict, months: str, days: str, weeks: str) -> None:
-    """overall_aggregates month rows, overall_daily and overall_weekly rows from the partial sums:
-    every one, or those whose month, day or week is `months`, `days`, `weeks` ("IN (...)")."""
-    in_months = f"WHERE month {months}" if months else ""
-    # All clients: clients_with_data from the per-client partials, days_with_data from the days.
-    _insert(db, "overall_aggregates", "clients_with_data", (
-        f"SELECT m.month AS period, m.month || '-01' AS period_start, date(m.month || '-01', '+1 month', '-1 day') AS period_end, "
-        f"clients_with_data, d.days AS days_with_data, {STORED} FROM "
-        f"(SELECT month, COUNT(*) AS clients_with_data, {ADDED} FROM agg_client_months {in_months} GROUP BY month) AS m "
-        f"JOIN (SELECT substr(day, 1, 7) AS month, COUNT(*) AS days FROM agg_days GROUP BY 1) AS d ON d.month = m.month"),
-        params)
-    _insert(db, "overall_daily", "clients_with_data", (
-        f"SELECT day AS period, day AS period_start, day AS period_end, clients_with_data, 1 AS days_with_data, {STORED} "
-        f"FROM agg_days {f'WHERE day {days}' if days else ''}"), params)
-    # A week's clients_with_data counts distinct clients over its pieces: the one figure not a sum.
-    _insert(db, "overall_weekly", "clients_with_data", (
-        f"SELECT w.week AS period, w.week AS period_start, date(w.week, '+6 days') AS period_end, "
-        "(SELECT COUNT(DISTINCT client_id) FROM agg_client_pieces p WHERE p.piece BETWEEN w.week AND date(w.week, '+6 days')) "
-        f"AS clients_with_data, w.days AS days_with_data, {STORED} "
-        f"FROM (SELECT {_WEEK_KEY} AS week, COUNT(*) AS days, {ADDED} FROM agg_days GROUP BY week) AS w "
-        f"{f'WHERE w.week {weeks}' if weeks else ''}"), params)
-
-
-def _insert(db: sqlite_utils.Database, table: str, key: str, sums_sql: str, params: dict, replace: bool = False) -> None:
-    """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
-    `table`, with their ratios (`replace`: in place of those with the same key)."""
-    columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
-    db.execute(
-        f"INSERT {'OR REPLACE ' if replace else ''}INTO {table}({_columns(key)}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, :computed_at "
-        f"FROM ({with_ratios(sums_sql, columns)})",
-        params,
-    )
 
 
 def _rolling(db: sqlite_utils.Database, as_of: date, params: dict) -> list[tuple[str, date, date]]:
@@ -408,10 +358,10 @@ def _rolling(db: sqlite_utils.Database, as_of: date, params: dict) -> list[tuple
         )
     _edge_clients(db, as_of)
     db.execute("DROP TABLE temp.agg_month_so_far")
-    _insert(db, "client_aggregates", "client_id", (
+    insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM temp.agg_rolling"), params)
     for name, start, end in rolling:
-        _insert(db, "overall_aggregates", "clients_with_data", (
+        insert_rows(db, "overall_aggregates", "clients_with_data", (
             f"SELECT :period AS period, :start AS period_start, :end AS period_end, clients_with_data, "
             f"(SELECT COUNT(*) FROM agg_days WHERE day BETWEEN :start AND :end) AS days_with_data, {STORED} "
             f"FROM (SELECT COUNT(*) AS clients_with_data, {ADDED} FROM temp.agg_rolling WHERE period = :period "

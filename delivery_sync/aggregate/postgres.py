@@ -1,13 +1,12 @@
 """The rollup build on PostgreSQL: the partial sums (`agg_client_pieces`, `agg_client_months`,
-`agg_days`, EDGE_CLIENTS) and the rollups (`client_aggregates`, `overall_aggregates`,
-`overall_daily`, `overall_weekly`) recomputed from `client_stats` in the aggregate run's
-transaction.
+`agg_days`, EDGE_CLIENTS) recomputed from `client_stats`, then the rollups (`client_aggregates`,
+`overall_aggregates`, `overall_daily`, `overall_weekly`), in the aggregate run's transaction.
 
-Every rollup row is summed by the same named SQL the reports run on raw rows (`CLIENT_SUMS`,
-`OVERALL_SUMS`, `SUMS`, `with_ratios`), and every partial sum in whole cents as SQLite keeps
-them, so a PostgreSQL replica holds the numbers a SQLite one does, value for value, and the
-reports read it by the same partial-sum SQL (aggregate/windows.py). PostgreSQL groups a year of
-clients in parallel, so the whole build runs every time: there is no refresh of what a sync wrote.
+The partial sums are whole cents as SQLite keeps them; the calendar rollups are made from them
+by the SQL the SQLite build runs (aggregate/rollup_rows.py), the rolling periods by the named
+SQL the reports run on raw rows (`CLIENT_SUMS`, `OVERALL_SUMS`). So a PostgreSQL replica holds
+the numbers a SQLite one does, value for value, and the reports read it the same way. The
+whole build runs every time: there is no refresh of only what a sync wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import edge_spans
+from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import (
     CLIENT_SUMS,
     EDGE_CLIENTS,
@@ -25,9 +25,7 @@ from .sql import (
     OVERALL_SUMS,
     RATIOS,
     ROLLING_PERIODS,
-    SUMS,
     cents_of,
-    with_ratios,
 )
 from .windows import clients_with_data
 
@@ -53,31 +51,19 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     for name, definition, indexes in _TABLES:
         _emptied(db, name, definition, indexes)
     _build_parts(db, as_of, run_id)
-    month, day = PG.month_key("stat_date"), "to_char(stat_date, 'YYYY-MM-DD')"
-    week = f"to_char({PG.week_start('stat_date')}, 'YYYY-MM-DD')"
-    # Calendar months with data, per client and overall.
-    _insert(db, "client_aggregates", "client_id", (
-        f"SELECT period, {PG.month_first('period')} AS period_start, {PG.month_last('period')} AS period_end, client_id, "
-        f"days_with_data, {', '.join(METRICS)} FROM (SELECT {month} AS period, client_id, COUNT(*) AS days_with_data, {SUMS} "
-        "FROM client_stats GROUP BY 1, client_id) AS m"), computed_at)
-    for table, key, first, last in (
-        ("overall_aggregates", month, PG.month_first("period"), PG.month_last("period")),
-        ("overall_daily", day, "CAST(period AS DATE)", "CAST(period AS DATE)"),
-        ("overall_weekly", week, "CAST(period AS DATE)", PG.plus_days("period", 6)),
-    ):
-        _insert(db, table, "clients_with_data", (
-            f"SELECT period, {first} AS period_start, {last} AS period_end, clients_with_data, days_with_data, {', '.join(METRICS)} "
-            f"FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data, COUNT(DISTINCT stat_date) AS days_with_data, "
-            f"{SUMS} FROM client_stats GROUP BY 1) AS p"), computed_at)
+    params = {"computed_at": computed_at}
+    # Calendar months, days and weeks from the partial sums, as SQLite writes them.
+    insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months", PG), params)
+    overall_rows(db, params, dialect=PG)
     # Rolling periods ending at as_of.
     rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
     for name, start, end in rolling:
-        params = {"period": name, "start": start, "end": end}
+        period = {**params, "period": name, "start": start, "end": end}
         head = "SELECT CAST(:period AS TEXT) AS period, CAST(:start AS DATE) AS period_start, CAST(:end AS DATE) AS period_end"
-        _insert(db, "client_aggregates", "client_id", (
-            f"{head}, client_id, days_with_data, {', '.join(METRICS)} FROM ({CLIENT_SUMS}) AS c"), computed_at, params)
-        _insert(db, "overall_aggregates", "clients_with_data", (
-            f"{head}, clients_with_data, days_with_data, {', '.join(METRICS)} FROM ({OVERALL_SUMS}) AS o"), computed_at, params)
+        insert_rows(db, "client_aggregates", "client_id", (
+            f"{head}, client_id, days_with_data, {', '.join(METRICS)} FROM ({CLIENT_SUMS}) AS c"), period)
+        insert_rows(db, "overall_aggregates", "clients_with_data", (
+            f"{head}, clients_with_data, days_with_data, {', '.join(METRICS)} FROM ({OVERALL_SUMS}) AS o"), period)
     months = [(m, date.fromisoformat(first), date.fromisoformat(last)) for m, first, last in db.execute(
         "SELECT period, period_start, period_end FROM overall_aggregates WHERE period NOT LIKE 'last%' ORDER BY period")]
     return rolling + months, False, _counts(db, RunCounts)
@@ -141,18 +127,6 @@ def _build_parts(db, as_of: date, run_id: int) -> None:
     for a, b in edge_spans(as_of):
         db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {clients_with_data(':a', ':b')})", {"a": a, "b": b})
     db.execute("INSERT INTO agg_parts_run (run_id) VALUES (:run_id)", {"run_id": run_id})
-
-
-def _insert(db, table: str, key: str, sums_sql: str, computed_at: str, params: dict | None = None) -> None:
-    """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
-    `table`, with their ratios."""
-    columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
-    names = ", ".join([*columns, *RATIOS, "computed_at"])
-    db.execute(
-        f"INSERT INTO {table} ({names}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, CAST(:computed_at AS TEXT) "
-        f"FROM ({with_ratios(sums_sql, columns)}) AS r",
-        {**(params or {}), "computed_at": computed_at},
-    )
 
 
 def _counts(db, run_counts: type[RunCounts]) -> RunCounts:
