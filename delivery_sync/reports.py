@@ -21,6 +21,7 @@ from datetime import date, timedelta
 from typing import NamedTuple
 
 from .aggregate.current import rollups_as_of
+from .aggregate.pieces import cover, piece_span
 from .aggregate.sql import (
     CLIENT_COLUMNS,
     CLIENT_SUMS,
@@ -483,11 +484,40 @@ def _values(conn: sqlite3.Connection, window: Window, by: str) -> dict[int, floa
     if plan.period:
         sql, params = f"SELECT client_id, {by} FROM client_aggregates WHERE period = :period", plan.params()
     elif plan.current:
-        sql, params = window_values(window.start, window.end, by, dialect=dialect_of(conn))
+        span = _with_data(conn, window)
+        if span is None:
+            return {}
+        sql, params = window_values(span.start, span.end, by, dialect=dialect_of(conn))
         sql = f"SELECT client_id, {by} FROM ({sql}) AS sums"
     else:
         sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
     return dict(conn.execute(sql, params).fetchall())
+
+
+def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
+    """The window less the days before the replica's first day of data and after its last (None
+    when nothing is left): they add nothing to any sum, yet each span of months, pieces or days
+    costs a probe per client, and a year-earlier base on a year of history is mostly such days.
+    Each cut falls on that day or on its month's edge, whichever reads fewer rows per client."""
+    first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
+    if first is None:
+        return None
+    first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
+    if window.start > last or window.end < first:
+        return None
+    starts = [max(window.start, first.replace(day=1)), max(window.start, first)]
+    ends = [min(window.end, month_end(last)), min(window.end, last)]
+    return min((Window(a, b) for a in starts for b in ends), key=_rows_per_client)
+
+
+def _rows_per_client(window: Window) -> int:
+    """How many partial-sum rows per client summing the window reads: months, pieces, raw days."""
+    months, pieces, days = cover(window.start, window.end)
+    rows = sum((b.year - a.year) * 12 + b.month - a.month + 1 for a, b in months)
+    for a, b in pieces:
+        while a <= b:
+            rows, a = rows + 1, piece_span(a)[1] + timedelta(days=1)
+    return rows + sum((b - a).days + 1 for a, b in days)
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)

@@ -298,6 +298,34 @@ def test_movers_rank_the_biggest_rises_and_falls(conn, rows, name, by):
     assert report.columns == [*reports.MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"]
 
 
+@pytest.mark.parametrize(("window", "compare"), [
+    (WINDOWS["across_months"], "year"),  # the base starts before the first day of data
+    (WINDOWS["february"], "year"),  # the base lies wholly before it
+    (Window(date(2025, 2, 10), date(2025, 3, 12)), "previous"),  # the window starts before it
+    (Window(date(2026, 3, 4), date(2026, 3, 20)), "previous"),  # the window ends after the last day
+])
+def test_movers_of_windows_reaching_past_the_data_are_the_sums_of_the_days_with_data(replica, raw_only, rows, window, compare):
+    base = reports.base_window(window, compare)
+    now, before = expected_clients(rows, window.start, window.end), expected_clients(rows, base.start, base.end)
+    results = []
+    for path in (replica, raw_only):  # the partial sums read only the days with data; the raw rows, every day
+        connection = readonly.open_readonly(path)
+        with readonly.snapshot(connection):
+            results.append(reports.movers(connection, window, "avg_order_value", limit=100, compare=compare).rows)
+        connection.close()
+    assert results[0] == results[1]
+    for row in results[0]:
+        c = row["client_id"]
+        assert row["avg_order_value"] == approx(now[c]["avg_order_value"] if c in now else None)
+        assert row["avg_order_value_base"] == approx(before[c]["avg_order_value"] if c in before else None)
+    # Ranked: a change in percent, and data within 2 days of the window's end (none after 2026-03-10).
+    recent = {r["client_id"] for r in rows if window.end - timedelta(days=2) <= date.fromisoformat(r["stat_date"]) <= window.end}
+    ranked = {c for c in now if c in before and c in recent and before[c]["avg_order_value"]
+              and now[c]["avg_order_value"] not in (None, before[c]["avg_order_value"])}
+    assert {r["client_id"] for r in results[0] if r["direction"] != "lagging"} == ranked
+    assert bool(ranked) == (window == WINDOWS["across_months"])  # elsewhere no base, or nobody sent data near the end
+
+
 def test_movers_by_change_with_a_floor_on_the_base(conn, rows):
     window = WINDOWS["march"]
     base = year_earlier(window)
