@@ -46,8 +46,28 @@ def demo():
         yield server
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `both_engines` (usually its whole module, `pytestmark`) runs once per replica
+    engine: its `db_path`, and so its `config` and every read through `query_db`, is a SQLite file
+    (`[sqlite]` in -v output), then a PostgreSQL database (`[postgresql]`). A test of the SQLite
+    file itself says so with `sqlite_only(reason)` and runs once."""
+    if (
+        metafunc.definition.get_closest_marker("both_engines")
+        and not metafunc.definition.get_closest_marker("sqlite_only")
+        and "db_path" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("db_path", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def db_path(tmp_path) -> Path:
+def db_path(request, tmp_path) -> Path | str:
+    """The replica's `database` setting: a SQLite file, or under `both_engines`'s `postgresql` a
+    new PostgreSQL database (a postgresql:// URL, see `pg_url`)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("pg_url")
     return tmp_path / "replica.db"
 
 
@@ -125,11 +145,53 @@ def last_run(db_path: Path, columns: str, command: str = "sync") -> tuple:
     return query_db(db_path, f"SELECT {columns} FROM sync_runs WHERE command = ? ORDER BY id DESC LIMIT 1", [command])[0]
 
 
-def query_db(path: Path, sql: str, params=()) -> list[tuple]:
-    """Rows of `sql` against the replica file, read directly with sqlite3."""
-    conn = sqlite3.connect(path)
+def query_db(database: Path | str, sql: str, params=()) -> list[tuple]:
+    """Rows of `sql` (`?` parameters) read straight from the replica: a SQLite file with sqlite3,
+    a postgresql:// database with the project's connection (dates as text, as SQLite gives them)."""
+    return [tuple(row) for row in _read(database, sql, params)[1]]
+
+
+def dict_rows(database: Path | str, sql: str, params=()) -> list[dict]:
+    """Rows of `sql` as {column name: value}, the names from the query itself (either engine)."""
+    names, rows = _read(database, sql, params)
+    return [dict(zip(names, row)) for row in rows]
+
+
+def execute_db(database: Path | str, sql: str, params=()) -> None:
+    """Run one writing statement on the replica, committed: a change made behind delivery-sync's back."""
+    _read(database, sql, params)
+
+
+def is_postgres(database: Path | str) -> bool:
+    """Whether the replica `database` is a PostgreSQL one (else a SQLite file)."""
+    return str(database).startswith("postgresql://")
+
+
+def dialect(database: Path | str):
+    """The SQL forms of `database`'s engine (delivery_sync/dialect.py), e.g. `.row_order`."""
+    from delivery_sync.dialect import POSTGRES, SQLITE
+
+    return POSTGRES if is_postgres(database) else SQLITE
+
+
+def _read(database: Path | str, sql: str, params) -> tuple[list[str], list]:
+    """Column names and rows of one statement (committed), on either engine."""
+    if not is_postgres(database):
+        conn = sqlite3.connect(database)
+        try:
+            with conn:
+                cursor = conn.execute(sql, params)
+                rows = cursor.fetchall()
+            return [c[0] for c in cursor.description or ()], rows
+        finally:
+            conn.close()
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    conn = postgres.connect(PostgresURL(str(database)))
     try:
-        return conn.execute(sql, params).fetchall()
+        cursor = conn.execute(sql, list(params) or None)
+        return [c.name for c in cursor.description or ()], cursor.fetchall() if cursor.description else []
     finally:
         conn.close()
 
@@ -199,18 +261,8 @@ def engine(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
-def rows_of(database: str, sql: str, params=()) -> list[tuple]:
-    """Rows of `sql` (SQLite's `?` parameters) read straight from either engine's replica."""
-    if not database.startswith("postgresql://"):
-        return query_db(Path(database), sql, params)
-    from delivery_sync import postgres
-    from delivery_sync.config import PostgresURL
-
-    conn = postgres.connect(PostgresURL(database))
-    try:
-        return [tuple(row) for row in conn.execute(sql, list(params) or None)]
-    finally:
-        conn.close()
+# tests/test_postgres.py's name for query_db, which reads either engine.
+rows_of = query_db
 
 
 def unstamped(text: str) -> str:
