@@ -174,6 +174,14 @@ def dialect(database: Path | str):
     return POSTGRES if is_postgres(database) else SQLITE
 
 
+def store_of(database: Path | str):
+    """The replica `database`'s store (delivery_sync/replica/store.py): its writer lock, `open()`."""
+    from delivery_sync import replica
+    from delivery_sync.config import PostgresURL
+
+    return replica.open_store(PostgresURL(database) if is_postgres(database) else Path(database))
+
+
 def _read(database: Path | str, sql: str, params) -> tuple[list[str], list]:
     """Column names and rows of one statement (committed), on either engine."""
     if not is_postgres(database):
