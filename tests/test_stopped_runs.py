@@ -1,6 +1,6 @@
 """A sync stopped by a signal, and how long runs took (issue 18, item 15): after Ctrl-C or SIGTERM,
 `sync --retry-failed` fetches only the clients not yet written; the duration in `sync_runs`, in `status`
-and in the summary line is the same one."""
+and in the summary line is the same one. On both engines (`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
 
 from delivery_sync.demo_source import DemoSource
 
+pytestmark = pytest.mark.both_engines
+
 
 def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
     env = clean_env()
@@ -26,7 +28,7 @@ def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def _clients_stored(db_path: Path) -> set[int]:
+def _clients_stored(db_path: Path | str) -> set[int]:
     try:
         return {cid for (cid,) in query_db(db_path, "SELECT DISTINCT client_id FROM client_stats")}
     except Exception:  # the file or table does not exist yet
