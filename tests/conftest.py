@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,34 +175,62 @@ def dialect(database: Path | str):
     return POSTGRES if is_postgres(database) else SQLITE
 
 
+def setting(database: Path | str):
+    """`database` as Settings.database holds it: a PostgresURL, or the Path of a SQLite file."""
+    from delivery_sync.config import PostgresURL
+
+    return PostgresURL(str(database)) if is_postgres(database) else Path(database)
+
+
 def store_of(database: Path | str):
     """The replica `database`'s store (delivery_sync/replica/store.py): its writer lock, `open()`."""
     from delivery_sync import replica
-    from delivery_sync.config import PostgresURL
 
-    return replica.open_store(PostgresURL(database) if is_postgres(database) else Path(database))
+    return replica.open_store(setting(database))
+
+
+@contextmanager
+def connected(database: Path | str):
+    """A connection to the replica, closed after: sqlite3 (rows as sqlite3.Row), or the project's
+    PostgreSQL connection (autocommit); rows of either read by column name, `?` parameters."""
+    if is_postgres(database):
+        from delivery_sync import postgres
+
+        conn = postgres.connect(setting(database))
+    else:
+        conn = sqlite3.connect(database)
+        conn.row_factory = sqlite3.Row
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def replica_copy(database: Path | str, folder: Path):
+    """A copy of the replica `database` (no session may be open on it): a file in `folder`, or a
+    new PostgreSQL database made from it as a template (dropped after)."""
+    if is_postgres(database):
+        with new_pg_database(template=str(database)) as copy:
+            yield copy
+        return
+    copy = folder / "copy.db"
+    copy.unlink(missing_ok=True)
+    with connected(database) as source, connected(copy) as target:
+        source.backup(target)
+    yield copy
 
 
 def _read(database: Path | str, sql: str, params) -> tuple[list[str], list]:
     """Column names and rows of one statement (committed), on either engine."""
-    if not is_postgres(database):
-        conn = sqlite3.connect(database)
-        try:
-            with conn:
-                cursor = conn.execute(sql, params)
-                rows = cursor.fetchall()
-            return [c[0] for c in cursor.description or ()], rows
-        finally:
-            conn.close()
-    from delivery_sync import postgres
-    from delivery_sync.config import PostgresURL
-
-    conn = postgres.connect(PostgresURL(str(database)))
-    try:
-        cursor = conn.execute(sql, list(params) or None)
-        return [c.name for c in cursor.description or ()], cursor.fetchall() if cursor.description else []
-    finally:
-        conn.close()
+    with connected(database) as conn:
+        if is_postgres(database):
+            cursor = conn.execute(sql, list(params) or None)
+            return [c.name for c in cursor.description or ()], cursor.fetchall() if cursor.description else []
+        with conn:
+            cursor = conn.execute(sql, params)
+            rows = [tuple(row) for row in cursor.fetchall()]
+        return [c[0] for c in cursor.description or ()], rows
 
 
 def run_on_terminal(args: list[str], cwd: Path, env: dict, stream: str = "stderr") -> tuple[int, str]:
@@ -240,7 +269,14 @@ PG_ENV = "TEST_POSTGRES_URL"
 @pytest.fixture
 def pg_url():
     """A new, empty PostgreSQL database for this test, as a postgresql:// URL (dropped after)."""
-    import os
+    with new_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def new_pg_database(template: str | None = None):
+    """A new PostgreSQL database (empty, or a copy of the database `template` names), as a
+    postgresql:// URL, dropped after; the test is skipped without a server."""
     import uuid
 
     base = os.environ.get(PG_ENV)
@@ -252,10 +288,9 @@ def pg_url():
 
     name = f"ds_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = base.rsplit("/", 1)[0] + "/" + name
+        admin.execute(f"CREATE DATABASE {name}" + (f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template else ""))
     try:
-        yield url
+        yield base.rsplit("/", 1)[0] + "/" + name
     finally:
         with psycopg.connect(base, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import dict_rows
 from freezegun import freeze_time
 
 from delivery_sync import readonly, reports
@@ -83,14 +84,9 @@ def conn(replica):
 # --- what the reports must say, computed here from the raw rows -------------------------------------
 
 
-def load_rows(path: Path) -> list[dict]:
-    """Every client_stats row, as stored."""
-    connection = sqlite3.connect(path)
-    connection.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in connection.execute("SELECT * FROM client_stats")]
-    finally:
-        connection.close()
+def load_rows(database: Path | str) -> list[dict]:
+    """Every client_stats row, as stored (either engine)."""
+    return dict_rows(database, "SELECT * FROM client_stats")
 
 
 def in_window(rows: list[dict], start: date, end: date) -> list[dict]:
