@@ -53,14 +53,14 @@ ENGINES = ("sqlite", "postgresql")
 def pytest_generate_tests(metafunc):
     """A test marked `both_engines` (usually its whole module, `pytestmark`) runs once per replica
     engine: its `db_path`, and so its `config` and every read through `query_db`, is a SQLite file
-    (`[sqlite]` in -v output), then a PostgreSQL database (`[postgresql]`). A test of the SQLite
-    file itself says so with `sqlite_only(reason)` and runs once."""
-    if (
-        metafunc.definition.get_closest_marker("both_engines")
-        and not metafunc.definition.get_closest_marker("sqlite_only")
-        and "db_path" in metafunc.fixturenames
-    ):
-        metafunc.parametrize("db_path", ENGINES, indirect=True)
+    (`[sqlite]` in -v output), then a PostgreSQL database (`[postgresql]`). `both_engines("name")`
+    does the same to a module's own replica fixture `name` (which reads `request.param`). A test of
+    the SQLite file itself says so with `sqlite_only(reason)` and runs once, on SQLite."""
+    marker = metafunc.definition.get_closest_marker("both_engines")
+    if marker and not metafunc.definition.get_closest_marker("sqlite_only"):
+        name = marker.args[0] if marker.args else "db_path"
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, ENGINES, indirect=True)
 
 
 @pytest.fixture

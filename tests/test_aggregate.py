@@ -4,13 +4,14 @@ and a PostgreSQL replica (the module's `replica` is built on each engine)."""
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ENGINES, dialect, dict_rows, execute_db, new_pg_database, query_db, replica_copy, setting, store_of, unstamped, write_config
+from conftest import ENGINES, dialect, dict_rows, execute_db, query_db, replica_copy, setting, store_of, unstamped, write_config
 from freezegun import freeze_time
-from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
+from test_reports import NOW, TODAY, assert_matches, built_replica, expected_clients, expected_overall, load_rows
 
 from delivery_sync.aggregate.build import run_aggregate
 from delivery_sync.errors import LockHeld
@@ -19,13 +20,10 @@ ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def replica(request, tmp_path_factory) -> Path | str:
+def replica(request, tmp_path_factory) -> Iterator[Path | str]:
     """The synced and aggregated replica the module reads: a SQLite file, then a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield build_replica(tmp_path_factory.mktemp("aggregate") / "replica.db")
-        return
-    with new_pg_database() as url:
-        yield build_replica(url)
+    with built_replica(request.param, tmp_path_factory.mktemp("aggregate")) as database:
+        yield database
 
 
 def table(database: Path | str, name: str) -> list[dict]:
