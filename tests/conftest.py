@@ -55,12 +55,23 @@ def pytest_generate_tests(metafunc):
     engine: its `db_path`, and so its `config` and every read through `query_db`, is a SQLite file
     (`[sqlite]` in -v output), then a PostgreSQL database (`[postgresql]`). `both_engines("name")`
     does the same to a module's own replica fixture `name` (which reads `request.param`). A test of
-    the SQLite file itself says so with `sqlite_only(reason)` and runs once, on SQLite."""
+    the SQLite file itself, or a slow near-duplicate kept to one engine for the suite's time, says
+    so with `sqlite_only(reason)` and runs once, on SQLite."""
     marker = metafunc.definition.get_closest_marker("both_engines")
     if marker and not metafunc.definition.get_closest_marker("sqlite_only"):
         name = marker.args[0] if marker.args else "db_path"
-        if name in metafunc.fixturenames:
+        if name in metafunc.fixturenames and name not in _parametrized_by_the_test(metafunc):
             metafunc.parametrize(name, ENGINES, indirect=True)
+
+
+def _parametrized_by_the_test(metafunc) -> set[str]:
+    """Names the test's own `parametrize` marks set: a test that names the engine of each case
+    (`"db_path, signum"`, `[("sqlite", ...), ("postgresql", ...)]`, indirect) is taken as it is."""
+    names: set[str] = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0]
+        names.update(argnames.replace(" ", "").split(",") if isinstance(argnames, str) else argnames)
+    return names
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ def test_retry_after_120_under_a_3_s_deadline_does_not_wait_120_s(cli, tmp_path,
     assert last_sync(db_path)[1] == "failed" and "deadline" in last_sync(db_path)[2]
 
 
+@pytest.mark.sqlite_only("the deadline is the fetcher's; what PostgreSQL keeps of a run cut short: the case above, for suite time")
 def test_the_deadline_applies_to_batch_requests_too(cli, tmp_path, db_path):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=700) as demo:
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch_days": 1, "concurrency": 1})

@@ -123,7 +123,10 @@ def _start_sync(config: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
 
 
 # Ctrl-C, cron's `timeout` and service managers, a closed terminal: exit 128 + the signal number.
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+# Each signal on SQLite; on PostgreSQL one is enough (the signal is handled before the replica).
+@pytest.mark.parametrize("db_path, signum, code", [
+    ("sqlite", signal.SIGINT, 130), ("sqlite", signal.SIGTERM, 143), ("sqlite", signal.SIGHUP, 129), ("postgresql", signal.SIGTERM, 143),
+], indirect=["db_path"])
 def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
@@ -149,6 +152,7 @@ def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tm
     assert ok == len(per_client)  # the summary counts what the run wrote
 
 
+@pytest.mark.sqlite_only("how fast the run exits is the fetcher's; the stopped run's record on PostgreSQL: the test above")
 def test_a_stopped_run_exits_at_once_though_a_fetch_waits_out_retry_after(tmp_path, db_path):
     with DemoSource(clients=4, latency_ms=100) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2, "batch": "never"})
@@ -281,6 +285,7 @@ def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
 
 
+@pytest.mark.sqlite_only("the run's record after a signal on PostgreSQL: test_a_stop_signal_closes_the_run..., for suite time")
 def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_path, db_path):
     with DemoSource(clients=4) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 5})
