@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,39 @@ def demo():
         yield server
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `both_engines` (usually its whole module, `pytestmark`) runs once per replica
+    engine: its `db_path`, and so its `config` and every read through `query_db`, is a SQLite file
+    (`[sqlite]` in -v output), then a PostgreSQL database (`[postgresql]`). `both_engines("name")`
+    does the same to a module's own replica fixture `name` (which reads `request.param`). A test of
+    the SQLite file itself, or a slow near-duplicate kept to one engine for the suite's time, says
+    so with `sqlite_only(reason)` and runs once, on SQLite."""
+    marker = metafunc.definition.get_closest_marker("both_engines")
+    if marker and not metafunc.definition.get_closest_marker("sqlite_only"):
+        name = marker.args[0] if marker.args else "db_path"
+        if name in metafunc.fixturenames and name not in _parametrized_by_the_test(metafunc):
+            metafunc.parametrize(name, ENGINES, indirect=True)
+
+
+def _parametrized_by_the_test(metafunc) -> set[str]:
+    """Names the test's own `parametrize` marks set: a test that names the engine of each case
+    (`"db_path, signum"`, `[("sqlite", ...), ("postgresql", ...)]`, indirect) is taken as it is."""
+    names: set[str] = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0]
+        names.update(argnames.replace(" ", "").split(",") if isinstance(argnames, str) else argnames)
+    return names
+
+
 @pytest.fixture
-def db_path(tmp_path) -> Path:
+def db_path(request, tmp_path) -> Path | str:
+    """The replica's `database` setting: a SQLite file, or under `both_engines`'s `postgresql` a
+    new PostgreSQL database (a postgresql:// URL, see `pg_url`)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("pg_url")
     return tmp_path / "replica.db"
 
 
@@ -125,13 +157,91 @@ def last_run(db_path: Path, columns: str, command: str = "sync") -> tuple:
     return query_db(db_path, f"SELECT {columns} FROM sync_runs WHERE command = ? ORDER BY id DESC LIMIT 1", [command])[0]
 
 
-def query_db(path: Path, sql: str, params=()) -> list[tuple]:
-    """Rows of `sql` against the replica file, read directly with sqlite3."""
-    conn = sqlite3.connect(path)
+def query_db(database: Path | str, sql: str, params=()) -> list[tuple]:
+    """Rows of `sql` (`?` parameters) read straight from the replica: a SQLite file with sqlite3,
+    a postgresql:// database with the project's connection (dates as text, as SQLite gives them)."""
+    return [tuple(row) for row in _read(database, sql, params)[1]]
+
+
+def dict_rows(database: Path | str, sql: str, params=()) -> list[dict]:
+    """Rows of `sql` as {column name: value}, the names from the query itself (either engine)."""
+    names, rows = _read(database, sql, params)
+    return [dict(zip(names, row)) for row in rows]
+
+
+def execute_db(database: Path | str, sql: str, params=()) -> None:
+    """Run one writing statement on the replica, committed: a change made behind delivery-sync's back."""
+    _read(database, sql, params)
+
+
+def is_postgres(database: Path | str) -> bool:
+    """Whether the replica `database` is a PostgreSQL one (else a SQLite file)."""
+    return str(database).startswith("postgresql://")
+
+
+def dialect(database: Path | str):
+    """The SQL forms of `database`'s engine (delivery_sync/dialect.py), e.g. `.row_order`."""
+    from delivery_sync.dialect import POSTGRES, SQLITE
+
+    return POSTGRES if is_postgres(database) else SQLITE
+
+
+def setting(database: Path | str):
+    """`database` as Settings.database holds it: a PostgresURL, or the Path of a SQLite file."""
+    from delivery_sync.config import PostgresURL
+
+    return PostgresURL(str(database)) if is_postgres(database) else Path(database)
+
+
+def store_of(database: Path | str):
+    """The replica `database`'s store (delivery_sync/replica/store.py): its writer lock, `open()`."""
+    from delivery_sync import replica
+
+    return replica.open_store(setting(database))
+
+
+@contextmanager
+def connected(database: Path | str):
+    """A connection to the replica, closed after: sqlite3 (rows as sqlite3.Row), or the project's
+    PostgreSQL connection (autocommit); rows of either read by column name, `?` parameters."""
+    if is_postgres(database):
+        from delivery_sync import postgres
+
+        conn = postgres.connect(setting(database))
+    else:
+        conn = sqlite3.connect(database)
+        conn.row_factory = sqlite3.Row
     try:
-        return conn.execute(sql, params).fetchall()
+        yield conn
     finally:
         conn.close()
+
+
+@contextmanager
+def replica_copy(database: Path | str, folder: Path):
+    """A copy of the replica `database` (no session may be open on it): a file in `folder`, or a
+    new PostgreSQL database made from it as a template (dropped after)."""
+    if is_postgres(database):
+        with new_pg_database(template=str(database)) as copy:
+            yield copy
+        return
+    copy = folder / "copy.db"
+    copy.unlink(missing_ok=True)
+    with connected(database) as source, connected(copy) as target:
+        source.backup(target)
+    yield copy
+
+
+def _read(database: Path | str, sql: str, params) -> tuple[list[str], list]:
+    """Column names and rows of one statement (committed), on either engine."""
+    with connected(database) as conn:
+        if is_postgres(database):
+            cursor = conn.execute(sql, list(params) or None)
+            return [c.name for c in cursor.description or ()], cursor.fetchall() if cursor.description else []
+        with conn:
+            cursor = conn.execute(sql, params)
+            rows = [tuple(row) for row in cursor.fetchall()]
+        return [c[0] for c in cursor.description or ()], rows
 
 
 def run_on_terminal(args: list[str], cwd: Path, env: dict, stream: str = "stderr") -> tuple[int, str]:
@@ -170,7 +280,18 @@ PG_ENV = "TEST_POSTGRES_URL"
 @pytest.fixture
 def pg_url():
     """A new, empty PostgreSQL database for this test, as a postgresql:// URL (dropped after)."""
-    import os
+    with new_pg_database() as url:
+        yield url
+
+
+# Emptied test databases, reused: CREATE DATABASE costs a quarter of a second, emptying one far less.
+_EMPTIED_PG_DATABASES: list[str] = []
+
+
+@contextmanager
+def new_pg_database(template: str | None = None):
+    """A new PostgreSQL database (empty, or a copy of the database `template` names), as a
+    postgresql:// URL, emptied or dropped after; the test is skipped without a server."""
     import uuid
 
     base = os.environ.get(PG_ENV)
@@ -180,15 +301,44 @@ def pg_url():
         pytest.skip(f'no PostgreSQL server: run eval "$(.ci/postgres start)" to set {PG_ENV}')
     import psycopg
 
-    name = f"ds_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+    if template is None and _EMPTIED_PG_DATABASES:
+        name = _EMPTIED_PG_DATABASES.pop()
+    else:
+        name = f"ds_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}" + (f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template else ""))
     url = base.rsplit("/", 1)[0] + "/" + name
     try:
         yield url
     finally:
         with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            if template is not None:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            else:
+                # Every session the test left (a reader, a killed run's) ends, and with it any
+                # advisory lock, before the next test gets the database: a closed session's
+                # server process may still be exiting.
+                _ended_sessions(admin, name)
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("DROP SCHEMA public CASCADE")
+                    conn.execute("CREATE SCHEMA public")
+                _ended_sessions(admin, name)
+                _EMPTIED_PG_DATABASES.append(name)
+
+
+def _ended_sessions(admin, name: str) -> None:
+    """End every session on the database `name` and wait (10 s at most) until none is left."""
+    import time
+
+    limit = time.monotonic() + 10
+    left = (
+        "SELECT (SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %(name)s)"
+        " + (SELECT COUNT(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = %(name)s))"
+    )
+    while admin.execute(left, {"name": name}).fetchone()[0]:
+        if time.monotonic() > limit:
+            raise AssertionError(f"sessions on {name} did not end within 10 s")
+        time.sleep(0.005)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -199,18 +349,8 @@ def engine(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
-def rows_of(database: str, sql: str, params=()) -> list[tuple]:
-    """Rows of `sql` (SQLite's `?` parameters) read straight from either engine's replica."""
-    if not database.startswith("postgresql://"):
-        return query_db(Path(database), sql, params)
-    from delivery_sync import postgres
-    from delivery_sync.config import PostgresURL
-
-    conn = postgres.connect(PostgresURL(database))
-    try:
-        return [tuple(row) for row in conn.execute(sql, list(params) or None)]
-    finally:
-        conn.close()
+# tests/test_postgres.py's name for query_db, which reads either engine.
+rows_of = query_db
 
 
 def unstamped(text: str) -> str:

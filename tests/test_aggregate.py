@@ -1,36 +1,33 @@
-"""The rollup tables: every row checked against sums computed here from the raw rows."""
+"""The rollup tables: every row checked against sums computed here from the raw rows, on a SQLite
+and a PostgreSQL replica (the module's `replica` is built on each engine)."""
 
 from __future__ import annotations
 
 import calendar
-import sqlite3
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import query_db, unstamped, write_config
+from conftest import ENGINES, dialect, dict_rows, execute_db, query_db, replica_copy, setting, store_of, unstamped, write_config
 from freezegun import freeze_time
-from test_reports import NOW, TODAY, assert_matches, build_replica, expected_clients, expected_overall, load_rows
+from test_reports import NOW, TODAY, assert_matches, built_replica, expected_clients, expected_overall, load_rows
 
-from delivery_sync import replica as replica_module
 from delivery_sync.aggregate.build import run_aggregate
 from delivery_sync.errors import LockHeld
 
 ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
 
 
-@pytest.fixture(scope="module")
-def replica(tmp_path_factory) -> Path:
-    return build_replica(tmp_path_factory.mktemp("aggregate") / "replica.db")
+@pytest.fixture(scope="module", params=ENGINES)
+def replica(request, tmp_path_factory) -> Iterator[Path | str]:
+    """The synced and aggregated replica the module reads: a SQLite file, then a PostgreSQL database."""
+    with built_replica(request.param, tmp_path_factory.mktemp("aggregate")) as database:
+        yield database
 
 
-def table(path: Path, name: str) -> list[dict]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in conn.execute(f"SELECT * FROM {name}")]
-    finally:
-        conn.close()
+def table(database: Path | str, name: str) -> list[dict]:
+    return dict_rows(database, f"SELECT * FROM {name}")
 
 
 def expected_periods(as_of: date, rows: list[dict]) -> dict[str, tuple[date, date]]:
@@ -104,32 +101,32 @@ def test_sync_records_its_own_aggregate_run_after_the_sync(replica):
 
 
 def test_aggregate_command_with_as_of_rebuilds_the_rolling_periods(cli, replica, tmp_path):
-    path = tmp_path / "copy.db"
-    path.write_bytes(replica.read_bytes())
-    result = cli("--db", str(path), "aggregate", "--as-of", "2026-02-15")
-    assert result.code == 0, result.stderr
+    with replica_copy(replica, tmp_path) as path:
+        result = cli("--db", str(path), "aggregate", "--as-of", "2026-02-15")
+        assert result.code == 0, result.stderr
+        rows = load_rows(path)
+        stored = {r["period"]: r for r in table(path, "overall_aggregates")}
+        last_run = query_db(path, "SELECT command, status, window_end FROM sync_runs ORDER BY id DESC LIMIT 1")
     assert unstamped(result.stderr).startswith("aggregate ok: 8 clients, ") and "as of 2026-02-15" in result.stderr
-    rows = load_rows(path)
-    stored = {r["period"]: r for r in table(path, "overall_aggregates")}
     assert (stored["last_7d"]["period_start"], stored["last_7d"]["period_end"]) == ("2026-02-09", "2026-02-15")
     assert_matches(stored["last_30d"], expected_overall(rows, date(2026, 1, 17), date(2026, 2, 15)))
-    assert query_db(path, "SELECT command, status, window_end FROM sync_runs ORDER BY id DESC LIMIT 1") == [("aggregate", "ok", "2026-02-15")]
+    assert last_run == [("aggregate", "ok", "2026-02-15")]
 
 
 def test_aggregate_default_as_of_is_today_in_the_source_timezone(cli, replica, tmp_path):
-    path = tmp_path / "copy.db"
-    path.write_bytes(replica.read_bytes())
-    with freeze_time(NOW):  # still 9 March in Honolulu and UTC-anything: Bali says 10 March
-        result = cli("--db", str(path), "aggregate")
-    assert result.code == 0, result.stderr
-    assert query_db(path, "SELECT period_end FROM overall_aggregates WHERE period = 'last_7d'") == [(TODAY.isoformat(),)]
+    with replica_copy(replica, tmp_path) as path:
+        with freeze_time(NOW):  # still 9 March in Honolulu and UTC-anything: Bali says 10 March
+            result = cli("--db", str(path), "aggregate")
+        assert result.code == 0, result.stderr
+        assert query_db(path, "SELECT period_end FROM overall_aggregates WHERE period = 'last_7d'") == [(TODAY.isoformat(),)]
 
 
+@pytest.mark.both_engines
 def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path)
     assert cli("sync", "--days-back", "3", "--clients", "1,2", "--no-aggregate").code == 0
     assert query_db(db_path, "SELECT command FROM sync_runs") == [("sync",)]
-    assert "client_aggregates" not in {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master")}
+    assert "client_aggregates" not in {r[0] for r in query_db(db_path, dialect(db_path).table_names)}
     result = cli("sync", "--days-back", "3", "--clients", "1,2")
     assert result.code == 0 and result.stderr.count("\n") == 1 and unstamped(result.stderr).startswith("sync ok: 2/2 clients")
     verbose = cli("-v", "sync", "--days-back", "3", "--clients", "1,2")
@@ -146,30 +143,27 @@ def test_aggregate_without_a_replica_exits_2_and_creates_nothing(cli, tmp_path):
 
 
 def test_aggregate_exits_75_while_another_run_holds_the_lock(cli, replica, tmp_path):
-    path = tmp_path / "copy.db"
-    path.write_bytes(replica.read_bytes())
-    with replica_module.writer_lock(path, "sync"):
-        result = cli("--db", str(path), "aggregate")
-    assert result.code == 75 and "running 'sync'" in result.stderr
-    with pytest.raises(LockHeld), replica_module.writer_lock(path, "sync"):
-        run_aggregate(path, TODAY)
+    with replica_copy(replica, tmp_path) as path:
+        with store_of(path).writer_lock("sync"):
+            result = cli("--db", str(path), "aggregate")
+        assert result.code == 75 and "running 'sync'" in result.stderr
+        with pytest.raises(LockHeld), store_of(path).writer_lock("sync"):
+            run_aggregate(setting(path), TODAY)
 
 
 def test_aggregate_marks_interrupted_runs(cli, replica, tmp_path):
-    path = tmp_path / "copy.db"
-    path.write_bytes(replica.read_bytes())
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T01:00:00+00:00')")
-    assert cli("--db", str(path), "aggregate", "--as-of", TODAY.isoformat()).code == 0
-    assert query_db(path, "SELECT status, error FROM sync_runs WHERE started_at = '2026-03-10T01:00:00+00:00'") == [("failed", "interrupted")]
+    with replica_copy(replica, tmp_path) as path:
+        execute_db(path, "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T01:00:00+00:00')")
+        assert cli("--db", str(path), "aggregate", "--as-of", TODAY.isoformat()).code == 0
+        interrupted = query_db(path, "SELECT status, error FROM sync_runs WHERE started_at = '2026-03-10T01:00:00+00:00'")
+    assert interrupted == [("failed", "interrupted")]
 
 
 def test_rebuild_replaces_rollups_of_rows_that_changed(replica, tmp_path):
-    path = tmp_path / "copy.db"
-    path.write_bytes(replica.read_bytes())
-    with sqlite3.connect(path) as conn:
-        conn.execute("DELETE FROM client_stats WHERE stat_date < '2026-02-01'")
-    run_aggregate(path, TODAY)
-    periods = {r[0] for r in query_db(path, "SELECT period FROM overall_aggregates")}
+    with replica_copy(replica, tmp_path) as path:
+        execute_db(path, "DELETE FROM client_stats WHERE stat_date < '2026-02-01'")
+        run_aggregate(setting(path), TODAY)
+        periods = {r[0] for r in query_db(path, "SELECT period FROM overall_aggregates")}
+        january = query_db(path, "SELECT COUNT(*) FROM client_aggregates WHERE period = '2026-01'")
     assert "2026-01" not in periods and {"2026-02", "2026-03"} <= periods
-    assert query_db(path, "SELECT COUNT(*) FROM client_aggregates WHERE period = '2026-01'") == [(0,)]
+    assert january == [(0,)]

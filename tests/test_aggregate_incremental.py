@@ -1,7 +1,10 @@
 """The aggregate that ends a sync recomputes only what the sync wrote (the partial sums and rollup
 rows of the pieces, months, weeks and days its rows fall in, and the rolling periods): after any
 sequence of syncs that insert, restate and prune rows, over any windows and client subsets and
-with any as-of date, the rollups equal a full rebuild's bit for bit, and the raw-row path's."""
+with any as-of date, the rollups equal a full rebuild's bit for bit, and the raw-row path's.
+
+SQLite only: a PostgreSQL replica rebuilds every rollup after each sync, there is no refresh to
+test (delivery_sync/aggregate/postgres.py); tests/test_postgres.py compares its rollups to SQLite's."""
 
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
-"""`collect` end to end: the real demo remote over loopback, a real replica file."""
+"""`collect` end to end: the real demo remote over loopback, a real replica on both engines
+(`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import socket
 import time
 
-from conftest import DEMO_CLIENTS, query_db, unstamped, write_config
+import pytest
+from conftest import DEMO_CLIENTS, query_db, store_of, unstamped, write_config
 
-from delivery_sync import replica
+pytestmark = pytest.mark.both_engines
 
 RUN_COLUMNS = "command, status, requests, error, finished_at IS NOT NULL"
 
@@ -69,7 +71,7 @@ def test_collect_retries_only_connection_failures(cli, tmp_path, db_path):
 
 
 def test_collect_exits_75_when_another_run_holds_the_lock(cli, config, db_path, demo):
-    with replica.writer_lock(db_path, "sync"):
+    with store_of(db_path).writer_lock("sync"):
         result = cli("collect")
     assert result.code == 75
     assert "another run holds the lock" in result.stderr and "running 'sync'" in result.stderr
@@ -77,8 +79,8 @@ def test_collect_exits_75_when_another_run_holds_the_lock(cli, config, db_path, 
 
 
 def test_collect_marks_interrupted_runs(cli, config, db_path):
-    db = replica.open_replica(db_path)
-    replica.start_run(db, "sync")  # left `running` by a process that died
+    db = store_of(db_path).open()
+    db.start_run("sync")  # left `running` by a process that died
     db.close()
     assert cli("collect").code == 0
     assert query_db(db_path, "SELECT command, status, error FROM sync_runs ORDER BY id") == [
@@ -87,6 +89,7 @@ def test_collect_marks_interrupted_runs(cli, config, db_path):
     ]
 
 
+@pytest.mark.sqlite_only("about the replica file not being created")
 def test_collect_rejects_a_non_positive_timeout(cli, config, db_path, demo):
     result = cli("collect", "--timeout", "0")
     assert result.code == 2

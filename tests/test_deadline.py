@@ -1,12 +1,16 @@
-"""`sync --deadline MINUTES` / `sync.deadline_minutes` (docs/reference.md, sync): the run ends on time, partial, with what it fetched."""
+"""`sync --deadline MINUTES` / `sync.deadline_minutes` (docs/reference.md, sync): the run ends on time, partial, with what it fetched;
+on both engines (`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import DEMO_CLIENTS, last_run, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
+
+pytestmark = pytest.mark.both_engines
 
 
 def last_sync(db_path):
@@ -32,6 +36,7 @@ def test_a_3_s_deadline_ends_a_10_s_run_on_time_and_keeps_what_was_fetched(cli, 
     assert len(per_client) == ok and all(n == 2 for _, n in per_client)
 
 
+@pytest.mark.sqlite_only("nothing is written (the client list never comes): one engine covers the time limit, for suite time")
 def test_retry_after_120_under_a_3_s_deadline_does_not_wait_120_s(cli, tmp_path, demo, db_path):
     write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"}, sync={"deadline_minutes": 0.05})
     # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
@@ -46,6 +51,7 @@ def test_retry_after_120_under_a_3_s_deadline_does_not_wait_120_s(cli, tmp_path,
     assert last_sync(db_path)[1] == "failed" and "deadline" in last_sync(db_path)[2]
 
 
+@pytest.mark.sqlite_only("the deadline is the fetcher's; what PostgreSQL keeps of a run cut short: the case above, for suite time")
 def test_the_deadline_applies_to_batch_requests_too(cli, tmp_path, db_path):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=700) as demo:
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch_days": 1, "concurrency": 1})

@@ -1,4 +1,5 @@
-"""The query reports, in-process, against a replica synced from the demo remote over loopback.
+"""The query reports, in-process, against a replica synced from the demo remote over loopback, on
+SQLite and on PostgreSQL (`both_engines("replica")`, tests/conftest.py).
 
 Every number is checked against sums this file computes itself, in Python, from
 the rows it loaded; the rollup path and the raw-rows path must agree exactly.
@@ -7,12 +8,13 @@ the rows it loaded; the rollup path and the raw-rows path must agree exactly.
 from __future__ import annotations
 
 import math
-import shutil
-import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import dict_rows, execute_db, new_pg_database, replica_copy, store_of
 from freezegun import freeze_time
 
 from delivery_sync import readonly, reports
@@ -56,26 +58,37 @@ def build_replica(path: Path, clients: int = CLIENTS, first_day: date = FIRST_DA
     return path
 
 
-@pytest.fixture(scope="module")
-def replica(tmp_path_factory) -> Path:
-    return build_replica(tmp_path_factory.mktemp("reports") / "replica.db")
+@contextmanager
+def built_replica(engine: str, folder: Path) -> Iterator[Path | str]:
+    """`build_replica` on `engine`: a SQLite file in `folder`, or a new PostgreSQL database."""
+    if engine == "sqlite":
+        yield build_replica(folder / "replica.db")
+        return
+    with new_pg_database() as url:
+        yield build_replica(url)
+
+
+pytestmark = pytest.mark.both_engines("replica")
 
 
 @pytest.fixture(scope="module")
-def raw_only(replica, tmp_path_factory) -> Path:
+def replica(request, tmp_path_factory) -> Iterator[Path | str]:
+    """The module's synced and aggregated replica, on SQLite and then on PostgreSQL (`both_engines`)."""
+    with built_replica(getattr(request, "param", "sqlite"), tmp_path_factory.mktemp("reports")) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+def raw_only(replica, tmp_path_factory) -> Iterator[Path | str]:
     """A copy whose rollups are not current (a sync is recorded as running), so reports read raw rows."""
-    copy = tmp_path_factory.mktemp("raw") / "replica.db"
-    shutil.copy(replica, copy)
-    conn = sqlite3.connect(copy)
-    with conn:
-        conn.execute("INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T04:00:00+00:00')")
-    conn.close()
-    return copy
+    with replica_copy(replica, tmp_path_factory.mktemp("raw")) as copy:
+        execute_db(copy, "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T04:00:00+00:00')")
+        yield copy
 
 
 @pytest.fixture
 def conn(replica):
-    connection = readonly.open_readonly(replica)
+    connection = store_of(replica).open_reader()
     yield connection
     connection.close()
 
@@ -83,14 +96,9 @@ def conn(replica):
 # --- what the reports must say, computed here from the raw rows -------------------------------------
 
 
-def load_rows(path: Path) -> list[dict]:
-    """Every client_stats row, as stored."""
-    connection = sqlite3.connect(path)
-    connection.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in connection.execute("SELECT * FROM client_stats")]
-    finally:
-        connection.close()
+def load_rows(database: Path | str) -> list[dict]:
+    """Every client_stats row, as stored (either engine)."""
+    return dict_rows(database, "SELECT * FROM client_stats")
 
 
 def in_window(rows: list[dict], start: date, end: date) -> list[dict]:
@@ -322,7 +330,7 @@ def test_stored_and_raw_paths_give_identical_rows(replica, raw_only, name):
     window = WINDOWS[name]
     results = []
     for path in (replica, raw_only):
-        connection = readonly.open_readonly(path)
+        connection = store_of(path).open_reader()
         with readonly.snapshot(connection):
             results.append([
                 reports.top(connection, window, limit=100).rows,
@@ -337,24 +345,20 @@ def test_stored_and_raw_paths_give_identical_rows(replica, raw_only, name):
 
 
 def test_rollups_from_an_older_build_without_daily_tables_are_not_read(replica, raw_only, tmp_path):
-    older = tmp_path / "older.db"
-    shutil.copy(replica, older)
-    conn = sqlite3.connect(older)
-    with conn:
-        conn.execute("DROP TABLE overall_daily")
-    conn.close()
     results = []
-    for path in (older, raw_only):
-        connection = readonly.open_readonly(path)
-        with readonly.snapshot(connection):
-            results.append([reports.totals(connection, WINDOWS[name], by).rows
-                            for name in ("february", "across_months") for by in ("day", "week", "month")])
-        connection.close()
+    with replica_copy(replica, tmp_path) as older:
+        execute_db(older, "DROP TABLE overall_daily")
+        for path in (older, raw_only):
+            connection = store_of(path).open_reader()
+            with readonly.snapshot(connection):
+                results.append([reports.totals(connection, WINDOWS[name], by).rows
+                                for name in ("february", "across_months") for by in ("day", "week", "month")])
+            connection.close()
     assert results[0] == results[1] and results[0][0]
 
 
 def test_a_stored_period_is_read_from_the_rollup_tables(replica, caplog):
-    connection = readonly.open_readonly(replica)
+    connection = store_of(replica).open_reader()
     with caplog.at_level("DEBUG", logger="delivery_sync.reports"):
         reports.top(connection, WINDOWS["last_30d"])
         reports.top(connection, WINDOWS["across_months"])
@@ -371,6 +375,8 @@ def test_a_stored_period_is_read_from_the_rollup_tables(replica, caplog):
 # --- sql ---------------------------------------------------------------------------------------------
 
 
+# query sql on PostgreSQL (its own read-only transaction and timeout): tests/test_postgres.py.
+@pytest.mark.sqlite_only("PRAGMA is SQLite's")
 def test_sql_returns_columns_and_rows(conn, replica):
     report = reports.sql(conn, "SELECT client_id, COUNT(*) AS days FROM client_stats GROUP BY client_id ORDER BY client_id")
     assert report.columns == ["client_id", "days"]
@@ -397,12 +403,14 @@ REFUSED_STATEMENTS = [
 ]
 
 
+@pytest.mark.sqlite_only("SQLite's statements (ATTACH, VACUUM, PRAGMA) and its authorizer")
 @pytest.mark.parametrize("statement", REFUSED_STATEMENTS)
 def test_sql_refuses_anything_but_one_read(conn, statement):
     with pytest.raises(ReadOnlyViolation):
         reports.sql(conn, statement)
 
 
+@pytest.mark.sqlite_only("SQLite's progress handler; PostgreSQL's statement_timeout: tests/test_postgres.py")
 def test_sql_is_interrupted_after_max_seconds(conn):
     forever = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT COUNT(*) FROM n"
     with pytest.raises(QueryTimeout, match="interrupted after 0.2 s"):

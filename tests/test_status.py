@@ -1,4 +1,5 @@
-"""`status`: read-only facts, freshness, --check exit codes, against real replicas filled by real syncs."""
+"""`status`: read-only facts, freshness, --check exit codes, against real replicas filled by real syncs,
+on both engines (`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, run_on_terminal, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, query_db, run_on_terminal, store_of, write_config
 from freezegun import freeze_time
 
 from delivery_sync import replica
 from delivery_sync.errors import NoReplica
 from delivery_sync.readonly import open_readonly
+
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +71,7 @@ def test_no_replica_reports_never_and_creates_nothing(cli, config, db_path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
 
+@pytest.mark.sqlite_only("about the replica file not being created")
 def test_status_and_query_never_create_the_database(cli, config, db_path, tmp_path):
     for args in (("status",), ("status", "--json"), ("status", "--check"), ("query", "top"), ("query", "sql", "SELECT 1")):
         result = cli(*args)
@@ -155,11 +159,9 @@ def test_lagging_clients_and_missing_days(cli, config, db_path, demo):
     today = demo.today()
 
     def drop(client_id: int, *days_ago: int) -> None:
-        days = [(today - timedelta(days=n)).isoformat() for n in days_ago]
-        conn = sqlite3.connect(db_path)
-        with conn:
-            conn.executemany("DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", [(client_id, d) for d in days])
-        conn.close()
+        for n in days_ago:
+            day = (today - timedelta(days=n)).isoformat()
+            execute_db(db_path, "DELETE FROM client_stats WHERE client_id = ? AND stat_date = ?", (client_id, day))
 
     drop(5, 0, 1, 2)  # latest day is 3 days before today: lagging
     drop(6, 0, 1)  # latest day is exactly 2 days before today: not lagging
@@ -196,6 +198,7 @@ def test_freshness_boundary_is_exactly_stale_after_hours(cli, tmp_path, demo, db
     assert data["freshness"] == "stale"
 
 
+@pytest.mark.sqlite_only("SQLite's write lock on the file; tests/test_postgres.py reads a PostgreSQL replica while a sync writes")
 def test_status_works_while_a_sync_holds_the_lock_and_writes(cli, config, db_path):
     synced(cli)
     with replica.writer_lock(db_path, "sync"):
@@ -215,9 +218,9 @@ def test_status_works_while_a_sync_holds_the_lock_and_writes(cli, config, db_pat
 def test_a_running_sync_is_listed_but_last_sync_is_the_last_finished(cli, config, db_path):
     synced(cli)
     # Live: its writer holds the lock (a `running` row without one is a dead run, shown failed).
-    with replica.writer_lock(db_path, "sync"):
-        db = replica.open_replica(db_path)
-        replica.start_run(db, "sync")
+    with store_of(db_path).writer_lock("sync"):
+        db = store_of(db_path).open()
+        db.start_run("sync")
         db.close()
         data = status_json(cli)
         view = cli("status").stdout
@@ -227,11 +230,10 @@ def test_a_running_sync_is_listed_but_last_sync_is_the_last_finished(cli, config
 
 
 def test_a_first_sync_still_running_is_not_also_shown_as_never(cli, config, db_path):
-    db = replica.open_replica(db_path)
-    db.close()
-    with replica.writer_lock(db_path, "sync"):
-        db = replica.open_replica(db_path)
-        replica.start_run(db, "sync")
+    store_of(db_path).open().close()
+    with store_of(db_path).writer_lock("sync"):
+        db = store_of(db_path).open()
+        db.start_run("sync")
         db.close()
         view = cli("status").stdout
     lines = [line.split() for line in view.splitlines() if line.strip().startswith(("sync", "collect"))]
@@ -249,8 +251,11 @@ def test_last_collect_and_failed_runs_in_the_view(cli, config, db_path, demo):
     assert "  collect    failed" in view and "error: HTTP 500: Grab login failed for 3 clients" in view
 
 
+# A PostgreSQL database holding other tables is somewhere a sync may create the replica (beside
+# them): status says "no replica yet" there, and the sync it advises works.
+@pytest.mark.sqlite_only("a SQLite file of other tables is refused by every command, sync included")
 def test_a_file_that_is_not_a_replica_is_an_error(cli, config, db_path):
-    sqlite3.connect(db_path).execute("CREATE TABLE something(x)").connection.close()
+    execute_db(db_path, "CREATE TABLE something(x INTEGER)")
     result = cli("status")
     assert result.code == 2
     assert "not a delivery-sync replica" in result.stderr

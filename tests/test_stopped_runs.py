@@ -1,6 +1,6 @@
 """A sync stopped by a signal, and how long runs took (issue 18, item 15): after Ctrl-C or SIGTERM,
 `sync --retry-failed` fetches only the clients not yet written; the duration in `sync_runs`, in `status`
-and in the summary line is the same one."""
+and in the summary line is the same one. On both engines (`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
 
 from delivery_sync.demo_source import DemoSource
 
+pytestmark = pytest.mark.both_engines
+
 
 def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
     env = clean_env()
@@ -26,14 +28,17 @@ def _start_sync(config: Path, cwd: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def _clients_stored(db_path: Path) -> set[int]:
+def _clients_stored(db_path: Path | str) -> set[int]:
     try:
         return {cid for (cid,) in query_db(db_path, "SELECT DISTINCT client_id FROM client_stats")}
     except Exception:  # the file or table does not exist yet
         return set()
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# Both signals on SQLite; on PostgreSQL one is enough (the signal is handled before the replica).
+@pytest.mark.parametrize("db_path, signum, code", [
+    ("sqlite", signal.SIGINT, 130), ("sqlite", signal.SIGTERM, 143), ("postgresql", signal.SIGTERM, 143),
+], indirect=["db_path"])
 def test_retry_failed_after_a_stop_signal_fetches_only_the_clients_not_written(cli, tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
@@ -67,6 +72,7 @@ def _seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
 
 
+@pytest.mark.sqlite_only("its 3 s are the remote's Retry-After; status reads PostgreSQL runs in tests/test_status.py, for suite time")
 def test_a_run_s_duration_is_the_same_in_the_summary_the_replica_and_status(cli, tmp_path, db_path):
     with DemoSource(clients=DEMO_CLIENTS) as demo:
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 3})

@@ -1,4 +1,5 @@
-"""`sync --incremental`, `sync --prune`, and a sync stopped with Ctrl-C (docs/reference.md, sync)."""
+"""`sync --incremental`, `sync --prune`, and a sync stopped with Ctrl-C (docs/reference.md, sync), on
+both engines (`both_engines`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, last_run, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, last_run, query_db, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
+
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +46,7 @@ def test_incremental_restarts_at_the_latest_stored_day_minus_lookback(cli, demo,
     assert cli("sync", "--days-back", "10", "--no-aggregate").code == 0
     # Client 2 has fallen behind by 4 more days: the shared window starts from its latest day.
     query_db_delete = f"DELETE FROM client_stats WHERE client_id = 2 AND stat_date > '{today - timedelta(days=4)}'"
-    _execute(db_path, query_db_delete)
+    execute_db(db_path, query_db_delete)
     demo.faults.hidden_clients = set()
     demo.requests.clear()
 
@@ -64,7 +67,7 @@ def test_incremental_restarts_at_the_latest_stored_day_minus_lookback(cli, demo,
 def test_incremental_never_starts_before_days_back(cli, demo, config, db_path):
     today = demo.today()
     assert cli("sync", "--days-back", "20", "--no-aggregate").code == 0
-    _execute(db_path, f"DELETE FROM client_stats WHERE client_id = 3 AND stat_date > '{today - timedelta(days=15)}'")
+    execute_db(db_path, f"DELETE FROM client_stats WHERE client_id = 3 AND stat_date > '{today - timedelta(days=15)}'")
     demo.requests.clear()
     assert cli("sync", "--incremental", "--days-back", "5", "--no-aggregate").code == 0
     assert set(stats_windows(demo).values()) == {((today - timedelta(days=4)).isoformat(), today.isoformat())}
@@ -120,7 +123,10 @@ def _start_sync(config: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
 
 
 # Ctrl-C, cron's `timeout` and service managers, a closed terminal: exit 128 + the signal number.
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+# Each signal on SQLite; on PostgreSQL one is enough (the signal is handled before the replica).
+@pytest.mark.parametrize("db_path, signum, code", [
+    ("sqlite", signal.SIGINT, 130), ("sqlite", signal.SIGTERM, 143), ("sqlite", signal.SIGHUP, 129), ("postgresql", signal.SIGTERM, 143),
+], indirect=["db_path"])
 def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
@@ -146,6 +152,7 @@ def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tm
     assert ok == len(per_client)  # the summary counts what the run wrote
 
 
+@pytest.mark.sqlite_only("how fast the run exits is the fetcher's; the stopped run's record on PostgreSQL: the test above")
 def test_a_stopped_run_exits_at_once_though_a_fetch_waits_out_retry_after(tmp_path, db_path):
     with DemoSource(clients=4, latency_ms=100) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 2, "batch": "never"})
@@ -176,20 +183,11 @@ def test_a_stopped_run_exits_at_once_though_a_fetch_waits_out_retry_after(tmp_pa
     assert last_sync(db_path)[0] == "failed"
 
 
-def _has_rows(db_path: Path) -> bool:
+def _has_rows(db_path: Path | str) -> bool:
     try:
         return query_db(db_path, "SELECT COUNT(*) FROM client_stats")[0][0] > 0
     except Exception:  # the file or table does not exist yet
         return False
-
-
-def _execute(db_path: Path, sql: str) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.execute(sql)
-    conn.close()
 
 
 # --- absurd values --------------------------------------------------------------------------------------
@@ -231,7 +229,7 @@ def test_an_empty_client_list_fails_the_run_and_deactivates_nobody(cli, demo, co
 
 def test_a_foreign_sqlite_file_is_refused_and_left_alone(cli, demo, tmp_path):
     other = tmp_path / "accounts.db"
-    _execute(other, "CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
+    execute_db(other, "CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
     before = other.read_bytes()
     write_config(tmp_path / "config.toml", demo.url, other)
     for args in (("sync", "--days-back", "1"), ("aggregate",), ("query", "top"), ("status",)):
@@ -262,12 +260,13 @@ def test_a_look_alike_database_is_refused_before_anything_changes(cli, demo, tmp
 
 def test_a_replica_from_a_newer_delivery_sync_is_not_downgraded(cli, demo, config, db_path):
     assert cli("sync", "--days-back", "1").code == 0
-    _execute(db_path, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    execute_db(db_path, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     result = cli("sync", "--days-back", "1")
     assert result.code == 2 and "schema version 99, newer than this delivery-sync knows" in result.stderr
     assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("99",)]
 
 
+@pytest.mark.sqlite_only("SQLite's file lock taken by another program (PostgreSQL: tests/test_postgres.py, one writer)")
 def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config, db_path, monkeypatch):
     import sqlite3
 
@@ -286,6 +285,7 @@ def test_a_replica_locked_by_another_program_is_one_clear_line(cli, demo, config
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
 
 
+@pytest.mark.sqlite_only("the run's record after a signal on PostgreSQL: test_a_stop_signal_closes_the_run..., for suite time")
 def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_path, db_path):
     with DemoSource(clients=4) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 5})

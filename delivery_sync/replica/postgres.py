@@ -142,6 +142,12 @@ def migrate(conn: postgres.Connection, url: PostgresURL) -> None:
         raise UsageError(
             f"replica {url} has migrations this delivery-sync does not know ({', '.join(sorted(unknown))})", hint="upgrade delivery-sync"
         )
+    if "meta" in tables:  # a newer schema_version is refused, as on SQLite, not written back down
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_VERSION_KEY]).fetchone()
+        if row and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+            raise UsageError(
+                f"replica {url} has schema version {row[0]}, newer than this delivery-sync knows ({SCHEMA_VERSION})", hint="upgrade delivery-sync"
+            )
     for name in migration_names():
         if name in applied:
             continue
