@@ -9,11 +9,13 @@ otherwise wait for an answer.
 
 Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
-BATCH_MAX_IDS. A client's rows wait in the writer's staging (on disk) until every
-tile of its window has arrived, so the writer still gets each client's whole
-window at once. A tile that fails after the retry policy is fetched client by
-client; `auto` falls back to per-client requests for the whole run when the
-endpoint is missing, `always` stops the run.
+BATCH_MAX_IDS, asking one list's windows before the next list's. A client's rows
+wait in the writer's staging (on disk) until every tile of its window has
+arrived; its last tile's rows join them there in memory and the writer gets the
+client's whole window at once, while the next list is fetched. A tile that fails
+after the retry policy is fetched client by client; `auto` falls back to
+per-client requests for the whole run when the endpoint is missing, `always`
+stops the run.
 """
 
 from __future__ import annotations
@@ -82,18 +84,22 @@ class Tile:
 
 def plan_tiles(windows: dict[int, Window], batch_days: int) -> list[Tile]:
     """Batch requests covering every client's window: consecutive windows of at most `batch_days`
-    days, each asking every client that shares the window, at most BATCH_MAX_IDS at a time."""
+    days, each asking every client that shares the window, at most BATCH_MAX_IDS at a time.
+
+    All the windows of one list of clients come before the next list's: its clients are then
+    complete, and written, while the next list is fetched, and few wait in the staging."""
     by_window: dict[Window, list[int]] = {}
     for cid, window in windows.items():
         by_window.setdefault(window, []).append(cid)
     tiles = []
     for window, ids in by_window.items():
-        start = window.start
-        while start <= window.end:
-            end = min(start + timedelta(days=batch_days - 1), window.end)
-            for i in range(0, len(ids), BATCH_MAX_IDS):
-                tiles.append(Tile(Window(start, end), tuple(ids[i:i + BATCH_MAX_IDS])))
-            start = end + timedelta(days=1)
+        for i in range(0, len(ids), BATCH_MAX_IDS):
+            group = tuple(ids[i:i + BATCH_MAX_IDS])
+            start = window.start
+            while start <= window.end:
+                end = min(start + timedelta(days=batch_days - 1), window.end)
+                tiles.append(Tile(Window(start, end), group))
+                start = end + timedelta(days=1)
     return tiles
 
 
@@ -146,44 +152,46 @@ class Fetcher:
 
     def _batched(self, windows: dict[int, Window]) -> None:
         tiles = plan_tiles(windows, self.settings.batch_days)
+        self._windows = windows
         self._staging = self.writer.staging()
+        self._staged: set[int] = set()  # clients with rows in the staging
         self._outstanding = dict.fromkeys(windows, 0)  # tiles of each client not yet staged
         for tile in tiles:
             for cid in tile.client_ids:
                 self._outstanding[cid] += 1
         fallback: list[tuple[int, Window]] = []
         try:
-            try:
-                # The first tile alone: a remote without the endpoint says so once, not once per tile.
-                self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
-                self._report(1, len(tiles), "batch windows")
-                tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
-                for done, (tile, future) in enumerate(self._pump(tasks, PENDING_TILES), start=2):
-                    try:
-                        answer = future.result()
-                    except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
-                        answer = exc
-                    self._take_tile(tile, answer, fallback)
-                    self._report(done, len(tiles), "batch windows")
-                self._fallback(fallback)
-            except StopRun:
-                self._write_complete(windows)  # what was fetched whole is kept
-                raise
-            self._write_complete(windows)
+            # The first tile alone: a remote without the endpoint says so once, not once per tile.
+            self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
+            self._report(1, len(tiles), "batch windows")
+            tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
+            for done, (tile, future) in enumerate(self._pump(tasks, PENDING_TILES), start=2):
+                try:
+                    answer = future.result()
+                except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
+                    answer = exc
+                self._take_tile(tile, answer, fallback)
+                self._report(done, len(tiles), "batch windows")
+            self._fallback(fallback)
         finally:
             self._staging.close()
 
-    def _write_complete(self, windows: dict[int, Window]) -> None:
-        """Hand every client whose tiles have all arrived to the writer, one whole window each."""
-        complete = [cid for cid in windows if self._outstanding[cid] == 0 and cid not in self.failed]
-        for done, cid in enumerate(complete, start=1):
-            self.writer.write(cid, windows[cid], self._staging.take(cid))
-            self._report(done, len(complete), "clients written")
-
     def _arrived(self, cid: int, parsed: ParsedRows) -> None:
-        if cid not in self.failed:
+        """Stage one tile of a client's rows; on its last tile, hand the whole window to the writer."""
+        if cid in self.failed:
+            return
+        self._outstanding[cid] -= 1
+        if self._outstanding[cid]:
             self._staging.add(cid, parsed)
-            self._outstanding[cid] -= 1
+            self._staged.add(cid)
+            return
+        rows = parsed.stored()
+        if cid in self._staged:  # the earlier tiles, then this one: a later answer for the same day wins
+            self._staged.discard(cid)
+            staged = self._staging.take(cid)
+            staged.values.update(rows.values)
+            rows = ClientRows(staged.values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
+        self.writer.write(cid, self._windows[cid], rows)
 
     def _fetch_tile(self, tile: Tile):
         """The parsed answer of one batch request, or the SourceError it ended with (BatchUnavailable raises)."""
@@ -222,6 +230,7 @@ class Fetcher:
                 parsed = future.result()
             except SourceError as exc:
                 self._staging.discard(cid)
+                self._staged.discard(cid)
                 left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)
                 self._failed(cid, exc, f"{left} clients not fetched")
             else:
