@@ -190,7 +190,8 @@ class Fetcher:
             self._staged.discard(cid)
             staged = self._staging.take(cid)
             staged.values.update(rows.values)
-            rows = ClientRows(staged.values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
+            values = dict(sorted(staged.values.items()))  # by day, as one answer lists them, whatever order the tiles came in
+            rows = ClientRows(values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
         self.writer.write(cid, self._windows[cid], rows)
 
     def _fetch_tile(self, tile: Tile):
