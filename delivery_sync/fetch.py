@@ -11,8 +11,9 @@ Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
 BATCH_MAX_IDS, asking one list's windows before the next list's. A client's rows
 wait in the writer's staging (on disk) until every tile of its window has
-arrived; its last tile's rows join them there in memory and the writer gets the
-client's whole window at once, while the next list is fetched. A tile that fails
+arrived; its last tile's rows join them in memory and the writer gets the
+client's whole window at once, whenever the calling thread would otherwise wait
+for the remote (so writing overlaps the fetch of the next tiles). A tile that fails
 after the retry policy is fetched client by client; `auto` falls back to
 per-client requests for the whole run when the endpoint is missing, `always`
 stops the run.
@@ -21,6 +22,7 @@ stops the run.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -114,6 +116,9 @@ class Fetcher:
         self.progress = progress
         self.consecutive = 0
         self.failed: set[int] = set()
+        # Batch clients whose last tile arrived, with that tile's rows, not yet handed to the writer:
+        # written while the fetch threads wait for the remote, so that writing overlaps fetching.
+        self._complete: deque[tuple[int, ClientRows]] = deque()
 
     def run(self, windows: dict[int, Window]) -> None:
         """Fetch and write every window; raises StopRun when the run must end early."""
@@ -161,23 +166,44 @@ class Fetcher:
                 self._outstanding[cid] += 1
         fallback: list[tuple[int, Window]] = []
         try:
-            # The first tile alone: a remote without the endpoint says so once, not once per tile.
-            self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
-            self._report(1, len(tiles), "batch windows")
-            tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
-            for done, (tile, future) in enumerate(self._pump(tasks, PENDING_TILES), start=2):
-                try:
-                    answer = future.result()
-                except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
-                    answer = exc
-                self._take_tile(tile, answer, fallback)
-                self._report(done, len(tiles), "batch windows")
-            self._fallback(fallback)
+            try:
+                # The first tile alone: a remote without the endpoint says so once, not once per tile.
+                self._take_tile(tiles[0], self._fetch_tile(tiles[0]), fallback)
+                self._report(1, len(tiles), "batch windows")
+                tasks = ((tile, lambda tile=tile: self._fetch_tile(tile)) for tile in tiles[1:])
+                for done, (tile, future) in enumerate(self._pump(tasks, PENDING_TILES), start=2):
+                    try:
+                        answer = future.result()
+                    except BatchUnavailable as exc:  # the endpoint vanished mid-run: this tile per client
+                        answer = exc
+                    self._take_tile(tile, answer, fallback)
+                    self._report(done, len(tiles), "batch windows")
+                self._fallback(fallback)
+            except StopRun:
+                self._write_complete()  # what was fetched whole is kept
+                raise
+            self._write_complete()
         finally:
             self._staging.close()
 
+    def _write_complete(self) -> None:
+        """Hand every client whose last tile arrived to the writer."""
+        while self._complete:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        """Hand the first complete client to the writer: its staged rows and its last tile's, one whole window."""
+        cid, rows = self._complete.popleft()
+        if cid in self._staged:  # the earlier tiles, then the last: a later answer for the same day wins
+            self._staged.discard(cid)
+            staged = self._staging.take(cid)
+            staged.values.update(rows.values)
+            values = dict(sorted(staged.values.items()))  # by day, as one answer lists them, whatever order the tiles came in
+            rows = ClientRows(values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
+        self.writer.write(cid, self._windows[cid], rows)
+
     def _arrived(self, cid: int, parsed: ParsedRows) -> None:
-        """Stage one tile of a client's rows; on its last tile, hand the whole window to the writer."""
+        """Stage one tile of a client's rows; on its last tile, the client is complete, to be written."""
         if cid in self.failed:
             return
         self._outstanding[cid] -= 1
@@ -185,14 +211,9 @@ class Fetcher:
             self._staging.add(cid, parsed)
             self._staged.add(cid)
             return
-        rows = parsed.stored()
-        if cid in self._staged:  # the earlier tiles, then this one: a later answer for the same day wins
-            self._staged.discard(cid)
-            staged = self._staging.take(cid)
-            staged.values.update(rows.values)
-            values = dict(sorted(staged.values.items()))  # by day, as one answer lists them, whatever order the tiles came in
-            rows = ClientRows(values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
-        self.writer.write(cid, self._windows[cid], rows)
+        self._complete.append((cid, parsed.stored()))
+        if len(self._complete) > BATCH_MAX_IDS:  # the remote outpaces the writer: last tiles held stay about one tile
+            self._write_next()
 
     def _fetch_tile(self, tile: Tile):
         """The parsed answer of one batch request, or the SourceError it ended with (BatchUnavailable raises)."""
@@ -275,6 +296,9 @@ class Fetcher:
                 if not pending:
                     return
                 finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+                while not finished and self._complete:  # waiting for the remote: write complete clients meanwhile
+                    self._write_next()
+                    finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
                 if not finished:  # nothing to write yet: the writer's COMMIT overlaps the network
                     self.writer.commit()
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
