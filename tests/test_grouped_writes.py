@@ -87,9 +87,9 @@ def test_new_rows_beyond_one_insert_statement_are_all_written(cli, config, db_pa
     assert query_db(db_path, "SELECT rows_inserted FROM sync_runs WHERE command = 'sync'") == [(DEMO_CLIENTS * 20,)]
 
 
-def test_the_writer_keeps_32_mb_of_pages(tmp_path):
+def test_the_writer_keeps_16_mb_of_pages(tmp_path):
     from delivery_sync.replica.schema import open_replica
 
     writer = open_replica(tmp_path / "replica.db")
-    assert writer.execute("PRAGMA cache_size").fetchone() == (-32 * 1024,)  # KiB, negative by SQLite's convention
+    assert writer.execute("PRAGMA cache_size").fetchone() == (-16 * 1024,)  # KiB, negative by SQLite's convention
     writer.close()
