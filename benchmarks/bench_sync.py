@@ -86,10 +86,7 @@ def floor(url: str, database: str | None, days: int = 365, concurrency: int = CO
     `database` (per client only), it also reads each stored window. Prints the rows received and read."""
     import httpx
 
-    from delivery_sync.days import Window
     from delivery_sync.demo_source import DEMO_TZ
-    from delivery_sync.fetch import plan_tiles
-    from delivery_sync.source import BATCH_PATH
 
     today = datetime.now(DEMO_TZ).date()
     params = {"start_date": (today - timedelta(days=days - 1)).isoformat(), "end_date": today.isoformat()}
@@ -110,12 +107,17 @@ def floor(url: str, database: str | None, days: int = 365, concurrency: int = CO
             return len(rows), len(stored)
 
         def tile(tile) -> tuple[int, int]:
+            from delivery_sync.source import BATCH_PATH
+
             body = {"start_date": tile.window.start.isoformat(), "end_date": tile.window.end.isoformat(), "client_ids": list(tile.client_ids)}
             answer = json.loads(http.post(BATCH_PATH, json=body).content)
             return sum(len(rows) for rows in answer.values()), 0
 
         with ThreadPoolExecutor(concurrency) as pool:
-            if batch_days:
+            if batch_days:  # imported only here: the per-client floor stays a bare client
+                from delivery_sync.days import Window
+                from delivery_sync.fetch import plan_tiles
+
                 window = Window(date.fromisoformat(params["start_date"]), today)
                 counts = list(pool.map(tile, plan_tiles(dict.fromkeys(ids, window), batch_days)))
             else:
