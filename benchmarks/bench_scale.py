@@ -7,6 +7,11 @@ Steps, into one new replica:
    demo source restating about a fifth of the last 3 days as late refunds do (`--restate`);
 4. every report of benchmarks/bench_query.py on that replica, in-process (median ms).
 
+Right after the first sync, the fetch-only floor of benchmarks/bench_sync.py runs in its own process
+against the same remote: the same requests as the sync (the batch tiles when `--batch auto`), at
+the same concurrency, `json.loads` of each answer, nothing stored. The first sync is printed
+against it (target <= 1.3x), with the sync's CPU per stored row (target <= 20 us).
+
 Peak RSS is the process's VmHWM read from /proc/<pid>/status while it runs (cross-checked with
 the kernel's ru_maxrss at exit); the WAL peak is the largest size of `<replica>-wal` seen. The
 demo source runs in its own process, so its CPU (building rows) is not counted as ours, but on
@@ -44,7 +49,9 @@ from _installed import compile_package  # noqa: E402  (sibling scripts, not a pa
 from bench_query import in_process  # noqa: E402
 
 from delivery_sync import readonly  # noqa: E402
-from delivery_sync.config import PostgresURL, load_settings  # noqa: E402
+from delivery_sync.config import PostgresURL, SourceSettings, load_settings  # noqa: E402
+
+BENCH_SYNC = str(Path(__file__).parent / "bench_sync.py")  # its floor, run as a process
 
 
 def free_port() -> int:
@@ -56,8 +63,8 @@ def free_port() -> int:
 def watched(args: list[str], wal: Path) -> dict:
     """Run one process to its end, polling its peak RSS and the WAL's size; exits on failure."""
     began = time.perf_counter()
-    log = tempfile.TemporaryFile()  # not a pipe: a verbose run must not block on a full one
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    log, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # not pipes: a verbose run must not block on a full one
+    process = subprocess.Popen(args, stdout=out, stderr=log)
     hwm = wal_peak = 0
     while True:
         try:
@@ -80,13 +87,16 @@ def watched(args: list[str], wal: Path) -> dict:
     log.seek(0)
     stderr = log.read().decode()
     log.close()
+    out.seek(0)
+    stdout = out.read().decode()
+    out.close()
     if os.waitstatus_to_exitcode(code) != 0:
         sys.exit(f"{' '.join(args)} failed: {stderr.strip()}")
     # The summary lines: `sync ok: ...`, and under -v the aggregate's (after a log time stamp).
     lines = [line.split("Z ", 1)[1] if line[:4].isdigit() else line for line in stderr.splitlines()]
     summary = [line for line in lines if line.startswith(("sync ", "aggregate "))]
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": max(hwm, usage.ru_maxrss) / 1024,
-            "wal": wal_peak / 2**20, "summary": summary}
+            "wal": wal_peak / 2**20, "summary": summary, "stdout": stdout}
 
 
 def main() -> None:
@@ -134,8 +144,12 @@ def main() -> None:
                               f"concurrency = {args.concurrency}\nmin_interval = 0\n")
             cli = [sys.executable, "-m", "delivery_sync", "-q", "--config", str(config)]
             wal = Path(tmp) / "replica.db-wal"
+            floor = [sys.executable, BENCH_SYNC, "--floor", url, "--days", str(args.days), "--concurrency", str(args.concurrency)]
+            if args.batch == "auto":  # the demo source has the batch endpoint: auto uses it throughout
+                floor += ["--batch-days", str(SourceSettings.model_fields["batch_days"].default)]
             steps = {
                 "first sync": watched([*cli, "sync", "--days-back", str(args.days), "--no-aggregate"], wal),
+                "fetch-only floor": watched(floor, wal),
                 "aggregate": watched([*cli, "aggregate"], wal),
                 # -v: its aggregate's own line tells how long refreshing the rollups took.
                 "incremental sync": watched([*cli[:3], "-v", *cli[4:], "sync", "--days-back", str(args.days), "--incremental"], wal),
@@ -152,11 +166,17 @@ def main() -> None:
     print(f"{args.clients} clients x {args.days} days ({rows} rows) into {engine}, demo source at 0 ms in its own process, "
           f"concurrency {args.concurrency}, batch = {args.batch}; load average {os.getloadavg()[0]:.2f}; "
           f"{time.monotonic() - began:.0f} s in all")
+    floor_rows = int(steps["fetch-only floor"]["stdout"].split()[0])
+    first, floor = steps["first sync"], steps["fetch-only floor"]
     for name, f in steps.items():
         print(f"  {name:17} wall {f['wall']:7.1f} s  cpu {f['cpu']:7.1f} s  peak RSS {f['rss']:6.1f} MB  WAL peak {f['wal']:6.1f} MB")
         for line in f["summary"]:
             print(f"  {'':17} {line}")
-    worst = max(f["rss"] for f in steps.values())
+    print(f"  first sync / fetch-only floor: {first['wall'] / floor['wall']:.2f}x wall (target <= 1.3x); "
+          f"the floor received {floor_rows} rows")
+    print(f"  first sync CPU per stored row: {first['cpu'] / rows * 1e6:.1f} us (target <= 20 us; "
+          f"the floor's: {floor['cpu'] / floor_rows * 1e6:.1f} us)")
+    worst = max(f["rss"] for name, f in steps.items() if name != "fetch-only floor")
     print(f"  peak RSS of any step: {worst:.1f} MB (target <= 250 MB, independent of the client count)")
     print(f"  full aggregate: {steps['aggregate']['wall']:.1f} s (target <= 10 s at 10,000 x 365)")
     refresh = next((line for line in steps["incremental sync"]["summary"] if line.startswith("aggregate ")), "none")

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from _installed import compile_package
@@ -79,16 +79,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def floor(url: str, database: str | None) -> None:
-    """The fetch-only client (run as its own process); with `database`, it also reads each stored window."""
+def floor(url: str, database: str | None, days: int = 365, concurrency: int = CONCURRENCY, batch_days: int | None = None) -> None:
+    """The fetch-only client (run as its own process): `days` days ending today for every listed
+    client, one request per client or, with `batch_days`, the batch requests a sync sends (the same
+    tiles, `delivery_sync.fetch.plan_tiles`); `json.loads` of each answer, nothing stored. With
+    `database` (per client only), it also reads each stored window. Prints the rows received and read."""
     import httpx
 
     from delivery_sync.demo_source import DEMO_TZ
 
     today = datetime.now(DEMO_TZ).date()
-    params = {"start_date": (today - timedelta(days=364)).isoformat(), "end_date": today.isoformat()}
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    with httpx.Client(base_url=url, limits=limits) as http:
+    params = {"start_date": (today - timedelta(days=days - 1)).isoformat(), "end_date": today.isoformat()}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(base_url=url, limits=limits, timeout=300) as http:
         ids = [c["id"] for c in json.loads(http.get("/api/v1/clients").content)]
 
         def one(cid: int) -> tuple[int, int]:
@@ -103,8 +106,22 @@ def floor(url: str, database: str | None) -> None:
             conn.close()
             return len(rows), len(stored)
 
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            counts = list(pool.map(one, ids))
+        def tile(tile) -> tuple[int, int]:
+            from delivery_sync.source import BATCH_PATH
+
+            body = {"start_date": tile.window.start.isoformat(), "end_date": tile.window.end.isoformat(), "client_ids": list(tile.client_ids)}
+            answer = json.loads(http.post(BATCH_PATH, json=body).content)
+            return sum(len(rows) for rows in answer.values()), 0
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            if batch_days:  # imported only here: the per-client floor stays a bare client
+                from delivery_sync.days import Window
+                from delivery_sync.fetch import plan_tiles
+
+                window = Window(date.fromisoformat(params["start_date"]), today)
+                counts = list(pool.map(tile, plan_tiles(dict.fromkeys(ids, window), batch_days)))
+            else:
+                counts = list(pool.map(one, ids))
     print(sum(r for r, _ in counts), sum(s for _, s in counts))
 
 
@@ -131,9 +148,12 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="also sync into new databases on this PostgreSQL server")
     parser.add_argument("--floor", metavar="URL", help=argparse.SUPPRESS)  # the floor's own process
     parser.add_argument("--compare", metavar="DB", help=argparse.SUPPRESS)
+    parser.add_argument("--days", type=int, default=365, help=argparse.SUPPRESS)  # the floor's, for bench_scale.py
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-days", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor:
-        return floor(args.floor, args.compare)
+        return floor(args.floor, args.compare, args.days, args.concurrency, args.batch_days)
     print(compile_package(), flush=True)
 
     port = free_port()

@@ -9,16 +9,20 @@ otherwise wait for an answer.
 
 Batch mode (`source.batch` auto or always) tiles each window into windows of at
 most `source.batch_days` days and the clients into lists of at most
-BATCH_MAX_IDS. A client's rows wait in the writer's staging (on disk) until every
-tile of its window has arrived, so the writer still gets each client's whole
-window at once. A tile that fails after the retry policy is fetched client by
-client; `auto` falls back to per-client requests for the whole run when the
-endpoint is missing, `always` stops the run.
+BATCH_MAX_IDS, asking one list's windows before the next list's. A client's rows
+wait in the writer's staging (on disk) until every tile of its window has
+arrived; its last tile's rows join them in memory and the writer gets the
+client's whole window at once, whenever the calling thread would otherwise wait
+for the remote (so writing overlaps the fetch of the next tiles). A tile that fails
+after the retry policy is fetched client by client; `auto` falls back to
+per-client requests for the whole run when the endpoint is missing, `always`
+stops the run.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -82,18 +86,22 @@ class Tile:
 
 def plan_tiles(windows: dict[int, Window], batch_days: int) -> list[Tile]:
     """Batch requests covering every client's window: consecutive windows of at most `batch_days`
-    days, each asking every client that shares the window, at most BATCH_MAX_IDS at a time."""
+    days, each asking every client that shares the window, at most BATCH_MAX_IDS at a time.
+
+    All the windows of one list of clients come before the next list's: its clients are then
+    complete, and written, while the next list is fetched, and few wait in the staging."""
     by_window: dict[Window, list[int]] = {}
     for cid, window in windows.items():
         by_window.setdefault(window, []).append(cid)
     tiles = []
     for window, ids in by_window.items():
-        start = window.start
-        while start <= window.end:
-            end = min(start + timedelta(days=batch_days - 1), window.end)
-            for i in range(0, len(ids), BATCH_MAX_IDS):
-                tiles.append(Tile(Window(start, end), tuple(ids[i:i + BATCH_MAX_IDS])))
-            start = end + timedelta(days=1)
+        for i in range(0, len(ids), BATCH_MAX_IDS):
+            group = tuple(ids[i:i + BATCH_MAX_IDS])
+            start = window.start
+            while start <= window.end:
+                end = min(start + timedelta(days=batch_days - 1), window.end)
+                tiles.append(Tile(Window(start, end), group))
+                start = end + timedelta(days=1)
     return tiles
 
 
@@ -108,6 +116,9 @@ class Fetcher:
         self.progress = progress
         self.consecutive = 0
         self.failed: set[int] = set()
+        # Batch clients whose last tile arrived, with that tile's rows, not yet handed to the writer:
+        # written while the fetch threads wait for the remote, so that writing overlaps fetching.
+        self._complete: deque[tuple[int, ClientRows]] = deque()
 
     def run(self, windows: dict[int, Window]) -> None:
         """Fetch and write every window; raises StopRun when the run must end early."""
@@ -146,7 +157,9 @@ class Fetcher:
 
     def _batched(self, windows: dict[int, Window]) -> None:
         tiles = plan_tiles(windows, self.settings.batch_days)
+        self._windows = windows
         self._staging = self.writer.staging()
+        self._staged: set[int] = set()  # clients with rows in the staging
         self._outstanding = dict.fromkeys(windows, 0)  # tiles of each client not yet staged
         for tile in tiles:
             for cid in tile.client_ids:
@@ -167,23 +180,40 @@ class Fetcher:
                     self._report(done, len(tiles), "batch windows")
                 self._fallback(fallback)
             except StopRun:
-                self._write_complete(windows)  # what was fetched whole is kept
+                self._write_complete()  # what was fetched whole is kept
                 raise
-            self._write_complete(windows)
+            self._write_complete()
         finally:
             self._staging.close()
 
-    def _write_complete(self, windows: dict[int, Window]) -> None:
-        """Hand every client whose tiles have all arrived to the writer, one whole window each."""
-        complete = [cid for cid in windows if self._outstanding[cid] == 0 and cid not in self.failed]
-        for done, cid in enumerate(complete, start=1):
-            self.writer.write(cid, windows[cid], self._staging.take(cid))
-            self._report(done, len(complete), "clients written")
+    def _write_complete(self) -> None:
+        """Hand every client whose last tile arrived to the writer."""
+        while self._complete:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        """Hand the first complete client to the writer: its staged rows and its last tile's, one whole window."""
+        cid, rows = self._complete.popleft()
+        if cid in self._staged:  # the earlier tiles, then the last: a later answer for the same day wins
+            self._staged.discard(cid)
+            staged = self._staging.take(cid)
+            staged.values.update(rows.values)
+            values = dict(sorted(staged.values.items()))  # by day, as one answer lists them, whatever order the tiles came in
+            rows = ClientRows(values, staged.rejects + rows.rejects, staged.fetched + rows.fetched)
+        self.writer.write(cid, self._windows[cid], rows)
 
     def _arrived(self, cid: int, parsed: ParsedRows) -> None:
-        if cid not in self.failed:
+        """Stage one tile of a client's rows; on its last tile, the client is complete, to be written."""
+        if cid in self.failed:
+            return
+        self._outstanding[cid] -= 1
+        if self._outstanding[cid]:
             self._staging.add(cid, parsed)
-            self._outstanding[cid] -= 1
+            self._staged.add(cid)
+            return
+        self._complete.append((cid, parsed.stored()))
+        if len(self._complete) > BATCH_MAX_IDS:  # the remote outpaces the writer: last tiles held stay about one tile
+            self._write_next()
 
     def _fetch_tile(self, tile: Tile):
         """The parsed answer of one batch request, or the SourceError it ended with (BatchUnavailable raises)."""
@@ -222,6 +252,7 @@ class Fetcher:
                 parsed = future.result()
             except SourceError as exc:
                 self._staging.discard(cid)
+                self._staged.discard(cid)
                 left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)
                 self._failed(cid, exc, f"{left} clients not fetched")
             else:
@@ -265,6 +296,9 @@ class Fetcher:
                 if not pending:
                     return
                 finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+                while not finished and self._complete:  # waiting for the remote: write complete clients meanwhile
+                    self._write_next()
+                    finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
                 if not finished:  # nothing to write yet: the writer's COMMIT overlaps the network
                     self.writer.commit()
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -153,6 +153,7 @@ class SourceClient:
         parts = urlsplit(self.base_url)
         self._secrets = _secret_forms(token, parts.password and unquote(parts.password),
                                       parts.password and _basic(unquote(parts.username or ""), unquote(parts.password)))
+        self._secret_bytes = tuple(secret.encode() for secret in self._secrets)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -381,7 +382,12 @@ class SourceClient:
 
     def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
         try:
-            payload = self._clean(jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text))
+            payload = jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text)
+            if self._plain(body):  # nothing to redact or cut: only the depth is left to check
+                if _too_deep(payload):
+                    raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            else:
+                payload = self._clean(payload)
         except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's own limit
             payload = None
         if response.is_error:
@@ -416,6 +422,18 @@ class SourceClient:
         if isinstance(value, list):
             return [self._clean(item, depth + 1) for item in value]
         return value
+
+    def _plain(self, body: bytes) -> bool:
+        """Whether `_clean` would leave every string of the JSON `body` as it is, seen in its bytes.
+
+        In UTF-8 JSON without a backslash (so without escapes) every decoded string is the text of
+        bytes found as they are in the body: none holds a secret whose bytes the body lacks, and
+        none is longer than MAX_TEXT characters unless MAX_TEXT bytes in a row hold no quote (a
+        number too large for a float, which becomes its text, is such a run too).
+        """
+        return (b"\\" not in body and jsonlib.detect_encoding(body) == "utf-8"
+                and not any(secret in body for secret in self._secret_bytes)
+                and not _LONG_RUN.match(body) and not _LONG_TEXT.search(body))
 
     def redact_text(self, text: str) -> str:
         """Remote text with our token and URL password (and the Basic form of it) replaced by
@@ -479,6 +497,31 @@ def _finite_or_text(text: str) -> float | str:
     """A JSON number with a fraction or exponent as a float, or as its text when no float holds it."""
     number = float(text)
     return number if math.isfinite(number) else text
+
+
+# MAX_TEXT + 1 bytes without a quote, at the start of a body or after a quote: every such run
+# starts at one or the other, and searching from each quote alone stays linear in the body.
+_LONG_RUN = re.compile(b'[^"]{%d}' % (MAX_TEXT + 1))
+_LONG_TEXT = re.compile(b'"[^"]{%d}' % (MAX_TEXT + 1))
+
+
+def _too_deep(value: Any, depth: int = 0) -> bool:
+    """Whether `_clean` would find `value` nested deeper than MAX_DEPTH: a value other than a
+    string at depth MAX_DEPTH or more (a container's items are one level below it)."""
+    items = value.values() if type(value) is dict else value if type(value) is list else None
+    if items is None:
+        return False
+    if depth + 2 < MAX_DEPTH and _CONTAINERS.isdisjoint(map(type, items)):
+        return False  # scalars only, well above the limit: e.g. a whole stats row at C speed
+    for item in items:
+        if depth + 1 >= MAX_DEPTH and type(item) is not str:
+            return True
+        if type(item) in _CONTAINERS and _too_deep(item, depth + 1):
+            return True
+    return False
+
+
+_CONTAINERS = frozenset((dict, list))
 
 
 def _cut(text: str) -> str:

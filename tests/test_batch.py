@@ -122,6 +122,27 @@ def test_batch_days_tile_the_window_with_every_client_in_each(cli, tmp_path, dem
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 30,)]
 
 
+def test_each_list_of_clients_is_asked_whole_before_the_next(cli, tmp_path, demo, db_path, monkeypatch):
+    from delivery_sync import fetch
+
+    monkeypatch.setattr(fetch, "BATCH_MAX_IDS", 5)  # 12 clients: lists 1-5, 6-10, 11-12
+    demo.faults.overrides = {(7, "2026-11-20"): {"grab_sales": "oops"}}  # a reject in its second tile
+    result = sync(cli, tmp_path, demo, db_path, "--days-back", "20", batch_days=10, concurrency=1)
+    assert result.code == 1, result.stderr  # the rejected row
+    asked = [(r.body["client_ids"][0], r.body["start_date"]) for r in demo.batch_requests()]
+    assert asked == [(1, "2026-11-04"), (1, "2026-11-14"), (6, "2026-11-04"), (6, "2026-11-14"), (11, "2026-11-04"), (11, "2026-11-14")]
+    # Each client's window is whole: its rows from both tiles, and the reject of the later one.
+    assert query_db(db_path, "SELECT client_id, COUNT(*), MIN(stat_date), MAX(stat_date) FROM client_stats GROUP BY client_id") == [
+        (cid, 19 if cid == 7 else 20, "2026-11-04", "2026-11-23") for cid in range(1, DEMO_CLIENTS + 1)
+    ]
+    assert query_db(db_path, "SELECT client_id, stat_date, reason FROM sync_rejects") == [
+        (7, "2026-11-19T16:00:00.000Z", "grab_sales: not a number ('oops')")
+    ]
+    assert query_db(db_path, "SELECT rows_fetched, rows_inserted, rows_rejected FROM sync_runs WHERE command = 'sync'") == [
+        (DEMO_CLIENTS * 20, DEMO_CLIENTS * 20 - 1, 1)
+    ]
+
+
 def test_a_batch_that_keeps_failing_is_fetched_client_by_client(cli, tmp_path, demo, db_path):
     demo.faults.batch_status = 500
     result = sync(cli, tmp_path, demo, db_path, "--days-back", "5", max_retries=1)

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 
 from conftest import DEMO_CLIENTS, query_db
 
@@ -68,3 +68,28 @@ def test_a_kill_during_a_grouped_transaction_leaves_every_client_old_or_new(cli,
     # The next sync repairs the rest.
     assert cli("sync", "--days-back", str(DAYS)).code == 0
     assert query_db(db_path, f"SELECT COUNT(*) FROM client_stats WHERE grab_fake_orders = {MARK}") == [(DEMO_CLIENTS * DAYS,)]
+
+
+def test_new_rows_beyond_one_insert_statement_are_all_written(cli, config, db_path, demo, monkeypatch):
+    from delivery_sync.replica import upsert
+
+    monkeypatch.setattr(upsert, "INSERT_ROWS", 7)  # 20 days a client: statements of 7, 7 and 6 rows
+    assert cli("sync", "--days-back", "20", "--no-aggregate").code == 0
+    assert query_db(db_path, "SELECT COUNT(DISTINCT client_id), COUNT(DISTINCT stat_date), COUNT(*) FROM client_stats") == [
+        (DEMO_CLIENTS, 20, DEMO_CLIENTS * 20)
+    ]
+    # Every value where the one-row-at-a-time path put it: the demo's own figures, by column.
+    first, last = demo.today() - timedelta(days=19), demo.today()
+    expected = {(row_day, row["grab_orders"], row["total_orders"]) for row_day, row in (
+        (first + timedelta(days=d), r) for d, r in enumerate(demo.rows(5, first, last)))}
+    stored = query_db(db_path, "SELECT stat_date, grab_orders, total_orders FROM client_stats WHERE client_id = 5")
+    assert {(date.fromisoformat(d), g, t) for d, g, t in stored} == expected
+    assert query_db(db_path, "SELECT rows_inserted FROM sync_runs WHERE command = 'sync'") == [(DEMO_CLIENTS * 20,)]
+
+
+def test_the_writer_keeps_16_mb_of_pages(tmp_path):
+    from delivery_sync.replica.schema import open_replica
+
+    writer = open_replica(tmp_path / "replica.db")
+    assert writer.execute("PRAGMA cache_size").fetchone() == (-16 * 1024,)  # KiB, negative by SQLite's convention
+    writer.close()

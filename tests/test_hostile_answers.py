@@ -38,6 +38,34 @@ def test_deep_nesting_fails_only_that_client(cli, config, demo, db_path, monkeyp
     assert unstamped(result.stderr).rstrip().splitlines()[-1].startswith("sync partial: 11/12 clients")
 
 
+@pytest.mark.parametrize("depth, kept", [(62, True), (63, False)])
+def test_the_depth_limit_is_the_same_for_a_plain_answer_and_one_with_text_to_cut(cli, config, demo, db_path, monkeypatch, depth, kept):
+    # The row is at depth 1 and its "x" at depth 2: 62 arrays reach depth 63, 63 arrays depth 64 (too deep).
+    # Client 3's answer is plain ASCII; client 4's has a string to cut, so it is cleaned value by value.
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    today = demo.today().isoformat()
+    for cid, note in ((3, "short"), (4, "A" * (MAX_TEXT + 1))):
+        demo.faults.raw_paths[f"/api/v1/clients/{cid}/stats"] = (200, f'[{{"stat_date": "{today}", "note": "{note}", "x": {nested(depth)}}}]', {})
+    result = cli("sync", "--days-back", "2")
+    assert "Traceback" not in result.stderr
+    if kept:
+        assert result.code == 0, result.stderr
+        extras = [json.loads(e) for (e,) in query_db(db_path, "SELECT extra FROM client_stats WHERE client_id IN (3, 4) ORDER BY client_id")]
+        assert [e["x"] == json.loads(nested(depth)) for e in extras] == [True, True]
+    else:
+        assert failures(db_path) == {3: "client 3: the answer is not JSON", 4: "client 4: the answer is not JSON"}
+
+
+def test_a_number_too_large_for_a_float_is_kept_as_its_text_cut(cli, config, demo, db_path, monkeypatch):
+    monkeypatch.setenv("DELIVERY_SYNC_SOURCE__BATCH", "never")
+    today = demo.today().isoformat()
+    digits = "9" * (MAX_TEXT + 10)
+    demo.faults.raw_paths["/api/v1/clients/3/stats"] = (200, f'[{{"stat_date": "{today}", "big": {digits}.5}}]', {})
+    assert cli("sync", "--days-back", "1").code == 0
+    (extra,) = query_db(db_path, "SELECT extra FROM client_stats WHERE client_id = 3")[0]
+    assert json.loads(extra) == {"big": digits[:MAX_TEXT] + "...[12 more characters cut]"}
+
+
 def test_a_deeply_nested_batch_tile_is_fetched_client_by_client(cli, config, demo, db_path):
     demo.faults.raw_paths["/api/v1/getBatchStats"] = (200, nested(5000), {})
     result = cli("sync", "--days-back", "2")

@@ -162,20 +162,15 @@ def migrate(conn: postgres.Connection, url: PostgresURL) -> None:
 
 
 class PostgresStaging(Staging):
-    """Batch rows waiting in TEMP tables of the writer's session (on the server's disk, not in
-    this process's memory): the SQLite staging with PostgreSQL's types and upsert."""
+    """Batch rows waiting in a TEMP table of the writer's session (on the server's disk, not in
+    this process's memory): the SQLite staging with PostgreSQL's types."""
 
     temp = "pg_temp"
-    reject_order = "seq"
-    _values = [f"v{i}" for i in range(len(METRICS) + 1)]
-    insert = (f"INSERT INTO staged_rows VALUES (?, ?, {', '.join('?' * len(_values))}) "
-              f"ON CONFLICT (client_id, stat_date) DO UPDATE SET {', '.join(f'{v} = excluded.{v}' for v in _values)}")
+    order = "seq"
 
     def create(self) -> None:
-        values = ", ".join(f"v{i} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for i, m in enumerate(METRICS))
-        self.db.execute(f"CREATE TEMP TABLE staged_rows (client_id BIGINT, stat_date TEXT, {values}, v{len(METRICS)} TEXT, "
-                        "PRIMARY KEY (client_id, stat_date))")
-        self.db.execute("CREATE TEMP TABLE staged_rejects (client_id BIGINT, stat_date TEXT, reason TEXT, payload TEXT, seq BIGSERIAL)")
+        self.db.execute("CREATE TEMP TABLE staged (client_id BIGINT, answer BYTEA, seq BIGSERIAL)")
+        self.db.execute("CREATE INDEX staged_client ON staged (client_id)")
 
 
 class PostgresReplica(OpenReplica):
