@@ -183,10 +183,12 @@ def test_freshness_boundary_is_exactly_stale_after_hours(cli, tmp_path, demo, db
     synced(cli)
     (finished,) = query_db(db_path, "SELECT finished_at FROM sync_runs WHERE command = 'sync'")[0]
     finished_at = datetime.fromisoformat(finished)
-    # Each client's confirmation counts too (stale_clients): the oldest one is the boundary.
+    # Each client's confirmation counts too (stale_clients): the oldest of them and the run's end is
+    # the boundary (whole seconds: the run's end may read a second before its last client's).
     ((oldest,),) = query_db(db_path, "SELECT MIN(last_synced_at) FROM clients")
+    boundary = min(datetime.fromisoformat(oldest), finished_at)
 
-    with freeze_time(datetime.fromisoformat(oldest) + timedelta(hours=26)):
+    with freeze_time(boundary + timedelta(hours=26)):
         at_limit = cli("status", "--check")
         assert status_json(cli)["freshness"] == "fresh"
     with freeze_time(finished_at + timedelta(hours=26, seconds=1)):
