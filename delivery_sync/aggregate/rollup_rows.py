@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..dialect import SQLITE, Dialect
 from ..metrics import METRICS
-from .sql import ADDED, CLIENT_COLUMNS, RATIOS, STORED, period_bounds, with_ratios
+from .sql import ADDED, RATIOS, STORED, period_bounds, with_ratios
 
 
 def insert_rows(db, table: str, key: str, sums_sql: str, params: dict, replace: bool = False) -> None:
@@ -17,7 +17,7 @@ def insert_rows(db, table: str, key: str, sums_sql: str, params: dict, replace: 
     `table`, with their ratios and `params["computed_at"]` (`replace`, SQLite only: in place of
     those with the same key)."""
     columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
-    names = ", ".join(["period", "period_start", "period_end", key, *CLIENT_COLUMNS[1:], *RATIOS, "computed_at"])
+    names = ", ".join([*columns, *RATIOS, "computed_at"])
     db.execute(
         f"INSERT {'OR REPLACE ' if replace else ''}INTO {table}({names}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, "
         f"CAST(:computed_at AS TEXT) FROM ({with_ratios(sums_sql, columns)}) AS r",
