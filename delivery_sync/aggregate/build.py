@@ -16,7 +16,7 @@ from ..days import month_end
 from ..errors import NoReplica
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import edge_spans, piece_row, piece_span
+from .pieces import calendar, edge_spans, piece_row, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
     ADDED,
@@ -258,14 +258,8 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     all_days = _all_days_meanwhile(database)
     # Two subqueries: SQLite reads one end of the date index for a lone MIN or MAX, not for both.
     first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
-    calendar_rows, month_rows = [], []
-    if first is not None:
-        day, end = piece_span(date.fromisoformat(first))[0], date.fromisoformat(last)
-        while day <= end:
-            calendar_rows.append(piece_row(day))
-            if day.day == 1 or not month_rows:
-                month_rows.append((day.isoformat()[:7],))
-            day = piece_span(day)[1] + timedelta(days=1)
+    calendar_rows = calendar(date.fromisoformat(first), date.fromisoformat(last)) if first is not None else []
+    month_rows = [(month,) for month in dict.fromkeys(row[3] for row in calendar_rows)]
     _temp(db, "agg_calendar", "piece TEXT PRIMARY KEY, piece_end, week, month", calendar_rows)
     _temp(db, "agg_month_list", "month TEXT PRIMARY KEY", month_rows)
     clients = "SELECT id AS client_id FROM clients"

@@ -20,6 +20,15 @@ def piece_row(first: date) -> tuple[str, str, str, str]:
     return first.isoformat(), last.isoformat(), week_start(first).isoformat(), first.isoformat()[:7]
 
 
+def calendar(first: date, last: date) -> list[tuple[str, str, str, str]]:
+    """`piece_row` of every piece from the one holding `first` to the one holding `last`, in order."""
+    rows, day = [], piece_span(first)[0]
+    while day <= last:
+        rows.append(piece_row(day))
+        day = piece_span(day)[1] + timedelta(days=1)
+    return rows
+
+
 def cover(start: date, end: date) -> tuple[list, list, list]:
     """[start, end] as disjoint spans of whole months, of whole pieces and of single days."""
     first_full = start if start.day == 1 else next_month(start)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .pieces import edge_spans
+from .pieces import calendar, edge_spans, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import (
     CLIENT_SUMS,
@@ -112,18 +112,33 @@ def _build_parts(db, as_of: date, run_id: int) -> None:
     """The partial sums the reports read any window from, in whole cents as SQLite keeps them
     (see aggregate/sql.py), the clients with data at the edges of the rolling periods, and the
     run that built them, into the emptied tables."""
-    # A piece is the part of a Monday-started week inside one month (aggregate/pieces.py).
-    week, month = "CAST(date_trunc('week', stat_date) AS DATE)", "CAST(date_trunc('month', stat_date) AS DATE)"
+    # The pieces come from aggregate/pieces.py, as SQLite's do, not from a second definition in
+    # SQL: each row finds its piece in an array of every day's piece, then the few pieces are
+    # joined to their calendar (faster than date_trunc per row or a join per row).
+    first, last = db.execute("SELECT MIN(stat_date), MAX(stat_date) FROM client_stats").fetchone()
+    if first is None:  # no rows: no partial sums, but the run and its (empty) edges still say they are current
+        _build_edges(db, as_of, run_id)
+        return
+    first, last = date.fromisoformat(first), date.fromisoformat(last)
+    db.execute("CREATE TEMP TABLE agg_calendar(piece DATE PRIMARY KEY, piece_end DATE, week DATE, month TEXT) ON COMMIT DROP")
+    db.executemany("INSERT INTO agg_calendar VALUES (?, ?, ?, ?)", calendar(first, last))
+    day_pieces = [piece_span(first + timedelta(days=i))[0] for i in range((last - first).days + 1)]
     db.execute(
-        "INSERT INTO agg_client_pieces SELECT client_id, GREATEST(w, m), LEAST(w + 6, CAST(m + INTERVAL '1 month' - INTERVAL '1 day' AS DATE)), "
-        f"w, to_char(m, 'YYYY-MM'), COUNT(*), {cents_of('s')} "
-        f"FROM (SELECT *, {week} AS w, {month} AS m FROM client_stats) AS s GROUP BY client_id, w, m ORDER BY 2, 1"
+        f"INSERT INTO agg_client_pieces SELECT g.client_id, c.piece, c.piece_end, c.week, c.month, g.days, {', '.join(f'g.{m}' for m in METRICS)} "
+        f"FROM (SELECT s.client_id, (CAST(:pieces AS DATE[]))[s.stat_date - CAST(:first AS DATE) + 1] AS piece, COUNT(*) AS days, {cents_of('s')} "
+        "FROM client_stats AS s GROUP BY 2, 1) AS g JOIN agg_calendar AS c ON c.piece = g.piece ORDER BY c.piece, g.client_id",
+        {"pieces": day_pieces, "first": first},
     )
     # Each in key order: a window reads every client's row of one piece or month, then from a
     # few pages instead of one page a client (4x faster at 10,000 clients).
     db.execute(f"INSERT INTO agg_client_months SELECT client_id, month, SUM(days_with_data), {', '.join(f'SUM({m})' for m in METRICS)} "
                "FROM agg_client_pieces GROUP BY client_id, month ORDER BY month, client_id")
     db.execute(f"INSERT INTO agg_days SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY stat_date")
+    _build_edges(db, as_of, run_id)
+
+
+def _build_edges(db, as_of: date, run_id: int) -> None:
+    """The clients with data at the edges of the rolling periods, and the run that built the parts."""
     for a, b in edge_spans(as_of):
         db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {clients_with_data(':a', ':b')})", {"a": a, "b": b})
     db.execute("INSERT INTO agg_parts_run (run_id) VALUES (:run_id)", {"run_id": run_id})
