@@ -71,10 +71,11 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def in_process(path, runs: int) -> list[tuple[str, float, float, bool]]:
-    """(label, median ms, target ms, analyst) for each report and window; `analyst` marks the
-    comparisons, rankings, movers, charts and splits, whose stored-period target at scale is 20 ms."""
-    today = datetime.now(DEMO_TZ).date()
+def in_process(path, runs: int, today: date | None = None) -> list[tuple[str, float, float, bool]]:
+    """(label, median ms, target ms, analyst) for each report and window, the windows ending
+    `today` (default: today in Bali); `analyst` marks the comparisons, rankings, movers, charts
+    and splits, whose stored-period target at scale is 20 ms."""
+    today = today or datetime.now(DEMO_TZ).date()
     conn = readonly.open_reader(path)
     windows = [(f"--days {n}", Window(today - timedelta(days=n - 1), today), 10) for n in (7, 30, 90, 365)]
     first_of_month = today.replace(day=1)
