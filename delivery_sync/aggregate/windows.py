@@ -92,10 +92,10 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     Only the metrics `metric` and `extra` need are summed (a ratio's numerator and denominator),
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
-    the full sums. A ratio's inputs are among the columns too.
+    the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
-    inputs = [m for m in METRICS if m in needed | set(extra)]
+    inputs = [m for m in SUMMED if m in needed | set(extra)]
     sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
