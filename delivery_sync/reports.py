@@ -115,9 +115,12 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     if plan.current and plan.period is None:
         # Summing every column of every client costs 3-4x ranking by the one metric: rank first,
         # then sum the rest for the `limit` clients ranked (same order, same numbers).
-        sql, params = window_ranking(window.start, window.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only,
-                                     dialect=dialect_of(conn))
-        clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
+        span = _with_data(conn, window)
+        clients = []
+        if span is not None:
+            sql, params = window_ranking(span.start, span.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only,
+                                         dialect=dialect_of(conn))
+            clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
     rows = _client_rows(conn, plan, order, {"limit": limit}, clients, conditions, show_active) if clients != [] else []
     who = ["client_id", "name", *(["active"] if show_active else [])]
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
@@ -517,16 +520,19 @@ def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
     """The window less the days before the replica's first day of data and after its last (None
     when nothing is left): they add nothing to any sum, yet each span of months, pieces or days
     costs a probe per client, and a year-earlier base on a year of history is mostly such days.
-    Each cut falls on that day or on its month's edge, whichever reads fewer rows per client."""
+    Any day at or before the first day of data (at or after the last) sums the same: each cut
+    falls on that day, or on its piece's or month's edge beyond it, whichever reads fewer rows
+    per client. A window ending on the last day thus reads its month as one stored row, not
+    its days so far one by one."""
     first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     if first is None:
         return None
     first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
     if window.start > last or window.end < first:
         return None
-    starts = [max(window.start, first.replace(day=1)), max(window.start, first)]
-    ends = [min(window.end, month_end(last)), min(window.end, last)]
-    return min((Window(a, b) for a in starts for b in ends), key=_rows_per_client)
+    starts = {max(window.start, first), *((first.replace(day=1), piece_span(first)[0]) if window.start <= first else ())}
+    ends = {min(window.end, last), *((month_end(last), piece_span(last)[1]) if window.end >= last else ())}
+    return min((Window(a, b) for a, b in sorted((a, b) for a in starts for b in ends)), key=_rows_per_client)
 
 
 def _rows_per_client(window: Window) -> int:
