@@ -405,6 +405,20 @@ def test_movers_last_day_of_clients_with_gaps_and_active_only(gaps, name):
     assert {(r["client_id"], r["last_day"], r["total_sales"], r["total_sales_base"]) for r in active.rows} == figures
 
 
+@pytest.mark.parametrize("days", [3, 5, 12])
+def test_clients_with_data_of_any_window_counts_the_clients_with_a_row_in_it(one_lagging, days):
+    # Client 6 has no row after TODAY - 4: the last 3 days lack it, the last 5 and 12 do not.
+    window = Window(TODAY - timedelta(days=days - 1), TODAY)
+    stored = load_rows(one_lagging)
+    expected = len({r["client_id"] for r in stored if window.start.isoformat() <= r["stat_date"] <= window.end.isoformat()})
+    connection = readonly.open_readonly(one_lagging)
+    try:
+        row = reports.totals(connection, window).rows[0]
+    finally:
+        connection.close()
+    assert row["clients_with_data"] == expected == (7 if days == 3 else 8)
+
+
 def test_movers_refuse_bad_input(conn):
     for kwargs, message in (({"by": "revenue"}, "unknown metric"), ({"limit": 0}, "--limit must be at least 1"),
                             ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'")):

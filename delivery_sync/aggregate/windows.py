@@ -130,9 +130,11 @@ def clients_with_data(start: str, end: str) -> str:
 
 
 # All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
-# numbers (no row when the window is empty).
+# numbers (no row when the window is empty). A day on which every listed client has data means
+# all of them have data in the window: then no client's index is probed (15-20 ms at 10,000).
 OVERALL_DAY_SUMS = f"""
-SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
+SELECT CASE WHEN MAX(clients_with_data) = (SELECT COUNT(*) FROM clients) THEN MAX(clients_with_data)
+            ELSE {clients_with_data(":start", ":end")} END AS clients_with_data,
        COUNT(*) AS days_with_data,
        {", ".join(f"{rupiah(f'SUM({m})')} AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
 FROM agg_days
