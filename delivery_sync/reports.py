@@ -707,18 +707,20 @@ def _edge_period_sums(by: str, dialect: Dialect) -> str:
 
     Sums come from `overall_daily` (exact cents, so equal to summing the raw rows).
     Clients with data are read from EDGE_CLIENTS, which holds the edges of the stored
-    rolling periods; any other edge probes the (client_id, stat_date) index once per
+    rolling periods; on an edge with a day on which every listed client has data, they are
+    all the listed clients; any other edge probes the (client_id, stat_date) index once per
     client, far cheaper than reading every client-day of the edges.
     """
     key, first, last = period_bounds(by, day="period", dialect=dialect)
     stored = f"SELECT e.clients_with_data FROM {EDGE_CLIENTS} e WHERE e.period_start = x.period_start AND e.period_end = x.period_end"
+    every = "CASE WHEN most_in_a_day = (SELECT COUNT(*) FROM clients) THEN most_in_a_day END"
     return f"""
 SELECT period, period_start, period_end,
-       COALESCE(({stored}), {clients_with_data("period_start", "period_end")}) AS clients_with_data,
+       COALESCE(({stored}), {every}, {clients_with_data("period_start", "period_end")}) AS clients_with_data,
        days_with_data, {_METRIC_LIST}
 FROM (SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
-             CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, {_METRIC_LIST}
-      FROM (SELECT {key} AS period, COUNT(*) AS days_with_data,
+             CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, most_in_a_day, {_METRIC_LIST}
+      FROM (SELECT {key} AS period, COUNT(*) AS days_with_data, MAX(clients_with_data) AS most_in_a_day,
                    {SUMS}
             FROM overall_daily
             WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end

@@ -419,6 +419,24 @@ def test_clients_with_data_of_any_window_counts_the_clients_with_a_row_in_it(one
     assert row["clients_with_data"] == expected == (7 if days == 3 else 8)
 
 
+@pytest.mark.parametrize("by", ["week", "month"])
+def test_clients_with_data_of_the_edge_periods_of_totals_by_period(one_lagging, by):
+    # Every client has data on some day of the head edge; the tail week lacks client 6 (no row after
+    # TODAY - 4), the tail month does not.
+    window = Window(date(2026, 1, 28), TODAY)
+    stored = load_rows(one_lagging)
+    connection = readonly.open_readonly(one_lagging)
+    try:
+        rows = reports.totals(connection, window, by).rows
+    finally:
+        connection.close()
+    counts = [(r["period_start"], r["period_end"], r["clients_with_data"]) for r in rows]
+    assert counts == [(r["period_start"], r["period_end"], expected_overall(stored, date.fromisoformat(r["period_start"]),
+                                                                          date.fromisoformat(r["period_end"]))["clients_with_data"])
+                      for r in rows]
+    assert (counts[0][0], counts[0][2]) == ("2026-01-28", 8) and (counts[-1][1], counts[-1][2]) == (TODAY.isoformat(), 7 if by == "week" else 8)
+
+
 def test_movers_refuse_bad_input(conn):
     for kwargs, message in (({"by": "revenue"}, "unknown metric"), ({"limit": 0}, "--limit must be at least 1"),
                             ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'")):
