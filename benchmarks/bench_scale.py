@@ -23,7 +23,8 @@ incremental <= 10 s at 10,000 with the batch endpoint; reports at 10,000: stored
 `--clients 10000` runs in under 20 minutes.
 
 `--keep FOLDER` leaves the replica and its config there; `--retime FOLDER` then times every report
-again on that replica (step 4 alone, no sync), e.g. before and after a change to a report.
+again on that replica (step 4 alone, no sync), e.g. before and after a change to a report, its
+windows ending on the day its rollups were built to.
 
 With --postgres URL (a server whose role may create databases) the replica is a new database
 there instead of a SQLite file; the same steps and reports are timed (no WAL to watch).
@@ -49,6 +50,7 @@ from _installed import compile_package  # noqa: E402  (sibling scripts, not a pa
 from bench_query import in_process  # noqa: E402
 
 from delivery_sync import readonly  # noqa: E402
+from delivery_sync.aggregate.current import rollups_as_of  # noqa: E402
 from delivery_sync.config import PostgresURL, SourceSettings, load_settings  # noqa: E402
 
 BENCH_SYNC = str(Path(__file__).parent / "bench_sync.py")  # its floor, run as a process
@@ -115,9 +117,12 @@ def main() -> None:
         replica = load_settings(args.retime / "config.toml").database
         conn = readonly.open_reader(replica)
         rows, clients = conn.execute("SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats").fetchone()
+        # "Today" is the day the rollups were built to: a replica kept past midnight in Bali
+        # would otherwise time its stored periods as any other window.
+        as_of = rollups_as_of(conn)
         conn.close()
-        print(f"{replica}: {rows} rows of {clients} clients; load average {os.getloadavg()[0]:.2f}")
-        print_reports(in_process(replica, args.runs), args.runs)
+        print(f"{replica}: {rows} rows of {clients} clients, windows ending {as_of or 'today'}; load average {os.getloadavg()[0]:.2f}")
+        print_reports(in_process(replica, args.runs, as_of), args.runs)
         return
 
     port = free_port()

@@ -115,9 +115,12 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     if plan.current and plan.period is None:
         # Summing every column of every client costs 3-4x ranking by the one metric: rank first,
         # then sum the rest for the `limit` clients ranked (same order, same numbers).
-        sql, params = window_ranking(window.start, window.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only,
-                                     dialect=dialect_of(conn))
-        clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
+        span = _with_data(conn, window)
+        clients = []
+        if span is not None:
+            sql, params = window_ranking(span.start, span.end, by, ascending=ascending, min_orders=min_orders, active_only=active_only,
+                                         dialect=dialect_of(conn))
+            clients = [row[0] for row in conn.execute(sql, {**params, "limit": limit})]
     rows = _client_rows(conn, plan, order, {"limit": limit}, clients, conditions, show_active) if clients != [] else []
     who = ["client_id", "name", *(["active"] if show_active else [])]
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
@@ -419,17 +422,18 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
     base = base_window(window, compare)
-    current, before = _values(conn, window, by), _values(conn, base, by)
+    current, before = _values(conn, window, by, days=True), _values(conn, base, by)
+    # Rows exist only for listed clients, so every client with a value is in `clients`.
+    inactive = {c for (c,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0")} if active_only else set()
+    candidates = (current.keys() | before.keys()) - inactive
+    end, days, missing = window.end.isoformat(), window.days, (None, 0)
+    last_days = _last_days(conn, window, [c for c in candidates if current.get(c, missing)[1] < days])
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
     found = []
-    for client_id, name, active, last_day in conn.execute(
-        "SELECT c.id, c.name, c.active, (SELECT MAX(s.stat_date) FROM client_stats s "
-        "WHERE s.client_id = c.id AND s.stat_date <= :end) FROM clients c ORDER BY c.id", {"end": window.end.isoformat()}
-    ):
-        now, then = current.get(client_id), before.get(client_id)
-        if (now is not None or then is not None) and (active or not active_only):
-            found.append(_Move(client_id, name, active, int(last_day is None or last_day < cutoff), last_day, now, then,
-                               *change(by, now, then)))
+    for client_id in candidates:
+        now, then = current.get(client_id, missing)[0], before.get(client_id)
+        last_day = last_days.get(client_id, end)
+        found.append(_Move(client_id, int(last_day is None or last_day < cutoff), last_day, now, then, *change(by, now, then)))
     by_pct = rank == "pct"
     ranked = [m for m in found if (m.pct if by_pct else m.diff) is not None and not m.lagging
               and (min_base is None or m.base >= min_base)]
@@ -446,7 +450,10 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     }
     bounds = {"period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
               "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
-    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, "name": m.name, "active": m.active,
+    shown_ids = sorted({m.client_id for chosen in sections.values() for m in chosen})
+    listed = {c: (name, active) for c, name, active in
+              conn.execute(f"SELECT id, name, active FROM clients WHERE id IN ({id_list(shown_ids)})")} if shown_ids else {}
+    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, "name": listed[m.client_id][0], "active": listed[m.client_id][1],
              "lagging": m.lagging, "last_day": m.last_day, **bounds,
              by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
             for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]
@@ -463,8 +470,6 @@ class _Move(NamedTuple):
     """One client's figure in both windows of `movers`."""
 
     client_id: int
-    name: str | None
-    active: int | None
     lagging: int
     last_day: str | None
     now: float | int | None
@@ -478,36 +483,56 @@ MOVERS_COLUMNS = ["direction", "rank", "client_id", "name", "active", "lagging",
                   "base_period_start", "base_period_end"]
 
 
-def _values(conn: sqlite3.Connection, window: Window, by: str) -> dict[int, float | int | None]:
-    """Every client's `by` over the window (a sum or a ratio), read the fastest way `_plan` allows."""
+def _values(conn: sqlite3.Connection, window: Window, by: str, days: bool = False) -> dict:
+    """Every client's `by` over the window (a sum or a ratio), read the fastest way `_plan` allows;
+    with `days`, each client's (`by`, days_with_data)."""
     plan = _plan(conn, window)
+    columns = f"client_id, {by}, days_with_data" if days else f"client_id, {by}"
     if plan.period:
-        sql, params = f"SELECT client_id, {by} FROM client_aggregates WHERE period = :period", plan.params()
+        sql, params = f"SELECT {columns} FROM client_aggregates WHERE period = :period", plan.params()
     elif plan.current:
         span = _with_data(conn, window)
         if span is None:
             return {}
-        sql, params = window_values(span.start, span.end, by, dialect=dialect_of(conn))
-        sql = f"SELECT client_id, {by} FROM ({sql}) AS sums"
+        sql, params = window_values(span.start, span.end, by, ("days_with_data",) if days else (), dialect=dialect_of(conn))
+        sql = f"SELECT {columns} FROM ({sql}) AS sums"
     else:
-        sql, params = f"SELECT client_id, {by} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
+        sql, params = f"SELECT {columns} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
+    if days:
+        return {client_id: (value, count) for client_id, value, count in conn.execute(sql, params)}
     return dict(conn.execute(sql, params).fetchall())
+
+
+def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str | None]:
+    """The last day with data up to the window's end of each of `clients` (None: no day at all).
+
+    Movers probe only the clients without data on every day of the window: the others' last day
+    is the window's end, and probing all 10,000 clients' index costs more than reading their sums.
+    """
+    if not clients:
+        return {}
+    return dict(conn.execute(
+        "SELECT c.id, (SELECT MAX(s.stat_date) FROM client_stats s WHERE s.client_id = c.id AND s.stat_date <= :end) "
+        f"FROM clients c WHERE c.id IN ({id_list(clients)})", {"end": window.end.isoformat()}))
 
 
 def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
     """The window less the days before the replica's first day of data and after its last (None
     when nothing is left): they add nothing to any sum, yet each span of months, pieces or days
     costs a probe per client, and a year-earlier base on a year of history is mostly such days.
-    Each cut falls on that day or on its month's edge, whichever reads fewer rows per client."""
+    Any day at or before the first day of data (at or after the last) sums the same: each cut
+    falls on that day, or on its piece's or month's edge beyond it, whichever reads fewer rows
+    per client. A window ending on the last day thus reads its month as one stored row, not
+    its days so far one by one."""
     first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     if first is None:
         return None
     first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
     if window.start > last or window.end < first:
         return None
-    starts = [max(window.start, first.replace(day=1)), max(window.start, first)]
-    ends = [min(window.end, month_end(last)), min(window.end, last)]
-    return min((Window(a, b) for a in starts for b in ends), key=_rows_per_client)
+    starts = {max(window.start, first), *((first.replace(day=1), piece_span(first)[0]) if window.start <= first else ())}
+    ends = {min(window.end, last), *((month_end(last), piece_span(last)[1]) if window.end >= last else ())}
+    return min((Window(a, b) for a, b in sorted((a, b) for a in starts for b in ends)), key=_rows_per_client)
 
 
 def _rows_per_client(window: Window) -> int:
@@ -682,18 +707,20 @@ def _edge_period_sums(by: str, dialect: Dialect) -> str:
 
     Sums come from `overall_daily` (exact cents, so equal to summing the raw rows).
     Clients with data are read from EDGE_CLIENTS, which holds the edges of the stored
-    rolling periods; any other edge probes the (client_id, stat_date) index once per
+    rolling periods; on an edge with a day on which every listed client has data, they are
+    all the listed clients; any other edge probes the (client_id, stat_date) index once per
     client, far cheaper than reading every client-day of the edges.
     """
     key, first, last = period_bounds(by, day="period", dialect=dialect)
     stored = f"SELECT e.clients_with_data FROM {EDGE_CLIENTS} e WHERE e.period_start = x.period_start AND e.period_end = x.period_end"
+    every = "CASE WHEN most_in_a_day = (SELECT COUNT(*) FROM clients) THEN most_in_a_day END"
     return f"""
 SELECT period, period_start, period_end,
-       COALESCE(({stored}), {clients_with_data("period_start", "period_end")}) AS clients_with_data,
+       COALESCE(({stored}), {every}, {clients_with_data("period_start", "period_end")}) AS clients_with_data,
        days_with_data, {_METRIC_LIST}
 FROM (SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
-             CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, {_METRIC_LIST}
-      FROM (SELECT {key} AS period, COUNT(*) AS days_with_data,
+             CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, most_in_a_day, {_METRIC_LIST}
+      FROM (SELECT {key} AS period, COUNT(*) AS days_with_data, MAX(clients_with_data) AS most_in_a_day,
                    {SUMS}
             FROM overall_daily
             WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end

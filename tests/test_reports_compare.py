@@ -367,6 +367,76 @@ def test_a_client_that_stopped_sending_data_is_flagged_not_ranked_as_a_fall(one_
     assert all(not r["lagging"] for r in report.rows if r["direction"] != "lagging")
 
 
+@pytest.fixture(scope="module")
+def gaps(replica, tmp_path_factory) -> Path:
+    """A copy where client 4 misses the day before TODAY, client 5 TODAY itself (neither lagging),
+    and client 2 is no longer active; rollups rebuilt."""
+    copy = tmp_path_factory.mktemp("gaps") / "replica.db"
+    shutil.copy(replica, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM client_stats WHERE client_id = 4 AND stat_date = ?", [(TODAY - timedelta(days=1)).isoformat()])
+        conn.execute("DELETE FROM client_stats WHERE client_id = 5 AND stat_date = ?", [TODAY.isoformat()])
+        conn.execute("UPDATE clients SET active = 0 WHERE id = 2")
+    with freeze_time(NOW):
+        assert run_aggregate(copy, TODAY).status == "ok"
+    return copy
+
+
+@pytest.mark.parametrize("name", ["last_7d", "across_months"])
+def test_movers_last_day_of_clients_with_gaps_and_active_only(gaps, name):
+    window = WINDOWS[name]
+    stored = load_rows(gaps)
+    last = {c: max(r["stat_date"] for r in stored if r["client_id"] == c and r["stat_date"] <= window.end.isoformat())
+            for c in {r["client_id"] for r in stored}}
+    connection = readonly.open_readonly(gaps)
+    try:
+        every = reports.movers(connection, window, limit=100, rank="change")
+        active = reports.movers(connection, window, limit=100, rank="change", active_only=True)
+    finally:
+        connection.close()
+    assert (last[4], last[5]) == ((window.end.isoformat(),) * 2 if name == "across_months" else
+                                  (TODAY.isoformat(), (TODAY - timedelta(days=1)).isoformat()))
+    for row in every.rows:
+        assert (row["last_day"], row["lagging"]) == (last[row["client_id"]], 0)
+        assert row["active"] == (0 if row["client_id"] == 2 else 1)
+    assert 2 in {r["client_id"] for r in every.rows} and {4, 5} <= {r["client_id"] for r in every.rows}
+    assert {r["client_id"] for r in active.rows} == {r["client_id"] for r in every.rows} - {2}
+    figures = {(r["client_id"], r["last_day"], r["total_sales"], r["total_sales_base"]) for r in every.rows if r["client_id"] != 2}
+    assert {(r["client_id"], r["last_day"], r["total_sales"], r["total_sales_base"]) for r in active.rows} == figures
+
+
+@pytest.mark.parametrize("days", [3, 5, 12])
+def test_clients_with_data_of_any_window_counts_the_clients_with_a_row_in_it(one_lagging, days):
+    # Client 6 has no row after TODAY - 4: the last 3 days lack it, the last 5 and 12 do not.
+    window = Window(TODAY - timedelta(days=days - 1), TODAY)
+    stored = load_rows(one_lagging)
+    expected = len({r["client_id"] for r in stored if window.start.isoformat() <= r["stat_date"] <= window.end.isoformat()})
+    connection = readonly.open_readonly(one_lagging)
+    try:
+        row = reports.totals(connection, window).rows[0]
+    finally:
+        connection.close()
+    assert row["clients_with_data"] == expected == (7 if days == 3 else 8)
+
+
+@pytest.mark.parametrize("by", ["week", "month"])
+def test_clients_with_data_of_the_edge_periods_of_totals_by_period(one_lagging, by):
+    # Every client has data on some day of the head edge; the tail week lacks client 6 (no row after
+    # TODAY - 4), the tail month does not.
+    window = Window(date(2026, 1, 28), TODAY)
+    stored = load_rows(one_lagging)
+    connection = readonly.open_readonly(one_lagging)
+    try:
+        rows = reports.totals(connection, window, by).rows
+    finally:
+        connection.close()
+    counts = [(r["period_start"], r["period_end"], r["clients_with_data"]) for r in rows]
+    assert counts == [(r["period_start"], r["period_end"], expected_overall(stored, date.fromisoformat(r["period_start"]),
+                                                                          date.fromisoformat(r["period_end"]))["clients_with_data"])
+                      for r in rows]
+    assert (counts[0][0], counts[0][2]) == ("2026-01-28", 8) and (counts[-1][1], counts[-1][2]) == (TODAY.isoformat(), 7 if by == "week" else 8)
+
+
 def test_movers_refuse_bad_input(conn):
     for kwargs, message in (({"by": "revenue"}, "unknown metric"), ({"limit": 0}, "--limit must be at least 1"),
                             ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'")):

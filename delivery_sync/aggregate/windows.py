@@ -92,10 +92,10 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     Only the metrics `metric` and `extra` need are summed (a ratio's numerator and denominator),
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
-    the full sums. A ratio's inputs are among the columns too.
+    the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
-    inputs = [m for m in METRICS if m in needed | set(extra)]
+    inputs = [m for m in SUMMED if m in needed | set(extra)]
     sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
@@ -130,9 +130,11 @@ def clients_with_data(start: str, end: str) -> str:
 
 
 # All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
-# numbers (no row when the window is empty).
+# numbers (no row when the window is empty). A day on which every listed client has data means
+# all of them have data in the window: then no client's index is probed (15-20 ms at 10,000).
 OVERALL_DAY_SUMS = f"""
-SELECT {clients_with_data(":start", ":end")} AS clients_with_data,
+SELECT CASE WHEN MAX(clients_with_data) = (SELECT COUNT(*) FROM clients) THEN MAX(clients_with_data)
+            ELSE {clients_with_data(":start", ":end")} END AS clients_with_data,
        COUNT(*) AS days_with_data,
        {", ".join(f"{rupiah(f'SUM({m})')} AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
 FROM agg_days
