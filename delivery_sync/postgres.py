@@ -124,6 +124,16 @@ class Connection:
         with self.conn.cursor() as cursor:
             cursor.executemany(translate(statement), rows)
 
+    def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert `rows` (values of `columns`) into `table` by one COPY: psycopg parses again, on
+        every execute, a statement of more than 50 parameters, which made a multi-row INSERT of a
+        client's year cost about 3 times its server time in this process."""
+        if not rows:
+            return
+        with self.conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     @property
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
