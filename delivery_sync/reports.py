@@ -789,7 +789,9 @@ def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _P
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: dict) -> list[dict]:
-    return [dict(row) for row in conn.execute(sql, params)]
+    cursor = conn.execute(sql, params)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor]
 
 
 def _empty(columns: list[str], window: Window, **known) -> dict:
