@@ -44,9 +44,7 @@ def baseline_write(db, run_id: int, client_id: int, window: tuple[date, date], p
                 inserts.append((client_id, key, *values, now, now, now))
             elif previous != values:
                 updates.append((*values, now, now, client_id, key))
-        for first in range(0, len(inserts), upsert.INSERT_ROWS):  # as the product inserts
-            chunk = inserts[first:first + upsert.INSERT_ROWS]
-            db.conn.execute(upsert._insert(len(chunk)), [value for row in chunk for value in row])
+        db.insert_rows("client_stats", upsert._INSERT_COLUMNS, inserts)  # as the product inserts
         if updates:
             db.conn.executemany(upsert._UPDATE, updates)
         db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])

@@ -88,12 +88,26 @@ def _value(value):
     return value
 
 
+# Result types (by oid) whose values psycopg already gives as the SQLite replica does: bool, bytea,
+# name, int8, int2, int4, text, json, float4, float8, varchar, jsonb. Only other columns (dates,
+# numeric sums, anything unknown) go through `_value`: per value, it cost as much as the query
+# itself on a report of a few hundred rows.
+_AS_IS = frozenset({16, 17, 19, 20, 21, 23, 25, 114, 700, 701, 1043, 3802})
+
+
 def _rows(cursor):
-    names = tuple(c.name for c in cursor.description or ())
+    columns = cursor.description or ()
+    names = tuple(c.name for c in columns)
     shape = type("Row", (Row,), {"__slots__": (), "_names": names})
+    converted = [i for i, c in enumerate(columns) if c.type_code not in _AS_IS]
+    if not converted:
+        return shape
 
     def make(values) -> Row:
-        return shape(_value(v) for v in values)
+        values = list(values)
+        for i in converted:
+            values[i] = _value(values[i])
+        return shape(values)
 
     return make
 
@@ -123,6 +137,16 @@ class Connection:
         """Run one statement for every parameter row."""
         with self.conn.cursor() as cursor:
             cursor.executemany(translate(statement), rows)
+
+    def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert `rows` (values of `columns`) into `table` by one COPY: psycopg parses again, on
+        every execute, a statement of more than 50 parameters, which made a multi-row INSERT of a
+        client's year cost about 3 times its server time in this process."""
+        if not rows:
+            return
+        with self.conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     @property
     def in_transaction(self) -> bool:

@@ -71,9 +71,9 @@ def test_a_kill_during_a_grouped_transaction_leaves_every_client_old_or_new(cli,
 
 
 def test_new_rows_beyond_one_insert_statement_are_all_written(cli, config, db_path, demo, monkeypatch):
-    from delivery_sync.replica import upsert
+    from delivery_sync.replica import schema
 
-    monkeypatch.setattr(upsert, "INSERT_ROWS", 7)  # 20 days a client: statements of 7, 7 and 6 rows
+    monkeypatch.setattr(schema, "INSERT_ROWS", 7)  # 20 days a client: statements of 7, 7 and 6 rows
     assert cli("sync", "--days-back", "20", "--no-aggregate").code == 0
     assert query_db(db_path, "SELECT COUNT(DISTINCT client_id), COUNT(DISTINCT stat_date), COUNT(*) FROM client_stats") == [
         (DEMO_CLIENTS, 20, DEMO_CLIENTS * 20)

@@ -348,3 +348,23 @@ def test_the_sqlite_path_never_imports_the_postgresql_driver(tmp_path):
         assert result.returncode == 0, result.stderr[-500:]
         assert "delivery_sync.cli" in result.stderr  # the import log is there to read
         assert "psycopg" not in result.stderr and "delivery_sync.postgres" not in result.stderr, args
+
+
+def test_rows_come_back_as_sqlite_gives_them(pg_url):
+    # Only columns of types psycopg does not already give as SQLite does are converted: each kind checked.
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    conn = postgres.connect(PostgresURL(pg_url), read_only=True)
+    row = conn.execute(
+        "SELECT CAST('2026-02-28' AS DATE) AS day, CAST('2026-02-28 01:02:03' AS TIMESTAMP) AS at, "
+        "SUM(x) AS total, CAST(2.5 AS NUMERIC) AS half, CAST(7 AS NUMERIC(10, 2)) AS whole, "
+        "CAST(3 AS BIGINT) AS n, CAST(0.1 AS DOUBLE PRECISION) AS f, 'text' AS t, CAST(NULL AS DATE) AS nothing "
+        "FROM (VALUES (CAST(4000000000 AS BIGINT)), (CAST(5000000000 AS BIGINT))) AS v(x)"
+    ).fetchone()
+    plain = conn.execute("SELECT 1 AS one, CAST('a' AS TEXT) AS a").fetchone()
+    conn.close()
+    assert tuple(row) == ("2026-02-28", "2026-02-28T01:02:03", 9000000000, 2.5, 7, 3, 0.1, "text", None)
+    assert [type(v) for v in row[2:6]] == [int, float, int, int]
+    assert dict(row)["total"] == 9000000000 and row["day"] == "2026-02-28"
+    assert tuple(plain) == (1, "a") and dict(plain) == {"one": 1, "a": "a"}

@@ -344,6 +344,36 @@ def test_stored_and_raw_paths_give_identical_rows(replica, raw_only, name):
     assert results[0] == results[1]
 
 
+def test_top_of_a_stored_period_ranks_and_filters_as_the_raw_path(replica, tmp_path):
+    # A stored period is ranked by its one column first, then its rows read: every ranking, filter
+    # and limit must give the raw path's rows, in its order (client 3 made inactive, so it bites).
+    variants = [
+        {"limit": 3},
+        {"by": "ads_roas", "ascending": True, "limit": 4},
+        {"by": "grab_orders", "min_orders": 50, "limit": 5},
+        {"active_only": True, "show_active": True, "limit": 100},
+        {"by": "total_orders", "ascending": True, "active_only": True, "min_orders": 1, "limit": 2},
+    ]
+    results = []
+    (tmp_path / "stored").mkdir()
+    (tmp_path / "raw").mkdir()
+    with replica_copy(replica, tmp_path / "stored") as stored, replica_copy(replica, tmp_path / "raw") as raw:
+        running = "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T04:00:00+00:00')"
+        execute_db(raw, running)
+        for path in (stored, raw):
+            execute_db(path, "UPDATE clients SET active = 0 WHERE id = 3")
+            connection = store_of(path).open_reader()
+            with readonly.snapshot(connection):
+                results.append([reports.top(connection, WINDOWS[name], **kwargs).rows
+                                for name in ("last_7d", "last_30d", "last_90d") for kwargs in variants])
+            connection.close()
+    assert results[0] == results[1]
+    by_name = dict(zip([(n, i) for n in ("last_7d", "last_30d", "last_90d") for i in range(len(variants))], results[0]))
+    assert [len(by_name["last_30d", i]) for i in range(len(variants))] == [3, 4, 5, CLIENTS - 1, 2]
+    assert 3 not in {row["client_id"] for row in by_name["last_30d", 3]}
+    assert all(row["grab_orders"] >= 0 and row["total_orders"] >= 50 for row in by_name["last_30d", 2])
+
+
 def test_rollups_from_an_older_build_without_daily_tables_are_not_read(replica, raw_only, tmp_path):
     results = []
     with replica_copy(replica, tmp_path) as older:

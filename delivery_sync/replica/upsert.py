@@ -2,7 +2,7 @@
 in its own transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
 
 The same code writes both engines: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL
-`postgres.Connection` (execute, executemany, atomic, in_transaction, encode_change)."""
+`postgres.Connection` (execute, executemany, insert_rows, atomic, in_transaction, encode_change)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ..days import utc_now
@@ -22,19 +21,7 @@ if TYPE_CHECKING:
 
 _COLUMNS = (*METRICS, "extra")
 _SELECT_WINDOW = f"SELECT stat_date, {', '.join(_COLUMNS)} FROM client_stats WHERE client_id = ? AND stat_date BETWEEN ? AND ?"
-_INSERT = f"INSERT INTO client_stats(client_id, stat_date, {', '.join(_COLUMNS)}, synced_at, created_at, updated_at) VALUES "
-_INSERT_ROW = f"(?, ?, {', '.join('?' * len(_COLUMNS))}, ?, ?, ?)"
-# New rows go in statements of this many rows (22 parameters each: within SQLite's 32,766 and
-# PostgreSQL's 65,535). One statement a client rather than one a row: SQLite lets go of the GIL
-# around each statement's step, and every time it takes it back it may wait for a fetch thread's
-# parsing (up to the 5 ms switch interval), which made a row cost 10x its own time.
-INSERT_ROWS = 1000
-
-
-@lru_cache(maxsize=32)
-def _insert(rows: int) -> str:
-    """The INSERT of `rows` new rows."""
-    return _INSERT + ", ".join([_INSERT_ROW] * rows)
+_INSERT_COLUMNS = ("client_id", "stat_date", *_COLUMNS, "synced_at", "created_at", "updated_at")
 
 _UPDATE = (
     f"UPDATE client_stats SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, synced_at = ?, updated_at = ? "
@@ -98,9 +85,7 @@ def write_client_window(
                 )
             else:
                 result.unchanged += 1
-        for first in range(0, len(inserts), INSERT_ROWS):
-            chunk = inserts[first:first + INSERT_ROWS]
-            db.execute(_insert(len(chunk)), [value for row in chunk for value in row])
+        db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
         if updates:
             db.executemany(_UPDATE, updates)
             db.executemany(_LOG_CHANGE, changes)
