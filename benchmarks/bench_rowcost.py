@@ -8,7 +8,7 @@ them, timed alone, in the order a sync runs them:
   or cutting (`SourceClient._decode`); the bare `json.loads` is printed beside it as the floor;
 - parse: `records.parse_batch` (each row validated into the replica's tuple);
 - staging: every tile but a client's last into the staging, and taken back (`Staging.add`/`take`);
-- upsert: each client's whole window into a new replica (`WriteGroup`: savepoint, INSERT, indexes,
+- upsert: each client's whole window into a new replica (`WriteGroup`: INSERT, indexes,
   `last_synced_at`), committed at the group's bounds, with the `ChangedRows` keys;
 - the same upsert on the replica it filled (every row compared, none written).
 

@@ -105,6 +105,7 @@ class Connection:
     """
 
     dialect = POSTGRES
+    insert_new = "INSERT INTO"  # how replica/upsert.py inserts new rows (SQLite's is OR FAIL)
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn

@@ -23,6 +23,11 @@ class ReplicaDatabase(sqlite_utils.Database):
     """A SQLite replica connection with the few methods the engine-neutral write code calls, which
     the PostgreSQL connection (`postgres.Connection`) has too."""
 
+    # How new rows go in (upsert.py). A multi-row INSERT that may ABORT half-way has SQLite copy every
+    # page it changes to a statement journal first, to undo just that statement: two more writes a
+    # row on a first sync. FAIL needs none; a failure rolls back the writer's whole transaction anyway.
+    insert_new = "INSERT OR FAIL INTO"
+
     def executemany(self, statement: str, rows) -> None:
         """Run one statement for every parameter row."""
         self.conn.executemany(statement, rows)

@@ -1,8 +1,8 @@
 """The upsert of one client's window into `client_stats`, all or nothing (docs/reference.md, Tables):
-in its own transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
+in its own transaction, or inside a `WriteGroup` transaction that holds several whole clients.
 
 The same code writes both engines: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL
-`postgres.Connection` (execute, executemany, atomic, in_transaction, encode_change)."""
+`postgres.Connection` (execute, executemany, atomic, in_transaction, encode_change, insert_new)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from ..days import utc_now
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 _COLUMNS = (*METRICS, "extra")
 _SELECT_WINDOW = f"SELECT stat_date, {', '.join(_COLUMNS)} FROM client_stats WHERE client_id = ? AND stat_date BETWEEN ? AND ?"
-_INSERT = f"INSERT INTO client_stats(client_id, stat_date, {', '.join(_COLUMNS)}, synced_at, created_at, updated_at) VALUES "
+_INSERT = f" client_stats(client_id, stat_date, {', '.join(_COLUMNS)}, synced_at, created_at, updated_at) VALUES "
 _INSERT_ROW = f"(?, ?, {', '.join('?' * len(_COLUMNS))}, ?, ?, ?)"
 # New rows go in statements of this many rows (22 parameters each: within SQLite's 32,766 and
 # PostgreSQL's 65,535). One statement a client rather than one a row: SQLite lets go of the GIL
@@ -32,9 +33,9 @@ INSERT_ROWS = 1000
 
 
 @lru_cache(maxsize=32)
-def _insert(rows: int) -> str:
-    """The INSERT of `rows` new rows."""
-    return _INSERT + ", ".join([_INSERT_ROW] * rows)
+def _insert(verb: str, rows: int) -> str:
+    """The INSERT of `rows` new rows, `verb` being the engine's `insert_new`."""
+    return verb + _INSERT + ", ".join([_INSERT_ROW] * rows)
 
 _UPDATE = (
     f"UPDATE client_stats SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, synced_at = ?, updated_at = ? "
@@ -76,46 +77,52 @@ def write_client_window(
     New keys are inserted; changed rows are updated (`created_at` stays) and each
     changed value is logged in `stat_changes`; unchanged rows are not written at all.
     """
+    with db.atomic():
+        return _write_window(db, run_id, client_id, window, parsed, prune)
+
+
+def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows,
+                  prune: bool) -> ClientWrite:
+    """`write_client_window` inside the caller's open transaction, which must roll back on an error."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
     result = ClientWrite(rejected=len(parsed.rejects))
     encode = db.encode_change
-    with db.atomic():
-        stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
-        inserts, updates, changes = [], [], []
-        for day, values in parsed.values.items():
-            key = day.isoformat()
-            previous = stored.get(key)
-            if previous is None:
-                inserts.append((client_id, key, *values, now, now, now))
-            elif previous != values:
-                updates.append((*values, now, now, client_id, key))
-                changes.extend(
-                    (run_id, client_id, key, column, encode(old), encode(new), now)
-                    for column, old, new in zip(_COLUMNS, previous, values)
-                    if old != new
-                )
-            else:
-                result.unchanged += 1
-        for first in range(0, len(inserts), INSERT_ROWS):
-            chunk = inserts[first:first + INSERT_ROWS]
-            db.execute(_insert(len(chunk)), [value for row in chunk for value in row])
-        if updates:
-            db.executemany(_UPDATE, updates)
-            db.executemany(_LOG_CHANGE, changes)
-        result.inserted, result.updated = len(inserts), len(updates)
-        result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
-        if prune:
-            gone, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
-            result.deleted = len(gone)
-            result.days += gone
-        if parsed.rejects:
-            db.executemany(
-                "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
+    stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
+    inserts, updates, changes = [], [], []
+    for day, values in parsed.values.items():
+        key = day.isoformat()
+        previous = stored.get(key)
+        if previous is None:
+            inserts.append((client_id, key, *values, now, now, now))
+        elif previous != values:
+            updates.append((*values, now, now, client_id, key))
+            changes.extend(
+                (run_id, client_id, key, column, encode(old), encode(new), now)
+                for column, old, new in zip(_COLUMNS, previous, values)
+                if old != new
             )
-        db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
+        else:
+            result.unchanged += 1
+    for first in range(0, len(inserts), INSERT_ROWS):
+        chunk = inserts[first:first + INSERT_ROWS]
+        db.execute(_insert(db.insert_new, len(chunk)), list(chain.from_iterable(chunk)))
+    if updates:
+        db.executemany(_UPDATE, updates)
+        db.executemany(_LOG_CHANGE, changes)
+    result.inserted, result.updated = len(inserts), len(updates)
+    result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
+    if prune:
+        gone, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
+        result.deleted = len(gone)
+        result.days += gone
+    if parsed.rejects:
+        db.executemany(
+            "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
+        )
+    db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
     return result
 
 
@@ -149,10 +156,12 @@ def _prune(
 class WriteGroup:
     """Whole client windows written several to a transaction, each client still all or nothing.
 
-    Each `write_client_window` runs in its own SAVEPOINT inside the group's
-    transaction, so an error rolls back that client alone, and a kill rolls back
-    the whole uncommitted group: every client is then as it was or fully updated.
-    `due` says when the group reached its bounds and should be committed.
+    A kill rolls back the whole uncommitted group, and so does an error while a client is
+    written (`write` rolls it back before raising): every client is then as it was or fully
+    updated. A client has no savepoint of its own: SQLite would copy every index page the client
+    touches to a sub-journal first, two more writes a row on a first sync, only to roll back
+    what the group's rollback undoes anyway. `due` says when the group reached its bounds and
+    should be committed.
     """
 
     def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
@@ -163,11 +172,16 @@ class WriteGroup:
         self._began = 0.0
 
     def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
-        """`write_client_window` inside the group's transaction (opened on the first write)."""
+        """`write_client_window` inside the group's transaction (opened on the first write); on an
+        error the group is rolled back, its clients as they were, before the error is raised."""
         if not self.db.in_transaction:
             self.db.execute("BEGIN")
             self._began, self.rows = time.monotonic(), 0
-        result = write_client_window(self.db, run_id, client_id, window, parsed, prune)
+        try:
+            result = _write_window(self.db, run_id, client_id, window, parsed, prune)
+        except BaseException:
+            self.rollback()  # never leave half a client in a transaction someone could commit
+            raise
         self.rows += len(parsed.values) + len(parsed.rejects)
         return result
 
