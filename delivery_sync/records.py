@@ -210,7 +210,7 @@ if json.encoder.c_make_encoder is not None:
 else:
     _extra_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
-_FAST = {name: (METRICS.index(name), _fast_amount if name in AMOUNT_METRICS else _fast_count) for name in METRICS}
+_FAST = {name: (METRICS.index(name), name in AMOUNT_METRICS) for name in METRICS}  # column -> (position, is an amount)
 _SALES, _ORDERS = METRICS.index("total_sales"), METRICS.index("total_orders")
 _GRAB_SALES, _GOJEK_SALES = METRICS.index("grab_sales"), METRICS.index("gojek_sales")
 _GRAB_ORDERS, _GOJEK_ORDERS = METRICS.index("grab_orders"), METRICS.index("gojek_orders")
@@ -218,7 +218,10 @@ _GRAB_ORDERS, _GOJEK_ORDERS = METRICS.index("grab_orders"), METRICS.index("gojek
 
 def _fast_row(raw: dict, tz: ZoneInfo) -> tuple[date, Row]:
     """What `StatRow` plus `_fill_totals` make of a readable row, without building a model (about
-    5x faster). Raises on any row it cannot read plainly: the model path then decides and says why."""
+    5x faster). Raises on any row it cannot read plainly: the model path then decides and says why.
+
+    The values the remote usually sends (DECIMAL strings, whole counts) are read inline, as
+    `_fast_amount` and `_fast_count` read them, without a call per value (8.5 -> 7.9 µs a demo row)."""
     day = parse_stat_date(raw["stat_date"], tz)
     row: list[Any] = [None] * len(METRICS)
     extra = {}
@@ -228,7 +231,13 @@ def _fast_row(raw: dict, tz: ZoneInfo) -> tuple[date, Row]:
             if key != "stat_date":
                 extra[key] = value
         elif value is not None:
-            row[fast[0]] = fast[1](value)
+            index, amount = fast
+            if not amount:
+                row[index] = value if type(value) is int and 0 <= value < MAX_COUNT else _fast_count(value)
+            elif type(value) is str and value.isascii() and "_" not in value and -MAX_AMOUNT < (number := float(value)) < MAX_AMOUNT:
+                row[index] = number
+            else:
+                row[index] = _fast_amount(value)
     if row[_SALES] is None:
         row[_SALES] = (row[_GRAB_SALES] or 0.0) + (row[_GOJEK_SALES] or 0.0)
     if row[_ORDERS] is None:
