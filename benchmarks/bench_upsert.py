@@ -1,7 +1,7 @@
 """The upsert stage alone against its floor: 127 clients x 365 days of parsed rows into the replica.
 
-- product: replica.WriteGroup, as `sync` writes (each client in its own savepoint, several per
-  transaction, change detection, the change log, `last_synced_at`);
+- product: replica.WriteGroup, as `sync` writes (several whole clients per transaction, change
+  detection, the change log, `last_synced_at`);
 - floor: one transaction of `executemany INSERT ... ON CONFLICT DO UPDATE ... WHERE changed`
   over every row, nothing else.
 

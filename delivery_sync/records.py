@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Iterable
@@ -198,9 +199,18 @@ def _fast_count(value: Any) -> int:
     return int(number)
 
 
-# What StatRow.extra_json's json.dumps does, with the encoder built once rather than per row.
-_EXTRA_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
-_FAST = {name: (METRICS.index(name), _fast_amount if name in AMOUNT_METRICS else _fast_count) for name in METRICS}
+# What StatRow.extra_json's json.dumps does, with the encoder built once rather than per row: the C
+# encoder json.JSONEncoder itself builds on each call, when the interpreter has it (0.9 against 1.7 µs
+# a row). No circular-reference check: `extra` comes from decoded JSON, which has no cycles.
+if json.encoder.c_make_encoder is not None:
+    _ENCODE = json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+
+    def _extra_json(extra: dict) -> str:
+        return "".join(_ENCODE(extra, 0))
+else:
+    _extra_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+_FAST = {name: (METRICS.index(name), name in AMOUNT_METRICS) for name in METRICS}  # column -> (position, is an amount)
 _SALES, _ORDERS = METRICS.index("total_sales"), METRICS.index("total_orders")
 _GRAB_SALES, _GOJEK_SALES = METRICS.index("grab_sales"), METRICS.index("gojek_sales")
 _GRAB_ORDERS, _GOJEK_ORDERS = METRICS.index("grab_orders"), METRICS.index("gojek_orders")
@@ -208,7 +218,10 @@ _GRAB_ORDERS, _GOJEK_ORDERS = METRICS.index("grab_orders"), METRICS.index("gojek
 
 def _fast_row(raw: dict, tz: ZoneInfo) -> tuple[date, Row]:
     """What `StatRow` plus `_fill_totals` make of a readable row, without building a model (about
-    5x faster). Raises on any row it cannot read plainly: the model path then decides and says why."""
+    5x faster). Raises on any row it cannot read plainly: the model path then decides and says why.
+
+    The values the remote usually sends (DECIMAL strings, whole counts) are read inline, as
+    `_fast_amount` and `_fast_count` read them, without a call per value (8.5 -> 7.9 µs a demo row)."""
     day = parse_stat_date(raw["stat_date"], tz)
     row: list[Any] = [None] * len(METRICS)
     extra = {}
@@ -218,12 +231,18 @@ def _fast_row(raw: dict, tz: ZoneInfo) -> tuple[date, Row]:
             if key != "stat_date":
                 extra[key] = value
         elif value is not None:
-            row[fast[0]] = fast[1](value)
+            index, amount = fast
+            if not amount:
+                row[index] = value if type(value) is int and 0 <= value < MAX_COUNT else _fast_count(value)
+            elif type(value) is str and value.isascii() and "_" not in value and -MAX_AMOUNT < (number := float(value)) < MAX_AMOUNT:
+                row[index] = number
+            else:
+                row[index] = _fast_amount(value)
     if row[_SALES] is None:
         row[_SALES] = (row[_GRAB_SALES] or 0.0) + (row[_GOJEK_SALES] or 0.0)
     if row[_ORDERS] is None:
         row[_ORDERS] = (row[_GRAB_ORDERS] or 0) + (row[_GOJEK_ORDERS] or 0)
-    row.append(_EXTRA_JSON(extra) if extra else None)
+    row.append(_extra_json(extra) if extra else None)
     return day, Row._make(row)
 
 

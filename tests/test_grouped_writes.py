@@ -93,3 +93,67 @@ def test_the_writer_keeps_16_mb_of_pages(tmp_path):
     writer = open_replica(tmp_path / "replica.db")
     assert writer.execute("PRAGMA cache_size").fetchone() == (-16 * 1024,)  # KiB, negative by SQLite's convention
     writer.close()
+
+
+def _window_of(cid: int, days: int, mark: int):
+    """A client's `days` days ending 2026-11-30, every value `mark` (grab_orders a text when `mark` is None)."""
+    from delivery_sync.metrics import METRICS
+    from delivery_sync.records import ClientRows, Row
+
+    last = date(2026, 11, 30)
+    values = {last - timedelta(days=d): Row._make([mark] * len(METRICS) + [None]) for d in range(days)}
+    return (last - timedelta(days=days - 1), last), ClientRows(values, [], days)
+
+
+def test_an_error_inside_a_client_rolls_back_the_whole_open_group(tmp_path, monkeypatch):
+    from delivery_sync import replica
+    from delivery_sync.days import Window
+    from delivery_sync.replica import schema
+
+    monkeypatch.setattr(schema, "INSERT_ROWS", 4)  # client 3's first statement goes in before its second fails
+    opened = replica.open_store(tmp_path / "replica.db").open()
+    db = opened.db
+    run_id = opened.start_run("sync")
+    writer = replica.SyncWriter(opened, run_id, replica.RunCounts())
+    window, rows = _window_of(1, 6, 11)
+    writer.write(1, Window(*window), rows)
+    writer.commit()
+    for cid in (2, 3):
+        window, rows = _window_of(cid, 6, 22)
+        if cid == 3:
+            rows.values[window[0]] = rows.values[window[0]]._replace(grab_orders=[1, 2])  # SQLite cannot bind a list
+        try:
+            writer.write(cid, Window(*window), rows)
+        except Exception as exc:
+            assert "binding parameter" in str(exc)
+        else:
+            assert cid == 2
+    # Client 3 failed in its second INSERT: its first rows and client 2, in the same group, went with it.
+    assert not db.conn.in_transaction
+    writer.commit()
+    assert query_db(tmp_path / "replica.db", "SELECT client_id, COUNT(*), MIN(grab_sales) FROM client_stats GROUP BY client_id") == [
+        (1, 6, 11.0)
+    ]
+    assert writer.written == {1} and writer.counts.rows_inserted == 6
+    db.close()
+
+
+def test_a_group_writes_no_savepoint_and_inserts_with_or_fail(tmp_path):
+    from delivery_sync import replica
+
+    db = replica.open_replica(tmp_path / "replica.db")
+    run_id = replica.start_run(db, "sync")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    group = replica.WriteGroup(db)
+    for cid in (1, 2):
+        window, rows = _window_of(cid, 3, 5)
+        group.write(run_id, cid, window, rows)
+    group.commit()
+    db.conn.set_trace_callback(None)
+    # A savepoint, or a plain multi-row INSERT (which may ABORT half-way), would have SQLite copy every
+    # index page a client touches to a journal first.
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert [s.split(" client_stats")[0] for s in statements if "INTO client_stats" in s] == ["INSERT OR FAIL INTO"] * 2
+    assert query_db(tmp_path / "replica.db", "SELECT COUNT(*) FROM client_stats") == [(6,)]
+    db.close()

@@ -7,7 +7,7 @@
     lock.py     the `<database>.lock` every writing run holds
     runs.py     `sync_runs` rows (start, finish, close on error), `sync_failures`, `sync_unfetched`
     clients.py  the `clients` table
-    upsert.py   one client's window into `client_stats` (its own transaction, or a savepoint of a WriteGroup)
+    upsert.py   one client's window into `client_stats` (its own transaction, or inside a WriteGroup's)
     staging.py  batch-fetched rows waiting (in TEMP tables) until their client is complete
     session.py  `OpenReplica`: a run's write side on one connection, either engine
     writer.py   `SyncWriter`: the write side of a sync run as one object the fetcher is handed

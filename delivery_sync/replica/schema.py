@@ -42,7 +42,9 @@ class ReplicaDatabase(sqlite_utils.Database):
         return self.execute(statement, params).lastrowid
 
     def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        """Insert `rows` (values of `columns`) into `table`, INSERT_ROWS rows a statement."""
+        """Insert `rows` (values of `columns`) into `table`, INSERT_ROWS rows a statement, inside the
+        caller's transaction, which must roll back if this raises: a statement that fails half-way
+        keeps the rows it had inserted (OR FAIL, see `_insert`)."""
         for first in range(0, len(rows), INSERT_ROWS):
             chunk = rows[first:first + INSERT_ROWS]
             self.conn.execute(_insert(table, columns, len(chunk)), [value for row in chunk for value in row])
@@ -55,9 +57,13 @@ class ReplicaDatabase(sqlite_utils.Database):
 
 @lru_cache(maxsize=32)
 def _insert(table: str, columns: tuple[str, ...], rows: int) -> str:
-    """The INSERT of `rows` rows of `columns` into `table`."""
+    """The INSERT of `rows` rows of `columns` into `table`.
+
+    A multi-row INSERT that may ABORT half-way has SQLite copy every page it changes to a statement
+    journal first, to undo just that statement: two more writes a row on a first sync. FAIL needs
+    none; a failure rolls back the writer's whole transaction anyway."""
     row = f"({', '.join('?' * len(columns))})"
-    return f"INSERT INTO {table}({', '.join(columns)}) VALUES " + ", ".join([row] * rows)
+    return f"INSERT OR FAIL INTO {table}({', '.join(columns)}) VALUES " + ", ".join([row] * rows)
 
 
 migrations = Migrations("delivery_sync")

@@ -1,5 +1,5 @@
 """The upsert of one client's window into `client_stats`, all or nothing (docs/reference.md, Tables):
-in its own transaction, or in its own savepoint of a `WriteGroup` transaction that holds several clients.
+in its own transaction, or inside a `WriteGroup` transaction that holds several whole clients.
 
 The same code writes both engines: `db` is a SQLite `ReplicaDatabase` or a PostgreSQL
 `postgres.Connection` (execute, executemany, insert_rows, atomic, in_transaction, encode_change)."""
@@ -63,44 +63,50 @@ def write_client_window(
     New keys are inserted; changed rows are updated (`created_at` stays) and each
     changed value is logged in `stat_changes`; unchanged rows are not written at all.
     """
+    with db.atomic():
+        return _write_window(db, run_id, client_id, window, parsed, prune)
+
+
+def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows,
+                  prune: bool) -> ClientWrite:
+    """`write_client_window` inside the caller's open transaction, which must roll back on an error."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
     result = ClientWrite(rejected=len(parsed.rejects))
     encode = db.encode_change
-    with db.atomic():
-        stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
-        inserts, updates, changes = [], [], []
-        for day, values in parsed.values.items():
-            key = day.isoformat()
-            previous = stored.get(key)
-            if previous is None:
-                inserts.append((client_id, key, *values, now, now, now))
-            elif previous != values:
-                updates.append((*values, now, now, client_id, key))
-                changes.extend(
-                    (run_id, client_id, key, column, encode(old), encode(new), now)
-                    for column, old, new in zip(_COLUMNS, previous, values)
-                    if old != new
-                )
-            else:
-                result.unchanged += 1
-        db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
-        if updates:
-            db.executemany(_UPDATE, updates)
-            db.executemany(_LOG_CHANGE, changes)
-        result.inserted, result.updated = len(inserts), len(updates)
-        result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
-        if prune:
-            gone, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
-            result.deleted = len(gone)
-            result.days += gone
-        if parsed.rejects:
-            db.executemany(
-                "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
+    stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
+    inserts, updates, changes = [], [], []
+    for day, values in parsed.values.items():
+        key = day.isoformat()
+        previous = stored.get(key)
+        if previous is None:
+            inserts.append((client_id, key, *values, now, now, now))
+        elif previous != values:
+            updates.append((*values, now, now, client_id, key))
+            changes.extend(
+                (run_id, client_id, key, column, encode(old), encode(new), now)
+                for column, old, new in zip(_COLUMNS, previous, values)
+                if old != new
             )
-        db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
+        else:
+            result.unchanged += 1
+    db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
+    if updates:
+        db.executemany(_UPDATE, updates)
+        db.executemany(_LOG_CHANGE, changes)
+    result.inserted, result.updated = len(inserts), len(updates)
+    result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
+    if prune:
+        gone, result.warning = _prune(db, run_id, client_id, window, stored, parsed, now)
+        result.deleted = len(gone)
+        result.days += gone
+    if parsed.rejects:
+        db.executemany(
+            "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
+        )
+    db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
     return result
 
 
@@ -134,10 +140,12 @@ def _prune(
 class WriteGroup:
     """Whole client windows written several to a transaction, each client still all or nothing.
 
-    Each `write_client_window` runs in its own SAVEPOINT inside the group's
-    transaction, so an error rolls back that client alone, and a kill rolls back
-    the whole uncommitted group: every client is then as it was or fully updated.
-    `due` says when the group reached its bounds and should be committed.
+    A kill rolls back the whole uncommitted group, and so does an error while a client is
+    written (`write` rolls it back before raising): every client is then as it was or fully
+    updated. A client has no savepoint of its own: SQLite would copy every index page the client
+    touches to a sub-journal first, two more writes a row on a first sync, only to roll back
+    what the group's rollback undoes anyway. `due` says when the group reached its bounds and
+    should be committed.
     """
 
     def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
@@ -148,11 +156,16 @@ class WriteGroup:
         self._began = 0.0
 
     def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
-        """`write_client_window` inside the group's transaction (opened on the first write)."""
+        """`write_client_window` inside the group's transaction (opened on the first write); on an
+        error the group is rolled back, its clients as they were, before the error is raised."""
         if not self.db.in_transaction:
             self.db.execute("BEGIN")
             self._began, self.rows = time.monotonic(), 0
-        result = write_client_window(self.db, run_id, client_id, window, parsed, prune)
+        try:
+            result = _write_window(self.db, run_id, client_id, window, parsed, prune)
+        except BaseException:
+            self.rollback()  # never leave half a client in a transaction someone could commit
+            raise
         self.rows += len(parsed.values) + len(parsed.rejects)
         return result
 

@@ -63,8 +63,13 @@ class SyncWriter:
         self._uncommitted: list[tuple[int, int, ClientWrite]] = []
 
     def write(self, client_id: int, window, rows: ClientRows) -> None:
-        """Upsert one client's whole window (`window` has `start` and `end` dates)."""
-        result = self._group.write(self.run_id, client_id, (window.start, window.end), rows, self.prune)
+        """Upsert one client's whole window (`window` has `start` and `end` dates). On an error every
+        client since the last commit is rolled back (as `rollback`) before it is raised."""
+        try:
+            result = self._group.write(self.run_id, client_id, (window.start, window.end), rows, self.prune)
+        except BaseException:
+            self._uncommitted.clear()  # the group rolled them back: never counted as written
+            raise
         self.changed.add(client_id, result.days)  # before its commit: a rollback only costs a recomputation
         self._uncommitted.append((client_id, rows.fetched, result))
         for reject in rows.rejects:
