@@ -222,6 +222,16 @@ def test_a_rollup_table_of_another_version_is_made_again(cli, demo, tmp_path, pg
     assert run(cli, config, "aggregate").code == 0
     assert rows_of(pg_url, columns) == expected
     assert rows_of(pg_url, "SELECT COUNT(*) FROM client_aggregates WHERE period = 'last_7d'") == [(DEMO_CLIENTS,)]
+    # The aggregate after a sync, which would refresh the tables as they are, makes them again too.
+    conn = postgres.connect(PostgresURL(pg_url))
+    try:
+        conn.execute("ALTER TABLE client_aggregates ADD COLUMN obsolete BIGINT")
+        conn.execute("COMMENT ON TABLE client_aggregates IS NULL")
+    finally:
+        conn.close()
+    demo.faults.overrides[(2, "2026-11-22")] = {"grab_orders": 4242}
+    assert run(cli, config, "sync", "--days-back", "3").code == 0
+    assert rows_of(pg_url, columns) == expected
 
 
 def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):

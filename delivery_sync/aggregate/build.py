@@ -253,7 +253,7 @@ def _drop_emptied(db, table: str, key: str, dirty: str, rows: str, also: tuple[s
     client; there are few such keys, while deleting every dirty key first cost 0.1 s at 10,000 clients."""
     emptied = db.execute(f"SELECT d.client_id, d.{key} FROM {dirty} AS d WHERE NOT EXISTS (SELECT 1 FROM {rows})").fetchall()
     for name, column in ((table, key), *([also] if also else [])):
-        db.executemany(f"DELETE FROM {name} WHERE client_id = ? AND {column} = ?", [tuple(row) for row in emptied])
+        db.executemany(f"DELETE FROM {name} WHERE client_id = ? AND {column} = ?", emptied)
 
 
 # Every day's partial sums: one pass in table order and a sort, cheaper than by the date index.
