@@ -141,6 +141,16 @@ def incremental_rollups_equal_a_full_rebuild(demo, engine: str, steps: list[dict
                 as_of = date.fromisoformat(conn.execute(
                     "SELECT window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1").fetchone()[0])
                 assert stored(conn) == raw_path(conn, as_of, dialect(path))
+                assert_edges_counted(conn)
+
+
+def assert_edges_counted(conn) -> None:
+    """agg_edge_clients holds, for each of its spans, the number of clients with a row in it."""
+    edges = conn.execute("SELECT period_start, period_end, clients_with_data FROM agg_edge_clients").fetchall()
+    assert edges
+    for start, end, count in edges:
+        sql = "SELECT COUNT(DISTINCT client_id) FROM client_stats WHERE stat_date BETWEEN ? AND ?"
+        assert conn.execute(sql, [start, end]).fetchone()[0] == count, (start, end)
 
 
 def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, monkeypatch, db_path):
@@ -185,3 +195,5 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
     assert query_db(db_path, "SELECT COUNT(*) FROM agg_client_months WHERE client_id = 3 AND month = ?", [first.isoformat()[:7]]) == [(0,)]
     assert query_db(db_path, "SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]) == [(0,)]
+    with connected(db_path) as conn:
+        assert_edges_counted(conn)
