@@ -5,10 +5,11 @@ of the rollups (`client_aggregates`, `overall_aggregates`, `overall_daily`, `ove
 
 The partial sums are whole cents as SQLite keeps them. The refresh, the rolling periods (and
 EDGE_CLIENTS) and the calendar rollups are the SQLite build's own steps and SQL (aggregate/build.py,
-aggregate/rollup_rows.py) in PostgreSQL's words (`dialect.POSTGRES`); only the rebuild of the
-partial sums is this module's. So a PostgreSQL replica holds the numbers a SQLite one does, value
-for value, and the reports read it the same way. Rows are deleted and inserted, tables never
-dropped or truncated: readers keep their snapshot of the old rollups and never wait.
+aggregate/rollup_rows.py) in PostgreSQL's words (`dialect.POSTGRES`); only the tables' definitions
+and the rebuild of the partial sums are this module's. So a PostgreSQL replica holds the numbers a
+SQLite one does, value for value, and the reports read it the same way. Rows are deleted, inserted
+or updated, tables never dropped or truncated: readers keep their snapshot of the old rollups and
+never wait.
 """
 
 from __future__ import annotations
