@@ -29,6 +29,7 @@ from delivery_sync.aggregate.sql import (
 from delivery_sync.config import Settings
 from delivery_sync.days import Window
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.dialect import SQLITE, Dialect
 from delivery_sync.metrics import METRICS
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
@@ -57,9 +58,10 @@ def rows(conn: sqlite3.Connection, sql: str, params: dict, columns: list[str]) -
     return {tuple(exact(row[c]) for c in columns) for row in conn.execute(sql, params)}
 
 
-def raw_path(conn: sqlite3.Connection, as_of: date) -> dict[str, set[tuple]]:
-    """Every rollup row as the raw-row SQL computes it, keyed as the rollup tables store them."""
-    months = [m for (m,) in conn.execute("SELECT DISTINCT substr(stat_date, 1, 7) FROM client_stats")]
+def raw_path(conn: sqlite3.Connection, as_of: date, dialect: Dialect = SQLITE) -> dict[str, set[tuple]]:
+    """Every rollup row as the raw-row SQL computes it, keyed as the rollup tables store them
+    (`conn` a connection to a replica of `dialect`'s engine)."""
+    months = [m for (m,) in conn.execute(f"SELECT DISTINCT {dialect.month_key('stat_date')} FROM client_stats")]
     windows = {name: (as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()}
     for month in months:
         first = date.fromisoformat(f"{month}-01")
@@ -72,8 +74,8 @@ def raw_path(conn: sqlite3.Connection, as_of: date) -> dict[str, set[tuple]]:
         expected["client_aggregates"] |= {head + r for r in rows(conn, client_sql, params, [*CLIENT_COLUMNS, *RATIOS])}
         expected["overall_aggregates"] |= {head + r for r in rows(conn, overall_sql, params, [*OVERALL_COLUMNS, *RATIOS])}
     for by, table in FINE_TABLES.items():
-        sql = with_ratios(period_sums(by, "FROM client_stats"), PERIOD_COLUMNS)
-        expected[table] = rows(conn, sql, {"start": "0000-01-01", "end": "9999-12-31"}, [*PERIOD_COLUMNS, *RATIOS])
+        sql = with_ratios(period_sums(by, "FROM client_stats", dialect), PERIOD_COLUMNS)
+        expected[table] = rows(conn, sql, {"start": "0001-01-01", "end": "9999-12-31"}, [*PERIOD_COLUMNS, *RATIOS])
     return expected
 
 

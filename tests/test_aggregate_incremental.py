@@ -3,18 +3,19 @@ rows of the pieces, months, weeks and days its rows fall in, and the rolling per
 sequence of syncs that insert, restate and prune rows, over any windows and client subsets and
 with any as-of date, the rollups equal a full rebuild's bit for bit, and the raw-row path's.
 
-SQLite only: a PostgreSQL replica rebuilds every rollup after each sync, there is no refresh to
-test (delivery_sync/aggregate/postgres.py); tests/test_postgres.py compares its rollups to SQLite's."""
+On both engines: PostgreSQL refreshes with the same steps and SQL in its own words
+(delivery_sync/aggregate/postgres.py); tests/test_postgres.py compares its rollups to SQLite's."""
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import connected, dialect, new_pg_database, query_db, replica_copy, setting
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import raw_path, stored
 
@@ -25,8 +26,13 @@ from delivery_sync.demo_source import DemoSource
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 
+pytestmark = pytest.mark.both_engines
+
 CLIENTS = 6
 DAYS = 120
+# Examples of the property test per engine: a PostgreSQL example makes a database for each
+# replica and each rebuilt copy, about 3 times a SQLite one's time; fewer keep the suite quick.
+EXAMPLES = {"sqlite": 12, "postgresql": 5}
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +41,33 @@ def demo():
         yield server
 
 
-def snapshot(path: Path) -> dict[str, set[tuple]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
+@pytest.fixture
+def engine_name(request) -> str:
+    """The replica engine of the property test, which makes a new replica for every example."""
+    return request.param
+
+
+@contextmanager
+def new_replica(engine: str, folder: Path):
+    """The `database` of a new, empty replica of `engine` (a PostgreSQL one dropped after)."""
+    if engine == "postgresql":
+        with new_pg_database() as url:
+            yield url
+    else:
+        yield folder / "replica.db"
+
+
+def snapshot(database: Path | str) -> dict[str, set[tuple]]:
+    with connected(database) as conn:
         return stored(conn)
-    finally:
-        conn.close()
 
 
-def full_rebuild(path: Path, as_of: date, folder: Path) -> dict[str, set[tuple]]:
-    """The rollups a full rebuild of a copy of `path` gives as of `as_of`."""
-    copy = folder / "copy.db"
-    copy.unlink(missing_ok=True)
-    source, target = sqlite3.connect(path), sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-    result = aggregate_locked(open_store(copy), as_of)
-    assert result.status == "ok" and not result.refreshed
-    return snapshot(copy)
+def full_rebuild(database: Path | str, as_of: date, folder: Path) -> dict[str, set[tuple]]:
+    """The rollups a full rebuild of a copy of `database` gives as of `as_of`."""
+    with replica_copy(database, folder) as copy:
+        result = aggregate_locked(open_store(setting(copy)), as_of)
+        assert result.status == "ok" and not result.refreshed
+        return snapshot(copy)
 
 
 edit = st.tuples(
@@ -77,16 +88,24 @@ step = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(step, min_size=1, max_size=4))
-def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, steps):
+@pytest.mark.both_engines("engine_name")
+def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, engine_name):
+    # The examples run inside the test, so that each engine has its own count of them.
+    @settings(max_examples=EXAMPLES[engine_name], deadline=None)
+    @given(st.lists(step, min_size=1, max_size=4))
+    def syncs_then_aggregates(steps):
+        incremental_rollups_equal_a_full_rebuild(demo, engine_name, steps)
+
+    syncs_then_aggregates()
+
+
+def incremental_rollups_equal_a_full_rebuild(demo, engine: str, steps: list[dict]) -> None:
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, new_replica(engine, Path(tmp)) as path:
         folder = Path(tmp)
-        path = folder / "replica.db"
-        config = Settings(database=path, source={"url": demo.url, "min_interval": 0, "batch": "never"})
+        config = Settings(database=setting(path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
         first = run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today)))
         assert first.status == "ok" and not first.aggregate.refreshed
         current = True  # the rollups match client_stats
@@ -111,30 +130,36 @@ def test_incremental_rollups_equal_a_full_rebuild_bit_for_bit(demo, steps):
                 continue
             as_of = today if s["as_of"] is None else today + timedelta(days=s["as_of"])
             if s["as_of"] is not None:  # as run_sync does, with another as-of date
-                result.aggregate = aggregate_locked(open_store(path), as_of, result.changed)
+                result.aggregate = aggregate_locked(open_store(setting(path)), as_of, result.changed)
             assert result.aggregate.status == "ok"
             # Refreshed exactly when the rollups were current before the sync.
             assert result.aggregate.refreshed == current
             current = True
             assert snapshot(path) == full_rebuild(path, as_of, folder)
-        conn = sqlite3.connect(path)
-        conn.row_factory = sqlite3.Row
-        try:
+        with connected(path) as conn:
             if current:
                 as_of = date.fromisoformat(conn.execute(
                     "SELECT window_end FROM sync_runs WHERE command = 'aggregate' ORDER BY id DESC LIMIT 1").fetchone()[0])
-                assert stored(conn) == raw_path(conn, as_of)
-        finally:
-            conn.close()
+                assert stored(conn) == raw_path(conn, as_of, dialect(path))
+                assert_edges_counted(conn)
 
 
-def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, monkeypatch):
+def assert_edges_counted(conn) -> None:
+    """agg_edge_clients holds, for each of its spans, the number of clients with a row in it."""
+    edges = conn.execute("SELECT period_start, period_end, clients_with_data FROM agg_edge_clients").fetchall()
+    assert edges
+    for start, end, count in edges:
+        sql = "SELECT COUNT(DISTINCT client_id) FROM client_stats WHERE stat_date BETWEEN ? AND ?"
+        assert conn.execute(sql, [start, end]).fetchone()[0] == count, (start, end)
+
+
+def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, monkeypatch, db_path):
     from delivery_sync.replica import writer
 
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
-    config = Settings(database=tmp_path / "replica.db", source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
     assert run_sync(config, SyncOptions(Window(today - timedelta(days=9), today))).status == "ok"
     monkeypatch.setattr(writer, "MAX_CHANGED_ROWS", 5)
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=29), today)))
@@ -143,16 +168,16 @@ def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, mon
     demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
     assert result.changed.keys == {(2, today.isoformat())} and result.aggregate.refreshed
-    assert snapshot(config.database) == full_rebuild(config.database, today, tmp_path)
+    assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
 
 
-def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_partial_sums(demo, tmp_path):
+def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_partial_sums(demo, tmp_path, db_path):
     """The refresh replaces partial sums in place; a (client, piece) or (client, month) left with
     no row at all must lose its old partial sums and its month rollup, not keep them."""
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
-    config = Settings(database=tmp_path / "replica.db", source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
     assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today))).status == "ok"
     # Client 3 loses the whole month before last (every piece of it) and client 4 the whole week before last.
     month = (today.replace(day=1) - timedelta(days=1)).replace(day=1) - timedelta(days=1)
@@ -167,10 +192,8 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
         demo.faults.deleted_rows.clear()
     assert result.status == "ok" and result.run["rows_deleted"] == len(gone)
     assert result.aggregate.refreshed
-    assert snapshot(config.database) == full_rebuild(config.database, today, tmp_path)
-    conn = sqlite3.connect(config.database)
-    try:
-        assert conn.execute("SELECT COUNT(*) FROM agg_client_months WHERE client_id = 3 AND month = ?", [first.isoformat()[:7]]).fetchone()[0] == 0
-        assert conn.execute("SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]).fetchone()[0] == 0
-    finally:
-        conn.close()
+    assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
+    assert query_db(db_path, "SELECT COUNT(*) FROM agg_client_months WHERE client_id = 3 AND month = ?", [first.isoformat()[:7]]) == [(0,)]
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]) == [(0,)]
+    with connected(db_path) as conn:
+        assert_edges_counted(conn)

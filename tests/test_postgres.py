@@ -165,9 +165,11 @@ def test_a_second_writer_exits_75_naming_the_holder_and_readers_go_on(cli, demo,
     assert run(cli, config, "sync", "--days-back", "3").code == 0  # released with its connection
 
 
-def test_readers_go_on_while_an_aggregate_rebuilds_the_rollups(cli, demo, tmp_path, pg_url):
-    """The rebuild empties and refills the rollup tables inside its transaction: a report run
-    meanwhile answers at once from the rollups as they were (DROP or TRUNCATE would make it wait)."""
+@pytest.mark.parametrize("kind", ["rebuild", "refresh"])
+def test_readers_go_on_while_an_aggregate_rebuilds_or_refreshes_the_rollups(cli, demo, tmp_path, pg_url, kind):
+    """The build rewrites rows of the rollup tables inside its transaction (a rebuild empties and
+    refills them, the refresh after a sync replaces the rows it touched): a report run meanwhile
+    answers at once from the tables as they were (DROP or TRUNCATE would make it wait)."""
     from datetime import date
 
     from delivery_sync import replica
@@ -177,14 +179,22 @@ def test_readers_go_on_while_an_aggregate_rebuilds_the_rollups(cli, demo, tmp_pa
     config = configure(tmp_path, demo, pg_url, "pg")
     assert run(cli, config, "sync", "--days-back", "10").code == 0
     (run_id,) = rows_of(pg_url, "SELECT MAX(id) FROM sync_runs WHERE command = 'aggregate'")[0]
+    changed = None
+    if kind == "refresh":  # a sync that restated one row, its aggregate still to run
+        demo.faults.overrides[(2, "2026-11-22")] = {"grab_orders": 4242}
+        assert run(cli, config, "sync", "--days-back", "3", "--no-aggregate").code == 0
+        (sync_id,) = rows_of(pg_url, "SELECT MAX(id) FROM sync_runs WHERE command = 'sync'")[0]
+        changed = replica.ChangedRows(sync_id)
+        changed.add(2, ["2026-11-22"])
     reports = [[SCRIPT, "--config", str(config), "query", *args, "--format", "json"]
-               for args in (["totals", "--by", "week", "--from", "2026-11-14", "--to", "2026-11-23"], ["top", "--days", "7"])]
+               for args in (["totals", "--by", "week", "--from", "2026-11-14", "--to", "2026-11-23"], ["top", "--days", "7"],
+                            ["sql", "SELECT period, client_id, total_orders FROM client_aggregates ORDER BY 1, 2"])]
     before = [subprocess.run(r, capture_output=True, text=True, env=clean_env(), timeout=30).stdout for r in reports]
     assert json.loads(before[0])[0]["total_orders"] > 0
     db = replica.open_store(PostgresURL(pg_url)).open()
     try:
         with db.transaction():
-            build(db, date(2026, 11, 23), run_id, None)
+            assert build(db, date(2026, 11, 23), run_id, changed)[1] == (kind == "refresh")
             for report, seen in zip(reports, before):
                 began = time.monotonic()
                 during = subprocess.run(report, capture_output=True, text=True, env=clean_env(), timeout=30)
@@ -212,6 +222,16 @@ def test_a_rollup_table_of_another_version_is_made_again(cli, demo, tmp_path, pg
     assert run(cli, config, "aggregate").code == 0
     assert rows_of(pg_url, columns) == expected
     assert rows_of(pg_url, "SELECT COUNT(*) FROM client_aggregates WHERE period = 'last_7d'") == [(DEMO_CLIENTS,)]
+    # The aggregate after a sync, which would refresh the tables as they are, makes them again too.
+    conn = postgres.connect(PostgresURL(pg_url))
+    try:
+        conn.execute("ALTER TABLE client_aggregates ADD COLUMN obsolete BIGINT")
+        conn.execute("COMMENT ON TABLE client_aggregates IS NULL")
+    finally:
+        conn.close()
+    demo.faults.overrides[(2, "2026-11-22")] = {"grab_orders": 4242}
+    assert run(cli, config, "sync", "--days-back", "3").code == 0
+    assert rows_of(pg_url, columns) == expected
 
 
 def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):

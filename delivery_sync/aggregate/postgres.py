@@ -1,12 +1,15 @@
-"""The rollup build on PostgreSQL: the partial sums (`agg_client_pieces`, `agg_client_months`,
-`agg_days`, EDGE_CLIENTS) recomputed from `client_stats`, then the rollups (`client_aggregates`,
-`overall_aggregates`, `overall_daily`, `overall_weekly`), in the aggregate run's transaction.
+"""The rollup build on PostgreSQL, in the aggregate run's transaction: after a sync, when the
+rollups were current before it, a refresh of only what it wrote, as on SQLite; else a rebuild of
+the partial sums (`agg_client_pieces`, `agg_client_months`, `agg_days`) from `client_stats`, then
+of the rollups (`client_aggregates`, `overall_aggregates`, `overall_daily`, `overall_weekly`).
 
-The partial sums are whole cents as SQLite keeps them; the calendar rollups are made from them
-by the SQL the SQLite build runs (aggregate/rollup_rows.py), the rolling periods by the named
-SQL the reports run on raw rows (`CLIENT_SUMS`, `OVERALL_SUMS`). So a PostgreSQL replica holds
-the numbers a SQLite one does, value for value, and the reports read it the same way. The
-whole build runs every time: there is no refresh of only what a sync wrote.
+The partial sums are whole cents as SQLite keeps them. The refresh, the rolling periods (and
+EDGE_CLIENTS) and the calendar rollups are the SQLite build's own steps and SQL (aggregate/build.py,
+aggregate/rollup_rows.py) in PostgreSQL's words (`dialect.POSTGRES`); only the tables' definitions
+and the rebuild of the partial sums are this module's. So a PostgreSQL replica holds the numbers a
+SQLite one does, value for value, and the reports read it the same way. Rows are deleted, inserted
+or updated, tables never dropped or truncated: readers keep their snapshot of the old rollups and
+never wait.
 """
 
 from __future__ import annotations
@@ -16,21 +19,13 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .pieces import calendar, edge_spans, piece_span
+from .build import can_refresh, months_built, parts_done, refresh, rolling
+from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
-from .sql import (
-    CLIENT_SUMS,
-    EDGE_CLIENTS,
-    FINE_TABLES,
-    OVERALL_SUMS,
-    RATIOS,
-    ROLLING_PERIODS,
-    cents_of,
-)
-from .windows import clients_with_data
+from .sql import EDGE_CLIENTS, FINE_TABLES, RATIOS, cents_of
 
 if TYPE_CHECKING:
-    from ..replica import ChangedRows, RunCounts
+    from ..replica import ChangedRows
     from ..replica.postgres import PostgresReplica
 
 _METRIC_TYPES = ", ".join(f"{m} {'DOUBLE PRECISION' if m in AMOUNT_METRICS else 'BIGINT'}" for m in METRICS)
@@ -41,32 +36,35 @@ OVERALL_TABLES = ("overall_aggregates", *FINE_TABLES.values())
 
 
 def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRows | None):
-    """Recreate every rollup as of `as_of` (a refresh would cost as much: `changed` is not needed);
-    returns the periods built, False (not a refresh) and the run's counters."""
+    """The rollups as of `as_of`: refreshed for what `changed` lists when the rollups were current
+    just before the sync that wrote it (and their tables are this version's), else rebuilt.
+    Returns the periods built, whether it was a refresh, and the run's counters."""
     from ..days import utc_now
-    from ..replica import RunCounts
 
     db = replica.db
     computed_at = utc_now()
-    for name, definition, indexes in _TABLES:
-        _emptied(db, name, definition, indexes)
-    _build_parts(db, as_of, run_id)
-    params = {"computed_at": computed_at}
-    # Calendar months, days and weeks from the partial sums, as SQLite writes them.
-    insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months", PG), params)
-    overall_rows(db, params, dialect=PG)
-    # Rolling periods ending at as_of.
-    rolling = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
-    for name, start, end in rolling:
-        period = {**params, "period": name, "start": start, "end": end}
-        head = "SELECT CAST(:period AS TEXT) AS period, CAST(:start AS DATE) AS period_start, CAST(:end AS DATE) AS period_end"
-        insert_rows(db, "client_aggregates", "client_id", (
-            f"{head}, client_id, days_with_data, {', '.join(METRICS)} FROM ({CLIENT_SUMS}) AS c"), period)
-        insert_rows(db, "overall_aggregates", "clients_with_data", (
-            f"{head}, clients_with_data, days_with_data, {', '.join(METRICS)} FROM ({OVERALL_SUMS}) AS o"), period)
-    months = [(m, date.fromisoformat(first), date.fromisoformat(last)) for m, first, last in db.execute(
-        "SELECT period, period_start, period_end FROM overall_aggregates WHERE period NOT LIKE 'last%' ORDER BY period")]
-    return rolling + months, False, _counts(db, RunCounts)
+    if can_refresh(db, changed) and _made_here(db):
+        built, refreshed = refresh(db, PG, as_of, computed_at, changed.keys), True
+    else:
+        for name, definition, indexes in _TABLES:
+            _emptied(db, name, definition, indexes)
+        _build_parts(db)
+        params = {"computed_at": computed_at}
+        # Calendar months, days and weeks, rolling periods and their edges from the partial sums, as SQLite writes them.
+        insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months", PG), params)
+        overall_rows(db, params, dialect=PG)
+        built, refreshed = rolling(db, PG, as_of, params) + months_built(db), False
+    return built, refreshed, parts_done(db, run_id)
+
+
+def _made_here(db) -> bool:
+    """Whether every table the build writes was made by this version's definition (see `_emptied`):
+    a refresh writes into them as they are."""
+    made_by = db.execute(
+        "SELECT obj_description(to_regclass(name), 'pg_class') FROM unnest(CAST(:names AS TEXT[])) WITH ORDINALITY AS t(name, i) ORDER BY i",
+        {"names": [name for name, _, _ in _TABLES]},
+    ).fetchall()
+    return [row[0] for row in made_by] == [definition for _, definition, _ in _TABLES]
 
 
 def _emptied(db, name: str, definition: str, indexes: tuple[str, ...]) -> None:
@@ -108,16 +106,14 @@ _TABLES = (
 )
 
 
-def _build_parts(db, as_of: date, run_id: int) -> None:
+def _build_parts(db) -> None:
     """The partial sums the reports read any window from, in whole cents as SQLite keeps them
-    (see aggregate/sql.py), the clients with data at the edges of the rolling periods, and the
-    run that built them, into the emptied tables."""
+    (see aggregate/sql.py), into the emptied tables."""
     # The pieces come from aggregate/pieces.py, as SQLite's do, not from a second definition in
     # SQL: each row finds its piece in an array of every day's piece, then the few pieces are
     # joined to their calendar (faster than date_trunc per row or a join per row).
     first, last = db.execute("SELECT MIN(stat_date), MAX(stat_date) FROM client_stats").fetchone()
-    if first is None:  # no rows: no partial sums, but the run and its (empty) edges still say they are current
-        _build_edges(db, as_of, run_id)
+    if first is None:  # no rows: no partial sums
         return
     first, last = date.fromisoformat(first), date.fromisoformat(last)
     db.execute("CREATE TEMP TABLE agg_calendar(piece DATE PRIMARY KEY, piece_end DATE, week DATE, month TEXT) ON COMMIT DROP")
@@ -134,18 +130,3 @@ def _build_parts(db, as_of: date, run_id: int) -> None:
     db.execute(f"INSERT INTO agg_client_months SELECT client_id, month, SUM(days_with_data), {', '.join(f'SUM({m})' for m in METRICS)} "
                "FROM agg_client_pieces GROUP BY client_id, month ORDER BY month, client_id")
     db.execute(f"INSERT INTO agg_days SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY stat_date")
-    _build_edges(db, as_of, run_id)
-
-
-def _build_edges(db, as_of: date, run_id: int) -> None:
-    """The clients with data at the edges of the rolling periods, and the run that built the parts."""
-    for a, b in edge_spans(as_of):
-        db.execute(f"INSERT INTO {EDGE_CLIENTS} VALUES (:a, :b, {clients_with_data(':a', ':b')})", {"a": a, "b": b})
-    db.execute("INSERT INTO agg_parts_run (run_id) VALUES (:run_id)", {"run_id": run_id})
-
-
-def _counts(db, run_counts: type[RunCounts]) -> RunCounts:
-    """Counters of an aggregate run: clients with data, rows summarised, rollup rows written."""
-    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats").fetchone()
-    written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("client_aggregates", *OVERALL_TABLES))
-    return run_counts(clients_total=clients, clients_ok=clients, rows_fetched=rows, rows_inserted=written)

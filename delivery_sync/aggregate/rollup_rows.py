@@ -1,8 +1,8 @@
 """Rollup rows from the partial sums, the same SQL on both engines: the calendar months per
 client, and the months, days and Monday-started weeks of all clients (with their ratios).
 
-The SQLite build writes them all, or refreshes those a sync touched; the PostgreSQL build
-writes them all. Calendar arithmetic comes from the engine's `Dialect`.
+The build of either engine writes them all, or refreshes those a sync touched. Calendar
+arithmetic, and how a row replaces another, come from the engine's `Dialect`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from ..metrics import METRICS
 from .sql import ADDED, RATIOS, STORED, period_bounds, with_ratios
 
 
-def insert_rows(db, table: str, key: str, sums_sql: str, params: dict, replace: bool = False) -> None:
+def insert_rows(db, table: str, key: str, sums_sql: str, params: dict, replace: str | None = None, dialect: Dialect = SQLITE) -> None:
     """Rows of `sums_sql` (period, period_start, period_end, `key`, days_with_data, the metrics) into
-    `table`, with their ratios and `params["computed_at"]` (`replace`, SQLite only: in place of
-    those with the same key)."""
+    `table`, with their ratios and `params["computed_at"]`; with `replace` (the table's key
+    columns), in place of those with the same key."""
     columns = ["period", "period_start", "period_end", key, "days_with_data", *METRICS]
-    names = ", ".join([*columns, *RATIOS, "computed_at"])
+    head, tail = dialect.insert_into(table, [*columns, *RATIOS, "computed_at"], replace)
     db.execute(
-        f"INSERT {'OR REPLACE ' if replace else ''}INTO {table}({names}) SELECT {', '.join(columns)}, {', '.join(RATIOS)}, "
-        f"CAST(:computed_at AS TEXT) FROM ({with_ratios(sums_sql, columns)}) AS r",
+        f"{head} SELECT {', '.join(columns)}, {', '.join(RATIOS)}, "
+        f"CAST(:computed_at AS TEXT) FROM ({with_ratios(sums_sql, columns)}) AS r{tail}",
         params,
     )
 
