@@ -25,11 +25,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
-import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import SourceSettings
 from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, DeadlineReached, SourceError, SourceUnreachable
+from .httpx_lean import httpx
 
 log = logging.getLogger(__name__)
 
