@@ -162,3 +162,18 @@ def test_spacing_holds_when_slots_free_together(demo):
     assert demo.max_in_flight <= 2
     assert len(demo.stats_requests()) == 6
     assert min(_gaps(demo.stats_requests())) >= INTERVAL - JITTER
+
+
+def test_only_a_plain_http_remote_without_proxy_skips_the_ca_certificates(monkeypatch):
+    import ssl
+
+    from delivery_sync.source import tls_verification
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    plain = tls_verification("http://127.0.0.1:8080")
+    assert isinstance(plain, ssl.SSLContext)  # fails closed: checks every certificate, trusts none
+    assert (plain.verify_mode, plain.check_hostname, plain.get_ca_certs()) == (ssl.CERT_REQUIRED, True, [])
+    assert tls_verification("https://stats.example.com") is True
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example.com:3128")  # TLS to the proxy: verified as ever
+    assert tls_verification("http://127.0.0.1:8080") is True
