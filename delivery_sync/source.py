@@ -434,7 +434,7 @@ class SourceClient:
         """
         return (b"\\" not in body and jsonlib.detect_encoding(body) == "utf-8"
                 and not any(secret in body for secret in self._secret_bytes)
-                and not _LONG_RUN.match(body) and not _LONG_TEXT.search(body))
+                and not _has_long_run(body))
 
     def redact_text(self, text: str) -> str:
         """Remote text with our token and URL password (and the Basic form of it) replaced by
@@ -519,6 +519,18 @@ def _finite_or_text(text: str) -> float | str:
 # starts at one or the other, and searching from each quote alone stays linear in the body.
 _LONG_RUN = re.compile(b'[^"]{%d}' % (MAX_TEXT + 1))
 _LONG_TEXT = re.compile(b'"[^"]{%d}' % (MAX_TEXT + 1))
+# Such a run holds at least one whole block of this many bytes aligned on a multiple of it.
+_BLOCK = (MAX_TEXT + 2) // 2
+
+
+def _has_long_run(body: bytes) -> bool:
+    """Whether `body` holds more than MAX_TEXT bytes in a row without a quote. Only when some
+    whole aligned _BLOCK lacks a quote (memchr finds one in each of the others at C speed) are the
+    runs looked for by the patterns, whose walk from every quote costs 0.8 µs a stats row."""
+    for start in range(0, len(body) - _BLOCK + 1, _BLOCK):
+        if body.find(b'"', start, start + _BLOCK) < 0:
+            return bool(_LONG_RUN.match(body) or _LONG_TEXT.search(body))
+    return False
 
 
 def _too_deep(value: Any, depth: int = 0) -> bool:

@@ -13,7 +13,7 @@ from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.config import SourceSettings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import AuthFailed, ClientFetchFailed, SourceUnreachable
-from delivery_sync.source import SourceClient
+from delivery_sync.source import _LONG_RUN, _LONG_TEXT, MAX_TEXT, SourceClient, _has_long_run
 
 
 @pytest.fixture(autouse=True)
@@ -177,3 +177,16 @@ def test_only_a_plain_http_remote_without_proxy_skips_the_ca_certificates(monkey
     assert tls_verification("https://stats.example.com") is True
     monkeypatch.setenv("HTTP_PROXY", "https://proxy.example.com:3128")  # TLS to the proxy: verified as ever
     assert tls_verification("http://127.0.0.1:8080") is True
+
+
+@pytest.mark.parametrize("run", [MAX_TEXT - 1, MAX_TEXT, MAX_TEXT + 1, MAX_TEXT + 2, 3 * MAX_TEXT])
+def test_a_long_run_without_a_quote_is_found_wherever_it_lies(run):
+    """The block-wise look for a run of more than MAX_TEXT bytes without a quote (a text to cut)
+    says what the patterns say, the run starting at the body's start, after any quote, or at its end."""
+    for offset in (0, 1, 7, 2047, 2048, 2049, 2050, 4095, 4096, 4097, 5000):
+        head = b'["' + b'"a", "' * (offset // 6) + b'x' * (offset % 6)
+        for body in (b'x' * run + b'"' + head, head + b'"' + b'y' * run + b'"]', head + b'"' + b'z' * run):
+            expected = bool(_LONG_RUN.match(body) or _LONG_TEXT.search(body))
+            assert expected == (run > MAX_TEXT)
+            assert _has_long_run(body) == expected, (offset, run)
+            assert _has_long_run(bytearray(body)) == expected
