@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -190,3 +191,33 @@ def test_a_long_run_without_a_quote_is_found_wherever_it_lies(run):
             assert expected == (run > MAX_TEXT)
             assert _has_long_run(body) == expected, (offset, run)
             assert _has_long_run(bytearray(body)) == expected
+
+
+def test_one_watchdog_thread_serves_every_request_and_ends_with_the_client(demo):
+    """The cut-off of each answer is kept by one thread per client, not a thread per request."""
+    def watchdogs() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "source-watchdog"]
+
+    before = len(watchdogs())
+    with _client(demo, concurrency=2) as source:
+        for cid in (1, 2, 3, 4):
+            source.client_stats(cid, DAY, DAY)
+        assert len(watchdogs()) == before + 1
+        thread = source._watchdog._thread
+    thread.join(5)
+    assert not thread.is_alive() and len(watchdogs()) == before
+
+
+def test_the_watchdog_calls_in_time_order_and_skips_the_cancelled():
+    from delivery_sync.source import _Watchdog
+
+    called: list[str] = []
+    watchdog = _Watchdog()
+    now = time.monotonic()
+    watchdog.call_at(now + 0.2, lambda: called.append("late"))
+    skipped = watchdog.call_at(now + 0.1, lambda: called.append("cancelled"))
+    watchdog.call_at(now + 0.05, lambda: called.append("soon"))  # sooner than the thread waits for
+    watchdog.cancel(skipped)
+    time.sleep(0.4)
+    watchdog.close()
+    assert called == ["soon", "late"]
