@@ -19,7 +19,6 @@ import math
 import random
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -460,13 +459,3 @@ def _bali_date(stamp: str) -> str:
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return moment.astimezone(DEMO_TZ).date().isoformat()
 
-
-@contextmanager
-def serving_demo(settings):
-    """Yield `settings`, or, when `source.url` is "demo", a copy pointing at a simulated remote
-    started on a free loopback port for the duration of the block."""
-    if settings.source.url != "demo":
-        yield settings
-        return
-    with DemoSource() as demo:
-        yield settings.model_copy(update={"source": settings.source.model_copy(update={"url": demo.url})})

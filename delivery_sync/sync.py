@@ -22,7 +22,6 @@ from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
 from .source import SourceClient
-from .status import capped
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +112,8 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                     unfetched = writer.unfetched(windows)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
+                        from .status import capped  # the status module is not needed otherwise
+
                         shown = capped(unfetched, 20)
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")

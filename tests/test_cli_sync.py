@@ -311,3 +311,29 @@ def test_no_command_prints_the_help_without_an_error_prefix(cli):
     result = cli("query")
     assert result.code == 2 and result.stderr.startswith("Usage: delivery-sync query")
     assert "top" in result.stderr and "error:" not in result.stderr
+
+
+def test_a_quiet_sync_loads_no_terminal_rendering_nor_the_simulator(tmp_path, demo):
+    """The cron job (-q, stderr not a terminal, a real remote) never needs rich (which httpx's own
+    command-line tool would bring), the demo server or the status views: each costs every run's start."""
+    config = write_config(tmp_path / "config.toml", demo.url, tmp_path / "replica.db")
+    probe = (
+        "import sys\n"
+        "from delivery_sync.cli import main\n"
+        "try:\n"
+        f"    main(['-q', '--config', {str(config)!r}, 'sync', '--days-back', '3'])\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, file=sys.stderr)\n"
+        "unwanted = ('rich', 'pygments', 'http.server', 'httpx._main', 'delivery_sync.demo_source', 'delivery_sync.status',\n"
+        "            'psycopg')\n"
+        "print('httpx' in sys.modules, sorted(m for m in unwanted if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env())
+    assert result.stderr.strip().splitlines()[-2:] == ["exit 0", "True []"], result.stderr
+
+
+def test_httpx_command_line_tool_stays_importable_by_name():
+    """Only httpx's own import of its tool is skipped: asked for by name afterwards, it loads."""
+    probe = "import delivery_sync.source, httpx._main; print(callable(httpx._main.main))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "True", result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import DEMO_CLIENTS, query_db, write_config
 from delivery_sync.config import SourceSettings
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.errors import AuthFailed, ClientFetchFailed, SourceUnreachable
-from delivery_sync.source import SourceClient
+from delivery_sync.source import _LONG_RUN, _LONG_TEXT, MAX_TEXT, SourceClient, _has_long_run
 
 
 @pytest.fixture(autouse=True)
@@ -162,3 +163,61 @@ def test_spacing_holds_when_slots_free_together(demo):
     assert demo.max_in_flight <= 2
     assert len(demo.stats_requests()) == 6
     assert min(_gaps(demo.stats_requests())) >= INTERVAL - JITTER
+
+
+def test_only_a_plain_http_remote_without_proxy_skips_the_ca_certificates(monkeypatch):
+    import ssl
+
+    from delivery_sync.source import tls_verification
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    plain = tls_verification("http://127.0.0.1:8080")
+    assert isinstance(plain, ssl.SSLContext)  # fails closed: checks every certificate, trusts none
+    assert (plain.verify_mode, plain.check_hostname, plain.get_ca_certs()) == (ssl.CERT_REQUIRED, True, [])
+    assert tls_verification("https://stats.example.com") is True
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example.com:3128")  # TLS to the proxy: verified as ever
+    assert tls_verification("http://127.0.0.1:8080") is True
+
+
+@pytest.mark.parametrize("run", [MAX_TEXT - 1, MAX_TEXT, MAX_TEXT + 1, MAX_TEXT + 2, 3 * MAX_TEXT])
+def test_a_long_run_without_a_quote_is_found_wherever_it_lies(run):
+    """The block-wise look for a run of more than MAX_TEXT bytes without a quote (a text to cut)
+    says what the patterns say, the run starting at the body's start, after any quote, or at its end."""
+    for offset in (0, 1, 7, 2047, 2048, 2049, 2050, 4095, 4096, 4097, 5000):
+        head = b'["' + b'"a", "' * (offset // 6) + b'x' * (offset % 6)
+        for body in (b'x' * run + b'"' + head, head + b'"' + b'y' * run + b'"]', head + b'"' + b'z' * run):
+            expected = bool(_LONG_RUN.match(body) or _LONG_TEXT.search(body))
+            assert expected == (run > MAX_TEXT)
+            assert _has_long_run(body) == expected, (offset, run)
+            assert _has_long_run(bytearray(body)) == expected
+
+
+def test_one_watchdog_thread_serves_every_request_and_ends_with_the_client(demo):
+    """The cut-off of each answer is kept by one thread per client, not a thread per request."""
+    def watchdogs() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "source-watchdog"]
+
+    before = len(watchdogs())
+    with _client(demo, concurrency=2) as source:
+        for cid in (1, 2, 3, 4):
+            source.client_stats(cid, DAY, DAY)
+        assert len(watchdogs()) == before + 1
+        thread = source._watchdog._thread
+    thread.join(5)
+    assert not thread.is_alive() and len(watchdogs()) == before
+
+
+def test_the_watchdog_calls_in_time_order_and_skips_the_cancelled():
+    from delivery_sync.source import _Watchdog
+
+    called: list[str] = []
+    watchdog = _Watchdog()
+    now = time.monotonic()
+    watchdog.call_at(now + 0.2, lambda: called.append("late"))
+    skipped = watchdog.call_at(now + 0.1, lambda: called.append("cancelled"))
+    watchdog.call_at(now + 0.05, lambda: called.append("soon"))  # sooner than the thread waits for
+    watchdog.cancel(skipped)
+    time.sleep(0.4)
+    watchdog.close()
+    assert called == ["soon", "late"]

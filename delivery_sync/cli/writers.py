@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import typer
 
@@ -35,7 +36,6 @@ def sync(
     """Replicate a window of days from the remote into the replica, then rebuild the rollups."""
     from .. import render
     from ..days import resolve_window
-    from ..demo_source import serving_demo
     from ..sync import NothingToRetry, SyncOptions, run_sync
 
     g: Globals = ctx.obj
@@ -77,7 +77,6 @@ def collect(
     """Ask the remote to collect fresh data from Grab/GoJek, and wait for its answer (never sent twice)."""
     from .. import render
     from ..collect import run_collect
-    from ..demo_source import serving_demo
 
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be more than 0 seconds (got {timeout:g})")
@@ -106,6 +105,20 @@ def aggregate(
     result = run_aggregate(settings.database, parse_date(as_of, "--as-of") or settings.source.today())
     render.summary(render.aggregate_summary(result))
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
+
+
+@contextmanager
+def serving_demo(settings):
+    """Yield `settings`, or, when `source.url` is "demo", a copy pointing at a simulated remote
+    started on a free loopback port for the duration of the block. The simulator (an HTTP
+    server) is imported only then: a sync against a real remote never loads it."""
+    if settings.source.url != "demo":
+        yield settings
+        return
+    from ..demo_source import DemoSource
+
+    with DemoSource() as demo:
+        yield settings.model_copy(update={"source": settings.source.model_copy(update={"url": demo.url})})
 
 
 def _require_source(settings, command: str):
