@@ -196,13 +196,20 @@ def _create_parts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
 
 
-def _temp(db, dialect: Dialect, name: str, columns: dict[str, str], key: str, rows) -> None:
+def temp_rows(db, dialect: Dialect, name: str, columns: dict[str, str], key: str, rows) -> None:
     """A new temporary table `name` of `columns` (name: type) keyed by `key`, holding `rows`."""
     db.execute(f"DROP TABLE IF EXISTS {dialect.temp}.{name}")
     db.execute(dialect.temp_table(name, columns, key))
     db.insert_rows(f"{dialect.temp}.{name}", tuple(columns), list(rows))
     for statement in dialect.fresh_statistics(f"{dialect.temp}.{name}"):
         db.execute(statement)
+
+
+def calendar_table(db, dialect: Dialect, rows: list[tuple[str, str, str, str]]) -> None:
+    """The temporary table `agg_calendar` (piece, piece_end, week, month) of `rows`, the pieces of
+    pieces.calendar() that a rebuild sums client_stats into."""
+    day = dialect.day_type
+    temp_rows(db, dialect, "agg_calendar", {"piece": day, "piece_end": day, "week": day, "month": "TEXT"}, "piece", rows)
 
 
 def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[str, str] | None = None, dialect: Dialect = SQLITE) -> None:
@@ -292,8 +299,8 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     calendar_rows = calendar(date.fromisoformat(first), date.fromisoformat(last)) if first is not None else []
     month_rows = [(month,) for month in dict.fromkeys(row[3] for row in calendar_rows)]
-    _temp(db, SQLITE, "agg_calendar", {"piece": "TEXT", "piece_end": "TEXT", "week": "TEXT", "month": "TEXT"}, "piece", calendar_rows)
-    _temp(db, SQLITE, "agg_month_list", {"month": "TEXT"}, "month", month_rows)
+    calendar_table(db, SQLITE, calendar_rows)
+    temp_rows(db, SQLITE, "agg_month_list", {"month": "TEXT"}, "month", month_rows)
     clients = "SELECT id AS client_id FROM clients"
     for attempt in (clients, "SELECT DISTINCT client_id FROM client_stats"):
         # Clients are never deleted and rows are written only for listed clients: `clients` lists
@@ -339,10 +346,10 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, keys: set[tuple
     window and every calendar month with data."""
     pieces, months, days = dirty_keys(keys)
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
-    _temp(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
+    temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
-    _temp(db, dialect, "agg_dirty_months", {"client_id": "BIGINT", "month": "TEXT"}, "client_id, month", months)
-    _temp(db, dialect, "agg_dirty_days", {"day": day}, "day", days)
+    temp_rows(db, dialect, "agg_dirty_months", {"client_id": "BIGINT", "month": "TEXT"}, "client_id, month", months)
+    temp_rows(db, dialect, "agg_dirty_days", {"day": day}, "day", days)
     db.execute(f"DELETE FROM agg_days WHERE day IN (SELECT day FROM {temp}.agg_dirty_days)")
     # No key: no dirty row to join, and any day will do.
     within = (min((p[1] for p in pieces), default=as_of.isoformat()), max((p[2] for p in pieces), default=as_of.isoformat()))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .build import can_refresh, months_built, parts_done, refresh, rolling
+from .build import calendar_table, can_refresh, months_built, parts_done, refresh, rolling
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import EDGE_CLIENTS, FINE_TABLES, RATIOS, cents_of
@@ -116,8 +116,7 @@ def _build_parts(db) -> None:
     if first is None:  # no rows: no partial sums
         return
     first, last = date.fromisoformat(first), date.fromisoformat(last)
-    db.execute("CREATE TEMP TABLE agg_calendar(piece DATE PRIMARY KEY, piece_end DATE, week DATE, month TEXT) ON COMMIT DROP")
-    db.executemany("INSERT INTO agg_calendar VALUES (?, ?, ?, ?)", calendar(first, last))
+    calendar_table(db, PG, calendar(first, last))
     day_pieces = [piece_span(first + timedelta(days=i))[0] for i in range((last - first).days + 1)]
     db.execute(
         f"INSERT INTO agg_client_pieces SELECT g.client_id, c.piece, c.piece_end, c.week, c.month, g.days, {', '.join(f'g.{m}' for m in METRICS)} "
