@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _installed import compile_package  # noqa: E402  (sibling scripts, not a package)
+from _postgres import new_database  # noqa: E402
 
 from delivery_sync.aggregate.build import aggregate_locked  # noqa: E402
 from delivery_sync.aggregate.sql import FINE_TABLES  # noqa: E402
@@ -75,16 +76,6 @@ def rollups(database) -> dict[str, list[tuple]]:
         conn.close()
 
 
-def new_database(server: str) -> str:
-    """A new, empty database on the PostgreSQL server `server`; its URL."""
-    import psycopg
-
-    name = f"bench_refresh_{os.getpid()}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=2000)
@@ -95,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     print(compile_package(), flush=True)
     with tempfile.TemporaryDirectory() as tmp, DemoSource(clients=args.clients) as demo:
-        database = new_database(args.postgres) if args.postgres else str(Path(tmp) / "replica.db")
+        database = new_database(args.postgres, f"bench_refresh_{os.getpid()}") if args.postgres else str(Path(tmp) / "replica.db")
         setting = PostgresURL(database) if args.postgres else Path(database)
         config = Settings(database=setting, source={"url": demo.url, "min_interval": 0, "concurrency": 8})
         last = demo.today() - timedelta(days=args.rounds)  # the last day loaded; each round adds one

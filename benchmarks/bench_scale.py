@@ -47,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _installed import compile_package  # noqa: E402  (sibling scripts, not a package)
+from _postgres import new_database  # noqa: E402
 from bench_query import in_process  # noqa: E402
 
 from delivery_sync import readonly  # noqa: E402
@@ -143,7 +144,7 @@ def main() -> None:
                 tmp = args.keep
             database = Path(tmp) / "replica.db"
             if args.postgres:
-                database = new_database(args.postgres)
+                database = new_database(args.postgres, f"bench_scale_{os.getpid()}")
             config = Path(tmp) / "config.toml"
             config.write_text(f'database = "{database}"\n[source]\nurl = "{url}"\nbatch = "{args.batch}"\n'
                               f"concurrency = {args.concurrency}\nmin_interval = 0\n")
@@ -200,16 +201,6 @@ def print_reports(reports: list[tuple[str, float, float, bool]], runs: int) -> N
         slow += ms > limit
         print(f"  {'ok  ' if ms <= limit else 'SLOW'} {ms:9.2f} ms  (<= {limit} ms)  {label}")
     print(f"  {slow} of {len(reports)} over target")
-
-
-def new_database(server: str) -> str:
-    """A new, empty database on the PostgreSQL server `server`; its URL."""
-    import psycopg
-
-    name = f"bench_scale_{os.getpid()}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
 
 
 if __name__ == "__main__":

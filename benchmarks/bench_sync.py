@@ -38,6 +38,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from _installed import compile_package
+from _postgres import new_database
 
 CONCURRENCY = 4
 
@@ -183,7 +184,7 @@ def main() -> None:
                 round_["unchanged"] = timed(sync)
                 unchanged_tail = round_["unchanged"]["ended"] - last_answer.value
                 if args.postgres:
-                    pg_sync = [*sync[:4], "--db", new_database(args.postgres, run), "--config", str(config), "sync"]
+                    pg_sync = [*sync[:4], "--db", new_database(args.postgres, f"bench_sync_{os.getpid()}_{run}"), "--config", str(config), "sync"]
                     round_["pg full"], round_["pg unchanged"] = timed(pg_sync), timed(pg_sync)
                 if run:
                     for name, figure in round_.items():
@@ -222,17 +223,6 @@ def drop_databases(server: str) -> None:
         names = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"bench_sync_{os.getpid()}_%"])]
         for name in names:
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-
-
-def new_database(server: str, run: int) -> str:
-    """A new, empty database on the PostgreSQL server `server` for round `run`; its URL."""
-    import psycopg
-
-    name = f"bench_sync_{os.getpid()}_{run}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
 
 
 if __name__ == "__main__":
