@@ -720,16 +720,15 @@ def _edge_period_sums(by: str, dialect: Dialect) -> str:
 
     Sums come from `overall_daily` (exact cents, so equal to summing the raw rows).
     Clients with data are read from EDGE_CLIENTS, which holds the edges of the stored
-    rolling periods; on an edge with a day on which every listed client has data, they are
-    all the listed clients; any other edge probes the (client_id, stat_date) index once per
-    client, far cheaper than reading every client-day of the edges.
+    rolling periods; any other edge counts them by `clients_with_data` (from the most clients
+    on one of its days, or by probing the (client_id, stat_date) index once per client), far
+    cheaper than reading every client-day of the edges.
     """
     key, first, last = period_bounds(by, day="period", dialect=dialect)
     stored = f"SELECT e.clients_with_data FROM {EDGE_CLIENTS} e WHERE e.period_start = x.period_start AND e.period_end = x.period_end"
-    every = "CASE WHEN most_in_a_day = (SELECT COUNT(*) FROM clients) THEN most_in_a_day END"
     return f"""
 SELECT period, period_start, period_end,
-       COALESCE(({stored}), {every}, {clients_with_data("period_start", "period_end")}) AS clients_with_data,
+       COALESCE(({stored}), {clients_with_data("period_start", "period_end", "most_in_a_day")}) AS clients_with_data,
        days_with_data, {_METRIC_LIST}
 FROM (SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
              CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, most_in_a_day, {_METRIC_LIST}

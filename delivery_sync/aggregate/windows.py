@@ -121,20 +121,25 @@ def window_ranking(start: date, end: date, metric: str, *, ascending: bool = Fal
     return f"SELECT client_id FROM ({sql}) AS ranked{where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
 
 
-def clients_with_data(start: str, end: str) -> str:
+def clients_with_data(start: str, end: str, most_in_a_day: str) -> str:
     """SQL of the number of clients with a row between the days `start` and `end` (SQL
-    expressions): one probe of the (client_id, stat_date) index per client, as rows exist only
-    for clients the remote listed (about 1.5 us a client)."""
-    return (f"(SELECT COUNT(*) FROM clients c WHERE EXISTS ("
-            f"SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN {start} AND {end}))")
+    expressions), given `most_in_a_day`, SQL of the most clients with a row on one day of that
+    span (from the per-day partial sums).
+
+    When that day had every listed client, they all have data in the span: no index is probed
+    (15-20 ms at 10,000 clients, 0.3 s for a build's 8 edge spans on PostgreSQL). Otherwise one
+    probe of the (client_id, stat_date) index per client, as rows exist only for clients the
+    remote listed (about 1.5 us a client).
+    """
+    return (f"(CASE WHEN {most_in_a_day} = (SELECT COUNT(*) FROM clients) THEN {most_in_a_day} "
+            f"ELSE (SELECT COUNT(*) FROM clients c WHERE EXISTS ("
+            f"SELECT 1 FROM client_stats s WHERE s.client_id = c.id AND s.stat_date BETWEEN {start} AND {end})) END)")
 
 
 # All clients over [:start, :end] from the per-day partial sums, with OVERALL_SUMS's columns and
-# numbers (no row when the window is empty). A day on which every listed client has data means
-# all of them have data in the window: then no client's index is probed (15-20 ms at 10,000).
+# numbers (no row when the window is empty).
 OVERALL_DAY_SUMS = f"""
-SELECT CASE WHEN MAX(clients_with_data) = (SELECT COUNT(*) FROM clients) THEN MAX(clients_with_data)
-            ELSE {clients_with_data(":start", ":end")} END AS clients_with_data,
+SELECT {clients_with_data(":start", ":end", "MAX(clients_with_data)")} AS clients_with_data,
        COUNT(*) AS days_with_data,
        {", ".join(f"{rupiah(f'SUM({m})')} AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)}
 FROM agg_days
