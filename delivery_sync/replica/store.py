@@ -93,8 +93,9 @@ class SqliteStore:
         return open_readonly(self.path)
 
     def describe_failure(self, exc: Exception) -> str:
-        """Why a run failed, on one line; a full disk (or file-size limit) said as a sync says it."""
-        if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o")):
+        """Why a run failed, on one line; a full disk (or file-size limit) or a damaged page said as
+        a sync says it, with the file's name."""
+        if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o", "malformed", "corrupt")):
             return str(storage_error(self.path, exc))
         return " ".join(str(exc).split())
 

@@ -1,0 +1,117 @@
+"""The integrity check before a writing run: the whole file when the last whole check that found
+it intact is 12 hours old (or there is none), the small tables and every table's first page
+otherwise; a damaged replica is refused with nothing written either way."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import DEMO_CLIENTS, query_db
+from freezegun import freeze_time
+
+KEY = "integrity_checked_at"
+DAY = datetime(2026, 3, 10, 1, 0, tzinfo=UTC)
+
+
+def checked_at(db_path) -> str | None:
+    rows = query_db(db_path, "SELECT value FROM meta WHERE key = ?", [KEY])
+    return rows[0][0] if rows else None
+
+
+def damage_a_middle_leaf(path) -> None:
+    """Overwrite a leaf page of client_stats that neither its first row nor its last lives on: a
+    run that reads only the first page of each table, or writes only the newest days, never meets it."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the page must be read from the file itself
+    leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'client_stats' AND pagetype = 'leaf' ORDER BY path")]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    assert len(leaves) >= 5, leaves
+    with open(path, "r+b") as f:
+        f.seek((leaves[len(leaves) // 2] - 1) * page_size)
+        f.write(b"\xff" * page_size)
+
+
+@pytest.fixture
+def synced(cli, config, db_path):
+    """A replica of 60 days, its whole file checked by that first sync at DAY."""
+    with freeze_time(DAY):
+        assert cli("sync", "--days-back", "60").code == 0
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 60,)]
+    return db_path
+
+
+def test_the_first_run_checks_the_whole_file_and_records_when(synced):
+    assert checked_at(synced) == "2026-03-10T01:00:00+00:00"
+
+
+def test_within_12_hours_the_whole_file_is_not_read_again(cli, synced):
+    with freeze_time(DAY + timedelta(hours=11, minutes=59)):
+        assert cli("aggregate").code == 0
+        assert cli("sync", "--days-back", "2").code == 0
+    assert checked_at(synced) == "2026-03-10T01:00:00+00:00"
+
+
+def test_after_12_hours_the_next_run_checks_the_whole_file_again(cli, synced):
+    with freeze_time(DAY + timedelta(hours=12, seconds=1)):
+        assert cli("aggregate").code == 0
+    assert checked_at(synced) == "2026-03-10T13:00:01+00:00"
+
+
+@pytest.mark.parametrize("command", [["sync", "--days-back", "2"], ["aggregate"], ["collect"]])
+def test_damage_deep_in_client_stats_is_refused_by_the_whole_check(cli, synced, command):
+    damage_a_middle_leaf(synced)
+    before = hashlib.sha256(synced.read_bytes()).hexdigest()
+    with freeze_time(DAY + timedelta(hours=13)):
+        result = cli(*command)
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: replica {synced} is corrupt (")
+    assert "nothing was written" in lines[0]
+    assert hashlib.sha256(synced.read_bytes()).hexdigest() == before
+    assert checked_at(synced) == "2026-03-10T01:00:00+00:00"  # a failed check is not recorded as one
+
+
+@pytest.mark.parametrize("recorded", ["2026-03-11T01:00:00+00:00", "not a time"])
+def test_a_check_time_in_the_future_or_unreadable_is_not_trusted(cli, synced, recorded):
+    # A clock set back (or a hand-edited meta) must not put off the whole check for good.
+    conn = sqlite3.connect(synced)
+    with conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", [recorded, KEY])
+    conn.close()
+    damage_a_middle_leaf(synced)
+    with freeze_time(DAY + timedelta(hours=1)):
+        result = cli("aggregate")
+    assert result.code == 2 and "is corrupt" in result.stderr
+
+
+def test_damage_to_a_small_table_is_refused_between_whole_checks(cli, synced):
+    conn = sqlite3.connect(synced)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sync_failures'").fetchone()
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(synced, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    before = hashlib.sha256(synced.read_bytes()).hexdigest()
+    with freeze_time(DAY + timedelta(hours=1)):
+        result = cli("sync", "--days-back", "2")
+    assert result.code == 2 and f"error: replica {synced} is corrupt (" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert hashlib.sha256(synced.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("command, code", [(["aggregate"], 1), (["sync", "--days-back", "60"], 2)])
+def test_between_whole_checks_a_run_that_meets_a_damaged_page_fails_on_one_line(cli, synced, command, code):
+    # aggregate's full rebuild reads every row of client_stats; the sync compares every stored row of
+    # its window before it writes: both meet the page, and the run fails, naming the damaged file.
+    damage_a_middle_leaf(synced)
+    with freeze_time(DAY + timedelta(hours=1)):
+        result = cli(*command)
+    assert result.code == code, result.stderr
+    assert f"replica {synced} is corrupt (database disk image is malformed)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
