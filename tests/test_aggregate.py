@@ -131,9 +131,13 @@ def test_sync_no_aggregate_leaves_the_rollups_alone(cli, demo, tmp_path, db_path
     assert result.code == 0 and result.stderr.count("\n") == 1 and unstamped(result.stderr).startswith("sync ok: 2/2 clients")
     verbose = cli("-v", "sync", "--days-back", "3", "--clients", "1,2")
     assert verbose.code == 0 and "aggregate ok: 2 clients, 6 rows" in verbose.stderr
+    # The rollups were current before this sync: its aggregate recomputed only what it wrote.
+    assert "daily and weekly totals), refreshed, as of " in verbose.stderr
     assert query_db(db_path, "SELECT command, status FROM sync_runs ORDER BY id") == [
         ("sync", "ok"), ("sync", "ok"), ("aggregate", "ok"), ("sync", "ok"), ("aggregate", "ok")
     ]
+    rebuilt = cli("aggregate")  # the command always rebuilds everything
+    assert rebuilt.code == 0 and "daily and weekly totals), rebuilt, as of " in rebuilt.stderr
 
 
 def test_aggregate_without_a_replica_exits_2_and_creates_nothing(cli, tmp_path):

@@ -94,13 +94,15 @@ def collect_summary(result) -> str:
 
 
 def aggregate_summary(result) -> str:
-    """`aggregate ok: 127 clients, 46355 rows -> 2594 rollup rows (4 rolling periods, 13 months, daily and weekly totals), as of D, 0.6 s`."""
+    """`aggregate ok: 127 clients, 46355 rows -> 2594 rollup rows (4 rolling periods, 13 months, daily and weekly totals),
+    rebuilt, as of D, 0.6 s`; `refreshed` instead of `rebuilt` when only what a sync wrote was recomputed."""
     run = result.run
     line = f"aggregate {run['status']}: "
     if run["status"] == "ok":
         line += (
             f"{run['clients_ok']} clients, {run['rows_fetched']} rows -> {run['rows_inserted']} rollup rows "
             f"({result.periods} rolling periods, {result.months} months, daily and weekly totals), "
+            f"{'refreshed' if result.refreshed else 'rebuilt'}, "
         )
     line += f"as of {result.as_of}, {result.seconds:.1f} s"
     if run["error"]:
