@@ -16,7 +16,6 @@ Run: python benchmarks/bench_check.py --replica FOLDER/replica.db [--rounds 5]
 from __future__ import annotations
 
 import argparse
-import shutil
 import sqlite3
 import statistics
 import sys
