@@ -60,7 +60,7 @@ def test_tables_without_schema_version_are_completed(cli, config, db_path):
     db.close()
     result = cli("sync", "--days-back", "2")
     assert result.code == 0, result.stderr
-    assert query_db(db_path, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
+    assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
 def test_another_programs_migrations_are_still_refused(cli, config, db_path):
