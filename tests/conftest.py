@@ -358,3 +358,19 @@ def unstamped(text: str) -> str:
     import re
 
     return re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "", text, flags=re.M)
+
+
+def overwrite_page(path: Path, pageno: int | None = None, *, table: str | None = None) -> None:
+    """Damage a SQLite replica: fill page `pageno`, or the root page of `table`, with 0xff bytes
+    (never page 1: the file still opens). Checkpointed first, so the page is read from the file itself."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if table is not None:
+        (pageno,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:
+        f.seek((pageno - 1) * page_size)
+        f.write(b"\xff" * page_size)

@@ -4,10 +4,9 @@ pragmas allowed, output bounded; a damaged replica is refused before anything is
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db
+from conftest import DEMO_CLIENTS, overwrite_page, query_db
 
 
 @pytest.fixture
@@ -60,20 +59,9 @@ def test_fetching_many_rows_counts_against_max_seconds(cli, synced):
     assert result.stdout == "" and "query interrupted after 0.5 s" in result.stderr
 
 
-def _corrupt(path) -> None:
-    """Overwrite one page of client_stats' table b-tree (not the first: the file still opens)."""
-    conn = sqlite3.connect(path)
-    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'client_stats'").fetchone()
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    with open(path, "r+b") as f:
-        f.seek((root - 1) * page_size)
-        f.write(b"\xff" * page_size)
-
-
 @pytest.mark.parametrize("command", [["sync", "--days-back", "2"], ["aggregate"], ["collect"]])
 def test_a_corrupt_replica_is_refused_before_anything_is_written(cli, synced, command):
-    _corrupt(synced)
+    overwrite_page(synced, table="client_stats")  # not the first page: the file still opens
     before = hashlib.sha256(synced.read_bytes()).hexdigest()
     result = cli(*command)
     assert result.code == 2, result.stderr

@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, query_db
+from conftest import DEMO_CLIENTS, overwrite_page, query_db
 from freezegun import freeze_time
 
 KEY = "integrity_checked_at"
@@ -24,15 +24,9 @@ def checked_at(db_path) -> str | None:
 def damage_a_middle_leaf(path) -> None:
     """Overwrite a leaf page of client_stats that neither its first row nor its last lives on: a
     run that reads only the first page of each table, or writes only the newest days, never meets it."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the page must be read from the file itself
-    leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'client_stats' AND pagetype = 'leaf' ORDER BY path")]
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
+    leaves = [n for (n,) in query_db(path, "SELECT pageno FROM dbstat WHERE name = 'client_stats' AND pagetype = 'leaf' ORDER BY path")]
     assert len(leaves) >= 5, leaves
-    with open(path, "r+b") as f:
-        f.seek((leaves[len(leaves) // 2] - 1) * page_size)
-        f.write(b"\xff" * page_size)
+    overwrite_page(path, leaves[len(leaves) // 2])
 
 
 @pytest.fixture
@@ -89,14 +83,7 @@ def test_a_check_time_in_the_future_or_unreadable_is_not_trusted(cli, synced, re
 
 
 def test_damage_to_a_small_table_is_refused_between_whole_checks(cli, synced):
-    conn = sqlite3.connect(synced)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sync_failures'").fetchone()
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    with open(synced, "r+b") as f:
-        f.seek((root - 1) * page_size)
-        f.write(b"\xff" * page_size)
+    overwrite_page(synced, table="sync_failures")
     before = hashlib.sha256(synced.read_bytes()).hexdigest()
     with freeze_time(DAY + timedelta(hours=1)):
         result = cli("sync", "--days-back", "2")

@@ -6,26 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import overwrite_page
 from prometheus_client.parser import text_string_to_metric_families
 from test_crontab import ENTRIES
-
-
-def corrupt_table(path: Path, table: str) -> None:
-    """Overwrite the root page of `table` (not page 1: the file still opens)."""
-    conn = sqlite3.connect(path)
-    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the page must be read from the file itself
-    conn.close()
-    with open(path, "r+b") as f:
-        f.seek((root - 1) * page_size)
-        f.write(b"\xff" * page_size)
 
 
 def metrics(text: str) -> dict[str, float]:
@@ -42,7 +30,7 @@ def synced(cli, config, db_path):
 
 @pytest.mark.parametrize("table", ["client_stats", "sync_runs", "clients"])
 def test_a_damaged_replica_makes_status_say_no(cli, synced, table):
-    corrupt_table(synced, table)
+    overwrite_page(synced, table=table)
     view, check, as_json, prom = cli("status"), cli("status", "--check"), cli("status", "--json"), cli("status", "--format", "prometheus")
     said = f"replica {synced} is corrupt or unreadable ("
     assert view.code == 0 and view.stdout.startswith(f"Replica can be trusted: NO - {said}")
@@ -89,7 +77,7 @@ def test_the_cron_line_reports_a_damaged_replica_and_never_keeps_an_old_ok(cli, 
     assert _run_cron_line(tmp_path, config).returncode == 0
     assert metrics(prom.read_text())["delivery_sync_ok"] == 1
 
-    corrupt_table(synced, "client_stats")
+    overwrite_page(synced, table="client_stats")
     assert _run_cron_line(tmp_path, config).returncode == 0
     assert [p.name for p in target.iterdir()] == ["delivery_sync.prom"]
     assert (metrics(prom.read_text())["delivery_sync_up"], metrics(prom.read_text())["delivery_sync_ok"]) == (0, 0)
