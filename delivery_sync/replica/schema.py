@@ -155,6 +155,30 @@ def _client_stats_named(db: sqlite_utils.Database) -> None:
 
 SCHEMA_VERSION = len(migrations._migrations)
 
+# Indexes of client_stats that a first sync (into an empty table) builds once its rows are in,
+# rather than row by row: each new row goes to a random leaf of the total_sales index, which at
+# millions of rows no longer fits the page cache, so each insert read and later wrote a page.
+DEFERRED_INDEXES = {"idx_client_stats_total_sales": "total_sales"}
+INDEX_BUILD_CACHE_KIB = 2 * 1024
+
+
+def restore_deferred_indexes(db: sqlite_utils.Database) -> None:
+    """Create any DEFERRED_INDEXES missing: after a first sync's rows are in, or, at the next
+    writing run's open, after one that was killed before it built them."""
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats'")}
+    missing = {name: column for name, column in DEFERRED_INDEXES.items() if name not in present}
+    if not missing:
+        return
+    # The sort that builds an index holds up to the page cache's size in memory, on top of a first
+    # sync's peak: 2 MB of it (not the writer's 16) kept that peak where it was, and sorted faster.
+    db.execute(f"PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}")
+    try:
+        for name, column in missing.items():
+            # Laid out as sqlite-utils writes it, so the schema reads the same as a new replica's.
+            db.execute(f'CREATE INDEX "{name}"\n    ON "client_stats" ("{column}")')
+    finally:
+        db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+
 
 # SQLite's own files beside the replica: created by SQLite with the replica's owner and mode.
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -191,6 +215,7 @@ def open_replica(path: Path) -> ReplicaDatabase:
         checked_whole = _check_intact(db, path)
         db.enable_wal()
         migrations.apply(db)
+        restore_deferred_indexes(db)
         upsert_meta = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         db.execute(upsert_meta, [SCHEMA_VERSION_KEY, str(SCHEMA_VERSION)])
         if checked_whole:

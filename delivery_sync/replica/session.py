@@ -3,7 +3,7 @@ functions of this package (clients.py, runs.py, upsert.py, staging.py) on one co
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import date
 
 from ..records import Client
@@ -53,6 +53,11 @@ class OpenReplica:
 
     def staging(self) -> Staging:
         return self.staging_type(self.db)
+
+    def first_load(self) -> AbstractContextManager[None]:
+        """Around the writes of a sync: where the engine loads an empty table faster with some of
+        its indexes built afterwards, it does so here. By default nothing changes."""
+        return nullcontext()
 
     def transaction(self) -> AbstractContextManager[None]:
         """One transaction: everything inside commits together or not at all."""

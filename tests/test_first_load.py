@@ -1,0 +1,86 @@
+"""A first sync into an empty SQLite replica builds client_stats' total_sales index once its rows
+are in, not row by row: the index is there after the run (ok, failed or killed and then opened
+again), the same as a replica migrated anew, and a sync into a replica with rows leaves it alone."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from datetime import timedelta
+
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, kill_when, query_db, write_config
+
+from delivery_sync.demo_source import DemoSource
+from delivery_sync.replica.schema import DEFERRED_INDEXES
+
+INDEXES = "SELECT name, sql, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats' ORDER BY name"
+
+
+def indexes(db_path) -> dict[str, tuple[str, int]]:
+    return {name: (sql, root) for name, sql, root in query_db(db_path, INDEXES)}
+
+
+def fresh_indexes(tmp_path) -> dict[str, str]:
+    """The CREATE INDEX statements of client_stats in a replica migrated anew."""
+    from delivery_sync.replica import open_replica
+
+    open_replica(tmp_path / "fresh.db").close()
+    return {name: sql for name, (sql, _) in indexes(tmp_path / "fresh.db").items()}
+
+
+def test_a_first_sync_ends_with_every_index_of_a_new_replica(cli, config, db_path, tmp_path):
+    assert cli("sync", "--days-back", "5").code == 0
+    assert {name: sql for name, (sql, _) in indexes(db_path).items()} == fresh_indexes(tmp_path)
+    assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]  # the index holds every row, rightly
+    plan = query_db(db_path, "EXPLAIN QUERY PLAN SELECT client_id FROM client_stats WHERE total_sales > 1e9")
+    assert any("idx_client_stats_total_sales" in str(step) for step in plan), plan
+
+
+def test_a_sync_into_a_replica_with_rows_leaves_its_indexes_alone(cli, config, db_path):
+    assert cli("sync", "--days-back", "5").code == 0
+    before = indexes(db_path)
+    assert cli("sync", "--days-back", "7").code == 0  # two new days for every client
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 7,)]
+    assert indexes(db_path) == before  # not dropped and built again: same root pages
+
+
+def test_a_failed_first_sync_still_builds_the_index(cli, tmp_path, db_path, demo):
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"})
+    demo.faults.fail_clients = {3: 500}  # one client fails: the run fails, the others are stored
+    result = cli("sync", "--days-back", "5")
+    assert result.code == 1, result.stderr
+    assert query_db(db_path, "SELECT COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS - 1,)]
+    assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_first_sync_killed_mid_way_gets_its_index_from_the_next_run(tmp_path, db_path):
+    clients, days = 40, 20
+    with DemoSource(clients=clients, latency_ms=20) as demo:
+        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 2})
+        command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
+        env = clean_env()
+        kill_when(command, env, lambda: db_path.exists() and _stored(db_path) > 0)
+        stored = _stored(db_path)
+        assert 0 < stored < clients * days
+        assert not set(DEFERRED_INDEXES) & set(indexes(db_path))  # killed before it built the index
+        # Reports still answer meanwhile, from the rows stored.
+        top = subprocess.run([SCRIPT, "--config", str(config), "query", "top", "--days", "5", "--format", "csv"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0, top.stderr
+        # The next writing run's open builds it, whatever the run: here the same sync again, as cron would.
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        today = demo.today()
+    assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
+    assert query_db(db_path, "SELECT COUNT(*), MIN(stat_date), MAX(stat_date) FROM client_stats") == [
+        (clients * days, (today - timedelta(days=days - 1)).isoformat(), today.isoformat())]
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _stored(db_path) -> int:
+    try:
+        return query_db(db_path, "SELECT COUNT(*) FROM client_stats")[0][0]
+    except sqlite3.Error:  # not created yet
+        return 0
