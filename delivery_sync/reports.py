@@ -442,25 +442,33 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     end, days, missing = window.end.isoformat(), window.days, (None, 0)
     last_days = _last_days(conn, window, [c for c in candidates if current.get(c, missing)[1] < days])
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
-    found = []
-    for client_id in candidates:
+    by_pct = rank == "pct"
+
+    def move(client_id: int) -> _Move:
         now, then = current.get(client_id, missing)[0], before.get(client_id)
         last_day = last_days.get(client_id, end)
-        found.append(_Move(client_id, int(last_day is None or last_day < cutoff), last_day, now, then, *change(by, now, then)))
-    by_pct = rank == "pct"
-    ranked = [m for m in found if (m.pct if by_pct else m.diff) is not None and not m.lagging
-              and (min_base is None or m.base >= min_base)]
+        return _Move(client_id, int(last_day is None or last_day < cutoff), last_day, now, then, *change(by, now, then))
 
-    def size(m: _Move):
-        return m.pct if by_pct else m.diff
-
-    # Only the rows shown are built: 10,000 clients make 10,000 candidates.
-    sections = {
-        "rose": heapq.nsmallest(limit, (m for m in ranked if size(m) > 0), key=lambda m: (-size(m), m.client_id)),
-        "fell": heapq.nsmallest(limit, (m for m in ranked if size(m) < 0), key=lambda m: (size(m), m.client_id)),
-        # What a lagging client had in the base window is what the window may be missing: most first.
-        "lagging": heapq.nsmallest(limit, (m for m in found if m.lagging and m.base is not None), key=lambda m: (-m.base, m.client_id)),
-    }
+    # 10,000 clients make 10,000 candidates: each is kept as a (sort key, client id) pair, and
+    # only the rows shown are built (NamedTuples and key functions for all cost 2-3x as much).
+    rose, fell, lagging = [], [], []
+    for client_id in candidates:
+        then, last_day = before.get(client_id), last_days.get(client_id, end)
+        if last_day is None or last_day < cutoff:
+            if then is not None:  # what it had in the base window is what the window may be missing
+                lagging.append((-then, client_id))
+            continue
+        diff, pct = change(by, current.get(client_id, missing)[0], then)
+        size = pct if by_pct else diff
+        if size is None or (min_base is not None and then < min_base):
+            continue
+        if size > 0:
+            rose.append((-size, client_id))
+        elif size < 0:
+            fell.append((size, client_id))
+    # Largest rise, largest fall, most in the base window first; ties by client id.
+    sections = {name: [move(client_id) for _, client_id in heapq.nsmallest(limit, keyed)]
+                for name, keyed in (("rose", rose), ("fell", fell), ("lagging", lagging))}
     bounds = {"period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
               "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
     shown_ids = sorted({m.client_id for chosen in sections.values() for m in chosen})
@@ -511,9 +519,21 @@ def _values(conn: sqlite3.Connection, window: Window, by: str, days: bool = Fals
         sql = f"SELECT {columns} FROM ({sql}) AS sums"
     else:
         sql, params = f"SELECT {columns} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
+    # 10,000 rows: as plain tuples, not SQLite's Row objects (1-2 ms less each way).
+    rows = _tuples(conn).execute(sql, params)
     if days:
-        return {client_id: (value, count) for client_id, value, count in conn.execute(sql, params)}
-    return dict(conn.execute(sql, params).fetchall())
+        return {client_id: (value, count) for client_id, value, count in rows}
+    return dict(rows.fetchall())
+
+
+def _tuples(conn: sqlite3.Connection):
+    """Something whose `execute` returns rows as tuples: a SQLite cursor without the reader's
+    row factory, or the PostgreSQL connection itself."""
+    if not isinstance(conn, sqlite3.Connection):
+        return conn
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor
 
 
 def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str | None]:
