@@ -152,6 +152,14 @@ def kill_when(command: list[str], env: dict[str, str], seen) -> None:
         proc.kill()
 
 
+def client_by_client_sync(tmp_path: Path, demo, database, days: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `sync --days-back DAYS --no-aggregate` of `database`
+    from `demo`, for its own process: one request per client on two connections, so clients
+    arrive, and commit, one after another (a test can kill it between two)."""
+    config = write_config(tmp_path / "config.toml", demo.url, database, source={"batch": "never", "concurrency": 2})
+    return [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"], clean_env()
+
+
 def last_run(db_path: Path, columns: str, command: str = "sync") -> tuple:
     """`columns` of the latest `command` run in the replica's sync_runs."""
     return query_db(db_path, f"SELECT {columns} FROM sync_runs WHERE command = ? ORDER BY id DESC LIMIT 1", [command])[0]

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 from datetime import timedelta
 
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, kill_when, query_db, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, query_db, write_config
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.replica.schema import DEFERRED_INDEXES
@@ -58,9 +58,8 @@ def test_a_failed_first_sync_still_builds_the_index(cli, tmp_path, db_path, demo
 def test_a_first_sync_killed_mid_way_gets_its_index_from_the_next_run(tmp_path, db_path):
     clients, days = 40, 20
     with DemoSource(clients=clients, latency_ms=20) as demo:
-        config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 2})
-        command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
-        env = clean_env()
+        command, env = client_by_client_sync(tmp_path, demo, db_path, days)
+        config = tmp_path / "config.toml"
         kill_when(command, env, lambda: db_path.exists() and _stored(db_path) > 0)
         stored = _stored(db_path)
         assert 0 < stored < clients * days

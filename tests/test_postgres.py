@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, kill_when, rows_of, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, client_by_client_sync, kill_when, rows_of, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -237,10 +237,7 @@ def test_a_rollup_table_of_another_version_is_made_again(cli, demo, tmp_path, pg
 def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
     clients, days = 60, 20
     with DemoSource(clients=clients, latency_ms=30) as demo:
-        # One request per client: clients arrive, and commit, one after another.
-        config = write_config(tmp_path / "config.toml", demo.url, pg_url, source={"batch": "never", "concurrency": 2})
-        command = [SCRIPT, "--config", str(config), "sync", "--days-back", str(days), "--no-aggregate"]
-        env = clean_env()
+        command, env = client_by_client_sync(tmp_path, demo, pg_url, days)
         first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert first.returncode == 0, first.stderr
         today = demo.today()
