@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _installed import compile_package  # noqa: E402  (sibling scripts, not a package)
 from _postgres import new_database  # noqa: E402
 
-from delivery_sync.aggregate.build import aggregate_locked  # noqa: E402
+from delivery_sync.aggregate.run import aggregate_locked  # noqa: E402
 from delivery_sync.aggregate.sql import FINE_TABLES  # noqa: E402
 from delivery_sync.config import PostgresURL, Settings  # noqa: E402
 from delivery_sync.days import Window  # noqa: E402
@@ -51,7 +51,10 @@ ROLLUPS = {"client_aggregates": "client_id, period", "overall_aggregates": "peri
 BASELINE = """
 import sys
 from datetime import date
-from delivery_sync.aggregate.build import aggregate_locked
+try:  # this checkout's layout, or one from before aggregate/run.py
+    from delivery_sync.aggregate.run import aggregate_locked
+except ImportError:
+    from delivery_sync.aggregate.build import aggregate_locked
 from delivery_sync.config import PostgresURL
 from pathlib import Path
 from delivery_sync.replica import open_store

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from . import replica
-from .aggregate.build import AggregateResult, aggregate_locked
+from .aggregate.run import AggregateResult, aggregate_locked
 from .config import Settings
 from .days import Window
 from .errors import Interrupted, SourceError, UsageError

@@ -13,7 +13,7 @@ from conftest import ENGINES, dialect, dict_rows, execute_db, query_db, replica_
 from freezegun import freeze_time
 from test_reports import NOW, TODAY, assert_matches, built_replica, expected_clients, expected_overall, load_rows
 
-from delivery_sync.aggregate.build import run_aggregate
+from delivery_sync.aggregate.run import run_aggregate
 from delivery_sync.errors import LockHeld
 
 ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}

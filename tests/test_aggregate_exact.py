@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from delivery_sync.aggregate.build import aggregate_locked
+from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.aggregate.sql import (
     CLIENT_COLUMNS,
     CLIENT_SUMS,

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import raw_path, stored
 
-from delivery_sync.aggregate.build import aggregate_locked
+from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.days import Window
 from delivery_sync.demo_source import DemoSource

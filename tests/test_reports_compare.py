@@ -18,7 +18,7 @@ from freezegun import freeze_time
 from test_reports import NOW, RATIOS, TODAY, build_replica, expected_clients, expected_overall, load_rows
 
 from delivery_sync import readonly, reports
-from delivery_sync.aggregate.build import run_aggregate
+from delivery_sync.aggregate.run import run_aggregate
 from delivery_sync.days import Window
 from delivery_sync.errors import UsageError
 from delivery_sync.metrics import METRICS

@@ -12,7 +12,10 @@ exact, and independent of the order SQLite visits rows in.
 - pieces.py: the calendar of pieces (weeks cut at month ends) and a window's cover;
 - windows.py: any window as a sum of partial sums, read by reports and rolling periods;
 - current.py: whether the rollups are current (read by reports, and by build before a refresh);
-- build.py: the `aggregate` run: rebuild everything, or refresh what a sync wrote.
+- build.py: SQLite's rollup build (rebuild everything, or refresh what a sync wrote), and the
+  refresh and rolling periods both engines share;
+- postgres.py: PostgreSQL's full rebuild;
+- run.py: the `aggregate` run around the engine's build.
 
 Only the standard library is imported at module level: `reports.py` imports sql.py,
 current.py and windows.py on the fast read path.

@@ -99,7 +99,7 @@ def aggregate(
 
     sync runs it after every run that changed rows; run it by hand after --no-aggregate."""
     from .. import render
-    from ..aggregate.build import run_aggregate
+    from ..aggregate.run import run_aggregate
 
     settings = ctx.obj.settings()
     result = run_aggregate(settings.database, parse_date(as_of, "--as-of") or settings.source.today())
