@@ -22,9 +22,7 @@ from .readonly import reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
-# The small tables `status` reads, checked whole on every call (a few ms). client_stats is far too
-# large to check on every poll; the pages of it that status reads raise their own error, and every
-# writing run checks the whole file first.
+# What to do about a damaged replica (see readonly.check_small_tables for what status checks).
 CORRUPT_ADVICE = "restore it from a backup, or move it away and run a full sync"
 # A repair line names at most this many client ids; past that it advises the whole sync.
 MAX_ADVISED_IDS = 50

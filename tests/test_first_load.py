@@ -9,6 +9,7 @@ import subprocess
 from datetime import timedelta
 
 from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, query_db, write_config
+from hardening import one_line, run_cli
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.replica.schema import DEFERRED_INDEXES
@@ -83,3 +84,20 @@ def _stored(db_path) -> int:
         return query_db(db_path, "SELECT COUNT(*) FROM client_stats")[0][0]
     except sqlite3.Error:  # not created yet
         return 0
+
+
+def test_a_first_sync_stopped_by_a_full_disk_keeps_its_clients_and_builds_the_index(tmp_path, demo, db_path):
+    # The file may grow to hold the first client, not the second: the write that fails raises out
+    # of the sync after a commit, with no transaction left open, and the index is built on the way out.
+    config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
+    failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=300_000)
+    assert failed.code == 1, failed.stderr
+    assert "disk full or file size limit" in one_line(failed.stderr)
+    kept = query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats")[0]
+    assert 0 < kept[0] < DEMO_CLIENTS * 200 and kept[0] == kept[1] * 200  # whole clients only
+    assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
+    again = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate")
+    assert again.code == 0, again.stderr
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 200,)]
+    assert set(DEFERRED_INDEXES) <= set(indexes(db_path))

@@ -69,7 +69,7 @@ def test_damage_deep_in_client_stats_is_refused_by_the_whole_check(cli, synced, 
     assert checked_at(synced) == "2026-03-10T01:00:00+00:00"  # a failed check is not recorded as one
 
 
-@pytest.mark.parametrize("recorded", ["2026-03-11T01:00:00+00:00", "not a time"])
+@pytest.mark.parametrize("recorded", ["2026-03-11T01:00:00+00:00", "not a time", "2026-03-10T01:00:00"])
 def test_a_check_time_in_the_future_or_unreadable_is_not_trusted(cli, synced, recorded):
     # A clock set back (or a hand-edited meta) must not put off the whole check for good.
     conn = sqlite3.connect(synced)
@@ -102,3 +102,14 @@ def test_between_whole_checks_a_run_that_meets_a_damaged_page_fails_on_one_line(
     assert result.code == code, result.stderr
     assert f"replica {synced} is corrupt (database disk image is malformed)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_table_an_analyst_added_with_a_quote_in_its_name_is_checked_like_any_other(cli, synced):
+    conn = sqlite3.connect(synced)
+    with conn:
+        conn.execute('CREATE TABLE "my""notes" (note TEXT)')
+        conn.execute('INSERT INTO "my""notes" VALUES (\'top 10 for the board\')')
+    conn.close()
+    with freeze_time(DAY + timedelta(hours=1)):  # between whole checks: the light check reads its first page
+        assert cli("aggregate").code == 0
+        assert cli("status", "--check").code == 0

@@ -343,6 +343,8 @@ def _whole_check_due(db: sqlite_utils.Database) -> bool:
         last = datetime.fromisoformat(row[0])
     except (TypeError, ValueError):
         return True
+    if last.tzinfo is None:  # not a time this code wrote (a hand edit): no zone to compare it in
+        return True
     now = datetime.now(UTC)
     return not (now - WHOLE_CHECK_EVERY < last <= now)  # a time in the future is not trusted
 
@@ -350,28 +352,37 @@ def _whole_check_due(db: sqlite_utils.Database) -> bool:
 _CORRUPT_HINT = "restore it from a backup, or move it away and run a full sync"
 
 
+def storage_kind(exc: sqlite3.Error) -> str | None:
+    """What a SQLite error says of the replica file: "space" (disk full, I/O, a file-size limit),
+    "locked", "readonly", "corrupt", or None for anything else."""
+    text = str(exc).lower()
+    kinds = (("space", ("full", "disk i/o")), ("locked", ("locked", "busy")),
+             ("readonly", ("readonly", "read-only", "unable to open")), ("corrupt", ("malformed", "corrupt")))
+    return next((kind for kind, words in kinds if any(word in text for word in words)), None)
+
+
 def storage_error(path: Path, exc: sqlite3.Error) -> DeliverySyncError:
     """The one-line error for a SQLite failure on the replica file: exit 1 for a run the machine
     could not complete (full disk, I/O, busy), exit 2 for a path the user must fix."""
-    text = str(exc).lower()
+    kind = storage_kind(exc)
     folder = path.parent if str(path.parent) else Path(".")
-    if "full" in text or "disk i/o" in text:
+    if kind == "space":
         # A full disk and a file-size limit (EFBIG on the -wal or -shm) both end here.
         return DeliverySyncError(
             f"cannot write replica {path}: {exc} (disk full or file size limit reached)",
             hint="free space and run again; every stored client is as it was or fully updated",
         )
-    if "locked" in text or "busy" in text:
+    if kind == "locked":
         return DeliverySyncError(
             f"replica {path} is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g} s)",
             hint="close sqlite3 or other sessions writing to it",
         )
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
+    if kind == "readonly":
         return UsageError(
             f"cannot write replica {path}: {exc}",
             hint=f"a writing run needs write permission on {path} and on its folder {folder}",
         )
-    if "malformed" in text or "corrupt" in text:
+    if kind == "corrupt":
         return UsageError(f"replica {path} is corrupt ({exc})", hint=_CORRUPT_HINT)
     if isinstance(exc, sqlite3.OperationalError):
         return UsageError(f"cannot open replica {path}: {exc}")

@@ -24,7 +24,7 @@ from ..errors import Interrupted
 from ..records import Client
 from .lock import writer_lock
 from .runs import RunCounts
-from .schema import DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error
+from .schema import DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error, storage_kind
 from .session import OpenReplica
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class SqliteStore:
     def describe_failure(self, exc: Exception) -> str:
         """Why a run failed, on one line; a full disk (or file-size limit) or a damaged page said as
         a sync says it, with the file's name."""
-        if isinstance(exc, sqlite3.Error) and any(word in str(exc).lower() for word in ("full", "disk i/o", "malformed", "corrupt")):
+        if isinstance(exc, sqlite3.Error) and storage_kind(exc) in ("space", "corrupt"):
             return str(storage_error(self.path, exc))
         return " ".join(str(exc).split())
 
