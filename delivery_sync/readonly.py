@@ -38,6 +38,8 @@ PRAGMAS_WITH_ARGUMENT = frozenset({
 # The small tables `status` (and a writing run between whole checks) checks whole before it
 # vouches for a replica; of every other table it reads the first page.
 CHECKED_TABLES = ("sync_runs", "clients", "sync_failures", "meta")
+# What to do about a damaged replica: status's advice and a writing run's hint alike.
+CORRUPT_ADVICE = "restore it from a backup, or move it away and run a full sync"
 # SQLITE_TRANSACTION lets a report BEGIN a read transaction: several statements, one snapshot.
 _ALLOWED_ACTIONS = {
     sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,

@@ -18,12 +18,10 @@ from zoneinfo import ZoneInfo
 from .dialect import dialect_of
 from .errors import DeliverySyncError
 from .metrics import RUN_COUNTERS
-from .readonly import reader_for, snapshot
+from .readonly import CORRUPT_ADVICE, reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
-# What to do about a damaged replica (see readonly.check_small_tables for what status checks).
-CORRUPT_ADVICE = "restore it from a backup, or move it away and run a full sync"
 # A repair line names at most this many client ids; past that it advises the whole sync.
 MAX_ADVISED_IDS = 50
 

@@ -16,7 +16,7 @@ from sqlite_utils.migrations import Migrations
 from ..days import utc_now
 from ..errors import DeliverySyncError, UsageError
 from ..metrics import COUNT_METRICS, METRICS, RUN_COUNTERS
-from ..readonly import check_small_tables
+from ..readonly import CORRUPT_ADVICE, check_small_tables
 
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.
@@ -328,7 +328,7 @@ def _check_intact(db: sqlite_utils.Database, path: Path) -> bool:
         problem = str(exc)  # a page too broken to read: "database disk image is malformed"
     if problem != "ok":
         problem = " ".join(problem.replace("*** in database main ***", "").split())  # one line
-        raise UsageError(f"replica {path} is corrupt ({problem}); nothing was written", hint=_CORRUPT_HINT)
+        raise UsageError(f"replica {path} is corrupt ({problem}); nothing was written", hint=CORRUPT_ADVICE)
     verified.add(key)
     return whole
 
@@ -347,9 +347,6 @@ def _whole_check_due(db: sqlite_utils.Database) -> bool:
         return True
     now = datetime.now(UTC)
     return not (now - WHOLE_CHECK_EVERY < last <= now)  # a time in the future is not trusted
-
-
-_CORRUPT_HINT = "restore it from a backup, or move it away and run a full sync"
 
 
 def storage_kind(exc: sqlite3.Error) -> str | None:
@@ -383,7 +380,7 @@ def storage_error(path: Path, exc: sqlite3.Error) -> DeliverySyncError:
             hint=f"a writing run needs write permission on {path} and on its folder {folder}",
         )
     if kind == "corrupt":
-        return UsageError(f"replica {path} is corrupt ({exc})", hint=_CORRUPT_HINT)
+        return UsageError(f"replica {path} is corrupt ({exc})", hint=CORRUPT_ADVICE)
     if isinstance(exc, sqlite3.OperationalError):
         return UsageError(f"cannot open replica {path}: {exc}")
     return UsageError(f"{path} is not a usable SQLite database ({exc})", hint="restore it from a backup, or move it away")
