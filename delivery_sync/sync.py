@@ -102,32 +102,31 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             writer = SyncWriter(db, run_id, counts, options.prune)
             error = None
-            with db.closed_on_error(run_id, counts):
-                deadline_hit = False
+            deadline_hit = False
+            # Into an empty replica, first_load builds some indexes once the rows are in.
+            with db.closed_on_error(run_id, counts), db.first_load():
+                try:
+                    _fetch_and_write(source, settings, windows, writer, progress)
+                except StopRun as stop:
+                    # Recorded so that `sync --retry-failed` fetches them too, and only them.
+                    unfetched = writer.unfetched(windows)
+                    error = str(stop)
+                    if isinstance(stop, DeadlineStop):
+                        from .status import capped  # the status module is not needed otherwise
 
-                with db.first_load():  # into an empty replica: some indexes built once the rows are in
+                        shown = capped(unfetched, 20)
+                        error = (f"deadline of {options.deadline_minutes:g} min reached: "
+                                 f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
+                        deadline_hit = True
+                except (Interrupted, KeyboardInterrupt):
+                    # Ctrl-C or SIGTERM: the clients written stay written, the rest is for --retry-failed.
                     try:
-                        _fetch_and_write(source, settings, windows, writer, progress)
-                    except StopRun as stop:
-                        # Recorded so that `sync --retry-failed` fetches them too, and only them.
-                        unfetched = writer.unfetched(windows)
-                        error = str(stop)
-                        if isinstance(stop, DeadlineStop):
-                            from .status import capped  # the status module is not needed otherwise
-
-                            shown = capped(unfetched, 20)
-                            error = (f"deadline of {options.deadline_minutes:g} min reached: "
-                                     f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
-                            deadline_hit = True
-                    except (Interrupted, KeyboardInterrupt):
-                        # Ctrl-C or SIGTERM: the clients written stay written, the rest is for --retry-failed.
-                        try:
-                            writer.unfetched(windows)
-                        except Exception as exc:  # a note that cannot be written must not turn the stop into a crash
-                            log.debug("could not record the clients not fetched: %s", exc)
-                        raise
-                    finally:
-                        counts.requests, counts.clients_failed = source.requests, len(writer.failures)
+                        writer.unfetched(windows)
+                    except Exception as exc:  # a note that cannot be written must not turn the stop into a crash
+                        log.debug("could not record the clients not fetched: %s", exc)
+                    raise
+                finally:
+                    counts.requests, counts.clients_failed = source.requests, len(writer.failures)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
             seconds, finished_at = clock.stop()
