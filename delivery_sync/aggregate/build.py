@@ -315,7 +315,11 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, 
     # Every period ends at as_of: the month so far (its raw days the costliest part at scale) is
     # summed once, and each period longer than it adds only what lies before.
     month_start = as_of.replace(day=1)
-    sql, params_so_far = window_parts(month_start, as_of, dialect=dialect)
+    if db.execute("SELECT 1 FROM client_stats WHERE stat_date > :day LIMIT 1", {"day": as_of.isoformat()}).fetchone():
+        sql, params_so_far = window_parts(month_start, as_of, dialect=dialect)
+    else:  # the month so far is the whole month, whose partial sums are current by now: no raw day read again
+        sql, params_so_far = (f"SELECT client_id, days_with_data, {PLAIN} FROM agg_client_months WHERE month = :w_month",
+                              {"w_month": month_start.strftime("%Y-%m")})
     db.execute(f"DROP TABLE IF EXISTS {temp}.agg_month_so_far")
     db.execute(dialect.temp_table_as("agg_month_so_far", sql), params_so_far)
     head = f"CAST(:period AS TEXT), {dialect.as_date(':start')}, {dialect.as_date(':end')}"
