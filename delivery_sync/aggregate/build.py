@@ -87,7 +87,11 @@ def parts_done(db, run_id: int):
 
     db.execute("DELETE FROM agg_parts_run")
     db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
-    clients, rows = db.execute("SELECT COUNT(DISTINCT client_id), COALESCE(SUM(days_with_data), 0) FROM agg_client_months").fetchone()
+    # Rows from the per-day sums (a row a day), and clients by one probe each of the listed clients (rows
+    # exist only for them): not a pass over every client-month (45 ms at 10,000 clients x 3 years).
+    clients, rows = db.execute(
+        "SELECT (SELECT COUNT(*) FROM clients c WHERE EXISTS (SELECT 1 FROM agg_client_months m WHERE m.client_id = c.id)), "
+        "(SELECT COALESCE(SUM(clients_with_data), 0) FROM agg_days)").fetchone()
     tables = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values())
     written = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
     return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=int(rows), rows_inserted=written)
