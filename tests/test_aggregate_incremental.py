@@ -168,6 +168,7 @@ def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, mon
     demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
     assert result.changed.keys == {(2, today.isoformat())} and result.aggregate.refreshed
+    assert not result.changed.deleted  # nothing pruned: the refresh skips looking for emptied sums
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
 
 
@@ -191,7 +192,7 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
     finally:
         demo.faults.deleted_rows.clear()
     assert result.status == "ok" and result.run["rows_deleted"] == len(gone)
-    assert result.aggregate.refreshed
+    assert result.aggregate.refreshed and result.changed.deleted
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
     assert query_db(db_path, "SELECT COUNT(*) FROM agg_client_months WHERE client_id = 3 AND month = ?", [first.isoformat()[:7]]) == [(0,)]
     assert query_db(db_path, "SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]) == [(0,)]

@@ -67,7 +67,7 @@ def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows
     db = replica.db
     now = utc_now()
     if can_refresh(db, changed):
-        built, refreshed = refresh(db, SQLITE, as_of, now, changed.keys), True
+        built, refreshed = refresh(db, SQLITE, as_of, now, changed), True
     else:
         built, refreshed = _rebuild(db, replica.path, as_of, now), False
     return built, refreshed, parts_done(db, run_id)
@@ -139,11 +139,12 @@ def calendar_table(db, dialect: Dialect, rows: list[tuple[str, str, str, str]]) 
     temp_rows(db, dialect, "agg_calendar", {"piece": day, "piece_end": day, "week": day, "month": "TEXT"}, "piece", rows)
 
 
-def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[str, str] | None = None, dialect: Dialect = SQLITE) -> None:
+def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[str, str] | None = None, dialect: Dialect = SQLITE,
+                deleted: bool = True) -> None:
     """Partial sums of the (client, piece), (client, month) and day keys the three queries list
     (no day when `days` is None); their rows must not be in the tables yet, or with `within` (the
-    first and last day of the listed pieces), they are replaced (a key left with no rows at all
-    keeps its old row: see _drop_emptied)."""
+    first and last day of the listed pieces), they are replaced. A key left with no rows at all
+    keeps its old row, unless `deleted` (rows were deleted): then _drop_emptied removes it."""
     join, temp, replace = dialect.ordered_join, dialect.temp, within is not None
     # The listed keys' days as constants too: PostgreSQL's planner, which cannot tell how few
     # rows a join to the listed keys reads, then reads them by the index (at 2,000 clients 15 ms,
@@ -159,7 +160,7 @@ def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[st
         f"{'AND s.stat_date BETWEEN :first AND :last ' if replace else ''}GROUP BY d.client_id, d.piece, d.piece_end, d.week, d.month{tail}",
         bounds,
     )
-    if replace:
+    if replace and deleted:
         _drop_emptied(db, "agg_client_pieces", "piece", f"{temp}.agg_dirty_pieces",
                       "client_stats s WHERE s.client_id = d.client_id AND s.stat_date BETWEEN d.piece AND d.piece_end")
     head, tail = dialect.insert_into("agg_client_months", _MONTH_COLUMNS, "client_id, month" if replace else None)
@@ -170,7 +171,7 @@ def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[st
         f"{'AND p.piece BETWEEN :month_first AND :month_last ' if replace else ''}GROUP BY d.client_id, d.month{tail}",
         bounds,
     )
-    if replace:
+    if replace and deleted:
         _drop_emptied(db, "agg_client_months", "month", f"{temp}.agg_dirty_months",
                       f"agg_client_pieces p WHERE p.client_id = d.client_id AND {in_month}", ("client_aggregates", "period"))
     if days is not None:
@@ -266,12 +267,12 @@ def dirty_keys(keys: set[tuple[int, str]]) -> tuple[set[tuple], set[tuple], set[
     return pieces, months, {(day,) for day in piece_of}
 
 
-def refresh(db, dialect: Dialect, as_of: date, computed_at: str, keys: set[tuple[int, str]]) -> list[tuple[str, date, date]]:
+def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: ChangedRows) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
-    changed (client, day) `keys` fall in, and every rolling period as of `as_of`, on the replica
+    `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
     window and every calendar month with data."""
-    pieces, months, days = dirty_keys(keys)
+    pieces, months, days = dirty_keys(changed.keys)
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -281,7 +282,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, keys: set[tuple
     # No key: no dirty row to join, and any day will do.
     within = (min((p[1] for p in pieces), default=as_of.isoformat()), max((p[2] for p in pieces), default=as_of.isoformat()))
     _fill_parts(db, f"SELECT * FROM {temp}.agg_dirty_pieces", f"SELECT * FROM {temp}.agg_dirty_months",
-                f"SELECT day FROM {temp}.agg_dirty_days", within, dialect)
+                f"SELECT day FROM {temp}.agg_dirty_days", within, dialect, changed.deleted)
     params = {"computed_at": computed_at}
     # A join by key: SQLite plans `(client_id, month) IN (SELECT ...)` on client_id alone.
     dirty = f"{temp}.agg_dirty_months {join} agg_client_months USING (client_id, month)"

@@ -44,7 +44,7 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     db = replica.db
     computed_at = utc_now()
     if can_refresh(db, changed) and _made_here(db):
-        built, refreshed = refresh(db, PG, as_of, computed_at, changed.keys), True
+        built, refreshed = refresh(db, PG, as_of, computed_at, changed), True
     else:
         for name, definition, indexes in _TABLES:
             _emptied(db, name, definition, indexes)

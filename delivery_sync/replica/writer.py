@@ -28,15 +28,19 @@ MAX_CHANGED_ROWS = 200_000
 class ChangedRows:
     """The (client, day) keys a sync inserted, updated or deleted (also those of a group that was
     then rolled back: recomputing more than changed is harmless), so that the aggregate that ends
-    the sync recomputes only what they touch. `keys` is None once there were too many."""
+    the sync recomputes only what they touch. `keys` is None once there were too many. `deleted`
+    says whether any of them was a deleted row (pruned): only then can a partial sum be left with
+    no rows, which the refresh must look for."""
 
     def __init__(self, run_id: int | None = None, limit: int | None = None):
         self.run_id = run_id
         self.limit = MAX_CHANGED_ROWS if limit is None else limit
         self.keys: set[tuple[int, str]] | None = set()
+        self.deleted = False
 
-    def add(self, client_id: int, days) -> None:
-        """Note the days of `client_id` a write touched."""
+    def add(self, client_id: int, days, deleted: bool = False) -> None:
+        """Note the days of `client_id` a write touched (`deleted`: some of them were deleted)."""
+        self.deleted = self.deleted or deleted
         if self.keys is None:
             return
         self.keys.update((client_id, day) for day in days)
@@ -70,7 +74,7 @@ class SyncWriter:
         except BaseException:
             self._uncommitted.clear()  # the group rolled them back: never counted as written
             raise
-        self.changed.add(client_id, result.days)  # before its commit: a rollback only costs a recomputation
+        self.changed.add(client_id, result.days, result.deleted > 0)  # before its commit: a rollback only costs a recomputation
         self._uncommitted.append((client_id, rows.fetched, result))
         for reject in rows.rejects:
             log.warning("client %s: rejected row %s: %s", client_id, reject.stat_date, reject.reason)
