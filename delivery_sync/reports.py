@@ -38,7 +38,7 @@ from .aggregate.sql import (
     period_sums,
     with_ratios,
 )
-from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_pair_values, window_ranking, window_values
+from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking, window_values
 from .days import Window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
@@ -435,7 +435,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
     base = base_window(window, compare)
-    current, before = _both_values(conn, window, base, by)
+    current, before = _values(conn, window, by, days=True), _values(conn, base, by)
     # Rows exist only for listed clients, so every client with a value is in `clients`.
     inactive = {c for (c,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0")} if active_only else set()
     candidates = (current.keys() | before.keys()) - inactive
@@ -524,25 +524,6 @@ def _values(conn: sqlite3.Connection, window: Window, by: str, days: bool = Fals
     if days:
         return {client_id: (value, count) for client_id, value, count in rows}
     return dict(rows.fetchall())
-
-
-def _both_values(conn: sqlite3.Connection, window: Window, base: Window, by: str) -> tuple[dict, dict]:
-    """`_values` of the window (with days) and of its base: in one statement when both are summed
-    from the partial sums and the base ends the day before the window starts, so that the raw
-    days around that day are read once (`window_pair_values`)."""
-    plan = _plan(conn, window)
-    if plan.current and plan.period is None and base.end + timedelta(days=1) == window.start:
-        now, then = _with_data(conn, window), _with_data(conn, base)
-        if now is not None and then is not None and then.end + timedelta(days=1) == now.start:
-            sql, params = window_pair_values((then.start, then.end), (now.start, now.end), by, dialect_of(conn))
-            current, before = {}, {}
-            for client_id, base_value, base_days, value, days in _tuples(conn).execute(sql, params):
-                if days:
-                    current[client_id] = (value, days)
-                if base_days:
-                    before[client_id] = base_value
-            return current, before
-    return _values(conn, window, by, days=True), _values(conn, base, by)
 
 
 def _tuples(conn: sqlite3.Connection):

@@ -3,15 +3,12 @@ comparison, for any window: bit for bit the numbers and order of the raw-row SQL
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import DAYS, aggregated, exact, synced  # noqa: F401 (synced is a fixture)
 
 from delivery_sync import reports
 from delivery_sync.aggregate.sql import CLIENT_COLUMNS, CLIENT_SUMS, OVERALL_COLUMNS, OVERALL_SUMS, RATIOS, with_ratios
-from delivery_sync.aggregate.windows import window_pair_values, window_values
 from delivery_sync.metrics import METRICS
 
 CLIENT = [*CLIENT_COLUMNS, *RATIOS]
@@ -53,21 +50,3 @@ def test_both_windows_of_a_comparison_are_the_raw_paths(synced, end_offset, days
         raw_base = conn.execute(with_ratios(OVERALL_SUMS, OVERALL_COLUMNS), base.params()).fetchone()
         for c in [*OVERALL_COLUMNS, *RATIOS]:
             assert exact(totals[f"{c}_base"]) == exact(raw_base[c] if raw_base else (0 if c.endswith("_with_data") else None)), c
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(*ANY_WINDOW, st.integers(min_value=1, max_value=DAYS + 30), st.sampled_from([*METRICS, *RATIOS]))
-def test_two_windows_that_meet_sum_in_one_statement_as_each_alone(synced, end_offset, days, base_days, by):  # noqa: F811
-    """`movers` sums a window and the base just before it in one statement, reading the raw days
-    around the cut once: each client's value and days in each window are exactly those of the
-    window summed alone (0 days where it has no row), wherever the cut falls."""
-    with aggregated(synced, end_offset, days) as (conn, window):
-        before = (window.start - timedelta(days=base_days), window.start - timedelta(days=1))
-        alone = {}
-        for at, (start, end) in enumerate((before, (window.start, window.end))):
-            sql, params = window_values(start, end, by, ("days_with_data",))
-            for row in conn.execute(f"SELECT client_id, {by}, days_with_data FROM ({sql}) AS w", params):
-                alone.setdefault(row[0], [None, 0, None, 0])[2 * at:2 * at + 2] = [row[1], row[2]]
-        sql, params = window_pair_values(before, (window.start, window.end), by)
-        together = {row[0]: [exact(v) for v in row[1:]] for row in conn.execute(sql, params)}
-        assert together == {c: [exact(v) for v in values] for c, values in alone.items()}

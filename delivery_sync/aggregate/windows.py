@@ -22,9 +22,9 @@ def window_parts(start: date, end: date, clients: list[int] | None = None, colum
 
 
 def window_part_list(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
-                     dialect: Dialect = SQLITE, prefix: str = "w") -> tuple[list[str], dict]:
+                     dialect: Dialect = SQLITE) -> tuple[list[str], dict]:
     """The SELECTs of partial-sum rows (client_id and `columns`) that together cover [start, end]
-    once, and their parameters (named `w_*`, or `<prefix>_*`).
+    once, and their parameters (named `w_*`).
 
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
@@ -32,13 +32,7 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
     or up to two days is read by its key's index; a longer one client by client. With `clients`,
     only those, read by the (client_id, ...) keys of all three tables.
     """
-    return _span_part_list(cover(start, end), clients, columns, dialect, prefix)
-
-
-def _span_part_list(spans: tuple[list, list, list], clients: list[int] | None, columns: list[str], dialect: Dialect,
-                    prefix: str) -> tuple[list[str], dict]:
-    """`window_part_list` of the (months, pieces, days) spans of a window's `cover`."""
-    months, pieces, days = spans
+    months, pieces, days = cover(start, end)
     sources = (  # spans, table, key, key width, does a span hold several rows per client?
         (months, "agg_client_months", "month", 7, lambda a, b: a.strftime("%Y-%m") != b.strftime("%Y-%m")),
         (pieces, "agg_client_pieces", "piece", 10, lambda a, b: piece_span(a)[1] < b),
@@ -46,33 +40,30 @@ def _span_part_list(spans: tuple[list, list, list], clients: list[int] | None, c
     )
     ids = "" if clients is None else id_list(clients)
     parts, params = [], {}
-    for spans_of, table, key, width, several in sources:
+    for spans, table, key, width, several in sources:
         raw = table == "client_stats"
-        for a, b in spans_of:
+        for a, b in spans:
             i = len(parts)
-            params.update({f"{prefix}_a{i}": a.isoformat()[:width], f"{prefix}_b{i}": b.isoformat()[:width]})
-            span = f"{key} BETWEEN :{prefix}_a{i} AND :{prefix}_b{i}"
+            params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
+            span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
             if several(a, b):
                 # SQLite: client by client along the (client_id, key) index, where a client's rows
                 # lie together, summed as they come: by the key's own index every row is on
                 # another page and then sorted (2-3x slower at 10,000 clients). Rows exist only
                 # for listed clients, who are never deleted. PostgreSQL: see the dialect.
                 sums = ", ".join(_per_client_sum(c, raw) for c in columns)
-                parts.append(_per_client(table, span, sums, clients, dialect))
+                if dialect.sums_client_by_client:
+                    only = f" AND c.id IN ({ids})" if clients is not None else ""
+                    parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
+                                 f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
+                else:
+                    only = f" AND p.client_id IN ({ids})" if clients is not None else ""
+                    parts.append(f"SELECT p.client_id, {sums} FROM {table} AS p WHERE p.{span}{only} GROUP BY p.client_id")
             else:
                 values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{cents(c)} AS {c}") if raw else c for c in columns)
                 only = f" AND client_id IN ({ids})" if clients is not None else ""
                 parts.append(f"SELECT client_id, {values} FROM {table} WHERE {span}{only}")
     return parts, params
-
-
-def _per_client(table: str, span: str, sums: str, clients: list[int] | None, dialect: Dialect) -> str:
-    """SELECT of `sums` per client over the rows `p` of `table` in `span` (a condition on its key)."""
-    if dialect.sums_client_by_client:
-        only = f" AND c.id IN ({id_list(clients)})" if clients is not None else ""
-        return f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id"
-    only = f" AND p.client_id IN ({id_list(clients)})" if clients is not None else ""
-    return f"SELECT p.client_id, {sums} FROM {table} AS p WHERE p.{span}{only} GROUP BY p.client_id"
 
 
 def _per_client_sum(column: str, raw: bool) -> str:
@@ -103,63 +94,12 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
     the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
     """
-    inputs = [m for m in SUMMED if m in _needed(metric) | set(extra)]
+    needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
+    inputs = [m for m in SUMMED if m in needed | set(extra)]
     sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
     return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
-
-
-def window_pair_values(before: tuple[date, date], after: tuple[date, date], metric: str,
-                       dialect: Dialect = SQLITE) -> tuple[str, dict]:
-    """SQL of per-client (client_id, `metric` over `before`, its days_with_data, `metric` over
-    `after`, its days_with_data) for two windows that meet (`after` starts the day after `before`
-    ends), and its parameters: the values and days `window_values` gives for each, a client with
-    no row in one window having 0 days there.
-
-    Where the two windows meet inside a piece, the raw days on both sides of the cut are read in
-    one pass, each row summed into its own window: the dearest part of summing two windows (about
-    a third of `movers` of a window that is no stored period, at 10,000 clients)."""
-    inputs = ["days_with_data", *(m for m in METRICS if m in _needed(metric))]
-    spans = [list(map(list, cover(*before))), list(map(list, cover(*after)))]
-    tail, head = spans[0][2], spans[1][2]
-    cut = next(((i, j) for i, t in enumerate(tail) for j, h in enumerate(head) if t[1] == before[1] and h[0] == after[0]), None)
-    if cut is not None:  # those two raw spans are summed in one pass, below
-        first, last = tail.pop(cut[0])[0], head.pop(cut[1])[1]
-    parts, params = [], {}
-    for side, other, window_spans in (("base", "now", spans[0]), ("now", "base", spans[1])):
-        own, own_params = _span_part_list(tuple(window_spans), None, inputs, dialect, f"w{side}")
-        nulls = ", ".join(f"CAST(NULL AS BIGINT) AS {other}_{c}" for c in inputs)
-        mine = ", ".join(f"{c} AS {side}_{c}" for c in inputs)
-        ordered = f"{mine}, {nulls}" if side == "base" else f"{nulls}, {mine}"
-        parts += [f"SELECT client_id, {ordered} FROM ({part}) AS {side}{i}" for i, part in enumerate(own)]
-        params |= own_params
-    if cut is not None:
-        sums = []
-        for side, test in (("base", "<="), ("now", ">")):
-            when = f"p.stat_date {test} :w_cut"
-            sums += [f"COUNT(CASE WHEN {when} THEN 1 END) AS {side}_{c}" if c == "days_with_data"
-                     else f"SUM(CASE WHEN {when} THEN {cents(c, 'p')} END) AS {side}_{c}" for c in inputs]
-        parts.append(_per_client("client_stats", "stat_date BETWEEN :w_first AND :w_last", ", ".join(sums), None, dialect))
-        params |= {"w_first": first.isoformat(), "w_last": last.isoformat(), "w_cut": before[1].isoformat()}
-    both = [(f"{side}_{c}", c in AMOUNT_METRICS) for side in ("base", "now") for c in inputs]
-    added = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" if c.endswith("_days_with_data") else f"SUM({c}) AS {c}" for c, _ in both)
-    amounts = ", ".join(f"{rupiah(c)} AS {c}" if amount else c for c, amount in both)
-    values = ", ".join(f"{_value_of(metric, side)}, {side}_days_with_data" for side in ("base", "now"))
-    return (f"SELECT client_id, {values} FROM (SELECT client_id, {amounts} FROM (SELECT client_id, {added} "
-            f"FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY client_id) AS cents) AS rupiah"), params
-
-
-def _needed(metric: str) -> set[str]:
-    """The metrics whose sums `metric` (a metric or a ratio) is made of."""
-    return {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
-
-
-def _value_of(metric: str, side: str) -> str:
-    """SQL of `metric` from the sums named `<side>_<metric>`."""
-    if metric in METRICS:
-        return f"{side}_{metric}"
-    return re.sub("|".join(rf"\b{m}\b" for m in METRICS), lambda found: f"{side}_{found.group(0)}", RATIOS[metric])
 
 
 def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
