@@ -10,16 +10,21 @@ it, then runs --rounds rounds of a daily sync, each:
 3. a full rebuild as of the same day, timed (checked: not a refresh), whose rollups must equal
    the refresh's, value for value (every rollup table, `computed_at` aside);
 4. with --baseline DIR, the full rebuild of another checkout of delivery_sync (e.g. the code before
-   the refresh), in a process of its own on the same replica: what that sync's aggregate cost there.
+   the refresh), in a process of its own on the same replica: what that sync's aggregate cost there;
+5. with --refresh-baseline DIR, before step 2, the refresh of another checkout of the same keys on
+   the same replica, in a process of its own, its transaction rolled back (timed around its build:
+   the run's own bookkeeping, a few ms, is not counted), to print our refresh against it.
 
 Times are each aggregate run's own duration (its `sync_runs` row), medians over the rounds.
 
 Run: python benchmarks/bench_refresh.py [--clients 2000] [--days 365] [--rounds 5] [--postgres URL] [--baseline DIR]
+                                        [--refresh-baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -65,6 +70,34 @@ print(result.status, result.refreshed, result.seconds)
 """
 
 
+# The refresh of the checkout on PYTHONPATH of the keys in the JSON file argv[3] (written by sync run
+# argv[4]) as of argv[2], rolled back: prints its seconds.
+REFRESH_BASELINE = """
+import json, sys, time
+from datetime import date
+from pathlib import Path
+from delivery_sync.aggregate.run import _builder
+from delivery_sync.config import PostgresURL
+from delivery_sync.replica import ChangedRows, open_store
+database = sys.argv[1]
+changed = ChangedRows(int(sys.argv[4]))
+changed.keys = {tuple(key) for key in json.loads(Path(sys.argv[3]).read_text())}
+db = open_store(PostgresURL(database) if database.startswith("postgresql://") else Path(database)).open()
+class Undone(Exception):
+    pass
+try:
+    with db.transaction():
+        began = time.perf_counter()
+        built, refreshed, _ = _builder(db.engine)(db, date.fromisoformat(sys.argv[2]), 0, changed)
+        seconds = time.perf_counter() - began
+        raise Undone
+except Undone:
+    print(refreshed, seconds)
+finally:
+    db.close()
+"""
+
+
 def rollups(database) -> dict[str, list[tuple]]:
     """Every row of every rollup and partial-sum table, without `computed_at`, in key order."""
     conn = open_reader(database)
@@ -86,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", metavar="URL", help="the replica in a new database on this PostgreSQL server")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time the full rebuild of the delivery_sync in DIR")
+    parser.add_argument("--refresh-baseline", type=Path, metavar="DIR", help="also time the refresh of the delivery_sync in DIR")
     args = parser.parse_args()
     print(compile_package(), flush=True)
     with tempfile.TemporaryDirectory() as tmp, DemoSource(clients=args.clients) as demo:
@@ -102,13 +136,21 @@ def main() -> None:
         engine = "PostgreSQL" if args.postgres else "SQLite"
         print(f"{args.clients} clients x {args.days} days ({loaded.run['rows_inserted']} rows) into {engine}: loaded in {load:.0f} s, "
               f"aggregated in {first.seconds:.1f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
-        times: dict[str, list[float]] = {"refresh": [], "rebuild": [], "baseline": []}
+        times: dict[str, list[float]] = {"refresh": [], "rebuild": [], "baseline": [], "refresh_baseline": []}
         for k in range(1, args.rounds + 1):
             day = last + timedelta(days=k)
             demo.faults.overrides = {(cid, (day - timedelta(days=back)).isoformat()): {"grab_sales": f"{1000 * k + cid}.25"}
                                      for cid in range(1, args.clients + 1, 5) for back in (1, 2)}
             synced = run_sync(config, SyncOptions(Window(day - timedelta(days=2), day), aggregate=False))
             written = synced.run["rows_inserted"] + synced.run["rows_updated"]
+            if args.refresh_baseline:
+                keys = Path(tmp) / "keys.json"
+                keys.write_text(json.dumps(sorted(synced.changed.keys)))
+                env = {**os.environ, "PYTHONPATH": str(args.refresh_baseline)}
+                out = subprocess.run([sys.executable, "-c", REFRESH_BASELINE, database, day.isoformat(), str(keys),
+                                      str(synced.changed.run_id)], env=env, check=True, capture_output=True, text=True).stdout.split()
+                assert out[0] == "True", out
+                times["refresh_baseline"].append(float(out[1]))
             refreshed = aggregate_locked(open_store(setting), day, synced.changed)
             assert refreshed.status == "ok" and refreshed.refreshed, refreshed.run
             after_refresh = rollups(setting)
@@ -118,6 +160,8 @@ def main() -> None:
             times["refresh"].append(refreshed.seconds)
             times["rebuild"].append(rebuilt.seconds)
             line = f"  round {k}: sync wrote {written} rows; refresh {refreshed.seconds:.2f} s, full rebuild {rebuilt.seconds:.2f} s"
+            if args.refresh_baseline:
+                line += f", baseline's refresh {times['refresh_baseline'][-1]:.2f} s"
             if args.baseline:
                 env = {**os.environ, "PYTHONPATH": str(args.baseline)}
                 out = subprocess.run([sys.executable, "-c", BASELINE, database, day.isoformat()], env=env, check=True,
@@ -129,6 +173,9 @@ def main() -> None:
     refresh, rebuild = statistics.median(times["refresh"]), statistics.median(times["rebuild"])
     print(f"medians of {args.rounds}: refresh {refresh:.2f} s, full rebuild {rebuild:.2f} s: the refresh takes {refresh / rebuild:.2f}x "
           f"the rebuild's time ({rebuild / refresh:.1f}x faster)")
+    if times["refresh_baseline"]:
+        baseline = statistics.median(times["refresh_baseline"])
+        print(f"  baseline ({args.refresh_baseline}) refresh {baseline:.2f} s: ours takes {refresh / baseline:.2f}x its time")
     if times["baseline"]:
         baseline = statistics.median(times["baseline"])
         print(f"  baseline ({args.baseline}) full rebuild {baseline:.2f} s: the refresh is {baseline / refresh:.1f}x faster")
