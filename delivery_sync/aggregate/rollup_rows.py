@@ -20,7 +20,7 @@ def insert_rows(db, table: str, key: str, sums_sql: str, params: dict, replace: 
     head, tail = dialect.insert_into(table, [*columns, *RATIOS, "computed_at"], replace)
     db.execute(
         f"{head} SELECT {', '.join(columns)}, {', '.join(RATIOS)}, "
-        f"CAST(:computed_at AS TEXT) FROM ({with_ratios(sums_sql, columns)}) AS r{tail}",
+        f"CAST(:computed_at AS TEXT) FROM ({with_ratios(sums_sql, columns)}) AS r WHERE true{tail}",
         params,
     )
 
