@@ -11,9 +11,10 @@ it, then runs --rounds rounds of a daily sync, each:
    the refresh's, value for value (every rollup table, `computed_at` aside);
 4. with --baseline DIR, the full rebuild of another checkout of delivery_sync (e.g. the code before
    the refresh), in a process of its own on the same replica: what that sync's aggregate cost there;
-5. with --refresh-baseline DIR, before step 2, the refresh of another checkout of the same keys on
-   the same replica, in a process of its own, its transaction rolled back (timed around its build:
-   the run's own bookkeeping, a few ms, is not counted), to print our refresh against it.
+5. with --refresh-baseline DIR, before step 2, the refresh of the same keys on the same replica by
+   another checkout and by this one, in turn, each in a process of its own, timed around its build
+   and rolled back (so neither pays the commit, which the times of step 2 include), to print the
+   one against the other.
 
 Times are each aggregate run's own duration (its `sync_runs` row), medians over the rounds.
 
@@ -51,6 +52,8 @@ ROLLUPS = {"client_aggregates": "client_id, period", "overall_aggregates": "peri
            "agg_client_pieces": "client_id, piece", "agg_client_months": "client_id, month", "agg_days": "day",
            "agg_edge_clients": "period_start, period_end"}
 
+OURS = Path(__file__).resolve().parent.parent  # this checkout, holding its delivery_sync
+
 # The full rebuild of the checkout on PYTHONPATH, as of argv[2]: prints the run's status, whether
 # it refreshed, and its seconds.
 BASELINE = """
@@ -71,7 +74,7 @@ print(result.status, result.refreshed, result.seconds)
 
 
 # The refresh of the checkout on PYTHONPATH of the keys in the JSON file argv[3] (written by sync run
-# argv[4]) as of argv[2], rolled back: prints its seconds.
+# argv[4]) as of argv[2], rolled back: prints whether it refreshed and its seconds.
 REFRESH_BASELINE = """
 import json, sys, time
 from datetime import date
@@ -119,7 +122,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", metavar="URL", help="the replica in a new database on this PostgreSQL server")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time the full rebuild of the delivery_sync in DIR")
-    parser.add_argument("--refresh-baseline", type=Path, metavar="DIR", help="also time the refresh of the delivery_sync in DIR")
+    parser.add_argument("--refresh-baseline", type=Path, metavar="DIR",
+                        help="also time the refresh of the delivery_sync in DIR against this one's, both rolled back")
     args = parser.parse_args()
     print(compile_package(), flush=True)
     with tempfile.TemporaryDirectory() as tmp, DemoSource(clients=args.clients) as demo:
@@ -136,7 +140,7 @@ def main() -> None:
         engine = "PostgreSQL" if args.postgres else "SQLite"
         print(f"{args.clients} clients x {args.days} days ({loaded.run['rows_inserted']} rows) into {engine}: loaded in {load:.0f} s, "
               f"aggregated in {first.seconds:.1f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
-        times: dict[str, list[float]] = {"refresh": [], "rebuild": [], "baseline": [], "refresh_baseline": []}
+        times: dict[str, list[float]] = {"refresh": [], "rebuild": [], "baseline": [], "refresh_baseline": [], "refresh_ours": []}
         for k in range(1, args.rounds + 1):
             day = last + timedelta(days=k)
             demo.faults.overrides = {(cid, (day - timedelta(days=back)).isoformat()): {"grab_sales": f"{1000 * k + cid}.25"}
@@ -146,11 +150,12 @@ def main() -> None:
             if args.refresh_baseline:
                 keys = Path(tmp) / "keys.json"
                 keys.write_text(json.dumps(sorted(synced.changed.keys)))
-                env = {**os.environ, "PYTHONPATH": str(args.refresh_baseline)}
-                out = subprocess.run([sys.executable, "-c", REFRESH_BASELINE, database, day.isoformat(), str(keys),
-                                      str(synced.changed.run_id)], env=env, check=True, capture_output=True, text=True).stdout.split()
-                assert out[0] == "True", out
-                times["refresh_baseline"].append(float(out[1]))
+                for name, checkout in (("refresh_baseline", args.refresh_baseline), ("refresh_ours", OURS)):
+                    env = {**os.environ, "PYTHONPATH": str(checkout)}
+                    out = subprocess.run([sys.executable, "-c", REFRESH_BASELINE, database, day.isoformat(), str(keys),
+                                          str(synced.changed.run_id)], env=env, check=True, capture_output=True, text=True).stdout.split()
+                    assert out[0] == "True", out
+                    times[name].append(float(out[1]))
             refreshed = aggregate_locked(open_store(setting), day, synced.changed)
             assert refreshed.status == "ok" and refreshed.refreshed, refreshed.run
             after_refresh = rollups(setting)
@@ -161,7 +166,7 @@ def main() -> None:
             times["rebuild"].append(rebuilt.seconds)
             line = f"  round {k}: sync wrote {written} rows; refresh {refreshed.seconds:.2f} s, full rebuild {rebuilt.seconds:.2f} s"
             if args.refresh_baseline:
-                line += f", baseline's refresh {times['refresh_baseline'][-1]:.2f} s"
+                line += f", rolled back: baseline's refresh {times['refresh_baseline'][-1]:.2f} s, ours {times['refresh_ours'][-1]:.2f} s"
             if args.baseline:
                 env = {**os.environ, "PYTHONPATH": str(args.baseline)}
                 out = subprocess.run([sys.executable, "-c", BASELINE, database, day.isoformat()], env=env, check=True,
@@ -174,8 +179,9 @@ def main() -> None:
     print(f"medians of {args.rounds}: refresh {refresh:.2f} s, full rebuild {rebuild:.2f} s: the refresh takes {refresh / rebuild:.2f}x "
           f"the rebuild's time ({rebuild / refresh:.1f}x faster)")
     if times["refresh_baseline"]:
-        baseline = statistics.median(times["refresh_baseline"])
-        print(f"  baseline ({args.refresh_baseline}) refresh {baseline:.2f} s: ours takes {refresh / baseline:.2f}x its time")
+        baseline, ours = statistics.median(times["refresh_baseline"]), statistics.median(times["refresh_ours"])
+        print(f"  rolled back, uncommitted: baseline ({args.refresh_baseline}) refresh {baseline:.2f} s, ours {ours:.2f} s: "
+              f"ours takes {ours / baseline:.2f}x its time")
     if times["baseline"]:
         baseline = statistics.median(times["baseline"])
         print(f"  baseline ({args.baseline}) full rebuild {baseline:.2f} s: the refresh is {baseline / refresh:.1f}x faster")
