@@ -45,7 +45,7 @@ class Dialect:
         join's); with `replace` (the table's key columns) a row replaces the one with its key.
 
         Replaced in place: SQLite then rewrites only the row, where INSERT OR REPLACE deleted it
-        and inserted it again, with every index entry (0.85x the refresh at 10,000 clients)."""
+        and inserted it again, with every index entry (measured in README.md, Development)."""
         head = f"INSERT INTO {table}({', '.join(columns)})"
         if not replace:
             return head, ""
