@@ -444,10 +444,9 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
     by_pct = rank == "pct"
 
-    def move(client_id: int) -> _Move:
+    def move(client_id: int, lagging: bool) -> _Move:
         now, then = current.get(client_id, missing)[0], before.get(client_id)
-        last_day = last_days.get(client_id, end)
-        return _Move(client_id, int(last_day is None or last_day < cutoff), last_day, now, then, *change(by, now, then))
+        return _Move(client_id, int(lagging), last_days.get(client_id, end), now, then, *change(by, now, then))
 
     # 10,000 clients make 10,000 candidates: each is kept as a (sort key, client id) pair, and
     # only the rows shown are built (NamedTuples and key functions for all cost 2-3x as much).
@@ -467,7 +466,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         elif size < 0:
             fell.append((size, client_id))
     # Largest rise, largest fall, most in the base window first; ties by client id.
-    sections = {name: [move(client_id) for _, client_id in heapq.nsmallest(limit, keyed)]
+    sections = {name: [move(client_id, name == "lagging") for _, client_id in heapq.nsmallest(limit, keyed)]
                 for name, keyed in (("rose", rose), ("fell", fell), ("lagging", lagging))}
     bounds = {"period_start": window.start.isoformat(), "period_end": window.end.isoformat(),
               "base_period_start": base.start.isoformat(), "base_period_end": base.end.isoformat()}
