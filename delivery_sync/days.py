@@ -65,6 +65,23 @@ def resolve_window(
     return Window(today - timedelta(days=days - 1), today)
 
 
+COMPARISONS = ("previous", "year")
+
+
+def base_window(window: Window, compare: str) -> Window:
+    """The window to compare against: the same number of days just before (`previous`), or the
+    same days a year earlier (`year`; 29 February falls back to the 28th)."""
+    if compare == "previous":
+        return Window(window.start - timedelta(days=window.days), window.start - timedelta(days=1))
+    if compare == "year":
+        return Window(*(_year_earlier(day) for day in (window.start, window.end)))
+    raise UsageError(f"--compare: {compare!r} is not one of {', '.join(COMPARISONS)}")
+
+
+def _year_earlier(day: date) -> date:
+    return day.replace(year=day.year - 1, day=28 if (day.month, day.day) == (2, 29) else day.day)
+
+
 def week_start(day: date) -> date:
     """The Monday of `day`'s week."""
     return day - timedelta(days=day.weekday())

@@ -21,7 +21,6 @@ from datetime import date, timedelta
 from typing import NamedTuple
 
 from .aggregate.current import rollups_as_of
-from .aggregate.pieces import cover, piece_span
 from .aggregate.sql import (
     CLIENT_COLUMNS,
     CLIENT_SUMS,
@@ -38,8 +37,8 @@ from .aggregate.sql import (
     period_sums,
     with_ratios,
 )
-from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, window_ranking, window_values
-from .days import Window, month_end, next_month, week_end, week_start
+from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, trimmed, window_ranking, window_values
+from .days import Window, base_window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .metrics import AMOUNT_METRICS, METRICS
@@ -328,24 +327,9 @@ def _totals_row(conn: sqlite3.Connection, window: Window) -> dict:
 
 # --- comparisons ------------------------------------------------------------------
 
-COMPARISONS = ("previous", "year")
 CLIENT_FIGURES = ["days_with_data", *METRICS, *RATIOS]
 TOTALS_FIGURES = ["clients_with_data", *CLIENT_FIGURES]
 _COUNTS = ("days_with_data", "clients_with_data")
-
-
-def base_window(window: Window, compare: str) -> Window:
-    """The window to compare against: the same number of days just before (`previous`), or the
-    same days a year earlier (`year`; 29 February falls back to the 28th)."""
-    if compare == "previous":
-        return Window(window.start - timedelta(days=window.days), window.start - timedelta(days=1))
-    if compare == "year":
-        return Window(*(_year_earlier(day) for day in (window.start, window.end)))
-    raise UsageError(f"--compare: {compare!r} is not one of {', '.join(COMPARISONS)}")
-
-
-def _year_earlier(day: date) -> date:
-    return day.replace(year=day.year - 1, day=28 if (day.month, day.day) == (2, 29) else day.day)
 
 
 def change(figure: str, current, base) -> tuple:
@@ -549,32 +533,9 @@ def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> 
 
 
 def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
-    """The window less the days before the replica's first day of data and after its last (None
-    when nothing is left): they add nothing to any sum, yet each span of months, pieces or days
-    costs a probe per client, and a year-earlier base on a year of history is mostly such days.
-    Any day at or before the first day of data (at or after the last) sums the same: each cut
-    falls on that day, or on its piece's or month's edge beyond it, whichever reads fewer rows
-    per client. A window ending on the last day thus reads its month as one stored row, not
-    its days so far one by one."""
+    """`trimmed` to the replica's first and last day of data."""
     first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
-    if first is None:
-        return None
-    first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
-    if window.start > last or window.end < first:
-        return None
-    starts = {max(window.start, first), *((first.replace(day=1), piece_span(first)[0]) if window.start <= first else ())}
-    ends = {min(window.end, last), *((month_end(last), piece_span(last)[1]) if window.end >= last else ())}
-    return min((Window(a, b) for a, b in sorted((a, b) for a in starts for b in ends)), key=_rows_per_client)
-
-
-def _rows_per_client(window: Window) -> int:
-    """How many partial-sum rows per client summing the window reads: months, pieces, raw days."""
-    months, pieces, days = cover(window.start, window.end)
-    rows = sum((b.year - a.year) * 12 + b.month - a.month + 1 for a, b in months)
-    for a, b in pieces:
-        while a <= b:
-            rows, a = rows + 1, piece_span(a)[1] + timedelta(days=1)
-    return rows + sum((b - a).days + 1 for a, b in days)
+    return None if first is None else trimmed(window, date.fromisoformat(str(first)), date.fromisoformat(str(last)))
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)

@@ -4,8 +4,9 @@ tables, raw rows only at the edges; read by the reports and by the rolling perio
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 
+from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
@@ -119,6 +120,31 @@ def window_ranking(start: date, end: date, metric: str, *, ascending: bool = Fal
     where = f" WHERE {' AND '.join(filters)}" if filters else ""
     order = "ASC" if ascending else "DESC"
     return f"SELECT client_id FROM ({sql}) AS ranked{where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
+
+
+def trimmed(window: Window, first: date, last: date) -> Window | None:
+    """The window less the days before `first` (the replica's first day of data) and after `last`
+    (its last), or None when nothing is left: they add nothing to any sum, yet each span of
+    months, pieces or days costs a probe per client, and a year-earlier base on a year of history
+    is mostly such days. Any day at or before the first day of data (at or after the last) sums
+    the same: each cut falls on that day, or on its piece's or month's edge beyond it, whichever
+    reads fewer rows per client. A window ending on the last day thus reads its month as one
+    stored row, not its days so far one by one."""
+    if window.start > last or window.end < first:
+        return None
+    starts = {max(window.start, first), *((first.replace(day=1), piece_span(first)[0]) if window.start <= first else ())}
+    ends = {min(window.end, last), *((month_end(last), piece_span(last)[1]) if window.end >= last else ())}
+    return min((Window(a, b) for a, b in sorted((a, b) for a in starts for b in ends)), key=_rows_per_client)
+
+
+def _rows_per_client(window: Window) -> int:
+    """How many partial-sum rows per client summing the window reads: months, pieces, raw days."""
+    months, pieces, days = cover(window.start, window.end)
+    rows = sum((b.year - a.year) * 12 + b.month - a.month + 1 for a, b in months)
+    for a, b in pieces:
+        while a <= b:
+            rows, a = rows + 1, piece_span(a)[1] + timedelta(days=1)
+    return rows + sum((b - a).days + 1 for a, b in days)
 
 
 def clients_with_data(start: str, end: str, most_in_a_day: str) -> str:
