@@ -21,11 +21,13 @@ from datetime import date, timedelta
 from typing import NamedTuple
 
 from .aggregate.current import rollups_as_of
+from .aggregate.pieces import summed_windows
 from .aggregate.sql import (
     CLIENT_COLUMNS,
     CLIENT_SUMS,
     EDGE_CLIENTS,
     FINE_TABLES,
+    LAST_DAYS,
     OVERALL_COLUMNS,
     OVERALL_SUMS,
     PERIOD_COLUMNS,
@@ -492,13 +494,15 @@ def _values(conn: sqlite3.Connection, window: Window, by: str, days: bool = Fals
     with `days`, each client's (`by`, days_with_data)."""
     plan = _plan(conn, window)
     columns = f"client_id, {by}, days_with_data" if days else f"client_id, {by}"
-    if plan.period:
-        sql, params = f"SELECT {columns} FROM client_aggregates WHERE period = :period", plan.params()
+    extra = ("days_with_data",) if days else ()
+    if plan.summed:  # a rolling period or one of its base windows: its stored sums, read by key
+        sql, params = window_values(window.start, window.end, by, extra, stored=True)
+        sql = f"SELECT {columns} FROM ({sql}) AS sums"
     elif plan.current:
         span = _with_data(conn, window)
         if span is None:
             return {}
-        sql, params = window_values(span.start, span.end, by, ("days_with_data",) if days else (), dialect=dialect_of(conn))
+        sql, params = window_values(span.start, span.end, by, extra, dialect=dialect_of(conn))
         sql = f"SELECT {columns} FROM ({sql}) AS sums"
     else:
         sql, params = f"SELECT {columns} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
@@ -522,14 +526,20 @@ def _tuples(conn: sqlite3.Connection):
 def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str | None]:
     """The last day with data up to the window's end of each of `clients` (None: no day at all).
 
-    Movers probe only the clients without data on every day of the window: the others' last day
-    is the window's end, and probing all 10,000 clients' index costs more than reading their sums.
+    Movers ask only for the clients without data on every day of the window: the others' last
+    day is the window's end. When the rollups are current and no client has data after the
+    window, that is every client's last day, stored by the aggregate (LAST_DAYS); otherwise one
+    probe of the (client_id, stat_date) index a client.
     """
     if not clients:
         return {}
+    end = window.end.isoformat()
+    if rollups_as_of(conn) is not None and (conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] or "") <= end:
+        stored = dict(_tuples(conn).execute(f"SELECT client_id, last_day FROM {LAST_DAYS}").fetchall())
+        return {c: stored.get(c) for c in clients}
     return dict(conn.execute(
         "SELECT c.id, (SELECT MAX(s.stat_date) FROM client_stats s WHERE s.client_id = c.id AND s.stat_date <= :end) "
-        f"FROM clients c WHERE c.id IN ({id_list(clients)})", {"end": window.end.isoformat()}))
+        f"FROM clients c WHERE c.id IN ({id_list(clients)})", {"end": end}))
 
 
 def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
@@ -730,6 +740,7 @@ class _Plan:
     whole: tuple[date, date] | None = None  # first and last day of the span of whole stored periods
     by: str = "month"
     current: bool = False  # the rollup tables match client_stats
+    summed: bool = False  # the window's per-client sums are stored (WINDOW_SUMS)
 
     def params(self) -> dict[str, str]:
         start, end = self.window.start, self.window.end
@@ -780,9 +791,13 @@ def _plan(conn: sqlite3.Connection, window: Window, by: str | None = None) -> _P
         return _Plan(window, by=by or "month")
     names = {days: name for name, days in ROLLING_PERIODS.items()}
     if by is None:
+        summed = window in summed_windows(as_of)
         if window.end == as_of and window.days in names:
             log.debug("reading stored rollup %s", names[window.days])
-            return _Plan(window, period=names[window.days], current=True)
+            return _Plan(window, period=names[window.days], current=True, summed=summed)
+        if summed:
+            log.debug("reading stored sums of %s", window)
+            return _Plan(window, current=True, summed=True)
         log.debug("reading partial sums for %s", window)
         return _Plan(window, current=True)
     first, last = _whole_span(window, by)

@@ -27,14 +27,15 @@ from delivery_sync.aggregate.sql import (
     with_ratios,
 )
 from delivery_sync.config import Settings
-from delivery_sync.days import Window
+from delivery_sync.days import Window, base_window
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.dialect import SQLITE, Dialect
-from delivery_sync.metrics import METRICS
+from delivery_sync.metrics import AMOUNT_METRICS, METRICS
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 
 DAYS = 200
+WINDOW_SUMS_COLUMNS = ["period_start", "period_end", "client_id", "days_with_data", *METRICS]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,19 @@ def raw_path(conn: sqlite3.Connection, as_of: date, dialect: Dialect = SQLITE) -
     for by, table in FINE_TABLES.items():
         sql = with_ratios(period_sums(by, "FROM client_stats", dialect), PERIOD_COLUMNS)
         expected[table] = rows(conn, sql, {"start": "0001-01-01", "end": "9999-12-31"}, [*PERIOD_COLUMNS, *RATIOS])
+    # Every rolling period and each one's previous and year-earlier window, per client in whole cents.
+    in_cents = ", ".join(f"SUM(CAST(ROUND({m} * 100) AS BIGINT)) AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)
+    summed = {Window(as_of - timedelta(days=days - 1), as_of) for days in ROLLING_PERIODS.values()}
+    summed |= {base_window(w, compare) for w in summed for compare in ("previous", "year")}
+    assert len(summed) >= 11  # a 365-day period's previous window is its year-earlier one, but across 29 February
+    expected["agg_window_sums"] = set()
+    for w in summed:
+        start, end = dialect.as_date(":start"), dialect.as_date(":end")
+        sql = (f"SELECT {start} AS period_start, {end} AS period_end, client_id, COUNT(*) AS days_with_data, {in_cents} "
+               f"FROM client_stats WHERE stat_date BETWEEN {start} AND {end} GROUP BY client_id")
+        expected["agg_window_sums"] |= rows(conn, sql, w.params(), WINDOW_SUMS_COLUMNS)
+    expected["agg_client_last_days"] = rows(
+        conn, "SELECT client_id, MAX(stat_date) AS last_day FROM client_stats GROUP BY client_id", {}, ["client_id", "last_day"])
     return expected
 
 
@@ -103,6 +117,8 @@ def stored(conn: sqlite3.Connection) -> dict[str, set[tuple]]:
     }
     for table in FINE_TABLES.values():
         got[table] = rows(conn, f"SELECT * FROM {table}", {}, [*PERIOD_COLUMNS, *RATIOS])
+    got["agg_window_sums"] = rows(conn, "SELECT * FROM agg_window_sums", {}, WINDOW_SUMS_COLUMNS)
+    got["agg_client_last_days"] = rows(conn, "SELECT * FROM agg_client_last_days", {}, ["client_id", "last_day"])
     return got
 
 

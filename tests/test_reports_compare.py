@@ -19,6 +19,7 @@ from test_reports import NOW, RATIOS, TODAY, build_replica, expected_clients, ex
 
 from delivery_sync import readonly, reports
 from delivery_sync.aggregate.run import run_aggregate
+from delivery_sync.aggregate.sql import ROLLING_PERIODS
 from delivery_sync.days import Window
 from delivery_sync.errors import UsageError
 from delivery_sync.metrics import METRICS
@@ -564,3 +565,36 @@ def test_sparkline_scales_from_the_smallest_to_the_largest():
 
     assert sparkline([1, None, 3, 2]) == "▁ █▅"
     assert sparkline([5, 5]) == "▄▄" and sparkline([None]) == " "
+
+
+@pytest.fixture(scope="module")
+def lagging_raw_only(one_lagging, tmp_path_factory) -> Path:
+    """`one_lagging` with its rollups not current, so reports read its raw rows."""
+    copy = tmp_path_factory.mktemp("lagging_raw") / "replica.db"
+    with sqlite3.connect(one_lagging) as source, sqlite3.connect(copy) as target:
+        source.backup(target)  # with what is still in the write-ahead log
+    with sqlite3.connect(copy) as conn:
+        conn.execute("INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T04:00:00+00:00')")
+    return copy
+
+
+@pytest.mark.parametrize("days", ROLLING_PERIODS.values())
+@pytest.mark.parametrize("compare", ["previous", "year"])
+@pytest.mark.parametrize("by", ["total_sales", "avg_order_value"])
+def test_movers_of_a_stored_period_read_from_its_stored_sums_are_the_raw_rows_movers(one_lagging, lagging_raw_only, days, compare, by):
+    """Movers of a rolling period ending today read both windows' sums and the clients' last days
+    from the aggregate's tables: every row, figure and flag is what the raw rows give."""
+    window = Window(TODAY - timedelta(days=days - 1), TODAY)
+    results = []
+    for path in (one_lagging, lagging_raw_only):
+        connection = readonly.open_readonly(path)
+        try:
+            with readonly.snapshot(connection):
+                assert reports._plan(connection, window).summed == (path == one_lagging)
+                assert reports._plan(connection, reports.base_window(window, compare)).summed == (path == one_lagging)
+                results.append(reports.movers(connection, window, by, limit=100, compare=compare, rank="change").rows)
+        finally:
+            connection.close()
+    assert results[0] == results[1]
+    assert [(r["direction"], r["last_day"]) for r in results[0] if r["client_id"] == 6] == [
+        ("lagging", (TODAY - timedelta(days=4)).isoformat())]

@@ -19,20 +19,22 @@ from ..days import month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import calendar, edge_spans, piece_row, piece_span
+from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
     ADDED,
     EDGE_CLIENTS,
     FINE_TABLES,
+    LAST_DAYS,
     PARTS_TABLES,
     PLAIN,
     RATIOS,
     ROLLING_PERIODS,
     STORED,
+    WINDOW_SUMS,
     cents_of,
 )
-from .windows import added_per_client, clients_with_data, window_part_list, window_parts
+from .windows import added_per_client, clients_with_data, trimmed, window_part_list, window_parts
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -56,6 +58,11 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db.execute(f"DROP TABLE IF EXISTS {EDGE_CLIENTS}")
     db.execute(f"CREATE TABLE {EDGE_CLIENTS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, "
                "clients_with_data INTEGER NOT NULL, PRIMARY KEY (period_start, period_end)) WITHOUT ROWID")
+    db.execute(f"DROP TABLE IF EXISTS {WINDOW_SUMS}")
+    db.execute(f"CREATE TABLE {WINDOW_SUMS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, client_id INTEGER NOT NULL, "
+               f"days_with_data INTEGER NOT NULL, {_PART_METRICS}, PRIMARY KEY (period_start, period_end, client_id)) WITHOUT ROWID")
+    db.execute(f"DROP TABLE IF EXISTS {LAST_DAYS}")
+    db.execute(f"CREATE TABLE {LAST_DAYS}(client_id INTEGER PRIMARY KEY, last_day TEXT NOT NULL)")
 
 
 def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows | None):
@@ -340,6 +347,8 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, 
         )
     _edge_clients(db, dialect, as_of)
     db.execute(f"DROP TABLE {temp}.agg_month_so_far")
+    _window_sums(db, dialect, as_of)
+    _last_days(db)
     insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM {temp}.agg_rolling"), params)
     for name, start, end in periods:
@@ -350,6 +359,36 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, 
             "HAVING COUNT(*) > 0) AS o"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
     db.execute(f"DROP TABLE {temp}.agg_rolling")
     return periods
+
+
+def _window_sums(db, dialect: Dialect, as_of: date) -> None:
+    """WINDOW_SUMS as of `as_of`: the rolling periods' per-client sums (temp.agg_rolling) and
+    their base windows', each summed from the partial sums over the days it has data. `movers`
+    of a stored period then reads both windows, 10,000 rows each, by key (a few ms) where summing
+    the base window cost it 60-180 ms at 10,000 clients."""
+    temp = dialect.temp
+    db.execute(f"DELETE FROM {WINDOW_SUMS}")
+    db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {temp}.agg_rolling")
+    first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
+    if first is None:
+        return
+    first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
+    for window in base_windows(as_of):
+        span = trimmed(window, first, last)
+        if span is None:  # no day of data in it: no row
+            continue
+        sql, params = window_parts(span.start, span.end, dialect=dialect)
+        db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, days_with_data, "
+                   f"{PLAIN} FROM ({sql}) AS w", params | window.params())
+
+
+def _last_days(db) -> None:
+    """LAST_DAYS: every client's last day of data, one probe of the (client_id, stat_date) index
+    a listed client (rows exist only for them; 30 ms at 10,000 clients)."""
+    db.execute(f"DELETE FROM {LAST_DAYS}")
+    db.execute(f"INSERT INTO {LAST_DAYS} SELECT client_id, last_day FROM (SELECT c.id AS client_id, "
+               "(SELECT MAX(s.stat_date) FROM client_stats s WHERE s.client_id = c.id) AS last_day FROM clients c) AS l "
+               "WHERE last_day IS NOT NULL")
 
 
 def _edge_clients(db, dialect: Dialect, as_of: date) -> None:

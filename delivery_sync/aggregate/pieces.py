@@ -4,8 +4,9 @@ of whole pieces; and a window covered by whole months, whole pieces and single d
 from __future__ import annotations
 
 from datetime import date, timedelta
+from functools import lru_cache
 
-from ..days import month_end, next_month, week_end, week_start
+from ..days import COMPARISONS, Window, base_window, month_end, next_month, week_end, week_start
 from .sql import ROLLING_PERIODS
 
 
@@ -67,3 +68,20 @@ def edge_spans(as_of: date) -> list[tuple[date, date]]:
                 if span != (first, last):
                     spans.add(span)
     return sorted(spans)
+
+
+def rolling_windows(as_of: date) -> list[Window]:
+    """Every rolling period ending at `as_of`, in ROLLING_PERIODS' order."""
+    return [Window(as_of - timedelta(days=days - 1), as_of) for days in ROLLING_PERIODS.values()]
+
+
+def base_windows(as_of: date) -> list[Window]:
+    """The base windows (`--compare previous|year`) of the rolling periods ending at `as_of`, in order."""
+    return sorted({base_window(window, compare) for window in rolling_windows(as_of) for compare in COMPARISONS},
+                  key=lambda w: (w.start, w.end))
+
+
+@lru_cache(maxsize=4)
+def summed_windows(as_of: date) -> frozenset[Window]:
+    """The windows whose per-client sums the aggregate stores (WINDOW_SUMS) as of `as_of`."""
+    return frozenset([*rolling_windows(as_of), *base_windows(as_of)])

@@ -22,7 +22,7 @@ from ..metrics import AMOUNT_METRICS, METRICS
 from .build import calendar_table, can_refresh, months_built, parts_done, refresh, rolling
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
-from .sql import EDGE_CLIENTS, FINE_TABLES, RATIOS, cents_of
+from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_SUMS, cents_of
 
 if TYPE_CHECKING:
     from ..replica import ChangedRows
@@ -103,6 +103,9 @@ _TABLES = (
     ("agg_parts_run", "run_id BIGINT NOT NULL", ()),
     (EDGE_CLIENTS, "period_start DATE NOT NULL, period_end DATE NOT NULL, clients_with_data BIGINT NOT NULL, "
      "PRIMARY KEY (period_start, period_end)", ()),
+    (WINDOW_SUMS, f"period_start DATE NOT NULL, period_end DATE NOT NULL, client_id BIGINT NOT NULL, days_with_data BIGINT NOT NULL, "
+     f"{_PART_METRICS}, PRIMARY KEY (period_start, period_end, client_id)", ()),
+    (LAST_DAYS, "client_id BIGINT PRIMARY KEY, last_day DATE NOT NULL", ()),
 )
 
 

@@ -106,6 +106,12 @@ FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
 # per Monday-started week with data, same columns as overall_aggregates.
 FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
 EDGE_CLIENTS = "agg_edge_clients"
+# Per client, in whole cents as the partial sums: every rolling period ending at the as-of date
+# and each one's base windows (`movers --compare previous|year`), keyed by (period_start,
+# period_end, client_id); so movers of a stored period reads both windows by key.
+WINDOW_SUMS = "agg_window_sums"
+# Per client with data, its last day of data: who stopped sending data, without a probe a client.
+LAST_DAYS = "agg_client_last_days"
 
 CLIENT_COLUMNS = ["client_id", "days_with_data", *METRICS]
 OVERALL_COLUMNS = ["clients_with_data", "days_with_data", *METRICS]

@@ -10,7 +10,7 @@ from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import RATIOS, STORED, SUMMED, cents, id_list, rupiah
+from .sql import RATIOS, STORED, SUMMED, WINDOW_SUMS, cents, id_list, rupiah
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
@@ -86,9 +86,11 @@ def client_window_sums(start: date, end: date, clients: list[int] | None = None,
     return f"SELECT client_id, days_with_data, {STORED} FROM ({sql}) AS cents", params
 
 
-def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE) -> tuple[str, dict]:
+def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE, *,
+                  stored: bool = False) -> tuple[str, dict]:
     """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
-    and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers.
+    and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers. With
+    `stored`, from the window's rows in WINDOW_SUMS (one of `pieces.summed_windows`) instead.
 
     Only the metrics `metric` and `extra` need are summed (a ratio's numerator and denominator),
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
@@ -97,7 +99,11 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
     inputs = [m for m in SUMMED if m in needed | set(extra)]
-    sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
+    if stored:
+        sql = f"SELECT client_id, {', '.join(inputs)} FROM {WINDOW_SUMS} WHERE period_start = :w_start AND period_end = :w_end"
+        params = {"w_start": start.isoformat(), "w_end": end.isoformat()}
+    else:
+        sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
     return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
