@@ -523,20 +523,22 @@ def _tuples(conn: sqlite3.Connection):
     return cursor
 
 
-def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str | None]:
-    """The last day with data up to the window's end of each of `clients` (None: no day at all).
+def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str]:
+    """The last day with data up to the window's end of each of `clients`, which all have data
+    up to then (movers' candidates: a value in the window or in its base window, before it).
 
     Movers ask only for the clients without data on every day of the window: the others' last
     day is the window's end. When the rollups are current and no client has data after the
-    window, that is every client's last day, stored by the aggregate (LAST_DAYS); otherwise one
-    probe of the (client_id, stat_date) index a client.
+    window, LAST_DAYS holds every client's last day: only those before the window's end are
+    read, and the rest end on it. Otherwise one probe of the (client_id, stat_date) index a client.
     """
     if not clients:
         return {}
     end = window.end.isoformat()
-    if rollups_as_of(conn) is not None and (conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] or "") <= end:
-        stored = dict(_tuples(conn).execute(f"SELECT client_id, last_day FROM {LAST_DAYS}").fetchall())
-        return {c: stored.get(c) for c in clients}
+    latest = conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] if rollups_as_of(conn) else None
+    if latest is not None and latest <= end:
+        earlier = dict(_tuples(conn).execute(f"SELECT client_id, last_day FROM {LAST_DAYS} WHERE last_day < :end", {"end": end}))
+        return {c: earlier.get(c, end) for c in clients}
     return dict(conn.execute(
         "SELECT c.id, (SELECT MAX(s.stat_date) FROM client_stats s WHERE s.client_id = c.id AND s.stat_date <= :end) "
         f"FROM clients c WHERE c.id IN ({id_list(clients)})", {"end": end}))
