@@ -198,3 +198,25 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
     assert query_db(db_path, "SELECT COUNT(*) FROM client_aggregates WHERE client_id = 3 AND period = ?", [first.isoformat()[:7]]) == [(0,)]
     with connected(db_path) as conn:
         assert_edges_counted(conn)
+
+
+def test_a_refresh_sums_again_the_base_windows_holding_a_changed_day_and_reads_the_others(demo, tmp_path, db_path):
+    """The refresh takes the base windows of the rolling periods (agg_window_sums) that hold no
+    changed day from what was committed before it (on SQLite, read while it refreshes the rest):
+    a day restated inside one must be summed again, and the others must be what a rebuild gives."""
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today))).status == "ok"
+    # In the base window of the last 7 days (today-13 .. today-7) and of the last 30 (today-59 .. today-30).
+    restated = [(2, (today - timedelta(days=10)).isoformat()), (5, (today - timedelta(days=40)).isoformat())]
+    demo.faults.overrides.update({key: {"grab_sales": "123456.78", "gojek_orders": 9} for key in restated})
+    try:
+        result = run_sync(config, SyncOptions(Window(today - timedelta(days=59), today)))
+    finally:
+        demo.faults.overrides.clear()
+    assert result.aggregate.refreshed and result.changed.keys == set(restated)
+    assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
+    with connected(db_path) as conn:
+        assert stored(conn) == raw_path(conn, today, dialect(db_path))

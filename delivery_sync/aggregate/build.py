@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..days import month_end
+from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
@@ -37,6 +37,7 @@ from .sql import (
 from .windows import added_per_client, clients_with_data, trimmed, window_part_list, window_parts
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Future
 
     import sqlite_utils
@@ -74,7 +75,7 @@ def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows
     db = replica.db
     now = utc_now()
     if can_refresh(db, changed):
-        built, refreshed = refresh(db, SQLITE, as_of, now, changed), True
+        built, refreshed = refresh(db, SQLITE, as_of, now, changed, lambda sums: _sums_meanwhile(replica.path, sums)), True
     else:
         built, refreshed = _rebuild(db, replica.path, as_of, now), False
     return built, refreshed, parts_done(db, run_id)
@@ -225,6 +226,30 @@ def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
         pool.shutdown(wait=False)
 
 
+def _sums_meanwhile(database: Path, sums: dict[Window, tuple[str, dict]]) -> Future[dict[Window, list[tuple]]]:
+    """The rows of each of `sums` (a window's SQL and parameters), read on a connection of its
+    own in a thread while the caller refreshes the partial sums (SQLite runs a statement without
+    the GIL, so on two cores they cost the refresh only their insert). The windows hold no day
+    the refresh rewrites, so the committed partial sums give them as the refreshed ones would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..readonly import open_readonly
+
+    def read() -> dict[Window, list[tuple]]:
+        conn = open_readonly(database)
+        conn.row_factory = None  # plain tuples, to insert as they are
+        try:
+            return {window: conn.execute(sql, params).fetchall() for window, (sql, params) in sums.items()}
+        finally:
+            conn.close()
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-sums")
+    try:
+        return pool.submit(read)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
     """Recreate every partial sum and rollup table as of `as_of`; returns (period, first day, last
     day) of every rolling window and every calendar month with data."""
@@ -274,12 +299,21 @@ def dirty_keys(keys: set[tuple[int, str]]) -> tuple[set[tuple], set[tuple], set[
     return pieces, months, {(day,) for day in piece_of}
 
 
-def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: ChangedRows) -> list[tuple[str, date, date]]:
+def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: ChangedRows,
+            meanwhile: Callable[[dict[Window, tuple[str, dict]]], Future[dict[Window, list[tuple]]]] | None = None,
+            ) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
-    window and every calendar month with data."""
+    window and every calendar month with data. With `meanwhile`, the base windows (WINDOW_SUMS)
+    without a changed day are handed to it first, to be read while the rest is refreshed."""
     pieces, months, days = dirty_keys(changed.keys)
+    ready = None
+    if meanwhile is not None and not changed.deleted:  # a prune may move the first day of data
+        dirty = sorted(day for (day,) in days)
+        sums = {w: sql for w, sql in _base_window_sums(db, dialect, as_of).items()
+                if not any(w.start.isoformat() <= day <= w.end.isoformat() for day in dirty)}
+        ready = meanwhile(sums) if sums else None
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -304,7 +338,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
         db.execute(f"DROP TABLE {temp}.{name}")
     db.execute(f"DELETE FROM client_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
     db.execute(f"DELETE FROM overall_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
-    return rolling(db, dialect, as_of, params) + months_built(db)
+    return rolling(db, dialect, as_of, params, ready) + months_built(db)
 
 
 def months_built(db) -> list[tuple[str, date, date]]:
@@ -316,9 +350,11 @@ def months_built(db) -> list[tuple[str, date, date]]:
     return months
 
 
-def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, date, date]]:
+def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: Future[dict[Window, list[tuple]]] | None = None,
+            ) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall, from the partial sums (no
-    row of theirs may be stored yet), and EDGE_CLIENTS for them; returns (period, first day, last day)."""
+    row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS (with the rows of the base windows
+    `ready` holds) and LAST_DAYS for them; returns (period, first day, last day)."""
     temp = dialect.temp
     db.execute(f"DROP TABLE IF EXISTS {temp}.agg_rolling")
     db.execute(dialect.temp_table("agg_rolling", {"period": "TEXT", "period_start": dialect.day_type, "period_end": dialect.day_type,
@@ -347,7 +383,7 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, 
         )
     _edge_clients(db, dialect, as_of)
     db.execute(f"DROP TABLE {temp}.agg_month_so_far")
-    _window_sums(db, dialect, as_of)
+    _window_sums(db, dialect, as_of, ready)
     _last_days(db)
     insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM {temp}.agg_rolling"), params)
@@ -361,25 +397,37 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict) -> list[tuple[str, 
     return periods
 
 
-def _window_sums(db, dialect: Dialect, as_of: date) -> None:
-    """WINDOW_SUMS as of `as_of`: the rolling periods' per-client sums (temp.agg_rolling) and
-    their base windows', each summed from the partial sums over the days it has data. `movers`
-    of a stored period then reads both windows, 10,000 rows each, by key (a few ms) where summing
-    the base window cost it 60-180 ms at 10,000 clients."""
-    temp = dialect.temp
-    db.execute(f"DELETE FROM {WINDOW_SUMS}")
-    db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {temp}.agg_rolling")
+def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[str, dict]]:
+    """The SQL and parameters of the WINDOW_SUMS rows of each base window of the rolling periods
+    ending at `as_of` that holds a day of data, summed over those days from the partial sums."""
     first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     if first is None:
-        return
+        return {}
     first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
+    sums = {}
     for window in base_windows(as_of):
         span = trimmed(window, first, last)
-        if span is None:  # no day of data in it: no row
-            continue
-        sql, params = window_parts(span.start, span.end, dialect=dialect)
-        db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, days_with_data, "
-                   f"{PLAIN} FROM ({sql}) AS w", params | window.params())
+        if span is not None:  # else no day of data in it: no row
+            sql, params = window_parts(span.start, span.end, dialect=dialect)
+            sums[window] = (f"SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, days_with_data, {PLAIN} "
+                            f"FROM ({sql}) AS w", params | window.params())
+    return sums
+
+
+def _window_sums(db, dialect: Dialect, as_of: date, ready: Future[dict[Window, list[tuple]]] | None = None) -> None:
+    """WINDOW_SUMS as of `as_of`: the rolling periods' per-client sums (temp.agg_rolling) and
+    their base windows' (`_base_window_sums`; those `ready` holds, from its rows). `movers` of a
+    stored period then reads both windows, 10,000 rows each, by key (a few ms) where summing the
+    base window cost it 60-180 ms at 10,000 clients."""
+    db.execute(f"DELETE FROM {WINDOW_SUMS}")
+    db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
+    done = ready.result() if ready is not None else {}
+    for window, (sql, params) in _base_window_sums(db, dialect, as_of).items():
+        if window in done:
+            rows = done[window]
+            db.conn.executemany(f"INSERT INTO {WINDOW_SUMS} VALUES ({', '.join('?' * (len(METRICS) + 4))})", rows)
+        else:
+            db.execute(f"INSERT INTO {WINDOW_SUMS} {sql}", params)
 
 
 def _last_days(db) -> None:
