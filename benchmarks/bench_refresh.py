@@ -74,6 +74,9 @@ print(result.status, result.refreshed, result.seconds)
 """
 
 
+# Both snippets run in a folder of their own: `python -c` puts its working directory first on
+# sys.path, so run from a checkout they would import that checkout, whatever PYTHONPATH says.
+
 # The refresh of the checkout on PYTHONPATH of the keys in the JSON file argv[3] (written by sync run
 # argv[4]) as of argv[2], rolled back: prints whether it refreshed and its seconds.
 REFRESH_BASELINE = """
@@ -154,7 +157,7 @@ def main() -> None:
                 for name, checkout in (("refresh_baseline", args.refresh_baseline), ("refresh_ours", OURS)):
                     env = {**os.environ, "PYTHONPATH": str(checkout)}
                     out = subprocess.run([sys.executable, "-c", REFRESH_BASELINE, database, day.isoformat(), str(keys),
-                                          str(synced.changed.run_id)], env=env, check=True, capture_output=True, text=True).stdout.split()
+                                          str(synced.changed.run_id)], env=env, cwd=tmp, check=True, capture_output=True, text=True).stdout.split()
                     assert out[0] == "True", out
                     times[name].append(float(out[1]))
             refreshed = aggregate_locked(open_store(setting), day, synced.changed)
@@ -170,7 +173,7 @@ def main() -> None:
                 line += f", rolled back: baseline's refresh {times['refresh_baseline'][-1]:.2f} s, ours {times['refresh_ours'][-1]:.2f} s"
             if args.baseline:
                 env = {**os.environ, "PYTHONPATH": str(args.baseline)}
-                out = subprocess.run([sys.executable, "-c", BASELINE, database, day.isoformat()], env=env, check=True,
+                out = subprocess.run([sys.executable, "-c", BASELINE, database, day.isoformat()], env=env, cwd=tmp, check=True,
                                      capture_output=True, text=True).stdout.split()
                 assert out[:2] == ["ok", "False"], out
                 times["baseline"].append(float(out[2]))
