@@ -200,23 +200,57 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
         assert_edges_counted(conn)
 
 
-def test_a_refresh_sums_again_the_base_windows_holding_a_changed_day_and_reads_the_others(demo, tmp_path, db_path):
-    """The refresh takes the base windows of the rolling periods (agg_window_sums) that hold no
-    changed day from what was committed before it (on SQLite, read while it refreshes the rest):
-    a day restated inside one must be summed again, and the others must be what a rebuild gives."""
+def test_a_refresh_sums_again_the_base_windows_holding_a_changed_day(demo, tmp_path, db_path):
+    """A refresh a day after the last aggregate takes the base windows of the rolling periods
+    (agg_window_sums) that hold no changed day from the partial sums committed before it (on
+    SQLite, read while it refreshes the rest): a day restated inside one must be summed again
+    with the refreshed partial sums, and the others must be what a rebuild gives."""
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
     config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
-    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today))).status == "ok"
-    # In the base window of the last 7 days (today-13 .. today-7) and of the last 30 (today-59 .. today-30).
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today), aggregate=False)).status == "ok"
+    assert aggregate_locked(open_store(setting(db_path)), today - timedelta(days=1)).status == "ok"
+    # In the base window of the last 7 days (today-13 .. today-7) and of the last 30 (today-59 .. today-30),
+    # as of today and as of the day before, when they were stored.
     restated = [(2, (today - timedelta(days=10)).isoformat()), (5, (today - timedelta(days=40)).isoformat())]
     demo.faults.overrides.update({key: {"grab_sales": "123456.78", "gojek_orders": 9} for key in restated})
     try:
-        result = run_sync(config, SyncOptions(Window(today - timedelta(days=59), today)))
+        result = run_sync(config, SyncOptions(Window(today - timedelta(days=59), today), aggregate=False))
     finally:
         demo.faults.overrides.clear()
-    assert result.aggregate.refreshed and result.changed.keys == set(restated)
+    assert result.changed.keys == set(restated)
+    assert aggregate_locked(open_store(setting(db_path)), today, result.changed).refreshed
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
     with connected(db_path) as conn:
         assert stored(conn) == raw_path(conn, today, dialect(db_path))
+
+
+def test_a_refresh_a_day_later_keeps_a_sum_of_nulls_null_in_a_base_window(demo, tmp_path, db_path):
+    """A refresh one day after the last aggregate, whose base windows were stored a day earlier:
+    one client's GoJek sales are NULL on every day of the last 7 days' base window but the day
+    before it, which held a value a day ago. Their sum must be NULL, not 0, and every other sum
+    what a rebuild gives."""
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    base = Window(today - timedelta(days=13), today - timedelta(days=7))  # last_7d's previous window as of today
+    left = (base.start - timedelta(days=1)).isoformat()  # the day leaving it
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today), aggregate=False)).status == "ok"
+    client = query_db(db_path, "SELECT MIN(client_id) FROM client_stats WHERE stat_date = ? AND gojek_sales IS NOT NULL", [left])[0][0]
+    demo.faults.overrides.update({(client, (base.start + timedelta(days=i)).isoformat()): {"gojek_sales": None} for i in range(base.days)})
+    try:
+        assert run_sync(config, SyncOptions(base, aggregate=False)).run["rows_updated"] == base.days
+        assert aggregate_locked(open_store(setting(db_path)), today - timedelta(days=1)).status == "ok"
+        demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
+        result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today), aggregate=False))
+        assert result.changed.keys == {(2, today.isoformat())}
+        refreshed = aggregate_locked(open_store(setting(db_path)), today, result.changed)
+    finally:
+        demo.faults.overrides.clear()
+    assert refreshed.status == "ok" and refreshed.refreshed
+    sums = query_db(db_path, "SELECT gojek_sales, days_with_data FROM agg_window_sums WHERE client_id = ? AND period_start = ? "
+                    "AND period_end = ?", [client, base.start.isoformat(), base.end.isoformat()])
+    assert sums == [(None, 7)]
+    assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
