@@ -226,26 +226,27 @@ def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
         pool.shutdown(wait=False)
 
 
-def _sums_meanwhile(database: Path, sums: dict[Window, tuple[str, dict]]) -> Future[dict[Window, list[tuple]]]:
-    """The rows of each of `sums` (a window's SQL and parameters), read on a connection of its
-    own in a thread while the caller refreshes the partial sums (SQLite runs a statement without
-    the GIL, so on two cores they cost the refresh only their insert). The windows hold no day
-    the refresh rewrites, so the committed partial sums give them as the refreshed ones would."""
+def _sums_meanwhile(database: Path, sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[list[tuple]]]:
+    """The rows of each of `sums` (a window's SQL and parameters), each read on a connection of
+    its own by one of two threads while the caller refreshes the partial sums (SQLite runs a
+    statement without the GIL, and the raw days at a window's edges cost mostly page reads), so
+    they cost the refresh little more than their insert. The windows hold no day the refresh
+    rewrites, so the committed partial sums give them as the refreshed ones would."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..readonly import open_readonly
 
-    def read() -> dict[Window, list[tuple]]:
+    def read(sql: str, params: dict) -> list[tuple]:
         conn = open_readonly(database)
         conn.row_factory = None  # plain tuples, to insert as they are
         try:
-            return {window: conn.execute(sql, params).fetchall() for window, (sql, params) in sums.items()}
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-sums")
+    pool = ThreadPoolExecutor(2, thread_name_prefix="aggregate-sums")
     try:
-        return pool.submit(read)
+        return {window: pool.submit(read, sql, params) for window, (sql, params) in sums.items()}
     finally:
         pool.shutdown(wait=False)
 
@@ -300,7 +301,7 @@ def dirty_keys(keys: set[tuple[int, str]]) -> tuple[set[tuple], set[tuple], set[
 
 
 def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: ChangedRows,
-            meanwhile: Callable[[dict[Window, tuple[str, dict]]], Future[dict[Window, list[tuple]]]] | None = None,
+            meanwhile: Callable[[dict[Window, tuple[str, dict]]], dict[Window, Future[list[tuple]]]] | None = None,
             ) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
@@ -313,7 +314,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
         dirty = sorted(day for (day,) in days)
         sums = {w: sql for w, sql in _base_window_sums(db, dialect, as_of).items()
                 if not any(w.start.isoformat() <= day <= w.end.isoformat() for day in dirty)}
-        ready = meanwhile(sums) if sums else None
+        ready = meanwhile(sums)
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -350,7 +351,7 @@ def months_built(db) -> list[tuple[str, date, date]]:
     return months
 
 
-def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: Future[dict[Window, list[tuple]]] | None = None,
+def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: dict[Window, Future[list[tuple]]] | None = None,
             ) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall, from the partial sums (no
     row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS (with the rows of the base windows
@@ -414,17 +415,17 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
     return sums
 
 
-def _window_sums(db, dialect: Dialect, as_of: date, ready: Future[dict[Window, list[tuple]]] | None = None) -> None:
+def _window_sums(db, dialect: Dialect, as_of: date, ready: dict[Window, Future[list[tuple]]] | None = None) -> None:
     """WINDOW_SUMS as of `as_of`: the rolling periods' per-client sums (temp.agg_rolling) and
     their base windows' (`_base_window_sums`; those `ready` holds, from its rows). `movers` of a
     stored period then reads both windows, 10,000 rows each, by key (a few ms) where summing the
     base window cost it 60-180 ms at 10,000 clients."""
     db.execute(f"DELETE FROM {WINDOW_SUMS}")
     db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
-    done = ready.result() if ready is not None else {}
+    done = ready or {}
     for window, (sql, params) in _base_window_sums(db, dialect, as_of).items():
         if window in done:
-            rows = done[window]
+            rows = done[window].result()
             db.conn.executemany(f"INSERT INTO {WINDOW_SUMS} VALUES ({', '.join('?' * (len(METRICS) + 4))})", rows)
         else:
             db.execute(f"INSERT INTO {WINDOW_SUMS} {sql}", params)
