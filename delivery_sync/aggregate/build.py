@@ -19,7 +19,7 @@ from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span
+from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span, rolling_windows
 from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
     ADDED,
@@ -360,7 +360,7 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: dict[Window,
     db.execute(f"DROP TABLE IF EXISTS {temp}.agg_rolling")
     db.execute(dialect.temp_table("agg_rolling", {"period": "TEXT", "period_start": dialect.day_type, "period_end": dialect.day_type,
                                                   "client_id": "BIGINT", "days_with_data": "BIGINT", **dict.fromkeys(METRICS, "BIGINT")}))
-    periods = [(name, as_of - timedelta(days=days - 1), as_of) for name, days in ROLLING_PERIODS.items()]
+    periods = [(name, window.start, window.end) for name, window in zip(ROLLING_PERIODS, rolling_windows(as_of))]
     # Every period ends at as_of: the month so far (its raw days the costliest part at scale) is
     # summed once, and each period longer than it adds only what lies before.
     month_start = as_of.replace(day=1)

@@ -60,8 +60,8 @@ def edge_spans(as_of: date) -> list[tuple[date, date]]:
     """The partial weeks and months at each end of every rolling period ending at `as_of`, each
     cut to the period: the spans whose clients with data the aggregate stores (EDGE_CLIENTS)."""
     spans = set()
-    for days in ROLLING_PERIODS.values():
-        start = as_of - timedelta(days=days - 1)
+    for window in rolling_windows(as_of):
+        start = window.start
         for day in (start, as_of):
             for first, last in ((week_start(day), week_end(day)), (day.replace(day=1), month_end(day))):
                 span = (max(first, start), min(last, as_of))
