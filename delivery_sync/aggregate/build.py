@@ -307,14 +307,16 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
     `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
     window and every calendar month with data. With `meanwhile`, the base windows (WINDOW_SUMS)
-    without a changed day are handed to it first, to be read while the rest is refreshed."""
+    without a changed day (deleted days included) are handed to it first, to be read while the
+    rest is refreshed: client_stats is as the sync committed it, so their first and last day of
+    data, and every partial sum inside them, are the same before the refresh and after."""
     pieces, months, days = dirty_keys(changed.keys)
-    ready = None
-    if meanwhile is not None and not changed.deleted:  # a prune may move the first day of data
+    base = _base_window_sums(db, dialect, as_of)
+    if meanwhile is not None:
         dirty = sorted(day for (day,) in days)
-        sums = {w: sql for w, sql in _base_window_sums(db, dialect, as_of).items()
-                if not any(w.start.isoformat() <= day <= w.end.isoformat() for day in dirty)}
-        ready = meanwhile(sums)
+        ready = meanwhile({w: sql for w, sql in base.items()
+                           if not any(w.start.isoformat() <= day <= w.end.isoformat() for day in dirty)})
+        base |= ready
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -339,7 +341,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
         db.execute(f"DROP TABLE {temp}.{name}")
     db.execute(f"DELETE FROM client_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
     db.execute(f"DELETE FROM overall_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
-    return rolling(db, dialect, as_of, params, ready) + months_built(db)
+    return rolling(db, dialect, as_of, params, base) + months_built(db)
 
 
 def months_built(db) -> list[tuple[str, date, date]]:
@@ -351,11 +353,10 @@ def months_built(db) -> list[tuple[str, date, date]]:
     return months
 
 
-def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: dict[Window, Future[list[tuple]]] | None = None,
-            ) -> list[tuple[str, date, date]]:
+def rolling(db, dialect: Dialect, as_of: date, params: dict, base: _BaseSums | None = None) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall, from the partial sums (no
-    row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS (with the rows of the base windows
-    `ready` holds) and LAST_DAYS for them; returns (period, first day, last day)."""
+    row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS and LAST_DAYS for them; returns
+    (period, first day, last day). `base`: the base windows' sums, as `_window_sums` takes them."""
     temp = dialect.temp
     db.execute(f"DROP TABLE IF EXISTS {temp}.agg_rolling")
     db.execute(dialect.temp_table("agg_rolling", {"period": "TEXT", "period_start": dialect.day_type, "period_end": dialect.day_type,
@@ -384,7 +385,7 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: dict[Window,
         )
     _edge_clients(db, dialect, as_of)
     db.execute(f"DROP TABLE {temp}.agg_month_so_far")
-    _window_sums(db, dialect, as_of, ready)
+    _window_sums(db, dialect, base if base is not None else _base_window_sums(db, dialect, as_of))
     _last_days(db)
     insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM {temp}.agg_rolling"), params)
@@ -396,6 +397,10 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, ready: dict[Window,
             "HAVING COUNT(*) > 0) AS o"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
     db.execute(f"DROP TABLE {temp}.agg_rolling")
     return periods
+
+
+# A base window's sums: its SQL and parameters, or the rows a reader thread is summing.
+_BaseSums = dict[Window, "tuple[str, dict] | Future[list[tuple]]"]
 
 
 def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[str, dict]]:
@@ -415,20 +420,18 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
     return sums
 
 
-def _window_sums(db, dialect: Dialect, as_of: date, ready: dict[Window, Future[list[tuple]]] | None = None) -> None:
-    """WINDOW_SUMS as of `as_of`: the rolling periods' per-client sums (temp.agg_rolling) and
-    their base windows' (`_base_window_sums`; those `ready` holds, from its rows). `movers` of a
-    stored period then reads both windows, 10,000 rows each, by key, where summing the base
-    window cost it 50-240 ms at 10,000 clients."""
+def _window_sums(db, dialect: Dialect, base: _BaseSums) -> None:
+    """WINDOW_SUMS: the rolling periods' per-client sums (temp.agg_rolling) and their base
+    windows', each from its SQL (`_base_window_sums`) or from the rows a reader thread summed
+    (SQLite's refresh). `movers` of a stored period then reads both windows, 10,000 rows each,
+    by key, where summing the base window cost it 50-240 ms at 10,000 clients."""
     db.execute(f"DELETE FROM {WINDOW_SUMS}")
     db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
-    done = ready or {}
-    for window, (sql, params) in _base_window_sums(db, dialect, as_of).items():
-        if window in done:
-            rows = done[window].result()
-            db.conn.executemany(f"INSERT INTO {WINDOW_SUMS} VALUES ({', '.join('?' * (len(METRICS) + 4))})", rows)
+    for source in base.values():
+        if isinstance(source, tuple):
+            db.execute(f"INSERT INTO {WINDOW_SUMS} {source[0]}", source[1])
         else:
-            db.execute(f"INSERT INTO {WINDOW_SUMS} {sql}", params)
+            db.conn.executemany(f"INSERT INTO {WINDOW_SUMS} VALUES ({', '.join('?' * (len(METRICS) + 4))})", source.result())
 
 
 def _last_days(db) -> None:
