@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class DemoSource:
         self._errors = random.Random(f"{seed}:errors")
         self._window_start = 0.0
         self._window_count = 0
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -274,6 +275,16 @@ class DemoSource:
     def _random_error(self) -> bool:
         with self._lock:
             return self.error_rate > 0 and self._errors.random() < self.error_rate
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """The demo's HTTP server, silent when a client goes away mid-request (a timed-out or
+    abandoned request, as a remote sees them): socketserver would print a traceback to stderr,
+    into the terminal of `sync --source demo` or the output of whatever runs beside it."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:

@@ -228,8 +228,12 @@ class SourceClient:
         self._count_lock = threading.Lock()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
         self.requests = 0
+        self._closed = False
 
     def close(self) -> None:
+        """End the client. A run that stops early (a deadline, a failure streak, Ctrl-C) does not
+        wait for its requests in flight; once closed, none of them is retried nor logs a retry."""
+        self._closed = True
         self._http.close()
         self._watchdog.close()
 
@@ -301,7 +305,7 @@ class SourceClient:
         absent: frozenset[int] = frozenset(),
     ) -> Any:
         retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough,
+            stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough | self._ended,
             wait=self._wait,
             retry=retry_if_exception(retry_on or _is_retryable),
             before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries),
@@ -507,6 +511,10 @@ class SourceClient:
         left = self.remaining()
         # Never sleep past the deadline: the next attempt then finds it reached and stops.
         return delay if left is None else max(0.0, min(delay, left))
+
+    def _ended(self, state: RetryCallState) -> bool:
+        """Stop retrying once the client is closed: the run that sent the request is over."""
+        return self._closed
 
     @staticmethod
     def _attempts(retrying: Retrying) -> str:

@@ -221,3 +221,42 @@ def test_the_watchdog_calls_in_time_order_and_skips_the_cancelled():
     time.sleep(0.4)
     watchdog.close()
     assert called == ["soon", "late"]
+
+
+def test_a_request_in_flight_when_the_client_closes_is_neither_retried_nor_logged(demo, caplog):
+    """A run that stops early does not wait for its requests in flight (fetch.py). When one of
+    them times out after the client closed, it must not be sent again, nor log a retry into
+    whatever the process prints next."""
+    demo.faults.slow_clients[2] = 1.5
+    client = _client(demo, timeout=0.5)
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            client.client_stats(2, DAY, DAY)
+        except Exception as exc:  # noqa: BLE001 (any end will do: the run that wanted it is over)
+            failed.append(exc)
+
+    thread = threading.Thread(target=fetch)
+    caplog.set_level("WARNING")
+    thread.start()
+    time.sleep(0.2)  # the request is in flight: the server holds it for 1.5 s
+    client.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and len(failed) == 1
+    assert [r for r in caplog.records if "retry" in r.getMessage()] == []
+    assert sum(1 for r in demo.requests if r.path == "/api/v1/clients/2/stats") == 1
+
+
+def test_a_client_that_resets_its_connection_mid_request_leaves_the_demo_silent(demo, capfd):
+    """socketserver prints a traceback when a client goes away mid-request; the demo remote must
+    not, or a stopped run's abandoned requests print one into the terminal of `--source demo`."""
+    host, port = demo.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"GET /api/v1/clients HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with a reset
+    time.sleep(0.5)
+    assert "Exception occurred" not in capfd.readouterr().err
+    with _client(demo) as client:
+        assert len(client.list_clients()) == DEMO_CLIENTS  # and still serves
