@@ -421,12 +421,13 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
     base = base_window(window, compare)
-    current, before = _values(conn, window, by, days=True), _values(conn, base, by)
+    plan = _plan(conn, window)
+    current, before = _values(conn, plan, by, days=True), _values(conn, _plan(conn, base), by)
     # Rows exist only for listed clients, so every client with a value is in `clients`.
     inactive = {c for (c,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0")} if active_only else set()
     candidates = (current.keys() | before.keys()) - inactive
     end, days, missing = window.end.isoformat(), window.days, (None, 0)
-    last_days = _last_days(conn, window, [c for c in candidates if current.get(c, missing)[1] < days])
+    last_days = _last_days(conn, plan, [c for c in candidates if current.get(c, missing)[1] < days])
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
     by_pct = rank == "pct"
 
@@ -489,10 +490,10 @@ MOVERS_COLUMNS = ["direction", "rank", "client_id", "name", "active", "lagging",
                   "base_period_start", "base_period_end"]
 
 
-def _values(conn: sqlite3.Connection, window: Window, by: str, days: bool = False) -> dict:
-    """Every client's `by` over the window (a sum or a ratio), read the fastest way `_plan` allows;
-    with `days`, each client's (`by`, days_with_data)."""
-    plan = _plan(conn, window)
+def _values(conn: sqlite3.Connection, plan: _Plan, by: str, days: bool = False) -> dict:
+    """Every client's `by` over the plan's window (a sum or a ratio), read the fastest way the plan
+    allows; with `days`, each client's (`by`, days_with_data)."""
+    window = plan.window
     columns = f"client_id, {by}, days_with_data" if days else f"client_id, {by}"
     extra = ("days_with_data",) if days else ()
     if plan.summed:  # a rolling period or one of its base windows: its stored sums, read by key
@@ -523,8 +524,8 @@ def _tuples(conn: sqlite3.Connection):
     return cursor
 
 
-def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> dict[int, str]:
-    """The last day with data up to the window's end of each of `clients`, which all have data
+def _last_days(conn: sqlite3.Connection, plan: _Plan, clients: list[int]) -> dict[int, str]:
+    """The last day with data up to the end of the plan's window of each of `clients`, which all have data
     up to then (movers' candidates: a value in the window or in its base window, before it).
 
     Movers ask only for the clients without data on every day of the window: the others' last
@@ -534,8 +535,8 @@ def _last_days(conn: sqlite3.Connection, window: Window, clients: list[int]) -> 
     """
     if not clients:
         return {}
-    end = window.end.isoformat()
-    latest = conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] if rollups_as_of(conn) else None
+    end = plan.window.end.isoformat()
+    latest = conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] if plan.current else None
     if latest is not None and latest <= end:
         earlier = dict(_tuples(conn).execute(f"SELECT client_id, last_day FROM {LAST_DAYS} WHERE last_day < :end", {"end": end}))
         return {c: earlier.get(c, end) for c in clients}
