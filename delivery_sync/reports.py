@@ -420,16 +420,18 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         raise UsageError(f"--limit must be at least 1 (got {limit})")
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
-    base = base_window(window, compare)
+    base, by_pct = base_window(window, compare), rank == "pct"
     plan = _plan(conn, window)
     current, before = _values(conn, plan, by, days=True), _values(conn, _plan(conn, base), by)
-    # Rows exist only for listed clients, so every client with a value is in `clients`.
-    inactive = {c for (c,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0")} if active_only else set()
-    candidates = (current.keys() | before.keys()) - inactive
+    # Only a client with a value in the base window is ranked (a change needs both) or listed as
+    # lagging (by what its base window had): the others are never looked at.
+    if active_only:
+        for (client_id,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0"):
+            before.pop(client_id, None)
     end, days, missing = window.end.isoformat(), window.days, (None, 0)
-    last_days = _last_days(conn, plan, [c for c in candidates if current.get(c, missing)[1] < days])
+    last_days = _last_days(conn, plan, [c for c, then in before.items() if then is not None and current.get(c, missing)[1] < days])
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
-    by_pct = rank == "pct"
+    ranked_by = 1 if by_pct else 0  # change()'s percent or its difference
 
     def move(client_id: int, lagging: bool) -> _Move:
         now, then = current.get(client_id, missing)[0], before.get(client_id)
@@ -438,15 +440,17 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     # 10,000 clients make 10,000 candidates: each is kept as a (sort key, client id) pair, and
     # only the rows shown are built (NamedTuples and key functions for all cost 2-3x as much).
     rose, fell, lagging = [], [], []
-    for client_id in candidates:
-        then, last_day = before.get(client_id), last_days.get(client_id, end)
-        if last_day is None or last_day < cutoff:
-            if then is not None:  # what it had in the base window is what the window may be missing
-                lagging.append((-then, client_id))
+    for client_id, then in before.items():
+        if then is None:
             continue
-        diff, pct = change(by, current.get(client_id, missing)[0], then)
-        size = pct if by_pct else diff
-        if size is None or (min_base is not None and then < min_base):
+        last_day = last_days.get(client_id, end)
+        if last_day is None or last_day < cutoff:  # what its base window had is what the window may miss
+            lagging.append((-then, client_id))
+            continue
+        if min_base is not None and then < min_base:
+            continue
+        size = change(by, current.get(client_id, missing)[0], then)[ranked_by]
+        if size is None:
             continue
         if size > 0:
             rose.append((-size, client_id))
