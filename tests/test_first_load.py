@@ -47,7 +47,7 @@ def test_a_sync_into_a_replica_with_rows_leaves_its_indexes_alone(cli, config, d
 
 
 def test_a_failed_first_sync_still_builds_the_index(cli, tmp_path, db_path, demo):
-    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"})
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "max_retries": 0})  # fail at once
     demo.faults.fail_clients = {3: 500}  # one client fails: the run fails, the others are stored
     result = cli("sync", "--days-back", "5")
     assert result.code == 1, result.stderr

@@ -114,7 +114,7 @@ def test_status_gives_the_same_facts_on_both_engines(cli, demo, tmp_path, pg_url
     demo.faults.fail_clients[3] = 500
     facts = []
     for name, database in (("sqlite", str(tmp_path / "replica.db")), ("pg", pg_url)):
-        config = configure(tmp_path, demo, database, name, source={"batch": "never"})
+        config = configure(tmp_path, demo, database, name, source={"batch": "never", "max_retries": 0})  # fail at once
         assert run(cli, config, "sync", "--days-back", "20").code == 1  # client 3 failed
         result = run(cli, config, "status", "--json", "--history", "3")
         assert result.code == 0, result.stderr

@@ -19,7 +19,7 @@ def last_sync(db_path):
 
 
 def test_after_a_partial_run_only_the_failed_clients_over_its_window(cli, tmp_path, demo, db_path):
-    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"})
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "max_retries": 0})  # fail at once
     demo.faults.fail_clients = {3: 500, 5: 404}
     assert run(cli, "sync", "--from", "2026-11-10", "--to", "2026-11-14").code == 1
     demo.faults.fail_clients = {}
@@ -45,7 +45,7 @@ def test_after_a_partial_run_only_the_failed_clients_over_its_window(cli, tmp_pa
 
 
 def test_with_the_batch_endpoint_one_request_for_the_failed_clients(cli, tmp_path, demo, db_path):
-    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never"})
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "max_retries": 0})  # fail at once
     demo.faults.fail_clients = {2: 500, 7: 500}
     assert run(cli, "sync", "--days-back", "4").code == 1
     demo.faults.fail_clients = {}
@@ -56,7 +56,8 @@ def test_with_the_batch_endpoint_one_request_for_the_failed_clients(cli, tmp_pat
 
 
 def test_after_a_run_stopped_early_the_failed_and_the_never_fetched(cli, tmp_path, demo, db_path):
-    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1, "max_consecutive_failures": 2})
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1, "max_consecutive_failures": 2,
+                                                                 "max_retries": 0})  # fail at once
     # A replica exists already: a first sync that stores nothing leaves none (tests/test_files.py).
     assert run(cli, "sync", "--days-back", "2", "--clients", str(DEMO_CLIENTS)).code == 0
     demo.faults.fail_clients = {1: 500, 2: 500}
