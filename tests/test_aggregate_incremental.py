@@ -8,7 +8,10 @@ On both engines: PostgreSQL refreshes with the same steps and SQL in its own wor
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -254,3 +257,23 @@ def test_a_refresh_a_day_later_keeps_a_sum_of_nulls_null_in_a_base_window(demo, 
                     "AND period_end = ?", [client, base.start.isoformat(), base.end.isoformat()])
     assert sums == [(None, 7)]
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
+def test_the_refresh_readers_run_below_the_writer_s_priority():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from delivery_sync.aggregate.build import READER_NICENESS, yield_to_the_writer
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def reader() -> int:
+        yield_to_the_writer()
+        return niceness()
+
+    before = niceness()
+    with ThreadPoolExecutor(1) as pool:
+        lowered = pool.submit(reader).result()
+    assert lowered == min(before + READER_NICENESS, 19)
+    assert niceness() == before  # the writer's own thread is left as it was

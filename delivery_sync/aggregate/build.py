@@ -11,6 +11,10 @@ schema always matches this code and needs no migration.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -250,11 +254,28 @@ def _sums_meanwhile(database: Path, sums: dict[Window, tuple[str, dict]]) -> dic
         finally:
             conn.close()
 
-    pool = ThreadPoolExecutor(2, thread_name_prefix="aggregate-sums")
+    pool = ThreadPoolExecutor(2, thread_name_prefix="aggregate-sums", initializer=yield_to_the_writer)
     try:
         return {window: pool.submit(read, sql, params) for window, (sql, params) in sums.items()}
     finally:
         pool.shutdown(wait=False)
+
+
+# How much lower the readers' priority is than the writer's: CFS weighs a thread at nice 5 a third
+# of one at 0, so the readers yield on a busy core without being starved by other processes.
+READER_NICENESS = 5
+
+
+def yield_to_the_writer() -> None:
+    """Lower the calling thread's priority by READER_NICENESS, on Linux, where a thread has a
+    priority of its own (elsewhere, or when refused, it stays as it is). The refresh's readers
+    call it: on two cores they and the writer contend, and the run waits on the writer, while
+    their sums are needed only at its end (at 10,000 x 365, a refresh took 1.93 s with readers at
+    the writer's priority and 1.79 s with them at nice 5, each median of 7)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + READER_NICENESS)
 
 
 def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
