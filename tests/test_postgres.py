@@ -167,6 +167,44 @@ def test_a_second_writer_exits_75_naming_the_holder_and_readers_go_on(cli, demo,
     assert run(cli, config, "sync", "--days-back", "3").code == 0  # released with its connection
 
 
+def test_the_lock_is_free_the_moment_a_run_ends(pg_url):
+    """Closing the lock's connection releases it only once the server has ended that backend: a
+    run started right after another (cron's collect, then sync) found it held 1 time in 10."""
+    import psycopg
+
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+
+    with psycopg.connect(pg_url, autocommit=True) as watcher:
+        for _ in range(50):
+            with postgres.advisory_lock(PostgresURL(pg_url), "sync"):
+                pass
+            held = watcher.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchone()[0]
+            assert held == 0
+
+
+def test_a_lock_holder_that_names_no_run_is_given_a_moment_then_refused(pg_url):
+    import threading
+
+    import psycopg
+
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.errors import LockHeld
+
+    with psycopg.connect(pg_url, autocommit=True) as other:  # not a delivery-sync writer: no name of ours
+        other.execute("SELECT pg_advisory_lock(%s)", [postgres.LOCK_KEY])
+        release = threading.Timer(0.1, lambda: other.execute("SELECT pg_advisory_unlock(%s)", [postgres.LOCK_KEY]))
+        release.start()
+        with postgres.advisory_lock(PostgresURL(pg_url), "sync"):  # taken once the other lets go
+            release.join()
+        other.execute("SELECT pg_advisory_lock(%s)", [postgres.LOCK_KEY])
+        began = time.monotonic()
+        with pytest.raises(LockHeld, match="holder unknown"), postgres.advisory_lock(PostgresURL(pg_url), "sync"):
+            pass
+        assert time.monotonic() - began >= sum(postgres.UNKNOWN_HOLDER_WAITS)
+
+
 @pytest.mark.parametrize("kind", ["rebuild", "refresh"])
 def test_readers_go_on_while_an_aggregate_rebuilds_or_refreshes_the_rollups(cli, demo, tmp_path, pg_url, kind):
     """The build rewrites rows of the rollup tables inside its transaction (a rebuild empties and
