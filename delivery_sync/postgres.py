@@ -114,6 +114,36 @@ def _rows(cursor):
     return make
 
 
+def _tuple_rows(cursor):
+    """Rows as plain tuples, converted as `_rows` converts them: for callers that only unpack
+    rows, where a `Row` made per row cost movers at 10,000 clients about 0.7 us a row."""
+    converted = [i for i, c in enumerate(cursor.description or ()) if c.type_code not in _AS_IS]
+    if not converted:
+        return tuple
+
+    def make(values) -> tuple:
+        values = list(values)
+        for i in converted:
+            values[i] = _value(values[i])
+        return tuple(values)
+
+    return make
+
+
+class Cursor:
+    """What `Connection.cursor()` gives, like a sqlite3 cursor: `execute` returns `Row`s, or with
+    `row_factory` set to None, plain tuples."""
+
+    row_factory = _rows
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+
+    def execute(self, statement: str, params=None):
+        """Run one statement; returns its cursor."""
+        return self.connection.execute(statement, params, _rows if self.row_factory is not None else _tuple_rows)
+
+
 class Connection:
     """A psycopg connection that runs the project's SQL (see `translate`) and returns `Row`s.
 
@@ -126,14 +156,18 @@ class Connection:
         self.conn = conn
         self._savepoints = itertools.count(1)
 
-    def execute(self, statement: str, params=None):
-        """Run one statement; returns its cursor."""
-        cursor = self.conn.cursor(row_factory=_rows)
+    def execute(self, statement: str, params=None, rows=_rows):
+        """Run one statement; returns its cursor, which makes each row with `rows` (a psycopg row factory)."""
+        cursor = self.conn.cursor(row_factory=rows)
         if params:
             cursor.execute(translate(statement), params)
         else:
             cursor.execute(statement)
         return cursor
+
+    def cursor(self) -> Cursor:
+        """A cursor whose `row_factory` may be set to None for plain tuples, as with sqlite3."""
+        return Cursor(self)
 
     def executemany(self, statement: str, rows) -> None:
         """Run one statement for every parameter row."""

@@ -511,18 +511,18 @@ def _values(conn: sqlite3.Connection, plan: _Plan, by: str, days: bool = False) 
         sql = f"SELECT {columns} FROM ({sql}) AS sums"
     else:
         sql, params = f"SELECT {columns} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums", window.params()
-    # 10,000 rows: as plain tuples, not SQLite's Row objects (1-2 ms less each way).
-    rows = _tuples(conn).execute(sql, params)
+    # 10,000 rows as plain tuples, all at once: psycopg steps a cursor row by row in Python
+    # (16 ms for 10,000 rows, where fetchall takes 2.5).
+    rows = _tuples(conn).execute(sql, params).fetchall()
     if days:
         return {client_id: (value, count) for client_id, value, count in rows}
-    return dict(rows.fetchall())
+    return dict(rows)
 
 
 def _tuples(conn: sqlite3.Connection):
-    """Something whose `execute` returns rows as tuples: a SQLite cursor without the reader's
-    row factory, or the PostgreSQL connection itself."""
-    if not isinstance(conn, sqlite3.Connection):
-        return conn
+    """A cursor of `conn` (SQLite's or PostgreSQL's) whose `execute` returns rows as plain tuples,
+    without the reader's row factory: 10,000 rows made as tuples cost 1-2 ms less on SQLite, and
+    7 ms less on PostgreSQL."""
     cursor = conn.cursor()
     cursor.row_factory = None
     return cursor

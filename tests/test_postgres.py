@@ -167,6 +167,26 @@ def test_a_second_writer_exits_75_naming_the_holder_and_readers_go_on(cli, demo,
     assert run(cli, config, "sync", "--days-back", "3").code == 0  # released with its connection
 
 
+def test_a_cursor_without_row_factory_gives_plain_tuples_as_sqlite_does(cli, demo, tmp_path, pg_url):
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.readonly import open_reader
+
+    assert run(cli, configure(tmp_path, demo, pg_url, "pg"), "sync", "--days-back", "2").code == 0
+    conn = open_reader(PostgresURL(pg_url))
+    try:
+        statement = "SELECT client_id, stat_date, SUM(total_orders) AS orders FROM client_stats WHERE client_id = 3 GROUP BY 1, 2 ORDER BY 2"
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        plain = cursor.execute(statement).fetchall()
+        named = conn.execute(statement).fetchall()
+    finally:
+        conn.close()
+    # Dates as text and exact sums as int, as SQLite gives them; by position only, as sqlite3 without a row factory.
+    assert [type(row) for row in plain] == [tuple, tuple] and plain == [tuple(row) for row in named]
+    assert [row[1] for row in plain] == [row["stat_date"] for row in named] and all(isinstance(row[1], str) for row in plain)
+    assert all(type(row[2]) is int for row in plain)
+
+
 def test_the_lock_is_free_the_moment_a_run_ends(pg_url):
     """Closing the lock's connection releases it only once the server has ended that backend: a
     run started right after another (cron's collect, then sync) found it held 1 time in 10."""
