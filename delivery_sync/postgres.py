@@ -317,22 +317,25 @@ def advisory_lock(url: PostgresURL, command: str) -> Iterator[Connection]:
         locked = True
         yield conn
     finally:
-        if locked:
-            # Released now: closing the connection releases it only once the server has ended its
-            # backend, and a run started right after this one found it still held 1 time in 10.
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(?)", [LOCK_KEY])
-        conn.close()
+        try:
+            if locked:
+                # Released now: closing the connection releases it only once the server has ended
+                # its backend, and a run started right after this one found it still held 1 time in 10.
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(?)", [LOCK_KEY])
+        finally:
+            conn.close()  # even if a stop signal arrives during the unlock
 
 
-# How long a run waits for a lock whose holder names no live run, in steps: most likely the
-# backend of a run that just ended or was killed, which the server is still ending.
+# How long a run waits, in steps, when the lock is held but no holder of ours is found: the lock
+# was let go between the try and the look at its holder (a run ending just then), or a session
+# that is no delivery-sync run holds it.
 UNKNOWN_HOLDER_WAITS = (0.05, 0.1, 0.2, 0.4)
 
 
 def _take_lock(conn: Connection, url: PostgresURL) -> None:
-    """Take the advisory lock on `conn`, or raise LockHeld at once naming a live holder; a holder
-    that names none is given UNKNOWN_HOLDER_WAITS first."""
+    """Take the advisory lock on `conn`, or raise LockHeld: at once naming a delivery-sync holder,
+    after UNKNOWN_HOLDER_WAITS when none is found."""
     for wait in (*UNKNOWN_HOLDER_WAITS, None):
         if conn.execute("SELECT pg_try_advisory_lock(?)", [LOCK_KEY]).fetchone()[0]:
             return

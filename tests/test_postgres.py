@@ -195,17 +195,18 @@ def test_the_lock_is_free_the_moment_a_run_ends(pg_url):
     from delivery_sync import postgres
     from delivery_sync.config import PostgresURL
 
+    held = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) AND ((classid::bigint << 32) | objid::bigint) = %s")
     with psycopg.connect(pg_url, autocommit=True) as watcher:
-        for _ in range(50):
+        with postgres.advisory_lock(PostgresURL(pg_url), "sync"):
+            assert watcher.execute(held, [postgres.LOCK_KEY]).fetchone()[0] == 1  # the watcher sees it held
+        for _ in range(100):
             with postgres.advisory_lock(PostgresURL(pg_url), "sync"):
                 pass
-            held = watcher.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchone()[0]
-            assert held == 0
+            assert watcher.execute(held, [postgres.LOCK_KEY]).fetchone()[0] == 0
 
 
-def test_a_lock_holder_that_names_no_run_is_given_a_moment_then_refused(pg_url):
-    import threading
-
+def test_a_lock_holder_that_names_no_run_is_given_a_moment_then_refused(pg_url, monkeypatch):
     import psycopg
 
     from delivery_sync import postgres
@@ -214,10 +215,17 @@ def test_a_lock_holder_that_names_no_run_is_given_a_moment_then_refused(pg_url):
 
     with psycopg.connect(pg_url, autocommit=True) as other:  # not a delivery-sync writer: no name of ours
         other.execute("SELECT pg_advisory_lock(%s)", [postgres.LOCK_KEY])
-        release = threading.Timer(0.1, lambda: other.execute("SELECT pg_advisory_unlock(%s)", [postgres.LOCK_KEY]))
-        release.start()
-        with postgres.advisory_lock(PostgresURL(pg_url), "sync"):  # taken once the other lets go
-            release.join()
+        waits = []
+
+        def let_go_while_waiting(seconds: float) -> None:  # the other session ends during the first wait
+            waits.append(seconds)
+            other.execute("SELECT pg_advisory_unlock(%s)", [postgres.LOCK_KEY])
+
+        with monkeypatch.context() as patched:
+            patched.setattr(postgres.time, "sleep", let_go_while_waiting)
+            with postgres.advisory_lock(PostgresURL(pg_url), "sync"):  # taken once the other lets go
+                pass
+        assert waits == [postgres.UNKNOWN_HOLDER_WAITS[0]]
         other.execute("SELECT pg_advisory_lock(%s)", [postgres.LOCK_KEY])
         began = time.monotonic()
         with pytest.raises(LockHeld, match="holder unknown"), postgres.advisory_lock(PostgresURL(pg_url), "sync"):
