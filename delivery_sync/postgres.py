@@ -16,6 +16,7 @@ import functools
 import itertools
 import os
 import re
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,11 +155,44 @@ class Connection:
     def execute(self, statement: str, params=None, rows=_rows):
         """Run one statement; returns its cursor, which makes each row with `rows` (a psycopg row factory)."""
         cursor = self.conn.cursor(row_factory=rows)
-        if params:
-            cursor.execute(translate(statement), params)
-        else:
-            cursor.execute(statement)
+        with self._stoppable():
+            if params:
+                cursor.execute(translate(statement), params)
+            else:
+                cursor.execute(statement)
         return cursor
+
+    @contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """Around a statement: a stop signal (errors.Interrupted) arriving while it runs cancels it
+        in the server, as psycopg does itself only for KeyboardInterrupt. Left running, it kept the
+        connection busy, so the rollback that follows failed and its error replaced the signal's
+        exit, and it went on in the server after the run had let the writers' lock go."""
+        try:
+            yield
+        except Exception:
+            raise
+        except BaseException:
+            self._cancel_running()
+            raise
+
+    def _cancel_running(self, seconds: float = 5) -> None:
+        """Cancel the statement the server is running for this connection, if any, and read its
+        end (within `seconds`), leaving the connection ready for ROLLBACK."""
+        pgconn = self.conn.pgconn
+        if pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+            return
+        with contextlib.suppress(psycopg.Error, OSError):
+            getattr(self.conn, "cancel_safe", self.conn.cancel)()
+            deadline = time.monotonic() + seconds
+            while True:
+                pgconn.consume_input()
+                while not pgconn.is_busy():
+                    if pgconn.get_result() is None:
+                        return
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pgconn.socket], [], [], left)[0]:
+                    return  # no answer: the run closes the connection, which ends the statement too
 
     def cursor(self) -> Cursor:
         """A cursor whose `row_factory` may be set to None for plain tuples, as with sqlite3."""
@@ -166,7 +200,7 @@ class Connection:
 
     def executemany(self, statement: str, rows) -> None:
         """Run one statement for every parameter row."""
-        with self.conn.cursor() as cursor:
+        with self.conn.cursor() as cursor, self._stoppable():
             cursor.executemany(translate(statement), rows)
 
     def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:

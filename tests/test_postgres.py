@@ -187,6 +187,39 @@ def test_a_cursor_without_row_factory_gives_plain_tuples_as_sqlite_does(cli, dem
     assert all(type(row[2]) is int for row in plain)
 
 
+def test_a_stop_signal_mid_statement_cancels_it_in_the_server_and_keeps_its_exit(pg_url):
+    """psycopg cancels a running statement for KeyboardInterrupt only: a stop signal (SIGTERM from
+    cron's timeout or systemd) mid-statement surfaced as 'another command is already in
+    progress' from the rollback, losing the exit 128 + N, and the statement ran on."""
+    import signal
+
+    import psycopg
+
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.errors import Interrupted
+
+    def stop(signum, frame):  # as the CLI's handler does
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    conn = postgres.connect(PostgresURL(pg_url))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        began = time.monotonic()
+        with pytest.raises(Interrupted), conn.atomic():
+            conn.execute("SELECT pg_sleep(5)")
+        assert time.monotonic() - began < 3
+        with psycopg.connect(pg_url, autocommit=True) as watcher:
+            running = watcher.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep%%'")
+            assert running.fetchone()[0] == 0
+        assert conn.execute("SELECT 1").fetchone()[0] == 1 and not conn.in_transaction  # rolled back, ready
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
+
+
 def test_the_lock_is_free_the_moment_a_run_ends(pg_url):
     """Closing the lock's connection releases it only once the server has ended that backend: a
     run started right after another (cron's collect, then sync) found it held 1 time in 10."""
