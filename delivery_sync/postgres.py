@@ -127,8 +127,9 @@ def _maker(cursor, shape):
 
 
 class Cursor:
-    """What `Connection.cursor()` gives, like a sqlite3 cursor: `execute` returns `Row`s, or with
-    `row_factory` set to None, plain tuples."""
+    """What `Connection.cursor()` gives, like a sqlite3 cursor as far as reports use one: read the
+    rows from what `execute` returns (`Row`s, or with `row_factory` set to None, plain tuples);
+    this object keeps none."""
 
     row_factory = _rows
 
