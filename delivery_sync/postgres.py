@@ -131,14 +131,13 @@ class Cursor:
     rows from what `execute` returns (`Row`s, or with `row_factory` set to None, plain tuples);
     this object keeps none."""
 
-    row_factory = _rows
-
     def __init__(self, connection: Connection):
         self.connection = connection
+        self.row_factory = _rows  # a psycopg row factory; None: plain tuples
 
     def execute(self, statement: str, params=None):
         """Run one statement; returns its cursor."""
-        return self.connection.execute(statement, params, _rows if self.row_factory is not None else _tuple_rows)
+        return self.connection.execute(statement, params, self.row_factory or _tuple_rows)
 
 
 class Connection:
