@@ -341,9 +341,8 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
     pieces, months, days = dirty_keys(changed.keys)
     base = _base_window_sums(db, dialect, as_of)
     if meanwhile is not None:
-        dirty = sorted(day for (day,) in days)
-        ready = meanwhile({w: sql for w, sql in base.items()
-                           if not any(w.start.isoformat() <= day <= w.end.isoformat() for day in dirty)})
+        dirty = [date.fromisoformat(day) for (day,) in days]
+        ready = meanwhile({w: sql for w, sql in base.items() if not any(w.start <= day <= w.end for day in dirty)})
         base |= ready
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
