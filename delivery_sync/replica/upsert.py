@@ -48,6 +48,7 @@ class ClientWrite:
     rejected: int = 0
     warning: str | None = None
     days: list[str] = field(default_factory=list)  # the stat_dates inserted, updated or deleted
+    synced_at: str = ""  # the time stamp of the write: its rows' and the client's last_synced_at
 
 
 def write_client_window(
@@ -64,16 +65,25 @@ def write_client_window(
     changed value is logged in `stat_changes`; unchanged rows are not written at all.
     """
     with db.atomic():
-        return _write_window(db, run_id, client_id, window, parsed, prune)
+        result = _write_window(db, run_id, client_id, window, parsed, prune)
+        _mark_synced(db, [(result.synced_at, client_id)])
+        return result
+
+
+def _mark_synced(db: ReplicaDatabase, synced: list[tuple[str, int]]) -> None:
+    """Set each client's last_synced_at: `synced` holds (time stamp, client id) pairs."""
+    if synced:
+        db.executemany("UPDATE clients SET last_synced_at = ? WHERE id = ?", synced)
 
 
 def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows,
                   prune: bool) -> ClientWrite:
-    """`write_client_window` inside the caller's open transaction, which must roll back on an error."""
+    """`write_client_window` but the client's last_synced_at (set to the result's `synced_at` by the
+    caller), inside the caller's open transaction, which must roll back on an error."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
-    result = ClientWrite(rejected=len(parsed.rejects))
+    result = ClientWrite(rejected=len(parsed.rejects), synced_at=now)
     encode = db.encode_change
     stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
     inserts, updates, changes = [], [], []
@@ -106,7 +116,6 @@ def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tupl
             "INSERT INTO sync_rejects(run_id, client_id, stat_date, reason, payload) VALUES (?, ?, ?, ?, ?)",
             [(run_id, client_id, r.stat_date, r.reason, r.payload) for r in parsed.rejects],
         )
-    db.execute("UPDATE clients SET last_synced_at = ? WHERE id = ?", [now, client_id])
     return result
 
 
@@ -146,6 +155,10 @@ class WriteGroup:
     touches to a sub-journal first, two more writes a row on a first sync, only to roll back
     what the group's rollback undoes anyway. `due` says when the group reached its bounds and
     should be committed.
+
+    The clients' last_synced_at are set together just before the commit, in the same
+    transaction: one statement a client cost a PostgreSQL sync a round trip each (2.7 s of an
+    18 s daily sync at 10,000 clients).
     """
 
     def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
@@ -154,6 +167,7 @@ class WriteGroup:
         self.max_seconds = max_seconds
         self.rows = 0
         self._began = 0.0
+        self._synced: list[tuple[str, int]] = []  # (time stamp, client id) of the clients written
 
     def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
         """`write_client_window` inside the group's transaction (opened on the first write); on an
@@ -166,6 +180,7 @@ class WriteGroup:
         except BaseException:
             self.rollback()  # never leave half a client in a transaction someone could commit
             raise
+        self._synced.append((result.synced_at, client_id))
         self.rows += len(parsed.values) + len(parsed.rejects)
         return result
 
@@ -176,11 +191,18 @@ class WriteGroup:
     def commit(self) -> None:
         """Make every client written since the last commit durable (nothing to do when none was)."""
         if self.db.in_transaction:
+            try:
+                _mark_synced(self.db, self._synced)
+            except BaseException:
+                self.rollback()  # as a failed write: the group's clients stay as they were
+                raise
             self.db.execute("COMMIT")
+        self._synced.clear()
         self.rows = 0
 
     def rollback(self) -> None:
         """Drop every client written since the last commit: they stay as they were."""
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+        self._synced.clear()
         self.rows = 0
