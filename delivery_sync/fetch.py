@@ -63,6 +63,7 @@ class Writer(Protocol):
     """Where fetched windows go (`replica.SyncWriter`): the fetcher never sees the database."""
 
     def write(self, client_id: int, window: Window, rows: ClientRows) -> None: ...
+    def expect(self, clients: Iterable[tuple[int, Window]]) -> int: ...
     def fail(self, client_id: int | None, error: str) -> None: ...
     def commit(self) -> None: ...
     def staging(self) -> Staging: ...
@@ -119,6 +120,7 @@ class Fetcher:
         # Batch clients whose last tile arrived, with that tile's rows, not yet handed to the writer:
         # written while the fetch threads wait for the remote, so that writing overlaps fetching.
         self._complete: deque[tuple[int, ClientRows]] = deque()
+        self._expected = 0  # how many at the head of _complete the writer was told to expect
 
     def run(self, windows: dict[int, Window]) -> None:
         """Fetch and write every window; raises StopRun when the run must end early."""
@@ -193,7 +195,10 @@ class Fetcher:
 
     def _write_next(self) -> None:
         """Hand the first complete client to the writer: its staged rows and its last tile's, one whole window."""
+        if not self._expected:  # the writer reads the stored rows of the next few clients at once
+            self._expected = self.writer.expect((c, self._windows[c]) for c, _ in self._complete)
         cid, rows = self._complete.popleft()
+        self._expected -= 1
         if cid in self._staged:  # the earlier tiles, then the last: a later answer for the same day wins
             self._staged.discard(cid)
             staged = self._staging.take(cid)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from datetime import date, timedelta
 
-from conftest import DEMO_CLIENTS, query_db
+from conftest import DEMO_CLIENTS, is_postgres, query_db, store_of
 
 DAYS = 20
 MARK = 4242
@@ -157,3 +157,67 @@ def test_a_group_writes_no_savepoint_and_inserts_with_or_fail(tmp_path):
     assert [s.split(" client_stats")[0] for s in statements if "INTO client_stats" in s] == ["INSERT OR FAIL INTO"] * 2
     assert query_db(tmp_path / "replica.db", "SELECT COUNT(*) FROM client_stats") == [(6,)]
     db.close()
+
+
+def _rows_on(marks: dict[date, int]):
+    """ClientRows with every value of each day `marks[day]`."""
+    from delivery_sync.metrics import METRICS
+    from delivery_sync.records import ClientRows, Row
+
+    return ClientRows({day: Row._make([mark] * len(METRICS) + [None]) for day, mark in marks.items()}, [], len(marks))
+
+
+def test_rows_read_ahead_by_expect_are_written_as_if_each_client_read_its_own(engine):
+    """`expect` reads the stored rows of several clients by one statement over the span of all
+    their windows: each client's write must still see only its own window (updates, unchanged
+    rows, the prune of a day no longer sent), and the rows around it stay as they were."""
+    from delivery_sync.metrics import METRICS
+
+    nov = {d: date(2026, 11, d) for d in range(21, 31)}
+    db = store_of(engine).open()
+    try:
+        run_id = db.start_run("sync")
+        group = db.write_group()
+        for cid in (1, 2):
+            group.write(run_id, cid, (nov[21], nov[30]), _rows_on(dict.fromkeys(nov.values(), 1)))
+        group.commit()
+        statements: list[str] = []
+        if not is_postgres(engine):
+            db.db.conn.set_trace_callback(statements.append)
+        windows = {1: (nov[25], nov[27]), 2: (nov[21], nov[30])}
+        group.expect(list(windows.items()))
+        # Client 1: two days changed, the third no longer sent (pruned); client 2: its last day changed.
+        one = group.write(run_id, 1, windows[1], _rows_on({nov[25]: 2, nov[26]: 2}), prune=True)
+        two = group.write(run_id, 2, windows[2], _rows_on({**dict.fromkeys(nov.values(), 1), nov[30]: 3}), prune=True)
+        group.commit()
+    finally:
+        db.close()
+    assert (one.updated, one.unchanged, one.deleted, one.inserted) == (2, 0, 1, 0)
+    assert (two.updated, two.unchanged, two.deleted, two.inserted) == (1, 9, 0, 0)
+    if statements:  # SQLite: the stored rows of both were read by the one statement of expect
+        assert len([s for s in statements if s.startswith("SELECT") and "FROM client_stats" in s]) == 1
+    stored = query_db(engine, "SELECT client_id, stat_date, grab_sales FROM client_stats ORDER BY client_id, stat_date")
+    expected = [(1, d.isoformat(), 2 if d in (nov[25], nov[26]) else 1) for d in nov.values() if d != nov[27]]
+    expected += [(2, d.isoformat(), 3 if d == nov[30] else 1) for d in nov.values()]
+    assert [tuple(row) for row in stored] == expected
+    logged = query_db(engine, 'SELECT client_id, COUNT(*) FROM stat_changes GROUP BY client_id ORDER BY client_id')
+    assert [tuple(row) for row in logged] == [(1, 2 * len(METRICS) + 1), (2, len(METRICS))]
+
+
+def test_the_writer_reads_ahead_clients_of_one_window_up_to_expected_rows_days(tmp_path, monkeypatch):
+    from delivery_sync import replica
+    from delivery_sync.days import Window
+    from delivery_sync.replica import writer
+
+    monkeypatch.setattr(writer, "EXPECTED_ROWS", 10)
+    db = replica.open_replica(tmp_path / "replica.db")
+    try:
+        sync = replica.SyncWriter(store_of(tmp_path / "replica.db").open(), replica.start_run(db, "sync"), replica.RunCounts())
+        four_days = Window(date(2026, 11, 1), date(2026, 11, 4))
+        assert sync.expect((cid, four_days) for cid in range(1, 10)) == 3  # 4 + 4 + 4 days reach 10
+        assert sync.expect([(1, Window(date(2025, 1, 1), date(2025, 12, 31)))]) == 1  # at least one client
+        one_day = Window(date(2026, 11, 4), date(2026, 11, 4))
+        assert sync.expect([(1, one_day), (2, one_day), (3, four_days), (4, one_day)]) == 2  # one window a read
+        assert sync.expect([]) == 0
+    finally:
+        db.close()

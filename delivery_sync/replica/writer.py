@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # A sync that wrote more rows than this gets a full rebuild of the rollups: by then it is as
 # cheap, and the keys need not be held in memory.
 MAX_CHANGED_ROWS = 200_000
+# Client days whose stored rows `expect` reads by one statement: on PostgreSQL each statement is
+# a round trip, and the rows read are held in memory until their client is written.
+EXPECTED_ROWS = 5_000
 
 
 class ChangedRows:
@@ -80,6 +83,24 @@ class SyncWriter:
             log.warning("client %s: rejected row %s: %s", client_id, reject.stat_date, reject.reason)
         if self._group.due:
             self.commit()
+
+    def expect(self, clients) -> int:
+        """The first of `clients` ((client id, window) pairs, in the order they will be written)
+        that share the first one's window: their stored rows are read by one statement, up to
+        EXPECTED_ROWS days of them (at least one client), not one statement a client. One window,
+        so that no client's read spans another's longer window. Returns how many were read."""
+        chunk, days, shared = [], 0, None
+        for client_id, window in clients:
+            span = (window.start, window.end)
+            if shared not in (None, span):
+                break
+            shared = span
+            chunk.append((client_id, span))
+            days += (window.end - window.start).days + 1
+            if days >= EXPECTED_ROWS:
+                break
+        self._group.expect(chunk)
+        return len(chunk)
 
     def fail(self, client_id: int | None, error: str) -> None:
         """Record a client (None: a whole batch) that could not be fetched."""
