@@ -221,3 +221,24 @@ def test_the_writer_reads_ahead_clients_of_one_window_up_to_expected_rows_days(t
         assert sync.expect([]) == 0
     finally:
         db.close()
+
+
+def test_a_client_written_twice_in_one_group_compares_with_its_first_write(engine):
+    """Updates wait for the group's commit; a second write of the same client in the group must
+    still see the first's rows, so each change is logged once, from the value it replaced."""
+    day = date(2026, 11, 30)
+    db = store_of(engine).open()
+    try:
+        run_id = db.start_run("sync")
+        group = db.write_group()
+        group.write(run_id, 1, (day, day), _rows_on({day: 1}))
+        group.commit()
+        first = group.write(run_id, 1, (day, day), _rows_on({day: 2}))
+        second = group.write(run_id, 1, (day, day), _rows_on({day: 3}))
+        group.commit()
+    finally:
+        db.close()
+    assert (first.updated, second.updated) == (1, 1)
+    assert [tuple(r) for r in query_db(engine, "SELECT grab_sales, total_orders FROM client_stats")] == [(3, 3)]
+    logged = query_db(engine, "SELECT old_value, new_value FROM stat_changes WHERE \"column\" = 'grab_sales'")
+    assert sorted(tuple(float(v) for v in row) for row in logged) == [(1, 2), (2, 3)]

@@ -78,11 +78,12 @@ def _mark_synced(db: ReplicaDatabase, synced: list[tuple[str, int]]) -> None:
 
 
 def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows,
-                  prune: bool, stored: dict[str, tuple] | None = None) -> ClientWrite:
+                  prune: bool, stored: dict[str, tuple] | None = None, later: _Later | None = None) -> ClientWrite:
     """`write_client_window` but the client's last_synced_at (set to the result's `synced_at` by the
     caller), inside the caller's open transaction, which must roll back on an error. `stored`: the
     client's stored rows (day -> values) of at least the window, when the caller has read them
-    already (rows outside the window are never looked at)."""
+    already (rows outside the window are never looked at). `later`: where the updates of changed
+    rows and their logged changes wait, to be run by the caller before the transaction commits."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
@@ -106,7 +107,10 @@ def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tupl
         else:
             result.unchanged += 1
     db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
-    if updates:
+    if later is not None:
+        later.updates += updates
+        later.changes += changes
+    elif updates:
         db.executemany(_UPDATE, updates)
         db.executemany(_LOG_CHANGE, changes)
     result.inserted, result.updated = len(inserts), len(updates)
@@ -150,6 +154,26 @@ def _prune(
     return gone, None
 
 
+@dataclass
+class _Later:
+    """Updates of changed rows (and the changes they log) a write group runs at its commit."""
+
+    updates: list[tuple] = field(default_factory=list)
+    changes: list[tuple] = field(default_factory=list)
+    clients: set[int] = field(default_factory=set)  # whose updates wait here
+
+    def run(self, db: ReplicaDatabase) -> None:
+        """Run the waiting updates and log their changes, then forget them."""
+        if self.updates:
+            db.executemany(_UPDATE, self.updates)
+            db.executemany(_LOG_CHANGE, self.changes)
+        self.clear()
+
+    def clear(self) -> None:
+        self.updates, self.changes = [], []
+        self.clients.clear()
+
+
 class WriteGroup:
     """Whole client windows written several to a transaction, each client still all or nothing.
 
@@ -162,8 +186,9 @@ class WriteGroup:
 
     The clients' last_synced_at are set together just before the commit, in the same
     transaction: one statement a client cost a PostgreSQL sync a round trip each (2.7 s of an
-    18 s daily sync at 10,000 clients). For the same reason `expect` reads the stored rows of
-    the clients about to be written by one statement, not one a client.
+    18 s daily sync at 10,000 clients). For the same reason the updates of changed rows (and
+    the changes they log) wait for the commit, to run as two statements for the whole group, and
+    `expect` reads the stored rows of the clients about to be written by one statement.
     """
 
     def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
@@ -174,6 +199,7 @@ class WriteGroup:
         self._began = 0.0
         self._synced: list[tuple[str, int]] = []  # (time stamp, client id) of the clients written
         self._stored: dict[int, tuple[tuple[date, date], dict[str, tuple]]] = {}  # read by `expect`, not yet written
+        self._later = _Later()
 
     def write(self, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows, prune: bool = False) -> ClientWrite:
         """`write_client_window` inside the group's transaction (opened on the first write); on an
@@ -184,7 +210,11 @@ class WriteGroup:
         read = self._stored.pop(client_id, None)
         stored = read[1] if read is not None and read[0] == window else None
         try:
-            result = _write_window(self.db, run_id, client_id, window, parsed, prune, stored)
+            if client_id in self._later.clients:  # written twice: the second compares with the first's rows
+                self._later.run(self.db)
+            result = _write_window(self.db, run_id, client_id, window, parsed, prune, stored, self._later)
+            if result.updated:
+                self._later.clients.add(client_id)
         except BaseException:
             self.rollback()  # never leave half a client in a transaction someone could commit
             raise
@@ -216,6 +246,7 @@ class WriteGroup:
         """Make every client written since the last commit durable (nothing to do when none was)."""
         if self.db.in_transaction:
             try:
+                self._later.run(self.db)
                 _mark_synced(self.db, self._synced)
             except BaseException:
                 self.rollback()  # as a failed write: the group's clients stay as they were
@@ -230,4 +261,5 @@ class WriteGroup:
             self.db.execute("ROLLBACK")
         self._synced.clear()
         self._stored.clear()
+        self._later.clear()
         self.rows = 0
