@@ -242,3 +242,28 @@ def test_a_client_written_twice_in_one_group_compares_with_its_first_write(engin
     assert [tuple(r) for r in query_db(engine, "SELECT grab_sales, total_orders FROM client_stats")] == [(3, 3)]
     logged = query_db(engine, "SELECT old_value, new_value FROM stat_changes WHERE \"column\" = 'grab_sales'")
     assert sorted(tuple(float(v) for v in row) for row in logged) == [(1, 2), (2, 3)]
+
+
+def test_a_group_runs_its_waiting_updates_once_later_max_rows_wait(engine, monkeypatch):
+    """Updates wait for the commit only up to LATER_MAX_ROWS rows, so a remote that restates a
+    whole year never has a group's updates and changes all held in memory."""
+    from delivery_sync.replica import upsert
+
+    monkeypatch.setattr(upsert, "LATER_MAX_ROWS", 2)
+    days = [date(2026, 11, 29), date(2026, 11, 30)]
+    db = store_of(engine).open()
+    try:
+        run_id = db.start_run("sync")
+        group = db.write_group()
+        for cid in (1, 2):
+            group.write(run_id, cid, (days[0], days[1]), _rows_on(dict.fromkeys(days, 1)))
+        group.commit()
+        group.write(run_id, 1, (days[0], days[1]), _rows_on(dict.fromkeys(days, 2)))
+        waiting = [tuple(r) for r in db.db.execute("SELECT grab_sales FROM client_stats WHERE client_id = 1")]
+        group.write(run_id, 2, (days[0], days[1]), _rows_on(dict.fromkeys(days, 2)))  # 2 rows wait: run first
+        ran = [tuple(r) for r in db.db.execute("SELECT grab_sales FROM client_stats WHERE client_id = 1")]
+        group.commit()
+    finally:
+        db.close()
+    assert (waiting, ran) == ([(1,), (1,)], [(2,), (2,)])
+    assert [tuple(r) for r in query_db(engine, "SELECT DISTINCT grab_sales FROM client_stats")] == [(2,)]

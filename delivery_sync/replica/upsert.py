@@ -34,6 +34,9 @@ _UPDATE = (
 # rarely, few enough that readers see progress often and the WAL stays small.
 GROUP_MAX_ROWS = 20_000
 GROUP_MAX_SECONDS = 1.0
+# Updated rows a group keeps for its commit before it runs them anyway: a remote that restates
+# every value of a year would otherwise have a whole group's rows and changes held in memory.
+LATER_MAX_ROWS = 2_000
 
 _LOG_CHANGE = 'INSERT INTO stat_changes(run_id, client_id, stat_date, "column", old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)'
 
@@ -210,8 +213,8 @@ class WriteGroup:
         read = self._stored.pop(client_id, None)
         stored = read[1] if read is not None and read[0] == window else None
         try:
-            if client_id in self._later.clients:  # written twice: the second compares with the first's rows
-                self._later.run(self.db)
+            if client_id in self._later.clients or len(self._later.updates) >= LATER_MAX_ROWS:
+                self._later.run(self.db)  # written twice, the second compares with the first's rows
             result = _write_window(self.db, run_id, client_id, window, parsed, prune, stored, self._later)
             if result.updated:
                 self._later.clients.add(client_id)
