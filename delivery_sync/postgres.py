@@ -147,6 +147,9 @@ class Connection:
     """
 
     dialect = POSTGRES
+    # A write group's new rows go in by one COPY at its commit (or once LATER_MAX_ROWS rows
+    # wait): a COPY a client was a round trip a client, one new row each on a daily sync.
+    inserts_wait_for_commit = True
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn

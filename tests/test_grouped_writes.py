@@ -267,3 +267,34 @@ def test_a_group_runs_its_waiting_updates_once_later_max_rows_wait(engine, monke
         db.close()
     assert (waiting, ran) == ([(1,), (1,)], [(2,), (2,)])
     assert [tuple(r) for r in query_db(engine, "SELECT DISTINCT grab_sales FROM client_stats")] == [(2,)]
+
+
+def test_a_bad_row_rolls_back_the_open_group_when_it_is_written_or_at_the_commit(engine):
+    """SQLite inserts a client's new rows as it writes it; PostgreSQL keeps them for the group's
+    commit (one COPY, not one a client). Either way a row the engine refuses ends the group
+    whole: its clients stay as they were, none counted as written, the committed group kept."""
+    from delivery_sync import replica
+    from delivery_sync.days import Window
+
+    day = date(2026, 11, 30)
+    db = store_of(engine).open()
+    errors = []
+    try:
+        writer = replica.SyncWriter(db, db.start_run("sync"), replica.RunCounts())
+        writer.write(1, Window(day, day), _rows_on({day: 1}))
+        writer.commit()
+        writer.write(2, Window(day, day), _rows_on({day: 2}))
+        waiting = [tuple(r) for r in db.db.execute("SELECT client_id FROM client_stats ORDER BY client_id")]
+        bad = _rows_on({day: 3})
+        bad.values[day] = bad.values[day]._replace(grab_orders=[1, 2])  # neither engine stores a list
+        try:
+            writer.write(3, Window(day, day), bad)
+            writer.commit()
+        except Exception as exc:
+            errors.append(exc)
+    finally:
+        db.close()
+    assert len(errors) == 1
+    assert waiting == ([(1,)] if is_postgres(engine) else [(1,), (2,)])  # client 2's row waits on PostgreSQL
+    assert [tuple(r) for r in query_db(engine, "SELECT client_id, grab_sales FROM client_stats")] == [(1, 1)]
+    assert writer.written == {1}

@@ -32,6 +32,10 @@ class ReplicaDatabase(sqlite_utils.Database):
     """A SQLite replica connection with the few methods the engine-neutral write code calls, which
     the PostgreSQL connection (`postgres.Connection`) has too."""
 
+    # A write group inserts each client's new rows as it writes it: here a statement is a call,
+    # not a round trip, and rows held for the commit would only cost memory.
+    inserts_wait_for_commit = False
+
     def executemany(self, statement: str, rows) -> None:
         """Run one statement for every parameter row."""
         self.conn.executemany(statement, rows)

@@ -34,8 +34,9 @@ _UPDATE = (
 # rarely, few enough that readers see progress often and the WAL stays small.
 GROUP_MAX_ROWS = 20_000
 GROUP_MAX_SECONDS = 1.0
-# Updated rows a group keeps for its commit before it runs them anyway: a remote that restates
-# every value of a year would otherwise have a whole group's rows and changes held in memory.
+# Rows a group keeps for its commit (updated ones, and new ones where they wait too) before it
+# runs them anyway: a remote that restates every value of a year, or a first sync, would
+# otherwise have a whole group's rows and changes held in memory.
 LATER_MAX_ROWS = 2_000
 
 _LOG_CHANGE = 'INSERT INTO stat_changes(run_id, client_id, stat_date, "column", old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)'
@@ -86,7 +87,8 @@ def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tupl
     caller), inside the caller's open transaction, which must roll back on an error. `stored`: the
     client's stored rows (day -> values) of at least the window, when the caller has read them
     already (rows outside the window are never looked at). `later`: where the updates of changed
-    rows and their logged changes wait, to be run by the caller before the transaction commits."""
+    rows and their logged changes wait, to be run by the caller before the transaction commits,
+    and the new rows too where the engine says so (`inserts_wait_for_commit`)."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
@@ -109,7 +111,10 @@ def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tupl
             )
         else:
             result.unchanged += 1
-    db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
+    if later is not None and db.inserts_wait_for_commit:
+        later.inserts += inserts
+    else:
+        db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
     if later is not None:
         later.updates += updates
         later.changes += changes
@@ -159,21 +164,28 @@ def _prune(
 
 @dataclass
 class _Later:
-    """Updates of changed rows (and the changes they log) a write group runs at its commit."""
+    """Updates of changed rows (and the changes they log), and on some engines new rows, that a
+    write group runs at its commit."""
 
+    inserts: list[tuple] = field(default_factory=list)
     updates: list[tuple] = field(default_factory=list)
     changes: list[tuple] = field(default_factory=list)
     clients: set[int] = field(default_factory=set)  # whose updates wait here
 
+    @property
+    def rows(self) -> int:
+        return len(self.inserts) + len(self.updates)
+
     def run(self, db: ReplicaDatabase) -> None:
-        """Run the waiting updates and log their changes, then forget them."""
+        """Insert the waiting rows, run the waiting updates and log their changes, then forget them."""
+        db.insert_rows("client_stats", _INSERT_COLUMNS, self.inserts)
         if self.updates:
             db.executemany(_UPDATE, self.updates)
             db.executemany(_LOG_CHANGE, self.changes)
         self.clear()
 
     def clear(self) -> None:
-        self.updates, self.changes = [], []
+        self.inserts, self.updates, self.changes = [], [], []
         self.clients.clear()
 
 
@@ -213,10 +225,10 @@ class WriteGroup:
         read = self._stored.pop(client_id, None)
         stored = read[1] if read is not None and read[0] == window else None
         try:
-            if client_id in self._later.clients or len(self._later.updates) >= LATER_MAX_ROWS:
+            if client_id in self._later.clients or self._later.rows >= LATER_MAX_ROWS:
                 self._later.run(self.db)  # written twice, the second compares with the first's rows
             result = _write_window(self.db, run_id, client_id, window, parsed, prune, stored, self._later)
-            if result.updated:
+            if result.updated or result.inserted:
                 self._later.clients.add(client_id)
         except BaseException:
             self.rollback()  # never leave half a client in a transaction someone could commit
