@@ -53,7 +53,6 @@ class ClientWrite:
     rejected: int = 0
     warning: str | None = None
     days: list[str] = field(default_factory=list)  # the stat_dates inserted, updated or deleted
-    synced_at: str = ""  # the time stamp of the write: its rows' and the client's last_synced_at
 
 
 def write_client_window(
@@ -70,29 +69,23 @@ def write_client_window(
     changed value is logged in `stat_changes`; unchanged rows are not written at all.
     """
     with db.atomic():
-        result = _write_window(db, run_id, client_id, window, parsed, prune)
-        _mark_synced(db, [(result.synced_at, client_id)])
+        later = _Later()
+        result = _write_window(db, run_id, client_id, window, parsed, prune, later)
+        later.run(db)
         return result
 
 
-def _mark_synced(db: ReplicaDatabase, synced: list[tuple[str, int]]) -> None:
-    """Set each client's last_synced_at: `synced` holds (time stamp, client id) pairs."""
-    if synced:
-        db.executemany("UPDATE clients SET last_synced_at = ? WHERE id = ?", synced)
-
-
 def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tuple[date, date], parsed: ClientRows,
-                  prune: bool, stored: dict[str, tuple] | None = None, later: _Later | None = None) -> ClientWrite:
-    """`write_client_window` but the client's last_synced_at (set to the result's `synced_at` by the
-    caller), inside the caller's open transaction, which must roll back on an error. `stored`: the
-    client's stored rows (day -> values) of at least the window, when the caller has read them
-    already (rows outside the window are never looked at). `later`: where the updates of changed
-    rows and their logged changes wait, to be run by the caller before the transaction commits,
-    and the new rows too where the engine says so (`inserts_wait_for_commit`)."""
+                  prune: bool, later: _Later, stored: dict[str, tuple] | None = None) -> ClientWrite:
+    """`write_client_window` inside the caller's open transaction, which must roll back on an
+    error, and must run `later` (the client's last_synced_at, its updates and the changes they
+    log, and its new rows where the engine says so) before it commits. `stored`: the client's
+    stored rows (day -> values) of at least the window, when the caller has read them already
+    (rows outside the window are never looked at)."""
     now = utc_now()
     # Rows dated outside the window were rejected by records.parse_rows: the window holds them all.
     start, end = window[0].isoformat(), window[1].isoformat()
-    result = ClientWrite(rejected=len(parsed.rejects), synced_at=now)
+    result = ClientWrite(rejected=len(parsed.rejects))
     encode = db.encode_change
     if stored is None:
         stored = {row[0]: tuple(row[1:]) for row in db.execute(_SELECT_WINDOW, [client_id, start, end])}
@@ -111,16 +104,13 @@ def _write_window(db: ReplicaDatabase, run_id: int, client_id: int, window: tupl
             )
         else:
             result.unchanged += 1
-    if later is not None and db.inserts_wait_for_commit:
+    if db.inserts_wait_for_commit:
         later.inserts += inserts
     else:
         db.insert_rows("client_stats", _INSERT_COLUMNS, inserts)
-    if later is not None:
-        later.updates += updates
-        later.changes += changes
-    elif updates:
-        db.executemany(_UPDATE, updates)
-        db.executemany(_LOG_CHANGE, changes)
+    later.updates += updates
+    later.changes += changes
+    later.synced.append((now, client_id))
     result.inserted, result.updated = len(inserts), len(updates)
     result.days = [row[1] for row in inserts] + [row[-1] for row in updates]
     if prune:
@@ -164,28 +154,32 @@ def _prune(
 
 @dataclass
 class _Later:
-    """Updates of changed rows (and the changes they log), and on some engines new rows, that a
-    write group runs at its commit."""
+    """What writes leave for the end of their transaction, to run as a few statements for all
+    their clients: new rows (on engines that say so), updates of changed rows and the changes
+    they log, and each client's last_synced_at."""
 
     inserts: list[tuple] = field(default_factory=list)
     updates: list[tuple] = field(default_factory=list)
     changes: list[tuple] = field(default_factory=list)
-    clients: set[int] = field(default_factory=set)  # whose updates wait here
+    synced: list[tuple[str, int]] = field(default_factory=list)  # (time stamp, client id)
+    clients: set[int] = field(default_factory=set)  # whose inserts or updates wait here
 
     @property
     def rows(self) -> int:
         return len(self.inserts) + len(self.updates)
 
     def run(self, db: ReplicaDatabase) -> None:
-        """Insert the waiting rows, run the waiting updates and log their changes, then forget them."""
+        """Run everything that waits, then forget it."""
         db.insert_rows("client_stats", _INSERT_COLUMNS, self.inserts)
         if self.updates:
             db.executemany(_UPDATE, self.updates)
             db.executemany(_LOG_CHANGE, self.changes)
+        if self.synced:
+            db.executemany("UPDATE clients SET last_synced_at = ? WHERE id = ?", self.synced)
         self.clear()
 
     def clear(self) -> None:
-        self.inserts, self.updates, self.changes = [], [], []
+        self.inserts, self.updates, self.changes, self.synced = [], [], [], []
         self.clients.clear()
 
 
@@ -202,8 +196,8 @@ class WriteGroup:
     The clients' last_synced_at are set together just before the commit, in the same
     transaction: one statement a client cost a PostgreSQL sync a round trip each (2.7 s of an
     18 s daily sync at 10,000 clients). For the same reason the updates of changed rows (and
-    the changes they log) wait for the commit, to run as two statements for the whole group, and
-    `expect` reads the stored rows of the clients about to be written by one statement.
+    the changes they log), and on PostgreSQL the new rows, wait for the commit (see `_Later`),
+    and `expect` reads the stored rows of the clients about to be written by one statement.
     """
 
     def __init__(self, db: ReplicaDatabase, max_rows: int = GROUP_MAX_ROWS, max_seconds: float = GROUP_MAX_SECONDS):
@@ -212,7 +206,6 @@ class WriteGroup:
         self.max_seconds = max_seconds
         self.rows = 0
         self._began = 0.0
-        self._synced: list[tuple[str, int]] = []  # (time stamp, client id) of the clients written
         self._stored: dict[int, tuple[tuple[date, date], dict[str, tuple]]] = {}  # read by `expect`, not yet written
         self._later = _Later()
 
@@ -227,13 +220,12 @@ class WriteGroup:
         try:
             if client_id in self._later.clients or self._later.rows >= LATER_MAX_ROWS:
                 self._later.run(self.db)  # written twice, the second compares with the first's rows
-            result = _write_window(self.db, run_id, client_id, window, parsed, prune, stored, self._later)
+            result = _write_window(self.db, run_id, client_id, window, parsed, prune, self._later, stored)
             if result.updated or result.inserted:
                 self._later.clients.add(client_id)
         except BaseException:
             self.rollback()  # never leave half a client in a transaction someone could commit
             raise
-        self._synced.append((result.synced_at, client_id))
         self.rows += len(parsed.values) + len(parsed.rejects)
         return result
 
@@ -262,19 +254,16 @@ class WriteGroup:
         if self.db.in_transaction:
             try:
                 self._later.run(self.db)
-                _mark_synced(self.db, self._synced)
             except BaseException:
                 self.rollback()  # as a failed write: the group's clients stay as they were
                 raise
             self.db.execute("COMMIT")
-        self._synced.clear()
         self.rows = 0
 
     def rollback(self) -> None:
         """Drop every client written since the last commit: they stay as they were."""
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-        self._synced.clear()
         self._stored.clear()
         self._later.clear()
         self.rows = 0
