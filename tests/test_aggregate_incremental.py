@@ -17,11 +17,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import connected, dialect, new_pg_database, query_db, replica_copy, setting
+from conftest import connected, dialect, execute_db, new_pg_database, query_db, replica_copy, setting
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import raw_path, stored
 
+from delivery_sync.aggregate.current import rollups_as_of
 from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.days import Window
@@ -285,3 +286,46 @@ def test_the_refresh_readers_run_below_the_writer_s_priority(tmp_path, monkeypat
     assert [future.result() for future in sums.values()] == [[(1,)]]
     assert seen == [min(before + READER_NICENESS, 19)]
     assert niceness() == before  # the writer's own thread is left as it was
+
+
+def test_the_rollups_are_current_until_a_sync_may_have_changed_the_rows_they_sum(demo, db_path):
+    """`rollups_as_of`, which the reports and the refresh ask: every way the rollups stop being
+    current, each on its own, and the runs before a given run when it is asked about them."""
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=9), today), aggregate=False)).status == "ok"
+    assert rollups_as_of_db(db_path) is None  # never aggregated
+    aggregated = aggregate_locked(open_store(setting(db_path)), today - timedelta(days=1))
+    assert rollups_as_of_db(db_path) == today - timedelta(days=1)
+    # A sync that wrote nothing leaves them current; one that wrote a row does not, except for what came before it.
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=2), today), aggregate=False)).run["rows_inserted"] == 0
+    assert rollups_as_of_db(db_path) == today - timedelta(days=1)
+    demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
+    try:
+        wrote = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today), aggregate=False))
+    finally:
+        demo.faults.overrides.clear()
+    assert wrote.run["rows_updated"] == 1 and rollups_as_of_db(db_path) is None
+    with connected(db_path) as conn:
+        assert rollups_as_of(conn, wrote.changed.run_id) == today - timedelta(days=1)
+    latest = aggregate_locked(open_store(setting(db_path)), today).run["id"]
+    assert rollups_as_of_db(db_path) == today
+    execute_db(db_path, "UPDATE sync_runs SET status = 'running' WHERE id = ?", [latest])
+    assert rollups_as_of_db(db_path) is None  # the latest aggregate has not ended well
+    execute_db(db_path, "UPDATE sync_runs SET status = 'ok' WHERE id = ?", [latest])
+    execute_db(db_path, "UPDATE agg_parts_run SET run_id = ?", [aggregated.run["id"]])
+    assert rollups_as_of_db(db_path) is None  # partial sums another aggregate left
+    execute_db(db_path, "UPDATE agg_parts_run SET run_id = ?", [latest])
+    assert rollups_as_of_db(db_path) == today
+    execute_db(db_path, "INSERT INTO sync_runs(started_at, command, status, error) VALUES ('2026-01-01T00:00:00Z', 'sync', 'failed', 'interrupted')")
+    assert rollups_as_of_db(db_path) is None  # an interrupted sync may have written anything
+    assert aggregate_locked(open_store(setting(db_path)), today).status == "ok" and rollups_as_of_db(db_path) == today
+    execute_db(db_path, "DROP TABLE agg_window_sums")
+    assert rollups_as_of_db(db_path) is None  # rollups of a version without every table
+
+
+def rollups_as_of_db(db_path) -> date | None:
+    with connected(db_path) as conn:
+        return rollups_as_of(conn)

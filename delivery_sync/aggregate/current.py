@@ -23,20 +23,20 @@ def rollups_as_of(conn, before_run: int | None = None) -> date | None:
     `client_stats`: one running, interrupted, or that wrote or deleted rows. `conn` is any
     connection whose `execute` returns a cursor.
     """
-    bound = "" if before_run is None else f" AND id < {int(before_run)}"
-    latest = conn.execute(
-        f"SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate'{bound} ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if latest is None or latest[1] != "ok":
-        return None
     present = {row[0] for row in conn.execute(dialect_of(conn).table_names)}
     # Rollups built by an older delivery-sync, without partial sums or past those it left.
-    if not present.issuperset(ROLLUP_TABLES) or conn.execute("SELECT MAX(run_id) FROM agg_parts_run").fetchone()[0] != latest[0]:
+    if not present.issuperset(ROLLUP_TABLES):
         return None
-    changed = conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM sync_runs WHERE id > ?{bound} AND command = 'sync' AND (status = 'running' "
+    # The rest in one statement: on PostgreSQL each statement is a round trip.
+    bound = "" if before_run is None else f" AND id < {int(before_run)}"
+    latest = conn.execute(
+        "SELECT a.status, a.window_end, (SELECT MAX(run_id) FROM agg_parts_run) = a.id, "
+        f"EXISTS (SELECT 1 FROM sync_runs WHERE id > a.id{bound} AND command = 'sync' AND (status = 'running' "
         "OR COALESCE(error, '') LIKE '%interrupted%' "
-        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0))",
-        [latest[0]],
-    ).fetchone()[0]
-    return None if changed else date.fromisoformat(latest[2])
+        "OR COALESCE(rows_inserted, 0) + COALESCE(rows_updated, 0) + COALESCE(rows_deleted, 0) > 0)) "
+        f"FROM (SELECT id, status, window_end FROM sync_runs WHERE command = 'aggregate'{bound} ORDER BY id DESC LIMIT 1) AS a"
+    ).fetchone()
+    if latest is None:
+        return None
+    status, as_of, parts_current, changed = latest
+    return date.fromisoformat(as_of) if status == "ok" and parts_current and not changed else None
