@@ -7,6 +7,10 @@ under another name, and times each report and window of `bench_query.py` with bo
 in turn, run after run, on the same connection; it prints each median and the ratio
 now / baseline, and checks both versions return the same rows.
 
+That connection is this checkout's (readonly.open_reader, and on PostgreSQL delivery_sync/postgres.py):
+a change to how rows are read from the server times the same in both columns here. Time such a
+change with each version in a process of its own, in turn.
+
 Run: python benchmarks/bench_versus.py --baseline FOLDER --replica FOLDER_OF_BENCH_SCALE_KEEP [--runs 7] [--only movers]
 """
 

@@ -174,17 +174,22 @@ def test_a_cursor_without_row_factory_gives_plain_tuples_as_sqlite_does(cli, dem
     assert run(cli, configure(tmp_path, demo, pg_url, "pg"), "sync", "--days-back", "2").code == 0
     conn = open_reader(PostgresURL(pg_url))
     try:
-        statement = "SELECT client_id, stat_date, SUM(total_orders) AS orders FROM client_stats WHERE client_id = 3 GROUP BY 1, 2 ORDER BY 2"
+        statement = ("SELECT s.client_id, s.stat_date, SUM(s.total_orders) AS orders, SUM(s.grab_sales) / 3 AS third, "
+                     "CAST(NULL AS BIGINT) AS nothing, MAX(c.name) AS name FROM client_stats s JOIN clients c ON c.id = s.client_id "
+                     "WHERE s.client_id = 3 GROUP BY 1, 2 ORDER BY 2")
         cursor = conn.cursor()
         cursor.row_factory = None
         plain = cursor.execute(statement).fetchall()
         named = conn.execute(statement).fetchall()
     finally:
         conn.close()
-    # Dates as text and exact sums as int, as SQLite gives them; by position only, as sqlite3 without a row factory.
+    # Plain tuples are read in binary (see Cursor.execute), rows by name as text: the same values,
+    # floats to the last bit. Dates as text and exact sums as int, as SQLite gives them; by position
+    # only, as sqlite3 without a row factory.
     assert [type(row) for row in plain] == [tuple, tuple] and plain == [tuple(row) for row in named]
+    assert [row[3].hex() for row in plain] == [row["third"].hex() for row in named]
     assert [row[1] for row in plain] == [row["stat_date"] for row in named] and all(isinstance(row[1], str) for row in plain)
-    assert all(type(row[2]) is int for row in plain)
+    assert all(type(row[2]) is int and row[4] is None and isinstance(row[5], str) for row in plain)
 
 
 def test_a_stop_signal_mid_statement_cancels_it_in_the_server_and_keeps_its_exit(pg_url):
