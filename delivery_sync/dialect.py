@@ -106,6 +106,10 @@ class Dialect:
         """A float rounded to 2 decimals (half away from zero)."""
         return f"ROUND({expr}, 2)"
 
+    def counted(self, total: str) -> str:
+        """A sum of integers as an integer (SQLite's already is one)."""
+        return total
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL's forms (days are DATE there; stat_changes values are JSONB)."""
@@ -171,6 +175,11 @@ class PostgresDialect(Dialect):
 
     def round2(self, expr: str) -> str:
         return f"CAST(ROUND(CAST({expr} AS NUMERIC), 2) AS DOUBLE PRECISION)"
+
+    def counted(self, total: str) -> str:
+        # A SUM of BIGINTs is NUMERIC here, which psycopg reads as Decimal and the connection then
+        # makes int value by value: 32 against 16 ms for 10,000 rows of two such sums.
+        return f"CAST({total} AS BIGINT)"
 
 
 SQLITE = Dialect()

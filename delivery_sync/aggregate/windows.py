@@ -106,7 +106,8 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
         sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
-    return f"SELECT client_id, {value}{', '.join(inputs)} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
+    counts = ", ".join(m if m in AMOUNT_METRICS else f"{dialect.counted(m)} AS {m}" for m in inputs)
+    return f"SELECT client_id, {value}{counts} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
 
 
 def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
