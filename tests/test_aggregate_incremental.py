@@ -261,11 +261,11 @@ def test_a_refresh_a_day_later_keeps_a_sum_of_nulls_null_in_a_base_window(demo, 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
-def test_the_refresh_readers_run_below_the_writer_s_priority(tmp_path, monkeypatch):
+def test_the_refresh_readers_run_below_the_writer_s_priority(tmp_path):
     import sqlite3
 
     from delivery_sync import readonly
-    from delivery_sync.aggregate.build import READER_NICENESS, _sums_meanwhile
+    from delivery_sync.aggregate.build import READER_NICENESS, sums_meanwhile
 
     def niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -274,17 +274,17 @@ def test_the_refresh_readers_run_below_the_writer_s_priority(tmp_path, monkeypat
     with sqlite3.connect(database) as conn:  # the reader opens only what looks like a replica
         conn.execute("CREATE TABLE sync_runs(id INTEGER PRIMARY KEY)")
     conn.close()
-    seen, opened = [], readonly.open_readonly
+    seen = []
 
-    def open_and_note(path):  # the reader thread opens its connection: note its priority then
+    def open_and_note():  # the reader thread opens its connection: note its priority then
         seen.append(niceness())
-        return opened(path)
+        return readonly.open_readonly(database)
 
-    monkeypatch.setattr(readonly, "open_readonly", open_and_note)
     before = niceness()
-    sums = _sums_meanwhile(database, {Window(date(2026, 1, 1), date(2026, 1, 7)): ("SELECT 1", {})})
-    assert [future.result() for future in sums.values()] == [[(1,)]]
-    assert seen == [min(before + READER_NICENESS, 19)]
+    sums = sums_meanwhile(open_and_note, {Window(date(2026, 1, 1), date(2026, 1, 7)): ("SELECT 1", {}),
+                                          Window(date(2026, 1, 8), date(2026, 1, 14)): ("SELECT 2", {})})
+    assert [future.result() for future in sums.values()] == [[(1,)], [(2,)]]
+    assert seen == [min(before + READER_NICENESS, 19)] * 2
     assert niceness() == before  # the writer's own thread is left as it was
 
 

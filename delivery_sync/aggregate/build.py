@@ -17,7 +17,7 @@ import sys
 import threading
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
@@ -79,7 +79,7 @@ def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows
     db = replica.db
     now = utc_now()
     if can_refresh(db, changed):
-        built, refreshed = refresh(db, SQLITE, as_of, now, changed, lambda sums: _sums_meanwhile(replica.path, sums)), True
+        built, refreshed = refresh(db, SQLITE, as_of, now, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
     else:
         built, refreshed = _rebuild(db, replica.path, as_of, now), False
     return built, refreshed, parts_done(db, run_id)
@@ -115,6 +115,7 @@ _MONTH_COLUMNS = ["client_id", "month", "days_with_data", *METRICS]
 
 
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
+_WINDOW_SUMS_COLUMNS = ("period_start", "period_end", "client_id", "days_with_data", *METRICS)
 
 
 def _create_parts(db: sqlite_utils.Database) -> None:
@@ -236,25 +237,29 @@ def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
         pool.shutdown(wait=False)
 
 
-def _sums_meanwhile(database: Path, sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[list[tuple]]]:
-    """The rows of each of `sums` (a window's SQL and parameters), each read on a connection of
-    its own by one of two threads while the caller refreshes the partial sums (SQLite runs a
-    statement without the GIL, and the raw days at a window's edges cost mostly page reads), so
-    they cost the refresh little more than their insert. The windows hold no day the refresh
-    rewrites, so the committed partial sums give them as the refreshed ones would."""
+def sums_meanwhile(open_reader: Callable[[], Any], sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[list[tuple]]]:
+    """The rows of each of `sums` (a window's SQL and parameters), read one after the other on
+    read-only connections of their own (`open_reader()`) by a thread, while the caller refreshes
+    the partial sums: on SQLite the sqlite3 module runs a statement without the GIL, and on
+    PostgreSQL another server process sums them, so they cost the refresh little more than their
+    insert. The windows hold no day the refresh rewrites, so the committed partial sums give them
+    as the refreshed ones would.
+
+    One thread, not two: on two cores the writer needs one (a refresh at 10,000 x 365 with two
+    reader threads and with one, in turn: SQLite 1.95 and 1.89 s, PostgreSQL 2.95 and 2.86 s).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..readonly import open_readonly
-
     def read(sql: str, params: dict) -> list[tuple]:
-        conn = open_readonly(database)
-        conn.row_factory = None  # plain tuples, to insert as they are
+        conn = open_reader()
         try:
-            return conn.execute(sql, params).fetchall()
+            cursor = conn.cursor()
+            cursor.row_factory = None  # plain tuples, to insert as they are
+            return cursor.execute(sql, params).fetchall()
         finally:
             conn.close()
 
-    pool = ThreadPoolExecutor(2, thread_name_prefix="aggregate-sums", initializer=yield_to_the_writer)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-sums", initializer=yield_to_the_writer)
     try:
         return {window: pool.submit(read, sql, params) for window, (sql, params) in sums.items()}
     finally:
@@ -329,21 +334,18 @@ def dirty_keys(keys: set[tuple[int, str]]) -> tuple[set[tuple], set[tuple], set[
 
 
 def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: ChangedRows,
-            meanwhile: Callable[[dict[Window, tuple[str, dict]]], dict[Window, Future[list[tuple]]]] | None = None,
-            ) -> list[tuple[str, date, date]]:
+            meanwhile: Callable[[dict[Window, tuple[str, dict]]], dict[Window, Future[list[tuple]]]]) -> list[tuple[str, date, date]]:
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
-    window and every calendar month with data. With `meanwhile`, the base windows (WINDOW_SUMS)
-    without a changed day (deleted days included) are handed to it first, to be read while the
-    rest is refreshed: client_stats is as the sync committed it, so their first and last day of
-    data, and every partial sum inside them, are the same before the refresh and after."""
+    window and every calendar month with data. The base windows (WINDOW_SUMS) without a changed
+    day (deleted days included) are handed to `meanwhile` first (`sums_meanwhile`), to be read
+    while the rest is refreshed: client_stats is as the sync committed it, so their first and
+    last day of data, and every partial sum inside them, are the same before the refresh and after."""
     pieces, months, days = dirty_keys(changed.keys)
     base = _base_window_sums(db, dialect, as_of)
-    if meanwhile is not None:
-        dirty = [date.fromisoformat(day) for (day,) in days]
-        ready = meanwhile({w: sql for w, sql in base.items() if not any(w.start <= day <= w.end for day in dirty)})
-        base |= ready
+    dirty = [date.fromisoformat(day) for (day,) in days]
+    base |= meanwhile({w: sql for w, sql in base.items() if not any(w.start <= day <= w.end for day in dirty)})
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -442,7 +444,8 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
         span = trimmed(window, first, last)
         if span is not None:  # else no day of data in it: no row
             sql, params = window_parts(span.start, span.end, dialect=dialect)
-            sums[window] = (f"SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, days_with_data, {PLAIN} "
+            whole = ", ".join(f"{dialect.counted(c)} AS {c}" for c in ("days_with_data", *METRICS))  # sums of cents: integers
+            sums[window] = (f"SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, {whole} "
                             f"FROM ({sql}) AS w", params | window.params())
     return sums
 
@@ -450,7 +453,7 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
 def _window_sums(db, dialect: Dialect, base: _BaseSums) -> None:
     """WINDOW_SUMS: the rolling periods' per-client sums (temp.agg_rolling) and their base
     windows', each from its SQL (`_base_window_sums`) or from the rows a reader thread summed
-    (SQLite's refresh). `movers` of a stored period then reads both windows, 10,000 rows each,
+    (the refresh). `movers` of a stored period then reads both windows, 10,000 rows each,
     by key, where summing the base window cost it 50-240 ms at 10,000 clients."""
     db.execute(f"DELETE FROM {WINDOW_SUMS}")
     db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
@@ -458,7 +461,7 @@ def _window_sums(db, dialect: Dialect, base: _BaseSums) -> None:
         if isinstance(source, tuple):
             db.execute(f"INSERT INTO {WINDOW_SUMS} {source[0]}", source[1])
         else:
-            db.conn.executemany(f"INSERT INTO {WINDOW_SUMS} VALUES ({', '.join('?' * (len(METRICS) + 4))})", source.result())
+            db.insert_rows(WINDOW_SUMS, _WINDOW_SUMS_COLUMNS, source.result())
 
 
 def _last_days(db) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .build import calendar_table, can_refresh, months_built, parts_done, refresh, rolling
+from .build import calendar_table, can_refresh, months_built, parts_done, refresh, rolling, sums_meanwhile
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_SUMS, cents_of
@@ -44,7 +44,7 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     db = replica.db
     computed_at = utc_now()
     if can_refresh(db, changed) and _made_here(db):
-        built, refreshed = refresh(db, PG, as_of, computed_at, changed), True
+        built, refreshed = refresh(db, PG, as_of, computed_at, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
     else:
         for name, definition, indexes in _TABLES:
             _emptied(db, name, definition, indexes)

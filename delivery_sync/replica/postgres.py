@@ -105,7 +105,7 @@ class PostgresStore:
         except BaseException:
             conn.close()
             raise
-        return PostgresReplica(conn)
+        return PostgresReplica(conn, self.open_reader)
 
     def open_reader(self) -> postgres.Connection:
         return postgres.open_readonly(self.url)

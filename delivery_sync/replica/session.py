@@ -3,8 +3,10 @@ functions of this package (clients.py, runs.py, upsert.py, staging.py) on one co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import date
+from typing import Any
 
 from ..records import Client
 from . import clients, runs
@@ -20,8 +22,11 @@ class OpenReplica:
     engine = "sqlite"
     staging_type = Staging
 
-    def __init__(self, db):
+    def __init__(self, db, open_reader: Callable[[], Any]):
         self.db = db
+        # A read-only connection of its own to the same replica (its store's `open_reader`), for
+        # reads that run beside this connection's writes, in another thread.
+        self.open_reader = open_reader
 
     def save_client_list(self, listed: list[Client]) -> None:
         clients.save_client_list(self.db, listed)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -91,7 +91,7 @@ class SqliteStore:
         return writer_lock(self.path, command, discard_unused)
 
     def open(self) -> SqliteReplica:
-        return SqliteReplica(open_replica(self.path), self.path)
+        return SqliteReplica(open_replica(self.path), self.path, self.open_reader)
 
     def open_reader(self):
         from ..readonly import open_readonly
@@ -109,8 +109,8 @@ class SqliteStore:
 class SqliteReplica(OpenReplica):
     """A run's write side on a SQLite replica file."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
-        super().__init__(db)
+    def __init__(self, db: sqlite_utils.Database, path: Path, open_reader: Callable[[], Any]):
+        super().__init__(db, open_reader)
         self.path = path
 
     @contextmanager
