@@ -491,6 +491,32 @@ def test_collect_and_aggregate_as_of_record_their_runs_on_postgres(cli, demo, tm
     assert rows_of(pg_url, "SELECT period_start, period_end FROM overall_aggregates WHERE period = 'last_7d'") == [("2026-10-26", "2026-11-01")]
 
 
+def test_the_refresh_compiles_no_plan_and_the_rebuild_still_may(cli, demo, tmp_path, pg_url, monkeypatch):
+    """JIT is off for the refresh (its statements read thousands of rows, and compiling them cost
+    more than it saved); a full rebuild, which reads millions, keeps the server's default."""
+    from delivery_sync.aggregate import postgres as pg_build
+
+    seen = []
+
+    def noting(name, step):
+        def run(db, *args, **kwargs):
+            seen.append((name, db.execute("SHOW jit").fetchone()[0]))
+            return step(db, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(pg_build, "refresh", noting("refresh", pg_build.refresh))
+    monkeypatch.setattr(pg_build, "_build_parts", noting("rebuild", pg_build._build_parts))
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "5").code == 0
+    demo.faults.overrides[(2, demo.today().isoformat())] = {"grab_orders": 4242}
+    try:
+        assert run(cli, config, "sync", "--days-back", "2").code == 0
+    finally:
+        demo.faults.overrides.clear()
+    default = rows_of(pg_url, "SHOW jit")[0][0]
+    assert seen == [("rebuild", default), ("refresh", "off")] and default == "on"
+
+
 def test_the_sqlite_path_never_imports_the_postgresql_driver(tmp_path):
     env = clean_env()
     for args in (["sync", "--source", "demo", "--days-back", "3"], ["status"], ["query", "top"], ["query", "sql", "SELECT 1"]):

@@ -44,6 +44,10 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
     db = replica.db
     computed_at = utc_now()
     if can_refresh(db, changed) and _made_here(db):
+        # Its statements read thousands of rows, not millions: compiling them (JIT, on by default)
+        # cost more than it saved, 3.40 against 2.92 s at 10,000 x 365. The full rebuild keeps it
+        # (17.0-17.6 s with it, 18.1-19.3 s without). For this transaction only.
+        db.execute("SET LOCAL jit = off")
         built, refreshed = refresh(db, PG, as_of, computed_at, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
     else:
         for name, definition, indexes in _TABLES:
