@@ -261,6 +261,36 @@ def test_a_refresh_a_day_later_keeps_a_sum_of_nulls_null_in_a_base_window(demo, 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
+def test_a_refresh_whose_reader_cannot_connect_sums_its_windows_itself(demo, tmp_path, db_path, monkeypatch, caplog):
+    """The refresh hands the base windows to a reader on a connection of its own; a reader that
+    cannot have one (a server out of connections, a pg_hba rule) costs time, not the run."""
+    from delivery_sync.errors import DeliverySyncError
+    from delivery_sync.replica.store import SqliteStore
+
+    demo.faults.overrides.clear()
+    demo.faults.deleted_rows.clear()
+    today = demo.today()
+    config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
+    assert run_sync(config, SyncOptions(Window(today - timedelta(days=DAYS - 1), today))).status == "ok"
+
+    def refused(self):
+        raise DeliverySyncError("too many connections for role \"reader\"")
+
+    store = type(open_store(setting(db_path)))
+    assert store is SqliteStore or store.__name__ == "PostgresStore"
+    monkeypatch.setattr(store, "open_reader", refused)
+    demo.faults.overrides[(4, today.isoformat())] = {"grab_sales": "98765.43"}
+    try:
+        result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
+    finally:
+        demo.faults.overrides.clear()
+    assert result.status == "ok" and result.aggregate.refreshed
+    warned = [r.getMessage() for r in caplog.records if "reader connection failed" in r.getMessage()]
+    assert len(warned) == 1 and "too many connections" in warned[0] and "the writer summed" in warned[0]
+    monkeypatch.undo()
+    assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
+
+
 def test_the_refresh_readers_run_below_the_writer_s_priority(tmp_path):
     import sqlite3
 

@@ -12,6 +12,7 @@ schema always matches this code and needs no migration.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -39,6 +40,8 @@ from .sql import (
     cents_of,
 )
 from .windows import added_per_client, clients_with_data, trimmed, window_part_list, window_parts
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -345,7 +348,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
     pieces, months, days = dirty_keys(changed.keys)
     base = _base_window_sums(db, dialect, as_of)
     dirty = [date.fromisoformat(day) for (day,) in days]
-    base |= meanwhile({w: sql for w, sql in base.items() if not any(w.start <= day <= w.end for day in dirty)})
+    read = meanwhile({w: sql for w, sql in base.items() if not any(w.start <= day <= w.end for day in dirty)})
     day, temp, join = dialect.day_type, dialect.temp, dialect.ordered_join
     temp_rows(db, dialect, "agg_dirty_pieces", {"client_id": "BIGINT", "piece": day, "piece_end": day, "week": day, "month": "TEXT"},
           "client_id, piece", pieces)
@@ -370,7 +373,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
         db.execute(f"DROP TABLE {temp}.{name}")
     db.execute(f"DELETE FROM client_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
     db.execute(f"DELETE FROM overall_aggregates WHERE period IN ({', '.join('?' * len(ROLLING_PERIODS))})", list(ROLLING_PERIODS))
-    return rolling(db, dialect, as_of, params, base) + months_built(db)
+    return rolling(db, dialect, as_of, params, base, read) + months_built(db)
 
 
 def months_built(db) -> list[tuple[str, date, date]]:
@@ -382,10 +385,12 @@ def months_built(db) -> list[tuple[str, date, date]]:
     return months
 
 
-def rolling(db, dialect: Dialect, as_of: date, params: dict, base: _BaseSums | None = None) -> list[tuple[str, date, date]]:
+def rolling(db, dialect: Dialect, as_of: date, params: dict, base: dict[Window, tuple[str, dict]] | None = None,
+            read: dict[Window, Future[list[tuple]]] | None = None) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall, from the partial sums (no
     row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS and LAST_DAYS for them; returns
-    (period, first day, last day). `base`: the base windows' sums, as `_window_sums` takes them."""
+    (period, first day, last day). `base` and `read`: the base windows' sums, as `_window_sums`
+    takes them."""
     temp = dialect.temp
     db.execute(f"DROP TABLE IF EXISTS {temp}.agg_rolling")
     db.execute(dialect.temp_table("agg_rolling", {"period": "TEXT", "period_start": dialect.day_type, "period_end": dialect.day_type,
@@ -414,7 +419,7 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, base: _BaseSums | N
         )
     _edge_clients(db, dialect, as_of)
     db.execute(f"DROP TABLE {temp}.agg_month_so_far")
-    _window_sums(db, dialect, base if base is not None else _base_window_sums(db, dialect, as_of))
+    _window_sums(db, dialect, base if base is not None else _base_window_sums(db, dialect, as_of), read or {})
     _last_days(db)
     insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM {temp}.agg_rolling"), params)
@@ -426,10 +431,6 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, base: _BaseSums | N
             "HAVING COUNT(*) > 0) AS o"), params | {"period": name, "start": start.isoformat(), "end": end.isoformat()})
     db.execute(f"DROP TABLE {temp}.agg_rolling")
     return periods
-
-
-# A base window's sums: its SQL and parameters, or the rows a reader thread is summing.
-_BaseSums = dict[Window, "tuple[str, dict] | Future[list[tuple]]"]
 
 
 def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[str, dict]]:
@@ -450,18 +451,27 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
     return sums
 
 
-def _window_sums(db, dialect: Dialect, base: _BaseSums) -> None:
+def _window_sums(db, dialect: Dialect, base: dict[Window, tuple[str, dict]], read: dict[Window, Future[list[tuple]]]) -> None:
     """WINDOW_SUMS: the rolling periods' per-client sums (temp.agg_rolling) and their base
-    windows', each from its SQL (`_base_window_sums`) or from the rows a reader thread summed
-    (the refresh). `movers` of a stored period then reads both windows, 10,000 rows each,
-    by key, where summing the base window cost it 50-240 ms at 10,000 clients."""
+    windows', each from the rows a reader thread summed (`read`, see `sums_meanwhile`) or from its
+    SQL (`base`, `_base_window_sums`). `movers` of a stored period then reads both windows, 10,000
+    rows each, by key, where summing the base window cost it 50-240 ms at 10,000 clients."""
     db.execute(f"DELETE FROM {WINDOW_SUMS}")
     db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
-    for source in base.values():
-        if isinstance(source, tuple):
-            db.execute(f"INSERT INTO {WINDOW_SUMS} {source[0]}", source[1])
+    failed: list[Exception] = []
+    for window, (sql, params) in base.items():
+        try:
+            rows = read[window].result() if window in read else None
+        except Exception as exc:  # e.g. no connection left on the server for the reader: it costs time, not the run
+            failed.append(exc)
+            rows = None
+        if rows is None:
+            db.execute(f"INSERT INTO {WINDOW_SUMS} {sql}", params)
         else:
-            db.insert_rows(WINDOW_SUMS, _WINDOW_SUMS_COLUMNS, source.result())
+            db.insert_rows(WINDOW_SUMS, _WINDOW_SUMS_COLUMNS, rows)
+    if failed:
+        log.warning("aggregate: its reader connection failed (%s); the writer summed %d base window%s itself",
+                    " ".join(str(failed[0]).split())[:200], len(failed), "" if len(failed) == 1 else "s")
 
 
 def _last_days(db) -> None:
