@@ -24,10 +24,10 @@ def rollups_as_of(conn, before_run: int | None = None) -> date | None:
     connection whose `execute` returns a cursor.
     """
     present = {row[0] for row in conn.execute(dialect_of(conn).table_names)}
-    # Rollups built by an older delivery-sync, without partial sums or past those it left.
-    if not present.issuperset(ROLLUP_TABLES):
+    if not present.issuperset(ROLLUP_TABLES):  # rollups of an older delivery-sync, without partial sums
         return None
-    # The rest in one statement: on PostgreSQL each statement is a round trip.
+    # The rest in one statement (on PostgreSQL each is a round trip); partial sums left by another
+    # aggregate than the latest (an older delivery-sync's, or one rolled back) are not current.
     bound = "" if before_run is None else f" AND id < {int(before_run)}"
     latest = conn.execute(
         "SELECT a.status, a.window_end, (SELECT MAX(run_id) FROM agg_parts_run) = a.id, "
