@@ -190,6 +190,30 @@ def test_top_ranks_and_cuts_as_the_raw_path_for_any_window_metric_and_limit(sync
         assert got == expected
 
 
+def test_raw_days_of_the_stat_date_index_metrics_are_read_from_that_index_alone(synced):
+    """A window's raw edge days summing only DAY_INDEX_METRICS (and counting days) are read from the
+    stat_date index, never the table; another metric still reads the table's rows client by
+    client. Both give the raw path's numbers."""
+    from delivery_sync.aggregate.pieces import cover
+    from delivery_sync.aggregate.windows import window_values
+
+    path, today = synced
+    def raw_run_of_3_days(end: date) -> bool:
+        return any((b - a).days >= 2 for a, b in cover(end - timedelta(days=44), end)[2])
+
+    end = next(today - timedelta(days=back) for back in range(60) if raw_run_of_3_days(today - timedelta(days=back)))
+    with aggregated(synced, (end - today).days, 45) as (conn, window):
+        raw = {r["client_id"]: r for r in conn.execute(with_ratios(CLIENT_SUMS, CLIENT_COLUMNS), window.params())}
+        for metric, extra, index in (("avg_order_value", ("days_with_data",), "COVERING INDEX idx_client_stats_stat_date"),
+                                     ("total_sales", (), "COVERING INDEX idx_client_stats_stat_date"),
+                                     ("grab_sales", ("days_with_data",), "INDEX idx_client_stats_client_id_stat_date")):
+            sql, params = window_values(window.start, window.end, metric, extra)
+            reads = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params) if "client_stats" in r[3]]
+            assert reads and all(index in read for read in reads), (metric, reads)
+            got = {r["client_id"]: [exact(r[c]) for c in (metric, *extra)] for r in conn.execute(sql, params)}
+            assert got == {c: [exact(r[c]) for c in (metric, *extra)] for c, r in raw.items()}, metric
+
+
 def test_totals_by_week_and_month_of_every_stored_period_read_their_edges_clients_from_the_rollups(synced):
     """The partial weeks and months at the ends of each rolling period have their clients with
     data stored (a count of clients is not a sum): `totals --by` of a stored period reads them,

@@ -101,6 +101,9 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
     assert {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'stat_changes'")} >= {
         "stat_changes", "idx_stat_changes_client_id_stat_date", "idx_stat_changes_run_id",
     }
+    # the stat_date index (stat_date alone in schema 1) now holds the metrics the reports sum from it
+    assert [r[0] for r in query_db(db_path, "SELECT name FROM pragma_index_info('idx_client_stats_stat_date')")] == [
+        "stat_date", "client_id", "total_sales", "total_orders"]
     # and a sync on it works as on any replica (the demo remote has the same seed-42 data)
     assert sync(cli).code == 0
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]

@@ -444,12 +444,17 @@ def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_
     assert run(cli, config, "sync", "--days-back", "4").code == 0
     conn = postgres.connect(PostgresURL(pg_url))  # as a replica of schema version 2 was
     for statement in ("DROP VIEW client_stats_named", "DROP TABLE sync_unfetched",
-                      "DELETE FROM delivery_sync_migrations WHERE name IN ('0003_sync_unfetched', '0004_client_stats_named')",
+                      "DROP INDEX idx_client_stats_stat_date", "CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date)",
+                      "DELETE FROM delivery_sync_migrations WHERE name IN "
+                      "('0003_sync_unfetched', '0004_client_stats_named', '0005_stat_date_index_sums')",
                       "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
     assert run(cli, config, "sync", "--days-back", "4").code == 0
-    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_client_stats_stat_date'") == [
+        ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
+         "INCLUDE (total_sales, total_orders)",)]
     assert rows_of(pg_url, "SELECT COUNT(*), COUNT(DISTINCT name) FROM client_stats_named") == [(48, 12)]
     assert rows_of(pg_url, "SELECT COUNT(*) FROM sync_runs WHERE command = 'sync'") == [(2,)]
 

@@ -20,7 +20,7 @@ from ..config import PostgresURL
 from ..days import utc_now
 from ..dialect import POSTGRES
 from ..errors import DeliverySyncError, UsageError
-from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
+from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from .runs import RunCounts
 from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, migrations
@@ -66,6 +66,12 @@ MIGRATIONS: dict[str, list[str]] = {
         "CREATE VIEW client_stats_named AS SELECT s.client_id, c.name, s.stat_date, "
         + ", ".join(f"s.{m}" for m in METRICS)
         + ", s.extra, s.synced_at, s.created_at, s.updated_at FROM client_stats s LEFT JOIN clients c ON c.id = s.client_id",
+    ],
+    # The metrics as INCLUDE columns: the key stays (stat_date, client_id), the sums ride along for
+    # index-only scans.
+    "0005_stat_date_index_sums": [
+        "DROP INDEX IF EXISTS idx_client_stats_stat_date",
+        f"CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE ({', '.join(DAY_INDEX_METRICS)})",
     ],
 }
 
