@@ -165,14 +165,18 @@ def _stat_date_index_sums(db: sqlite_utils.Database) -> None:
     # side by side, not each on its own page of the table (about 5x faster; 8 bytes a row more).
     # Rebuilding it on an existing replica takes seconds per million rows, once.
     db.execute("DROP INDEX IF EXISTS idx_client_stats_stat_date")
-    db["client_stats"].create_index(["stat_date", "client_id", *DAY_INDEX_METRICS], index_name="idx_client_stats_stat_date")
+    db["client_stats"].create_index(list(DEFERRED_INDEXES["idx_client_stats_stat_date"]), index_name="idx_client_stats_stat_date")
 
 SCHEMA_VERSION = len(migrations._migrations)
 
 # Indexes of client_stats that a first sync (into an empty table) builds once its rows are in,
-# rather than row by row: each new row goes to a random leaf of the total_sales index, which at
-# millions of rows no longer fits the page cache, so each insert read and later wrote a page.
-DEFERRED_INDEXES = {"idx_client_stats_total_sales": "total_sales"}
+# rather than row by row: each new row goes to a random leaf of the total_sales and stat_date
+# indexes, which at millions of rows no longer fit the page cache, so each insert read and later
+# wrote a page. Each with its columns.
+DEFERRED_INDEXES = {
+    "idx_client_stats_total_sales": ("total_sales",),
+    "idx_client_stats_stat_date": ("stat_date", "client_id", *DAY_INDEX_METRICS),
+}
 INDEX_BUILD_CACHE_KIB = 2 * 1024
 
 
@@ -180,16 +184,17 @@ def restore_deferred_indexes(db: sqlite_utils.Database) -> None:
     """Create any DEFERRED_INDEXES missing: after a first sync's rows are in, or, at the next
     writing run's open, after one that was killed before it built them."""
     present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats'")}
-    missing = {name: column for name, column in DEFERRED_INDEXES.items() if name not in present}
+    missing = {name: columns for name, columns in DEFERRED_INDEXES.items() if name not in present}
     if not missing:
         return
     # The sort that builds an index holds up to the page cache's size in memory, on top of a first
     # sync's peak: 2 MB of it (not the writer's 16) kept that peak where it was, and sorted faster.
     db.execute(f"PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}")
     try:
-        for name, column in missing.items():
+        for name, columns in missing.items():
             # Laid out as sqlite-utils writes it, so the schema reads the same as a new replica's.
-            db.execute(f'CREATE INDEX "{name}"\n    ON "client_stats" ("{column}")')
+            listed = ", ".join(f'"{column}"' for column in columns)
+            db.execute(f'CREATE INDEX "{name}"\n    ON "client_stats" ({listed})')
     finally:
         db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
 

@@ -121,7 +121,7 @@ class SqliteReplica(OpenReplica):
         Built again whether the writes end ok, failed or at the deadline. A run stopped by a signal
         (the user waits for the exit), or by an error with its transaction still open (the index
         would be rolled back with it), leaves that to the next writing run, whose open builds it;
-        until then reports give the same figures, without that index.
+        until then reports give the same figures, more slowly.
         """
         if self.db.execute("SELECT EXISTS (SELECT 1 FROM client_stats)").fetchone()[0]:
             yield
