@@ -190,26 +190,32 @@ def test_top_ranks_and_cuts_as_the_raw_path_for_any_window_metric_and_limit(sync
         assert got == expected
 
 
-def test_raw_days_of_the_stat_date_index_metrics_are_read_from_that_index_alone(synced):
-    """A window's raw edge days summing only DAY_INDEX_METRICS (and counting days) are read from the
-    stat_date index, never the table; another metric still reads the table's rows client by
-    client. Both give the raw path's numbers."""
+def test_a_window_of_the_key_index_sums_is_read_from_the_key_indexes_alone(synced):
+    """A window summing only KEY_INDEX_SUMS (total_sales, total_orders, days) reads its raw days,
+    pieces and months from the key indexes alone (the stat_date index, the pieces' and months'),
+    whatever the spans' lengths, never the tables; another metric still reads the tables, client
+    by client for a span of several rows. Both give the raw path's numbers."""
     from delivery_sync.aggregate.pieces import cover
     from delivery_sync.aggregate.windows import window_values
 
-    path, today = synced
-    def raw_run_of_3_days(end: date) -> bool:
-        return any((b - a).days >= 2 for a, b in cover(end - timedelta(days=44), end)[2])
+    _, today = synced
 
-    end = next(today - timedelta(days=back) for back in range(60) if raw_run_of_3_days(today - timedelta(days=back)))
+    def several_everywhere(end: date) -> bool:  # a run of 3 raw days and a span of 2 pieces or more
+        months, pieces, days = cover(end - timedelta(days=44), end)
+        return any((b - a).days >= 2 for a, b in days) and any((b - a).days >= 7 for a, b in pieces)
+
+    end = next(today - timedelta(days=back) for back in range(90) if several_everywhere(today - timedelta(days=back)))
     with aggregated(synced, (end - today).days, 45) as (conn, window):
         raw = {r["client_id"]: r for r in conn.execute(with_ratios(CLIENT_SUMS, CLIENT_COLUMNS), window.params())}
-        for metric, extra, index in (("avg_order_value", ("days_with_data",), "COVERING INDEX idx_client_stats_stat_date"),
-                                     ("total_sales", (), "COVERING INDEX idx_client_stats_stat_date"),
-                                     ("grab_sales", ("days_with_data",), "INDEX idx_client_stats_client_id_stat_date")):
+        for metric, extra in (("avg_order_value", ("days_with_data",)), ("total_sales", ()), ("grab_sales", ("days_with_data",))):
             sql, params = window_values(window.start, window.end, metric, extra)
-            reads = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params) if "client_stats" in r[3]]
-            assert reads and all(index in read for read in reads), (metric, reads)
+            reads = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params) if " USING " in r[3]]
+            if metric == "grab_sales":
+                assert any("INDEX idx_client_stats_client_id_stat_date" in read for read in reads), reads
+                assert not any("COVERING" in read and "client_stats" in read for read in reads), reads
+            else:
+                assert all("USING COVERING INDEX" in read for read in reads), reads
+                assert {"idx_client_stats_stat_date", "agg_client_pieces_piece"} <= {read.split(" INDEX ")[1].split()[0] for read in reads}, reads
             got = {r["client_id"]: [exact(r[c]) for c in (metric, *extra)] for r in conn.execute(sql, params)}
             assert got == {c: [exact(r[c]) for c in (metric, *extra)] for c, r in raw.items()}, metric
 

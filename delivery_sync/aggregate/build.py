@@ -30,6 +30,7 @@ from .sql import (
     ADDED,
     EDGE_CLIENTS,
     FINE_TABLES,
+    KEY_INDEX_SUMS,
     LAST_DAYS,
     PARTS_TABLES,
     PLAIN,
@@ -82,6 +83,7 @@ def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows
     db = replica.db
     now = utc_now()
     if can_refresh(db, changed):
+        _index_parts(db)
         built, refreshed = refresh(db, SQLITE, as_of, now, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
     else:
         built, refreshed = _rebuild(db, replica.path, as_of, now), False
@@ -137,12 +139,21 @@ def _create_parts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE agg_parts_run(run_id INTEGER NOT NULL)")
 
 
+# The by-key indexes of the partial sums: (index, table, key), each holding KEY_INDEX_SUMS after it.
+_PART_INDEXES = (("agg_client_pieces_piece", "agg_client_pieces", "piece"), ("agg_client_months_month", "agg_client_months", "month"))
+
+
 def _index_parts(db: sqlite_utils.Database) -> None:
     """The by-key indexes of the partial sums, made once they are filled: one sort of the keys,
     where keeping them up to date row by row (the rows come client by client) cost the
-    rebuild a scattered index write per row."""
-    db.execute("CREATE INDEX agg_client_pieces_piece ON agg_client_pieces(piece)")
-    db.execute("CREATE INDEX agg_client_months_month ON agg_client_months(month)")
+    rebuild a scattered index write per row. A refresh calls it too, to make again any index an
+    earlier version made otherwise (about a second at 10,000 clients x 365 days, once)."""
+    made = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('agg_client_pieces', 'agg_client_months')"))
+    for name, table, key in _PART_INDEXES:
+        sql = f"CREATE INDEX {name} ON {table}({key}, client_id, {', '.join(KEY_INDEX_SUMS)})"
+        if made.get(name) != sql:
+            db.execute(f"DROP INDEX IF EXISTS {name}")
+            db.execute(sql)
 
 
 def temp_rows(db, dialect: Dialect, name: str, columns: dict[str, str], key: str, rows) -> None:

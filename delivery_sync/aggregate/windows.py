@@ -8,9 +8,9 @@ from datetime import date, timedelta
 
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
-from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS
+from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import RATIOS, STORED, SUMMED, WINDOW_SUMS, cents, id_list, rupiah
+from .sql import KEY_INDEX_SUMS, RATIOS, STORED, SUMMED, WINDOW_SUMS, cents, id_list, rupiah
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
@@ -30,10 +30,10 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
     sums, so exactly the sums CLIENT_SUMS gives on the raw rows. A span of one month, one piece
-    or up to two days is read by its key's index; a longer one client by client, except raw days
-    of only the columns the stat_date index holds (DAY_INDEX_METRICS, days_with_data), read from
-    that index alone whatever their number. With `clients`, only those, read by the
-    (client_id, ...) keys of all three tables.
+    or up to two days is read by its key's index; a longer one client by client, except when the
+    window sums only KEY_INDEX_SUMS, which the key indexes hold: then every span by its key's
+    index alone, whatever its length. With `clients`, only those, read by the (client_id, ...)
+    keys of all three tables.
     """
     months, pieces, days = cover(start, end)
     sources = (  # spans, table, key, key width, does a span hold several rows per client?
@@ -42,8 +42,7 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
         (days, "client_stats", "stat_date", 10, lambda a, b: (b - a).days >= 2),
     )
     ids = "" if clients is None else id_list(clients)
-    # A day's rows in that index lie side by side, where in the table each is on its own page.
-    from_day_index = clients is None and set(columns) <= {"days_with_data", *DAY_INDEX_METRICS}
+    from_key_index = clients is None and set(columns) <= set(KEY_INDEX_SUMS)
     parts, params = [], {}
     for spans, table, key, width, several in sources:
         raw = table == "client_stats"
@@ -51,7 +50,7 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
             i = len(parts)
             params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
             span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
-            if several(a, b) and not (raw and from_day_index):
+            if several(a, b) and not from_key_index:
                 # SQLite: client by client along the (client_id, key) index, where a client's rows
                 # lie together, summed as they come: by the key's own index every row is on
                 # another page and then sorted (2-3x slower at 10,000 clients). Rows exist only
