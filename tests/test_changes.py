@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
 
 
 @pytest.mark.sqlite_only("upgrades a SQLite replica file written by schema version 1 (no PostgreSQL replica had it)")
-def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, config, db_path):
+def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, config, db_path, caplog):
     # tests/fixtures/replica_schema1.sql: a 3-client x 3-day replica written by schema version 1
     # (before stat_changes), dumped with sqlite3's iterdump.
     conn = sqlite3.connect(db_path)
@@ -94,8 +95,12 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
     before = conn.execute("SELECT * FROM client_stats ORDER BY client_id, stat_date").fetchall()
     conn.close()
     assert len(before) == 9
-    db = replica.open_replica(db_path)
+    with caplog.at_level(logging.INFO, logger="delivery_sync.replica.schema"):
+        db = replica.open_replica(db_path)
     db.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"replica {db_path}: upgrading its schema to version {replica.SCHEMA_VERSION} (0002_stat_changes, 0003_sync_unfetched, "
+        "0004_client_stats_named, 0005_stat_date_index_sums), once"]
     assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(replica.SCHEMA_VERSION),)]
     assert query_db(db_path, "SELECT * FROM client_stats ORDER BY client_id, stat_date") == before
     assert {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'stat_changes'")} >= {

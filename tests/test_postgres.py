@@ -450,13 +450,16 @@ def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_
                       "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
-    assert run(cli, config, "sync", "--days-back", "4").code == 0
+    upgraded = run(cli, config, "sync", "--days-back", "4")
+    assert upgraded.code == 0
+    assert "upgrading its schema to version 5 (0003_sync_unfetched, 0004_client_stats_named, 0005_stat_date_index_sums), once" in upgraded.stderr
     assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_client_stats_stat_date'") == [
         ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
          "INCLUDE (total_sales, total_orders)",)]
     assert rows_of(pg_url, "SELECT COUNT(*), COUNT(DISTINCT name) FROM client_stats_named") == [(48, 12)]
     assert rows_of(pg_url, "SELECT COUNT(*) FROM sync_runs WHERE command = 'sync'") == [(2,)]
+    assert "upgrading" not in run(cli, config, "sync", "--days-back", "1").stderr  # once
 
 
 def test_both_engines_follow_one_list_of_migrations_and_columns(cli, demo, tmp_path, pg_url):

@@ -50,6 +50,7 @@ def test_first_sync_stores_the_remote_rows_as_documented(cli, config, db_path, d
     with freeze_time(NOW, tick=True):
         result = cli("sync", "--days-back", "3")
     assert result.code == 0, result.stderr
+    assert "upgrading" not in result.stderr  # a new replica is created at the latest schema, not upgraded
     rows = stats(db_path)
     assert len(rows) == DEMO_CLIENTS * 3
     assert {d for _, d in rows} == {"2026-11-21", "2026-11-22", "2026-11-23"}

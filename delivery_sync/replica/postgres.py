@@ -23,7 +23,7 @@ from ..errors import DeliverySyncError, UsageError
 from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from .runs import RunCounts
-from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, migrations
+from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, announce_upgrade, migrations
 from .session import OpenReplica
 from .staging import Staging
 
@@ -154,6 +154,8 @@ def migrate(conn: postgres.Connection, url: PostgresURL) -> None:
             raise UsageError(
                 f"replica {url} has schema version {row[0]}, newer than this delivery-sync knows ({SCHEMA_VERSION})", hint="upgrade delivery-sync"
             )
+    if "client_stats" in tables:
+        announce_upgrade(url, [name for name in migration_names() if name not in applied])
     for name in migration_names():
         if name in applied:
             continue

@@ -3,6 +3,7 @@ the file read-write in WAL mode, refusing files that are not ours."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -17,6 +18,8 @@ from ..days import utc_now
 from ..errors import DeliverySyncError, UsageError
 from ..metrics import COUNT_METRICS, DAY_INDEX_METRICS, METRICS, RUN_COUNTERS
 from ..readonly import CORRUPT_ADVICE, check_small_tables
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION_KEY = "schema_version"
 # How long a writer waits for another program's write transaction on the file.
@@ -233,6 +236,7 @@ def open_replica(path: Path) -> ReplicaDatabase:
         _check_is_ours(db, path)
         checked_whole = _check_intact(db, path)
         db.enable_wal()
+        announce_upgrade(path, [m.name for m in migrations.pending(db)] if db["client_stats"].exists() else [])
         migrations.apply(db)
         restore_deferred_indexes(db)
         upsert_meta = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -242,6 +246,13 @@ def open_replica(path: Path) -> ReplicaDatabase:
     except sqlite3.DatabaseError as exc:
         raise storage_error(path, exc) from None
     return db
+
+
+def announce_upgrade(replica, pending: list[str]) -> None:
+    """One line before an existing replica's schema is upgraded: a migration may rebuild an index
+    of `client_stats`, a pause of seconds per million rows before the run's first request."""
+    if pending:
+        log.info("replica %s: upgrading its schema to version %d (%s), once", replica, SCHEMA_VERSION, ", ".join(pending))
 
 
 def check_replica_path(path: Path) -> bool:
