@@ -160,7 +160,6 @@ def _client_stats_named(db: sqlite_utils.Database) -> None:
     )
 
 
-
 @migrations(name="0005_stat_date_index_sums")
 def _stat_date_index_sums(db: sqlite_utils.Database) -> None:
     # Still the index on stat_date, now with client_id and DAY_INDEX_METRICS after it: the raw days
@@ -168,7 +167,8 @@ def _stat_date_index_sums(db: sqlite_utils.Database) -> None:
     # side by side, not each on its own page of the table (about 5x faster; 8 bytes a row more).
     # Rebuilding it on an existing replica takes seconds per million rows, once.
     db.execute("DROP INDEX IF EXISTS idx_client_stats_stat_date")
-    db["client_stats"].create_index(list(DEFERRED_INDEXES["idx_client_stats_stat_date"]), index_name="idx_client_stats_stat_date")
+    create_stats_index(db, "idx_client_stats_stat_date")
+
 
 SCHEMA_VERSION = len(migrations._migrations)
 
@@ -187,19 +187,24 @@ def restore_deferred_indexes(db: sqlite_utils.Database) -> None:
     """Create any DEFERRED_INDEXES missing: after a first sync's rows are in, or, at the next
     writing run's open, after one that was killed before it built them."""
     present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats'")}
-    missing = {name: columns for name, columns in DEFERRED_INDEXES.items() if name not in present}
+    missing = [name for name in DEFERRED_INDEXES if name not in present]
     if not missing:
         return
     # The sort that builds an index holds up to the page cache's size in memory, on top of a first
     # sync's peak: 2 MB of it (not the writer's 16) kept that peak where it was, and sorted faster.
     db.execute(f"PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}")
     try:
-        for name, columns in missing.items():
-            # Laid out as sqlite-utils writes it, so the schema reads the same as a new replica's.
-            listed = ", ".join(f'"{column}"' for column in columns)
-            db.execute(f'CREATE INDEX "{name}"\n    ON "client_stats" ({listed})')
+        for name in missing:
+            create_stats_index(db, name)
     finally:
         db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+
+
+def create_stats_index(db: sqlite_utils.Database, name: str) -> None:
+    """Create DEFERRED_INDEXES[`name`] on client_stats, laid out as sqlite-utils writes an index,
+    so the schema reads the same whether a migration or a first sync made it."""
+    listed = ", ".join(f'"{column}"' for column in DEFERRED_INDEXES[name])
+    db.execute(f'CREATE INDEX "{name}"\n    ON "client_stats" ({listed})')
 
 
 # SQLite's own files beside the replica: created by SQLite with the replica's owner and mode.
