@@ -3,13 +3,15 @@ comparison, for any window: bit for bit the numbers and order of the raw-row SQL
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import DAYS, aggregated, exact, synced  # noqa: F401 (synced is a fixture)
 
 from delivery_sync import reports
 from delivery_sync.aggregate.sql import CLIENT_COLUMNS, CLIENT_SUMS, OVERALL_COLUMNS, OVERALL_SUMS, RATIOS, with_ratios
-from delivery_sync.metrics import METRICS
+from delivery_sync.metrics import AMOUNT_METRICS, METRICS
 
 CLIENT = [*CLIENT_COLUMNS, *RATIOS]
 ANY_WINDOW = (st.integers(min_value=-DAYS - 20, max_value=10), st.integers(min_value=1, max_value=DAYS + 30))
@@ -50,3 +52,22 @@ def test_both_windows_of_a_comparison_are_the_raw_paths(synced, end_offset, days
         raw_base = conn.execute(with_ratios(OVERALL_SUMS, OVERALL_COLUMNS), base.params()).fetchone()
         for c in [*OVERALL_COLUMNS, *RATIOS]:
             assert exact(totals[f"{c}_base"]) == exact(raw_base[c] if raw_base else (0 if c.endswith("_with_data") else None)), c
+
+
+# Sums of amounts up to 2^49 cents (5.6 trillion rupiah): rupiah read as cents / 100 round back exactly.
+CENTS = st.integers(min_value=-(2**49), max_value=2**49)
+
+
+@given(CENTS, CENTS, st.sampled_from(sorted(AMOUNT_METRICS)))
+def test_movers_change_in_cents_is_every_reports_change_in_rupiah(now, base, figure):
+    """`movers` reads an amount in whole cents and ranks by `_moved` of them; every other report
+    gives change() the rupiah SQL reads (cents / 100): the same difference and percent, bit for
+    bit, and that percent is the exact ratio's nearest double or next to it."""
+    diff, pct = reports._moved(now, base, cents=True)
+    assert (diff, pct) == reports.change(figure, now / 100, base / 100)
+    assert diff == (now - base) / 100
+    if base == 0:
+        assert pct is None
+    else:
+        exact_pct = Fraction(now - base, abs(base)) * 100
+        assert abs(Fraction(pct) - exact_pct) <= abs(exact_pct) * Fraction(1, 2**50)

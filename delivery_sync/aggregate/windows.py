@@ -90,7 +90,7 @@ def client_window_sums(start: date, end: date, clients: list[int] | None = None,
 
 
 def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE, *,
-                  stored: bool = False) -> tuple[str, dict]:
+                  stored: bool = False, cents: bool = False) -> tuple[str, dict]:
     """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
     and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers. With
     `stored`, from the window's rows in WINDOW_SUMS (one of `pieces.summed_windows`) instead.
@@ -99,6 +99,7 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
     the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
+    With `cents`, an amount `metric` stays in whole cents, an integer (a ratio is still in rupiah).
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
     inputs = [m for m in SUMMED if m in needed | set(extra)]
@@ -107,9 +108,10 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
         params = {"w_start": start.isoformat(), "w_end": end.isoformat()}
     else:
         sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
-    amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in AMOUNT_METRICS else m for m in inputs)
+    in_rupiah = [m for m in inputs if m in AMOUNT_METRICS and not (cents and m == metric)]
+    amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in in_rupiah else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
-    counts = ", ".join(m if m in AMOUNT_METRICS else f"{dialect.counted(m)} AS {m}" for m in inputs)
+    counts = ", ".join(m if m in in_rupiah else f"{dialect.counted(m)} AS {m}" for m in inputs)
     return f"SELECT client_id, {value}{counts} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
 
 
