@@ -140,8 +140,26 @@ class Cursor:
         if self.row_factory is None:
             # Plain tuples are what reports read 10,000 rows at a time: in binary, psycopg copies
             # numbers instead of parsing their text (5.3 against 8.7 ms for 10,000 rows of three).
-            return self.connection.execute(statement, params, _tuple_rows, binary=True)
+            return _AllAtOnce(self.connection.execute(statement, params, _tuple_rows, binary=True))
         return self.connection.execute(statement, params, self.row_factory)
+
+
+class _AllAtOnce:
+    """A psycopg cursor whose rows are iterated from one `fetchall`: psycopg steps `for row in
+    cursor` in Python, row by row (16 ms for 10,000 rows, where fetchall takes 2.5), and a
+    caller iterates a sqlite3 cursor, which SQLite steps in C."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def __iter__(self):
+        return iter(self.cursor.fetchall())
+
+    def fetchall(self) -> list:
+        return self.cursor.fetchall()
+
+    def fetchone(self):
+        return self.cursor.fetchone()
 
 
 class Connection:
