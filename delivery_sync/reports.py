@@ -342,15 +342,16 @@ def change(figure: str, current, base) -> tuple:
     if current is None or base is None:
         return None, None
     if figure in AMOUNT_METRICS:
-        return _moved(round(current * 100), round(base * 100), cents=True)
-    return _moved(current, base, cents=False)
+        return _moved(round(current * 100), round(base * 100), base, cents=True)
+    return _moved(current, base, base, cents=False)
 
 
-def _moved(current, base, cents: bool) -> tuple:
-    """`change` of two values given in the figure's unit: whole cents for an amount (`cents`), so
-    the difference is exact; `movers` ranks 10,000 clients' sums read in cents this way."""
+def _moved(current, base, base_value, cents: bool) -> tuple:
+    """`change`'s arithmetic: `current - base` (with `cents`, two amounts in whole cents, the
+    difference then given in rupiah) and that in percent of |`base_value`|, the base as the report
+    shows it. `movers` ranks 10,000 clients' sums read in cents this way, without rounding each."""
     diff = (current - base) / 100 if cents else current - base
-    return diff, (diff / abs(base / 100 if cents else base) * 100 if base else None)
+    return diff, (diff / abs(base_value) * 100 if base_value else None)
 
 
 def compared(row: dict, base_row: dict | None, base: Window, figures: list[str]) -> dict:
@@ -447,10 +448,11 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
 
     def move(client_id: int, lagging: bool) -> _Move:
         now, then = current.get(client_id), before.get(client_id)
-        diff, pct = _moved(now, then, cents) if now is not None else (None, None)
-        if cents:
-            now, then = (None if now is None else now / 100), then / 100
-        return _Move(client_id, int(lagging), last_days.get(client_id, end), now, then, diff, pct)
+        shown = then / 100 if cents else then  # the double SQL gives in rupiah
+        diff, pct = _moved(now, then, shown, cents) if now is not None else (None, None)
+        if cents and now is not None:
+            now /= 100
+        return _Move(client_id, int(lagging), last_days.get(client_id, end), now, shown, diff, pct)
 
     # 10,000 clients make 10,000 candidates: each is kept as a (sort key, client id) pair, and
     # only the rows shown are built (NamedTuples and key functions for all cost 2-3x as much).
@@ -462,12 +464,13 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         if last_day is None or last_day < cutoff:  # what its base window had is what the window may miss
             lagging.append((-then, client_id))
             continue
-        if min_base is not None and (then / 100 if cents else then) < min_base:
+        shown = then / 100 if cents else then
+        if min_base is not None and shown < min_base:
             continue
         now = current.get(client_id)
         if now is None:
             continue
-        size = _moved(now, then, cents)[ranked_by]
+        size = _moved(now, then, shown, cents)[ranked_by]
         if size is None:
             continue
         if size > 0:
@@ -549,9 +552,9 @@ def _tuples(conn: sqlite3.Connection):
 
 
 def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, cents: bool, before: dict) -> tuple[dict, dict[int, str]]:
-    """Every client's `by` over the plan's window (as `_values`), and the last day with data up to
-    the window's end of the clients with a value in `before` (movers' candidates, with data before
-    the window) whose last day is before the end: any other ends on it.
+    """Every client's `by` over the plan's window (as `_values`), and a last day with data up to
+    the window's end for at least every client with a value in `before` (movers' candidates, with
+    data before the window) whose last day is before the end; a client not listed ends on it.
 
     When the rollups are current and no client has data after the window, LAST_DAYS holds every
     client's last day: only those before the window's end are read. Otherwise only the clients

@@ -54,16 +54,18 @@ def test_both_windows_of_a_comparison_are_the_raw_paths(synced, end_offset, days
             assert exact(totals[f"{c}_base"]) == exact(raw_base[c] if raw_base else (0 if c.endswith("_with_data") else None)), c
 
 
-# Sums of amounts up to 2^49 cents (5.6 trillion rupiah): rupiah read as cents / 100 round back exactly.
+# A client's sum of an amount up to 2^49 cents (5.6 trillion rupiah): cents / 100 rounds back exactly.
 CENTS = st.integers(min_value=-(2**49), max_value=2**49)
+# All clients' totals, which reach 2^51 cents and more at 10,000 clients over years.
+TOTAL_CENTS = st.integers(min_value=-(2**60), max_value=2**60)
 
 
 @given(CENTS, CENTS, st.sampled_from(sorted(AMOUNT_METRICS)))
 def test_movers_change_in_cents_is_every_reports_change_in_rupiah(now, base, figure):
     """`movers` reads an amount in whole cents and ranks by `_moved` of them; every other report
     gives change() the rupiah SQL reads (cents / 100): the same difference and percent, bit for
-    bit, and that percent is the exact ratio's nearest double or next to it."""
-    diff, pct = reports._moved(now, base, cents=True)
+    bit, and that percent within a few units in the last place of the exact ratio."""
+    diff, pct = reports._moved(now, base, base / 100, cents=True)
     assert (diff, pct) == reports.change(figure, now / 100, base / 100)
     assert diff == (now - base) / 100
     if base == 0:
@@ -71,3 +73,12 @@ def test_movers_change_in_cents_is_every_reports_change_in_rupiah(now, base, fig
     else:
         exact_pct = Fraction(now - base, abs(base)) * 100
         assert abs(Fraction(pct) - exact_pct) <= abs(exact_pct) * Fraction(1, 2**50)
+
+
+@given(TOTAL_CENTS, TOTAL_CENTS, st.sampled_from(sorted(AMOUNT_METRICS)))
+def test_change_of_large_totals_divides_by_the_base_shown(now, base, figure):
+    """change() of totals too large for cents / 100 to round back exactly: the difference of the
+    amounts rounded to cents, in percent of the base as shown (not of its rounding)."""
+    current, before = now / 100, base / 100
+    diff = (round(current * 100) - round(before * 100)) / 100
+    assert reports.change(figure, current, before) == (diff, diff / abs(before) * 100 if before else None)

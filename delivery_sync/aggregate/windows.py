@@ -99,7 +99,8 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
     the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
-    With `cents`, an amount `metric` stays in whole cents, an integer (a ratio is still in rupiah).
+    With `cents`, an amount `metric` stays in whole cents, an integer (a ratio's amounts are still
+    turned into rupiah first).
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
     inputs = [m for m in SUMMED if m in needed | set(extra)]
