@@ -35,6 +35,7 @@ from .aggregate.sql import (
     ROLLING_PERIODS,
     SUMS,
     id_list,
+    metric_sums,
     period_bounds,
     period_sums,
     with_ratios,
@@ -757,7 +758,7 @@ SELECT period, period_start, period_end,
 FROM (SELECT period, CASE WHEN {first} > :start THEN {first} ELSE :start END AS period_start,
              CASE WHEN {last} < :end THEN {last} ELSE :end END AS period_end, days_with_data, most_in_a_day, {_METRIC_LIST}
       FROM (SELECT {key} AS period, COUNT(*) AS days_with_data, MAX(clients_with_data) AS most_in_a_day,
-                   {SUMS}
+                   {metric_sums(dialect)}
             FROM overall_daily
             WHERE period BETWEEN :head_start AND :head_end OR period BETWEEN :tail_start AND :tail_end
             GROUP BY 1) AS edges) AS x"""

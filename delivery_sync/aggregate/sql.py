@@ -50,8 +50,14 @@ RATIOS = {
 }
 
 
-# Every metric summed, named as the metric.
-SUMS = ",\n       ".join(_sum(m) for m in METRICS)
+def metric_sums(dialect: Dialect = SQLITE) -> str:
+    """Every metric summed, named as the metric; a count's sum an integer on `dialect`'s engine
+    (PostgreSQL's SUM of BIGINTs is NUMERIC, read as Decimal and made int value by value; in a
+    UNION with stored BIGINT columns, theirs too)."""
+    return ",\n       ".join(_sum(m) if m in AMOUNT_METRICS else f"{dialect.counted(f'SUM({m})')} AS {m}" for m in METRICS)
+
+
+SUMS = metric_sums()
 
 
 # Per client over the window [:start, :end].
