@@ -77,6 +77,7 @@ class Report:
     chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
     more: bool = False  # query sql: the statement returns more rows than `rows` (--max-rows)
     deadline: float | None = None  # query sql: time.monotonic() by which rendering must be done too (--max-seconds)
+    empty: str = ""  # what a terminal says of no rows, where "no data in this window" would not be true
 
     def select(self, columns: list[str]) -> Report:
         """This report with only `columns`, in that order, in every format (`--columns`)."""
@@ -437,6 +438,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     # `change` of rupiah would round each value back to cents first (2-3x the time).
     cents = by in AMOUNT_METRICS
     before = _values(conn, base_plan, by, cents=cents)
+    compared_to = any(value is not None for value in before.values())
     # Only a client with a value in the base window is ranked (a change needs both) or listed as
     # lagging (by what its base window had): the others are never looked at.
     if active_only:
@@ -494,9 +496,11 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     floor = "" if min_base is None else f", base at least {int(min_base) if min_base == int(min_base) else min_base:,}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
+    empty = ("no client rose, fell or stopped sending data" if compared_to
+             else f"no {by} in the base window {base}: nothing to compare")
     return Report(f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}",
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
-                  subtitle=f"against {base} ({compare}){floor}")
+                  subtitle=f"against {base} ({compare}){floor}", empty=empty)
 
 
 class _Move(NamedTuple):

@@ -142,6 +142,14 @@ def test_movers_in_every_format(query):
     assert "Movers by total_sales (percent), 2026-03-04..2026-03-10\nagainst 2026-02-25..2026-03-03 (previous)" in table.stdout
 
 
+def test_movers_against_a_base_window_without_data_say_so(query):
+    table = query("movers", "--days", "7", "--compare", "year")
+    assert table.code == 0 and widest(table.stdout) <= 80
+    assert "no total_sales in the base window 2025-03-04..2025-03-10: nothing to compare" in table.stdout
+    assert "no data in this window" not in table.stdout  # the window has data: its base has none
+    assert json.loads(query("movers", "--days", "7", "--compare", "year", "--format", "json").stdout) == []
+
+
 def test_totals_by_platform_table_and_json(query, replica):
     table = query("totals", "--by", "platform", "--days", "7")
     assert table.code == 0 and widest(table.stdout) <= 80

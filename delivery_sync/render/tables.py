@@ -191,7 +191,7 @@ def _report_table(rep) -> None:
     for at in range(len(rows)):
         table.add_row(*(Text(column.cells[at]) for column in shown))
     if not rows:
-        table.caption = "no data in this window" if not rep.raw else "no rows"
+        table.caption = rep.empty or ("no data in this window" if not rep.raw else "no rows")
     console.print(_Timed(table, rep) if rep.deadline is not None else table)
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
