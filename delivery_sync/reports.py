@@ -617,7 +617,8 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
-                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown, keep=6)
+                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown, keep=6,
+                  empty="the remote changed no stored day of this window")
 
 
 def check_statement(statement: str) -> None:

@@ -74,6 +74,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
         table = cli("query", "changes", "--days", "7")
         one = json.loads(cli("query", "changes", "--client", "3", "--format", "json").stdout)
         outside = json.loads(cli("query", "changes", "--from", "2026-11-23", "--format", "json").stdout)
+        unchanged = cli("query", "changes", "--client", "4")
     assert [(r["client_id"], r["stat_date"], r["column"]) for r in as_json] == [(5, "2026-11-23", "total_sales"), (3, "2026-11-22", "grab_orders")]
     newest = as_json[0]
     assert newest["new_value"] == 999.0 and newest["difference"] == round(999.0 - newest["old_value"], 2)
@@ -84,6 +85,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
     assert table.code == 0 and "total_sales" in table.stdout and "grab_orders" in table.stdout
     assert [r["client_id"] for r in one] == [3]
     assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
+    assert unchanged.code == 0 and "the remote changed no stored day of this window" in unchanged.stdout
 
 
 @pytest.mark.sqlite_only("upgrades a SQLite replica file written by schema version 1 (no PostgreSQL replica had it)")
