@@ -451,11 +451,11 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
 
     def move(client_id: int, lagging: bool) -> _Move:
         now, then = current.get(client_id), before.get(client_id)
-        shown = then / 100 if cents else then  # the double SQL gives in rupiah
-        diff, pct = _moved(now, then, shown, cents) if now is not None else (None, None)
+        base_value = then / 100 if cents else then  # in rupiah: the double SQL gives
+        diff, pct = _moved(now, then, base_value, cents) if now is not None else (None, None)
         if cents and now is not None:
             now /= 100
-        return _Move(client_id, int(lagging), last_days.get(client_id, end), now, shown, diff, pct)
+        return _Move(client_id, int(lagging), last_days.get(client_id, end), now, base_value, diff, pct)
 
     # 10,000 clients make 10,000 candidates: each is kept as a (sort key, client id) pair, and
     # only the rows shown are built (NamedTuples and key functions for all cost 2-3x as much).
@@ -467,13 +467,13 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         if last_day is None or last_day < cutoff:  # what its base window had is what the window may miss
             lagging.append((-then, client_id))
             continue
-        shown = then / 100 if cents else then
-        if min_base is not None and shown < min_base:
+        base_value = then / 100 if cents else then
+        if min_base is not None and base_value < min_base:
             continue
         now = current.get(client_id)
         if now is None:
             continue
-        size = _moved(now, then, shown, cents)[ranked_by]
+        size = _moved(now, then, base_value, cents)[ranked_by]
         if size is None:
             continue
         if size > 0:
