@@ -220,6 +220,33 @@ def test_sums_of_counts_over_any_window_come_back_as_integers_not_numeric(cli, d
     assert {row[0]: row[4] for row in rows} == orders and len(orders) == DEMO_CLIENTS
 
 
+def test_grouped_totals_edges_sum_counts_as_integers_so_their_union_stays_bigint(cli, demo, tmp_path, pg_url):
+    """`totals --by day|week|month` reads whole periods from stored BIGINT rows and the cut ones
+    from the daily totals' sums, in one UNION ALL: a NUMERIC sum there made every row's counts
+    NUMERIC (a year of days, 3,300 Decimals made int one by one)."""
+    from delivery_sync.aggregate.sql import metric_sums
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.dialect import POSTGRES
+    from delivery_sync.metrics import AMOUNT_METRICS, METRICS
+    from delivery_sync.readonly import open_reader
+
+    assert run(cli, configure(tmp_path, demo, pg_url, "pg"), "sync", "--days-back", "20").code == 0
+    conn = open_reader(PostgresURL(pg_url))
+    try:
+        cursor = conn.conn.execute(f"SELECT 'stored' AS source, {', '.join(METRICS)} FROM overall_weekly "
+                                   f"UNION ALL SELECT 'summed', {metric_sums(POSTGRES)} FROM overall_daily")
+        types = {c.name: c.type_code for c in cursor.description}
+        rows = cursor.fetchall()
+    finally:
+        conn.close()
+    int8, float8, text = 20, 701, 25
+    assert types == {"source": text, **{m: float8 if m in AMOUNT_METRICS else int8 for m in METRICS}}
+    orders = METRICS.index("total_orders") + 1
+    (summed,) = [row for row in rows if row[0] == "summed"]
+    assert type(summed[orders]) is int and summed[orders] == rows_of(pg_url, "SELECT SUM(total_orders) FROM client_stats")[0][0]
+    assert len(rows) > 1 and all(type(row[orders]) is int for row in rows)
+
+
 def test_a_stop_signal_mid_statement_cancels_it_in_the_server_and_keeps_its_exit(pg_url):
     """psycopg cancels a running statement for KeyboardInterrupt only: a stop signal (SIGTERM from
     cron's timeout or systemd) mid-statement surfaced as 'another command is already in
