@@ -142,6 +142,12 @@ def test_a_too_narrow_terminal_stacks_rows_instead_of_cutting(cli, synced, monke
     assert f"name                {rows[1]['name']}" in out
 
 
+def test_a_too_narrow_terminal_says_why_a_report_has_no_rows(cli, synced, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")  # movers' leading columns do not fit: stacked, not a table
+    out = cli("query", "movers", "--compare", "year").stdout
+    assert "┏" not in out and "nothing to compare" in out and "no rows" not in out
+
+
 HOSTILE = {
     1: "[/bold] Warung",
     2: "Kopi [red]Ubud[/red]",

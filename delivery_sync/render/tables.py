@@ -191,7 +191,7 @@ def _report_table(rep) -> None:
     for at in range(len(rows)):
         table.add_row(*(Text(column.cells[at]) for column in shown))
     if not rows:
-        table.caption = rep.empty or ("no data in this window" if not rep.raw else "no rows")
+        table.caption = _no_rows(rep)
     console.print(_Timed(table, rep) if rep.deadline is not None else table)
     left_out = [c.key for c in columns if c not in shown]
     if left_out:
@@ -235,7 +235,7 @@ def _bar_chart(rep, width: int) -> None:
         bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
         console.print(Text.assemble(f"{label:<{label_width}}  {cell:>{cell_width}}  ", (bar, "cyan")), no_wrap=True)
     if not rep.rows:
-        console.print("no data in this window", soft_wrap=True)
+        console.print(_no_rows(rep), soft_wrap=True)
 
 
 def sparkline(values: list) -> str:
@@ -301,7 +301,12 @@ def _stacked(console, columns: list[_Column], count: int, rep) -> None:
         for label, column in zip(labels, columns):
             console.print(Text.assemble((f"{label:<{label_width}}  ", "bold"), column.cells[at]), soft_wrap=True)
     if not count:
-        console.print("no rows", soft_wrap=True)
+        console.print(_no_rows(rep), soft_wrap=True)
+
+
+def _no_rows(rep) -> str:
+    """What a terminal says of a report without rows: the report's own words, if it has them."""
+    return rep.empty or ("no data in this window" if not rep.raw else "no rows")
 
 
 def _numeric(key: str, rows: list[dict]) -> bool:
