@@ -34,6 +34,7 @@ from .aggregate.sql import (
     RATIOS,
     ROLLING_PERIODS,
     SUMS,
+    cents,
     id_list,
     metric_sums,
     period_bounds,
@@ -344,15 +345,15 @@ def change(figure: str, current, base) -> tuple:
     if current is None or base is None:
         return None, None
     if figure in AMOUNT_METRICS:
-        return _moved(round(current * 100), round(base * 100), base, cents=True)
-    return _moved(current, base, base, cents=False)
+        return _moved(round(current * 100), round(base * 100), base, in_cents=True)
+    return _moved(current, base, base, in_cents=False)
 
 
-def _moved(current, base, base_value, cents: bool) -> tuple:
-    """`change`'s arithmetic: `current - base` (with `cents`, two amounts in whole cents, the
+def _moved(current, base, base_value, in_cents: bool) -> tuple:
+    """`change`'s arithmetic: `current - base` (with `in_cents`, two amounts in whole cents, the
     difference then given in rupiah) and that in percent of |`base_value`|, the base as the report
     shows it. `movers` ranks 10,000 clients' sums read in cents this way, without rounding each."""
-    diff = (current - base) / 100 if cents else current - base
+    diff = (current - base) / 100 if in_cents else current - base
     return diff, (diff / abs(base_value) * 100 if base_value else None)
 
 
@@ -436,24 +437,24 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     plan, base_plan = _plans(conn, window, base)
     # An amount is read and ranked in whole cents: 10,000 subtractions of integers, where
     # `change` of rupiah would round each value back to cents first (2-3x the time).
-    cents = by in AMOUNT_METRICS
-    before = _values(conn, base_plan, by, cents=cents)
+    in_cents = by in AMOUNT_METRICS
+    before = _values(conn, base_plan, by, in_cents=in_cents)
     compared_to = any(value is not None for value in before.values())
     # Only a client with a value in the base window is ranked (a change needs both) or listed as
     # lagging (by what its base window had): the others are never looked at.
     if active_only:
         for (client_id,) in conn.execute("SELECT id FROM clients WHERE COALESCE(active, 0) = 0"):
             before.pop(client_id, None)
-    current, last_days = _with_last_days(conn, plan, by, cents, before)
+    current, last_days = _with_last_days(conn, plan, by, in_cents, before)
     end = window.end.isoformat()
     cutoff = (window.end - timedelta(days=LAG_DAYS)).isoformat()
     ranked_by = 1 if by_pct else 0  # _moved's percent or its difference
 
     def move(client_id: int, lagging: bool) -> _Move:
         now, then = current.get(client_id), before.get(client_id)
-        base_value = then / 100 if cents else then  # in rupiah: the double SQL gives
-        diff, pct = _moved(now, then, base_value, cents) if now is not None else (None, None)
-        if cents and now is not None:
+        base_value = then / 100 if in_cents else then  # in rupiah: the double SQL gives
+        diff, pct = _moved(now, then, base_value, in_cents) if now is not None else (None, None)
+        if in_cents and now is not None:
             now /= 100
         return _Move(client_id, int(lagging), last_days.get(client_id, end), now, base_value, diff, pct)
 
@@ -467,13 +468,13 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         if last_day is None or last_day < cutoff:  # what its base window had is what the window may miss
             lagging.append((-then, client_id))
             continue
-        base_value = then / 100 if cents else then
+        base_value = then / 100 if in_cents else then
         if min_base is not None and base_value < min_base:
             continue
         now = current.get(client_id)
         if now is None:
             continue
-        size = _moved(now, then, base_value, cents)[ranked_by]
+        size = _moved(now, then, base_value, in_cents)[ranked_by]
         if size is None:
             continue
         if size > 0:
@@ -520,23 +521,23 @@ MOVERS_COLUMNS = ["direction", "rank", "client_id", "name", "active", "lagging",
                   "base_period_start", "base_period_end"]
 
 
-def _values(conn: sqlite3.Connection, plan: _Plan, by: str, days: bool = False, cents: bool = False) -> dict:
+def _values(conn: sqlite3.Connection, plan: _Plan, by: str, days: bool = False, in_cents: bool = False) -> dict:
     """Every client's `by` over the plan's window (a sum or a ratio), read the fastest way the plan
-    allows; with `days`, each client's (`by`, days_with_data); with `cents`, an amount in whole cents."""
+    allows; with `days`, each client's (`by`, days_with_data); with `in_cents`, an amount in whole cents."""
     window = plan.window
     extra = ("days_with_data",) if days else ()
     columns = ", ".join(["client_id", by, *extra])
     if plan.summed:  # a rolling period or one of its base windows: its stored sums, read by key
-        sql, params = window_values(window.start, window.end, by, extra, stored=True, cents=cents)
+        sql, params = window_values(window.start, window.end, by, extra, stored=True, in_cents=in_cents)
         sql = f"SELECT {columns} FROM ({sql}) AS sums"
     elif plan.current:
         span = _with_data(conn, window)
         if span is None:
             return {}
-        sql, params = window_values(span.start, span.end, by, extra, dialect=dialect_of(conn), cents=cents)
+        sql, params = window_values(span.start, span.end, by, extra, dialect=dialect_of(conn), in_cents=in_cents)
         sql = f"SELECT {columns} FROM ({sql}) AS sums"
     else:
-        value = f"CAST(ROUND({by} * 100) AS BIGINT) AS {by}" if cents else by  # CLIENT_SUMS' amounts are in rupiah
+        value = f"{cents(by)} AS {by}" if in_cents else by  # CLIENT_SUMS' amounts are in rupiah
         sql = f"SELECT {', '.join(['client_id', value, *extra])} FROM ({with_ratios(CLIENT_SUMS, CLIENT_COLUMNS)}) AS sums"
         params = window.params()
     # 10,000 rows as plain tuples, straight from the cursor into the dictionary (no list of
@@ -556,7 +557,7 @@ def _tuples(conn: sqlite3.Connection):
     return cursor
 
 
-def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, cents: bool, before: dict) -> tuple[dict, dict[int, str]]:
+def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, in_cents: bool, before: dict) -> tuple[dict, dict[int, str]]:
     """Every client's `by` over the plan's window (as `_values`), and a last day with data up to
     the window's end for at least every client with a value in `before` (movers' candidates, with
     data before the window) whose last day is before the end; a client not listed ends on it.
@@ -570,8 +571,8 @@ def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, cents: bool,
     latest = conn.execute(f"SELECT MAX(last_day) FROM {LAST_DAYS}").fetchone()[0] if plan.current else None
     if latest is not None and latest <= end:
         earlier = _tuples(conn).execute(f"SELECT client_id, last_day FROM {LAST_DAYS} WHERE last_day < :end", {"end": end})
-        return _values(conn, plan, by, cents=cents), dict(earlier)
-    with_days, days = _values(conn, plan, by, days=True, cents=cents), plan.window.days
+        return _values(conn, plan, by, in_cents=in_cents), dict(earlier)
+    with_days, days = _values(conn, plan, by, days=True, in_cents=in_cents), plan.window.days
     values = {client_id: value for client_id, (value, _) in with_days.items()}
     short = [c for c, then in before.items() if then is not None and with_days.get(c, (None, 0))[1] < days]
     if not short:

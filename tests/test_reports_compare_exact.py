@@ -65,7 +65,7 @@ def test_movers_change_in_cents_is_every_reports_change_in_rupiah(now, base, fig
     """`movers` reads an amount in whole cents and ranks by `_moved` of them; every other report
     gives change() the rupiah SQL reads (cents / 100): the same difference and percent, bit for
     bit, and that percent within a few units in the last place of the exact ratio."""
-    diff, pct = reports._moved(now, base, base / 100, cents=True)
+    diff, pct = reports._moved(now, base, base / 100, in_cents=True)
     assert (diff, pct) == reports.change(figure, now / 100, base / 100)
     assert diff == (now - base) / 100
     if base == 0:

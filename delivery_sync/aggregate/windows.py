@@ -90,7 +90,7 @@ def client_window_sums(start: date, end: date, clients: list[int] | None = None,
 
 
 def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE, *,
-                  stored: bool = False, cents: bool = False) -> tuple[str, dict]:
+                  stored: bool = False, in_cents: bool = False) -> tuple[str, dict]:
     """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
     and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers. With
     `stored`, from the window's rows in WINDOW_SUMS (one of `pieces.summed_windows`) instead.
@@ -99,7 +99,7 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
     as `client_window_sums` gives them: so the values, and the order they rank in, are those of
     the full sums. A ratio's inputs are among the columns too; `extra` may ask for days_with_data.
-    With `cents`, an amount `metric` stays in whole cents, an integer (a ratio's amounts are still
+    With `in_cents`, an amount `metric` stays in whole cents, an integer (a ratio's amounts are still
     turned into rupiah first).
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
@@ -109,7 +109,7 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
         params = {"w_start": start.isoformat(), "w_end": end.isoformat()}
     else:
         sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
-    in_rupiah = [m for m in inputs if m in AMOUNT_METRICS and not (cents and m == metric)]
+    in_rupiah = [m for m in inputs if m in AMOUNT_METRICS and not (in_cents and m == metric)]
     amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in in_rupiah else m for m in inputs)
     value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
     counts = ", ".join(m if m in in_rupiah else f"{dialect.counted(m)} AS {m}" for m in inputs)
