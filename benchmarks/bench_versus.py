@@ -8,7 +8,11 @@ in turn, run after run, each on a connection its own package opened (so a change
 are read from the server, e.g. in delivery_sync/postgres.py, is timed too); it prints each median
 and the ratio now / baseline, and checks both versions return the same rows.
 
+When the two versions' rollup tables differ, `--baseline-replica` names a copy of the replica
+aggregated by the baseline (the same rows, its rollups), which the baseline's reports then read.
+
 Run: python benchmarks/bench_versus.py --baseline FOLDER --replica FOLDER_OF_BENCH_SCALE_KEEP [--runs 7] [--only movers]
+                                       [--baseline-replica FOLDER]
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="folder holding the other version's delivery_sync")
     parser.add_argument("--replica", type=Path, required=True, help="a folder `bench_scale.py --keep` left")
+    parser.add_argument("--baseline-replica", type=Path, help="the baseline reads this copy, aggregated by it (default: --replica)")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--only", action="append", default=[], help="reports whose name starts with this (repeatable)")
     args = parser.parse_args()
@@ -52,9 +57,11 @@ def main() -> None:
     base = baseline_package(args.baseline)
     database = load_settings(args.replica / "config.toml").database
     conn = readonly.open_reader(database)
-    base_conn = base.readonly.open_reader(base.config.load_settings(args.replica / "config.toml").database)
+    base_replica = args.baseline_replica or args.replica
+    base_conn = base.readonly.open_reader(base.config.load_settings(base_replica / "config.toml").database)
     as_of = rollups_as_of(conn)
-    print(f"{database}, windows ending {as_of}; baseline {args.baseline}; median of {args.runs}, both versions in turn")
+    print(f"{database}, windows ending {as_of}; baseline {args.baseline} on {base_replica}; median of {args.runs}, "
+          "both versions in turn")
     # The same report list as bench_query, once per module.
     from bench_query import in_process_builds
 
