@@ -35,7 +35,7 @@ from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 
 DAYS = 200
-WINDOW_SUMS_COLUMNS = ["period_start", "period_end", "client_id", "days_with_data", *METRICS]
+PAIRS_COLUMNS = ["period_start", "period_end", "base_start", "client_id", "last_day", *METRICS, *(f"base_{m}" for m in METRICS)]
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +77,24 @@ def raw_path(conn: sqlite3.Connection, as_of: date, dialect: Dialect = SQLITE) -
     for by, table in FINE_TABLES.items():
         sql = with_ratios(period_sums(by, "FROM client_stats", dialect), PERIOD_COLUMNS)
         expected[table] = rows(conn, sql, {"start": "0001-01-01", "end": "9999-12-31"}, [*PERIOD_COLUMNS, *RATIOS])
-    # Every rolling period and each one's previous and year-earlier window, per client in whole cents.
+    # Every rolling period beside each of its previous and year-earlier windows, per client with
+    # data in the base window, in whole cents, with the client's last day of data.
     in_cents = ", ".join(f"SUM(CAST(ROUND({m} * 100) AS BIGINT)) AS {m}" if m in AMOUNT_METRICS else f"SUM({m}) AS {m}" for m in METRICS)
-    summed = {Window(as_of - timedelta(days=days - 1), as_of) for days in ROLLING_PERIODS.values()}
-    summed |= {base_window(w, compare) for w in summed for compare in ("previous", "year")}
-    assert len(summed) >= 11  # a 365-day period's previous window is its year-earlier one, but across 29 February
-    expected["agg_window_sums"] = set()
-    for w in summed:
+    rolling = [Window(as_of - timedelta(days=days - 1), as_of) for days in ROLLING_PERIODS.values()]
+    pairs = {(w, base_window(w, compare)) for w in rolling for compare in ("previous", "year")}
+    assert len(pairs) >= 7  # a 365-day period's previous window is its year-earlier one, but across 29 February
+    sums = {}
+    for w in {w for pair in pairs for w in pair}:
         start, end = dialect.as_date(":start"), dialect.as_date(":end")
-        sql = (f"SELECT {start} AS period_start, {end} AS period_end, client_id, COUNT(*) AS days_with_data, {in_cents} "
-               f"FROM client_stats WHERE stat_date BETWEEN {start} AND {end} GROUP BY client_id")
-        expected["agg_window_sums"] |= rows(conn, sql, w.params(), WINDOW_SUMS_COLUMNS)
-    expected["agg_client_last_days"] = rows(
-        conn, "SELECT client_id, MAX(stat_date) AS last_day FROM client_stats GROUP BY client_id", {}, ["client_id", "last_day"])
+        sql = f"SELECT client_id, {in_cents} FROM client_stats WHERE stat_date BETWEEN {start} AND {end} GROUP BY client_id"
+        sums[w] = {row["client_id"]: [row[m] for m in METRICS] for row in conn.execute(sql, w.params())}
+    last = {row["client_id"]: row["last_day"]
+            for row in conn.execute("SELECT client_id, MAX(stat_date) AS last_day FROM client_stats GROUP BY client_id")}
+    expected["agg_window_pairs"] = {
+        tuple(exact(v) for v in (w.start.isoformat(), w.end.isoformat(), b.start.isoformat(), client_id, last[client_id],
+                                 *sums[w].get(client_id, [None] * len(METRICS)), *then))
+        for w, b in pairs for client_id, then in sums[b].items()}
+    expected["agg_client_last_days"] = {(exact(client_id), exact(day)) for client_id, day in last.items()}
     return expected
 
 
@@ -117,7 +122,7 @@ def stored(conn: sqlite3.Connection) -> dict[str, set[tuple]]:
     }
     for table in FINE_TABLES.values():
         got[table] = rows(conn, f"SELECT * FROM {table}", {}, [*PERIOD_COLUMNS, *RATIOS])
-    got["agg_window_sums"] = rows(conn, "SELECT * FROM agg_window_sums", {}, WINDOW_SUMS_COLUMNS)
+    got["agg_window_pairs"] = rows(conn, "SELECT * FROM agg_window_pairs", {}, PAIRS_COLUMNS)
     got["agg_client_last_days"] = rows(conn, "SELECT * FROM agg_client_last_days", {}, ["client_id", "last_day"])
     return got
 

@@ -226,7 +226,7 @@ def test_a_prune_that_empties_a_whole_piece_and_month_of_a_client_removes_their_
 
 def test_a_refresh_sums_again_the_base_windows_holding_a_changed_day(demo, tmp_path, db_path):
     """A refresh a day after the last aggregate takes the base windows of the rolling periods
-    (agg_window_sums) that hold no changed day from the partial sums committed before it (on
+    (agg_window_pairs) that hold no changed day from the partial sums committed before it (on
     SQLite, read while it refreshes the rest): a day restated inside one must be summed again
     with the refreshed partial sums, and the others must be what a rebuild gives."""
     demo.faults.overrides.clear()
@@ -274,9 +274,10 @@ def test_a_refresh_a_day_later_keeps_a_sum_of_nulls_null_in_a_base_window(demo, 
     finally:
         demo.faults.overrides.clear()
     assert refreshed.status == "ok" and refreshed.refreshed
-    sums = query_db(db_path, "SELECT gojek_sales, days_with_data FROM agg_window_sums WHERE client_id = ? AND period_start = ? "
-                    "AND period_end = ?", [client, base.start.isoformat(), base.end.isoformat()])
-    assert sums == [(None, 7)]
+    sums = query_db(db_path, "SELECT base_gojek_sales FROM agg_window_pairs WHERE client_id = ? AND period_start = ? "
+                    "AND period_end = ? AND base_start = ?", [client, (today - timedelta(days=6)).isoformat(), today.isoformat(),
+                                                            base.start.isoformat()])
+    assert sums == [(None,)]
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
 
 
@@ -372,7 +373,7 @@ def test_the_rollups_are_current_until_a_sync_may_have_changed_the_rows_they_sum
     execute_db(db_path, "INSERT INTO sync_runs(started_at, command, status, error) VALUES ('2026-01-01T00:00:00Z', 'sync', 'failed', 'interrupted')")
     assert rollups_as_of_db(db_path) is None  # an interrupted sync may have written anything
     assert aggregate_locked(open_store(setting(db_path)), today).status == "ok" and rollups_as_of_db(db_path) == today
-    execute_db(db_path, "DROP TABLE agg_window_sums")
+    execute_db(db_path, "DROP TABLE agg_window_pairs")
     assert rollups_as_of_db(db_path) is None  # rollups of a version without every table
 
 

@@ -50,6 +50,11 @@ REPORTS = [
     ("query", "totals", "--by", "week", "--mark-partial", "--days", "40", "--format", "json"),
     ("query", "movers", "--format", "json"),
     ("query", "movers", "--by", "avg_order_value", "--compare", "previous", "--days", "7", "--rank", "change", "--format", "json"),
+    # Stored periods, their clients chosen in SQL from agg_window_pairs: by a count, a ratio, a floor, few kept.
+    ("query", "movers", "--by", "total_orders", "--days", "90", "--limit", "3", "--min-base", "300", "--format", "json"),
+    ("query", "movers", "--by", "ads_roas", "--days", "7", "--limit", "2", "--active-only", "--format", "json"),
+    ("query", "movers", "--by", "gojek_sales", "--days", "30", "--limit", "4", "--rank", "change", "--format", "json"),
+    ("query", "sql", "SELECT * FROM agg_window_pairs ORDER BY period_start, period_end, base_start, client_id", "--format", "json"),
     ("query", "sql", "SELECT client_id, stat_date, grab_sales, total_orders, extra FROM client_stats ORDER BY client_id, stat_date",
      "--format", "json"),
     ("query", "sql", "SELECT * FROM client_aggregates ORDER BY client_id, period", "--format", "json"),
@@ -102,6 +107,8 @@ def test_every_report_gives_the_same_values_on_both_engines(cli, demo, tmp_path,
     for config in (sqlite_config, pg_config):
         logged = run(cli, config, "-v", "query", "top", "--from", "2026-08-13", "--to", "2026-11-20").stderr
         assert "reading partial sums for 2026-08-13..2026-11-20" in logged
+        logged = run(cli, config, "-v", "query", "movers", "--days", "7").stderr
+        assert "ranking movers of 2026-11-" in logged and "from their stored sums" in logged
     changes = json.loads(run(cli, pg_config, "query", "changes", "--format", "json").stdout)
     restated = {(c["client_id"], c["stat_date"], c["column"], c["new_value"]) for c in changes if c["column"] != "*"}
     assert (5, "2026-11-20", "grab_sales", 123456.78) in restated
@@ -206,15 +213,19 @@ def test_sums_of_counts_over_any_window_come_back_as_integers_not_numeric(cli, d
     assert run(cli, configure(tmp_path, demo, pg_url, "pg"), "sync", "--days-back", "20").code == 0
     end = date.fromisoformat(rows_of(pg_url, "SELECT MAX(stat_date) FROM client_stats")[0][0])
     sql, params = window_values(end - timedelta(days=12), end - timedelta(days=2), "avg_order_value", ("days_with_data",), POSTGRES)
+    in_cents, cents_params = window_values(end - timedelta(days=12), end - timedelta(days=2), "total_sales", (), POSTGRES, in_cents=True)
     conn = open_reader(PostgresURL(pg_url))
     try:
         cursor = conn.conn.execute(translate(sql), params)
         types = {c.name: c.type_code for c in cursor.description}
         rows = cursor.fetchall()
+        # An amount left in whole cents (movers ranks them so) is a sum of integers too.
+        cents_types = {c.name: c.type_code for c in conn.conn.execute(translate(in_cents), cents_params).description}
     finally:
         conn.close()
     int8, float8 = 20, 701
     assert types == {"client_id": int8, "avg_order_value": float8, "days_with_data": int8, "total_sales": float8, "total_orders": int8}
+    assert cents_types == {"client_id": int8, "total_sales": int8}
     orders = dict(rows_of(pg_url, "SELECT client_id, SUM(total_orders) FROM client_stats WHERE stat_date BETWEEN ? AND ? GROUP BY 1",
                           [(end - timedelta(days=12)).isoformat(), (end - timedelta(days=2)).isoformat()]))
     assert {row[0]: row[4] for row in rows} == orders and len(orders) == DEMO_CLIENTS

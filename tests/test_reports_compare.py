@@ -346,11 +346,13 @@ def test_movers_by_change_with_a_floor_on_the_base(conn, rows):
 
 @pytest.fixture(scope="module")
 def one_lagging(replica, tmp_path_factory) -> Path:
-    """A copy where client 6 stopped sending data 4 days before TODAY, rollups rebuilt."""
+    """A copy where client 6 stopped sending data 4 days before TODAY and client 3 is no longer
+    active, rollups rebuilt."""
     copy = tmp_path_factory.mktemp("lagging") / "replica.db"
     shutil.copy(replica, copy)
     with sqlite3.connect(copy) as conn:
         conn.execute("DELETE FROM client_stats WHERE client_id = 6 AND stat_date > ?", [(TODAY - timedelta(days=4)).isoformat()])
+        conn.execute("UPDATE clients SET active = 0 WHERE id = 3")
     with freeze_time(NOW):
         assert run_aggregate(copy, TODAY).status == "ok"
     return copy
@@ -580,21 +582,40 @@ def lagging_raw_only(one_lagging, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("days", ROLLING_PERIODS.values())
 @pytest.mark.parametrize("compare", ["previous", "year"])
-@pytest.mark.parametrize("by", ["total_sales", "avg_order_value"])
-def test_movers_of_a_stored_period_read_from_its_stored_sums_are_the_raw_rows_movers(one_lagging, lagging_raw_only, days, compare, by):
-    """Movers of a rolling period ending today read both windows' sums and the clients' last days
-    from the aggregate's tables: every row, figure and flag is what the raw rows give."""
+@pytest.mark.parametrize(("by", "options"), [
+    ("total_sales", {"rank": "change"}),
+    ("total_sales", {"limit": 2}),
+    ("total_sales", {"limit": 1, "min_base": 5_000_000, "active_only": True}),
+    ("avg_order_value", {"rank": "change"}),
+    ("avg_order_value", {"limit": 2, "active_only": True}),
+    ("total_orders", {"limit": 2, "min_base": 150}),
+    ("total_orders", {"limit": 3, "rank": "change"}),
+    ("ads_roas", {"limit": 2, "min_base": 2.5}),
+])
+def test_movers_of_a_stored_period_ranked_in_sql_are_the_raw_rows_movers(one_lagging, lagging_raw_only, days, compare, by, options):
+    """Movers of a rolling period ending today choose their clients in SQL from the stored pairs of
+    sums (WINDOW_PAIRS) and the clients' last days: every row, figure, rank and flag is what ranking
+    every client's raw rows in Python gives, with few clients kept (`limit`), a floor on the base,
+    inactive clients left out, by a sum in cents, a count or a ratio, by percent or change."""
     window = Window(TODAY - timedelta(days=days - 1), TODAY)
+    base = reports.base_window(window, compare)
+    options = {"limit": 100, **options}
     results = []
     for path in (one_lagging, lagging_raw_only):
         connection = readonly.open_readonly(path)
         try:
             with readonly.snapshot(connection):
-                assert reports._plan(connection, window).summed == (path == one_lagging)
-                assert reports._plan(connection, reports.base_window(window, compare)).summed == (path == one_lagging)
-                results.append(reports.movers(connection, window, by, limit=100, compare=compare, rank="change").rows)
+                plan = reports._plan(connection, window)
+                assert (plan.period is not None) == (path == one_lagging)  # read from the rollups, or every raw row
+                if plan.period is not None:
+                    ranking = reports._Ranking(by, by == "total_sales", True, 1, None, False, TODAY.isoformat())
+                    assert reports._stored_candidates(connection, plan, base, ranking) is not None
+                results.append(reports.movers(connection, window, by, compare=compare, **options).rows)
         finally:
             connection.close()
     assert results[0] == results[1]
-    assert [(r["direction"], r["last_day"]) for r in results[0] if r["client_id"] == 6] == [
-        ("lagging", (TODAY - timedelta(days=4)).isoformat())]
+    if options["limit"] == 100 and compare == "previous":
+        assert [(r["direction"], r["last_day"]) for r in results[0] if r["client_id"] == 6] == [
+            ("lagging", (TODAY - timedelta(days=4)).isoformat())]
+    if options.get("active_only"):
+        assert 3 not in {r["client_id"] for r in results[0]}

@@ -24,7 +24,7 @@ from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import rollups_as_of
-from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span, rolling_windows
+from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span, rolling_windows, window_pairs
 from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
     ADDED,
@@ -37,7 +37,7 @@ from .sql import (
     RATIOS,
     ROLLING_PERIODS,
     STORED,
-    WINDOW_SUMS,
+    WINDOW_PAIRS,
     cents_of,
 )
 from .windows import added_per_client, clients_with_data, trimmed, window_part_list, window_parts
@@ -67,9 +67,11 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db.execute(f"DROP TABLE IF EXISTS {EDGE_CLIENTS}")
     db.execute(f"CREATE TABLE {EDGE_CLIENTS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, "
                "clients_with_data INTEGER NOT NULL, PRIMARY KEY (period_start, period_end)) WITHOUT ROWID")
-    db.execute(f"DROP TABLE IF EXISTS {WINDOW_SUMS}")
-    db.execute(f"CREATE TABLE {WINDOW_SUMS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, client_id INTEGER NOT NULL, "
-               f"days_with_data INTEGER NOT NULL, {_PART_METRICS}, PRIMARY KEY (period_start, period_end, client_id)) WITHOUT ROWID")
+    db.execute(f"DROP TABLE IF EXISTS {OLD_WINDOW_SUMS}")
+    db.execute(f"DROP TABLE IF EXISTS {WINDOW_PAIRS}")
+    db.execute(f"CREATE TABLE {WINDOW_PAIRS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, base_start TEXT NOT NULL, "
+               f"client_id INTEGER NOT NULL, last_day TEXT, {_PART_METRICS}, {_BASE_METRICS}, "
+               "PRIMARY KEY (period_start, period_end, base_start, client_id)) WITHOUT ROWID")
     db.execute(f"DROP TABLE IF EXISTS {LAST_DAYS}")
     db.execute(f"CREATE TABLE {LAST_DAYS}(client_id INTEGER PRIMARY KEY, last_day TEXT NOT NULL)")
 
@@ -120,7 +122,12 @@ _MONTH_COLUMNS = ["client_id", "month", "days_with_data", *METRICS]
 
 
 _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
+_BASE_METRICS = ", ".join(f"base_{m} INTEGER" for m in METRICS)
+# The rolling periods' and their base windows' per-client sums, while WINDOW_PAIRS is built from them.
+_WINDOW_SUMS = "agg_summed_windows"
 _WINDOW_SUMS_COLUMNS = ("period_start", "period_end", "client_id", "days_with_data", *METRICS)
+# Where versions before WINDOW_PAIRS stored those sums: dropped by a rebuild, which makes WINDOW_PAIRS.
+OLD_WINDOW_SUMS = "agg_window_sums"
 
 
 def _create_parts(db: sqlite_utils.Database) -> None:
@@ -352,7 +359,7 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
     """Recompute the partial sums and rollup rows of the pieces, months, weeks and days the
     `changed` (client, day) keys fall in, and every rolling period as of `as_of`, on the replica
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
-    window and every calendar month with data. The base windows (WINDOW_SUMS) without a changed
+    window and every calendar month with data. The base windows (WINDOW_PAIRS) without a changed
     day (deleted days included) are handed to `meanwhile` first (`sums_meanwhile`), to be read
     while the rest is refreshed: client_stats is as the sync committed it, so their first and
     last day of data, and every partial sum inside them, are the same before the refresh and after."""
@@ -399,7 +406,7 @@ def months_built(db) -> list[tuple[str, date, date]]:
 def rolling(db, dialect: Dialect, as_of: date, params: dict, base: dict[Window, tuple[str, dict]] | None = None,
             read: dict[Window, Future[list[tuple]]] | None = None) -> list[tuple[str, date, date]]:
     """The rolling periods' rows as of `as_of`, per client and overall, from the partial sums (no
-    row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_SUMS and LAST_DAYS for them; returns
+    row of theirs may be stored yet), EDGE_CLIENTS, WINDOW_PAIRS and LAST_DAYS for them; returns
     (period, first day, last day). `base` and `read`: the base windows' sums, as `_window_sums`
     takes them."""
     temp = dialect.temp
@@ -430,8 +437,8 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, base: dict[Window, 
         )
     _edge_clients(db, dialect, as_of)
     db.execute(f"DROP TABLE {temp}.agg_month_so_far")
-    _window_sums(db, dialect, base if base is not None else _base_window_sums(db, dialect, as_of), read or {})
     _last_days(db)
+    _window_pairs(db, dialect, as_of, base if base is not None else _base_window_sums(db, dialect, as_of), read or {})
     insert_rows(db, "client_aggregates", "client_id", (
         f"SELECT period, period_start, period_end, client_id, days_with_data, {STORED} FROM {temp}.agg_rolling"), params)
     for name, start, end in periods:
@@ -445,7 +452,7 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, base: dict[Window, 
 
 
 def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[str, dict]]:
-    """The SQL and parameters of the WINDOW_SUMS rows of each base window of the rolling periods
+    """The SQL and parameters of the per-client sums of each base window of the rolling periods
     ending at `as_of` that holds a day of data, summed over those days from the partial sums."""
     first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
     if first is None:
@@ -462,13 +469,20 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
     return sums
 
 
-def _window_sums(db, dialect: Dialect, base: dict[Window, tuple[str, dict]], read: dict[Window, Future[list[tuple]]]) -> None:
-    """WINDOW_SUMS: the rolling periods' per-client sums (temp.agg_rolling) and their base
-    windows', each from the rows a reader thread summed (`read`, see `sums_meanwhile`) or from its
-    SQL (`base`, `_base_window_sums`). `movers` of a stored period then reads both windows, 10,000
-    rows each, by key, where summing the base window cost it 50-240 ms at 10,000 clients."""
-    db.execute(f"DELETE FROM {WINDOW_SUMS}")
-    db.execute(f"INSERT INTO {WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {dialect.temp}.agg_rolling")
+def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[str, dict]],
+                  read: dict[Window, Future[list[tuple]]]) -> None:
+    """WINDOW_PAIRS: each rolling period's per-client sums (temp.agg_rolling) beside each of its
+    base windows' with data, and LAST_DAYS' last day, for every client with data in the base
+    window. The base windows' sums come from the rows a reader thread summed (`read`, see
+    `sums_meanwhile`) or from their SQL (`base`, `_base_window_sums`). `movers` of a stored period
+    then ranks 10,000 clients in SQL over one table (7 ms where reading both windows' 20,000 rows
+    into Python and ranking them there took 15)."""
+    temp = dialect.temp
+    db.execute(f"DROP TABLE IF EXISTS {temp}.{_WINDOW_SUMS}")
+    db.execute(dialect.temp_table(_WINDOW_SUMS, {"period_start": dialect.day_type, "period_end": dialect.day_type, "client_id": "BIGINT",
+                                                 "days_with_data": "BIGINT", **dict.fromkeys(METRICS, "BIGINT")},
+                                  "period_start, period_end, client_id"))
+    db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {temp}.agg_rolling")
     failed: list[Exception] = []
     for window, (sql, params) in base.items():
         try:
@@ -477,12 +491,25 @@ def _window_sums(db, dialect: Dialect, base: dict[Window, tuple[str, dict]], rea
             failed.append(exc)
             rows = None
         if rows is None:
-            db.execute(f"INSERT INTO {WINDOW_SUMS} {sql}", params)
+            db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} {sql}", params)
         else:
-            db.insert_rows(WINDOW_SUMS, _WINDOW_SUMS_COLUMNS, rows)
+            db.insert_rows(f"{temp}.{_WINDOW_SUMS}", _WINDOW_SUMS_COLUMNS, rows)
     if failed:
         log.warning("aggregate: its reader connection failed (%s); the writer summed %d base window%s itself",
                     " ".join(str(failed[0]).split())[:200], len(failed), "" if len(failed) == 1 else "s")
+    for statement in dialect.fresh_statistics(f"{temp}.{_WINDOW_SUMS}"):
+        db.execute(statement)
+    db.execute(f"DELETE FROM {WINDOW_PAIRS}")
+    now, before = ", ".join(f"c.{m}" for m in METRICS), ", ".join(f"b.{m}" for m in METRICS)
+    for window, base_window in window_pairs(as_of):
+        if base_window in base:  # else no day of data in the base window: nothing to compare, no row
+            db.execute(
+                f"INSERT INTO {WINDOW_PAIRS} SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, {dialect.as_date(':base_start')}, "
+                f"b.client_id, l.last_day, {now}, {before} FROM {temp}.{_WINDOW_SUMS} b "
+                f"LEFT JOIN {temp}.{_WINDOW_SUMS} c ON c.period_start = :start AND c.period_end = :end AND c.client_id = b.client_id "
+                f"LEFT JOIN {LAST_DAYS} l ON l.client_id = b.client_id WHERE b.period_start = :base_start AND b.period_end = :base_end",
+                {**window.params(), "base_start": base_window.start.isoformat(), "base_end": base_window.end.isoformat()})
+    db.execute(f"DROP TABLE {temp}.{_WINDOW_SUMS}")
 
 
 def _last_days(db) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import date
 
 from ..dialect import dialect_of
-from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, PARTS_TABLES, WINDOW_SUMS
+from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, PARTS_TABLES, WINDOW_PAIRS
 
-ROLLUP_TABLES = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS, WINDOW_SUMS, LAST_DAYS)
+ROLLUP_TABLES = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values(), *PARTS_TABLES, EDGE_CLIENTS, WINDOW_PAIRS, LAST_DAYS)
 
 
 def rollups_as_of(conn, before_run: int | None = None) -> date | None:

@@ -4,7 +4,6 @@ of whole pieces; and a window covered by whole months, whole pieces and single d
 from __future__ import annotations
 
 from datetime import date, timedelta
-from functools import lru_cache
 
 from ..days import COMPARISONS, Window, base_window, month_end, next_month, week_end, week_start
 from .sql import ROLLING_PERIODS
@@ -77,11 +76,11 @@ def rolling_windows(as_of: date) -> list[Window]:
 
 def base_windows(as_of: date) -> list[Window]:
     """The base windows (`--compare previous|year`) of the rolling periods ending at `as_of`, in order."""
-    return sorted({base_window(window, compare) for window in rolling_windows(as_of) for compare in COMPARISONS},
-                  key=lambda w: (w.start, w.end))
+    return sorted({base for _, base in window_pairs(as_of)}, key=lambda w: (w.start, w.end))
 
 
-@lru_cache(maxsize=4)
-def summed_windows(as_of: date) -> frozenset[Window]:
-    """The windows whose per-client sums the aggregate stores (WINDOW_SUMS) as of `as_of`."""
-    return frozenset([*rolling_windows(as_of), *base_windows(as_of)])
+def window_pairs(as_of: date) -> list[tuple[Window, Window]]:
+    """Each rolling period ending at `as_of` beside each of its base windows (`--compare
+    previous|year`), once: the pairs whose sums the aggregate stores (WINDOW_PAIRS)."""
+    return sorted({(window, base_window(window, compare)) for window in rolling_windows(as_of) for compare in COMPARISONS},
+                  key=lambda pair: (pair[0].start, pair[1].start))

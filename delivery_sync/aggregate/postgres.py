@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .build import calendar_table, can_refresh, months_built, parts_done, refresh, rolling, sums_meanwhile
+from .build import OLD_WINDOW_SUMS, calendar_table, can_refresh, months_built, parts_done, refresh, rolling, sums_meanwhile
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
-from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_SUMS, cents_of
+from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_PAIRS, cents_of
 
 if TYPE_CHECKING:
     from ..replica import ChangedRows
@@ -50,6 +50,7 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
         db.execute("SET LOCAL jit = off")
         built, refreshed = refresh(db, PG, as_of, computed_at, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
     else:
+        db.execute(f"DROP TABLE IF EXISTS {OLD_WINDOW_SUMS}")  # the first rebuild after an upgrade: a table no longer written
         for name, definition, indexes in _TABLES:
             _emptied(db, name, definition, indexes)
         _build_parts(db)
@@ -107,8 +108,9 @@ _TABLES = (
     ("agg_parts_run", "run_id BIGINT NOT NULL", ()),
     (EDGE_CLIENTS, "period_start DATE NOT NULL, period_end DATE NOT NULL, clients_with_data BIGINT NOT NULL, "
      "PRIMARY KEY (period_start, period_end)", ()),
-    (WINDOW_SUMS, f"period_start DATE NOT NULL, period_end DATE NOT NULL, client_id BIGINT NOT NULL, days_with_data BIGINT NOT NULL, "
-     f"{_PART_METRICS}, PRIMARY KEY (period_start, period_end, client_id)", ()),
+    (WINDOW_PAIRS, f"period_start DATE NOT NULL, period_end DATE NOT NULL, base_start DATE NOT NULL, client_id BIGINT NOT NULL, "
+     f"last_day DATE, {_PART_METRICS}, {', '.join(f'base_{m} BIGINT' for m in METRICS)}, "
+     "PRIMARY KEY (period_start, period_end, base_start, client_id)", ()),
     (LAST_DAYS, "client_id BIGINT PRIMARY KEY, last_day DATE NOT NULL", ()),
 )
 

@@ -8,6 +8,8 @@ comes from the connection's `Dialect`.
 
 from __future__ import annotations
 
+import re
+
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS
 
@@ -112,10 +114,12 @@ FROM (SELECT {key} AS period, COUNT(DISTINCT client_id) AS clients_with_data,
 # per Monday-started week with data, same columns as overall_aggregates.
 FINE_TABLES = {"day": "overall_daily", "week": "overall_weekly"}
 EDGE_CLIENTS = "agg_edge_clients"
-# Per client, in whole cents as the partial sums: every rolling period ending at the as-of date
-# and each one's base windows (`movers --compare previous|year`), keyed by (period_start,
-# period_end, client_id); so movers of a stored period reads both windows by key.
-WINDOW_SUMS = "agg_window_sums"
+# Per client with data in a base window (`movers --compare previous|year`) of a rolling period
+# ending at the as-of date: the period's sums (NULL without data) beside the base window's
+# (`base_<metric>`), in whole cents as the partial sums, and the client's last day of data; keyed
+# by (period_start, period_end, base_start, client_id). So movers of a stored period ranks its
+# clients in one pass over one table, in SQL, instead of reading two windows of 10,000 rows.
+WINDOW_PAIRS = "agg_window_pairs"
 # Per client with data, its last day of data: who stopped sending data, without a probe a client.
 LAST_DAYS = "agg_client_last_days"
 
@@ -161,6 +165,25 @@ def cents_of(alias: str) -> str:
 def rupiah(cents_sql: str) -> str:
     """An amount in whole cents back in rupiah, a float: the value CLIENT_SUMS gives."""
     return f"CAST({cents_sql} AS DOUBLE PRECISION) / 100"
+
+
+_METRIC_NAME = re.compile(r"\b(" + "|".join(METRICS) + r")\b")
+
+
+def value_of(figure: str, dialect: Dialect = SQLITE, *, in_cents: bool = False, prefix: str = "") -> str:
+    """SQL of `figure` (a metric, a ratio of metrics, or another count such as days_with_data)
+    over per-client sums in whole cents named `prefix` + metric: the number CLIENT_SUMS gives, an
+    amount in rupiah (with `in_cents`, an amount `figure` stays in whole cents, an integer), a
+    count an integer on `dialect`'s engine, a ratio of those."""
+    def column(metric: str) -> str:
+        name = prefix + metric
+        if metric in AMOUNT_METRICS and not (in_cents and metric == figure):
+            return f"({rupiah(name)})"
+        return dialect.counted(name)  # a sum of integers (cents or a count): an integer, not PostgreSQL's NUMERIC
+
+    if figure in RATIOS:
+        return _METRIC_NAME.sub(lambda found: column(found.group(1)), RATIOS[figure])
+    return column(figure)
 
 
 PLAIN = ", ".join(METRICS)

@@ -10,7 +10,7 @@ from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import KEY_INDEX_SUMS, RATIOS, STORED, SUMMED, WINDOW_SUMS, cents, id_list, rupiah
+from .sql import KEY_INDEX_SUMS, RATIOS, STORED, SUMMED, cents, id_list, rupiah, value_of
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
@@ -90,10 +90,9 @@ def client_window_sums(start: date, end: date, clients: list[int] | None = None,
 
 
 def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = (), dialect: Dialect = SQLITE, *,
-                  stored: bool = False, in_cents: bool = False) -> tuple[str, dict]:
+                  in_cents: bool = False) -> tuple[str, dict]:
     """SQL of per-client (client_id, `metric`, *`extra`) over [start, end] from the partial sums,
-    and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers. With
-    `stored`, from the window's rows in WINDOW_SUMS (one of `pieces.summed_windows`) instead.
+    and its parameters: a metric's sum or a ratio of sums, with CLIENT_SUMS's numbers.
 
     Only the metrics `metric` and `extra` need are summed (a ratio's numerator and denominator),
     at a fraction of the cost of summing every column, in whole cents and then in rupiah exactly
@@ -104,16 +103,10 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     """
     needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
     inputs = [m for m in SUMMED if m in needed | set(extra)]
-    if stored:
-        sql = f"SELECT client_id, {', '.join(inputs)} FROM {WINDOW_SUMS} WHERE period_start = :w_start AND period_end = :w_end"
-        params = {"w_start": start.isoformat(), "w_end": end.isoformat()}
-    else:
-        sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
-    in_rupiah = [m for m in inputs if m in AMOUNT_METRICS and not (in_cents and m == metric)]
-    amounts = ", ".join(f"{rupiah(m)} AS {m}" if m in in_rupiah else m for m in inputs)
-    value = "" if metric in METRICS else f"{RATIOS[metric]} AS {metric}, "
-    counts = ", ".join(m if m in in_rupiah else f"{dialect.counted(m)} AS {m}" for m in inputs)
-    return f"SELECT client_id, {value}{counts} FROM (SELECT client_id, {amounts} FROM ({sql}) AS cents) AS rupiah", params
+    sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
+    figures = [f"{value_of(metric, dialect, in_cents=in_cents)} AS {metric}"]
+    figures += [f"{value_of(m, dialect)} AS {m}" for m in inputs if m != metric]
+    return f"SELECT client_id, {', '.join(figures)} FROM ({sql}) AS cents", params
 
 
 def window_ranking(start: date, end: date, metric: str, *, ascending: bool = False, min_orders: int | None = None,
