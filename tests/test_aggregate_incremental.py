@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import raw_path, stored
 
-from delivery_sync.aggregate.current import rollups_as_of
+from delivery_sync.aggregate.current import LAYOUT_KEY, layout_stamp, rollups_as_of
 from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.days import Window
@@ -373,6 +373,15 @@ def test_the_rollups_are_current_until_a_sync_may_have_changed_the_rows_they_sum
     execute_db(db_path, "INSERT INTO sync_runs(started_at, command, status, error) VALUES ('2026-01-01T00:00:00Z', 'sync', 'failed', 'interrupted')")
     assert rollups_as_of_db(db_path) is None  # an interrupted sync may have written anything
     assert aggregate_locked(open_store(setting(db_path)), today).status == "ok" and rollups_as_of_db(db_path) == today
+    # An aggregate of an older delivery-sync after a downgrade: its own ok run and partial sums, but
+    # no layout stamp, and the tables it does not know (agg_window_pairs) left as they were.
+    execute_db(db_path, "INSERT INTO sync_runs(started_at, command, status, window_end) VALUES ('2026-01-02T00:00:00Z', "
+                        "'aggregate', 'ok', ?)", [today.isoformat()])
+    older = query_db(db_path, "SELECT MAX(id) FROM sync_runs")[0][0]
+    execute_db(db_path, "UPDATE agg_parts_run SET run_id = ?", [older])
+    assert rollups_as_of_db(db_path) is None  # not current until this version aggregates again
+    execute_db(db_path, "UPDATE meta SET value = ? WHERE key = ?", [layout_stamp(older), LAYOUT_KEY])
+    assert rollups_as_of_db(db_path) == today  # (what this version's aggregate would have stamped)
     execute_db(db_path, "DROP TABLE agg_window_pairs")
     assert rollups_as_of_db(db_path) is None  # rollups of a version without every table
 

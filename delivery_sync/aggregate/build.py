@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
-from .current import rollups_as_of
+from .current import LAYOUT_KEY, layout_stamp, rollups_as_of
 from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span, rolling_windows, window_pairs
 from .rollup_rows import client_month_rows, insert_rows, overall_rows, week_key
 from .sql import (
@@ -106,6 +106,8 @@ def parts_done(db, run_id: int):
 
     db.execute("DELETE FROM agg_parts_run")
     db.execute("INSERT INTO agg_parts_run(run_id) VALUES (?)", [run_id])
+    db.execute("DELETE FROM meta WHERE key = ?", [LAYOUT_KEY])
+    db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", [LAYOUT_KEY, layout_stamp(run_id)])
     # Rows from the per-day sums (a row a day), and clients by one probe each of the listed clients (rows
     # exist only for them): not a pass over every client-month (45 ms at 10,000 clients x 3 years).
     clients, rows = db.execute(
