@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -434,6 +435,8 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         raise UsageError(f"--limit must be at least 1 (got {limit})")
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
+    if min_base is not None and not math.isfinite(min_base):
+        raise UsageError(f"--min-base must be a finite number (got {min_base})")
     base, by_pct = base_window(window, compare), rank == "pct"
     plan, base_plan = _plans(conn, window, base)
     # An amount is read and ranked in whole cents: 10,000 subtractions of integers, where

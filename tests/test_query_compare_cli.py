@@ -150,6 +150,13 @@ def test_movers_against_a_base_window_without_data_say_so(query):
     assert json.loads(query("movers", "--days", "7", "--compare", "year", "--format", "json").stdout) == []
 
 
+@pytest.mark.parametrize("floor", ["nan", "inf", "-inf", "1e400"])
+def test_movers_refuse_a_floor_that_is_no_finite_number(query, floor):
+    result = query("movers", "--days", "7", "--min-base", floor, "--format", "csv")
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[0] == f"error: --min-base must be a finite number (got {float(floor)})"
+
+
 def test_totals_by_platform_table_and_json(query, replica):
     table = query("totals", "--by", "platform", "--days", "7")
     assert table.code == 0 and widest(table.stdout) <= 80

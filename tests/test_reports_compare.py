@@ -442,7 +442,8 @@ def test_clients_with_data_of_the_edge_periods_of_totals_by_period(one_lagging, 
 
 def test_movers_refuse_bad_input(conn):
     for kwargs, message in (({"by": "revenue"}, "unknown metric"), ({"limit": 0}, "--limit must be at least 1"),
-                            ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'")):
+                            ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'"),
+                            ({"min_base": float("nan")}, "--min-base must be a finite number")):
         with pytest.raises(UsageError, match=message):
             reports.movers(conn, WINDOWS["last_7d"], **kwargs)
 
