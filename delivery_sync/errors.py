@@ -51,6 +51,10 @@ class NoReplica(UsageError):
     pass
 
 
+class DamagedReplica(NoReplica):
+    """The replica file is there but SQLite finds it corrupt, or not a database at all."""
+
+
 class ReadOnlyViolation(UsageError):
     pass
 

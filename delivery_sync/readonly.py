@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .dialect import dialect_of
-from .errors import NoReplica, ReadOnlyViolation, UnsafeLockFile, UsageError
+from .errors import DamagedReplica, NoReplica, ReadOnlyViolation, UnsafeLockFile, UsageError
 
 # PRAGMAs that only read state; any other PRAGMA (or one given a value) is refused.
 READ_ONLY_PRAGMAS = frozenset({
@@ -85,6 +85,8 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     try:
         conn, ours = _connect(path, "mode=ro")
     except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise damaged(path, exc) from None
         if not _is_write_refused(exc):
             raise NoReplica(f"cannot read replica {path}: {exc}") from None
         why = _immutable_unsafe(path)
@@ -115,6 +117,18 @@ def _connect(path: Path, options: str) -> tuple[sqlite3.Connection, bool]:
         conn.close()
         raise
     return conn, bool(ours)
+
+
+def is_damage(exc: Exception) -> bool:
+    """Whether SQLite raised `exc` because the file is corrupt or not a database at all
+    (SQLITE_CORRUPT, SQLITE_NOTADB), not because of the statement, a lock or a permission."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def damaged(path, exc: Exception) -> DamagedReplica:
+    """The one line a damaged replica gets, whichever command read it."""
+    return DamagedReplica(f"replica {path} is corrupt or unreadable ({' '.join(str(exc).split())})", hint=CORRUPT_ADVICE)
 
 
 def _is_write_refused(exc: sqlite3.DatabaseError) -> bool:

@@ -48,7 +48,7 @@ from .days import Window, base_window, month_end, next_month, week_end, week_sta
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
 from .metrics import AMOUNT_METRICS, METRICS
-from .readonly import check_denied
+from .readonly import check_denied, is_damage
 from .status import LAG_DAYS
 
 log = logging.getLogger(__name__)
@@ -754,6 +754,8 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10, max_r
         check_denied(exc)
         raise UsageError(f"SQL error: {exc}") from None
     except sqlite3.DatabaseError as exc:
+        if is_damage(exc):  # the file, not the statement: said as every report says it
+            raise
         if "too big" in str(exc):
             raise UsageError(f"SQL error: a value would exceed {MAX_VALUE_BYTES // 2**20} MB ({exc})") from None
         check_denied(exc)

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .dialect import dialect_of
-from .errors import DeliverySyncError
+from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
 from .readonly import CORRUPT_ADVICE, reader_for, snapshot
 
@@ -104,7 +104,8 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
         try:
             conn = reader.connect()
         except DeliverySyncError as exc:  # no replica, or (PostgreSQL) no server to ask
-            if not tolerate_unopenable:
+            # A file SQLite cannot read as a database is a damaged replica: a verdict, not an error.
+            if not tolerate_unopenable and not isinstance(exc, DamagedReplica):
                 raise
             status.unreadable, status.unreadable_advice = str(exc), exc.hint
             status.verdict = judge(status)

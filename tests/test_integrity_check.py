@@ -5,11 +5,12 @@ otherwise; a damaged replica is refused with nothing written either way."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import DEMO_CLIENTS, overwrite_page, query_db
+from conftest import DEMO_CLIENTS, execute_db, overwrite_page, query_db
 from freezegun import freeze_time
 
 KEY = "integrity_checked_at"
@@ -102,6 +103,32 @@ def test_between_whole_checks_a_run_that_meets_a_damaged_page_fails_on_one_line(
     assert result.code == code, result.stderr
     assert f"replica {synced} is corrupt (database disk image is malformed)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [("query", "sql", "SELECT COUNT(*), SUM(grab_sales) FROM client_stats"),
+                                  ("query", "top", "--from", "2026-01-20", "--to", "2026-02-10")])
+def test_a_report_that_meets_a_damaged_page_fails_on_one_line(cli, synced, args):
+    # The SQL is fine and the window valid: the file is not. Said as a writing run says it, exit 2.
+    execute_db(synced, "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T00:00:00+00:00')")
+    damage_a_middle_leaf(synced)  # the rollups not current: the report reads every raw row of its window
+    result = cli(*args)
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: replica {synced} is corrupt or unreadable (database disk image is malformed) "
+        "(restore it from a backup, or move it away and run a full sync)"]
+
+
+def test_a_file_that_is_no_database_is_a_damaged_replica_to_status_and_reports(cli, tmp_path):
+    path = tmp_path / "replica.db"
+    path.write_text("id,total_sales\n1,100\n" * 500)  # e.g. a CSV export saved over it
+    said = f"replica {path} is corrupt or unreadable (file is not a database)"
+    view = cli("--db", str(path), "status")
+    assert view.code == 0 and view.stdout.splitlines()[0] == f"Replica can be trusted: NO - {said}"
+    check = cli("--db", str(path), "status", "--check")
+    assert check.code == 1 and check.stdout.startswith(f"status not ok: {said}")
+    assert json.loads(cli("--db", str(path), "status", "--json").stdout)["unreadable"] == said
+    report = cli("--db", str(path), "query", "top")
+    assert report.code == 2 and report.stderr.startswith(f"error: {said}")
 
 
 def test_a_table_an_analyst_added_with_a_quote_in_its_name_is_checked_like_any_other(cli, synced):

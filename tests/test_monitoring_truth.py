@@ -59,8 +59,11 @@ def test_metrics_of_a_replica_that_cannot_be_opened_still_parse(cli, config, db_
     assert prom.code == 0, prom.stderr
     values = metrics(prom.stdout)
     assert (values["delivery_sync_up"], values["delivery_sync_ok"], values["delivery_sync_fresh"], values["delivery_sync_exists"]) == (0, 0, 0, 1)
-    assert cli("status").code == 2  # for a person, the usual one-line error
-    assert cli("status", "--check").code == 2
+    # For a person and for cron, a damaged replica like any other: the verdict NO, and --check exits 1.
+    view = cli("status")
+    assert view.code == 0 and view.stdout.startswith("Replica can be trusted: NO - replica ")
+    assert "is corrupt or unreadable (file is not a database)" in view.stdout
+    assert cli("status", "--check").code == 1
 
 
 def _run_cron_line(tmp_path: Path, config: Path) -> subprocess.CompletedProcess:

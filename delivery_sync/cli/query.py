@@ -75,6 +75,10 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
         with readonly.snapshot(conn):
             result = build(conn, window)
             fresh = read_freshness(conn, datetime.now(UTC), settings.status.stale_after_hours)
+    except Exception as exc:
+        if readonly.is_damage(exc):  # a damaged page the report read: one line, as a writing run says it
+            raise readonly.damaged(settings.database, exc) from None
+        raise
     finally:
         conn.close()
     _warn_unless_fresh(fresh, settings.status.stale_after_hours)
