@@ -222,7 +222,7 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         {"id": client_id},
     ).fetchone()
     if not known[1]:
-        raise UsageError(f"unknown client id {client_id}: not in the replica", hint="see 'delivery-sync query top'")
+        raise _unknown_client(client_id)
     name = known[0]
     if daily:
         sql = with_ratios(
@@ -683,6 +683,10 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     dialect = dialect_of(conn)
     if "stat_changes" not in {row[0] for row in conn.execute(dialect.table_names)}:
         raise UsageError("this replica predates the change log (stat_changes)", hint="any writing run upgrades it, e.g. 'delivery-sync sync'")
+    if client_id is not None and not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM clients WHERE id = :id) OR EXISTS (SELECT 1 FROM stat_changes WHERE client_id = :id)",
+            {"id": client_id}).fetchone()[0]:  # a mistyped id must not read as "no changes"
+        raise _unknown_client(client_id)
     rows = _fetch(conn, _changes_sql(dialect), {**window.params(), "client_id": client_id})
     # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
@@ -690,6 +694,11 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
                   [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown, keep=6,
                   empty="the remote changed no stored day of this window")
+
+
+def _unknown_client(client_id: int) -> UsageError:
+    """The refusal of a client id the replica has never seen."""
+    return UsageError(f"unknown client id {client_id}: not in the replica", hint="see 'delivery-sync query top'")
 
 
 def check_statement(statement: str) -> None:

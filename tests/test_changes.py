@@ -75,6 +75,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
         one = json.loads(cli("query", "changes", "--client", "3", "--format", "json").stdout)
         outside = json.loads(cli("query", "changes", "--from", "2026-11-23", "--format", "json").stdout)
         unchanged = cli("query", "changes", "--client", "4")
+        unknown = cli("query", "changes", "--client", "9999")
     assert [(r["client_id"], r["stat_date"], r["column"]) for r in as_json] == [(5, "2026-11-23", "total_sales"), (3, "2026-11-22", "grab_orders")]
     newest = as_json[0]
     assert newest["new_value"] == 999.0 and newest["difference"] == round(999.0 - newest["old_value"], 2)
@@ -86,6 +87,9 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
     assert [r["client_id"] for r in one] == [3]
     assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
     assert unchanged.code == 0 and "the remote changed no stored day of this window" in unchanged.stdout
+    # A mistyped id is not "no changes": refused as `query client` refuses it.
+    assert unknown.code == 2 and unknown.stdout == ""
+    assert unknown.stderr.startswith("error: unknown client id 9999: not in the replica")
 
 
 @pytest.mark.sqlite_only("upgrades a SQLite replica file written by schema version 1 (no PostgreSQL replica had it)")
