@@ -267,6 +267,8 @@ class SqliteReader:
             raise UsageError(f"the folder of the replica {self.path} does not exist", hint="create it, or fix --db or `database`")
 
     def connect(self) -> sqlite3.Connection:
+        if not replica_exists(self.path):
+            self.check_path()  # a folder, or a missing one: said as such, not "run sync first"
         return open_readonly(self.path)
 
     # What reading a damaged file raises: `status` then says the replica cannot be trusted.

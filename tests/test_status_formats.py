@@ -86,12 +86,17 @@ def test_json_flag_and_format_agree_and_conflicts_are_usage_errors(cli, synced):
     bad = cli("status", "--format", "xml")
     assert bad.code == 2 and "'xml' is not one of text, json, prometheus" in bad.stderr
     assert cli("status", "--history", "-1").code == 2
+    huge = cli("status", "--history", "99999999999999999999")  # more than SQLite can bind: refused, not a crash
+    assert huge.code == 2 and "--history" in huge.stderr and "unexpected" not in huge.stderr
 
 
 def test_check_keeps_its_exit_code_in_every_format(cli, synced):
     assert cli("status", "--check").code == 1
     result = cli("status", "--check", "--format", "prometheus")
     assert result.code == 1 and "delivery_sync_ok 0" in result.stdout
+    for args in (("--format", "json"), ("--json",)):
+        result = cli("status", "--check", *args)
+        assert result.code == 1 and json.loads(result.stdout)["verdict"]["ok"] is False
 
 
 def test_status_on_a_folder_or_in_a_missing_folder_says_so(cli, tmp_path):
@@ -99,6 +104,10 @@ def test_status_on_a_folder_or_in_a_missing_folder_says_so(cli, tmp_path):
     assert folder.code == 2 and folder.stderr.startswith(f"error: {tmp_path} is a folder, not a replica file")
     missing = cli("--db", str(tmp_path / "nope" / "r.db"), "status")
     assert missing.code == 2 and "does not exist" in missing.stderr and "sync" not in missing.stdout
+    # A report says the same: a folder is not a replica that a sync would make.
+    report = cli("--db", str(tmp_path), "query", "top")
+    assert report.code == 2 and report.stderr.startswith(f"error: {tmp_path} is a folder, not a replica file")
+    assert "sync" not in report.stderr
 
 
 def test_a_refused_run_leaves_no_lock_beside_a_file_that_is_not_a_replica(cli, tmp_path, demo):

@@ -20,7 +20,9 @@ def status(
     fmt: str | None = option(None, "--format", metavar="text|json|prometheus",
         help="text (the view), json (one object) or prometheus (metrics for node_exporter's textfile collector) (default: text)."),
     as_json: bool = option(False, "--json", help="Short for --format json."),
-    history: int = option(0, "--history", metavar="N", min=0, help="Also list the last N runs of any command, newest first (default: 0, none)."),
+    # At most SQLite's largest integer: a larger N cannot be bound, and would crash rather than be refused.
+    history: int = option(0, "--history", metavar="N", min=0, max=2**63 - 1,
+                          help="Also list the last N runs of any command, newest first (default: 0, none)."),
     check: bool = option(False, "--check", help="Exit 1 unless the replica is fresh and the last sync ok (for monitors and cron)."),
 ) -> None:
     """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
