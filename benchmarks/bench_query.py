@@ -120,6 +120,8 @@ ANALYST = {
     "totals --by day --chart --chart-by ads_roas": lambda conn, m, w: m.totals(conn, w, "day", chart="ads_roas"),
     "movers --min-base 5000000 --rank change --active-only": lambda conn, m, w: m.movers(
         conn, w, min_base=5_000_000, rank="change", active_only=True),
+    # A ratio against the previous window, which a replica of one year holds (its year-earlier one not).
+    "movers --by ads_roas --limit 20": lambda conn, m, w: m.movers(conn, w, "ads_roas", 20),
 }
 REPORTS.update(ANALYST)
 

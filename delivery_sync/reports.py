@@ -569,9 +569,12 @@ def _stored_candidates(conn: sqlite3.Connection, plan: _Plan, base: Window, rank
         ranked += f" AND {base_value} <> 0"
     # Each client's change once (CASE, so that no base of 0 is ever divided by), then the three
     # lists from those 10,000 narrow rows: 8 ms where three passes over the pairs took 12.
+    # A ratio's SQL is long: computed once a row (a subquery would be flattened, and the ratio
+    # computed again wherever `now` and `base` are named: 17 ms for ads_roas, 9 this way).
+    values, source = (f"p AS MATERIALIZED ({pairs}), ", "p") if by in RATIOS else ("", f"({pairs}) AS p")
     chosen = (
-        f"WITH s AS MATERIALIZED (SELECT client_id, last_day, now, base, CASE WHEN {ranked} THEN {size} END AS size "
-        f"FROM ({pairs}) AS p WHERE base IS NOT NULL) "
+        f"WITH {values}s AS MATERIALIZED (SELECT client_id, last_day, now, base, CASE WHEN {ranked} THEN {size} END AS size "
+        f"FROM {source} WHERE base IS NOT NULL) "
         "SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE size > 0 ORDER BY size DESC, client_id LIMIT :limit) AS rose "
         "UNION ALL SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE size < 0 ORDER BY size, client_id LIMIT :limit) AS fell "
         "UNION ALL SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE COALESCE(last_day, :end) < :cutoff "
