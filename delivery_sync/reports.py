@@ -77,6 +77,7 @@ class Report:
     raw: bool = False  # values as SQLite gave them (query sql), not formatted as metrics
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
     subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
+    notes: list[str] = field(default_factory=list)  # caveats of the figures: under the subtitle, or on stderr with csv/json
     chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
     more: bool = False  # query sql: the statement returns more rows than `rows` (--max-rows)
     deadline: float | None = None  # query sql: time.monotonic() by which rendering must be done too (--max-seconds)
@@ -156,7 +157,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         table_rows = [{**row, "trend": trends[row["client_id"]]} for row in rows]
         shown = [*shown[:keep], "trend", *shown[keep:]]
         subtitle = "\n".join(filter(None, [subtitle, f"trend: {by} per {_trend_days(window)}, oldest first"]))
-    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows)
+    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows,
+                  notes=_base_notes(conn, base) if base is not None else [])
 
 
 def _stored_ranking(order: str, min_orders: int | None) -> str:
@@ -248,7 +250,8 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         return Report(title, columns, [row], columns, single=True)
     row = compared(row, one(base_plan), base, CLIENT_FIGURES)
     columns = with_comparison(columns, CLIENT_FIGURES)
-    return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})")
+    return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})",
+                  notes=_base_notes(conn, base))
 
 
 def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None,
@@ -273,7 +276,8 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
             return Report(title, TOTALS_COLUMNS, [row], TOTALS_COLUMNS, single=True)
         row = compared(row, _totals_row(conn, base_plan), base, TOTALS_FIGURES)
         columns = with_comparison(TOTALS_COLUMNS, TOTALS_FIGURES)
-        return Report(title, columns, [row], columns, single=True, figures=TOTALS_FIGURES, subtitle=f"against {base} ({compare})")
+        return Report(title, columns, [row], columns, single=True, figures=TOTALS_FIGURES, subtitle=f"against {base} ({compare})",
+                      notes=_base_notes(conn, base))
     if by == "platform":
         return _platforms(_totals_row(conn, _plan(conn, window)), window)
     if by not in GROUPINGS:
@@ -510,7 +514,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
              else f"no {by} in the base window {base}: nothing to compare")
     return Report(f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}",
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
-                  subtitle=f"against {base} ({compare}){floor}", empty=empty)
+                  subtitle=f"against {base} ({compare}){floor}", empty=empty, notes=_base_notes(conn, base))
 
 
 class _Move(NamedTuple):
@@ -653,6 +657,21 @@ def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, in_cents: bo
     return values, dict(conn.execute(
         "SELECT c.id, (SELECT MAX(s.stat_date) FROM client_stats s WHERE s.client_id = c.id AND s.stat_date <= :end) "
         f"FROM clients c WHERE c.id IN ({id_list(short)})", {"end": end}))
+
+
+def _base_notes(conn: sqlite3.Connection, base: Window) -> list[str]:
+    """A note when the base window of a comparison begins before the replica's first day of
+    data but holds some of it: its sums cover fewer days than the window's, and every change
+    (a client going from 35 days to 365 "rose 1,000%") compares unequal spans."""
+    first = conn.execute("SELECT MIN(stat_date) FROM client_stats").fetchone()[0]
+    if first is None:
+        return []
+    first = date.fromisoformat(str(first))
+    if not base.start < first <= base.end:  # whole, or none of it (the report says so itself)
+        return []
+    held = (base.end - first).days + 1
+    return [f"the base window holds only {held} of its {base.days} days (the replica's data starts {first}), "
+            "so its changes compare unequal spans"]
 
 
 def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:

@@ -150,6 +150,21 @@ def test_movers_against_a_base_window_without_data_say_so(query):
     assert json.loads(query("movers", "--days", "7", "--compare", "year", "--format", "json").stdout) == []
 
 
+def test_a_partial_base_window_is_noted_under_the_title_or_on_stderr(query):
+    note = ("the base window holds only 20 of its 30 days (the replica's data starts 2026-01-20), "
+            "so its changes compare unequal spans")
+    table = query("movers", "--days", "30", "--limit", "2")
+    assert table.code == 0 and widest(table.stdout) <= 80
+    lines = table.stdout.splitlines()
+    assert lines[1] == "against 2026-01-10..2026-02-08 (previous)"
+    assert " ".join(line.strip() for line in lines[2:4]) == f"note: {note}"  # wrapped at a word, within 80 columns
+    as_csv = query("top", "--days", "30", "--compare", "previous", "--format", "csv")
+    assert as_csv.code == 0 and "note" not in as_csv.stdout
+    assert as_csv.stderr.strip().endswith(f"warning: {note}")
+    whole = query("movers", "--days", "7", "--format", "json")
+    assert whole.code == 0 and "base window" not in whole.stderr
+
+
 @pytest.mark.parametrize("floor", ["nan", "inf", "-inf", "1e400"])
 def test_movers_refuse_a_floor_that_is_no_finite_number(query, floor):
     result = query("movers", "--days", "7", "--min-base", floor, "--format", "csv")

@@ -440,6 +440,21 @@ def test_clients_with_data_of_the_edge_periods_of_totals_by_period(one_lagging, 
     assert (counts[0][0], counts[0][2]) == ("2026-01-28", 8) and (counts[-1][1], counts[-1][2]) == (TODAY.isoformat(), 7 if by == "week" else 8)
 
 
+def test_a_base_window_reaching_before_the_data_is_noted_by_every_comparison(conn):
+    # The data start 2025-03-01: this window's previous one (2025-02-08..2025-03-09) holds 9 of its
+    # 30 days; the last 7 days' holds all 7, and the year-earlier window of 2025 none at all.
+    note = ["the base window holds only 9 of its 30 days (the replica's data starts 2025-03-01), "
+            "so its changes compare unequal spans"]
+    window = Window(date(2025, 3, 10), date(2025, 4, 8))
+    assert reports.movers(conn, window).notes == note
+    assert reports.top(conn, window, compare="previous").notes == note
+    assert reports.client(conn, window, 2, compare="previous").notes == note
+    assert reports.totals(conn, window, compare="previous").notes == note
+    assert reports.movers(conn, WINDOWS["last_7d"]).notes == []
+    assert reports.movers(conn, window, compare="year").notes == []  # no base: the report says so itself
+    assert reports.top(conn, window).notes == []  # nothing compared
+
+
 def test_movers_refuse_bad_input(conn):
     for kwargs, message in (({"by": "revenue"}, "unknown metric"), ({"limit": 0}, "--limit must be at least 1"),
                             ({"rank": "size"}, "--rank: 'size'"), ({"compare": "week"}, "--compare: 'week'"),

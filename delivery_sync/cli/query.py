@@ -82,6 +82,9 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
     finally:
         conn.close()
     _warn_unless_fresh(fresh, settings.status.stale_after_hours)
+    if fmt != "table":  # a table shows them under its title; csv and json carry only the rows
+        for note in result.notes:
+            log.warning("%s", note)
     render.report(result.select(wanted) if wanted else result, fmt)
     return result
 

@@ -170,7 +170,7 @@ def _report_table(rep) -> None:
     console = Console(highlight=False, width=width or max(natural, 80))
     if rep.title:  # its own line: a table-wide title would wrap over a narrow table
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
-    _subtitle(console, rep.subtitle)
+    _subtitle(console, rep.subtitle, rep.notes)
     if single and rep.rows:
         table = Table(show_header=False)
         table.add_column(style="bold", no_wrap=True)
@@ -198,12 +198,15 @@ def _report_table(rep) -> None:
         console.print(Text(left_out_line(left_out, width), style="dim"), soft_wrap=True)
 
 
-def _subtitle(console, subtitle: str) -> None:
-    """The lines under a title (ours, never remote text: a line each)."""
+def _subtitle(console, subtitle: str, notes: list[str] = ()) -> None:
+    """The lines under a title (ours, never remote text: a line each), then each note, wrapped
+    at word boundaries to the width (a note is a sentence, not a fact to grep for)."""
     from rich.text import Text
 
     for line in subtitle.splitlines():
         console.print(Text(safe(line)), soft_wrap=True)
+    for note in notes:
+        console.print(Text(f"note: {safe(note)}"))
 
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -229,7 +232,7 @@ def _bar_chart(rep, width: int) -> None:
     if rep.title:
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
     console.print(Text(f"{_label(value_key)} per {_label(label_key)}", style="dim"), soft_wrap=True)
-    _subtitle(console, rep.subtitle)
+    _subtitle(console, rep.subtitle, rep.notes)
     for label, cell, value in zip(labels, cells, values):
         eighths = round(value / largest * room * 8) if largest and value is not None and value > 0 else 0
         bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
