@@ -157,7 +157,12 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         table_rows = [{**row, "trend": trends[row["client_id"]]} for row in rows]
         shown = [*shown[:keep], "trend", *shown[keep:]]
         subtitle = "\n".join(filter(None, [subtitle, f"trend: {by} per {_trend_days(window)}, oldest first"]))
-    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows,
+    empty = ""
+    if not rows and (min_orders is not None or active_only) and _with_data(conn, window) is not None:
+        # The window has data: say which filter left no one, not "no data".
+        empty = (f"no {'active ' if active_only else ''}client"
+                 f"{'' if min_orders is None else f' with at least {min_orders:,} orders'} in this window")
+    return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows, empty=empty,
                   notes=_base_notes(conn, base) if base is not None else [])
 
 
@@ -507,12 +512,19 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
              by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
             for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]
     key = f"{by}_change_pct" if by_pct else f"{by}_change"
-    floor = "" if min_base is None else f", base at least {int(min_base) if min_base == int(min_base) else min_base:,}"
+    least = None if min_base is None else f"{int(min_base) if min_base == int(min_base) else min_base:,}"
+    floor = "" if least is None else f", base at least {least}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
-    empty = ("no client rose, fell or stopped sending data" if compared_to
-             else f"no {by} in the base window {base}: nothing to compare")
-    return Report(f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}",
+    if not compared_to:
+        empty = f"no {by} in the base window {base}: nothing to compare"
+    elif least is None and not active_only:
+        empty = "no client rose, fell or stopped sending data"
+    else:  # say which filter left no one: the base window does have figures
+        empty = (f"no {'active ' if active_only else ''}client rose or fell"
+                 f"{'' if least is None else f' from a base of at least {least}'}, and none stopped sending data")
+    title = f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}{', active clients only' if active_only else ''}"
+    return Report(title,
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
                   subtitle=f"against {base} ({compare}){floor}", empty=empty, notes=_base_notes(conn, base))
 

@@ -165,6 +165,26 @@ def test_a_partial_base_window_is_noted_under_the_title_or_on_stderr(query):
     assert whole.code == 0 and "base window" not in whole.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    (("movers", "--days", "7", "--min-base", "1e15"),
+     "no client rose or fell from a base of at least 1,000,000,000,000,000, and none stopped sending data"),
+    (("movers", "--days", "7", "--min-base", "1e15", "--active-only"),
+     "no active client rose or fell from a base of at least 1,000,000,000,000,000, and none stopped sending data"),
+    (("top", "--days", "7", "--min-orders", "100000"), "no client with at least 100,000 orders in this window"),
+    (("top", "--from", "2020-01-01", "--to", "2020-01-31", "--min-orders", "1"), "no data in this window"),
+])
+def test_a_filter_that_leaves_no_client_is_named_under_the_empty_table(query, monkeypatch, args, said):
+    monkeypatch.setenv("COLUMNS", "200")  # the caption on one line
+    result = query(*args)
+    assert result.code == 0 and said in result.stdout
+    assert "no data in this window" not in result.stdout or said == "no data in this window"
+
+
+def test_movers_of_active_clients_say_so_in_the_title(query):
+    assert query("movers", "--days", "7", "--active-only").stdout.startswith(
+        "Movers by total_sales (percent), 2026-03-04..2026-03-10, active clients only\n")
+
+
 @pytest.mark.parametrize("floor", ["nan", "inf", "-inf", "1e400"])
 def test_movers_refuse_a_floor_that_is_no_finite_number(query, floor):
     result = query("movers", "--days", "7", "--min-base", floor, "--format", "csv")
