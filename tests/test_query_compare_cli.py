@@ -98,6 +98,9 @@ def test_change_cells_are_signed_in_the_figure_own_unit():
     assert _cell("total_sales_change", 5000.0) == "+Rp 5,000"
     assert _cell("total_orders_change", 0) == "0"
     assert _cell("fake_order_rate_change", -0.0125) == "-1.25%"
+    # A refund (a negative amount) reads as a fall does: the sign before the currency.
+    assert _cell("grab_sales", -83332500.0) == _cell("grab_sales_change", -83332500.0) == "-Rp 83,332,500"
+    assert _cell("total_sales_base", -1234.0) == "-Rp 1,234" and _cell("sales", -0.4) == "Rp 0"
     assert _cell("ads_roas_change_pct", 12.345) == "+12.3%"
     assert _cell("avg_order_value_base", 70165.2) == "Rp 70,165"
 

@@ -325,6 +325,12 @@ def _label(column: str) -> str:
     return safe(column.replace("_", " "))
 
 
+def _rupiah(value: float) -> str:
+    """An amount in whole rupiah, a refund's sign before the currency as a change's is: `-Rp 1,234`."""
+    digits = f"{abs(value):,.0f}"
+    return f"{'-' if value < 0 and digits != '0' else ''}Rp {digits}"
+
+
 def _cell(column: str, value, raw: bool = False) -> str:
     """A value as a table shows it, safe for a terminal.
 
@@ -350,10 +356,8 @@ def _cell(column: str, value, raw: bool = False) -> str:
         return sign + _cell(column.removesuffix("_change"), abs(value))
     if column.endswith("_base"):
         return _cell(column.removesuffix("_base"), value)
-    if column == "sales":  # the platform split's
-        return f"Rp {value:,.0f}"
-    if column.endswith(("_sales", "_spend")) or column == "avg_order_value":
-        return f"Rp {value:,.0f}"
+    if column == "sales" or column.endswith(("_sales", "_spend")) or column == "avg_order_value":  # `sales`: the platform split's
+        return _rupiah(value)
     if column.endswith("_roas"):
         return f"{value:,.2f}"
     if column.endswith(("_rate", "_share")):
