@@ -110,6 +110,7 @@ def test_change_cells_are_signed_in_the_figure_own_unit():
     (("--days", "7", "--to", "yesterday"), ("2026-03-03", "2026-03-09")),
     (("--days", "7", "--to", "2026-03-01"), ("2026-02-23", "2026-03-01")),
     (("--from", "2026-03-01", "--to", "yesterday"), ("2026-03-01", "2026-03-09")),
+    (("--days", "7", "--to", "today"), ("2026-03-04", "2026-03-10")),
 ])
 def test_to_yesterday_and_days_ending_on_a_date(query, replica, args, window):
     result = query("totals", *args, "--format", "json")

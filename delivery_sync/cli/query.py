@@ -24,7 +24,7 @@ app.add_typer(query_app, name="query")
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
 _DAYS = option(None, "--days", metavar="N", help="The N calendar days ending today (default: 30).")
 _FROM = option(None, "--from", metavar="DATE", help="First day, YYYY-MM-DD (instead of --days).")
-_TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD or 'yesterday', not after today (default: today in "
+_TO = option(None, "--to", metavar="DATE", help="Last day, YYYY-MM-DD, 'today' or 'yesterday', not after today (default: today in "
              "source.timezone); without --from, the --days N (default 30) days ending there.")
 _FORMAT = option("table", "--format", metavar="table|csv|json", help="table for people, csv or json (exact numbers) for scripts (default: table).")
 _COLUMNS = option(None, "--columns", metavar="A,B,C", help="Only these columns, in this order, in every format (default: the report's own).")
@@ -63,7 +63,8 @@ def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None,
     window = None
     if windowed:
         today = settings.source.today()
-        start, end = parse_date(from_, "--from"), today - timedelta(days=1) if to == "yesterday" else parse_date(to, "--to")
+        named = {"today": today, "yesterday": today - timedelta(days=1)}  # in source.timezone
+        start, end = parse_date(from_, "--from"), named[to] if to in named else parse_date(to, "--to")
         if start is None and end is not None:  # `--to DATE [--days N]`: the N days ending there
             if end > today:
                 raise UsageError(f"--to {end} is after today ({today} in source.timezone)")
