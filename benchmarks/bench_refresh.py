@@ -50,7 +50,7 @@ from delivery_sync.sync import SyncOptions, run_sync  # noqa: E402
 
 ROLLUPS = {"client_aggregates": "client_id, period", "overall_aggregates": "period", **{t: "period" for t in FINE_TABLES.values()},
            "agg_client_pieces": "client_id, piece", "agg_client_months": "client_id, month", "agg_days": "day",
-           "agg_edge_clients": "period_start, period_end", "agg_window_pairs": "period_start, period_end, base_start, client_id",
+           "agg_edge_clients": "period_start, period_end", "agg_window_pairs": "period_start, period_end, base_start, base_end, client_id",
            "agg_client_last_days": "client_id"}
 
 OURS = Path(__file__).resolve().parent.parent  # this checkout, holding its delivery_sync

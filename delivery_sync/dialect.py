@@ -8,6 +8,8 @@ the connection's `Dialect`. Standard library only: the fast `query` path imports
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class Dialect:
     """SQLite's forms (days are `YYYY-MM-DD` text there)."""
@@ -20,6 +22,10 @@ class Dialect:
     # planner would read the day's index instead, each row on another page (2-3x slower).
     sums_client_by_client = True
     temp = "temp"  # the schema of the session's temporary tables, to name one
+    # `WITH x AS MATERIALIZED (...)`: compute a step once, however often it is named. The word
+    # came with SQLite 3.35; before it a CTE named more than once is computed once anyway, so the
+    # results are the same without it (only a step named once may be folded into its reader).
+    materialized = "MATERIALIZED" if sqlite3.sqlite_version_info >= (3, 35) else ""
     day_type = "TEXT"  # the column type of a day
     # A join done in the order written: SQLite's CROSS JOIN keeps its left table outside, where
     # its planner would otherwise start from the big table.
@@ -122,6 +128,7 @@ class PostgresDialect(Dialect):
     # probing 10,000 clients one by one.
     sums_client_by_client = False
     temp = "pg_temp"
+    materialized = "MATERIALIZED"
     day_type = "DATE"
     ordered_join = "JOIN"  # PostgreSQL's planner orders joins by its statistics
 

@@ -440,8 +440,8 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     """
     if by not in METRICS and by not in RATIOS:
         raise UsageError(f"unknown metric {by!r} for --by", hint=f"one of: {', '.join([*METRICS, *RATIOS])}")
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    if not 1 <= limit < 2**63:  # SQLite cannot bind a larger one
+        raise UsageError(f"--limit must be at least 1 and below 2^63 (got {limit})")
     if rank not in RANKINGS:
         raise UsageError(f"--rank: {rank!r} is not one of {', '.join(RANKINGS)}")
     if min_base is not None and not math.isfinite(min_base):
@@ -572,7 +572,7 @@ def _stored_candidates(conn: sqlite3.Connection, plan: _Plan, base: Window, rank
     log.debug("ranking movers of %s against %s from their stored sums", window, base)
     by, in_cents, dialect = ranking.by, ranking.in_cents, dialect_of(conn)
     inactive = " AND client_id NOT IN (SELECT id FROM clients WHERE COALESCE(active, 0) = 0)" if ranking.active_only else ""
-    key = "period_start = :start AND period_end = :end AND base_start = :base_start"
+    key = "period_start = :start AND period_end = :end AND base_start = :base_start AND base_end = :base_end"
     pairs = (f"SELECT client_id, last_day, {value_of(by, dialect, in_cents=in_cents)} AS now, "
              f"{value_of(by, dialect, in_cents=in_cents, prefix='base_')} AS base FROM {WINDOW_PAIRS} WHERE {key}{inactive}")
     base_value = "CAST(base AS DOUBLE PRECISION) / 100" if in_cents else "base"
@@ -587,16 +587,18 @@ def _stored_candidates(conn: sqlite3.Connection, plan: _Plan, base: Window, rank
     # lists from those 10,000 narrow rows: 8 ms where three passes over the pairs took 12.
     # A ratio's SQL is long: computed once a row (a subquery would be flattened, and the ratio
     # computed again wherever `now` and `base` are named: 17 ms for ads_roas, 9 this way).
-    values, source = (f"p AS MATERIALIZED ({pairs}), ", "p") if by in RATIOS else ("", f"({pairs}) AS p")
+    once = dialect.materialized
+    values, source = (f"p AS {once} ({pairs}), ", "p") if by in RATIOS else ("", f"({pairs}) AS p")
     chosen = (
-        f"WITH {values}s AS MATERIALIZED (SELECT client_id, last_day, now, base, CASE WHEN {ranked} THEN {size} END AS size "
+        f"WITH {values}s AS {once} (SELECT client_id, last_day, now, base, CASE WHEN {ranked} THEN {size} END AS size "
         f"FROM {source} WHERE base IS NOT NULL) "
         "SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE size > 0 ORDER BY size DESC, client_id LIMIT :limit) AS rose "
         "UNION ALL SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE size < 0 ORDER BY size, client_id LIMIT :limit) AS fell "
         "UNION ALL SELECT * FROM (SELECT client_id, last_day, now, base FROM s WHERE COALESCE(last_day, :end) < :cutoff "
         "ORDER BY base DESC, client_id LIMIT :limit) AS lagging"
     )
-    params = {**window.params(), "base_start": base.start.isoformat(), "cutoff": ranking.cutoff, "limit": ranking.limit,
+    params = {**window.params(), "base_start": base.start.isoformat(), "base_end": base.end.isoformat(), "cutoff": ranking.cutoff,
+              "limit": ranking.limit,
               "min_base": ranking.min_base}
     before, current, last_days = {}, {}, {}
     for client_id, last_day, now, then in _tuples(conn).execute(chosen, params):

@@ -35,7 +35,7 @@ from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 
 DAYS = 200
-PAIRS_COLUMNS = ["period_start", "period_end", "base_start", "client_id", "last_day", *METRICS, *(f"base_{m}" for m in METRICS)]
+PAIRS_COLUMNS = ["period_start", "period_end", "base_start", "base_end", "client_id", "last_day", *METRICS, *(f"base_{m}" for m in METRICS)]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def raw_path(conn: sqlite3.Connection, as_of: date, dialect: Dialect = SQLITE) -
     last = {row["client_id"]: row["last_day"]
             for row in conn.execute("SELECT client_id, MAX(stat_date) AS last_day FROM client_stats GROUP BY client_id")}
     expected["agg_window_pairs"] = {
-        tuple(exact(v) for v in (w.start.isoformat(), w.end.isoformat(), b.start.isoformat(), client_id, last[client_id],
+        tuple(exact(v) for v in (w.start.isoformat(), w.end.isoformat(), b.start.isoformat(), b.end.isoformat(), client_id, last[client_id],
                                  *sums[w].get(client_id, [None] * len(METRICS)), *then))
         for w, b in pairs for client_id, then in sums[b].items()}
     expected["agg_client_last_days"] = {(exact(client_id), exact(day)) for client_id, day in last.items()}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import connected, dialect, execute_db, new_pg_database, query_db, replica_copy, setting
+from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_aggregate_exact import raw_path, stored
@@ -389,3 +390,19 @@ def test_the_rollups_are_current_until_a_sync_may_have_changed_the_rows_they_sum
 def rollups_as_of_db(db_path) -> date | None:
     with connected(db_path) as conn:
         return rollups_as_of(conn)
+
+
+def test_across_29_february_both_base_windows_of_a_year_are_stored_apart(db_path):
+    """As of 2028-06-01 the last 365 days (2027-06-03..2028-06-01) hold 29 February: their previous
+    window (365 days before) and their year-earlier one (the same dates a year back) both start on
+    2026-06-03 but end on 2027-06-02 and 2027-06-01. Both are stored, the aggregate ends ok (a key
+    without the base's end refused the second), and every rollup is the raw rows' bit for bit."""
+    as_of = date(2028, 6, 1)
+    with freeze_time("2028-06-01 04:00:00", tick=True), DemoSource(clients=3) as demo:
+        config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
+        assert run_sync(config, SyncOptions(Window(date(2026, 5, 1), as_of), aggregate=False)).status == "ok"
+        assert aggregate_locked(open_store(setting(db_path)), as_of).status == "ok"
+    bases = query_db(db_path, "SELECT DISTINCT base_start, base_end FROM agg_window_pairs WHERE period_start = ?", ["2027-06-03"])
+    assert sorted(tuple(map(str, row)) for row in bases) == [("2026-06-03", "2027-06-01"), ("2026-06-03", "2027-06-02")]
+    with connected(db_path) as conn:
+        assert stored(conn) == raw_path(conn, as_of, dialect(db_path))

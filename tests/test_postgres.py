@@ -54,7 +54,7 @@ REPORTS = [
     ("query", "movers", "--by", "total_orders", "--days", "90", "--limit", "3", "--min-base", "300", "--format", "json"),
     ("query", "movers", "--by", "ads_roas", "--days", "7", "--limit", "2", "--active-only", "--format", "json"),
     ("query", "movers", "--by", "gojek_sales", "--days", "30", "--limit", "4", "--rank", "change", "--format", "json"),
-    ("query", "sql", "SELECT * FROM agg_window_pairs ORDER BY period_start, period_end, base_start, client_id", "--format", "json"),
+    ("query", "sql", "SELECT * FROM agg_window_pairs ORDER BY period_start, period_end, base_start, base_end, client_id", "--format", "json"),
     ("query", "sql", "SELECT client_id, stat_date, grab_sales, total_orders, extra FROM client_stats ORDER BY client_id, stat_date",
      "--format", "json"),
     ("query", "sql", "SELECT * FROM client_aggregates ORDER BY client_id, period", "--format", "json"),

@@ -70,8 +70,8 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db.execute(f"DROP TABLE IF EXISTS {OLD_WINDOW_SUMS}")
     db.execute(f"DROP TABLE IF EXISTS {WINDOW_PAIRS}")
     db.execute(f"CREATE TABLE {WINDOW_PAIRS}(period_start TEXT NOT NULL, period_end TEXT NOT NULL, base_start TEXT NOT NULL, "
-               f"client_id INTEGER NOT NULL, last_day TEXT, {_PART_METRICS}, {_BASE_METRICS}, "
-               "PRIMARY KEY (period_start, period_end, base_start, client_id)) WITHOUT ROWID")
+               f"base_end TEXT NOT NULL, client_id INTEGER NOT NULL, last_day TEXT, {_PART_METRICS}, {_BASE_METRICS}, "
+               "PRIMARY KEY (period_start, period_end, base_start, base_end, client_id)) WITHOUT ROWID")
     db.execute(f"DROP TABLE IF EXISTS {LAST_DAYS}")
     db.execute(f"CREATE TABLE {LAST_DAYS}(client_id INTEGER PRIMARY KEY, last_day TEXT NOT NULL)")
 
@@ -507,7 +507,7 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
         if base_window in base:  # else no day of data in the base window: nothing to compare, no row
             db.execute(
                 f"INSERT INTO {WINDOW_PAIRS} SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, {dialect.as_date(':base_start')}, "
-                f"b.client_id, l.last_day, {now}, {before} FROM {temp}.{_WINDOW_SUMS} b "
+                f"{dialect.as_date(':base_end')}, b.client_id, l.last_day, {now}, {before} FROM {temp}.{_WINDOW_SUMS} b "
                 f"LEFT JOIN {temp}.{_WINDOW_SUMS} c ON c.period_start = :start AND c.period_end = :end AND c.client_id = b.client_id "
                 f"LEFT JOIN {LAST_DAYS} l ON l.client_id = b.client_id WHERE b.period_start = :base_start AND b.period_end = :base_end",
                 {**window.params(), "base_start": base_window.start.isoformat(), "base_end": base_window.end.isoformat()})

@@ -16,7 +16,7 @@ ROLLUP_TABLES = ("client_aggregates", "overall_aggregates", *FINE_TABLES.values(
 # aggregate records it in `meta` beside its run id (`layout_stamp`): an aggregate of an older
 # delivery-sync does not, and leaves any table it does not know as it was (stale), so after a
 # downgrade and an upgrade the rollups are not current until this version's next aggregate.
-ROLLUP_LAYOUT = 2
+ROLLUP_LAYOUT = 3
 LAYOUT_KEY = "rollups_layout"
 
 

@@ -108,9 +108,9 @@ _TABLES = (
     ("agg_parts_run", "run_id BIGINT NOT NULL", ()),
     (EDGE_CLIENTS, "period_start DATE NOT NULL, period_end DATE NOT NULL, clients_with_data BIGINT NOT NULL, "
      "PRIMARY KEY (period_start, period_end)", ()),
-    (WINDOW_PAIRS, f"period_start DATE NOT NULL, period_end DATE NOT NULL, base_start DATE NOT NULL, client_id BIGINT NOT NULL, "
-     f"last_day DATE, {_PART_METRICS}, {', '.join(f'base_{m} BIGINT' for m in METRICS)}, "
-     "PRIMARY KEY (period_start, period_end, base_start, client_id)", ()),
+    (WINDOW_PAIRS, f"period_start DATE NOT NULL, period_end DATE NOT NULL, base_start DATE NOT NULL, base_end DATE NOT NULL, "
+     f"client_id BIGINT NOT NULL, last_day DATE, {_PART_METRICS}, {', '.join(f'base_{m} BIGINT' for m in METRICS)}, "
+     "PRIMARY KEY (period_start, period_end, base_start, base_end, client_id)", ()),
     (LAST_DAYS, "client_id BIGINT PRIMARY KEY, last_day DATE NOT NULL", ()),
 )
 

@@ -117,8 +117,10 @@ EDGE_CLIENTS = "agg_edge_clients"
 # Per client with data in a base window (`movers --compare previous|year`) of a rolling period
 # ending at the as-of date: the period's sums (NULL without data) beside the base window's
 # (`base_<metric>`), in whole cents as the partial sums, and the client's last day of data; keyed
-# by (period_start, period_end, base_start, client_id). So movers of a stored period ranks its
-# clients in one pass over one table, in SQL, instead of reading two windows of 10,000 rows.
+# by (period_start, period_end, base_start, base_end, client_id): across 29 February a 365-day
+# period's previous and year-earlier windows start on one day and end on two. So movers of a
+# stored period ranks its clients in one pass over one table, in SQL, instead of reading two
+# windows of 10,000 rows.
 WINDOW_PAIRS = "agg_window_pairs"
 # Per client with data, its last day of data: who stopped sending data, without a probe a client.
 LAST_DAYS = "agg_client_last_days"
