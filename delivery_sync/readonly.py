@@ -126,9 +126,10 @@ def is_damage(exc: Exception) -> bool:
         sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def damaged(path, exc: Exception) -> DamagedReplica:
-    """The one line a damaged replica gets, whichever command read it."""
-    return DamagedReplica(f"replica {path} is corrupt or unreadable ({' '.join(str(exc).split())})", hint=CORRUPT_ADVICE)
+def damaged(path, problem: Exception | str) -> DamagedReplica:
+    """The one line a damaged replica gets, whichever command read it (`status` shows it as its
+    verdict): the engine's description of the `problem`, on one line."""
+    return DamagedReplica(f"replica {path} is corrupt or unreadable ({' '.join(str(problem).split())})", hint=CORRUPT_ADVICE)
 
 
 def _is_write_refused(exc: sqlite3.DatabaseError) -> bool:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from .dialect import dialect_of
 from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
-from .readonly import CORRUPT_ADVICE, reader_for, snapshot
+from .readonly import damaged, reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
@@ -120,9 +120,8 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
                 reader.check_intact(conn)
                 _read(conn, status, now, today, idle and reader.writer_holds_lock() is False, history)
         except reader.damage as exc:  # a damaged replica: nothing read from it can be vouched for
-            problem = " ".join(str(exc).replace("*** in database main ***", "").split())
-            status = replace(blank, unreadable=f"replica {reader.location} is corrupt or unreadable ({problem})",
-                             unreadable_advice=CORRUPT_ADVICE)
+            said = damaged(reader.location, str(exc).replace("*** in database main ***", ""))
+            status = replace(blank, unreadable=str(said), unreadable_advice=said.hint)
         finally:
             conn.close()
         if not status.running and (holder := reader.lock_holder()):
