@@ -43,7 +43,15 @@ from .aggregate.sql import (
     value_of,
     with_ratios,
 )
-from .aggregate.windows import OVERALL_DAY_SUMS, client_window_sums, clients_with_data, trimmed, window_ranking, window_values
+from .aggregate.windows import (
+    OVERALL_DAY_SUMS,
+    client_window_sums,
+    clients_with_data,
+    data_span,
+    trimmed,
+    window_ranking,
+    window_values,
+)
 from .days import Window, base_window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
@@ -565,9 +573,8 @@ def _stored_candidates(conn: sqlite3.Connection, plan: _Plan, base: Window, rank
     does `_moved`'s arithmetic in the same IEEE doubles (integers converted exactly, in whole
     cents below 2^53), so it keeps the very clients `movers` would keep from all of them.
     """
-    window = plan.window
-    latest = conn.execute("SELECT MAX(stat_date) FROM client_stats").fetchone()[0]
-    if latest is None or str(latest) > window.end.isoformat():
+    window, span = plan.window, data_span(conn)
+    if span is None or span[1] > window.end:
         return None
     log.debug("ranking movers of %s against %s from their stored sums", window, base)
     by, in_cents, dialect = ranking.by, ranking.in_cents, dialect_of(conn)
@@ -598,8 +605,7 @@ def _stored_candidates(conn: sqlite3.Connection, plan: _Plan, base: Window, rank
         "ORDER BY base DESC, client_id LIMIT :limit) AS lagging"
     )
     params = {**window.params(), "base_start": base.start.isoformat(), "base_end": base.end.isoformat(), "cutoff": ranking.cutoff,
-              "limit": ranking.limit,
-              "min_base": ranking.min_base}
+              "limit": ranking.limit, "min_base": ranking.min_base}
     before, current, last_days = {}, {}, {}
     for client_id, last_day, now, then in _tuples(conn).execute(chosen, params):
         before[client_id], current[client_id] = then, now
@@ -677,10 +683,10 @@ def _base_notes(conn: sqlite3.Connection, base: Window) -> list[str]:
     """A note when the base window of a comparison begins before the replica's first day of
     data but holds some of it: its sums cover fewer days than the window's, and every change
     (a client going from 35 days to 365 "rose 1,000%") compares unequal spans."""
-    first = conn.execute("SELECT MIN(stat_date) FROM client_stats").fetchone()[0]
-    if first is None:
+    span = data_span(conn)
+    if span is None:
         return []
-    first = date.fromisoformat(str(first))
+    first = span[0]
     if not base.start < first <= base.end:  # whole, or none of it (the report says so itself)
         return []
     held = (base.end - first).days + 1
@@ -690,8 +696,8 @@ def _base_notes(conn: sqlite3.Connection, base: Window) -> list[str]:
 
 def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
     """`trimmed` to the replica's first and last day of data."""
-    first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
-    return None if first is None else trimmed(window, date.fromisoformat(str(first)), date.fromisoformat(str(last)))
+    span = data_span(conn)
+    return None if span is None else trimmed(window, *span)
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)

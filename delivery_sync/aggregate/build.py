@@ -40,7 +40,7 @@ from .sql import (
     WINDOW_PAIRS,
     cents_of,
 )
-from .windows import added_per_client, clients_with_data, trimmed, window_part_list, window_parts
+from .windows import added_per_client, clients_with_data, data_span, trimmed, window_part_list, window_parts
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,8 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     day) of every rolling window and every calendar month with data."""
     _create_parts(db)
     all_days = _all_days_meanwhile(database)
-    # Two subqueries: SQLite reads one end of the date index for a lone MIN or MAX, not for both.
-    first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
-    calendar_rows = calendar(date.fromisoformat(first), date.fromisoformat(last)) if first is not None else []
+    span = data_span(db)
+    calendar_rows = calendar(*span) if span is not None else []
     month_rows = [(month,) for month in dict.fromkeys(row[3] for row in calendar_rows)]
     calendar_table(db, SQLITE, calendar_rows)
     temp_rows(db, SQLITE, "agg_month_list", {"month": "TEXT"}, "month", month_rows)
@@ -456,10 +455,10 @@ def rolling(db, dialect: Dialect, as_of: date, params: dict, base: dict[Window, 
 def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[str, dict]]:
     """The SQL and parameters of the per-client sums of each base window of the rolling periods
     ending at `as_of` that holds a day of data, summed over those days from the partial sums."""
-    first, last = db.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
-    if first is None:
+    span = data_span(db)
+    if span is None:
         return {}
-    first, last = date.fromisoformat(str(first)), date.fromisoformat(str(last))
+    first, last = span
     sums = {}
     for window in base_windows(as_of):
         span = trimmed(window, first, last)

@@ -23,6 +23,7 @@ from .build import OLD_WINDOW_SUMS, calendar_table, can_refresh, months_built, p
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_PAIRS, cents_of
+from .windows import data_span
 
 if TYPE_CHECKING:
     from ..replica import ChangedRows
@@ -121,10 +122,10 @@ def _build_parts(db) -> None:
     # The pieces come from aggregate/pieces.py, as SQLite's do, not from a second definition in
     # SQL: each row finds its piece in an array of every day's piece, then the few pieces are
     # joined to their calendar (faster than date_trunc per row or a join per row).
-    first, last = db.execute("SELECT MIN(stat_date), MAX(stat_date) FROM client_stats").fetchone()
-    if first is None:  # no rows: no partial sums
+    span = data_span(db)
+    if span is None:  # no rows: no partial sums
         return
-    first, last = date.fromisoformat(first), date.fromisoformat(last)
+    first, last = span
     calendar_table(db, PG, calendar(first, last))
     day_pieces = [piece_span(first + timedelta(days=i))[0] for i in range((last - first).days + 1)]
     db.execute(

@@ -128,6 +128,14 @@ def window_ranking(start: date, end: date, metric: str, *, ascending: bool = Fal
     return f"SELECT client_id FROM ({sql}) AS ranked{where} ORDER BY {metric} IS NULL, {metric} {order}, client_id LIMIT :limit", params
 
 
+def data_span(conn) -> tuple[date, date] | None:
+    """The replica's first and last day of data, or None when it holds no row: two probes of the
+    stat_date index (`conn` of either engine, whose dates may come back as text)."""
+    # Two subqueries: SQLite reads one end of the date index for a lone MIN or MAX, not for both.
+    first, last = conn.execute("SELECT (SELECT MIN(stat_date) FROM client_stats), (SELECT MAX(stat_date) FROM client_stats)").fetchone()
+    return None if first is None else (date.fromisoformat(str(first)), date.fromisoformat(str(last)))
+
+
 def trimmed(window: Window, first: date, last: date) -> Window | None:
     """The window less the days before `first` (the replica's first day of data) and after `last`
     (its last), or None when nothing is left: they add nothing to any sum, yet each span of
