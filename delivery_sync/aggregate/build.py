@@ -127,7 +127,7 @@ _PART_METRICS = ", ".join(f"{m} INTEGER" for m in METRICS)
 _BASE_METRICS = ", ".join(f"base_{m} INTEGER" for m in METRICS)
 # The rolling periods' and their base windows' per-client sums, while WINDOW_PAIRS is built from them.
 _WINDOW_SUMS = "agg_summed_windows"
-_WINDOW_SUMS_COLUMNS = ("period_start", "period_end", "client_id", "days_with_data", *METRICS)
+_WINDOW_SUMS_COLUMNS = ("period_start", "period_end", "client_id", *METRICS)
 # Where versions before WINDOW_PAIRS stored those sums: dropped by a rebuild, which makes WINDOW_PAIRS.
 OLD_WINDOW_SUMS = "agg_window_sums"
 
@@ -463,8 +463,8 @@ def _base_window_sums(db, dialect: Dialect, as_of: date) -> dict[Window, tuple[s
     for window in base_windows(as_of):
         span = trimmed(window, first, last)
         if span is not None:  # else no day of data in it: no row
-            sql, params = window_parts(span.start, span.end, dialect=dialect)
-            whole = ", ".join(f"{dialect.counted(c)} AS {c}" for c in ("days_with_data", *METRICS))  # sums of cents: integers
+            sql, params = window_parts(span.start, span.end, columns=list(METRICS), dialect=dialect)
+            whole = ", ".join(f"{dialect.counted(c)} AS {c}" for c in METRICS)  # sums of cents: integers
             sums[window] = (f"SELECT {dialect.as_date(':start')}, {dialect.as_date(':end')}, client_id, {whole} "
                             f"FROM ({sql}) AS w", params | window.params())
     return sums
@@ -481,9 +481,8 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
     temp = dialect.temp
     db.execute(f"DROP TABLE IF EXISTS {temp}.{_WINDOW_SUMS}")
     db.execute(dialect.temp_table(_WINDOW_SUMS, {"period_start": dialect.day_type, "period_end": dialect.day_type, "client_id": "BIGINT",
-                                                 "days_with_data": "BIGINT", **dict.fromkeys(METRICS, "BIGINT")},
-                                  "period_start, period_end, client_id"))
-    db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} SELECT period_start, period_end, client_id, days_with_data, {PLAIN} FROM {temp}.agg_rolling")
+                                                 **dict.fromkeys(METRICS, "BIGINT")}, "period_start, period_end, client_id"))
+    db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} SELECT period_start, period_end, client_id, {PLAIN} FROM {temp}.agg_rolling")
     failed: list[Exception] = []
     for window, (sql, params) in base.items():
         try:
