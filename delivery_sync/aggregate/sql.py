@@ -172,6 +172,11 @@ def rupiah(cents_sql: str) -> str:
 _METRIC_NAME = re.compile(r"\b(" + "|".join(METRICS) + r")\b")
 
 
+def inputs_of(figure: str) -> set[str]:
+    """The metrics `figure` (a metric or a ratio of metrics) is computed from."""
+    return set(_METRIC_NAME.findall(RATIOS[figure])) if figure in RATIOS else {figure}
+
+
 def value_of(figure: str, dialect: Dialect = SQLITE, *, in_cents: bool = False, prefix: str = "") -> str:
     """SQL of `figure` (a metric, a ratio of metrics, or another count such as days_with_data)
     over per-client sums in whole cents named `prefix` + metric: the number CLIENT_SUMS gives, an

@@ -3,14 +3,13 @@ tables, raw rows only at the edges; read by the reports and by the rolling perio
 
 from __future__ import annotations
 
-import re
 from datetime import date, timedelta
 
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import KEY_INDEX_SUMS, RATIOS, STORED, SUMMED, cents, id_list, rupiah, value_of
+from .sql import KEY_INDEX_SUMS, STORED, SUMMED, cents, id_list, inputs_of, rupiah, value_of
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
@@ -101,8 +100,7 @@ def window_values(start: date, end: date, metric: str, extra: tuple[str, ...] = 
     With `in_cents`, an amount `metric` stays in whole cents, an integer (a ratio's amounts are still
     turned into rupiah first).
     """
-    needed = {metric} if metric in METRICS else {m for m in METRICS if re.search(rf"\b{m}\b", RATIOS[metric])}
-    inputs = [m for m in SUMMED if m in needed | set(extra)]
+    inputs = [m for m in SUMMED if m in inputs_of(metric) | set(extra)]
     sql, params = window_parts(start, end, columns=inputs, dialect=dialect)
     figures = [f"{value_of(metric, dialect, in_cents=in_cents)} AS {metric}"]
     figures += [f"{value_of(m, dialect)} AS {m}" for m in inputs if m != metric]
