@@ -146,7 +146,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     others = [c for c in _TOP_SHOWN if c != by]
     shown = [*who, by, *others]  # the ranked metric stays in view
-    title = f"{'Bottom' if ascending else 'Top'} {limit} clients by {by}, {window}"
+    shown_count = len(rows) if rows else limit  # fewer clients than --limit qualify: say how many are listed
+    title = f"{'Bottom' if ascending else 'Top'} {shown_count} client{'' if shown_count == 1 else 's'} by {by}, {window}"
     title += f", at least {min_orders} orders" if min_orders is not None else ""
     title += ", active clients only" if active_only else ""
     if base is not None:

@@ -72,6 +72,15 @@ def test_table_reads_well_for_an_operator(query):
     assert "clients with data" in single and "avg order value" in single
 
 
+def test_top_title_counts_the_clients_listed_when_fewer_qualify(query, replica):
+    clients = len(expected_clients(load_rows(replica), TODAY.replace(day=4), TODAY))
+    result = query("top", "--days", "7", "--limit", "500")
+    assert result.code == 0
+    assert f"Top {clients} clients by total_sales, 2026-03-04..2026-03-10" in result.stdout
+    one = query("top", "--days", "7", "--limit", "1", "--by", "ads_roas", "--asc")
+    assert "Bottom 1 client by ads_roas, 2026-03-04..2026-03-10" in one.stdout
+
+
 def test_totals_by_week_and_client_daily(query):
     weeks = json.loads(query("totals", "--by", "week", "--from", "2026-02-01", "--to", "2026-02-28", "--format", "json").stdout)
     assert [w["period"] for w in weeks] == ["2026-01-26", "2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23"]
