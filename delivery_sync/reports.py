@@ -516,7 +516,8 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     shown_ids = sorted({m.client_id for chosen in sections.values() for m in chosen})
     listed = {c: (name, active) for c, name, active in
               conn.execute(f"SELECT id, name, active FROM clients WHERE id IN ({id_list(shown_ids)})")} if shown_ids else {}
-    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, "name": listed[m.client_id][0], "active": listed[m.client_id][1],
+    # A client whose row was deleted from `clients` by hand shows no name, as in every other report.
+    rows = [{"direction": direction, "rank": at, "client_id": m.client_id, **dict(zip(("name", "active"), listed.get(m.client_id, (None, None)))),
              "lagging": m.lagging, "last_day": m.last_day, **bounds,
              by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
             for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]

@@ -370,6 +370,23 @@ def test_a_client_that_stopped_sending_data_is_flagged_not_ranked_as_a_fall(one_
     assert all(not r["lagging"] for r in report.rows if r["direction"] != "lagging")
 
 
+def test_a_client_deleted_from_clients_by_hand_is_listed_without_a_name(raw_only, rows, tmp_path):
+    copy = tmp_path / "replica.db"
+    shutil.copy(raw_only, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM clients WHERE id = 4")
+    window = WINDOWS["last_30d"]
+    now, before = expected_clients(rows, window.start, window.end), expected_clients(rows, previous(window).start, previous(window).end)
+    connection = readonly.open_readonly(copy)
+    try:
+        report = reports.movers(connection, window, limit=200, rank="change")
+    finally:
+        connection.close()
+    four = [r for r in report.rows if r["client_id"] == 4]
+    assert len(four) == 1 and (four[0]["name"], four[0]["active"]) == (None, None)
+    assert four[0]["total_sales_change"] == approx(now[4]["total_sales"] - before[4]["total_sales"])
+
+
 @pytest.fixture(scope="module")
 def gaps(replica, tmp_path_factory) -> Path:
     """A copy where client 4 misses the day before TODAY, client 5 TODAY itself (neither lagging),
