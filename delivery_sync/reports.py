@@ -148,7 +148,8 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     shown = [*who, by, *others]  # the ranked metric stays in view
     shown_count = len(rows) if rows else limit  # fewer clients than --limit qualify: say how many are listed
     title = f"{'Bottom' if ascending else 'Top'} {shown_count} client{'' if shown_count == 1 else 's'} by {by}, {window}"
-    title += f", at least {min_orders} orders" if min_orders is not None else ""
+    at_least = "" if min_orders is None else f"at least {min_orders:,} order{'' if min_orders == 1 else 's'}"
+    title += f", {at_least}" if at_least else ""
     title += ", active clients only" if active_only else ""
     if base is not None:
         ids = [row["client_id"] for row in rows]
@@ -167,10 +168,10 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
         shown = [*shown[:keep], "trend", *shown[keep:]]
         subtitle = "\n".join(filter(None, [subtitle, f"trend: {by} per {_trend_days(window)}, oldest first"]))
     empty = ""
-    if not rows and (min_orders is not None or active_only) and _with_data(conn, window) is not None:
+    if not rows and (min_orders is not None or active_only) and _holds_rows(conn, window):
         # The window has data: say which filter left no one, not "no data".
         empty = (f"no {'active ' if active_only else ''}client"
-                 f"{'' if min_orders is None else f' with at least {min_orders:,} orders'} in this window")
+                 f"{' with ' + at_least if at_least else ''} in this window")
     return Report(title, columns, rows, shown, keep=keep, subtitle=subtitle, table_rows=table_rows, empty=empty,
                   notes=_base_notes(conn, base) if base is not None else [])
 
@@ -700,6 +701,13 @@ def _with_data(conn: sqlite3.Connection, window: Window) -> Window | None:
     """`trimmed` to the replica's first and last day of data."""
     span = data_span(conn)
     return None if span is None else trimmed(window, *span)
+
+
+def _holds_rows(conn: sqlite3.Connection, window: Window) -> bool:
+    """Whether any client has a row in the window: one probe of the stat_date index (the data
+    span alone would count a window inside a gap in the data)."""
+    sql = "SELECT EXISTS (SELECT 1 FROM client_stats WHERE stat_date BETWEEN :start AND :end)"
+    return bool(conn.execute(sql, {"start": window.start.isoformat(), "end": window.end.isoformat()}).fetchone()[0])
 
 
 _STATEMENT_START = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)

@@ -103,6 +103,11 @@ def test_every_report_gives_the_same_values_on_both_engines(cli, demo, tmp_path,
         assert without_times(json.loads(pg_out.stdout)) == expected, args
         compared += len(expected)
     assert compared > 1000
+    for config in (sqlite_config, pg_config):  # a filter that leaves no one is named: the window holds rows
+        empty = run(cli, config, "query", "top", "--days", "7", "--min-orders", "100000000", "--format", "csv")
+        assert empty.code == 0 and empty.stdout.splitlines()[0].startswith("client_id,name,") and len(empty.stdout.splitlines()) == 1
+        table = run(cli, config, "query", "top", "--days", "7", "--min-orders", "100000000")
+        assert "no client with at least 100,000,000 orders in this window" in " ".join(table.stdout.split())
     # PostgreSQL read those windows from its partial sums, as SQLite does, not from raw rows.
     for config in (sqlite_config, pg_config):
         logged = run(cli, config, "-v", "query", "top", "--from", "2026-08-13", "--to", "2026-11-20").stderr

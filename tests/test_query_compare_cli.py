@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from conftest import SCRIPT
 from freezegun import freeze_time
 from test_reports import NOW, TODAY, build_replica, expected_clients, expected_overall, load_rows
 
+from delivery_sync.aggregate.run import run_aggregate
 from delivery_sync.render.tables import _cell
 
 
@@ -182,6 +185,21 @@ def test_a_filter_that_leaves_no_client_is_named_under_the_empty_table(query, mo
     result = query(*args)
     assert result.code == 0 and said in result.stdout
     assert "no data in this window" not in result.stdout or said == "no data in this window"
+
+
+def test_top_of_a_window_inside_a_gap_in_the_data_says_no_data_not_the_filter(cli, replica, tmp_path, monkeypatch):
+    copy = tmp_path / "replica.db"
+    shutil.copy(replica, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM client_stats WHERE stat_date BETWEEN '2026-03-02' AND '2026-03-04'")
+    with freeze_time(NOW):
+        assert run_aggregate(copy, TODAY).status == "ok"
+        monkeypatch.setenv("COLUMNS", "200")
+        gap = cli("--db", str(copy), "query", "top", "--from", "2026-03-02", "--to", "2026-03-04", "--min-orders", "1")
+        around = cli("--db", str(copy), "query", "top", "--from", "2026-03-01", "--to", "2026-03-05", "--min-orders", "100000")
+    assert gap.stdout.startswith("Top 10 clients by total_sales, 2026-03-02..2026-03-04, at least 1 order\n")
+    assert gap.code == 0 and "no data in this window" in gap.stdout and "with at least" not in gap.stdout
+    assert around.code == 0 and "no client with at least 100,000 orders in this window" in around.stdout
 
 
 def test_movers_of_active_clients_say_so_in_the_title(query):
