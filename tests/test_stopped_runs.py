@@ -16,6 +16,7 @@ import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
 
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.render.status_view import _took
 
 pytestmark = pytest.mark.both_engines
 
@@ -88,3 +89,9 @@ def test_a_run_s_duration_is_the_same_in_the_summary_the_replica_and_status(cli,
     assert re.search(rf"sync +ok .*, took {recorded:.0f} s:", text), text
     prometheus = cli("status", "--format", "prometheus").stdout
     assert f'delivery_sync_last_run_duration_seconds{{command="sync"}} {recorded:g}' in prometheus.replace(".000", "")
+
+
+@pytest.mark.parametrize("finished, said", [("01:00:00", "<1 s"), ("01:00:01", "1 s"), ("01:01:59", "119 s"), ("01:02:00", "2.0 min")])
+def test_a_run_within_one_second_took_less_than_a_second_not_zero(finished, said):
+    run = {"started_at": "2026-03-10T01:00:00+00:00", "finished_at": f"2026-03-10T{finished}+00:00"}
+    assert _took(run) == said

@@ -138,6 +138,8 @@ def _took(run: dict) -> str:
     if not run["finished_at"]:
         return ""
     seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    if seconds < 1:  # the stamps have whole seconds: both in the same one
+        return "<1 s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
