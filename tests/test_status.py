@@ -315,3 +315,18 @@ def test_on_an_80_column_terminal_long_facts_wrap_under_their_value_column(cli, 
     assert lines[rows + 1].startswith(" " * 17 + "Asia/Makassar)"), lines[rows:rows + 2]
     piped = cli("status")
     assert any(line.startswith("Rows ") and line.endswith("in Asia/Makassar)") for line in piped.stdout.splitlines())
+
+
+def test_a_path_with_brackets_is_shown_as_written_never_read_as_markup(cli, tmp_path):
+    """`[b]` in a replica's path is text: on a terminal (a grid) and piped, in the verdict, the
+    advice and the hint that repeats --db."""
+    import re
+
+    path = tmp_path / "[b]x" / "r[red].db"
+    path.parent.mkdir()
+    piped = cli("--db", str(path), "status")
+    code, shown = run_on_terminal([SCRIPT, "--db", str(path), "status"], tmp_path, clean_env(TERM="xterm", COLUMNS="200"),
+                                  stream="stdout")
+    assert piped.code == code == 0
+    for text in (piped.stdout, re.sub(r"\x1b\[[0-9;]*m", "", shown.replace("\r", ""))):
+        assert text.count(str(path)) == 3, text  # no replica at PATH; Run: ... --db PATH sync; the demo hint

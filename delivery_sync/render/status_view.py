@@ -30,7 +30,7 @@ def show_status(status, commands=lambda text: text) -> None:
     soft_wrap = not console.is_terminal
 
     def line(label: str, value: Text | str, indent: int = 17) -> None:
-        value = safe(value) if isinstance(value, str) else value
+        value = Text(safe(value)) if isinstance(value, str) else value  # a path or a URL is text, never markup
         if soft_wrap:
             console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
             return
@@ -52,7 +52,7 @@ def show_status(status, commands=lambda text: text) -> None:
     if status.unreadable:  # nothing else in it can be vouched for
         return
     if not status.exists:
-        console.print(commands("(to try it without a remote: delivery-sync sync --source demo)"), soft_wrap=True)
+        console.print(Text(commands("(to try it without a remote: delivery-sync sync --source demo)")), soft_wrap=True)
         return
     console.print()
     line("Replica", f"{status.database} ({_size_text(status.database_bytes)})")
