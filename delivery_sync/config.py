@@ -20,7 +20,7 @@ import tomllib
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -62,8 +62,15 @@ class PostgresURL:
 
     SCHEMES = ("postgresql://", "postgres://")
 
+    # Query parameters libpq reads a secret from (`?password=...` is as good as `user:password@`).
+    SECRET_PARAMETERS = ("password", "sslpassword")
+
     def __init__(self, dsn: str):
         parts = urlsplit(dsn)
+        if parts.netloc.count("@") > 1:
+            # libpq and Python split such a URL at different `@`s: the driver would take part of the
+            # password for the host, and print it in its error.
+            raise ValueError("the user or password of a postgresql:// URL holds an '@': write it as %40")
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError:
@@ -71,10 +78,28 @@ class PostgresURL:
         if not parts.path.strip("/"):
             raise ValueError("a postgresql:// URL must name a database: postgresql://user@host/dbname")
         self.dsn = dsn
+        secrets = []
         shown = parts.netloc.rsplit("@", 1)
         if len(shown) == 2 and ":" in shown[0]:
+            secrets.append(shown[0].split(":", 1)[1])
             parts = parts._replace(netloc=f"{shown[0].split(':', 1)[0]}:[redacted]@{shown[1]}")
+        query = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name in self.SECRET_PARAMETERS:
+                secrets.append(value)
+                value = "[redacted]"
+            query.append(f"{quote(name, safe='')}={value if value == '[redacted]' else quote(value, safe='')}")
+        if query:
+            parts = parts._replace(query="&".join(query))
+        # Each secret as written and as decoded: a driver's message may quote either.
+        self.secrets = sorted({form for secret in secrets if secret for form in (secret, unquote(secret))}, key=len, reverse=True)
         self.shown = urlunsplit(parts)
+
+    def without_secrets(self, text: str) -> str:
+        """`text` (e.g. a driver's message) with every password this URL holds replaced by `[redacted]`."""
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
 
     @classmethod
     def matches(cls, value: object) -> bool:

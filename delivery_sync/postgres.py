@@ -334,14 +334,14 @@ def connect_error(url: PostgresURL, exc: Exception) -> DeliverySyncError:
     lowered = text.lower()
     if "does not exist" in lowered or "authentication failed" in lowered or "no password" in lowered or "permission denied" in lowered:
         return UsageError(f"cannot connect to database {url}: {text}", hint="check `database` (--db): role, password and database name")
+    if re.search(r"\binvalid [\w ]*(value|parameter|option)\b", lowered):  # e.g. ?sslmode=bogus: the URL to fix
+        return UsageError(f"cannot use database {url}: {text}", hint="check the options after '?' in `database` (--db)")
     return DeliverySyncError(f"cannot connect to database {url}: {text}", hint="is the PostgreSQL server running and reachable?")
 
 
 def _one_line(exc: Exception, url: PostgresURL) -> str:
     """The driver's message on one line, never with the password in it."""
-    text = " ".join(str(exc).split())
-    password = psycopg.conninfo.conninfo_to_dict(url.dsn).get("password")
-    return text.replace(password, "[redacted]") if password else text
+    return url.without_secrets(" ".join(str(exc).split()))
 
 
 def replica_exists(url: PostgresURL) -> bool:

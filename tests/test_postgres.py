@@ -469,14 +469,32 @@ def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):
     # The test server trusts local connections, so any password is accepted and none is checked.
     with_password = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t-pw@")
     config = configure(tmp_path, demo, with_password, "pg")
-    outputs = [run(cli, config, "sync", "--days-back", "2")]
+    # Before the first sync: every hint that repeats --db (`Run: delivery-sync --db ... sync`).
+    empty = [cli("--db", with_password, *args) for args in (("status",), ("status", "--check"), ("status", "--json"),
+                                                             ("query", "totals"), ("aggregate",))]
+    assert [r.code for r in empty] == [0, 1, 0, 2, 2]
+    assert '--db "postgresql://postgres:[redacted]@' in empty[0].stdout and "sync" in empty[0].stdout
+    assert empty[1].stdout.startswith("status not ok") and '--db "postgresql://postgres:[redacted]@' in empty[1].stdout
+    assert """'delivery-sync --db "postgresql://postgres:[redacted]@""" in empty[3].stderr
+    outputs = [*empty, run(cli, config, "sync", "--days-back", "2")]
     outputs += [run(cli, config, "status", *args) for args in ((), ("--json",), ("--format", "prometheus"))]
     outputs.append(cli("--db", with_password.rsplit("/", 1)[0] + "/no_such_db", "status"))
     outputs.append(cli("--db", with_password.replace(":5", ":x5") if ":5" in with_password else with_password + "?port=x", "status"))
-    assert outputs[0].code == 0 and outputs[-2].code == 2 and "does not exist" in outputs[-2].stderr
+    assert outputs[len(empty)].code == 0 and outputs[-2].code == 2 and "does not exist" in outputs[-2].stderr
+    # The password as a parameter, beside an option libpq does not know, and one it refuses.
+    as_parameter = f"{pg_url}?password=s3cr3t-pw"
+    for url in (as_parameter, f"{as_parameter}&foo=bar", f"{as_parameter}&sslmode=bogus"):
+        outputs.append(cli("--db", url, "status", "--check"))
+    assert "?password=[redacted]" in outputs[-3].stdout
+    for result, said in zip(outputs[-2:], ('invalid URI query parameter: "foo"', 'invalid sslmode value: "bogus"')):
+        assert result.code == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # An '@' left in the password: libpq would take what follows it for the host, and print it.
+    at_sign = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t@pw-tail@")
+    outputs.append(cli("--db", at_sign, "status"))
+    assert outputs[-1].code == 2 and "holds an '@': write it as %40" in outputs[-1].stderr
     for result in outputs:
-        assert "s3cr3t" not in result.stdout + result.stderr
-    assert "postgres:[redacted]@" in outputs[1].stdout
+        assert "s3cr3t" not in result.stdout + result.stderr and "pw-tail" not in result.stdout + result.stderr
+    assert "postgres:[redacted]@" in outputs[len(empty) + 1].stdout
 
 
 def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_url):
