@@ -68,8 +68,12 @@ def _authorizer(action: int, arg1, arg2, db_name, trigger) -> int:
 
 
 def replica_exists(path: Path) -> bool:
-    """Whether a replica file is there to read."""
-    return path.is_file()
+    """Whether a replica file is there to read: an empty file (touched, or cut short) holds none,
+    unless its `-wal` holds a first sync's pages not yet copied into it."""
+    if not path.is_file():
+        return False
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size > 0 or (wal.is_file() and wal.stat().st_size > 0)
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

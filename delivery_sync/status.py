@@ -92,24 +92,26 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
     today = now.astimezone(tz).date()
     status = Status(
         database=reader.location,
-        exists=reader.exists(),
+        exists=True,
         checked_at=now.replace(microsecond=0).isoformat(),
         timezone=str(tz),
         today=today.isoformat(),
         stale_after_hours=stale_after_hours,
         history=[] if history else None,
     )
-    if status.exists:
-        status.database_bytes = reader.size()
-        try:
+    try:
+        status.exists = reader.exists()  # PostgreSQL: asks the server
+        if status.exists:
+            status.database_bytes = reader.size()
             conn = reader.connect()
-        except DeliverySyncError as exc:  # no replica, or (PostgreSQL) no server to ask
-            # A file SQLite cannot read as a database is a damaged replica: a verdict, not an error.
-            if not tolerate_unopenable and not isinstance(exc, DamagedReplica):
-                raise
-            status.unreadable, status.unreadable_advice = str(exc), exc.hint
-            status.verdict = judge(status)
-            return status
+    except DeliverySyncError as exc:  # no replica, or (PostgreSQL) no server to ask
+        # A file SQLite cannot read as a database is a damaged replica: a verdict, not an error.
+        if not tolerate_unopenable and not isinstance(exc, DamagedReplica):
+            raise
+        status.unreadable, status.unreadable_advice = str(exc), exc.hint
+        status.verdict = judge(status)
+        return status
+    if status.exists:
         blank = replace(status)  # what is known before reading: all a damaged file leaves standing
         try:
             # A `running` row is dead when no writer held the lock before and after the snapshot

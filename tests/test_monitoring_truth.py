@@ -89,3 +89,24 @@ def test_the_cron_line_reports_a_damaged_replica_and_never_keeps_an_old_ok(cli, 
     config.unlink()
     _run_cron_line(tmp_path, config)
     assert list(target.iterdir()) == []
+
+
+def test_an_empty_replica_file_holds_no_replica_yet(cli, config, db_path):
+    """A file cut to 0 bytes (or touched) is what status says of a missing replica: NO, --check 1,
+    metrics `exists 0`; a report says there is no replica."""
+    db_path.write_bytes(b"")
+    view, check, prom, query = cli("status"), cli("status", "--check"), cli("status", "--format", "prometheus"), cli("query", "top")
+    assert view.code == 0 and view.stdout.startswith(f"Replica can be trusted: NO - no replica at {db_path} yet")
+    assert check.code == 1 and check.stdout.startswith("status not ok: no replica")
+    assert prom.code == 0 and (metrics(prom.stdout)["delivery_sync_exists"], metrics(prom.stdout)["delivery_sync_ok"]) == (0, 0)
+    assert query.code == 2 and query.stderr.startswith(f"error: no replica at {db_path}")
+    assert db_path.read_bytes() == b""  # read, never written
+
+
+def test_metrics_of_a_postgresql_server_that_cannot_be_reached_still_parse(cli, tmp_path):
+    prom = cli("--db", "postgresql://someone@127.0.0.1:1/replica", "status", "--format", "prometheus")
+    assert prom.code == 0, prom.stderr
+    values = metrics(prom.stdout)
+    assert (values["delivery_sync_up"], values["delivery_sync_ok"], values["delivery_sync_exists"]) == (0, 0, 1)
+    check = cli("--db", "postgresql://someone@127.0.0.1:1/replica", "status", "--check")
+    assert check.code == 1 and "cannot connect to database postgresql://someone@127.0.0.1:1/replica" in check.stderr
