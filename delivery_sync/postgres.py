@@ -173,8 +173,9 @@ class Connection:
     # wait): a COPY a client was a round trip a client, one new row each on a daily sync.
     inserts_wait_for_commit = True
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn: psycopg.Connection, url: PostgresURL | None = None, read_only: bool = False):
         self.conn = conn
+        self.url, self.read_only = url, read_only
         self._savepoints = itertools.count(1)
 
     def execute(self, statement: str, params=None, rows=_rows, binary: bool = False):
@@ -195,6 +196,10 @@ class Connection:
         exit, and it went on in the server after the run had let the writers' lock go."""
         try:
             yield
+        except psycopg.Error as exc:
+            if self.read_only:  # a report's or status's read: one line, as the writers' storage_error
+                raise read_error(self.url, exc) from None
+            raise
         except Exception:
             raise
         except BaseException:
@@ -325,7 +330,18 @@ def connect(url: PostgresURL, *, read_only: bool = False, application: str = "de
         raise connect_error(url, exc) from None
     except psycopg.ProgrammingError as exc:  # a malformed connection string
         raise UsageError(f"cannot use database {url}: {_one_line(exc, url)}") from None
-    return Connection(conn)
+    return Connection(conn, url, read_only)
+
+
+def read_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError | psycopg.Error:
+    """A reader's failed statement as one line: exit 2 for a role without the rights to read the
+    replica, the connection's error for a server gone away; any other error as it is."""
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return UsageError(f"cannot read replica {url}: {_one_line(exc, url)}",
+                          hint="grant it SELECT on the replica's tables; see the README, Serving a team")
+    if isinstance(exc, psycopg.OperationalError):
+        return connect_error(url, exc)
+    return exc
 
 
 def connect_error(url: PostgresURL, exc: Exception) -> DeliverySyncError:
@@ -349,15 +365,31 @@ def replica_exists(url: PostgresURL) -> bool:
     reached raises the one-line error."""
     conn = connect(url, read_only=True)
     try:
-        return conn.execute("SELECT to_regclass('sync_runs') IS NOT NULL").fetchone()[0]
+        return _holds_replica(conn, url)
     finally:
         conn.close()
+
+
+def _holds_replica(conn: Connection, url: PostgresURL) -> bool:
+    """Whether the database holds a replica (its `sync_runs` table) where this role looks for one;
+    a role that may use no schema of its search path (it sees no table at all) is told so, not
+    that there is no replica to sync."""
+    visible, no_schema = conn.execute("SELECT to_regclass('sync_runs') IS NOT NULL, current_schema() IS NULL").fetchone()
+    if no_schema:
+        raise UsageError(f"cannot read replica {url}: the role may use no schema of its search_path",
+                         hint="grant it USAGE on the replica's schema and SELECT on its tables; see the README, Serving a team")
+    return visible
 
 
 def open_readonly(url: PostgresURL) -> Connection:
     """A read-only connection to the replica (`status`, `query`); `NoReplica` when there is none."""
     conn = connect(url, read_only=True, application="delivery-sync reader")
-    if not conn.execute("SELECT to_regclass('sync_runs') IS NOT NULL").fetchone()[0]:
+    try:
+        holds = _holds_replica(conn, url)
+    except BaseException:
+        conn.close()
+        raise
+    if not holds:
         conn.close()
         raise NoReplica(f"no replica in database {url} (no sync_runs table)", hint="run 'delivery-sync sync' first")
     return conn
@@ -448,8 +480,9 @@ class PostgresReader:
     def connect(self) -> Connection:
         return open_readonly(self.url)
 
-    # A server checks its own pages; an error while reading still means nothing can be vouched for.
-    damage = (psycopg.Error,)
+    # The server checks its own pages and says when one is damaged; any other error (no rights, no
+    # server) is no reason to restore a backup.
+    damage = (psycopg.errors.DataCorrupted, psycopg.errors.IndexCorrupted)
 
     def check_intact(self, conn: Connection) -> None:
         """Nothing to check: the server refuses to serve pages it finds damaged."""

@@ -124,6 +124,10 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
         except reader.damage as exc:  # a damaged replica: nothing read from it can be vouched for
             said = damaged(reader.location, str(exc).replace("*** in database main ***", ""))
             status = replace(blank, unreadable=str(said), unreadable_advice=said.hint)
+        except DeliverySyncError as exc:  # (PostgreSQL) a role without rights, a server gone mid-read
+            if not tolerate_unopenable:
+                raise
+            status = replace(blank, unreadable=str(exc), unreadable_advice=exc.hint)
         finally:
             conn.close()
         if not status.running and (holder := reader.lock_holder()):

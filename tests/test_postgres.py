@@ -497,6 +497,40 @@ def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):
     assert "postgres:[redacted]@" in outputs[len(empty) + 1].stdout
 
 
+def test_a_role_without_rights_to_read_gets_one_line_not_a_damaged_replica(cli, demo, tmp_path, pg_url):
+    import uuid
+
+    import psycopg
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "2").code == 0
+    role = f"ds_no_rights_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")  # a reused test database's schema grants none to PUBLIC
+    try:
+        as_role = pg_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+        view, check, prom, top = (cli("--db", as_role, *args) for args in (
+            ("status",), ("status", "--check"), ("status", "--format", "prometheus"), ("query", "top")))
+        for result in (view, check, top):
+            assert result.code == 2 and result.stdout == "", result.stdout
+            [line] = result.stderr.strip().splitlines()
+            assert line.startswith(f"error: cannot read replica postgresql://{role}@") and "permission denied for table" in line, line
+            assert "grant it SELECT on the replica's tables" in line and "corrupt" not in line
+        assert prom.code == 0 and "delivery_sync_up 0" in prom.stdout and "delivery_sync_ok 0" in prom.stdout
+        # Without USAGE on the schema the role sees no table at all: told so, not "no replica yet, run a sync".
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"REVOKE USAGE ON SCHEMA public FROM PUBLIC, {role}")
+        for args in (("status",), ("query", "top")):
+            result = cli("--db", as_role, *args)
+            assert result.code == 2 and "the role may use no schema of its search_path" in result.stderr, result.stdout + result.stderr
+            assert "grant it USAGE on the replica's schema" in result.stderr
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_url):
     from delivery_sync import postgres
     from delivery_sync.config import PostgresURL
