@@ -27,9 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     SecretStr,
@@ -121,6 +119,10 @@ class PostgresURL:
         return hash(self.dsn)
 
 
+HOUR = 3600
+CENTURY_DAYS = 36_525
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,15 +130,17 @@ class _Section(BaseModel):
 class SourceSettings(_Section):
     url: str | None = None  # no default: a token is sent only where someone said to
     token: SecretStr = SecretStr("")
-    timeout: PositiveFloat = 30
-    max_retries: NonNegativeInt = 5
-    concurrency: PositiveInt = 4
-    min_interval: NonNegativeFloat = 0.1
+    # Every number bounded and finite: past these, timers and buffers overflow mid-run (a crash
+    # cron would see every night, with no run recorded) instead of one line naming the key.
+    timeout: float = Field(30, gt=0, le=HOUR, allow_inf_nan=False)
+    max_retries: NonNegativeInt = Field(5, le=100)
+    concurrency: PositiveInt = Field(4, le=100)
+    min_interval: float = Field(0.1, ge=0, le=HOUR, allow_inf_nan=False)
     timezone: str = "Asia/Makassar"
     batch: Literal["auto", "always", "never"] = "auto"
-    batch_days: PositiveInt = 31
+    batch_days: PositiveInt = Field(31, le=CENTURY_DAYS)
     max_consecutive_failures: PositiveInt = 10
-    max_answer_mb: PositiveFloat = 256  # the most one answer may decode to
+    max_answer_mb: float = Field(256, gt=0, le=65_536, allow_inf_nan=False)  # the most one answer may decode to
 
     @field_validator("url")
     @classmethod
@@ -183,17 +187,18 @@ class SourceSettings(_Section):
 
 
 class SyncSettings(_Section):
-    days_back: PositiveInt = 365
-    lookback_days: NonNegativeInt = 3
-    deadline_minutes: NonNegativeFloat = 0  # 0 = no deadline
+    days_back: PositiveInt = Field(365, le=CENTURY_DAYS)
+    lookback_days: NonNegativeInt = Field(3, le=CENTURY_DAYS)
+    deadline_minutes: float = Field(0, ge=0, le=7 * 24 * 60, allow_inf_nan=False)  # 0 = no deadline
 
 
 class CollectSettings(_Section):
-    timeout: PositiveFloat = 900
+    timeout: float = Field(900, gt=0, le=24 * HOUR, allow_inf_nan=False)
 
 
 class StatusSettings(_Section):
-    stale_after_hours: PositiveFloat = Field(26, le=876_000)  # at most 100 years: beyond, date arithmetic overflows
+    # At most 100 years: beyond, date arithmetic overflows.
+    stale_after_hours: float = Field(26, gt=0, le=876_000, allow_inf_nan=False)
 
 
 class _TomlSource(TomlConfigSettingsSource):

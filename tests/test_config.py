@@ -117,6 +117,18 @@ def test_relative_database_end_to_end(cli, demo, tmp_path, monkeypatch):
         ("[source]\ntimezone = 'Mars/Olympus'\n", "source.timezone"),
         ("[sync]\ndays_back = 0\n", "sync.days_back"),
         ("[status]\nstale_after_hours = 'soon'\n", "status.stale_after_hours"),
+        # Numbers past what a timer, a buffer or a date can hold: refused here, not an overflow mid-run.
+        ("[source]\ntimeout = inf\n", "source.timeout"),
+        ("[source]\ntimeout = 1e12\n", "source.timeout"),
+        ("[source]\nmin_interval = inf\n", "source.min_interval"),
+        ("[source]\nbatch_days = 9999999999\n", "source.batch_days"),
+        ("[source]\nmax_answer_mb = inf\n", "source.max_answer_mb"),
+        ("[source]\nconcurrency = 100000\n", "source.concurrency"),
+        ("[sync]\nlookback_days = 99999999999999999999\n", "sync.lookback_days"),
+        ("[sync]\ndays_back = 99999999999999999999\n", "sync.days_back"),
+        ("[sync]\ndeadline_minutes = nan\n", "sync.deadline_minutes"),
+        ("[collect]\ntimeout = 1e300\n", "collect.timeout"),
+        ("[status]\nstale_after_hours = nan\n", "status.stale_after_hours"),
     ],
 )
 def test_bad_file_key_or_type_exits_2_naming_the_key(cli, tmp_path, text, key):
@@ -137,6 +149,8 @@ def test_bad_file_key_or_type_exits_2_naming_the_key(cli, tmp_path, text, key):
         ("DELIVERY_SYNC_SYNC__DAYS_BACK", "-3", "sync.days_back"),
         ("DELIVERY_SYNC_SOURCE__TOKN", "x", "source.tokn"),  # a typo must not be ignored silently
         ("DELIVERY_SYNC_DATABSE", "x.db", "databse"),
+        ("DELIVERY_SYNC_SOURCE__TIMEOUT", "inf", "source.timeout"),
+        ("DELIVERY_SYNC_COLLECT__TIMEOUT", "1e12", "collect.timeout"),
     ],
 )
 def test_bad_environment_key_or_type_exits_2_naming_the_key(cli, tmp_path, monkeypatch, variable, value, key):
