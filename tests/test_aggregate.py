@@ -113,6 +113,17 @@ def test_aggregate_command_with_as_of_rebuilds_the_rolling_periods(cli, replica,
     assert last_run == [("aggregate", "ok", "2026-02-15")]
 
 
+@pytest.mark.parametrize("as_of", ["9999-12-31", "0001-01-01", "1899-12-31", "2026-03-11"])
+def test_an_as_of_outside_the_calendar_or_after_today_is_refused_before_any_run(cli, replica, tmp_path, as_of):
+    with replica_copy(replica, tmp_path) as path:
+        runs = query_db(path, "SELECT COUNT(*) FROM sync_runs")
+        with freeze_time(NOW):  # 10 March 2026 in Bali: the 11th is tomorrow
+            result = cli("--db", str(path), "aggregate", "--as-of", as_of)
+        assert result.code == 2 and result.stdout == ""
+        assert result.stderr.strip() == f"error: --as-of {as_of} is outside 1900-01-01..2026-03-10 (today in source.timezone)"
+        assert query_db(path, "SELECT COUNT(*) FROM sync_runs") == runs  # nothing recorded: status --check stays as it was
+
+
 def test_aggregate_default_as_of_is_today_in_the_source_timezone(cli, replica, tmp_path):
     with replica_copy(replica, tmp_path) as path:
         with freeze_time(NOW):  # still 9 March in Honolulu and UTC-anything: Bali says 10 March

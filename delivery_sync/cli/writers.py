@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 
+from ..days import FIRST_DAY
 from ..errors import EXIT_FAILED, UsageError
 from .app import Globals, app, examples, option, parse_date, parse_ids
 
@@ -102,7 +103,11 @@ def aggregate(
     from ..aggregate.run import run_aggregate
 
     settings = ctx.obj.settings()
-    result = run_aggregate(settings.database, parse_date(as_of, "--as-of") or settings.source.today())
+    today = settings.source.today()
+    day = parse_date(as_of, "--as-of") or today
+    if not FIRST_DAY <= day <= today:  # refused before the run: a failed aggregate would fail `status --check`
+        raise UsageError(f"--as-of {day} is outside {FIRST_DAY}..{today} (today in source.timezone)")
+    result = run_aggregate(settings.database, day)
     render.summary(render.aggregate_summary(result))
     raise typer.Exit(0 if result.status == "ok" else EXIT_FAILED)
 
