@@ -44,18 +44,19 @@ def run_collect(settings: Settings) -> CollectResult:
         try:
             # The row is `running` while we wait, so `status` shows a collection in progress.
             run_id = db.start_run("collect", started_at=clock.started_at)
-            with db.closed_on_error(run_id):
-                message, error, requests = _trigger(settings)
+            counts = RunCounts()  # kept up to date, so a run stopped mid-wait records its request
+            with db.closed_on_error(run_id, counts):
+                message, error = _trigger(settings, counts)
             seconds, finished_at = clock.stop()
-            run = db.finish_run(run_id, "failed" if error else "ok", RunCounts(requests=requests), error, finished_at)
+            run = db.finish_run(run_id, "failed" if error else "ok", counts, error, finished_at)
         finally:
             db.close()
     # No separate error log: the summary line carries the reason (one line for cron mail).
     return CollectResult(run, message, seconds)
 
 
-def _trigger(settings: Settings) -> tuple[str | None, str | None, int]:
-    """Send the trigger once; returns (remote message, error or None, requests sent)."""
+def _trigger(settings: Settings, counts: RunCounts) -> tuple[str | None, str | None]:
+    """Send the trigger once, counting it in `counts`; returns (remote message, error or None)."""
     wait = settings.collect.timeout
     began = time.monotonic()
     with SourceClient(settings.source) as source:
@@ -64,12 +65,17 @@ def _trigger(settings: Settings) -> tuple[str | None, str | None, int]:
         except SourceError as exc:
             if time.monotonic() - began >= wait:
                 # A read timeout: the request was sent, so the remote may still be collecting.
-                return None, f"no answer within {wait:g} s (the remote may still be collecting; not re-triggered)", source.requests
-            return None, str(exc), source.requests
-        requests = source.requests
+                return None, f"no answer within {wait:g} s (the remote may still be collecting; not re-triggered)"
+            return None, str(exc)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) while waiting: say that a collection may be under way
+            if source.requests:
+                counts.warnings.append("the trigger was sent: the remote may still be collecting; do not trigger it again yet")
+            raise
+        finally:
+            counts.requests = source.requests
     message = answer.get("message")
     if answer.get("success") is False:
         reason = answer.get("error") or message or "the remote reported a failure"
         status = answer.get("http_status")
-        return message, f"HTTP {status}: {reason}" if status else str(reason), requests
-    return message, None, requests
+        return message, f"HTTP {status}: {reason}" if status else str(reason)
+    return message, None
