@@ -350,6 +350,7 @@ class SourceClient:
                 raise DeadlineReached("the run's deadline was reached")
             with self._count_lock:
                 self.requests += 1
+            cut_by_deadline = left is not None and left < self.settings.timeout
             if left is not None:  # a request in flight is abandoned at the deadline
                 timeout = httpx.Timeout(min(left, self.settings.timeout))
             request = self._http.build_request(method, path, params=params, json=json,
@@ -361,14 +362,17 @@ class SourceClient:
             try:
                 response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:
+                self._stop_at_deadline(exc, cut_by_deadline)
                 mismatch = self._scheme_mismatch(exc)
                 if mismatch:  # asking again cannot help: say what to change
                     raise SourceUnreachable(f"cannot reach {self.display_url}: {mismatch}") from None
                 raise
             try:
                 body = self._read_body(response, what, started + budget)
-            except BaseException:
+            except BaseException as exc:
                 self._release_large()  # never held through the wait before a retry
+                if isinstance(exc, httpx.TransportError):
+                    self._stop_at_deadline(exc, cut_by_deadline)
                 raise
             finally:
                 response.close()
@@ -381,6 +385,13 @@ class SourceClient:
             self._release_large()  # never held through the wait before a retry
             raise RetryableStatus(response, body)
         return response, body
+
+    def _stop_at_deadline(self, exc: httpx.TransportError, cut_by_deadline: bool) -> None:
+        """A request cut off by the run's deadline (its timeout was the time left, or no time is
+        left) is not retried, nor logged as one to be: the run ends, its client for --retry-failed."""
+        left = self.remaining()
+        if (cut_by_deadline and isinstance(exc, httpx.TimeoutException)) or (left is not None and left <= 0):
+            raise DeadlineReached("the run's deadline was reached") from None
 
     def _scheme_mismatch(self, exc: httpx.TransportError) -> str | None:
         """Why an https:// URL reached a plain HTTP server, or an http:// one a TLS server; else None."""

@@ -50,6 +50,7 @@ class SyncResult:
     seconds: float = 0.0
     aggregate: AggregateResult | None = None  # the rollup rebuild that ended the run, if any
     changed: ChangedRows | None = None  # the keys the run wrote, for the aggregate to refresh only those
+    stopped: str | None = None  # why a run that kept what it fetched ended early (its deadline)
 
     @property
     def status(self) -> str:
@@ -135,7 +136,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             db.close()
     for warning in counts.warnings:
         log.warning(warning)
-    return SyncResult(run, writer.failures, counts.warnings, seconds, changed=writer.changed)
+    return SyncResult(run, writer.failures, counts.warnings, seconds, changed=writer.changed, stopped=error if deadline_hit else None)
 
 
 def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:

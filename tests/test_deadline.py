@@ -30,7 +30,9 @@ def test_a_3_s_deadline_ends_a_10_s_run_on_time_and_keeps_what_was_fetched(cli, 
     unfetched = [cid for (cid,) in query_db(db_path, "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", (run_id,))]
     assert len(unfetched) == DEMO_CLIENTS - ok
     assert error.startswith(f"deadline of 0.05 min reached: {len(unfetched)} clients not fetched ({unfetched[0]}, ")
-    assert unstamped(result.stderr).strip().splitlines()[-1].startswith(f"sync partial: {ok}/{DEMO_CLIENTS} clients")
+    summary = unstamped(result.stderr).strip().splitlines()[-1]
+    assert summary.startswith(f"sync partial: {ok}/{DEMO_CLIENTS} clients") and summary.endswith(f" s - {error}")  # says why
+    assert "retry" not in result.stderr, result.stderr  # the request abandoned at the deadline is not retried, nor said to be
     # Every client written is whole; --retry-failed then fetches exactly the rest.
     per_client = query_db(db_path, "SELECT client_id, COUNT(*) FROM client_stats GROUP BY client_id")
     assert len(per_client) == ok and all(n == 2 for _, n in per_client)

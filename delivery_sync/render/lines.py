@@ -46,6 +46,8 @@ def sync_summary(result) -> str:
     line = f"sync {run['status']}: " + ", ".join(parts)
     if run["status"] == "failed" and run["error"]:
         line += f" - {run['error']}"
+    elif result.stopped:  # partial: what it fetched is kept, the rest is for --retry-failed
+        line += f" - {result.stopped}"
     rollup = result.aggregate
     if rollup is not None and rollup.status != "ok":
         line += f"; aggregate failed: {rollup.run['error']}"
@@ -127,7 +129,7 @@ def interrupted_summary(run: dict) -> str:
 
     seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
     if run["command"] == "sync":
-        return sync_summary(SimpleNamespace(run=run, failures=[], warnings=[], seconds=seconds, aggregate=None))
+        return sync_summary(SimpleNamespace(run=run, failures=[], warnings=[], seconds=seconds, aggregate=None, stopped=None))
     if run["command"] == "collect":
         return collect_summary(SimpleNamespace(run=run, message=None, seconds=seconds))
     return f"{run['command']} failed: {seconds:.1f} s - {run['error']}"
