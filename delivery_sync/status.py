@@ -60,6 +60,7 @@ class Status:
     running: list[dict] = field(default_factory=list)
     failed_clients: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
+    unfetched_clients: list[int] = field(default_factory=list)  # the last sync stopped before fetching them
     lagging_clients: list[int] = field(default_factory=list)
     stale_clients: list[int] = field(default_factory=list)
     missing_days: int = 0
@@ -172,6 +173,9 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
             ).fetchall()
         )
         status.failed_clients = list(status.failures)
+        if "sync_unfetched" in {row[0] for row in conn.execute(dialect_of(conn).table_names)}:  # else a replica before it
+            status.unfetched_clients = [cid for (cid,) in conn.execute(
+                "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
 
@@ -347,6 +351,9 @@ def _what_went_wrong(status: Status) -> str:
         problems.append(f"{last['rows_rejected']} rows rejected")
     if last["error"]:
         problems.append(last["error"])
+    if status.unfetched_clients and "not fetched" not in (last["error"] or ""):  # a deadline's error names them already
+        count = len(status.unfetched_clients)
+        problems.append(f"{count} client{'s' if count != 1 else ''} not fetched ({_ids(status.unfetched_clients)})")
     return "; ".join(problems) or "no error recorded"
 
 
@@ -356,7 +363,7 @@ def _repair(status: Status) -> str:
     error = last["error"] or ""
     if "authentication failed" in error:
         return "fix source.token, then delivery-sync sync"
-    if status.failed_clients:
+    if status.failed_clients or status.unfetched_clients:
         return "delivery-sync sync --retry-failed"
     if last["rows_rejected"] and not status.failed_clients:
         # Re-syncing fetches the same bad rows: the remote's data must be fixed first.

@@ -59,6 +59,12 @@ def test_retry_failed_after_a_stop_signal_fetches_only_the_clients_not_written(c
         assert (status, error) == ("failed", "interrupted")
         unfetched = {cid for (cid,) in query_db(db_path, "SELECT client_id FROM sync_unfetched WHERE run_id = ?", (run_id,))}
         assert unfetched == set(range(1, DEMO_CLIENTS + 1)) - written
+        # status names them and the command that fetches just them, not a whole new sync.
+        view, data = cli("status"), json.loads(cli("status", "--json").stdout)
+        assert data["unfetched_clients"] == sorted(unfetched)
+        assert f"{len(unfetched)} clients not fetched ({', '.join(map(str, sorted(unfetched)))})" in view.stdout
+        assert "Run: delivery-sync sync --retry-failed" in view.stdout
+        assert f"Not fetched      {', '.join(map(str, sorted(unfetched)))} (the last sync stopped first" in view.stdout
 
         before = len(demo.stats_requests())
         retry = cli("sync", "--retry-failed")
