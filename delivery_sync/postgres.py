@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import os
 import re
 import select
@@ -89,6 +90,19 @@ def _value(value):
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
+
+
+def _plain(value):
+    """A value of any PostgreSQL type as `query sql` shows it in every format: what SQLite could
+    hold (NULL, a number, text, bytes; a bool as it is), anything else as text. JSON and arrays
+    as JSON text, times in ISO 8601, an interval, a UUID or an address as Python writes it."""
+    if value is None or isinstance(value, (int, float, str, bytes)):  # bool is an int
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if hasattr(value, "isoformat"):  # a time or a timestamp (dates are text already)
+        return value.isoformat()
+    return str(value)
 
 
 # Result types (by oid) whose values psycopg already gives as the SQLite replica does: bool, bytea,
@@ -297,6 +311,7 @@ class Connection:
                 cursor.execute(statement, prepare=False)
                 rows = [] if not cursor.description else cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows)
                 columns = [c.name for c in cursor.description or ()]
+            rows = [tuple(_plain(value) for value in row) for row in rows]
         except psycopg.errors.QueryCanceled:
             raise QueryTimeout(f"query interrupted after {max_seconds:g} s", hint="raise --max-seconds or narrow the query") from None
         except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:

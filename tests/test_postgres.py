@@ -465,6 +465,29 @@ def test_query_sql_is_cancelled_by_the_server_after_max_seconds(cli, demo, tmp_p
     assert time.monotonic() - began < 10
 
 
+def test_query_sql_shows_every_postgresql_type_in_every_format(cli, demo, tmp_path, pg_url, monkeypatch):
+    """Arrays, JSON, intervals, UUIDs, addresses, times, NaN: text or a number in each format,
+    valid JSON, never a traceback, never an array drawn as a sparkline."""
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "1").code == 0
+    statement = ("SELECT ARRAY[1, 2] AS a, ARRAY['x', 'y'] AS s, '{\"k\": 1}'::jsonb AS j, interval '1 day' AS i, "
+                 "'6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b'::uuid AS u, '10.0.0.1'::inet AS ip, '12:30'::time AS t, "
+                 "'2026-01-01 10:00+00'::timestamptz AS ts, 'NaN'::float8 AS nan, '-Infinity'::float8 AS inf, true AS b, 2.5 AS n")
+    as_json = run(cli, config, "query", "sql", statement, "--format", "json")
+    assert as_json.code == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [{
+        "a": "[1, 2]", "s": '["x", "y"]', "j": '{"k": 1}', "i": "1 day, 0:00:00", "u": "6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b",
+        "ip": "10.0.0.1", "t": "12:30:00", "ts": "2026-01-01T10:00:00+00:00", "nan": None, "inf": None, "b": True, "n": 2.5}]
+    assert "NaN" not in as_json.stdout and "Infinity" not in as_json.stdout  # JSON has neither
+    as_csv = run(cli, config, "query", "sql", statement, "--format", "csv")
+    assert as_csv.code == 0 and as_csv.stdout.splitlines()[1] == (
+        '"[1, 2]","[""x"", ""y""]","{""k"": 1}","1 day, 0:00:00",6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b,10.0.0.1,12:30:00,'
+        "2026-01-01T10:00:00+00:00,nan,-inf,true,2.5")
+    monkeypatch.setenv("COLUMNS", "250")
+    table = run(cli, config, "query", "sql", statement)
+    assert table.code == 0 and "│ [1, 2] │" in table.stdout and "│ true │" in table.stdout and "▁" not in table.stdout
+
+
 def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):
     # The test server trusts local connections, so any password is accepted and none is checked.
     with_password = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t-pw@")

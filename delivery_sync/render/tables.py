@@ -8,6 +8,7 @@ not fit, each row is stacked as `column  value` lines instead.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -31,7 +32,10 @@ def report(rep, fmt: str) -> None:
         # Row by row, as json.dumps(rows, indent=2) would write them all at once.
         print("[" if rep.rows else "[]")
         for at, row in enumerate(_in_time(rep)):
-            text = json.dumps({c: row[c] for c in rep.columns}, indent=2, ensure_ascii=False, default=_json_value)
+            values = {c: row[c] for c in rep.columns}
+            if rep.raw:  # query sql on PostgreSQL may give NaN or Infinity, which JSON cannot hold: null
+                values = {c: None if isinstance(v, float) and not math.isfinite(v) else v for c, v in values.items()}
+            text = json.dumps(values, indent=2, ensure_ascii=False, allow_nan=False, default=_json_value)
             print("  " + text.replace("\n", "\n  ") + ("," if at < len(rep.rows) - 1 else ""))
         if rep.rows:
             print("]")
@@ -71,6 +75,8 @@ def _json_value(value):
 
 
 def _csv_value(value):
+    if isinstance(value, bool):  # PostgreSQL's, as JSON writes it
+        return "true" if value else "false"
     return value.hex() if isinstance(value, bytes) else value
 
 
@@ -344,7 +350,9 @@ def _cell(column: str, value, raw: bool = False) -> str:
         return sparkline(value)
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):  # PostgreSQL's, as JSON writes it
+        return "true" if value else "false"
+    if not isinstance(value, (int, float)):
         return safe(str(value))
     if raw or column in ("client_id", "id", "run_id"):
         return str(value)
