@@ -239,7 +239,8 @@ class Fetcher:
             return
         if answer.unexpected:
             shown = ", ".join(answer.unexpected[:10]) + (", ..." if len(answer.unexpected) > 10 else "")
-            log.warning("batch %s: ignored %d clients not asked for (%s)", tile.window, len(answer.unexpected), shown)
+            extra = len(answer.unexpected)
+            log.warning("batch %s: ignored %d client%s not asked for (%s)", tile.window, extra, "" if extra == 1 else "s", shown)
         for cid in tile.client_ids:
             if cid in answer.unreadable:
                 log.warning("client %s: %s; fetching it alone", cid, answer.unreadable[cid])

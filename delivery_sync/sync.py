@@ -166,13 +166,14 @@ def _select(listed, client_ids: list[int] | None, retrying: bool = False) -> lis
     if client_ids is None:
         return known
     unknown = sorted(set(client_ids) - set(known))
+    them = "them" if len(unknown) > 1 else "it"
     if unknown and retrying:  # clients the remote no longer lists cannot be retried
-        log.warning("not retrying client%s %s: the remote no longer lists them", "s" if len(unknown) > 1 else "", ", ".join(map(str, unknown)))
+        log.warning("not retrying client%s %s: the remote no longer lists %s", "s" if len(unknown) > 1 else "", ", ".join(map(str, unknown)), them)
         return [cid for cid in dict.fromkeys(client_ids) if cid not in unknown]
     if unknown:
         raise UsageError(
             f"unknown client id{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}: "
-            "the remote does not list them"
+            f"the remote does not list {them}"
         )
     return list(dict.fromkeys(client_ids))
 

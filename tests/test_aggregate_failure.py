@@ -17,7 +17,7 @@ def test_a_full_disk_during_the_aggregate_after_an_ok_sync(tmp_path, demo, db_pa
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr and "error:" not in result.stderr
     [summary] = [line for line in unstamped(result.stderr).splitlines() if "sync ok" in line]
-    assert summary.startswith("sync ok: 1/1 clients, 1 rows (0 inserted, 0 updated, 1 unchanged)")
+    assert summary.startswith("sync ok: 1/1 clients, 1 row (0 inserted, 0 updated, 1 unchanged)")
     assert summary.endswith(f"; aggregate failed: cannot write replica {db_path}: disk I/O error "
                             "(disk full or file size limit reached)")
     runs = query_db(db_path, "SELECT command, status, error FROM sync_runs ORDER BY id DESC LIMIT 2")

@@ -159,7 +159,7 @@ def test_wrapped_answers_and_clients_not_asked_for(cli, tmp_path, demo, db_path)
     result = sync(cli, tmp_path, demo, db_path, "--days-back", "5", "--clients", "1,2")
     assert result.code == 0, result.stderr
     assert demo.batch_requests()[0].body["client_ids"] == [1, 2]
-    assert "ignored 1 clients not asked for (999)" in result.stderr
+    assert "ignored 1 client not asked for (999)" in result.stderr
     assert query_db(db_path, "SELECT DISTINCT client_id FROM client_stats ORDER BY 1") == [(1,), (2,)]
 
 

@@ -269,6 +269,8 @@ def test_unknown_client_id_exits_2_before_any_stats_request_and_creates_nothing(
     result = cli("sync", "--days-back", "2", "--clients", "2,99,123")
     assert result.code == 2
     assert result.stderr.strip() == "error: unknown client ids 99, 123: the remote does not list them"
+    one = cli("sync", "--days-back", "2", "--clients", "2,99")
+    assert (one.code, one.stderr.strip()) == (2, "error: unknown client id 99: the remote does not list it")
     assert demo.stats_requests() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 

@@ -58,7 +58,7 @@ def sync_counts(run: dict) -> str:
     """`127/127 clients, 46355 rows (120 inserted, 30 updated, 46205 unchanged), 0 rejected` of a sync run."""
     rows = run["rows_inserted"] + run["rows_updated"] + run["rows_unchanged"]
     return (
-        f"{run['clients_ok']}/{run['clients_total']} clients, {rows} rows ({run['rows_inserted']} inserted, "
+        f"{run['clients_ok']}/{run['clients_total']} clients, {plural(rows, 'row')} ({run['rows_inserted']} inserted, "
         f"{run['rows_updated']} updated, {run['rows_unchanged']} unchanged), {run['rows_rejected']} rejected"
     )
 
@@ -102,8 +102,8 @@ def aggregate_summary(result) -> str:
     line = f"aggregate {run['status']}: "
     if run["status"] == "ok":
         line += (
-            f"{run['clients_ok']} clients, {run['rows_fetched']} rows -> {run['rows_inserted']} rollup rows "
-            f"({result.periods} rolling periods, {result.months} months, daily and weekly totals), "
+            f"{plural(run['clients_ok'], 'client')}, {plural(run['rows_fetched'], 'row')} -> {plural(run['rows_inserted'], 'rollup row')} "
+            f"({plural(result.periods, 'rolling period')}, {plural(result.months, 'month')}, daily and weekly totals), "
             f"{'refreshed' if result.refreshed else 'rebuilt'}, "
         )
     line += f"as of {result.as_of}, {result.seconds:.1f} s"
