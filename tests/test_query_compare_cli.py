@@ -277,6 +277,7 @@ def test_client_daily_chart_and_top_spark_on_the_terminal(query):
     (("totals", "--chart"), "--chart draws the periods of --by day|week|month"),
     (("client", "2", "--chart"), "use it with --daily"),
     (("totals", "--by", "week", "--chart-by", "ads_roas"), "--chart-by says what --chart draws: add --chart"),
+    (("client", "2", "--daily", "--chart-by", "total_sales"), "--chart-by says what --chart draws: add --chart"),
     (("top", "--days", "7", "--to", "yesterday", "--from", "2026-03-01"), "either --days or --from/--to"),
 ])
 def test_charts_are_never_drawn_into_csv_or_json(query, args, message):

@@ -35,12 +35,13 @@ _ACTIVE_ONLY = option(False, "--active-only", help="Only clients the remote list
 _SHOW_ACTIVE = option(False, "--show-active", help="Add an `active` column (1/0) after the name.")
 _RANKED = f"{', '.join(METRICS)}, or a ratio: {', '.join(RATIOS)}"
 _CHART = option(False, "--chart", help="Draw bars of --chart-by instead of the table (a terminal table only).")
-_CHART_BY = option("total_sales", "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
+# No default here (None): `--chart-by total_sales` without --chart is refused like any other value.
+_CHART_BY = option(None, "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
 
 
-def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str = "total_sales") -> None:
+def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str | None = None) -> None:
     """Charts are drawn on a terminal table only: csv and json carry the numbers."""
-    if chart_by != "total_sales" and not given:
+    if chart_by is not None and not given:
         raise UsageError("--chart-by says what --chart draws: add --chart")
     if given and fmt != "table":
         raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
@@ -135,15 +136,16 @@ def query_client(
     ctx: typer.Context,
     client_id: int = argument(..., metavar="ID", min=SQLITE_MIN, max=SQLITE_MAX, help="Client id."),
     daily: bool = option(False, "--daily", help="One row per day instead of the window's totals."),
-    show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE, chart: bool = _CHART, chart_by: str = _CHART_BY,
+    show_active: bool = _SHOW_ACTIVE, compare: str | None = _COMPARE, chart: bool = _CHART, chart_by: str | None = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
     _drawn("--chart", chart, fmt, columns, chart_by)
+    drawn = (chart_by or "total_sales") if chart else None
     _report(ctx, fmt, columns, lambda conn, window: client(
-        conn, window, client_id, daily, compare=compare, show_active=show_active, chart=chart_by if chart else None), days, from_, to)
+        conn, window, client_id, daily, compare=compare, show_active=show_active, chart=drawn), days, from_, to)
 
 
 @query_app.command("totals", epilog=examples(
@@ -158,7 +160,7 @@ def query_totals(
     mark_partial: bool = option(False, "--mark-partial",
         help="With --by day|week|month: add each period's days in the window (`days`), and mark (`partial`, `*`) "
              "the periods the window cuts or with fewer days of data than days."),
-    chart: bool = _CHART, chart_by: str = _CHART_BY,
+    chart: bool = _CHART, chart_by: str | None = _CHART_BY,
     days: int | None = _DAYS, from_: str | None = _FROM, to: str | None = _TO, fmt: str = _FORMAT, columns: str | None = _COLUMNS,
 ) -> None:
     """All clients together, per platform: one row, or one per day, week, month or platform."""
@@ -166,7 +168,7 @@ def query_totals(
 
     _drawn("--chart", chart, fmt, columns, chart_by)
     _report(ctx, fmt, columns, lambda conn, window: totals(
-        conn, window, by, compare=compare, mark_partial=mark_partial, chart=chart_by if chart else None), days, from_, to)
+        conn, window, by, compare=compare, mark_partial=mark_partial, chart=(chart_by or "total_sales") if chart else None), days, from_, to)
 
 
 @query_app.command("movers", epilog=examples(
