@@ -266,11 +266,14 @@ def find_config_file(explicit: Path | None) -> Path | None:
     elif DEFAULT_CONFIG_FILE.is_file():
         _check_implicit(DEFAULT_CONFIG_FILE)
         return DEFAULT_CONFIG_FILE.resolve()
+    elif DEFAULT_CONFIG_FILE.exists():  # a folder or a FIFO: never skipped in silence
+        raise ConfigError(f"./{DEFAULT_CONFIG_FILE} is not a file", hint="remove it, or name the config with --config")
     else:
         return None
     chosen = chosen.expanduser()
     if not chosen.is_file():
-        raise ConfigError(f"config file {chosen} (from {origin}) does not exist")
+        what = "is not a file" if chosen.exists() or str(chosen) in ("", ".") else "does not exist"
+        raise ConfigError(f"config file {chosen} (from {origin}) {what}")
     return chosen.resolve()
 
 

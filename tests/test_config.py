@@ -179,6 +179,16 @@ def test_missing_config_file_exits_2(cli, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_config_path_that_is_no_file_says_so(cli, tmp_path, monkeypatch):
+    folder = tmp_path / "conf.d"
+    folder.mkdir()
+    result = cli("--config", str(folder), "status")
+    assert (result.code, result.stderr.strip()) == (2, f"error: config file {folder} (from --config) is not a file")
+    (tmp_path / "config.toml").mkdir()  # found in the current folder: refused, not skipped
+    result = cli("status")
+    assert result.code == 2 and result.stderr.startswith("error: ./config.toml is not a file")
+
+
 def test_toml_syntax_error_exits_2(cli, tmp_path):
     _toml(tmp_path / "config.toml", "[source\nurl = \n")
     result = cli("sync", "--days-back", "1")
