@@ -330,3 +330,10 @@ def test_a_path_with_brackets_is_shown_as_written_never_read_as_markup(cli, tmp_
     assert piped.code == code == 0
     for text in (piped.stdout, re.sub(r"\x1b\[[0-9;]*m", "", shown.replace("\r", ""))):
         assert text.count(str(path)) == 3, text  # no replica at PATH; Run: ... --db PATH sync; the demo hint
+
+
+@pytest.mark.parametrize("size, said", [(512, "512 bytes"), (5_763_072, "5.5 MiB"), (3 * 2**30, "3.0 GiB")])
+def test_the_replica_size_is_in_binary_units_named_as_such(size, said):
+    from delivery_sync.render.status_view import _size_text
+
+    assert _size_text(size) == said

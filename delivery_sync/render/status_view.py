@@ -165,7 +165,7 @@ def _id_list(ids: list[int], empty: str, note: str = ""):
 
 
 def _size_text(size: int | None) -> str:
-    units = ("bytes", "KB", "MB", "GB")
+    units = ("bytes", "KiB", "MiB", "GiB")  # powers of 1024, named as such (ls -lh and du -h count the same way)
     value, unit = float(size or 0), 0
     while value >= 1024 and unit < len(units) - 1:
         value, unit = value / 1024, unit + 1
