@@ -323,9 +323,12 @@ class Connection:
 
 # Functions a read-only transaction still lets run, which read the server's files, reach other
 # servers or change settings: refused by name (a read-only role is the real fence: docs/reference.md).
+# A name may be written quoted ("pg_read_file"(...)), which calls the same function.
 _REFUSED_FUNCTIONS = re.compile(
-    r"\b(pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|dblink\w*|set_config|pg_reload_conf|pg_rotate_logfile"
-    r"|pg_terminate_backend|pg_cancel_backend|pg_sleep\w*|pg_advisory\w*|pg_try_advisory\w*|query_to_xml\w*|copy)\s*\(",
+    r"\b\"?(pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|dblink\w*|set_config|pg_reload_conf|pg_rotate_logfile"
+    r"|pg_terminate_backend|pg_cancel_backend|pg_sleep\w*|pg_advisory\w*|pg_try_advisory\w*|query_to_xml\w*|copy"
+    r"|pg_switch_wal|pg_stat_reset\w*|pg_logical_emit_message|pg_create_\w+|pg_drop_replication_slot|pg_promote"
+    r"|pg_backup_\w+|pg_start_backup|pg_stop_backup|pg_file_\w+|pg_replication_origin_\w+)\"?\s*\(",
     re.IGNORECASE,
 )
 

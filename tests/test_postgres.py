@@ -441,6 +441,10 @@ def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
     ("SELECT nextval('sync_runs_id_seq')", "read-only"),
     ("SELECT pg_read_file('/etc/passwd')", "refused: pg_read_file()"),
     ("SELECT lo_import('/etc/passwd')", "refused: lo_import()"),
+    ('SELECT "pg_read_file"(\'/etc/hostname\')', "refused: pg_read_file()"),  # quoted, the same function
+    ("SELECT pg_catalog.\"pg_ls_dir\"('.')", "refused: pg_ls_dir()"),
+    ("SELECT pg_switch_wal()", "refused: pg_switch_wal()"),
+    ("SELECT pg_stat_reset()", "refused: pg_stat_reset()"),
     ("SELECT set_config('default_transaction_read_only', 'off', false)", "refused: set_config()"),
     ("COPY clients TO STDOUT", "refused: COPY"),
     ("SET default_transaction_read_only = off", "refused: SET"),
