@@ -294,17 +294,26 @@ def _check_implicit(path: Path) -> None:
         )
 
 
-def _warn_if_token_readable(path: Path) -> None:
-    """One warning when the file holds source.token and users other than its owner may read it."""
+def _warn_if_secrets_readable(path: Path) -> None:
+    """One warning when the file holds source.token or a database password and users other than
+    its owner may read it."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         with path.open("rb") as file:
-            token = tomllib.load(file).get("source", {}).get("token")
+            data = tomllib.load(file)
+        token = data.get("source", {}).get("token")
+        database = data.get("database")
+        password = PostgresURL.matches(database) and bool(PostgresURL(database).secrets)
     except (OSError, ValueError, AttributeError):
         return  # the settings read it already: any problem was reported there
-    if token and mode & (stat.S_IRGRP | stat.S_IROTH):
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return
+    if token:
         log.warning("%s holds source.token and other users can read it (mode %04o): chmod 600 it, "
                     "or set DELIVERY_SYNC_SOURCE__TOKEN instead", path, mode)
+    if password:
+        log.warning("%s holds the database password and other users can read it (mode %04o): chmod 600 it, "
+                    "or set DELIVERY_SYNC_DATABASE instead", path, mode)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -329,7 +338,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     settings._config_file = path
     if path is not None:
-        _warn_if_token_readable(path)
+        _warn_if_secrets_readable(path)
     return settings
 
 

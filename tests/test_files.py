@@ -272,3 +272,16 @@ def test_a_token_others_can_read_gets_a_warning(cli, tmp_path, db_path):
     )
     assert "tok-s3cret" not in shared.stderr + shared.stdout
     assert "source.token" not in private.stderr
+
+
+def test_a_database_password_others_can_read_gets_a_warning(cli, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('database = "postgresql://writer:pw-s3cret@127.0.0.1:1/replica"\n')
+    os.chmod(config, 0o644)
+    shared = cli("--config", str(config), "status", "--format", "prometheus")  # no server: metrics say so, exit 0
+    os.chmod(config, 0o600)
+    private = cli("--config", str(config), "status", "--format", "prometheus")
+    assert shared.code == private.code == 0
+    assert f"warning: {config} holds the database password and other users can read it (mode 0644): chmod 600 it, " \
+           "or set DELIVERY_SYNC_DATABASE instead" in shared.stderr
+    assert "password" not in private.stderr and "pw-s3cret" not in shared.stderr + shared.stdout + private.stdout
