@@ -743,8 +743,11 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
+    # On a terminal: which client, day and figure, and by how much, always side by side (80
+    # columns hold them with the longest metric name); the values, name and run as they fit.
+    on_screen = ["client_id", "stat_date", "column", "difference", "old_value", "new_value", "name", "run_id", "changed_at"]
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
-                  [c for c in CHANGES_COLUMNS if c != "changed_at"], table_rows=shown, keep=6,
+                  on_screen, table_rows=shown, keep=4,
                   empty="the remote changed no stored day of this window")
 
 

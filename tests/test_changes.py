@@ -62,9 +62,9 @@ def test_a_pruned_row_is_logged_as_star_with_the_old_row(cli, config, db_path, d
     assert (old["grab_sales"], old["total_orders"], old["extra"]) == before
 
 
-def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, db_path, demo):
+def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, db_path, demo, monkeypatch):
     assert sync(cli).code == 0
-    demo.faults.overrides[(3, "2026-11-22")] = {"grab_orders": 1}
+    demo.faults.overrides[(3, "2026-11-22")] = {"grab_repeated_customers": 1}  # a long metric name (client 3 is Grab-only)
     assert sync(cli).code == 0
     demo.faults.overrides[(5, "2026-11-23")] = {"total_sales": "999.00"}
     assert sync(cli).code == 0
@@ -76,14 +76,23 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
         outside = json.loads(cli("query", "changes", "--from", "2026-11-23", "--format", "json").stdout)
         unchanged = cli("query", "changes", "--client", "4")
         unknown = cli("query", "changes", "--client", "9999")
-    assert [(r["client_id"], r["stat_date"], r["column"]) for r in as_json] == [(5, "2026-11-23", "total_sales"), (3, "2026-11-22", "grab_orders")]
+        monkeypatch.setenv("COLUMNS", "80")
+        narrow = cli("query", "changes", "--days", "7")
+    assert [(r["client_id"], r["stat_date"], r["column"]) for r in as_json] == [
+        (5, "2026-11-23", "total_sales"), (3, "2026-11-22", "grab_repeated_customers")]
     newest = as_json[0]
     assert newest["new_value"] == 999.0 and newest["difference"] == round(999.0 - newest["old_value"], 2)
     assert newest["name"] and newest["run_id"] > as_json[1]["run_id"]
     assert as_json[1]["new_value"] == 1 and as_json[1]["difference"] == 1 - as_json[1]["old_value"]
     assert list(as_csv[0]) == ["client_id", "name", "stat_date", "column", "old_value", "new_value", "difference", "run_id", "changed_at"]
-    assert [r["column"] for r in as_csv] == ["total_sales", "grab_orders"]
-    assert table.code == 0 and "total_sales" in table.stdout and "grab_orders" in table.stdout
+    assert [r["column"] for r in as_csv] == ["total_sales", "grab_repeated_customers"]
+    assert table.code == 0 and "total_sales" in table.stdout and "grab_repeated_customers" in table.stdout
+    # 80 columns: a table, never rows stacked; client, day, column and difference side by side.
+    lines = narrow.stdout.splitlines()
+    assert narrow.code == 0 and "-[ row" not in narrow.stdout and max(map(len, lines)) <= 80
+    header = " ".join(line for line in lines if line.startswith("┃"))
+    assert [header.find(h) >= 0 for h in ("client", "stat", "column", "difference")] == [True] * 4, narrow.stdout
+    assert any("grab_repeated_customers" in line and "│" in line for line in lines)
     assert [r["client_id"] for r in one] == [3]
     assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
     assert unchanged.code == 0 and "the remote changed no stored day of this window" in unchanged.stdout
