@@ -156,6 +156,23 @@ def kill_when(command: list[str], env: dict[str, str], seen) -> None:
         proc.kill()
 
 
+def stop_when(proc, seen, signum: int, settle: float = 0.0) -> tuple[int, str]:
+    """Send `signum` to the running `proc` once `seen()` is true (within 20 s) and `settle` seconds
+    more, as a person's Ctrl-C or a service manager would; its exit code and stderr once it ended."""
+    import time
+
+    try:
+        limit = time.monotonic() + 20
+        while time.monotonic() < limit and not seen():
+            time.sleep(0.02)
+        time.sleep(settle)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
 def client_by_client_sync(tmp_path: Path, demo, database, days: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of `sync --days-back DAYS --no-aggregate` of `database`
     from `demo`, for its own process: one request per client on two connections, so clients

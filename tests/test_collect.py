@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, store_of, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, store_of, unstamped, write_config
 
 pytestmark = pytest.mark.both_engines
 
@@ -97,16 +97,8 @@ def test_a_collect_stopped_while_the_remote_collects_records_its_request(config,
     demo.faults.collect_seconds = 10
     proc = subprocess.Popen([SCRIPT, "--config", str(config), "collect"], cwd=tmp_path, env=clean_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and collect_posts(demo) == 0:
-            time.sleep(0.02)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and collect_posts(demo) == 1
+    code, stderr = stop_when(proc, lambda: collect_posts(demo) > 0, signal.SIGINT, settle=0.2)
+    assert code == 130 and collect_posts(demo) == 1
     said = "the trigger was sent: the remote may still be collecting; do not trigger it again yet; interrupted"
     assert unstamped(stderr).startswith(f"collect failed: {said}, 1 request, "), stderr
     assert query_db(db_path, "SELECT command, status, requests, error FROM sync_runs") == [("collect", "failed", 1, said)]

@@ -8,12 +8,11 @@ import json
 import re
 import signal
 import subprocess
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, write_config
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.render.status_view import _took
@@ -43,16 +42,8 @@ def _clients_stored(db_path: Path | str) -> set[int]:
 def test_retry_failed_after_a_stop_signal_fetches_only_the_clients_not_written(cli, tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
-        proc = _start_sync(config, tmp_path, "--days-back", "3")
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(_clients_stored(db_path)) < 3:
-                time.sleep(0.02)
-            proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
-        assert proc.returncode == code, stderr
+        returned, stderr = stop_when(_start_sync(config, tmp_path, "--days-back", "3"), lambda: len(_clients_stored(db_path)) >= 3, signum)
+        assert returned == code, stderr
         written = _clients_stored(db_path)
         assert 3 <= len(written) < DEMO_CLIENTS
         (run_id, status, error), = query_db(db_path, "SELECT id, status, error FROM sync_runs WHERE command = 'sync'")

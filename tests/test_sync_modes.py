@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, last_run, query_db, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, last_run, query_db, stop_when, unstamped, write_config
 
 from delivery_sync.demo_source import DemoSource
 
@@ -130,16 +130,8 @@ def _start_sync(config: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
 def test_a_stop_signal_closes_the_run_prints_its_summary_and_exits_128_plus_n(tmp_path, db_path, signum, code):
     with DemoSource(clients=DEMO_CLIENTS, latency_ms=150) as demo:
         config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"concurrency": 1, "batch": "never"})
-        proc = _start_sync(config, tmp_path, "--days-back", "3")
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not _has_rows(db_path):
-                time.sleep(0.02)
-            proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
-    assert proc.returncode == code, stderr
+        returned, stderr = stop_when(_start_sync(config, tmp_path, "--days-back", "3"), lambda: _has_rows(db_path), signum)
+    assert returned == code, stderr
     summary = unstamped(stderr).strip().splitlines()[-1]
     assert re.fullmatch(r"sync failed: \d+/12 clients, \d+ rows .*, window .*, \d+ requests, [\d.]+ s - interrupted", summary), stderr
     assert "Traceback" not in stderr
@@ -293,17 +285,8 @@ def test_a_signal_while_the_client_list_is_retried_still_records_the_run(tmp_pat
         assert _start_sync(config, tmp_path, "--days-back", "1", "--no-aggregate").wait(timeout=30) == 0
         demo.requests.clear()
         demo.faults.throttle_next, demo.faults.retry_after = 1000, "60"  # the client list: 429, wait 60 s
-        proc = _start_sync(config, tmp_path, "--days-back", "3")
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not demo.requests:
-                time.sleep(0.02)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
-    assert proc.returncode == 143, stderr
+        code, stderr = stop_when(_start_sync(config, tmp_path, "--days-back", "3"), lambda: bool(demo.requests), signal.SIGTERM, settle=0.3)
+    assert code == 143, stderr
     summary = unstamped(stderr).strip().splitlines()[-1]
     assert re.fullmatch(r"sync failed: 0/0 clients, 0 rows .*, 1 request, [\d.]+ s - interrupted", summary), stderr
     assert query_db(db_path, "SELECT command, status, error FROM sync_runs") == [("sync", "ok", None), ("sync", "failed", "interrupted")]
