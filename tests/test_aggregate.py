@@ -4,6 +4,7 @@ and a PostgreSQL replica (the module's `replica` is built on each engine)."""
 from __future__ import annotations
 
 import calendar
+import json
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -182,3 +183,27 @@ def test_rebuild_replaces_rollups_of_rows_that_changed(replica, tmp_path):
         january = query_db(path, "SELECT COUNT(*) FROM client_aggregates WHERE period = '2026-01'")
     assert "2026-01" not in periods and {"2026-02", "2026-03"} <= periods
     assert january == [(0,)]
+
+
+@pytest.mark.both_engines
+def test_a_client_deleted_from_clients_by_hand_is_listed_again_by_the_next_aggregate(cli, demo, tmp_path, db_path):
+    """Its daily rows stay; left unlisted, windows summed client by client left it out while raw
+    rows counted it. The rebuild lists it again, inactive and without a name, and says so."""
+    write_config(tmp_path / "config.toml", demo.url, db_path)
+    assert cli("sync", "--days-back", "40").code == 0
+    execute_db(db_path, "DELETE FROM clients WHERE id = 5")
+    result = cli("aggregate")
+    assert result.code == 0, result.stderr
+    assert ("warning: aggregate: 1 client had daily rows but no row in `clients` (5): listed again, inactive and without a name"
+            in unstamped(result.stderr))
+    assert query_db(db_path, "SELECT name, active FROM clients WHERE id = 5") == [(None, 0)]
+    today = date.fromisoformat(str(query_db(db_path, "SELECT MAX(stat_date) FROM client_stats")[0][0]))
+    start, end = (today - timedelta(days=33)).isoformat(), (today - timedelta(days=2)).isoformat()  # months, pieces and days
+    shown = cli("query", "client", "5", "--from", start, "--to", end, "--format", "json")
+    [row] = json.loads(shown.stdout)
+    [(days, cents)] = query_db(db_path, "SELECT COUNT(*), SUM(CAST(ROUND(total_sales * 100) AS BIGINT)) FROM client_stats "
+                                        "WHERE client_id = 5 AND stat_date BETWEEN ? AND ?", (start, end))
+    assert (row["days_with_data"], round(row["total_sales"] * 100)) == (days, cents) and days == 32
+    assert cli("aggregate").stderr.count("no row in `clients`") == 0  # listed now: said once
+    active = json.loads(cli("query", "movers", "--active-only", "--limit", "200", "--format", "json").stdout)
+    assert 5 not in {r["client_id"] for r in active}

@@ -331,6 +331,7 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
             break
         for table in PARTS_TABLES:
             db.execute(f"DELETE FROM {table}")
+    list_unlisted_clients(db)
     _index_parts(db)
     db.conn.executemany(f"INSERT INTO agg_days VALUES ({', '.join('?' * (len(METRICS) + 2))})", all_days.result())
     _create_tables(db)
@@ -340,6 +341,23 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     db.execute("DROP TABLE temp.agg_calendar")
     db.execute("DROP TABLE temp.agg_month_list")
     return rolling(db, SQLITE, as_of, params) + months_built(db)
+
+
+def list_unlisted_clients(db) -> list[int]:
+    """List in `clients` (inactive, without a name) every client with partial sums, so with daily
+    rows, that `clients` lacks, and say so; returns their ids. A sync never writes such rows, but a
+    `clients` row deleted by hand left its client's rows out of every window read client by
+    client, while the raw rows still counted them: reports disagreed with themselves. Called by a
+    rebuild once the partial sums are in (a read of agg_client_months' keys, milliseconds)."""
+    ids = [cid for (cid,) in db.execute(
+        "SELECT m.client_id FROM (SELECT DISTINCT client_id FROM agg_client_months) AS m "
+        "WHERE NOT EXISTS (SELECT 1 FROM clients AS c WHERE c.id = m.client_id) ORDER BY m.client_id")]
+    if ids:
+        db.executemany("INSERT INTO clients (id, name, active) VALUES (?, NULL, 0)", [(cid,) for cid in ids])
+        shown = ", ".join(map(str, ids[:10])) + (f" ... and {len(ids) - 10} more" if len(ids) > 10 else "")
+        log.warning("aggregate: %d client%s had daily rows but no row in `clients` (%s): listed again, inactive and without a name",
+                    len(ids), "" if len(ids) == 1 else "s", shown)
+    return ids
 
 
 def dirty_keys(keys: set[tuple[int, str]]) -> tuple[set[tuple], set[tuple], set[tuple]]:

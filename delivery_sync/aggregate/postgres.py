@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 
 from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
-from .build import OLD_WINDOW_SUMS, calendar_table, can_refresh, months_built, parts_done, refresh, rolling, sums_meanwhile
+from .build import (
+    OLD_WINDOW_SUMS,
+    calendar_table,
+    can_refresh,
+    list_unlisted_clients,
+    months_built,
+    parts_done,
+    refresh,
+    rolling,
+    sums_meanwhile,
+)
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_PAIRS, cents_of
@@ -55,6 +65,7 @@ def build(replica: PostgresReplica, as_of: date, run_id: int, changed: ChangedRo
         for name, definition, indexes in _TABLES:
             _emptied(db, name, definition, indexes)
         _build_parts(db)
+        list_unlisted_clients(db)
         params = {"computed_at": computed_at}
         # Calendar months, days and weeks, rolling periods and their edges from the partial sums, as SQLite writes them.
         insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months", PG), params)
