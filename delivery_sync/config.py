@@ -69,6 +69,10 @@ class PostgresURL:
             # libpq and Python split such a URL at different `@`s: the driver would take part of the
             # password for the host, and print it in its error.
             raise ValueError("the user or password of a postgresql:// URL holds an '@': write it as %40")
+        if "@" in parts.path:
+            # A '/' in the password ends the host part for both parsers: what precedes it reads as a
+            # host, the rest as the database, and the password would be shown as part of either.
+            raise ValueError("the user or password of a postgresql:// URL holds a '/': write it as %2F")
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError:
@@ -380,12 +384,27 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
 
 
+_SECRET_PARAMETER = re.compile(r"(?i)\b((?:ssl)?password=)[^&#\s]*")
+
+
 def _without_password(value: Any) -> Any:
     """A URL as an error may show it: anything before the last `@` but the scheme (a user and password,
-    even in a URL too malformed to parse) replaced by `[redacted]`."""
+    even in a URL too malformed to parse) and any `password=` parameter replaced by `[redacted]`."""
     if not isinstance(value, str):
         return value
-    return re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", lambda m: f"{m.group(1) or ''}[redacted]@", value, flags=re.DOTALL)
+    value = re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", lambda m: f"{m.group(1) or ''}[redacted]@", value, flags=re.DOTALL)
+    return _SECRET_PARAMETER.sub(r"\1[redacted]", value)
+
+
+def shown_database(value: str) -> str:
+    """A `database` value (a path, or a PostgreSQL URL even one too malformed to use) as it may be
+    printed: a URL without its password."""
+    if not PostgresURL.matches(value):
+        return value
+    try:
+        return str(PostgresURL(value))
+    except ValueError:
+        return _without_password(value)
 
 
 def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:

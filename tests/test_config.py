@@ -214,3 +214,15 @@ def test_config_example_documents_every_key_with_its_default():
         if section == "source":
             loaded.pop("url"), default.pop("url")
         assert loaded == default, section
+
+
+@pytest.mark.parametrize("args", [
+    ("--db", "postgresql://writer:2024/s3cret@127.0.0.1:5432/delivery", "status"),  # a '/' in the password
+    ("--db", "postgresql://writer@db.internal/?password=s3cret", "status"),  # no database named
+    ("--db", "postgresql://writer@db.internal:70000/delivery?sslpassword=s3cret", "status", "--format", "prometheus"),
+    ("status", "--db", "postgresql://writer:s3cret@db.internal/delivery"),  # a global option after the command
+])
+def test_a_postgresql_password_is_never_printed_by_a_refusal(cli, tmp_path, args):
+    result = cli(*args)
+    assert result.code == 2 and "s3cret" not in result.stdout + result.stderr
+    assert "[redacted]" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -69,13 +69,9 @@ _COMMAND_IN_HINT = re.compile(r"\bdelivery-sync (?=(?:sync|collect|aggregate|sta
 def remember_global_options(config: Path | None, db: str | None) -> None:
     """Keep `--config` and `--db` as given, for `with_global_options` (reset by every command line)."""
     if db:
-        from ..config import PostgresURL  # loaded for the settings next anyway
+        from ..config import shown_database  # loaded for the settings next anyway
 
-        if PostgresURL.matches(db):
-            try:
-                db = str(PostgresURL(db))  # a hint never shows the password
-            except ValueError:
-                db = None  # the settings refuse it before any hint
+        db = shown_database(db)  # a hint never shows a password
     _given_options[:] = [*(["--config", str(config)] if config else []), *(["--db", str(db)] if db else [])]
 
 

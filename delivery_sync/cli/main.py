@@ -134,6 +134,10 @@ def _usage_hint(exc: Exception, args: list[str]) -> str:
     if ctx is not None and ctx.parent is not None and option in _global_options():
         at = args.index(option) if option in args else -1
         value = f" {args[at + 1]}" if option not in _GLOBAL_FLAGS and 0 <= at < len(args) - 1 else ""
+        if option == "--db" and value:
+            from ..config import shown_database
+
+            value = f" {shown_database(value[1:])}"  # never a password
         sub = command.removeprefix("delivery-sync ")
         return f"global options go before the command: 'delivery-sync {option}{value} {sub} ...'"
     return f"see '{command} --help'"
