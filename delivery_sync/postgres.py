@@ -88,6 +88,8 @@ def _value(value):
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
+        if not value.is_finite():  # NUMERIC 'Infinity' or 'NaN' (query sql): a float like float8's
+            return float(value)
         return int(value) if value == value.to_integral_value() else float(value)
     return value
 
@@ -301,7 +303,7 @@ class Connection:
         """`query sql` here: one statement in a transaction (read-only, as every transaction of a
         reader's session is), cancelled by the server after `max_seconds` (statement_timeout);
         returns its column names and its first `max_rows` rows (all without it)."""
-        refused = _REFUSED_FUNCTIONS.search(statement)
+        refused = _REFUSED_FUNCTIONS.search(_COMMENTS.sub(" ", statement))  # `pg_read_file/**/(` calls it too
         if refused:
             raise ReadOnlyViolation(f"refused: {refused.group(1)}() - query sql runs no function that reads files or reaches other servers")
         try:
@@ -314,7 +316,9 @@ class Connection:
             rows = [tuple(_plain(value) for value in row) for row in rows]
         except psycopg.errors.QueryCanceled:
             raise QueryTimeout(f"query interrupted after {max_seconds:g} s", hint="raise --max-seconds or narrow the query") from None
-        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+        except psycopg.errors.InsufficientPrivilege as exc:  # the role may not read a table: say what to grant
+            raise read_error(self.url, exc) from None
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
             raise ReadOnlyViolation(f"refused: the replica is read-only here ({' '.join(str(exc).split())})") from None
         except psycopg.Error as exc:
             raise UsageError(f"SQL error: {' '.join(str(exc).split())}") from None
@@ -323,6 +327,7 @@ class Connection:
 
 # Functions a read-only transaction still lets run, which read the server's files, reach other
 # servers or change settings: refused by name (a read-only role is the real fence: docs/reference.md).
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)
 # A name may be written quoted ("pg_read_file"(...)), which calls the same function.
 _REFUSED_FUNCTIONS = re.compile(
     r"\b\"?(pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|dblink\w*|set_config|pg_reload_conf|pg_rotate_logfile"
@@ -340,9 +345,12 @@ def connect(url: PostgresURL, *, read_only: bool = False, application: str = "de
     (no such database, role or password refused), exit 1 for a server that cannot be reached.
     """
     # Readers: JIT compiling costs 30-400 ms a report and pays back only on far longer queries.
-    options = "-c jit=off -c default_transaction_read_only=on" if read_only else ""
+    ours = "-c jit=off -c default_transaction_read_only=on" if read_only else ""
     try:
-        conn = psycopg.connect(url.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=options,
+        # The URL's own `?options=` (a search_path, a timeout) first: ours after them win, so a
+        # reader stays read-only whatever the URL says.
+        given = psycopg.conninfo.conninfo_to_dict(url.dsn).get("options") or ""
+        conn = psycopg.connect(url.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=f"{given} {ours}".strip(),
                                application_name=application[:63])
     except psycopg.OperationalError as exc:
         raise connect_error(url, exc) from None
@@ -357,8 +365,13 @@ def read_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError | psyc
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return UsageError(f"cannot read replica {url}: {_one_line(exc, url)}",
                           hint="grant it SELECT on the replica's tables; see the README, Serving a team")
+    if isinstance(exc, psycopg.errors.QueryCanceled):  # e.g. a statement_timeout set for the role or database
+        return DeliverySyncError(f"the server cancelled a read of replica {url}: {_one_line(exc, url)}",
+                                 hint="a statement_timeout set for this role or database? raise it for delivery-sync")
     if isinstance(exc, psycopg.OperationalError):
-        return connect_error(url, exc)
+        if exc.sqlstate is None or exc.sqlstate.startswith("08"):  # the connection itself: lost or refused
+            return connect_error(url, exc)
+        return DeliverySyncError(f"cannot read replica {url}: {_one_line(exc, url)}")
     return exc
 
 

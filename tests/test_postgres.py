@@ -4,6 +4,7 @@ not rewritten, one writer, readers never blocked, query sql read-only, no passwo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -444,6 +445,8 @@ def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
     ('SELECT "pg_read_file"(\'/etc/hostname\')', "refused: pg_read_file()"),  # quoted, the same function
     ("SELECT pg_catalog.\"pg_ls_dir\"('.')", "refused: pg_ls_dir()"),
     ("SELECT pg_switch_wal()", "refused: pg_switch_wal()"),
+    ("SELECT pg_read_file/**/('/etc/hostname')", "refused: pg_read_file()"),  # a comment between name and call
+    ("SELECT * FROM pg_ls_dir -- x\n ('.')", "refused: pg_ls_dir()"),
     ("SELECT pg_stat_reset()", "refused: pg_stat_reset()"),
     ("SELECT set_config('default_transaction_read_only', 'off', false)", "refused: set_config()"),
     ("COPY clients TO STDOUT", "refused: COPY"),
@@ -476,20 +479,46 @@ def test_query_sql_shows_every_postgresql_type_in_every_format(cli, demo, tmp_pa
     assert run(cli, config, "sync", "--days-back", "1").code == 0
     statement = ("SELECT ARRAY[1, 2] AS a, ARRAY['x', 'y'] AS s, '{\"k\": 1}'::jsonb AS j, interval '1 day' AS i, "
                  "'6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b'::uuid AS u, '10.0.0.1'::inet AS ip, '12:30'::time AS t, "
-                 "'2026-01-01 10:00+00'::timestamptz AS ts, 'NaN'::float8 AS nan, '-Infinity'::float8 AS inf, true AS b, 2.5 AS n")
+                 "'2026-01-01 10:00+00'::timestamptz AS ts, 'NaN'::float8 AS nan, '-Infinity'::float8 AS inf, true AS b, 2.5 AS n, "
+                 "'Infinity'::numeric AS ninf")
     as_json = run(cli, config, "query", "sql", statement, "--format", "json")
     assert as_json.code == 0, as_json.stderr
     assert json.loads(as_json.stdout) == [{
         "a": "[1, 2]", "s": '["x", "y"]', "j": '{"k": 1}', "i": "1 day, 0:00:00", "u": "6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b",
-        "ip": "10.0.0.1", "t": "12:30:00", "ts": "2026-01-01T10:00:00+00:00", "nan": None, "inf": None, "b": True, "n": 2.5}]
+        "ip": "10.0.0.1", "t": "12:30:00", "ts": "2026-01-01T10:00:00+00:00", "nan": None, "inf": None, "b": True, "n": 2.5,
+        "ninf": None}]
     assert "NaN" not in as_json.stdout and "Infinity" not in as_json.stdout  # JSON has neither
     as_csv = run(cli, config, "query", "sql", statement, "--format", "csv")
     assert as_csv.code == 0 and as_csv.stdout.splitlines()[1] == (
         '"[1, 2]","[""x"", ""y""]","{""k"": 1}","1 day, 0:00:00",6f1c2b7e-2c5e-4c1a-9a7e-0b7f1f2f3a4b,10.0.0.1,12:30:00,'
-        "2026-01-01T10:00:00+00:00,nan,-inf,true,2.5")
+        "2026-01-01T10:00:00+00:00,nan,-inf,true,2.5,inf")
     monkeypatch.setenv("COLUMNS", "250")
     table = run(cli, config, "query", "sql", statement)
     assert table.code == 0 and "│ [1, 2] │" in table.stdout and "│ true │" in table.stdout and "▁" not in table.stdout
+
+
+def test_a_read_the_server_cancels_is_said_so_and_the_url_options_are_kept(cli, demo, tmp_path, pg_url):
+    """A lock or statement timeout while reading is not "is the server running?": one line, exit 1.
+    The timeouts come from the URL's own ?options=, which the connection keeps beside its own."""
+    import psycopg
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "1").code == 0
+    holder = psycopg.connect(pg_url)
+    try:
+        # A reader that ignored the URL's timeouts would wait for the lock, here at most 5 s.
+        holder.execute("SET idle_in_transaction_session_timeout = '5s'")
+        holder.execute("LOCK TABLE clients IN ACCESS EXCLUSIVE MODE")  # held until the transaction ends
+        locked = cli("--db", f"{pg_url}?options=-c%20lock_timeout%3D300", "query", "top")
+        timed = cli("--db", f"{pg_url}?options=-c%20statement_timeout%3D300", "status", "--check")
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            holder.close()
+    assert locked.code == 1 and locked.stderr.startswith("error: cannot read replica ") and "lock timeout" in locked.stderr
+    assert timed.code == 1 and timed.stderr.startswith("error: the server cancelled a read of replica ")
+    assert "statement timeout" in timed.stderr and "statement_timeout set for this role" in timed.stderr
+    for result in (locked, timed):
+        assert "is the PostgreSQL server running" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):
@@ -545,6 +574,8 @@ def test_a_role_without_rights_to_read_gets_one_line_not_a_damaged_replica(cli, 
             assert line.startswith(f"error: cannot read replica postgresql://{role}@") and "permission denied for table" in line, line
             assert "grant it SELECT on the replica's tables" in line and "corrupt" not in line
         assert prom.code == 0 and "delivery_sync_up 0" in prom.stdout and "delivery_sync_ok 0" in prom.stdout
+        sql = cli("--db", as_role, "query", "sql", "SELECT * FROM clients")
+        assert sql.code == 2 and "permission denied for table clients" in sql.stderr and "grant it SELECT" in sql.stderr
         # Without USAGE on the schema the role sees no table at all: told so, not "no replica yet, run a sync".
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f"REVOKE USAGE ON SCHEMA public FROM PUBLIC, {role}")
