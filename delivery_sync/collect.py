@@ -68,7 +68,7 @@ def _trigger(settings: Settings, counts: RunCounts) -> tuple[str | None, str | N
                 return None, f"no answer within {wait:g} s (the remote may still be collecting; not re-triggered)"
             return None, str(exc)
         except BaseException:  # stopped (Ctrl-C, SIGTERM) while waiting: say that a collection may be under way
-            if source.requests:
+            if source.delivered:  # not when every attempt found the remote refusing connections
                 counts.warnings.append("the trigger was sent: the remote may still be collecting; do not trigger it again yet")
             raise
         finally:

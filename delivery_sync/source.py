@@ -228,6 +228,7 @@ class SourceClient:
         self._count_lock = threading.Lock()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
         self.requests = 0
+        self.delivered = 0  # requests whose bytes began to reach the server (a refused connection sends none)
         self._closed = False
 
     def close(self) -> None:
@@ -353,7 +354,7 @@ class SourceClient:
             cut_by_deadline = left is not None and left < self.settings.timeout
             if left is not None:  # a request in flight is abandoned at the deadline
                 timeout = httpx.Timeout(min(left, self.settings.timeout))
-            request = self._http.build_request(method, path, params=params, json=json,
+            request = self._http.build_request(method, path, params=params, json=json, extensions={"trace": self._trace},
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
             # The read timeout bounds the whole request, not each network read: a body that
             # trickles in (or never ends) is cut off when it runs out (source.timeout).
@@ -385,6 +386,12 @@ class SourceClient:
             self._release_large()  # never held through the wait before a retry
             raise RetryableStatus(response, body)
         return response, body
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore's progress of a request: count it as delivered once its headers start out."""
+        if event.endswith("send_request_headers.started"):
+            with self._count_lock:
+                self.delivered += 1
 
     def _stop_at_deadline(self, exc: httpx.TransportError, cut_by_deadline: bool) -> None:
         """A request cut off by the run's deadline (its timeout was the time left, or no time is

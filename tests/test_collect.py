@@ -104,6 +104,22 @@ def test_a_collect_stopped_while_the_remote_collects_records_its_request(config,
     assert query_db(db_path, "SELECT command, status, requests, error FROM sync_runs") == [("collect", "failed", 1, said)]
 
 
+def test_a_collect_stopped_while_the_remote_refuses_connections_sent_no_trigger(db_path, tmp_path):
+    """Ctrl-C between retries of a refused connection: nothing reached the remote, so nothing is
+    said to be collecting."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config(tmp_path / "config.toml", f"http://127.0.0.1:{port}", db_path, source={"max_retries": 5})
+    proc = subprocess.Popen([SCRIPT, "--config", str(config), "collect"], cwd=tmp_path, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    code, stderr = stop_when(proc, lambda: time.monotonic() - began > 2.5, signal.SIGINT)
+    assert code == 130, stderr
+    [(status, requests, error)] = query_db(db_path, "SELECT status, requests, error FROM sync_runs")
+    assert (status, error) == ("failed", "interrupted") and requests >= 2  # attempts, none delivered
+
+
 @pytest.mark.sqlite_only("about the replica file not being created")
 def test_collect_rejects_a_non_positive_timeout(cli, config, db_path, demo):
     result = cli("collect", "--timeout", "0")
