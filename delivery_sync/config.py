@@ -270,7 +270,7 @@ def find_config_file(explicit: Path | None) -> Path | None:
     elif DEFAULT_CONFIG_FILE.is_file():
         _check_implicit(DEFAULT_CONFIG_FILE)
         return DEFAULT_CONFIG_FILE.resolve()
-    elif DEFAULT_CONFIG_FILE.exists():  # a folder or a FIFO: never skipped in silence
+    elif DEFAULT_CONFIG_FILE.exists() or DEFAULT_CONFIG_FILE.is_symlink():  # a folder, a FIFO, a dangling link: never skipped in silence
         raise ConfigError(f"./{DEFAULT_CONFIG_FILE} is not a file", hint="remove it, or name the config with --config")
     else:
         return None

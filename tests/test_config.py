@@ -187,6 +187,10 @@ def test_a_config_path_that_is_no_file_says_so(cli, tmp_path, monkeypatch):
     (tmp_path / "config.toml").mkdir()  # found in the current folder: refused, not skipped
     result = cli("status")
     assert result.code == 2 and result.stderr.startswith("error: ./config.toml is not a file")
+    (tmp_path / "config.toml").rmdir()
+    (tmp_path / "config.toml").symlink_to(tmp_path / "gone" / "config.toml")  # a dangling link
+    result = cli("status")
+    assert result.code == 2 and result.stderr.startswith("error: ./config.toml is not a file")
 
 
 def test_toml_syntax_error_exits_2(cli, tmp_path):
