@@ -29,7 +29,8 @@ DEMO_CLIENTS = 12
 class Result:
     code: int
     stdout: str
-    stderr: str
+    stderr: str  # without the UTC time that starts each line off a terminal (tests/test_cron_logs.py checks it)
+    stamped_stderr: str = ""  # as written, times included
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +128,7 @@ def cli(capsys):
         else:  # main always exits
             raise AssertionError("main() returned without exiting")
         out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return Result(code, out, unstamped(err), err)
 
     return run
 

@@ -52,6 +52,9 @@ def run_cli(*args: str, fsize: int | None = None, as_nobody: bool = False, cwd: 
 
 def one_line(stderr: str) -> str:
     """The single `error: ...` line a fault must produce (never a traceback, never "unexpected")."""
+    from conftest import unstamped  # off a terminal an error line starts with its UTC time
+
+    stderr = unstamped(stderr)
     lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr and "unexpected" not in stderr, stderr

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, client_by_client_sync, kill_when, rows_of, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, client_by_client_sync, kill_when, rows_of, unstamped, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -637,7 +637,7 @@ def test_without_the_driver_a_postgresql_database_is_one_line(tmp_path):
             "main(['--db', 'postgresql://u:pw@127.0.0.1/x', 'status'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert unstamped(result.stderr).strip().splitlines() == [
         "error: a postgresql:// database needs the PostgreSQL driver (install it with: pip install 'delivery-sync[postgres]')"
     ]
 

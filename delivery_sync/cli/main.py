@@ -178,6 +178,10 @@ def _error(message: str, hint: str | None = None) -> None:
     line = f"error: {message}"
     if hint:
         line += f" ({hint})"
+    if not sys.stderr.isatty():  # dated like every log line off a terminal: cron.log says when a run was refused
+        from ..render.lines import utc_stamp
+
+        line = f"{utc_stamp()} {line}"
     try:
         print(safe(line), file=sys.stderr)
     except BrokenPipeError:  # nobody reads stderr any more: the exit code still tells
