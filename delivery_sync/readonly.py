@@ -70,10 +70,13 @@ def _authorizer(action: int, arg1, arg2, db_name, trigger) -> int:
 def replica_exists(path: Path) -> bool:
     """Whether a replica file is there to read: an empty file (touched, or cut short) holds none,
     unless its `-wal` holds a first sync's pages not yet copied into it."""
-    if not path.is_file():
-        return False
+    return path.is_file() and (path.stat().st_size > 0 or _wal_bytes(path) > 0)
+
+
+def _wal_bytes(path: Path) -> int:
+    """The size of the replica's `-wal` file (writes not yet copied into it); 0 when there is none."""
     wal = path.with_name(path.name + "-wal")
-    return path.stat().st_size > 0 or (wal.is_file() and wal.stat().st_size > 0)
+    return wal.stat().st_size if wal.is_file() else 0
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -144,9 +147,8 @@ def _is_write_refused(exc: sqlite3.DatabaseError) -> bool:
 
 def _immutable_unsafe(path: Path) -> str | None:
     """Why the file may not be read as immutable right now, or None when it may."""
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return f"{wal.name} holds writes not yet in the file"
+    if _wal_bytes(path) > 0:
+        return f"{path.name}-wal holds writes not yet in the file"
     held = writer_holds_lock(path)
     if held is None:
         return f"the lock {path.name}.lock cannot be read to tell whether a sync runs"
@@ -261,8 +263,7 @@ class SqliteReader:
 
     def size(self) -> int:
         """Bytes on disk, the WAL included (it holds recent writes until a checkpoint)."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return self.path.stat().st_size + _wal_bytes(self.path)
 
     def check_path(self) -> None:
         """A replica path that can never hold one is the user's to fix, not a reason to advise `sync`."""
