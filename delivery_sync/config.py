@@ -90,7 +90,9 @@ class PostgresURL:
             if name in self.SECRET_PARAMETERS:
                 secrets.append(value)
                 value = "[redacted]"
-            query.append(f"{quote(name, safe='')}={value if value == '[redacted]' else quote(value, safe='')}")
+            else:
+                value = quote(value, safe="")
+            query.append(f"{quote(name, safe='')}={value}")
         if query:
             parts = parts._replace(query="&".join(query))
         # Each secret as written and as decoded: a driver's message may quote either.
@@ -384,7 +386,7 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
 
 
-_SECRET_PARAMETER = re.compile(r"(?i)\b((?:ssl)?password=)[^&#\s]*")
+_SECRET_PARAMETER = re.compile(rf"(?i)\b((?:{'|'.join(PostgresURL.SECRET_PARAMETERS)})=)[^&#\s]*")
 
 
 def _without_password(value: Any) -> Any:

@@ -416,13 +416,11 @@ def open_readonly(url: PostgresURL) -> Connection:
     """A read-only connection to the replica (`status`, `query`); `NoReplica` when there is none."""
     conn = connect(url, read_only=True, application="delivery-sync reader")
     try:
-        holds = _holds_replica(conn, url)
+        if not _holds_replica(conn, url):
+            raise NoReplica(f"no replica in database {url} (no sync_runs table)", hint="run 'delivery-sync sync' first")
     except BaseException:
         conn.close()
         raise
-    if not holds:
-        conn.close()
-        raise NoReplica(f"no replica in database {url} (no sync_runs table)", hint="run 'delivery-sync sync' first")
     return conn
 
 
