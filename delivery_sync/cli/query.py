@@ -39,14 +39,16 @@ _CHART = option(False, "--chart", help="Draw bars of --chart-by instead of the t
 _CHART_BY = option(None, "--chart-by", metavar="METRIC", help="What --chart draws: a metric or a ratio (default: total_sales).")
 
 
-def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str | None = None) -> None:
-    """Charts are drawn on a terminal table only: csv and json carry the numbers."""
+def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str | None = None) -> str | None:
+    """Charts are drawn on a terminal table only: csv and json carry the numbers. Returns what
+    --chart draws (`chart_by`, by default total_sales), None without it."""
     if chart_by is not None and not given:
         raise UsageError("--chart-by says what --chart draws: add --chart")
     if given and fmt != "table":
         raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
     if given and columns is not None:
         raise UsageError(f"{flag} does not combine with --columns")
+    return (chart_by or "total_sales") if given else None
 
 
 def _report(ctx: typer.Context, fmt: str, columns: str | None, build, days=None, from_=None, to=None, windowed: bool = True):
@@ -142,8 +144,7 @@ def query_client(
     """One client's totals and ratios over the window, or its daily rows."""
     from ..reports import client
 
-    _drawn("--chart", chart, fmt, columns, chart_by)
-    drawn = (chart_by or "total_sales") if chart else None
+    drawn = _drawn("--chart", chart, fmt, columns, chart_by)
     _report(ctx, fmt, columns, lambda conn, window: client(
         conn, window, client_id, daily, compare=compare, show_active=show_active, chart=drawn), days, from_, to)
 
@@ -166,9 +167,9 @@ def query_totals(
     """All clients together, per platform: one row, or one per day, week, month or platform."""
     from ..reports import totals
 
-    _drawn("--chart", chart, fmt, columns, chart_by)
+    drawn = _drawn("--chart", chart, fmt, columns, chart_by)
     _report(ctx, fmt, columns, lambda conn, window: totals(
-        conn, window, by, compare=compare, mark_partial=mark_partial, chart=(chart_by or "total_sales") if chart else None), days, from_, to)
+        conn, window, by, compare=compare, mark_partial=mark_partial, chart=drawn), days, from_, to)
 
 
 @query_app.command("movers", epilog=examples(
