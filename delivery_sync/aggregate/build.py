@@ -353,10 +353,11 @@ def list_unlisted_clients(db) -> list[int]:
         "SELECT m.client_id FROM (SELECT DISTINCT client_id FROM agg_client_months) AS m "
         "WHERE NOT EXISTS (SELECT 1 FROM clients AS c WHERE c.id = m.client_id) ORDER BY m.client_id")]
     if ids:
+        from ..status import capped  # the status module is not needed otherwise
+
         db.executemany("INSERT INTO clients (id, name, active) VALUES (?, NULL, 0)", [(cid,) for cid in ids])
-        shown = ", ".join(map(str, ids[:10])) + (f" ... and {len(ids) - 10} more" if len(ids) > 10 else "")
         log.warning("aggregate: %d client%s had daily rows but no row in `clients` (%s): listed again, inactive and without a name",
-                    len(ids), "" if len(ids) == 1 else "s", shown)
+                    len(ids), "" if len(ids) == 1 else "s", capped(ids, 10))
     return ids
 
 
