@@ -104,8 +104,8 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             writer = SyncWriter(db, run_id, counts, options.prune)
             error = None
             deadline_hit = False
-            # Into an empty replica, first_load builds some indexes once the rows are in.
-            with db.closed_on_error(run_id, counts), db.first_load():
+            # Into an empty replica, first_load may build some indexes once the rows are in.
+            with db.closed_on_error(run_id, counts), db.first_load(sum(w.days for w in windows.values())):
                 try:
                     _fetch_and_write(source, settings, windows, writer, progress)
                 except StopRun as stop:

@@ -28,8 +28,9 @@ class Run:
 
 
 def run_cli(*args: str, fsize: int | None = None, as_nobody: bool = False, cwd: Path | None = None,
-            timeout: float = 60, env: dict | None = None) -> Run:
-    """`delivery-sync ARGS...` in a subprocess, optionally under RLIMIT_FSIZE or as an unprivileged user."""
+            timeout: float = 60, env: dict | None = None, script: list[str] | None = None) -> Run:
+    """`delivery-sync ARGS...` (or `script` ARGS...) in a subprocess, optionally under RLIMIT_FSIZE
+    or as an unprivileged user."""
 
     def preexec() -> None:
         if fsize is not None:
@@ -45,7 +46,7 @@ def run_cli(*args: str, fsize: int | None = None, as_nobody: bool = False, cwd: 
 
     environment = clean_env()
     environment.update(env or {})
-    proc = subprocess.run([*prefix, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+    proc = subprocess.run([*prefix, *(script or [SCRIPT]), *args], capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
                           cwd=cwd, env=environment)
     return Run(proc.returncode, proc.stdout, proc.stderr)
 

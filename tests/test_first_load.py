@@ -1,18 +1,26 @@
-"""A first sync into an empty SQLite replica builds client_stats' total_sales index once its rows
-are in, not row by row: the index is there after the run (ok, failed or killed and then opened
-again), the same as a replica migrated anew, and a sync into a replica with rows leaves it alone."""
+"""A large first sync into an empty SQLite replica builds client_stats' deferred indexes once its
+rows are in, not row by row: the index is there after the run (ok, failed or killed and then opened
+again), the same as a replica migrated anew; a small first sync, and a sync into a replica with
+rows, leave them alone. The syncs here are small: they lower the threshold to see the deferral."""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
 from datetime import timedelta
 
+import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, query_db, write_config
 from hardening import one_line, run_cli
 
 from delivery_sync.demo_source import DemoSource
-from delivery_sync.replica.schema import DEFERRED_INDEXES
+from delivery_sync.replica import store
+from delivery_sync.replica.schema import DEFERRED_FROM_ROWS, DEFERRED_INDEXES
+
+# `delivery-sync` in its own process, deferring the indexes of a first sync of any size.
+DEFERRING = [sys.executable, "-c", "import delivery_sync.replica.store as s; s.DEFERRED_FROM_ROWS = 0; "
+             "from delivery_sync.cli.main import main; main()"]
 
 INDEXES = "SELECT name, sql, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats' ORDER BY name"
 
@@ -23,13 +31,16 @@ def indexes(db_path) -> dict[str, tuple[str, int]]:
 
 def fresh_indexes(tmp_path) -> dict[str, str]:
     """The CREATE INDEX statements of client_stats in a replica migrated anew."""
-    from delivery_sync.replica import open_replica
-
-    open_replica(tmp_path / "fresh.db").close()
-    return {name: sql for name, (sql, _) in indexes(tmp_path / "fresh.db").items()}
+    return {name: sql for name, (sql, _) in indexes(_fresh(tmp_path)).items()}
 
 
-def test_a_first_sync_ends_with_every_index_of_a_new_replica(cli, config, db_path, tmp_path):
+@pytest.fixture
+def deferring(monkeypatch):
+    """In-process runs defer the indexes of a first sync of any size."""
+    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", 0)
+
+
+def test_a_first_sync_ends_with_every_index_of_a_new_replica(cli, config, db_path, tmp_path, deferring):
     assert cli("sync", "--days-back", "5").code == 0
     assert {name: sql for name, (sql, _) in indexes(db_path).items()} == fresh_indexes(tmp_path)
     assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
@@ -46,7 +57,30 @@ def test_a_sync_into_a_replica_with_rows_leaves_its_indexes_alone(cli, config, d
     assert indexes(db_path) == before  # not dropped and built again: same root pages
 
 
-def test_a_failed_first_sync_still_builds_the_index(cli, tmp_path, db_path, demo):
+def test_only_a_first_sync_of_more_rows_than_the_threshold_defers_them(cli, config, db_path, tmp_path, monkeypatch):
+    assert DEFERRED_FROM_ROWS == 100_000  # the README's 127 clients x 365 days write theirs row by row
+    fresh = {name: root for name, (_, root) in indexes(_fresh(tmp_path)).items()}
+    rows = DEMO_CLIENTS * 5
+    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", rows)  # 5 days of every client: not more
+    assert cli("sync", "--days-back", "5").code == 0
+    assert {name: root for name, (_, root) in indexes(db_path).items()} == fresh  # made with the replica, kept
+    db_path.unlink()
+    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", rows - 1)
+    assert cli("sync", "--days-back", "5").code == 0
+    rebuilt = {name: root for name, (_, root) in indexes(db_path).items()}
+    assert rebuilt.keys() == fresh.keys()
+    assert {name for name in fresh if rebuilt[name] != fresh[name]} == set(DEFERRED_INDEXES)  # dropped, built at the end
+    assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _fresh(tmp_path):
+    from delivery_sync.replica import open_replica
+
+    open_replica(tmp_path / "fresh.db").close()
+    return tmp_path / "fresh.db"
+
+
+def test_a_failed_first_sync_still_builds_the_index(cli, tmp_path, db_path, demo, deferring):
     write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "max_retries": 0})  # fail at once
     demo.faults.fail_clients = {3: 500}  # one client fails: the run fails, the others are stored
     result = cli("sync", "--days-back", "5")
@@ -60,6 +94,7 @@ def test_a_first_sync_killed_mid_way_gets_its_index_from_the_next_run(tmp_path, 
     clients, days = 40, 20
     with DemoSource(clients=clients, latency_ms=20) as demo:
         command, env = client_by_client_sync(tmp_path, demo, db_path, days)
+        command = [*DEFERRING, *command[1:]]
         config = tmp_path / "config.toml"
         kill_when(command, env, lambda: db_path.exists() and _stored(db_path) > 0)
         stored = _stored(db_path)
@@ -91,7 +126,7 @@ def test_a_first_sync_stopped_by_a_full_disk_keeps_its_clients_and_builds_the_in
     # the first client, not the second: the write that fails raises out of the sync after a commit,
     # with no transaction left open, and the indexes are built on the way out.
     config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
-    failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=340_000)
+    failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=340_000, script=DEFERRING)
     assert failed.code == 1, failed.stderr
     assert "disk full or file size limit" in one_line(failed.stderr)
     kept = query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats")[0]

@@ -59,9 +59,9 @@ class OpenReplica:
     def staging(self) -> Staging:
         return self.staging_type(self.db)
 
-    def first_load(self) -> AbstractContextManager[None]:
-        """Around the writes of a sync: where the engine loads an empty table faster with some of
-        its indexes built afterwards, it does so here. By default nothing changes."""
+    def first_load(self, rows: int) -> AbstractContextManager[None]:
+        """Around the writes of a sync of up to `rows` rows: where the engine loads an empty table
+        faster with some of its indexes built afterwards, it does so here. By default nothing changes."""
         return nullcontext()
 
     def transaction(self) -> AbstractContextManager[None]:

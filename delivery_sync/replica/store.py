@@ -24,7 +24,7 @@ from ..errors import Interrupted
 from ..records import Client
 from .lock import writer_lock
 from .runs import RunCounts
-from .schema import DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error, storage_kind
+from .schema import DEFERRED_FROM_ROWS, DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error, storage_kind
 from .session import OpenReplica
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Replica(Protocol):
     def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None: ...
     def write_group(self): ...
     def staging(self): ...
-    def first_load(self) -> AbstractContextManager[None]: ...
+    def first_load(self, rows: int) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -114,16 +114,17 @@ class SqliteReplica(OpenReplica):
         self.path = path
 
     @contextmanager
-    def first_load(self) -> Iterator[None]:
-        """Into an empty client_stats, the DEFERRED_INDEXES are dropped and built again once the
-        rows are in: the same index, in seconds rather than a read and a write of a page per row.
+    def first_load(self, rows: int) -> Iterator[None]:
+        """Into an empty client_stats, a sync of more than DEFERRED_FROM_ROWS `rows` drops the
+        DEFERRED_INDEXES and builds them again once the rows are in: the same index, in seconds
+        rather than a read and a write of a page per row.
 
         Built again whether the writes end ok, failed or at the deadline. A run stopped by a signal
         (the user waits for the exit), or by an error with its transaction still open (the index
         would be rolled back with it), leaves that to the next writing run, whose open builds it;
         until then reports give the same figures, more slowly.
         """
-        if self.db.execute("SELECT EXISTS (SELECT 1 FROM client_stats)").fetchone()[0]:
+        if rows <= DEFERRED_FROM_ROWS or self.db.execute("SELECT EXISTS (SELECT 1 FROM client_stats)").fetchone()[0]:
             yield
             return
         for name in DEFERRED_INDEXES:
