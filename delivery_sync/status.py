@@ -93,7 +93,7 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
     today = now.astimezone(tz).date()
     status = Status(
         database=reader.location,
-        exists=True,
+        exists=False,  # until asked: a server that cannot be asked is not said to hold a replica
         checked_at=now.replace(microsecond=0).isoformat(),
         timezone=str(tz),
         today=today.isoformat(),
@@ -275,10 +275,10 @@ def judge(status: Status) -> Verdict:
 
 
 def _judge(status: Status) -> Verdict:
+    if status.unreadable:  # first: a server that cannot be asked holds no replica as far as status knows
+        return Verdict(False, status.unreadable, status.unreadable_advice)
     if not status.exists:
         return Verdict(False, f"no replica at {status.database} yet", "delivery-sync sync")
-    if status.unreadable:
-        return Verdict(False, status.unreadable, status.unreadable_advice)
     last = status.last_sync
     if last is None:
         return Verdict(False, "the replica has never been synced", "delivery-sync sync")
