@@ -339,3 +339,15 @@ def test_httpx_command_line_tool_stays_importable_by_name():
     probe = "import delivery_sync.source, httpx._main; print(callable(httpx._main.main))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_a_sync_holds_its_result_until_the_next_command_line(cli, config, db_path):
+    # Freed by the process's exit, not key by key as the command returns; in one process (as
+    # here) the next command line lets go of it, so in-process runs do not pile results up.
+    app = sys.modules["delivery_sync.cli.app"]  # the package exports the Typer app under that name
+
+    assert cli("sync", "--days-back", "3").code == 0
+    held = [value for value in app._held if hasattr(value, "changed")]
+    assert len(held) == 1 and len(held[0].changed.keys) == DEMO_CLIENTS * 3
+    assert cli("status").code == 0
+    assert app._held == []

@@ -66,8 +66,22 @@ _given_options: list[str] = []
 _COMMAND_IN_HINT = re.compile(r"\bdelivery-sync (?=(?:sync|collect|aggregate|status|query)\b)")
 
 
+# What a command line still holds when its command ends (see `hold_until_exit`).
+_held: list[Any] = []
+
+
+def hold_until_exit(value: Any) -> None:
+    """Keep `value` alive until the process ends, to be freed by its exit rather than object by
+    object as the command returns: the 46,355 keys of the rows a first sync of 127 clients x 365
+    days wrote took 7 ms to free, after its work was done. Released by the next command line run
+    in the same process (tests)."""
+    _held.append(value)
+
+
 def remember_global_options(config: Path | None, db: str | None) -> None:
-    """Keep `--config` and `--db` as given, for `with_global_options` (reset by every command line)."""
+    """Keep `--config` and `--db` as given, for `with_global_options` (reset by every command line,
+    which also lets go of what the previous one held until its exit)."""
+    _held.clear()
     if db:
         from ..config import shown_database  # loaded for the settings next anyway
 

@@ -9,7 +9,7 @@ import typer
 
 from ..days import FIRST_DAY
 from ..errors import EXIT_FAILED, UsageError
-from .app import Globals, app, examples, option, parse_date, parse_ids
+from .app import Globals, app, examples, hold_until_exit, option, parse_date, parse_ids
 
 log = logging.getLogger("delivery_sync")
 
@@ -58,6 +58,7 @@ def sync(
     except NothingToRetry as nothing:
         render.summary(f"sync: nothing to retry: {nothing}")
         raise typer.Exit(0) from None
+    hold_until_exit(result)
     rollup = result.aggregate
     if rollup:  # cron mail gets one summary line per run, which says when the rollup failed
         log.debug("%s", render.aggregate_summary(rollup))
