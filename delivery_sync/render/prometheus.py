@@ -37,8 +37,8 @@ def status_prometheus(status) -> str:
     last_sync = status.last_sync or {}
     gauge("info", "The replica this describes (always 1).", (_labels(database=status.database), 1))
     gauge("up", "1 when status could read the replica (or there is none yet); 0 when it is damaged or cannot be "
-          "opened, and every other figure here is then 0.", ("", int(status.unreadable is None)))
-    gauge("exists", "1 when the replica exists; 0 also when its server could not be asked (up is then 0).",
+          "opened or read, and every figure read from it is then 0.", ("", int(status.unreadable is None)))
+    gauge("exists", "1 when the replica exists; 0 also when status could not find out (up is then 0).",
           ("", int(status.exists)))
     gauge("ok", "1 when status --check passes: fresh, and the last sync ok.", ("", int(bool(status.verdict and status.verdict.ok))))
     gauge("fresh", "1 when the replica is fresh (last ok sync and every active client within stale_after_hours).",

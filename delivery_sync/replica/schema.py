@@ -184,7 +184,7 @@ INDEX_BUILD_CACHE_KIB = 2 * 1024
 # A first sync of at most this many rows keeps those indexes and writes them row by row: they stay in
 # the writer's page cache, and their writes fall while it waits on the remote, where building
 # them at the end added 40 ms after the last answer (127 clients x 365 days: full sync 1.24x its
-# fetch-only floor, 1.29-1.32x deferred; the same CPU either way). At 500 x 365 (182,000 rows)
+# fetch-only floor, 1.29-1.32x deferred; the same CPU either way). At 500 x 365 (182,500 rows)
 # writing them row by row cost 8% more CPU.
 DEFERRED_FROM_ROWS = 100_000
 
