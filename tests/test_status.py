@@ -4,6 +4,7 @@ on both engines (`both_engines`, tests/conftest.py)."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import datetime, timedelta
 
@@ -176,6 +177,17 @@ def test_lagging_clients_and_missing_days(cli, config, db_path, demo):
     # Lagging clients are shown, but the check wants only fresh and last sync ok.
     check = cli("status", "--check")
     assert check.code == 0 and "but 1 active client lag" in check.stdout
+
+
+def test_the_headline_and_the_freshness_line_give_the_same_age(cli, config, db_path):
+    synced(cli)
+    (finished,) = query_db(db_path, "SELECT finished_at FROM sync_runs WHERE command = 'sync'")[0]
+    # 2.6 minutes: 0.0433 h, which JSON rounds to 0.04 h (2.4 min); both lines must say 3 min.
+    with freeze_time(datetime.fromisoformat(finished) + timedelta(minutes=2, seconds=36)):
+        view = cli("status")
+    assert view.code == 0
+    assert view.stdout.startswith("Replica can be trusted: yes - fresh, last sync ok 3 min ago, data through "), view.stdout
+    assert re.search(r"Freshness +fresh - last ok sync finished \S+ \S+ UTC \(3 min ago\)", view.stdout), view.stdout
 
 
 def test_freshness_boundary_is_exactly_stale_after_hours(cli, tmp_path, demo, db_path):

@@ -126,12 +126,9 @@ def _run_details(run: dict) -> str:
 
 def _when(stamp: str, status) -> str:
     """`2026-01-25 01:00 UTC (6.0 h ago)`."""
-    from datetime import datetime
+    from ..status import age_text, hours_since, stamp_text
 
-    from ..status import age_text, stamp_text
-
-    hours = (datetime.fromisoformat(status.checked_at) - datetime.fromisoformat(stamp)).total_seconds() / 3600
-    return f"{stamp_text(stamp)} ({age_text(max(hours, 0))} ago)"
+    return f"{stamp_text(stamp)} ({age_text(hours_since(stamp, status))} ago)"
 
 
 def _took(run: dict) -> str:
