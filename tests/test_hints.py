@@ -98,7 +98,7 @@ def test_no_source_url_anywhere_stops_before_any_request(cli, monkeypatch, liste
     assert result.code == 2
     assert one_line(result.stderr) == (
         "error: no source.url configured (no --config, $DELIVERY_SYNC_CONFIG is not set, no ./config.toml): "
-        f"nothing was sent (try 'delivery-sync {command} --source demo', or copy config.example.toml to config.toml "
+        f"nothing was sent (try 'delivery-sync --db {db_path} {command} --source demo', or copy config.example.toml to config.toml "
         "and set source.url)"
     )
     assert _connections(listener_on_the_old_default_url) == 0
@@ -226,3 +226,29 @@ def test_the_stale_warning_of_a_query_names_status_with_the_same_db(cli, config,
         result = cli("--db", str(db_path), "query", "totals", "--from", "2026-01-01", "--to", "2026-01-02")
     assert result.code == 0
     assert f"(see 'delivery-sync --db {db_path} status')" in result.stderr
+
+
+def test_a_hint_names_the_config_and_replica_that_the_environment_chose(cli, tmp_path, monkeypatch):
+    # As cron runs it: crontab.example sets DELIVERY_SYNC_CONFIG, which the shell that the mailed
+    # hint is pasted into does not have.
+    import shlex
+
+    from conftest import DEMO_CLIENTS, query_db
+
+    db = tmp_path / "srv" / "shop.db"
+    db.parent.mkdir()
+    with DemoSource(clients=DEMO_CLIENTS) as demo:
+        config = write_config(tmp_path / "etc.toml", demo.url, db, source={"max_retries": 0, "batch": "never"})
+        monkeypatch.setenv("DELIVERY_SYNC_CONFIG", str(config))
+        demo.faults.fail_clients = {3: 500}
+        assert cli("sync", "--days-back", "2").code == 1
+        status = cli("status")
+        run_line = next(line for line in status.stdout.splitlines() if line.startswith("Run:"))
+        assert run_line == f"Run: delivery-sync --config {config} sync --retry-failed"
+        monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "other.db")  # relative: named in full
+        assert f"--config {config} --db {tmp_path / 'other.db'} sync" in cli("status").stdout
+        monkeypatch.delenv("DELIVERY_SYNC_DATABASE")
+        monkeypatch.delenv("DELIVERY_SYNC_CONFIG")  # the operator's shell
+        demo.faults.fail_clients = {}
+        assert cli(*shlex.split(run_line.removeprefix("Run: "))[1:]).code == 0
+    assert query_db(db, "SELECT status FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("partial",), ("ok",)]

@@ -60,9 +60,9 @@ class Globals:
         return load_settings(self.config, database=self.db, **overrides)
 
 
-# The global options this command line gave that choose the replica (`--config`, `--db`), repeated in
-# every hint that names a command, so that copying the hint acts on the same replica.
-_given_options: list[str] = []
+# The global options this command line gave that choose the replica (`--config`, `--db`; None when
+# not given), repeated in every hint that names a command, so that copying the hint acts on the same replica.
+_given_options: dict[str, str | None] = {"--config": None, "--db": None}
 _COMMAND_IN_HINT = re.compile(r"\bdelivery-sync (?=(?:sync|collect|aggregate|status|query)\b)")
 
 
@@ -82,18 +82,30 @@ def remember_global_options(config: Path | None, db: str | None) -> None:
     """Keep `--config` and `--db` as given, for `with_global_options` (reset by every command line,
     which also lets go of what the previous one held until its exit)."""
     _held.clear()
-    if db:
-        from ..config import shown_database  # loaded for the settings next anyway
-
-        db = shown_database(db)  # a hint never shows a password
-    _given_options[:] = [*(["--config", str(config)] if config else []), *(["--db", str(db)] if db else [])]
+    _given_options.update({"--config": str(config) if config else None, "--db": db or None})
 
 
 def with_global_options(text: str) -> str:
-    """`delivery-sync sync ...` in a hint as `delivery-sync --db x.db sync ...` when `--db x.db` was given."""
-    if not _given_options:
+    """`delivery-sync sync ...` in a hint as `delivery-sync --db x.db sync ...` when `--db x.db` was
+    given, or when $DELIVERY_SYNC_DATABASE chose it (and the same for `--config` and
+    $DELIVERY_SYNC_CONFIG): cron's crontab sets them, the shell a mailed hint is pasted into does not."""
+    if not _COMMAND_IN_HINT.search(text):
         return text
-    given = " ".join(map(_shell_word, _given_options))
+    import os
+
+    from ..config import CONFIG_ENV, ENV_PREFIX, shown_database  # loaded for the settings anyway
+
+    def from_environment(name: str) -> str | None:  # a path in full: the hint may be pasted in another folder
+        value = os.environ.get(name)
+        return value if not value or "://" in value else os.path.abspath(os.path.expanduser(value))
+
+    chosen = {"--config": _given_options["--config"] or from_environment(CONFIG_ENV),
+              "--db": _given_options["--db"] or from_environment(ENV_PREFIX + "DATABASE")}
+    if chosen["--db"]:
+        chosen["--db"] = shown_database(chosen["--db"])  # a hint never shows a password
+    given = " ".join(_shell_word(word) for option, value in chosen.items() if value for word in (option, value))
+    if not given:
+        return text
     return _COMMAND_IN_HINT.sub(lambda _: f"delivery-sync {given} ", text)
 
 
