@@ -270,7 +270,9 @@ def judge(status: Status) -> Verdict:
     verdict = _judge(status)
     running = [r for r in status.running if r["command"] == "sync"]
     if running and not verdict.ok:
+        # Its fix would be refused (exit 75) until it ends, and that sync may well be the fix.
         verdict.reason += f" (a sync is running since {stamp_text(running[-1]['started_at'])})"
+        verdict.advice = verdict.advice and f"once the running sync has ended, {verdict.advice}"
     return verdict
 
 

@@ -243,6 +243,23 @@ def test_a_running_sync_is_listed_but_last_sync_is_the_last_finished(cli, config
     assert "sync       running  since" in view
 
 
+def test_while_a_sync_runs_status_says_to_wait_before_its_fix(cli, tmp_path, demo, db_path):
+    # The fix would be refused (exit 75) while the running sync holds the lock.
+    write_config(tmp_path / "config.toml", demo.url, db_path, source={"max_retries": 0, "batch": "never"})
+    demo.faults.fail_clients = {3: 500}
+    assert cli("sync", "--days-back", str(DAYS), "--no-aggregate").code == 1
+    assert cli("status").stdout.splitlines()[1] == "Run: delivery-sync sync --retry-failed"
+    with store_of(db_path).writer_lock("sync"):
+        db = store_of(db_path).open()
+        db.start_run("sync")
+        db.close()
+        view, check, data = cli("status").stdout.splitlines(), cli("status", "--check"), status_json(cli)
+    assert view[0].startswith("Replica can be trusted: NO - last sync ") and "(a sync is running since " in view[0]
+    assert view[1] == "Run: once the running sync has ended, delivery-sync sync --retry-failed"
+    assert check.code == 1 and check.stdout.rstrip().endswith("; run: once the running sync has ended, delivery-sync sync --retry-failed")
+    assert data["verdict"]["advice"] == "once the running sync has ended, delivery-sync sync --retry-failed"
+
+
 def test_a_first_sync_still_running_is_not_also_shown_as_never(cli, config, db_path):
     store_of(db_path).open().close()
     with store_of(db_path).writer_lock("sync"):
