@@ -99,13 +99,16 @@ class Interrupted(BaseException):
     """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived; exits 128 + its number, as shells report it.
 
     A BaseException, like KeyboardInterrupt, so no `except Exception` swallows it and
-    Typer does not turn it into its own exit code. `run` is the run it closed, if any.
+    Typer does not turn it into its own exit code. `run` is the run it closed, if any; `ended`
+    the result of a command that had ended when it stopped what came after (a sync whose
+    closing aggregate it stopped), whose summary line is then the one to print.
     """
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
         self.run: dict | None = None
+        self.ended = None
 
     @property
     def exit_code(self) -> int:

@@ -73,7 +73,15 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
         run = result.run
         changed = (run["rows_inserted"] or 0) + (run["rows_updated"] or 0) + (run["rows_deleted"] or 0)
         if options.aggregate and (run["status"] != "failed" or changed):
-            result.aggregate = aggregate_locked(store, settings.source.today(), result.changed)
+            as_of = settings.source.today()
+            try:
+                result.aggregate = aggregate_locked(store, as_of, result.changed)
+            except Interrupted as stop:
+                # The sync is done and recorded: its line, ending "; aggregate failed: interrupted",
+                # is the summary (a stop before the aggregate recorded its run has no row to show).
+                result.aggregate = AggregateResult(stop.run or {"status": "failed", "error": "interrupted"}, as_of)
+                stop.ended = result
+                raise
         return result
 
 

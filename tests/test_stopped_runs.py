@@ -66,6 +66,32 @@ def test_retry_failed_after_a_stop_signal_fetches_only_the_clients_not_written(c
     assert query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats") == [(DEMO_CLIENTS * 3, DEMO_CLIENTS)]
 
 
+@pytest.mark.sqlite_only("it patches the SQLite rebuild to send the signal; the summary line is the same on either engine")
+def test_a_signal_during_the_closing_aggregate_still_prints_the_sync_line(cli, config, db_path, monkeypatch):
+    # A real SIGTERM (cron's `timeout`), sent while the rollups are being rebuilt: the sync before
+    # them ended ok and is recorded, so cron.log must say so, with the aggregate's stop after it.
+    import os
+
+    from delivery_sync.aggregate import build
+
+    rebuild = build._rebuild
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return rebuild(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_rebuild", signalled)
+    result = cli("sync", "--days-back", "3")
+    assert result.code == 143, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"sync ok: {DEMO_CLIENTS}/{DEMO_CLIENTS} clients, {DEMO_CLIENTS * 3} rows \({DEMO_CLIENTS * 3} inserted, "
+                        r"0 updated, 0 unchanged\), 0 rejected, window \S+, \d+ requests?, [\d.]+ s; aggregate failed: interrupted",
+                        line), result.stderr
+    assert query_db(db_path, "SELECT command, status, error FROM sync_runs ORDER BY id") == [
+        ("sync", "ok", None), ("aggregate", "failed", "interrupted")]
+    assert "Traceback" not in result.stderr
+
+
 def _seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
 

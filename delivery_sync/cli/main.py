@@ -108,7 +108,11 @@ def _run(args: list[str], verbose: bool) -> int:
             _error(exc.format_message(), _usage_hint(exc, args))
     except Interrupted as stop:
         _ignore_further_signals()  # a second Ctrl-C must not break the closing of the run
-        if stop.run is not None:
+        if stop.ended is not None:  # a sync whose closing aggregate was stopped
+            from ..render import summary, sync_summary
+
+            summary(sync_summary(stop.ended))
+        elif stop.run is not None:
             from ..render import interrupted_summary, summary
 
             summary(interrupted_summary(stop.run))
