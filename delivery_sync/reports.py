@@ -743,11 +743,12 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
     # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
     shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
-    # On a terminal: which client, day and figure, and by how much, always side by side (80
-    # columns hold them with the longest metric name); the values, name and run as they fit.
-    on_screen = ["client_id", "stat_date", "column", "difference", "old_value", "new_value", "name", "run_id", "changed_at"]
+    # On a terminal: which client, day and figure, by how much and in which run, always side by
+    # side (80 columns hold them with the longest metric name: the same day restated twice shows
+    # as two runs, not as two unexplained differences); the values and name as they fit.
+    on_screen = ["client_id", "stat_date", "column", "difference", "run_id", "old_value", "new_value", "name", "changed_at"]
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
-                  on_screen, table_rows=shown, keep=4,
+                  on_screen, table_rows=shown, keep=5,
                   empty="the remote changed no stored day of this window")
 
 

@@ -91,7 +91,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
     lines = narrow.stdout.splitlines()
     assert narrow.code == 0 and "-[ row" not in narrow.stdout and max(map(len, lines)) <= 80
     header = " ".join(line for line in lines if line.startswith("┃"))
-    assert [header.find(h) >= 0 for h in ("client", "stat", "column", "difference")] == [True] * 4, narrow.stdout
+    assert [header.find(h) >= 0 for h in ("client", "stat", "column", "difference", "run")] == [True] * 5, narrow.stdout
     assert any("grab_repeated_customers" in line and "│" in line for line in lines)
     assert [r["client_id"] for r in one] == [3]
     assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
