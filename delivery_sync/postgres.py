@@ -32,7 +32,9 @@ except ImportError:  # the optional extra is not installed: one line, not a trac
     from .errors import UsageError as _UsageError
 
     raise _UsageError(
-        "a postgresql:// database needs the PostgreSQL driver", hint="install it with: pip install 'delivery-sync[postgres]'"
+        "a postgresql:// database needs the PostgreSQL driver",
+        hint="from a checkout of delivery-sync: pip install '.[postgres]'; "
+             "into an installed one's environment: pip install 'psycopg[binary]>=3.1'",
     ) from None
 
 from .config import PostgresURL

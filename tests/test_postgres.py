@@ -638,7 +638,8 @@ def test_without_the_driver_a_postgresql_database_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert result.returncode == 2
     assert unstamped(result.stderr).strip().splitlines() == [
-        "error: a postgresql:// database needs the PostgreSQL driver (install it with: pip install 'delivery-sync[postgres]')"
+        "error: a postgresql:// database needs the PostgreSQL driver (from a checkout of delivery-sync: "
+        "pip install '.[postgres]'; into an installed one's environment: pip install 'psycopg[binary]>=3.1')"
     ]
 
 
