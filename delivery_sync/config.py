@@ -423,6 +423,8 @@ def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) ->
         reason, where = "unknown key", str(path) if path else "flags"
     else:
         reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "path_type":  # pydantic's words name a Python class: "not a valid path for <class ...>"
+            reason = "should be a file path or a postgresql:// URL, as a quoted string" if key == "database" else "should be a path"
         if "input" in error and not isinstance(error["input"], (dict, SecretStr)) and key != "source.token":
             reason += f" (got {shown!r})"
     more = len(exc.errors()) - 1

@@ -142,6 +142,14 @@ def test_bad_file_key_or_type_exits_2_naming_the_key(cli, tmp_path, text, key):
     assert not (tmp_path / "delivery_stats.db").exists()
 
 
+def test_a_database_that_is_not_text_says_what_it_should_be(cli, tmp_path):
+    _toml(tmp_path / "config.toml", "database = 5\n")
+    result = cli("status")
+    assert result.code == 2
+    assert result.stderr.strip() == (f"error: invalid config: database: should be a file path or a postgresql:// URL, "
+                                     f"as a quoted string (got 5) [{tmp_path / 'config.toml'} or DELIVERY_SYNC_DATABASE]")
+
+
 @pytest.mark.parametrize(
     "variable, value, key",
     [
