@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from .dialect import dialect_of
 from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
-from .readonly import damaged, reader_for, snapshot
+from .readonly import damaged, left_behind, reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
@@ -61,6 +61,9 @@ class Status:
     failed_clients: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
     unfetched_clients: list[int] = field(default_factory=list)  # the last sync stopped before fetching them
+    # Active clients an earlier sync failed or did not fetch that no run has written since (a `sync
+    # --clients` of some of them ran after it), for `sync --retry-failed` too.
+    earlier_failed_clients: list[int] = field(default_factory=list)
     lagging_clients: list[int] = field(default_factory=list)
     stale_clients: list[int] = field(default_factory=list)
     missing_days: int = 0
@@ -176,6 +179,8 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
         if "sync_unfetched" in {row[0] for row in conn.execute(dialect_of(conn).table_names)}:  # else a replica before it
             status.unfetched_clients = [cid for (cid,) in conn.execute(
                 "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
+            now_listed = set(status.failed_clients) | set(status.unfetched_clients)
+            status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"])) - now_listed)
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
 
@@ -287,6 +292,10 @@ def _judge(status: Status) -> Verdict:
     if last["status"] != "ok":
         when = stamp_text(last['finished_at'] or last['started_at'])
         return Verdict(False, f"last sync {last['status']} at {when}: {_what_went_wrong(status)}", _repair(status))
+    if status.earlier_failed_clients:  # an ok sync of a few clients ran after a partial one
+        count = len(status.earlier_failed_clients)
+        return Verdict(False, f"{count} client{'s' if count != 1 else ''} an earlier sync did not bring in, not synced since "
+                              f"({_ids(status.earlier_failed_clients)})", "delivery-sync sync --retry-failed")
     if status.freshness != "fresh" and status.last_ok_sync_at and not _run_too_old(status):
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)

@@ -149,7 +149,8 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
 
 def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:
     """The last sync's window and the clients it did not bring in: those that failed and those it
-    never fetched (it stopped early). Raises NothingToRetry when there are none."""
+    never fetched (it stopped early); when it brought in all it tried, those of the latest earlier
+    sync that left clients no run has written since. Raises NothingToRetry when there are none."""
     if not store.exists():
         raise NothingToRetry("no replica yet, so no sync to retry")
     db = store.open()

@@ -303,6 +303,39 @@ def test_status_module_imports_only_the_standard_library():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
+def test_a_repair_of_some_failed_clients_does_not_hide_the_others(cli, quick_config, db_path, demo):
+    # After a partial sync, an ok `sync --clients` of one of its failed clients becomes the last
+    # sync: the other failed client must still be named, checked and retried.
+    with freeze_time("2026-11-20T01:00:00Z", tick=True):
+        synced(cli)
+    demo.faults.fail_clients = {3: 500, 5: 500}
+    with freeze_time("2026-11-21T01:00:00Z", tick=True):
+        assert cli("sync", "--days-back", str(DAYS), "--no-aggregate").code == 1  # partial: 3 and 5
+    demo.faults.fail_clients = {}
+    with freeze_time("2026-11-21T01:10:00Z", tick=True):
+        assert cli("sync", "--days-back", str(DAYS), "--clients", "3", "--no-aggregate").code == 0
+    with freeze_time("2026-11-21T01:20:00Z"):
+        data, check, view = status_json(cli), cli("status", "--check"), cli("status")
+        prom = cli("status", "--format", "prometheus").stdout
+    said = "1 client an earlier sync did not bring in, not synced since (5)"
+    assert (data["last_sync"]["status"], data["failed_clients"], data["earlier_failed_clients"]) == ("ok", [], [5])
+    assert data["verdict"] == {"ok": False, "reason": said, "advice": "delivery-sync sync --retry-failed"}
+    assert check.code == 1 and check.stdout.startswith(f"status not ok: {said}; run: delivery-sync sync --retry-failed")
+    assert view.stdout.startswith(f"Replica can be trusted: NO - {said}\nRun: delivery-sync sync --retry-failed")
+    assert "Earlier failed   5 (not synced since an earlier sync failed them; sync --retry-failed)" in view.stdout
+    assert 'delivery_sync_clients{state="failed"} 1' in prom
+    before = len(demo.stats_requests())
+    with freeze_time("2026-11-21T01:30:00Z", tick=True):
+        retry = cli("sync", "--retry-failed")
+    assert retry.code == 0, retry.stderr
+    assert sorted({int(r.path.split("/")[4]) for r in demo.stats_requests()[before:]}) == [5]
+    with freeze_time("2026-11-21T01:40:00Z"):
+        after = status_json(cli)
+        nothing = cli("sync", "--retry-failed")
+    assert (after["earlier_failed_clients"], after["verdict"]["ok"]) == ([], True)
+    assert nothing.code == 0 and "nothing to retry" in nothing.stderr
+
+
 def test_a_one_client_repair_sync_does_not_make_old_clients_look_fresh(cli, quick_config, db_path):
     with freeze_time("2026-11-20T01:00:00Z", tick=True):
         synced(cli)

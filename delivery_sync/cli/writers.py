@@ -30,7 +30,8 @@ def sync(
     source: str | None = option(None, "--source", metavar="URL",
         help="Remote base URL, or 'demo' for the built-in simulated remote (default: source.url)."),
     no_aggregate: bool = option(False, "--no-aggregate", help="Do not rebuild the rollup tables afterwards."),
-    retry_failed: bool = option(False, "--retry-failed", help="Only the clients the last sync failed or never fetched, over its window."),
+    retry_failed: bool = option(False, "--retry-failed",
+        help="Only the clients the last sync failed or never fetched, over its window (if none: those an earlier sync left, not synced since)."),
     deadline: float | None = option(None, "--deadline", metavar="MINUTES",
         help="Time budget of the run in minutes, e.g. 0.5 = 30 s (default: sync.deadline_minutes; 0 = none)."),
 ) -> None:

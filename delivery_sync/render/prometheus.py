@@ -49,9 +49,11 @@ def status_prometheus(status) -> str:
           ("", _seconds(status.last_ok_sync_at)))
     gauge("rows", "Rows in client_stats.", ("", status.rows))
     gauge("replica_bytes", "Size of the replica on disk, WAL included.", ("", status.database_bytes or 0))
-    gauge("clients", "Clients by state: all, active, failed in the last sync, lagging, stale.",
+    failed = len(status.failed_clients) + len(status.earlier_failed_clients)
+    gauge("clients", "Clients by state: all, active, failed (in the last sync, or in an earlier one and not synced since), "
+          "lagging, stale.",
           (_labels(state="all"), status.clients), (_labels(state="active"), status.active_clients),
-          (_labels(state="failed"), len(status.failed_clients)), (_labels(state="lagging"), len(status.lagging_clients)),
+          (_labels(state="failed"), failed), (_labels(state="lagging"), len(status.lagging_clients)),
           (_labels(state="stale"), len(status.stale_clients)))
     gauge("missing_days", "Active (client, day) pairs in the last sync's window with no row.", ("", status.missing_days))
     runs = {command: getattr(status, f"last_{command}") for command in COMMANDS}

@@ -72,6 +72,8 @@ def show_status(status, commands=lambda text: text) -> None:
         line("", Text(safe(error), style="red"))
     if len(errors) > 5:
         line("", f"... and {len(errors) - 5} more (delivery-sync status --json lists them all)")
+    if status.earlier_failed_clients:
+        line("Earlier failed", _id_list(status.earlier_failed_clients, "", "(not synced since an earlier sync failed them; sync --retry-failed)"))
     if status.unfetched_clients:  # the last sync stopped early (a deadline, a signal): --retry-failed fetches them
         line("Not fetched", _id_list(status.unfetched_clients, "", "(the last sync stopped first; sync --retry-failed)"))
     line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))

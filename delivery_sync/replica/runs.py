@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..days import utc_now, utc_stamp
 from ..errors import Interrupted
+from ..readonly import left_behind
 from .schema import RUN_COUNTERS
 
 if TYPE_CHECKING:
@@ -134,7 +135,9 @@ def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) ->
 
 def last_sync_to_retry(db: ReplicaDatabase) -> tuple[int, str, str | None, str | None, list[int]] | None:
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
-    those that failed and those it never fetched. None when no sync has finished."""
+    those that failed and those it never fetched. When it brought in every client it tried, the
+    latest earlier sync that left clients behind (`left_behind`) and those clients instead. None
+    when no sync has finished."""
     last = db.execute(
         "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
         "ORDER BY id DESC LIMIT 1"
@@ -145,4 +148,10 @@ def last_sync_to_retry(db: ReplicaDatabase) -> tuple[int, str, str | None, str |
         "SELECT client_id FROM sync_failures WHERE run_id = :run AND client_id IS NOT NULL "
         "UNION SELECT client_id FROM sync_unfetched WHERE run_id = :run", {"run": last[0]}
     )})
+    if not ids and last[1] != "failed":
+        behind = left_behind(db, last[0])
+        if behind:
+            run_id = max(behind.values())
+            earlier = db.execute("SELECT id, status, window_start, window_end FROM sync_runs WHERE id = ?", [run_id]).fetchone()
+            return (*earlier, sorted(cid for cid, run in behind.items() if run == run_id))
     return (*last, ids)
