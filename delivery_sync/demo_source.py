@@ -12,11 +12,13 @@ received, and `faults` injects failures, bad rows and changed values.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import math
 import random
+import socket
 import sys
 import threading
 import time
@@ -212,7 +214,19 @@ class DemoSource:
         self._server.serve_forever()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread is None:  # served in the caller's thread (demo-source), which has returned
+            self._server.server_close()
+            return
+        # shutdown() waits until serve_forever next looks at its flag, up to a poll interval after
+        # its select; a connection of our own wakes that select at once (every test pays the wait).
+        stopping = threading.Thread(target=self._server.shutdown, daemon=True)
+        stopping.start()
+        host, port = self._server.server_address[:2]
+        while stopping.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((host, port), timeout=0.1).close()
+            stopping.join(0.005)
+        self._thread.join()
         self._server.server_close()
 
     def __enter__(self) -> DemoSource:
