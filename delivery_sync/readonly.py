@@ -347,17 +347,22 @@ def check_denied(exc: sqlite3.DatabaseError) -> None:
         raise ReadOnlyViolation(f"refused: the replica is read-only here ({exc})") from None
 
 
-def left_behind(db, before_run: int) -> dict[int, int]:
-    """Active clients that a sync before run `before_run` failed or did not fetch and that no run
-    has written since, each with the latest such sync's id: after a partial sync, an ok `sync
-    --clients` of some of them must not hide the others. A client counts as written since a run
-    when its `last_synced_at` is not before that run's end (times have whole seconds: a write in
-    the very second a sub-second run ended counts as after it)."""
+def left_behind(db, before_run: int, since: str) -> dict[int, int]:
+    """Active clients that a sync before run `before_run`, ended at `since` or later, failed or did
+    not fetch and that no run has written since, each with the latest such sync's id: after a
+    partial sync, an ok `sync --clients` of some of them must not hide the others. Older syncs are
+    left to the stale check (`since` is now minus status.stale_after_hours): such a client is
+    stale, and its repair fetches the current window, not that sync's. A client counts as written
+    since a run when its `last_synced_at` is not before that run's end (times have whole seconds:
+    a write in the very second a sub-second run ended counts as after it)."""
+    first = db.execute("SELECT MIN(id) FROM sync_runs WHERE command = 'sync' AND finished_at >= ?", [since]).fetchone()[0]
+    if first is None or first >= before_run:
+        return {}
     return {cid: run for cid, run in db.execute(
-        "SELECT f.client_id, MAX(r.id) FROM (SELECT run_id, client_id FROM sync_failures WHERE client_id IS NOT NULL "
-        "UNION SELECT run_id, client_id FROM sync_unfetched) AS f "
+        "SELECT f.client_id, MAX(r.id) FROM (SELECT run_id, client_id FROM sync_failures WHERE run_id BETWEEN ? AND ? "
+        "AND client_id IS NOT NULL UNION SELECT run_id, client_id FROM sync_unfetched WHERE run_id BETWEEN ? AND ?) AS f "
         "JOIN sync_runs AS r ON r.id = f.run_id JOIN clients AS c ON c.id = f.client_id "
-        "WHERE r.command = 'sync' AND r.status != 'running' AND r.id < ? AND c.active = 1 "
+        "WHERE r.command = 'sync' AND r.status != 'running' AND c.active = 1 "
         "AND (c.last_synced_at IS NULL OR c.last_synced_at < r.finished_at) GROUP BY f.client_id",
-        [before_run],
+        [first, before_run - 1, first, before_run - 1],
     )}

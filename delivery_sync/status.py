@@ -180,7 +180,8 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
             status.unfetched_clients = [cid for (cid,) in conn.execute(
                 "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
             now_listed = set(status.failed_clients) | set(status.unfetched_clients)
-            status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"])) - now_listed)
+            since = (now - timedelta(hours=status.stale_after_hours)).replace(microsecond=0).isoformat()
+            status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"], since)) - now_listed)
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
 

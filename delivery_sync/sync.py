@@ -10,6 +10,7 @@ so a run killed at any moment leaves each client either as it was or fully updat
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
@@ -66,7 +67,7 @@ def run_sync(settings: Settings, options: SyncOptions, progress: Progress | None
     store = replica.open_store(settings.database)
     with store.writer_lock("sync", discard_unused=True):
         if options.retry_failed:
-            options = _retry_options(store, options)
+            options = _retry_options(store, options, settings.status.stale_after_hours)
         result = _sync(store, settings, options, progress)
         # After a partial sync too, and after a failed one that still wrote rows: rollups of what
         # is stored are right either way. A failed sync that wrote nothing changed nothing to roll up.
@@ -147,7 +148,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
     return SyncResult(run, writer.failures, counts.warnings, seconds, changed=writer.changed, stopped=error if deadline_hit else None)
 
 
-def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:
+def _retry_options(store: replica.Store, options: SyncOptions, stale_after_hours: float) -> SyncOptions:
     """The last sync's window and the clients it did not bring in: those that failed and those it
     never fetched (it stopped early); when it brought in all it tried, those of the latest earlier
     sync that left clients no run has written since. Raises NothingToRetry when there are none."""
@@ -155,7 +156,9 @@ def _retry_options(store: replica.Store, options: SyncOptions) -> SyncOptions:
         raise NothingToRetry("no replica yet, so no sync to retry")
     db = store.open()
     try:
-        last = db.last_sync_to_retry()
+        from .days import utc_stamp
+
+        last = db.last_sync_to_retry(utc_stamp(time.time() - stale_after_hours * 3600))
     finally:
         db.close()
     if last is None:

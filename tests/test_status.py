@@ -324,6 +324,13 @@ def test_a_repair_of_some_failed_clients_does_not_hide_the_others(cli, quick_con
     assert view.stdout.startswith(f"Replica can be trusted: NO - {said}\nRun: delivery-sync sync --retry-failed")
     assert "Earlier failed   5 (not synced since an earlier sync failed them; sync --retry-failed)" in view.stdout
     assert 'delivery_sync_clients{state="failed"} 1' in prom
+    # Past stale_after_hours (26 h) the partial sync is the stale check's: client 5 is stale, and
+    # its repair is the current window (`--clients`), not the old sync's window by --retry-failed.
+    with freeze_time("2026-11-22T04:00:00Z"):
+        later = status_json(cli)
+        old = cli("sync", "--retry-failed")
+    assert later["earlier_failed_clients"] == [] and 5 in later["stale_clients"]
+    assert old.code == 0 and "nothing to retry" in old.stderr
     before = len(demo.stats_requests())
     with freeze_time("2026-11-21T01:30:00Z", tick=True):
         retry = cli("sync", "--retry-failed")

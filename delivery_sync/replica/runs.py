@@ -133,11 +133,11 @@ def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) ->
     db.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
 
 
-def last_sync_to_retry(db: ReplicaDatabase) -> tuple[int, str, str | None, str | None, list[int]] | None:
+def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str | None, str | None, list[int]] | None:
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
     those that failed and those it never fetched. When it brought in every client it tried, the
-    latest earlier sync that left clients behind (`left_behind`) and those clients instead. None
-    when no sync has finished."""
+    latest earlier sync ended at `since` or later that left clients behind (`left_behind`) and
+    those clients instead. None when no sync has finished."""
     last = db.execute(
         "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
         "ORDER BY id DESC LIMIT 1"
@@ -149,7 +149,7 @@ def last_sync_to_retry(db: ReplicaDatabase) -> tuple[int, str, str | None, str |
         "UNION SELECT client_id FROM sync_unfetched WHERE run_id = :run", {"run": last[0]}
     )})
     if not ids and last[1] != "failed":
-        behind = left_behind(db, last[0])
+        behind = left_behind(db, last[0], since)
         if behind:
             run_id = max(behind.values())
             earlier = db.execute("SELECT id, status, window_start, window_end FROM sync_runs WHERE id = ?", [run_id]).fetchone()

@@ -50,8 +50,8 @@ class OpenReplica:
     def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
         runs.record_unfetched(self.db, run_id, client_ids)
 
-    def last_sync_to_retry(self) -> tuple[int, str, str | None, str | None, list[int]] | None:
-        return runs.last_sync_to_retry(self.db)
+    def last_sync_to_retry(self, since: str) -> tuple[int, str, str | None, str | None, list[int]] | None:
+        return runs.last_sync_to_retry(self.db, since)
 
     def write_group(self) -> WriteGroup:
         return WriteGroup(self.db)
