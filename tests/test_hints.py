@@ -252,3 +252,12 @@ def test_a_hint_names_the_config_and_replica_that_the_environment_chose(cli, tmp
         demo.faults.fail_clients = {}
         assert cli(*shlex.split(run_line.removeprefix("Run: "))[1:]).code == 0
     assert query_db(db, "SELECT status FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("partial",), ("ok",)]
+
+
+def test_a_hint_leaves_out_a_database_url_with_a_password_from_the_environment(cli, monkeypatch):
+    # Redacted, it would beat the variable holding the real password in the shell it is pasted into.
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "postgresql://alice:s3cret@127.0.0.1:1/nodb")
+    hint = cli("sync").stderr
+    assert "try 'delivery-sync sync --source demo'" in hint and "s3cret" not in hint and "[redacted]" not in hint
+    monkeypatch.setenv("DELIVERY_SYNC_DATABASE", "postgresql://alice@127.0.0.1:1/nodb")  # no password: repeated
+    assert "try 'delivery-sync --db postgresql://alice@127.0.0.1:1/nodb sync --source demo'" in cli("sync").stderr
