@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, store_of, write_config
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.render.status_view import _took
@@ -91,6 +91,26 @@ def test_a_signal_during_the_closing_aggregate_still_prints_the_sync_line(cli, c
         ("sync", "ok", None), ("aggregate", "failed", "interrupted")]
     assert "Traceback" not in result.stderr
 
+
+def test_retry_failed_after_a_killed_sync_retries_that_sync(cli, config, db_path, demo):
+    # SIGKILL leaves the run `running` with the failures it had recorded; status shows it failed and
+    # advises --retry-failed, which must retry that sync, not answer "nothing to retry" from the one
+    # before it (and so loop with status).
+    from datetime import timedelta
+
+    assert cli("sync", "--days-back", "3").code == 0
+    today = demo.today()
+    db = store_of(db_path).open()
+    killed = db.start_run("sync", (today - timedelta(days=4), today), DEMO_CLIENTS)  # no lock held: its process is gone
+    db.record_failure(killed, 5, "HTTP 500 after 3 attempts")
+    db.close()
+    assert json.loads(cli("status", "--json").stdout)["verdict"]["advice"] == "delivery-sync sync --retry-failed"
+    retry = cli("sync", "--retry-failed")
+    assert retry.code == 0, retry.stderr
+    window = f"{(today - timedelta(days=4)).isoformat()}..{today.isoformat()}"
+    assert "sync ok: 1/1 clients, 5 rows (2 inserted, 0 updated, 3 unchanged)" in retry.stderr and f"window {window}" in retry.stderr
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 5") == [(5,)]  # client 5, over the killed sync's window
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
 
 def _seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()

@@ -63,7 +63,8 @@ class RunClock:
 def _mark_interrupted_runs(db: ReplicaDatabase) -> int:
     """Runs left `running` by a process that died become `failed` ("interrupted").
 
-    Only called (by `start_run`) while holding the writer lock, so no live run can be `running`.
+    Only called (by `start_run` and `last_sync_to_retry`) while holding the writer lock, so no live
+    run can be `running`.
     """
     # A killed run never wrote its counters: 0, not NULL, so every reader can add them up.
     counters = ", ".join(f"{name} = COALESCE({name}, 0)" for name in RUN_COUNTERS)
@@ -137,7 +138,11 @@ def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str |
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
     those that failed and those it never fetched. When it brought in every client it tried, the
     latest earlier sync ended at `since` or later that left clients behind (`left_behind`) and
-    those clients instead. None when no sync has finished."""
+    those clients instead. None when no sync has finished. The caller holds the writer lock: a sync
+    left `running` by a killed process is closed first (`failed`, with no client recorded), so that
+    it is the one retried, whole, as `status` advises, not the sync before it.
+    """
+    _mark_interrupted_runs(db)
     last = db.execute(
         "SELECT id, status, window_start, window_end FROM sync_runs WHERE command = 'sync' AND status != 'running' "
         "ORDER BY id DESC LIMIT 1"
