@@ -180,7 +180,7 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
             status.unfetched_clients = [cid for (cid,) in conn.execute(
                 "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
             now_listed = set(status.failed_clients) | set(status.unfetched_clients)
-            since = (now - timedelta(hours=status.stale_after_hours)).replace(microsecond=0).isoformat()
+            since = stale_cutoff(now, status.stale_after_hours)
             status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"], since)) - now_listed)
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
@@ -207,6 +207,13 @@ class Freshness:
     sync_too_old: bool = False  # the last ok sync itself is past the limit (not only some clients)
 
 
+def stale_cutoff(now: datetime, stale_after_hours: float) -> str:
+    """The replica time (`YYYY-MM-DDTHH:MM:SS+00:00`) `stale_after_hours` before `now`: a client
+    last confirmed before it is stale, and a failed sync that ended before it is the stale check's
+    (`readonly.left_behind`)."""
+    return (now - timedelta(hours=stale_after_hours)).replace(microsecond=0).isoformat()
+
+
 def read_freshness(conn: sqlite3.Connection, now: datetime, stale_after_hours: float) -> Freshness:
     """The freshness rule, in one place for `status` and the warning of `query`: the last ok sync and
     every active client's last confirmation within `stale_after_hours` (exactly at the limit is fresh)."""
@@ -214,7 +221,7 @@ def read_freshness(conn: sqlite3.Connection, now: datetime, stale_after_hours: f
         "SELECT finished_at FROM sync_runs WHERE command = 'sync' AND status = 'ok' ORDER BY id DESC LIMIT 1"
     ).fetchone()
     # Per client too: a narrow repair sync must not make a replica whose other clients are old look fresh.
-    cutoff = (now - timedelta(hours=stale_after_hours)).replace(microsecond=0).isoformat()
+    cutoff = stale_cutoff(now, stale_after_hours)
     stale_clients = [
         r[0] for r in conn.execute(
             "SELECT id FROM clients WHERE active = 1 AND (last_synced_at IS NULL OR last_synced_at < ?) ORDER BY id", [cutoff]

@@ -10,9 +10,8 @@ so a run killed at any moment leaves each client either as it was or fully updat
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from . import replica
 from .aggregate.run import AggregateResult, aggregate_locked
@@ -156,9 +155,9 @@ def _retry_options(store: replica.Store, options: SyncOptions, stale_after_hours
         raise NothingToRetry("no replica yet, so no sync to retry")
     db = store.open()
     try:
-        from .days import utc_stamp
+        from .status import stale_cutoff  # the status module is not needed otherwise
 
-        last = db.last_sync_to_retry(utc_stamp(time.time() - stale_after_hours * 3600))
+        last = db.last_sync_to_retry(stale_cutoff(datetime.now(UTC), stale_after_hours))
     finally:
         db.close()
     if last is None:

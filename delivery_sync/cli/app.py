@@ -99,15 +99,16 @@ def with_global_options(text: str) -> str:
         value = os.environ.get(name)
         return value if not value or "://" in value else os.path.abspath(os.path.expanduser(value))
 
-    from_env = from_environment(ENV_PREFIX + "DATABASE")
-    if from_env and shown_database(from_env) != from_env:
-        # A URL with a password: the hint would show it redacted, and a redacted --db beats the
-        # variable that holds the real one in a shell that has it (where the README keeps it).
-        from_env = None
-    chosen = {"--config": _given_options["--config"] or from_environment(CONFIG_ENV),
-              "--db": _given_options["--db"] or from_env}
-    if chosen["--db"]:
-        chosen["--db"] = shown_database(chosen["--db"])  # a hint never shows a password
+    db = _given_options["--db"]
+    if db:
+        db = shown_database(db)  # a hint never shows a password
+    else:
+        db = from_environment(ENV_PREFIX + "DATABASE")
+        if db and shown_database(db) != db:
+            # A URL with a password: the hint would show it redacted, and a redacted --db beats the
+            # variable that holds the real one in a shell that has it (where the README keeps it).
+            db = None
+    chosen = {"--config": _given_options["--config"] or from_environment(CONFIG_ENV), "--db": db}
     given = " ".join(_shell_word(word) for option, value in chosen.items() if value for word in (option, value))
     if not given:
         return text

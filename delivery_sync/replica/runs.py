@@ -139,8 +139,8 @@ def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str |
     those that failed and those it never fetched. When it brought in every client it tried, the
     latest earlier sync ended at `since` or later that left clients behind (`left_behind`) and
     those clients instead. None when no sync has finished. The caller holds the writer lock: a sync
-    left `running` by a killed process is closed first (`failed`, with no client recorded), so that
-    it is the one retried, whole, as `status` advises, not the sync before it.
+    left `running` by a killed process is closed first (`failed`), so that it is the one retried,
+    as `status` advises, not the sync before it.
     """
     _mark_interrupted_runs(db)
     last = db.execute(
