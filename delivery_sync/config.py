@@ -64,6 +64,8 @@ class PostgresURL:
     SECRET_PARAMETERS = ("password", "sslpassword")
 
     def __init__(self, dsn: str):
+        if not dsn.lower().startswith(self.SCHEMES):
+            raise ValueError("a PostgreSQL URL starts with postgresql:// (two slashes): postgresql://user@host/dbname")
         parts = urlsplit(dsn)
         if parts.netloc.count("@") > 1:
             # libpq and Python split such a URL at different `@`s: the driver would take part of the
@@ -97,7 +99,9 @@ class PostgresURL:
             parts = parts._replace(query="&".join(query))
         # Each secret as written and as decoded: a driver's message may quote either.
         self.secrets = sorted({form for secret in secrets if secret for form in (secret, unquote(secret))}, key=len, reverse=True)
-        self.shown = urlunsplit(parts)
+        shown = urlunsplit(parts)
+        # urlunsplit drops the `//` of an empty host (postgresql:///db?host=...): a pasted hint would then be a path.
+        self.shown = shown if "://" in shown else shown.replace(":", "://", 1)
 
     def without_secrets(self, text: str) -> str:
         """`text` (e.g. a driver's message) with every password this URL holds replaced by `[redacted]`."""
@@ -107,8 +111,9 @@ class PostgresURL:
 
     @classmethod
     def matches(cls, value: object) -> bool:
-        """Whether `value` is written as a PostgreSQL URL."""
-        return isinstance(value, str) and value.lower().startswith(cls.SCHEMES)
+        """Whether `value` is written as a PostgreSQL URL (one with a single slash too, which is then
+        refused as a URL, not taken for a file named `postgresql:`)."""
+        return isinstance(value, str) and value.lower().startswith(tuple(scheme.rstrip("/") for scheme in cls.SCHEMES))
 
     def __str__(self) -> str:
         return self.shown
@@ -124,6 +129,9 @@ class PostgresURL:
     def __hash__(self) -> int:
         return hash(self.dsn)
 
+
+# The start of a libpq connection string (`host=... dbname=...`), which `database` does not take.
+_LIBPQ_PAIRS = re.compile(r"(?i)\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options)\s*=")
 
 HOUR = 3600
 CENTURY_DAYS = 36_525
@@ -213,8 +221,9 @@ class _TomlSource(TomlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         path = self.toml_file_path
-        if isinstance(data.get("database"), str) and isinstance(path, Path) and not PostgresURL.matches(data["database"]):
-            data["database"] = str(path.parent / Path(data["database"]).expanduser())  # no-op when absolute
+        database = data.get("database")
+        if isinstance(database, str) and isinstance(path, Path) and not PostgresURL.matches(database) and not _LIBPQ_PAIRS.match(database):
+            data["database"] = str(path.parent / Path(database).expanduser())  # no-op when absolute
         return data
 
 
@@ -244,6 +253,10 @@ class Settings(BaseSettings):
             return value
         if PostgresURL.matches(value):
             return PostgresURL(value)
+        if isinstance(value, str) and _LIBPQ_PAIRS.match(value):
+            # Else a file named after the string, password and all, would be created and shown.
+            raise ValueError("key=value connection strings are not read: write a URL, postgresql://user@host/dbname "
+                             "(a file whose name starts so: ./name)")
         return handler(value).expanduser()
     source: SourceSettings = Field(default_factory=SourceSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
@@ -394,8 +407,9 @@ def _without_password(value: Any) -> Any:
     even in a URL too malformed to parse) and any `password=` parameter replaced by `[redacted]`."""
     if not isinstance(value, str):
         return value
-    value = re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", lambda m: f"{m.group(1) or ''}[redacted]@", value, flags=re.DOTALL)
-    return _SECRET_PARAMETER.sub(r"\1[redacted]", value)
+    # Parameters first: a password may hold an `@` (`?password=a@b`), which the user part's rule would cut in two.
+    value = _SECRET_PARAMETER.sub(r"\1[redacted]", value)
+    return re.sub(r"^([A-Za-z][\w+.-]*:/*)?.*@", lambda m: f"{m.group(1) or ''}[redacted]@", value, flags=re.DOTALL)
 
 
 def shown_database(value: str) -> str:

@@ -238,3 +238,35 @@ def test_a_postgresql_password_is_never_printed_by_a_refusal(cli, tmp_path, args
     result = cli(*args)
     assert result.code == 2 and "s3cret" not in result.stdout + result.stderr
     assert "[redacted]" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("given", ["flag", "file", "environment"])
+def test_a_libpq_connection_string_is_refused_not_made_a_file_named_after_its_password(cli, tmp_path, monkeypatch, given):
+    """`host=... password=... dbname=...` is how libpq's own tools take a server; as `database` it
+    was a SQLite file name: a sync created a file named after the password, and hints printed it."""
+    monkeypatch.chdir(tmp_path)
+    pairs = "host=127.0.0.1 port=5432 user=writer password=s3cret dbname=delivery"
+    args = ["sync", "--source", "demo", "--days-back", "1"]
+    if given == "flag":
+        result = cli("--db", pairs, *args)
+    elif given == "file":
+        result = cli("--config", str(_toml(tmp_path / "c.toml", f'database = "{pairs}"\n')), *args)
+    else:
+        monkeypatch.setenv("DELIVERY_SYNC_DATABASE", pairs)
+        result = cli(*args)
+    assert result.code == 2 and "key=value connection strings are not read: write a URL, postgresql://" in result.stderr
+    assert "password=[redacted]" in result.stderr and "s3cret" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == (["c.toml"] if given == "file" else [])
+
+
+def test_a_url_with_one_slash_is_refused_and_one_without_a_host_is_shown_with_its_slashes(cli, tmp_path, monkeypatch):
+    """A URL without a host (`postgresql:///db?host=...`) was shown as `postgresql:/db?...` in
+    hints, and that pasted back was taken for a file path, printed with its password."""
+    monkeypatch.chdir(tmp_path)
+    one_slash = cli("--db", "postgresql:/delivery?host=127.0.0.1&password=s3cret@tail", "status")
+    assert one_slash.code == 2 and "a PostgreSQL URL starts with postgresql:// (two slashes)" in one_slash.stderr
+    assert "password=[redacted]" in one_slash.stderr and "s3cret" not in one_slash.stderr and "tail" not in one_slash.stderr
+    no_host = "postgresql:///delivery?host=127.0.0.1&port=1&password=s3cret"  # nothing listens on port 1
+    down = cli("--db", no_host, "status")
+    assert down.code == 1 and "postgresql:///delivery?host=127.0.0.1&port=1&password=[redacted]" in down.stderr
+    assert "s3cret" not in down.stdout + down.stderr and list(tmp_path.iterdir()) == []
