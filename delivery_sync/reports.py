@@ -684,13 +684,16 @@ def _with_last_days(conn: sqlite3.Connection, plan: _Plan, by: str, in_cents: bo
 
 def _base_notes(conn: sqlite3.Connection, base: Window) -> list[str]:
     """A note when the base window of a comparison begins before the replica's first day of
-    data but holds some of it: its sums cover fewer days than the window's, and every change
-    (a client going from 35 days to 365 "rose 1,000%") compares unequal spans."""
+    data: when it holds some of it, its sums cover fewer days than the window's, and every change
+    (a client going from 35 days to 365 "rose 1,000%") compares unequal spans; when it holds none,
+    every base and change is empty, which a script reading CSV could not tell from no change."""
     span = data_span(conn)
     if span is None:
         return []
     first = span[0]
-    if not base.start < first <= base.end:  # whole, or none of it (the report says so itself)
+    if base.end < first:
+        return [f"the base window {base} is before the replica's first day of data ({first}): nothing to compare"]
+    if not base.start < first <= base.end:  # whole
         return []
     held = (base.end - first).days + 1
     return [f"the base window holds only {held} of its {base.days} days (the replica's data starts {first}), "

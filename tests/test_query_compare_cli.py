@@ -154,7 +154,13 @@ def test_movers_against_a_base_window_without_data_say_so(query):
     assert table.code == 0 and widest(table.stdout) <= 80
     assert "no total_sales in the base window 2025-03-04..2025-03-10: nothing to compare" in table.stdout
     assert "no data in this window" not in table.stdout  # the window has data: its base has none
-    assert json.loads(query("movers", "--days", "7", "--compare", "year", "--format", "json").stdout) == []
+    # In CSV and JSON only stderr can tell "no base" from "no change" (every base and change empty).
+    note = "the base window 2025-03-04..2025-03-10 is before the replica's first day of data (2026-01-20): nothing to compare"
+    assert f"note: {note}" in " ".join(table.stdout.split())
+    as_json = query("movers", "--days", "7", "--compare", "year", "--format", "json")
+    assert json.loads(as_json.stdout) == [] and as_json.stderr.strip().endswith(f"warning: {note}")
+    top = query("top", "--days", "7", "--compare", "year", "--format", "csv")
+    assert top.code == 0 and top.stderr.strip().endswith(f"warning: {note}") and ",," in top.stdout
 
 
 def test_a_partial_base_window_is_noted_under_the_title_or_on_stderr(query):
