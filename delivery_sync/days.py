@@ -50,6 +50,8 @@ def resolve_window(
     if start is not None:
         if end is not None and end > today:  # no remote has figures for days to come
             raise UsageError(f"--to {end} is after today ({today} in source.timezone)")
+        if end is None and start > today:  # --to was not given: it is today
+            raise UsageError(f"--from {start} is after today ({today} in source.timezone)")
         end = end or today
         if start > end:
             raise UsageError(f"--from {start} is after --to {end}")

@@ -62,6 +62,8 @@ def one_error_line(stderr: str) -> str:
         (["sync", "--from", "2026-13-01"], "--from: '2026-13-01' is not a date"),
         (["sync", "--from", "yesterday"], "--from: 'yesterday' is not a date"),
         (["sync", "--from", "2026-01-01", "--to", "01/02/2026"], "--to: '01/02/2026' is not a date"),
+        (["sync", "--from", "20260301"], "--from: '20260301' is not a date (expected YYYY-MM-DD)"),  # ISO, but not the documented form
+        (["sync", "--from", "2026-W09-1"], "--from: '2026-W09-1' is not a date (expected YYYY-MM-DD)"),
         (["sync", "--from", "2026-03-02", "--to", "2026-03-01"], "--from 2026-03-02 is after --to 2026-03-01"),
         (["sync", "--days-back", "0"], "--days-back must be at least 1"),
         (["sync", "--days-back", "-5"], "--days-back must be at least 1"),
@@ -303,6 +305,7 @@ def test_a_home_relative_database_is_expanded(cli, tmp_path, demo, monkeypatch):
     (("sync", "--from", "0001-01-01"), "--from 0001-01-01 is outside 1900-01-01..2999-12-31"),
     (("query", "top", "--from", "2026-01-01", "--to", "9999-12-31"), "--to 9999-12-31 is after today"),
     (("sync", "--from", "2026-01-01", "--to", "2999-01-01"), "--to 2999-01-01 is after today"),
+    (("query", "top", "--from", "2999-01-01"), "--from 2999-01-01 is after today ("),  # no --to given to name
 ])
 def test_absurd_windows_are_usage_errors(cli, config, args, message):
     result = cli(*args)

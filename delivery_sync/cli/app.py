@@ -155,9 +155,14 @@ def parse_date(value: str | None, flag: str) -> date | None:
     if value is None:
         return None
     try:
+        if not _DAY.fullmatch(value):  # fromisoformat also takes 20261201 and 2026-W49-1, which the docs do not promise
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise UsageError(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def parse_ids(value: str | None) -> list[int] | None:
