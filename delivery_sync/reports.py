@@ -146,8 +146,9 @@ def top(conn: sqlite3.Connection, window: Window, by: str = "total_sales", limit
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     others = [c for c in _TOP_SHOWN if c != by]
     shown = [*who, by, *others]  # the ranked metric stays in view
-    shown_count = len(rows) if rows else limit  # fewer clients than --limit qualify: say how many are listed
-    title = f"{'Bottom' if ascending else 'Top'} {shown_count} client{'' if shown_count == 1 else 's'} by {by}, {window}"
+    # Fewer clients than --limit qualify: say how many are listed; none, and no count is named.
+    counted = f" {len(rows)} client{'' if len(rows) == 1 else 's'}" if rows else " clients"
+    title = f"{'Bottom' if ascending else 'Top'}{counted} by {by}, {window}"
     at_least = "" if min_orders is None else f"at least {min_orders:,} order{'' if min_orders == 1 else 's'}"
     title += f", {at_least}" if at_least else ""
     title += ", active clients only" if active_only else ""
