@@ -248,10 +248,10 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
             ["client_id", ":name AS name", *([":active AS active"] if show_active else []), "stat_date", *METRICS],
         ) + " ORDER BY stat_date"
         rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name, "active": known[2]})
-        shown = ["stat_date", "total_sales", "total_orders", "grab_sales", "grab_orders", "gojek_sales",
-                 "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
-        return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown, keep=2,
-                      chart=("stat_date", chart) if chart else None)
+        shown = ["stat_date", *(["active"] if show_active else []), "total_sales", "total_orders", "grab_sales", "grab_orders",
+                 "gojek_sales", "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
+        return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown,
+                      keep=2 + show_active, chart=("stat_date", chart) if chart else None)
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     known_values = {"client_id": client_id, "name": name, **({"active": known[2]} if show_active else {})}
 
@@ -262,12 +262,14 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
     plan, base_plan = _plans(conn, window, base)
     row = one(plan)
     title = f"Client {client_id} {name or ''}, {window}"
+    # One row always (a script reads its columns); a table of dashes alone would not say why.
+    nothing = [] if row["days_with_data"] else ["the client has no data in this window"]
     if base is None:
-        return Report(title, columns, [row], columns, single=True)
+        return Report(title, columns, [row], columns, single=True, notes=nothing)
     row = compared(row, one(base_plan), base, CLIENT_FIGURES)
     columns = with_comparison(columns, CLIENT_FIGURES)
     return Report(title, columns, [row], columns, single=True, figures=CLIENT_FIGURES, subtitle=f"against {base} ({compare})",
-                  notes=_base_notes(conn, base))
+                  notes=[*nothing, *_base_notes(conn, base)])
 
 
 def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, compare: str | None = None,

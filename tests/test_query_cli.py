@@ -89,6 +89,19 @@ def test_totals_by_week_and_client_daily(query):
     assert [d["stat_date"] for d in daily] == ["2026-03-08", "2026-03-09", "2026-03-10"]
 
 
+def test_client_says_when_it_has_no_data_and_its_daily_table_shows_active_when_asked(query):
+    """An analyst review: a window without the client's data was a table of dashes, unexplained;
+    `--show-active` reached CSV and JSON but not the daily table."""
+    note = "the client has no data in this window"
+    empty = query("client", "2", "--from", "2020-01-01", "--to", "2020-01-31")
+    assert empty.code == 0 and f"note: {note}" in empty.stdout
+    as_csv = query("client", "2", "--from", "2020-01-01", "--to", "2020-01-31", "--format", "csv")
+    assert as_csv.stderr.strip().endswith(f"warning: {note}") and as_csv.stdout.count("\n") == 2
+    assert note not in query("client", "2", "--days", "7").stdout + query("client", "2", "--days", "7").stderr
+    daily = query("client", "2", "--daily", "--days", "2", "--show-active").stdout
+    assert daily.splitlines()[2].split("┃")[1:3] == [" stat date  ", " active "]
+
+
 @pytest.mark.parametrize("args, message", [
     (("top", "--by", "revenue"), "unknown metric 'revenue'"),
     (("top", "--limit", "0"), "--limit must be at least 1"),
