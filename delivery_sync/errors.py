@@ -8,6 +8,7 @@
      │    └── ReadOnlyViolation  exit 2   a write attempted through `query sql`
      ├── LockHeld                exit 75  another writing run holds the lock (EX_TEMPFAIL)
      ├── QueryTimeout            exit 1   `query sql` ran past --max-seconds
+    ├── RunFailed               exit of its cause  the replica failed a sync mid-way: its summary line tells what was written
      └── SourceError             exit 1   the remote failed us
           ├── AuthFailed         exit 1   401/403: stops the whole run at once
           ├── SourceUnreachable  exit 1   no connection / timeouts after every retry
@@ -41,6 +42,17 @@ class DeliverySyncError(Exception):
 
 class UsageError(DeliverySyncError):
     exit_code = EXIT_USAGE
+
+
+class RunFailed(DeliverySyncError):
+    """The replica failed a sync after it had begun writing (a full disk, a database server gone):
+    `ended` is the run as it stood (a SyncResult), whose summary line is printed instead of an
+    error line, with the store's error `cause` (its exit code) as the line's reason."""
+
+    def __init__(self, cause: DeliverySyncError, ended):
+        super().__init__(str(cause), cause.hint)
+        self.exit_code = cause.exit_code
+        self.ended = ended
 
 
 class ConfigError(UsageError):

@@ -247,7 +247,8 @@ def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False
 def _shown_run(run: dict, dead_running: bool) -> dict:
     """A run as `status` shows it: one left `running` by a dead process is failed, interrupted."""
     if dead_running and run["status"] == "running":
-        run.update(status="failed", error="; ".join(filter(None, [run["error"], "interrupted (its process died)"])))
+        unrecorded = "interrupted (it never recorded its end: its process was killed, or the replica failed under it)"
+        run.update(status="failed", error="; ".join(filter(None, [run["error"], unrecorded])))
     return run
 
 

@@ -10,6 +10,8 @@ so a run killed at any moment leaves each client either as it was or fully updat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -17,7 +19,7 @@ from . import replica
 from .aggregate.run import AggregateResult, aggregate_locked
 from .config import Settings
 from .days import Window
-from .errors import Interrupted, SourceError, UsageError
+from .errors import Interrupted, RunFailed, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
@@ -113,7 +115,8 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             error = None
             deadline_hit = False
             # Into an empty replica, first_load may build some indexes once the rows are in.
-            with db.closed_on_error(run_id, counts), db.first_load(sum(w.days for w in windows.values())):
+            with _summed_up_on_failure(store, writer, (window_start, options.window.end), clock), \
+                    db.closed_on_error(run_id, counts), db.first_load(sum(w.days for w in windows.values())):
                 try:
                     _fetch_and_write(source, settings, windows, writer, progress)
                 except StopRun as stop:
@@ -216,6 +219,25 @@ def _fetch_and_write(source: SourceClient, settings: Settings, windows: dict[int
         writer.rollback()
         raise
     writer.commit()
+
+
+@contextmanager
+def _summed_up_on_failure(store: replica.Store, writer: SyncWriter, window: tuple[date, date], clock: replica.RunClock) -> Iterator[None]:
+    """A failure of the replica mid-run (a full disk, a database server gone) ends the run as
+    RunFailed: its summary line says what was written before, as every other run's does, with
+    the store's one-line error as the reason. (Its `sync_runs` row may not be writable then: the
+    next writing run marks it interrupted.)"""
+    try:
+        yield
+    except Exception as exc:
+        failure = store.failure(exc)
+        if failure is None:
+            raise
+        counts = writer.counts
+        reason = f"{failure} ({failure.hint})" if failure.hint else str(failure)
+        run = {"status": "failed", "error": reason, "window_start": window[0].isoformat(), "window_end": window[1].isoformat(),
+               **counts.as_row()}
+        raise RunFailed(failure, SyncResult(run, writer.failures, counts.warnings, clock.stop()[0])) from None
 
 
 def _status(counts: RunCounts, error: str | None) -> str:

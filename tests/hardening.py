@@ -62,6 +62,18 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def failed_summary(stderr: str) -> str:
+    """The summary line a sync the replica failed mid-way ends with, in place of an error line: it
+    says what was written before (never a traceback, never "unexpected")."""
+    from conftest import unstamped
+
+    stderr = unstamped(stderr)
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("sync failed: ")]
+    assert len(lines) == 1 and not any(line.startswith("error: ") for line in stderr.splitlines()), stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    return lines[0]
+
+
 def integrity(path: Path) -> str:
     conn = sqlite3.connect(path)
     try:

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, query_db, write_config
-from hardening import one_line, run_cli
+from hardening import failed_summary, run_cli
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.replica import store
@@ -129,9 +129,12 @@ def test_a_first_sync_stopped_by_a_full_disk_keeps_its_clients_and_builds_the_in
     config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
     failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=340_000, script=DEFERRING)
     assert failed.code == 1, failed.stderr
-    assert "disk full or file size limit" in one_line(failed.stderr)
+    line = failed_summary(failed.stderr)
     kept = query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats")[0]
     assert 0 < kept[0] < DEMO_CLIENTS * 200 and kept[0] == kept[1] * 200  # whole clients only
+    # Its line says what it wrote before the disk filled, and why it stopped.
+    assert line.startswith(f"sync failed: {kept[1]}/{DEMO_CLIENTS} clients, {kept[0]} rows ({kept[0]} inserted, ")
+    assert "disk full or file size limit reached" in line and "every stored client is as it was or fully updated" in line
     assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
     assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
     again = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate")

@@ -36,7 +36,7 @@ def test_a_killed_sync_is_shown_dead_not_running(cli, tmp_path, demo, db_path):
     facts = json.loads(result.stdout)
     assert facts["running"] == []
     assert facts["last_sync"]["status"] == "failed"
-    assert facts["last_sync"]["error"] == "interrupted (its process died)"
+    assert facts["last_sync"]["error"] == "interrupted (it never recorded its end: its process was killed, or the replica failed under it)"
     assert facts["last_sync"]["rows_inserted"] == 0
     text = cli("--db", str(db_path), "status")
     assert text.code == 0 and "Traceback" not in text.stderr

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 from conftest import DEMO_CLIENTS, query_db, write_config
-from hardening import IS_ROOT, integrity, one_line, run_cli, shared_folder, synced_shared_replica
+from hardening import IS_ROOT, failed_summary, integrity, one_line, run_cli, shared_folder, synced_shared_replica
 
 from delivery_sync.replica import SCHEMA_VERSION
 
@@ -83,7 +83,9 @@ def test_full_disk_during_a_resync_loses_no_row(tmp_path, demo, db_path):
     # Room for a few clients' new days, not for a whole year.
     failed = run_cli("--config", str(config), "sync", "--days-back", "365", fsize=size + 64 * 1024)
     assert failed.code == 1, failed.stderr
-    assert "disk full or file size limit" in one_line(failed.stderr)
+    line = failed_summary(failed.stderr)
+    assert line.startswith("sync failed: ") and line.endswith("(disk full or file size limit reached) "
+                                                              "(free space and run again; every stored client is as it was or fully updated)")
     assert integrity(db_path) == "ok"
     after = {(row[0], row[1]): row for row in stored(db_path)}
     for row in before:  # every stored row is still there, unchanged (demo data never change)

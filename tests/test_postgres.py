@@ -436,6 +436,42 @@ def test_a_killed_sync_leaves_every_client_old_or_new(tmp_path, pg_url):
         assert json.loads(again.stdout)["last_sync"]["status"] == "failed"
 
 
+def test_a_sync_whose_server_connection_ends_mid_run_says_what_it_wrote(tmp_path, pg_url):
+    """A PostgreSQL server stopped or restarted under a sync (here: its writer's backend ended by
+    an administrator) ended the run with only 'cannot connect to database ... is the server
+    running?', which it had been, and no summary line for cron mail. Now the run's line says
+    what it wrote before, and that the connection was lost."""
+    import psycopg
+
+    clients, days = 60, 20
+    with DemoSource(clients=clients, latency_ms=30) as demo:
+        command, env = client_by_client_sync(tmp_path, demo, pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cret@"), days)
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def began_writing() -> bool:
+                with contextlib.suppress(psycopg.errors.UndefinedTable):  # before the run made its tables
+                    return bool(rows_of(pg_url, "SELECT 1 FROM clients WHERE last_synced_at IS NOT NULL LIMIT 1"))
+                return False
+
+            limit = time.monotonic() + 30
+            while time.monotonic() < limit and not began_writing():
+                time.sleep(0.01)
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                      "WHERE application_name = 'delivery-sync writer'").fetchall()
+            stderr = proc.communicate(timeout=30)[1]
+        finally:
+            proc.kill()
+    assert ended == [(True,)] and proc.returncode == 1, stderr
+    lines = unstamped(stderr).strip().splitlines()
+    written = rows_of(pg_url, "SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats")[0]
+    assert 0 < written[0] < clients and written[1] == written[0] * days  # whole clients only
+    assert lines[-1].startswith(f"sync failed: {written[0]}/{clients} clients, {written[1]} rows ({written[1]} inserted, ")
+    assert " - lost the connection to database postgresql://postgres:[redacted]@" in lines[-1]
+    assert lines[-1].endswith("(every stored client is as it was or fully updated; run again once the server is back)")
+    assert not any(line.startswith("error: ") for line in lines) and "s3cret" not in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("statement, refused", [
     ("INSERT INTO clients(id, name) VALUES (999, 'x')", "refused: INSERT"),
     ("WITH gone AS (DELETE FROM client_stats RETURNING *) SELECT COUNT(*) FROM gone", "read-only"),

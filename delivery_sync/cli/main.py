@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from ..errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, Interrupted
+from ..errors import EXIT_FAILED, EXIT_USAGE, DeliverySyncError, Interrupted, RunFailed
 from .app import app, remember_global_options, with_global_options
 
 log = logging.getLogger("delivery_sync")
@@ -95,6 +95,11 @@ def _run(args: list[str], verbose: bool) -> int:
         code = app(args=args, prog_name="delivery-sync", standalone_mode=False)
         if code == 130:  # Typer turns a KeyboardInterrupt it sees into this exit code, silently
             _error("interrupted")
+    except RunFailed as failed:  # the replica failed a sync mid-way: its line, with what it wrote
+        from ..render import summary, sync_summary
+
+        summary(sync_summary(failed.ended))
+        code = failed.exit_code
     except DeliverySyncError as exc:
         if verbose and exc.traceback:
             log.exception("traceback")

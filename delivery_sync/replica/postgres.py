@@ -122,13 +122,21 @@ class PostgresStore:
             return str(storage_error(self.url, exc))
         return " ".join(str(exc).split())
 
+    def failure(self, exc: Exception) -> DeliverySyncError | None:
+        """The one-line error of a server failure mid-run (None: `exc` is none)."""
+        return storage_error(self.url, exc) if isinstance(exc, psycopg.Error) else None
+
 
 def storage_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError:
     """The one-line error for a server that failed a run: exit 2 where the user must act (rights),
     exit 1 otherwise; every client stays as it was or fully updated."""
-    text = " ".join(str(exc).split())
+    text = url.without_secrets(" ".join(str(exc).split()))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction):
         return UsageError(f"cannot write replica {url}: {text}", hint="a writing run needs a role that may create and write its tables")
+    if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")):
+        # Connected, then lost: a server stopped or restarted, a backend ended, the network gone.
+        return DeliverySyncError(f"lost the connection to database {url}: {text}",
+                                 hint="every stored client is as it was or fully updated; run again once the server is back")
     if isinstance(exc, psycopg.OperationalError):
         return postgres.connect_error(url, exc)
     return DeliverySyncError(f"replica {url}: {text}", hint="every stored client is as it was or fully updated; run again")

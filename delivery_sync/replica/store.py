@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from ..errors import Interrupted
+from ..errors import DeliverySyncError, Interrupted
 from ..records import Client
 from .lock import writer_lock
 from .runs import RunCounts
@@ -60,6 +60,7 @@ class Store(Protocol):
     def open(self) -> Replica: ...
     def open_reader(self): ...
     def describe_failure(self, exc: Exception) -> str: ...
+    def failure(self, exc: Exception) -> DeliverySyncError | None: ...
 
 
 def open_store(database) -> Store:
@@ -104,6 +105,10 @@ class SqliteStore:
         if isinstance(exc, sqlite3.Error) and storage_kind(exc) in ("space", "corrupt"):
             return str(storage_error(self.path, exc))
         return " ".join(str(exc).split())
+
+    def failure(self, exc: Exception) -> DeliverySyncError | None:
+        """The one-line error of a SQLite failure on the file mid-run (None: `exc` is none)."""
+        return storage_error(self.path, exc) if isinstance(exc, sqlite3.Error) else None
 
 
 class SqliteReplica(OpenReplica):
