@@ -526,7 +526,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
              by: m.now, f"{by}_base": m.base, f"{by}_change": m.diff, f"{by}_change_pct": m.pct}
             for direction, chosen in sections.items() for at, m in enumerate(chosen, 1)]
     key = f"{by}_change_pct" if by_pct else f"{by}_change"
-    least = None if min_base is None else f"{int(min_base) if min_base == int(min_base) else min_base:,}"
+    least = None if min_base is None else _floor_text(by, min_base)
     floor = "" if least is None else f", base at least {least}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
@@ -541,6 +541,15 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     return Report(title,
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
                   subtitle=f"against {base} ({compare}){floor}", empty=empty, notes=_base_notes(conn, base))
+
+
+def _floor_text(by: str, min_base: float) -> str:
+    """`--min-base` in the unit the table shows `by` in: `Rp 20,000,000`, `0.4%` (a rate or share
+    given as the fraction 0.004), `150`."""
+    if by.endswith(("_rate", "_share")):
+        return f"{min_base * 100:g}%"
+    number = f"{int(min_base) if min_base == int(min_base) else min_base:,}"
+    return f"Rp {number}" if by in AMOUNT_METRICS or by == "avg_order_value" or by.endswith("_spend") else number
 
 
 class _Move(NamedTuple):

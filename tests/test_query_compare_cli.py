@@ -100,7 +100,9 @@ def test_change_cells_are_signed_in_the_figure_own_unit():
     assert _cell("total_sales_change", -1234.4) == "-Rp 1,234"
     assert _cell("total_sales_change", 5000.0) == "+Rp 5,000"
     assert _cell("total_orders_change", 0) == "0"
-    assert _cell("fake_order_rate_change", -0.0125) == "-1.25%"
+    # A percentage's change is in points, never a second "%" beside the change in percent.
+    assert _cell("fake_order_rate_change", -0.0125) == "-1.25 pp" and _cell("new_customer_share_change", 0.0019) == "+0.19 pp"
+    assert _cell("fake_order_rate_change_pct", 44.3) == "+44.3%" and _cell("fake_order_rate_base", 0.0043) == "0.43%"
     # A refund (a negative amount) reads as a fall does: the sign before the currency.
     assert _cell("grab_sales", -83332500.0) == _cell("grab_sales_change", -83332500.0) == "-Rp 83,332,500"
     assert _cell("total_sales_base", -1234.0) == "-Rp 1,234" and _cell("sales", -0.4) == "Rp 0"
@@ -180,9 +182,14 @@ def test_a_partial_base_window_is_noted_under_the_title_or_on_stderr(query):
 
 @pytest.mark.parametrize("args, said", [
     (("movers", "--days", "7", "--min-base", "1e15"),
-     "no client rose or fell from a base of at least 1,000,000,000,000,000, and none stopped sending data"),
+     "no client rose or fell from a base of at least Rp 1,000,000,000,000,000, and none stopped sending data"),
     (("movers", "--days", "7", "--min-base", "1e15", "--active-only"),
-     "no active client rose or fell from a base of at least 1,000,000,000,000,000, and none stopped sending data"),
+     "no active client rose or fell from a base of at least Rp 1,000,000,000,000,000, and none stopped sending data"),
+    # A floor in the unit the table shows: a share given as a fraction reads as a percentage.
+    (("movers", "--days", "7", "--by", "fake_order_rate", "--min-base", "0.5"),
+     "no client rose or fell from a base of at least 50%, and none stopped sending data"),
+    (("movers", "--days", "7", "--by", "total_orders", "--min-base", "1e9"),
+     "no client rose or fell from a base of at least 1,000,000,000, and none stopped sending data"),
     (("top", "--days", "7", "--min-orders", "100000"), "no client with at least 100,000 orders in this window"),
     (("top", "--from", "2020-01-01", "--to", "2020-01-31", "--min-orders", "1"), "no data in this window"),
 ])

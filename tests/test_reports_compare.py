@@ -341,7 +341,7 @@ def test_movers_by_change_with_a_floor_on_the_base(conn, rows):
     assert [r["client_id"] for r in report.rows if r["direction"] == "rose"] == rose
     assert [r["client_id"] for r in report.rows if r["direction"] == "fell"] == fell
     assert all(r["total_sales_base"] >= floor for r in report.rows)
-    assert report.subtitle == f"against {base} (year), base at least {int(floor):,}" and floor == int(floor)
+    assert report.subtitle == f"against {base} (year), base at least Rp {int(floor):,}" and floor == int(floor)
 
 
 @pytest.fixture(scope="module")

@@ -361,7 +361,10 @@ def _cell(column: str, value, raw: bool = False) -> str:
         return f"{value:+,.1f}%"
     if column.endswith("_change"):
         sign = "+" if value > 0 else "-" if value < 0 else ""
-        return sign + _cell(column.removesuffix("_change"), abs(value))
+        figure = column.removesuffix("_change")
+        if figure.endswith(("_rate", "_share")):  # a change of a percentage is in points: "+0.19 pp" beside "+44.3%"
+            return f"{sign}{abs(value) * 100:.2f} pp"
+        return sign + _cell(figure, abs(value))
     if column.endswith("_base"):
         return _cell(column.removesuffix("_base"), value)
     if column == "sales" or column.endswith(("_sales", "_spend")) or column == "avg_order_value":  # `sales`: the platform split's
