@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, store_of, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, query_db, stop_when, store_of, write_config
 
 from delivery_sync.demo_source import DemoSource
 from delivery_sync.render.status_view import _took
@@ -111,6 +111,27 @@ def test_retry_failed_after_a_killed_sync_retries_that_sync(cli, config, db_path
     assert "sync ok: 1/1 clients, 5 rows (2 inserted, 0 updated, 3 unchanged)" in retry.stderr and f"window {window}" in retry.stderr
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 5") == [(5,)]  # client 5, over the killed sync's window
     assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
+
+def test_retry_failed_after_a_killed_sync_fetches_only_the_clients_it_did_not_write(cli, config, db_path, demo):
+    """A SIGKILLed sync records neither failures nor the clients it never reached: --retry-failed
+    fetched every client again over its window. Now only those no run has written since it began."""
+    from datetime import timedelta
+
+    assert cli("sync", "--days-back", "3").code == 0
+    execute_db(db_path, "UPDATE clients SET last_synced_at = '2000-01-01T00:00:00+00:00'")  # before the killed run, whatever the clock
+    today = demo.today()
+    db = store_of(db_path).open()
+    killed = db.start_run("sync", (today - timedelta(days=4), today), DEMO_CLIENTS)  # no lock held: its process is gone
+    db.close()
+    written = [1, 2, 3]  # what it wrote before the kill (their rows were already there: the demo's data do not change)
+    execute_db(db_path, "UPDATE clients SET last_synced_at = '2999-01-01T00:00:00+00:00' WHERE id IN (1, 2, 3)")
+    retry = cli("sync", "--retry-failed")
+    assert retry.code == 0, retry.stderr
+    left = DEMO_CLIENTS - len(written)
+    assert f"sync ok: {left}/{left} clients, {left * 5} rows ({left * 2} inserted, 0 updated, {left * 3} unchanged)" in retry.stderr
+    assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id IN (1, 2, 3)") == [(9,)]  # not fetched again
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
+
 
 def _seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()

@@ -136,7 +136,8 @@ def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) ->
 
 def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str | None, str | None, list[int]] | None:
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
-    those that failed and those it never fetched. When it brought in every client it tried, the
+    those that failed and those it never fetched (for a failed sync that recorded neither, the
+    clients not written since it started). When it brought in every client it tried, the
     latest earlier sync ended at `since` or later that left clients behind (`left_behind`) and
     those clients instead. None when no sync has finished. The caller holds the writer lock: a sync
     left `running` by a killed process is closed first (`failed`), so that it is the one retried,
@@ -159,4 +160,16 @@ def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str |
             run_id = max(behind.values())
             earlier = db.execute("SELECT id, status, window_start, window_end FROM sync_runs WHERE id = ?", [run_id]).fetchone()
             return (*earlier, sorted(cid for cid, run in behind.items() if run == run_id))
+    if not ids and last[1] == "failed":
+        ids = _not_reached(db, last[0])
     return (*last, ids)
+
+
+def _not_reached(db: ReplicaDatabase, run_id: int) -> list[int]:
+    """The active clients a failed sync that recorded none it left (one killed, or whose replica
+    failed under it) did not write: those no run has written since it started. Empty when it
+    wrote none of them (it failed before any client) or all: then the whole run is retried."""
+    started = db.execute("SELECT started_at FROM sync_runs WHERE id = ?", [run_id]).fetchone()[0]
+    active = db.execute("SELECT id, last_synced_at FROM clients WHERE active = 1").fetchall()
+    left = [cid for cid, at in active if at is None or at < started]
+    return [] if len(left) == len(active) else sorted(left)
