@@ -366,3 +366,14 @@ def left_behind(db, before_run: int, since: str) -> dict[int, int]:
         "AND (c.last_synced_at IS NULL OR c.last_synced_at < r.finished_at) GROUP BY f.client_id",
         [first, before_run - 1, first, before_run - 1],
     )}
+
+
+def not_reached(db, run_id: int) -> list[int]:
+    """The active clients a failed sync that recorded none it left (one killed, or whose replica
+    failed under it) did not write: those no run has written since it started. Empty when it
+    wrote none of them (it failed before any client) or all: then the whole run is retried.
+    `db` is a reader's connection or a writer's database, of either engine."""
+    started = db.execute("SELECT started_at FROM sync_runs WHERE id = ?", [run_id]).fetchone()[0]
+    active = db.execute("SELECT id, last_synced_at FROM clients WHERE active = 1").fetchall()
+    left = [cid for cid, at in active if at is None or at < started]
+    return [] if len(left) == len(active) else sorted(left)

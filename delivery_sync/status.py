@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from .dialect import dialect_of
 from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
-from .readonly import damaged, left_behind, reader_for, snapshot
+from .readonly import damaged, left_behind, not_reached, reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
@@ -179,6 +179,9 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
         if "sync_unfetched" in {row[0] for row in conn.execute(dialect_of(conn).table_names)}:  # else a replica before it
             status.unfetched_clients = [cid for (cid,) in conn.execute(
                 "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
+            if status.last_sync["status"] == "failed" and not status.failed_clients and not status.unfetched_clients:
+                # Killed, or its replica failed under it: no list of what it left, so those not written since it began.
+                status.unfetched_clients = not_reached(conn, status.last_sync["id"])
             now_listed = set(status.failed_clients) | set(status.unfetched_clients)
             since = stale_cutoff(now, status.stale_after_hours)
             status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"], since)) - now_listed)

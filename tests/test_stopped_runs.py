@@ -125,6 +125,11 @@ def test_retry_failed_after_a_killed_sync_fetches_only_the_clients_it_did_not_wr
     db.close()
     written = [1, 2, 3]  # what it wrote before the kill (their rows were already there: the demo's data do not change)
     execute_db(db_path, "UPDATE clients SET last_synced_at = '2999-01-01T00:00:00+00:00' WHERE id IN (1, 2, 3)")
+    # status names the same clients, and the same repair: it showed "0/N clients" and "Failed clients none".
+    shown = json.loads(cli("status", "--json").stdout)
+    assert shown["unfetched_clients"] == list(range(4, DEMO_CLIENTS + 1)) and shown["failed_clients"] == []
+    assert shown["verdict"]["advice"] == "delivery-sync sync --retry-failed"
+    assert f"{DEMO_CLIENTS - 3} clients not fetched (4, 5, 6" in shown["verdict"]["reason"]
     retry = cli("sync", "--retry-failed")
     assert retry.code == 0, retry.stderr
     left = DEMO_CLIENTS - len(written)

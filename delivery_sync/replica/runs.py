@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..days import utc_now, utc_stamp
 from ..errors import Interrupted
-from ..readonly import left_behind
+from ..readonly import left_behind, not_reached
 from .schema import RUN_COUNTERS
 
 if TYPE_CHECKING:
@@ -161,15 +161,5 @@ def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str |
             earlier = db.execute("SELECT id, status, window_start, window_end FROM sync_runs WHERE id = ?", [run_id]).fetchone()
             return (*earlier, sorted(cid for cid, run in behind.items() if run == run_id))
     if not ids and last[1] == "failed":
-        ids = _not_reached(db, last[0])
+        ids = not_reached(db, last[0])
     return (*last, ids)
-
-
-def _not_reached(db: ReplicaDatabase, run_id: int) -> list[int]:
-    """The active clients a failed sync that recorded none it left (one killed, or whose replica
-    failed under it) did not write: those no run has written since it started. Empty when it
-    wrote none of them (it failed before any client) or all: then the whole run is retried."""
-    started = db.execute("SELECT started_at FROM sync_runs WHERE id = ?", [run_id]).fetchone()[0]
-    active = db.execute("SELECT id, last_synced_at FROM clients WHERE active = 1").fetchall()
-    left = [cid for cid, at in active if at is None or at < started]
-    return [] if len(left) == len(active) else sorted(left)
