@@ -307,7 +307,8 @@ class Connection:
         returns its column names and its first `max_rows` rows (all without it)."""
         refused = _REFUSED_FUNCTIONS.search(_COMMENTS.sub(" ", statement))  # `pg_read_file/**/(` calls it too
         if refused:
-            raise ReadOnlyViolation(f"refused: {refused.group(1)}() - query sql runs no function that reads files or reaches other servers")
+            raise ReadOnlyViolation(f"refused: {refused.group(1)}() - query sql runs no function that reaches past the replica's "
+                                    "rows (server files, other servers or sessions, settings, waits)")
         try:
             with self.conn.transaction():
                 self.conn.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(max(1, int(max_seconds * 1000)))))
@@ -321,7 +322,7 @@ class Connection:
         except psycopg.errors.InsufficientPrivilege as exc:  # the role may not read a table: say what to grant
             raise read_error(self.url, exc) from None
         except psycopg.errors.ReadOnlySqlTransaction as exc:
-            raise ReadOnlyViolation(f"refused: the replica is read-only here ({' '.join(str(exc).split())})") from None
+            raise ReadOnlyViolation(f"refused: a statement that writes - the replica is read-only here ({' '.join(str(exc).split())})") from None
         except psycopg.Error as exc:
             raise UsageError(f"SQL error: {' '.join(str(exc).split())}") from None
         return columns, rows
@@ -383,9 +384,12 @@ def connect_error(url: PostgresURL, exc: Exception) -> DeliverySyncError:
     lowered = text.lower()
     if "does not exist" in lowered or "authentication failed" in lowered or "no password" in lowered or "permission denied" in lowered:
         return UsageError(f"cannot connect to database {url}: {text}", hint="check `database` (--db): role, password and database name")
-    if re.search(r"\binvalid [\w ]*(value|parameter|option)\b", lowered):  # e.g. ?sslmode=bogus: the URL to fix
+    if re.search(r"\binvalid [\w ]*(value|parameter|option)\b", lowered) or "does not support ssl" in lowered:
+        # ?sslmode=bogus, or ?sslmode=require against a server without SSL: the URL to fix
         return UsageError(f"cannot use database {url}: {text}", hint="check the options after '?' in `database` (--db)")
-    return DeliverySyncError(f"cannot connect to database {url}: {text}", hint="is the PostgreSQL server running and reachable?")
+    # libpq often asks itself ("Is the server running on that host ...?"): not a second time.
+    asked = "is the server running" in lowered
+    return DeliverySyncError(f"cannot connect to database {url}: {text}", hint=None if asked else "is the PostgreSQL server running and reachable?")
 
 
 def _one_line(exc: Exception, url: PostgresURL) -> str:

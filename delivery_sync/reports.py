@@ -785,7 +785,7 @@ def check_statement(statement: str) -> None:
     if keyword not in _READING_STATEMENTS:
         raise ReadOnlyViolation(
             f"refused: {keyword or ('empty statement' if not statement.strip() else statement.strip()[:20])}"
-            " - query sql runs only SELECT, WITH, EXPLAIN and read-only PRAGMAs"
+            " - query sql runs only SELECT, WITH, EXPLAIN, VALUES and (on SQLite) read-only PRAGMAs"
         )
     # SQLite's own tokenizer says where a statement ends (quotes and comments included).
     for end, char in enumerate(statement):

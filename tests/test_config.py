@@ -269,4 +269,6 @@ def test_a_url_with_one_slash_is_refused_and_one_without_a_host_is_shown_with_it
     no_host = "postgresql:///delivery?host=127.0.0.1&port=1&password=s3cret"  # nothing listens on port 1
     down = cli("--db", no_host, "status")
     assert down.code == 1 and "postgresql:///delivery?host=127.0.0.1&port=1&password=[redacted]" in down.stderr
+    # libpq asks "Is the server running on that host ...?" itself: the hint does not ask it again.
+    assert "Is the server running" in down.stderr and "is the PostgreSQL server running" not in down.stderr
     assert "s3cret" not in down.stdout + down.stderr and list(tmp_path.iterdir()) == []

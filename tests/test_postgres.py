@@ -484,6 +484,7 @@ def test_a_sync_whose_server_connection_ends_mid_run_says_what_it_wrote(tmp_path
     ("SELECT pg_read_file/**/('/etc/hostname')", "refused: pg_read_file()"),  # a comment between name and call
     ("SELECT * FROM pg_ls_dir -- x\n ('.')", "refused: pg_ls_dir()"),
     ("SELECT pg_stat_reset()", "refused: pg_stat_reset()"),
+    ("SELECT pg_sleep(30)", "refused: pg_sleep() - query sql runs no function that reaches past the replica's rows"),
     ("SELECT set_config('default_transaction_read_only', 'off', false)", "refused: set_config()"),
     ("COPY clients TO STDOUT", "refused: COPY"),
     ("SET default_transaction_read_only = off", "refused: SET"),
@@ -496,6 +497,14 @@ def test_query_sql_stays_read_only(cli, demo, tmp_path, pg_url, statement, refus
     assert result.code == 2 and refused in result.stderr, result.stderr
     assert rows_of(pg_url, "SELECT COUNT(*) FROM client_stats") == [(24,)]
     assert rows_of(pg_url, "SELECT COUNT(*) FROM clients") == [(12,)]
+
+
+def test_sslmode_require_against_a_server_without_ssl_is_the_url_to_fix(cli, pg_url):
+    """A team review: it said 'is the PostgreSQL server running and reachable?' (exit 1) of a server
+    that was running and refused only the URL's sslmode."""
+    result = cli("--db", f"{pg_url}?sslmode=require", "status")
+    assert result.code == 2 and "does not support SSL" in result.stderr, result.stderr
+    assert "check the options after '?'" in result.stderr and "is the PostgreSQL server running" not in result.stderr
 
 
 def test_query_sql_is_cancelled_by_the_server_after_max_seconds(cli, demo, tmp_path, pg_url):
