@@ -528,6 +528,10 @@ class PostgresReader:
     def writer_holds_lock(self) -> bool:
         return self.lock_holder() is not None
 
+    def may_write(self, conn: Connection) -> bool:
+        """Whether this role may run a writing command on the replica (an analysts' role may not)."""
+        return bool(conn.execute("SELECT has_table_privilege('client_stats', 'INSERT')").fetchone()[0])
+
     def lock_holder(self) -> dict | None:
         conn = connect(self.url, read_only=True)
         try:

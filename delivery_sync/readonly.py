@@ -290,6 +290,11 @@ class SqliteReader:
     def writer_holds_lock(self) -> bool | None:
         return writer_holds_lock(self.path)
 
+    def may_write(self, conn: sqlite3.Connection) -> bool:
+        """Whether this user may run a writing command on the replica: write the file, and create
+        its lock, WAL and journal files beside it."""
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+
     def lock_holder(self) -> dict | None:
         return lock_holder(self.path)
 

@@ -72,9 +72,11 @@ class Status:
     history: list[dict] | None = None  # the last N runs of any command, newest first (`--history N`)
     unreadable: str | None = None  # why the replica could not be read (damaged, or no access): nothing above is known
     unreadable_advice: str | None = None
+    may_write: bool | None = None  # may this user or role run a writing command on the replica? (None: not known)
 
     def as_json(self) -> dict:
         data = asdict(self)
+        del data["may_write"]  # said in verdict.advice
         # JSON object keys are strings; keep ids readable as such.
         data["missing_by_client"] = {str(k): v for k, v in self.missing_by_client.items()}
         data["failures"] = {str(k): v for k, v in self.failures.items()}
@@ -125,6 +127,7 @@ def read_status(database, tz: ZoneInfo, stale_after_hours: float, history: int =
             with snapshot(conn):
                 reader.check_intact(conn)
                 _read(conn, status, now, today, idle and reader.writer_holds_lock() is False, history)
+                status.may_write = reader.may_write(conn)
         except reader.damage as exc:  # a damaged replica: nothing read from it can be vouched for
             said = damaged(reader.location, str(exc).replace("*** in database main ***", ""))
             status = replace(blank, unreadable=str(said), unreadable_advice=said.hint)
@@ -290,6 +293,10 @@ def judge(status: Status) -> Verdict:
         # Its fix would be refused (exit 75) until it ends, and that sync may well be the fix.
         verdict.reason += f" (a sync is running since {stamp_text(running[-1]['started_at'])})"
         verdict.advice = verdict.advice and f"once the running sync has ended, {verdict.advice}"
+    if verdict.advice and status.may_write is False and not verdict.advice.startswith("delivery-sync query"):
+        # An analyst's account or read-only role: the fix is someone else's to run.
+        who = "as a user or role that may write the replica: this one may only read it"
+        verdict.advice = f"{verdict.advice[:-1]}; {who})" if verdict.advice.endswith(")") else f"{verdict.advice} ({who})"
     return verdict
 
 
@@ -312,7 +319,7 @@ def _judge(status: Status) -> Verdict:
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)
         advice = "delivery-sync sync"
-        if count < status.active_clients and count <= MAX_ADVISED_IDS:  # else the whole sync: a runnable line
+        if 0 < count < status.active_clients and count <= MAX_ADVISED_IDS:  # else the whole sync: a runnable line
             advice += f" --clients {','.join(map(str, status.stale_clients))}"
         return Verdict(
             False,

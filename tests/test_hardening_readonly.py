@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEMO_CLIENTS, write_config
+from conftest import DEMO_CLIENTS, execute_db, write_config
 from hardening import IS_ROOT, one_line, run_cli, shared_folder, synced_shared_replica
 
 
@@ -44,6 +44,23 @@ def test_status_and_query_read_a_folder_they_cannot_write(readonly_replica):
     write = reader(folder, "--config", str(config), "query", "sql", "DELETE FROM client_stats")
     assert write.code == 2
     assert sorted(os.listdir(folder)) == ["config.toml", "replica.db", "replica.db.lock"]
+
+
+def test_a_reader_that_may_not_write_is_told_the_repair_is_for_one_that_may(readonly_replica):
+    """A review: an analyst's account was told 'Run: delivery-sync ... sync --retry-failed', which
+    it cannot run."""
+    folder, config = readonly_replica
+    db = folder / "replica.db"
+    execute_db(db, "UPDATE sync_runs SET status = 'partial', clients_failed = 1, clients_ok = clients_ok - 1 WHERE command = 'sync'")  # as its owner
+    execute_db(db, "INSERT INTO sync_failures(run_id, client_id, error) SELECT MAX(id), 5, 'HTTP 500' FROM sync_runs WHERE command = 'sync'")
+    status = run_cli("--config", str(config), "status", "--json", as_nobody=IS_ROOT, cwd=folder)
+    facts = json.loads(status.stdout)
+    assert facts["verdict"]["advice"] == (f"delivery-sync --config {config} sync --retry-failed "
+                                          "(as a user or role that may write the replica: this one may only read it)")
+    assert "may_write" not in facts
+    os.chmod(folder, 0o755)  # the writer's own view: the repair line alone
+    owner = run_cli("--config", str(config), "status", "--json", cwd=folder)
+    assert json.loads(owner.stdout)["verdict"]["advice"] == f"delivery-sync --config {config} sync --retry-failed"
 
 
 def test_a_running_writer_makes_the_reader_say_what_to_grant(readonly_replica):

@@ -634,6 +634,36 @@ def test_a_role_without_rights_to_read_gets_one_line_not_a_damaged_replica(cli, 
             admin.execute(f"DROP ROLE {role}")
 
 
+def test_a_read_only_role_is_told_the_repair_is_for_a_role_that_may_write(cli, demo, tmp_path, pg_url):
+    """A team review: the README's analyst role was told 'Run: delivery-sync --db ... sync', which
+    it cannot run (exit 2)."""
+    import uuid
+
+    import psycopg
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "2").code == 0
+    role = f"ds_analyst_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        as_role = pg_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+        with freeze_time("2026-11-26T10:00:00Z", tick=True):  # three days on: stale, a repair line
+            analyst = json.loads(cli("--db", as_role, "status", "--json").stdout)["verdict"]
+            writer = json.loads(cli("--db", pg_url, "status", "--json").stdout)["verdict"]
+        assert not analyst["ok"] and analyst["reason"] == writer["reason"]
+        assert writer["advice"] == f"delivery-sync --db {pg_url} sync (and check that cron runs it)" and "may only read" not in writer["advice"]
+        assert analyst["advice"].startswith(f"delivery-sync --db {as_role} sync (and check that cron runs it; ")
+        assert analyst["advice"].endswith("as a user or role that may write the replica: this one may only read it)")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            admin.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_url):
     from delivery_sync import postgres
     from delivery_sync.config import PostgresURL

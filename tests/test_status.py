@@ -406,3 +406,17 @@ def test_the_replica_size_is_in_binary_units_named_as_such(size, said):
     from delivery_sync.render.status_view import _size_text
 
     assert _size_text(size) == said
+
+
+def test_a_stale_verdict_naming_no_stale_client_advises_the_whole_sync_not_an_empty_list():
+    """Found by a review's test with status.stale_after_hours of a second: the replica read stale
+    while no client was older than the cutoff (times of whole seconds), and the repair line was
+    `sync --clients ` with no id, which exits 2."""
+    from delivery_sync.status import Status, judge
+
+    now = "2026-03-10T10:00:00+00:00"
+    status = Status(database="r.db", exists=True, checked_at=now, timezone="Asia/Makassar", today="2026-03-10",
+                    stale_after_hours=26, clients=5, active_clients=5, rows=50, freshness="stale", last_ok_sync_at=now,
+                    last_sync={"status": "ok", "finished_at": now, "started_at": now, "error": None, "rows_rejected": 0},
+                    stale_clients=[])
+    assert judge(status).advice == "delivery-sync sync"
