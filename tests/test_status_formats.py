@@ -65,6 +65,10 @@ def test_prometheus_output_parses_and_carries_the_documented_metrics(cli, synced
     assert samples[("delivery_sync_last_run_status", ("command", "sync"), ("status", "partial"))] == 1
     assert samples[("delivery_sync_last_run_status", ("command", "sync"), ("status", "ok"))] == 0
     assert samples[("delivery_sync_last_run_status", ("command", "collect"), ("status", "ok"))] == 1
+    # Its help fits both engines ("WAL included" is SQLite's alone).
+    helps = {family.name: family.documentation for family in text_string_to_metric_families(result.stdout)}
+    assert helps["delivery_sync_replica_bytes"] == ("Size of the replica: the SQLite file with its WAL, or its tables and indexes "
+                                                    "on the PostgreSQL server.")
 
 
 def test_prometheus_fresh_is_1_after_an_ok_sync_and_0_once_stale(cli, config, demo):

@@ -48,7 +48,8 @@ def status_prometheus(status) -> str:
     gauge("last_ok_sync_timestamp_seconds", "When the latest ok sync ended (Unix time; 0: never).",
           ("", _seconds(status.last_ok_sync_at)))
     gauge("rows", "Rows in client_stats.", ("", status.rows))
-    gauge("replica_bytes", "Size of the replica on disk, WAL included.", ("", status.database_bytes or 0))
+    gauge("replica_bytes", "Size of the replica: the SQLite file with its WAL, or its tables and indexes on the PostgreSQL server.",
+          ("", status.database_bytes or 0))
     failed = len(status.failed_clients) + len(status.earlier_failed_clients)
     gauge("clients", "Clients by state: all, active, failed (in the last sync, or in an earlier one and not synced since), "
           "lagging, stale.",
