@@ -86,7 +86,7 @@ class Report:
     figures: list[str] | None = None  # a single row compared with a base window: a table of these figures
     subtitle: str = ""  # a second line under the title (the base window of a comparison, a note)
     notes: list[str] = field(default_factory=list)  # caveats of the figures: under the subtitle, or on stderr with csv/json
-    chart: tuple[str, str] | None = None  # (label column, value column): a terminal shows bars, not a table
+    chart: tuple[str, str, str] | None = None  # (label column, value column, what a bar is: "day", "week"): bars, not a table
     more: bool = False  # query sql: the statement returns more rows than `rows` (--max-rows)
     deadline: float | None = None  # query sql: time.monotonic() by which rendering must be done too (--max-seconds)
     empty: str = ""  # what a terminal says of no rows, where "no data in this window" would not be true
@@ -251,7 +251,7 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         shown = ["stat_date", *(["active"] if show_active else []), "total_sales", "total_orders", "grab_sales", "grab_orders",
                  "gojek_sales", "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
         return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown,
-                      keep=2 + show_active, chart=("stat_date", chart) if chart else None)
+                      keep=2 + show_active, chart=("stat_date", chart, "day") if chart else None)
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     known_values = {"client_id": client_id, "name": name, **({"active": known[2]} if show_active else {})}
 
@@ -314,13 +314,16 @@ def totals(conn: sqlite3.Connection, window: Window, by: str | None = None, *, c
     # The figures first: on a narrow terminal the period and its totals stay, its clipped edges go.
     shown = ["period", "total_sales", "total_orders", "period_start", "period_end", "clients_with_data",
              "grab_sales", "gojek_sales", "avg_order_value", "ads_roas", "fake_order_rate"]
+    if by == "day":  # a day's start and end are the day itself
+        shown = [c for c in shown if c not in ("period_start", "period_end")]
     title = f"Totals per {by}, all clients, {window}"
-    charted = ("period", chart) if chart else None
+    charted = ("period", chart, by) if chart else None
     if not mark_partial and not chart:  # a bar of a cut period would look like a fall: charts mark them
         return Report(title, PERIOD_TOTALS_COLUMNS, rows, shown, keep=2, chart=charted)
     rows = [{**row, **_partial(row, by)} for row in rows]
     columns = [*PERIOD_TOTALS_COLUMNS[:3], *PARTIAL_COLUMNS, *PERIOD_TOTALS_COLUMNS[3:]]
-    shown = [*shown[:5], "days", *shown[5:]]
+    at = shown.index("period_end" if "period_end" in shown else "total_orders") + 1
+    shown = [*shown[:at], "days", *shown[at:]]
     marked = [{**row, "period": f"{row['period']} *"} if row["partial"] else row for row in rows]
     note = "* partial: cut by the window, or fewer days with data than days" if any(row["partial"] for row in rows) else ""
     return Report(title, columns, rows, shown, keep=2, table_rows=marked, subtitle=note, chart=charted)
@@ -530,6 +533,9 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     floor = "" if least is None else f", base at least {least}"
     shown = ["direction", "client_id", "name", key, *(c for c in (f"{by}_change", f"{by}_change_pct") if c != key),
              by, f"{by}_base", "last_day", "active"]
+    if sections["lagging"]:  # since when a lagging client sent nothing is what its row is for: kept at 80 columns
+        shown.remove("last_day")
+        shown.insert(4, "last_day")
     if not compared_to:
         empty = f"no {by} in the base window {base}: nothing to compare"
     elif least is None and not active_only:

@@ -4,6 +4,7 @@ every format, 80-column tables, window flags and bad input."""
 from __future__ import annotations
 
 import csv
+import re
 import io
 import json
 import shutil
@@ -263,7 +264,7 @@ def test_totals_chart_draws_proportional_bars_within_80_columns(query, replica):
     result = query("totals", "--by", "week", "--from", "2026-02-02", "--to", "2026-03-01", "--chart")
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[:2] == ["Totals per week, all clients, 2026-02-02..2026-03-01", "total sales per period"]
+    assert lines[:2] == ["Totals per week, all clients, 2026-02-02..2026-03-01", "total sales per week"]
     bars = {line.split()[0]: line.split("  ")[-1] for line in lines[2:]}
     assert list(bars) == ["2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23"]
     assert widest(result.stdout) == 80 and "\x1b" not in result.stdout  # a pipe: no colour codes
@@ -278,7 +279,7 @@ def test_totals_chart_draws_proportional_bars_within_80_columns(query, replica):
 
 def test_client_daily_chart_and_top_spark_on_the_terminal(query):
     chart = query("client", "2", "--daily", "--days", "5", "--chart", "--chart-by", "avg_order_value")
-    assert chart.code == 0 and chart.stdout.splitlines()[1] == "avg order value per stat date"
+    assert chart.code == 0 and chart.stdout.splitlines()[1] == "avg order value per day"
     assert [line.split()[0] for line in chart.stdout.splitlines()[2:]] == ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
     spark = query("top", "--days", "7", "--limit", "3", "--spark")
     assert spark.code == 0 and widest(spark.stdout) <= 80 and "trend" in spark.stdout
@@ -286,8 +287,8 @@ def test_client_daily_chart_and_top_spark_on_the_terminal(query):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("totals", "--by", "week", "--chart", "--format", "csv"), "--chart draws in a table: csv and json carry the numbers"),
-    (("top", "--spark", "--format", "json"), "--spark draws in a table"),
+    (("totals", "--by", "week", "--chart", "--format", "csv"), "--chart draws on the terminal, not in csv or json, which carry the numbers"),
+    (("top", "--spark", "--format", "json"), "--spark draws on the terminal, not in csv or json"),
     (("totals", "--by", "week", "--chart", "--columns", "period"), "--chart does not combine with --columns"),
     (("totals", "--chart"), "--chart draws the periods of --by day|week|month"),
     (("client", "2", "--chart"), "use it with --daily"),
@@ -313,3 +314,22 @@ def test_charts_honour_no_color_on_a_terminal(replica, tmp_path):
     assert code == 0 and "\x1b[36m" in coloured and "█" in coloured
     code, plain = run_on_terminal(args, tmp_path, {**env, "NO_COLOR": "1"}, stream="stdout")
     assert code == 0 and "\x1b[36m" not in plain and "█" in plain
+
+
+def test_narrow_tables_keep_what_their_rows_are_for(cli, query, replica, tmp_path, monkeypatch):
+    """An analyst review at 80 columns: movers' lagging rows lost their last day (since when they
+    sent nothing, the point of the row) and `totals --by day` spent two columns on its day again."""
+    copy = tmp_path / "replica.db"
+    shutil.copy(replica, copy)
+    with sqlite3.connect(copy) as conn:  # client 3 sent nothing for its last 4 days
+        conn.execute("DELETE FROM client_stats WHERE client_id = 3 AND stat_date > '2026-03-06'")
+    with freeze_time(NOW):
+        assert run_aggregate(copy, TODAY).status == "ok"
+        movers = cli("--db", str(copy), "query", "movers", "--days", "7", "--limit", "2")
+    lagging = [line for line in movers.stdout.splitlines() if line.startswith("│ lagging")]
+    assert movers.code == 0 and widest(movers.stdout) <= 80 and len(lagging) == 1, movers.stdout
+    assert "│ 2026-03-06 │" in lagging[0], movers.stdout
+    days = query("totals", "--by", "day", "--days", "3")
+    header = " ".join(days.stdout.replace("┃", " ").split())
+    assert "period start" not in header and "period end" not in header and "clients with" in header and widest(days.stdout) <= 80
+    assert "period_start" in query("totals", "--by", "day", "--days", "3", "--format", "csv").stdout.splitlines()[0]

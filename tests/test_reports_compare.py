@@ -569,8 +569,8 @@ def test_whole_periods_with_every_day_are_not_marked(conn):
 
 
 def test_charts_name_their_rows_and_metric_and_refuse_what_has_no_series(conn):
-    assert reports.totals(conn, WINDOWS["across_months"], "week", chart="total_sales").chart == ("period", "total_sales")
-    assert reports.client(conn, WINDOWS["last_7d"], 2, daily=True, chart="ads_roas").chart == ("stat_date", "ads_roas")
+    assert reports.totals(conn, WINDOWS["across_months"], "week", chart="total_sales").chart == ("period", "total_sales", "week")
+    assert reports.client(conn, WINDOWS["last_7d"], 2, daily=True, chart="ads_roas").chart == ("stat_date", "ads_roas", "day")
     assert reports.totals(conn, WINDOWS["across_months"], "week").chart is None
     for build, message in (
         (lambda: reports.totals(conn, WINDOWS["last_7d"], chart="total_sales"), "--chart draws the periods of --by"),

@@ -45,7 +45,7 @@ def _drawn(flag: str, given: bool, fmt: str, columns: str | None, chart_by: str 
     if chart_by is not None and not given:
         raise UsageError("--chart-by says what --chart draws: add --chart")
     if given and fmt != "table":
-        raise UsageError(f"{flag} draws in a table: csv and json carry the numbers (drop {flag} or --format)")
+        raise UsageError(f"{flag} draws on the terminal, not in csv or json, which carry the numbers (drop {flag} or --format)")
     if given and columns is not None:
         raise UsageError(f"{flag} does not combine with --columns")
     return (chart_by or "total_sales") if given else None

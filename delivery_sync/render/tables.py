@@ -226,7 +226,7 @@ def _bar_chart(rep, width: int) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    label_key, value_key = rep.chart
+    label_key, value_key, each = rep.chart
     shown = rep.rows if rep.table_rows is None else rep.table_rows
     labels = [safe(str(row[label_key])) for row in shown]
     values = [row[value_key] for row in rep.rows]
@@ -237,7 +237,7 @@ def _bar_chart(rep, width: int) -> None:
     console = Console(highlight=False, width=width)
     if rep.title:
         console.print(Text(safe(rep.title), style="bold"), soft_wrap=True)
-    console.print(Text(f"{_label(value_key)} per {_label(label_key)}", style="dim"), soft_wrap=True)
+    console.print(Text(f"{_label(value_key)} per {each}", style="dim"), soft_wrap=True)
     _subtitle(console, rep.subtitle, rep.notes)
     for label, cell, value in zip(labels, cells, values):
         eighths = round(value / largest * room * 8) if largest and value is not None and value > 0 else 0
