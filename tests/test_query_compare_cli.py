@@ -4,7 +4,6 @@ every format, 80-column tables, window flags and bad input."""
 from __future__ import annotations
 
 import csv
-import re
 import io
 import json
 import shutil
