@@ -815,7 +815,7 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10, max_r
         names, rows = conn.read_only_statement(statement, max_seconds, wanted)
         columns = _unique(names)
         return Report("", columns, [dict(zip(columns, row)) for row in rows[:max_rows]], columns, keep=len(columns), raw=True,
-                      more=max_rows is not None and len(rows) > max_rows, deadline=deadline)
+                      more=max_rows is not None and len(rows) > max_rows, deadline=deadline, notes=_renamed(names, columns))
     # Called every 10k VM steps: returning True makes SQLite interrupt the query.
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     # One value can be built in a single VM step (`zeroblob(999999999)`): bound its size too.
@@ -849,10 +849,17 @@ def sql(conn: sqlite3.Connection, statement: str, max_seconds: float = 10, max_r
     finally:
         conn.set_progress_handler(None, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
-    columns = _unique([d[0] for d in cursor.description or []])
+    names = [d[0] for d in cursor.description or []]
+    columns = _unique(names)
     more = max_rows is not None and len(rows) > max_rows
     return Report("", columns, [dict(zip(columns, row)) for row in rows[:max_rows]], columns, keep=len(columns), raw=True,
-                  more=more, deadline=deadline)
+                  more=more, deadline=deadline, notes=_renamed(names, columns))
+
+
+def _renamed(names: list[str], columns: list[str]) -> list[str]:
+    """A note naming the columns `_unique` renamed: a script reading the JSON keys must know."""
+    renamed = [f"{name} -> {column}" for name, column in zip(names, columns) if name != column]
+    return [f"columns of the same name renamed: {', '.join(renamed)}"] if renamed else []
 
 
 def _unique(names: list[str]) -> list[str]:

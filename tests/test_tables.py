@@ -178,9 +178,13 @@ def test_remote_names_are_shown_literally_and_never_as_control_codes(cli, config
 
 
 def test_sql_columns_of_the_same_name_are_all_kept(cli, synced):
-    rows = json.loads(cli("query", "sql", "SELECT 1 AS a, 2 AS a, 3 AS a_2", "--format", "json").stdout)
-    assert rows == [{"a": 1, "a_2": 2, "a_2_2": 3}]
+    as_json = cli("query", "sql", "SELECT 1 AS a, 2 AS a, 3 AS a_2", "--format", "json")
+    assert json.loads(as_json.stdout) == [{"a": 1, "a_2": 2, "a_2_2": 3}]
+    # Said, not silent (an analyst review): a script reads the keys.
+    assert as_json.stderr.strip().endswith("warning: columns of the same name renamed: a -> a_2, a_2 -> a_2_2")
     assert cli("query", "sql", "SELECT 1 AS a, 2 AS a", "--format", "csv").stdout.splitlines() == ["a,a_2", "1,2"]
+    assert "note: columns of the same name renamed: a -> a_2" in cli("query", "sql", "SELECT 1 AS a, 2 AS a").stdout
+    assert "renamed" not in cli("query", "sql", "SELECT 1 AS a, 2 AS b").stdout
 
 
 @pytest.mark.parametrize("width", ["200", "10"])  # a table, and stacked rows
