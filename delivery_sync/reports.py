@@ -250,8 +250,11 @@ def client(conn: sqlite3.Connection, window: Window, client_id: int, daily: bool
         rows = _fetch(conn, sql, {**window.params(), "id": client_id, "name": name, "active": known[2]})
         shown = ["stat_date", *(["active"] if show_active else []), "total_sales", "total_orders", "grab_sales", "grab_orders",
                  "gojek_sales", "gojek_orders", "avg_order_value", "ads_roas", "fake_order_rate"]
+        # Days without a row are simply not listed: say how many, so a client that stopped sending shows.
+        gaps = [f"data on {len(rows)} of the window's {window.days} days (the last {rows[-1]['stat_date']})"] \
+            if rows and len(rows) < window.days else []
         return Report(f"Client {client_id} {name or ''}, daily, {window}", _with_active(DAILY_COLUMNS, show_active), rows, shown,
-                      keep=2 + show_active, chart=("stat_date", chart, "day") if chart else None)
+                      keep=2 + show_active, chart=("stat_date", chart, "day") if chart else None, notes=gaps)
     columns = _with_active(CLIENT_REPORT_COLUMNS, show_active)
     known_values = {"client_id": client_id, "name": name, **({"active": known[2]} if show_active else {})}
 

@@ -332,3 +332,19 @@ def test_narrow_tables_keep_what_their_rows_are_for(cli, query, replica, tmp_pat
     header = " ".join(days.stdout.replace("┃", " ").split())
     assert "period start" not in header and "period end" not in header and "clients with" in header and widest(days.stdout) <= 80
     assert "period_start" in query("totals", "--by", "day", "--days", "3", "--format", "csv").stdout.splitlines()[0]
+
+
+def test_a_daily_view_says_how_many_of_its_days_have_data(cli, query, replica, tmp_path):
+    """An analyst review: client --daily of a client that stopped sending listed 2 rows for a
+    6-day window with no word; days without a row are not listed."""
+    copy = tmp_path / "replica.db"
+    shutil.copy(replica, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM client_stats WHERE client_id = 3 AND stat_date > '2026-03-06'")
+    with freeze_time(NOW):
+        daily = cli("--db", str(copy), "query", "client", "3", "--daily", "--days", "6")
+        as_csv = cli("--db", str(copy), "query", "client", "3", "--daily", "--days", "6", "--format", "csv")
+    note = "data on 2 of the window's 6 days (the last 2026-03-06)"
+    assert daily.code == 0 and f"note: {note}" in daily.stdout
+    assert as_csv.stderr.strip().endswith(f"warning: {note}") and len(as_csv.stdout.splitlines()) == 3
+    assert "note:" not in query("client", "3", "--daily", "--days", "6").stdout  # every day has data
