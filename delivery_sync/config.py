@@ -131,7 +131,8 @@ class PostgresURL:
 
 
 # The start of a libpq connection string (`host=... dbname=...`), which `database` does not take.
-_LIBPQ_PAIRS = re.compile(r"(?i)\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options)\s*=")
+_LIBPQ_PAIRS = re.compile(r"(?i)(?:^|\s)(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|sslcert|sslkey|sslrootcert|"
+                         r"options|connect_timeout|application_name|target_session_attrs|channel_binding|gssencmode)\s*=")
 
 HOUR = 3600
 CENTURY_DAYS = 36_525
@@ -222,7 +223,7 @@ class _TomlSource(TomlConfigSettingsSource):
         data = super().__call__()
         path = self.toml_file_path
         database = data.get("database")
-        if isinstance(database, str) and isinstance(path, Path) and not PostgresURL.matches(database) and not _LIBPQ_PAIRS.match(database):
+        if isinstance(database, str) and isinstance(path, Path) and not PostgresURL.matches(database) and not _LIBPQ_PAIRS.search(database):
             data["database"] = str(path.parent / Path(database).expanduser())  # no-op when absolute
         return data
 
@@ -253,7 +254,7 @@ class Settings(BaseSettings):
             return value
         if PostgresURL.matches(value):
             return PostgresURL(value)
-        if isinstance(value, str) and _LIBPQ_PAIRS.match(value):
+        if isinstance(value, str) and _LIBPQ_PAIRS.search(value):
             # Else a file named after the string, password and all, would be created and shown.
             raise ValueError("key=value connection strings are not read: write a URL, postgresql://user@host/dbname "
                              "(a file whose name starts so: ./name)")
@@ -399,7 +400,8 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 FLAG_KEYS = {"database": "--db", "source.url": "--source", "sync.deadline_minutes": "--deadline", "collect.timeout": "--timeout"}
 
 
-_SECRET_PARAMETER = re.compile(rf"(?i)\b((?:{'|'.join(PostgresURL.SECRET_PARAMETERS)})=)[^&#\s]*")
+# `password=x` in a URL's query, and `password = 'a b'` in a libpq key=value string (quoted, with spaces).
+_SECRET_PARAMETER = re.compile(rf"(?i)\b((?:{'|'.join(PostgresURL.SECRET_PARAMETERS)})\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&#\s]*)")
 
 
 def _without_password(value: Any) -> Any:
@@ -416,7 +418,7 @@ def shown_database(value: str) -> str:
     """A `database` value (a path, or a PostgreSQL URL even one too malformed to use) as it may be
     printed: a URL without its password."""
     if not PostgresURL.matches(value):
-        return value
+        return _SECRET_PARAMETER.sub(r"\1[redacted]", value)  # a path never holds one; a refused key=value string may
     try:
         return str(PostgresURL(value))
     except ValueError:

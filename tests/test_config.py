@@ -272,3 +272,15 @@ def test_a_url_with_one_slash_is_refused_and_one_without_a_host_is_shown_with_it
     # libpq asks "Is the server running on that host ...?" itself: the hint does not ask it again.
     assert "Is the server running" in down.stderr and "is the PostgreSQL server running" not in down.stderr
     assert "s3cret" not in down.stdout + down.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pairs", [
+    "connect_timeout=5 host=localhost password=s3cret",  # any libpq key first, not only host or user
+    "host=x password = s3cret",  # spaces around '='
+    "host=x password='s3cret pw' dbname=d",  # a quoted value with a space
+])
+def test_every_libpq_connection_string_is_refused_and_its_password_never_shown(cli, tmp_path, monkeypatch, pairs):
+    monkeypatch.chdir(tmp_path)
+    result = cli("--db", pairs, "status")
+    assert result.code == 2 and "key=value connection strings are not read" in result.stderr, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr and " pw'" not in result.stderr and list(tmp_path.iterdir()) == []

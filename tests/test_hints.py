@@ -32,6 +32,9 @@ def test_a_query_usage_error_names_the_subcommand_help(cli):
     (("sync", "--db", "x.db"), "'delivery-sync --db x.db sync ...'"),
     (("status", "-q"), "'delivery-sync -q status ...'"),
     (("query", "top", "--config", "c.toml"), "'delivery-sync --config c.toml query top ...'"),
+    (("query", "top", "--config", "my c.toml"), """"delivery-sync --config 'my c.toml' query top ..." """.strip()),
+    # A libpq string given after the command: quoted to paste whole, its password never shown.
+    (("query", "top", "--db", "host=x password=s3cret"), """"delivery-sync --db 'host=x password=[redacted]' query top ..." """.strip()),
 ])
 def test_a_global_option_after_the_command_says_where_it_goes(cli, args, fix):
     result = cli(*args)

@@ -142,13 +142,17 @@ def _usage_hint(exc: Exception, args: list[str]) -> str:
     option = getattr(exc, "option_name", None)
     if ctx is not None and ctx.parent is not None and option in _global_options():
         at = args.index(option) if option in args else -1
-        value = f" {args[at + 1]}" if option not in _GLOBAL_FLAGS and 0 <= at < len(args) - 1 else ""
+        value = args[at + 1] if option not in _GLOBAL_FLAGS and 0 <= at < len(args) - 1 else ""
         if option == "--db" and value:
             from ..config import shown_database
 
-            value = f" {shown_database(value[1:])}"  # never a password
+            value = shown_database(value)  # never a password
+        import shlex
+
+        quoted = shlex.quote(value) if value else ""  # a path with a space pastes as one word
+        mark = '"' if quoted != value else "'"  # around a line that holds single quotes itself: double ones
         sub = command.removeprefix("delivery-sync ")
-        return f"global options go before the command: 'delivery-sync {option}{value} {sub} ...'"
+        return f"global options go before the command: {mark}delivery-sync {option}{' ' + quoted if quoted else ''} {sub} ...{mark}"
     return f"see '{command} --help'"
 
 
