@@ -352,7 +352,7 @@ def check_denied(exc: sqlite3.DatabaseError) -> None:
         raise ReadOnlyViolation(f"refused: the replica is read-only here ({exc})") from None
 
 
-def left_behind(db, before_run: int, since: str) -> dict[int, int]:
+def left_behind(db, before_run: int, since: str, selections: bool = True) -> dict[int, int]:
     """Active clients that a sync before run `before_run`, ended at `since` or later, failed or did
     not fetch and that no run has written since, each with the latest such sync's id: after a
     partial sync, an ok `sync --clients` of some of them must not hide the others. Older syncs are
@@ -363,7 +363,7 @@ def left_behind(db, before_run: int, since: str) -> dict[int, int]:
     first = db.execute("SELECT MIN(id) FROM sync_runs WHERE command = 'sync' AND finished_at >= ?", [since]).fetchone()[0]
     if first is None or first >= before_run:
         return {}
-    return {cid: run for cid, run in db.execute(
+    behind = {cid: run for cid, run in db.execute(
         "SELECT f.client_id, MAX(r.id) FROM (SELECT run_id, client_id FROM sync_failures WHERE run_id BETWEEN ? AND ? "
         "AND client_id IS NOT NULL UNION SELECT run_id, client_id FROM sync_unfetched WHERE run_id BETWEEN ? AND ?) AS f "
         "JOIN sync_runs AS r ON r.id = f.run_id JOIN clients AS c ON c.id = f.client_id "
@@ -371,14 +371,29 @@ def left_behind(db, before_run: int, since: str) -> dict[int, int]:
         "AND (c.last_synced_at IS NULL OR c.last_synced_at < r.finished_at) GROUP BY f.client_id",
         [first, before_run - 1, first, before_run - 1],
     )}
+    # And those a killed sync never reached, which it could not record (`not_reached`).
+    for (run_id,) in db.execute("SELECT id FROM sync_runs WHERE command = 'sync' AND status = 'failed' AND id BETWEEN ? AND ?",
+                                [first, before_run - 1]).fetchall():
+        for cid in not_reached(db, run_id, selections):
+            behind[cid] = max(behind.get(cid, run_id), run_id)
+    return behind
 
 
-def not_reached(db, run_id: int) -> list[int]:
-    """The active clients a failed sync that recorded none it left (one killed, or whose replica
-    failed under it) did not write: those no run has written since it started. Empty when it
-    wrote none of them (it failed before any client) or all: then the whole run is retried.
-    `db` is a reader's connection or a writer's database, of either engine."""
-    started = db.execute("SELECT started_at FROM sync_runs WHERE id = ?", [run_id]).fetchone()[0]
+def not_reached(db, run_id: int, selections: bool = True) -> list[int]:
+    """The clients a failed sync that did not account for every client it selected (killed
+    outright, or its replica failed under it: neither records what it left) did not write: those
+    of its selection (every active client, or `sync_selected`'s) that no run has written since it
+    began; [] when it accounted for all (written, failed or recorded unfetched). A client written
+    in the very second it began counts as not reached: one fetch too many, never one too few.
+    `db` is a reader's connection or a writer's database, of either engine; `selections` False
+    for a replica (read by a newer version) from before `sync_selected`."""
+    run = db.execute(
+        "SELECT status, started_at, COALESCE(clients_total, 0), COALESCE(clients_ok, 0), "
+        "(SELECT COUNT(*) FROM sync_failures WHERE run_id = :run AND client_id IS NOT NULL), "
+        "(SELECT COUNT(*) FROM sync_unfetched WHERE run_id = :run) FROM sync_runs WHERE id = :run", {"run": run_id}).fetchone()
+    status, started, total, written, failed, unfetched = run
+    if status not in ("failed", "running") or written + failed + unfetched >= total:  # running: a dead one, as status shows it
+        return []
+    chosen = {cid for (cid,) in db.execute("SELECT client_id FROM sync_selected WHERE run_id = ?", [run_id])} if selections else set()
     active = db.execute("SELECT id, last_synced_at FROM clients WHERE active = 1").fetchall()
-    left = [cid for cid, at in active if at is None or at < started]
-    return [] if len(left) == len(active) else sorted(left)
+    return sorted(cid for cid, at in active if (not chosen or cid in chosen) and (at is None or at <= started))

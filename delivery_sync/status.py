@@ -179,15 +179,17 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
             ).fetchall()
         )
         status.failed_clients = list(status.failures)
-        if "sync_unfetched" in {row[0] for row in conn.execute(dialect_of(conn).table_names)}:  # else a replica before it
+        tables = {row[0] for row in conn.execute(dialect_of(conn).table_names)}
+        if "sync_unfetched" in tables:  # else a replica before it
             status.unfetched_clients = [cid for (cid,) in conn.execute(
                 "SELECT client_id FROM sync_unfetched WHERE run_id = ? ORDER BY client_id", [status.last_sync["id"]])]
-            if status.last_sync["status"] == "failed" and not status.failed_clients and not status.unfetched_clients:
-                # Killed, or its replica failed under it: no list of what it left, so those not written since it began.
-                status.unfetched_clients = not_reached(conn, status.last_sync["id"])
+            # Killed, or its replica failed under it: what it left unrecorded, those not written since it began.
+            selections = "sync_selected" in tables
+            reached_not = set(not_reached(conn, status.last_sync["id"], selections)) - set(status.failed_clients)
+            status.unfetched_clients = sorted({*status.unfetched_clients, *reached_not})
             now_listed = set(status.failed_clients) | set(status.unfetched_clients)
             since = stale_cutoff(now, status.stale_after_hours)
-            status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"], since)) - now_listed)
+            status.earlier_failed_clients = sorted(set(left_behind(conn, status.last_sync["id"], since, selections)) - now_listed)
         status.missing_by_client = _missing(conn, status.last_sync, today)
         status.missing_days = sum(status.missing_by_client.values())
 

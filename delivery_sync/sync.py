@@ -110,6 +110,8 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             windows = _client_windows(db, selected, options, settings.sync.lookback_days)
             window_start = min((w.start for w in windows.values()), default=options.window.start)
             run_id = db.start_run("sync", (window_start, options.window.end), len(selected), clock.started_at)
+            if options.client_ids is not None:  # some clients only: were it killed, its unreached are among these
+                db.record_selected(run_id, selected)
             counts = RunCounts(clients_total=len(selected), warnings=list(problems))
             writer = SyncWriter(db, run_id, counts, options.prune)
             error = None

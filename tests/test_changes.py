@@ -115,7 +115,7 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
     db.close()
     assert [r.getMessage() for r in caplog.records] == [
         f"replica {db_path}: upgrading its schema to version {replica.SCHEMA_VERSION} (0002_stat_changes, 0003_sync_unfetched, "
-        "0004_client_stats_named, 0005_stat_date_index_sums), once"]
+        "0004_client_stats_named, 0005_stat_date_index_sums, 0006_sync_selected), once"]
     assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(replica.SCHEMA_VERSION),)]
     assert query_db(db_path, "SELECT * FROM client_stats ORDER BY client_id, stat_date") == before
     assert {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'stat_changes'")} >= {

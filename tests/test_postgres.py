@@ -671,17 +671,18 @@ def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_
     config = configure(tmp_path, demo, pg_url, "pg")
     assert run(cli, config, "sync", "--days-back", "4").code == 0
     conn = postgres.connect(PostgresURL(pg_url))  # as a replica of schema version 2 was
-    for statement in ("DROP VIEW client_stats_named", "DROP TABLE sync_unfetched",
+    for statement in ("DROP VIEW client_stats_named", "DROP TABLE sync_unfetched", "DROP TABLE sync_selected",
                       "DROP INDEX idx_client_stats_stat_date", "CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date)",
                       "DELETE FROM delivery_sync_migrations WHERE name IN "
-                      "('0003_sync_unfetched', '0004_client_stats_named', '0005_stat_date_index_sums')",
+                      "('0003_sync_unfetched', '0004_client_stats_named', '0005_stat_date_index_sums', '0006_sync_selected')",
                       "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
     upgraded = run(cli, config, "sync", "--days-back", "4")
     assert upgraded.code == 0
-    assert "upgrading its schema to version 5 (0003_sync_unfetched, 0004_client_stats_named, 0005_stat_date_index_sums), once" in upgraded.stderr
-    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert ("upgrading its schema to version 6 (0003_sync_unfetched, 0004_client_stats_named, 0005_stat_date_index_sums, "
+            "0006_sync_selected), once") in upgraded.stderr
+    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
     assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_client_stats_stat_date'") == [
         ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
          "INCLUDE (total_sales, total_orders)",)]

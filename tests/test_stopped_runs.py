@@ -104,6 +104,8 @@ def test_retry_failed_after_a_killed_sync_retries_that_sync(cli, config, db_path
     killed = db.start_run("sync", (today - timedelta(days=4), today), DEMO_CLIENTS)  # no lock held: its process is gone
     db.record_failure(killed, 5, "HTTP 500 after 3 attempts")
     db.close()
+    # It wrote every other client before the kill (a write after its start; the rows were there already).
+    execute_db(db_path, "UPDATE clients SET last_synced_at = '2999-01-01T00:00:00+00:00' WHERE id != 5")
     assert json.loads(cli("status", "--json").stdout)["verdict"]["advice"] == "delivery-sync sync --retry-failed"
     retry = cli("sync", "--retry-failed")
     assert retry.code == 0, retry.stderr
@@ -136,6 +138,63 @@ def test_retry_failed_after_a_killed_sync_fetches_only_the_clients_it_did_not_wr
     assert f"sync ok: {left}/{left} clients, {left * 5} rows ({left * 2} inserted, 0 updated, {left * 3} unchanged)" in retry.stderr
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id IN (1, 2, 3)") == [(9,)]  # not fetched again
     assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
+
+
+def _killed_sync(db_path, demo, written: list[int], selected: list[int] | None = None) -> tuple[int, str]:
+    """A sync killed an hour ago (its row left `running`) after writing the clients `written`; of
+    `selected` only, as `--clients` or `--retry-failed` record them. Its id and window."""
+    from datetime import UTC, timedelta
+
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    execute_db(db_path, "UPDATE clients SET last_synced_at = '2000-01-01T00:00:00+00:00'")  # synced long before it
+    today = demo.today()
+    db = store_of(db_path).open()
+    killed = db.start_run("sync", (today - timedelta(days=4), today), len(selected or range(DEMO_CLIENTS)), began.isoformat())
+    if selected is not None:
+        db.record_selected(killed, selected)
+    db.close()
+    if written:
+        wrote = (began + timedelta(minutes=10)).isoformat()
+        execute_db(db_path, f"UPDATE clients SET last_synced_at = '{wrote}' WHERE id IN ({', '.join(map(str, written))})")
+    return killed, f"{(today - timedelta(days=4)).isoformat()}..{today.isoformat()}"
+
+
+def test_a_killed_sync_of_some_clients_owes_only_those_it_selected(cli, config, db_path, demo):
+    """A review: a killed `sync --clients 1,2,3` that wrote client 1 made status list 11 clients
+    not fetched, and --retry-failed fetched them all."""
+    assert cli("sync", "--days-back", "3").code == 0
+    _, window = _killed_sync(db_path, demo, written=[1], selected=[1, 2, 3])
+    assert json.loads(cli("status", "--json").stdout)["unfetched_clients"] == [2, 3]
+    retry = cli("sync", "--retry-failed")
+    assert retry.code == 0 and "sync ok: 2/2 clients" in retry.stderr and f"window {window}" in retry.stderr, retry.stderr
+
+
+def test_a_recorded_failure_of_a_killed_sync_does_not_hide_the_clients_it_never_reached(cli, config, db_path, demo):
+    """A review: a killed sync that had recorded client 5's failure was retried for client 5 alone."""
+    assert cli("sync", "--days-back", "3").code == 0
+    killed, _ = _killed_sync(db_path, demo, written=[1, 2, 3, 4, 6])
+    db = store_of(db_path).open()
+    db.record_failure(killed, 5, "HTTP 500 after 3 attempts")
+    db.close()
+    shown = json.loads(cli("status", "--json").stdout)
+    assert shown["failed_clients"] == [5] and shown["unfetched_clients"] == list(range(7, DEMO_CLIENTS + 1))
+    retry = cli("sync", "--retry-failed")
+    assert retry.code == 0 and f"sync ok: {DEMO_CLIENTS - 5}/{DEMO_CLIENTS - 5} clients" in retry.stderr, retry.stderr
+
+
+def test_a_repair_after_a_killed_sync_does_not_hide_the_clients_it_never_reached(cli, config, db_path, demo):
+    """A review: a killed sync, then `sync --clients 9`: status said "yes - fresh" and --retry-failed
+    "nothing to retry", with every client the killed sync never reached still owed."""
+    assert cli("sync", "--days-back", "3").code == 0
+    _, window = _killed_sync(db_path, demo, written=[1, 2, 3])
+    assert cli("sync", "--clients", "9", "--days-back", "3").code == 0
+    owed = [c for c in range(4, DEMO_CLIENTS + 1) if c != 9]
+    shown = json.loads(cli("status", "--json").stdout)
+    assert shown["earlier_failed_clients"] == owed and not shown["verdict"]["ok"]
+    assert shown["verdict"]["advice"] == "delivery-sync sync --retry-failed"
+    retry = cli("sync", "--retry-failed")
+    assert retry.code == 0 and f"sync ok: {len(owed)}/{len(owed)} clients" in retry.stderr and f"window {window}" in retry.stderr
+    assert json.loads(cli("status", "--json").stdout)["earlier_failed_clients"] == []
 
 
 def _seconds(run: dict) -> float:

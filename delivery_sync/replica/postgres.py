@@ -73,6 +73,10 @@ MIGRATIONS: dict[str, list[str]] = {
         "DROP INDEX IF EXISTS idx_client_stats_stat_date",
         f"CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE ({', '.join(DAY_INDEX_METRICS)})",
     ],
+    "0006_sync_selected": [
+        "CREATE TABLE sync_selected (run_id BIGINT REFERENCES sync_runs (id), client_id BIGINT)",
+        "CREATE INDEX idx_sync_selected_run_id ON sync_selected (run_id)",
+    ],
 }
 
 

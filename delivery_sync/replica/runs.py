@@ -129,6 +129,11 @@ def record_failure(db: ReplicaDatabase, run_id: int, client_id: int | None, erro
     db.execute("INSERT INTO sync_failures(run_id, client_id, error) VALUES (?, ?, ?)", [run_id, client_id, error])
 
 
+def record_selected(db: ReplicaDatabase, run_id: int, client_ids: list[int]) -> None:
+    """The clients a sync of some clients only selected, at its start (see `not_reached`)."""
+    db.executemany("INSERT INTO sync_selected(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
+
+
 def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) -> None:
     """Clients the run selected but never fetched (it stopped early), for `sync --retry-failed`."""
     db.executemany("INSERT INTO sync_unfetched(run_id, client_id) VALUES (?, ?)", [(run_id, cid) for cid in client_ids])
@@ -136,8 +141,8 @@ def record_unfetched(db: ReplicaDatabase, run_id: int, client_ids: list[int]) ->
 
 def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str | None, str | None, list[int]] | None:
     """The last finished sync (id, status, window start and end) and the clients it did not bring in:
-    those that failed and those it never fetched (for a failed sync that recorded neither, the
-    clients not written since it started). When it brought in every client it tried, the
+    those that failed and those it never fetched, recorded or not (`not_reached`). When it brought
+    in every client it tried, the
     latest earlier sync ended at `since` or later that left clients behind (`left_behind`) and
     those clients instead. None when no sync has finished. The caller holds the writer lock: a sync
     left `running` by a killed process is closed first (`failed`), so that it is the one retried,
@@ -160,6 +165,6 @@ def last_sync_to_retry(db: ReplicaDatabase, since: str) -> tuple[int, str, str |
             run_id = max(behind.values())
             earlier = db.execute("SELECT id, status, window_start, window_end FROM sync_runs WHERE id = ?", [run_id]).fetchone()
             return (*earlier, sorted(cid for cid, run in behind.items() if run == run_id))
-    if not ids and last[1] == "failed":
-        ids = not_reached(db, last[0])
+    # A killed sync, or one whose replica failed under it, never recorded the clients it did not reach.
+    ids = sorted({*ids, *not_reached(db, last[0])})
     return (*last, ids)

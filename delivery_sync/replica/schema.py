@@ -170,6 +170,14 @@ def _stat_date_index_sums(db: sqlite_utils.Database) -> None:
     create_stats_index(db, "idx_client_stats_stat_date")
 
 
+@migrations(name="0006_sync_selected")
+def _sync_selected(db: sqlite_utils.Database) -> None:
+    # The clients a sync of some clients only (`--clients`, `--retry-failed`) selected, written at
+    # its start: when it is killed, those it never reached are among these, not every client.
+    db["sync_selected"].create({"run_id": int, "client_id": int}, foreign_keys=[("run_id", "sync_runs", "id")])
+    db["sync_selected"].create_index(["run_id"])
+
+
 SCHEMA_VERSION = len(migrations._migrations)
 
 # Indexes of client_stats that a large first sync (into an empty table) builds once its rows are

@@ -50,6 +50,9 @@ class OpenReplica:
     def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
         runs.record_unfetched(self.db, run_id, client_ids)
 
+    def record_selected(self, run_id: int, client_ids: list[int]) -> None:
+        runs.record_selected(self.db, run_id, client_ids)
+
     def last_sync_to_retry(self, since: str) -> tuple[int, str, str | None, str | None, list[int]] | None:
         return runs.last_sync_to_retry(self.db, since)
 
