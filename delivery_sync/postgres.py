@@ -529,8 +529,12 @@ class PostgresReader:
         return self.lock_holder() is not None
 
     def may_write(self, conn: Connection) -> bool:
-        """Whether this role may run a writing command on the replica (an analysts' role may not)."""
-        return bool(conn.execute("SELECT has_table_privilege('client_stats', 'INSERT')").fetchone()[0])
+        """Whether this role may run a writing command on the replica: insert, update and delete in
+        every table of its schema, as a sync and an aggregate do (an analysts' role may not)."""
+        return bool(conn.execute(
+            "SELECT COALESCE(bool_and(has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE') "
+            "AND has_table_privilege(c.oid, 'DELETE')), false) FROM pg_class c "
+            "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").fetchone()[0])
 
     def lock_holder(self) -> dict | None:
         conn = connect(self.url, read_only=True)

@@ -539,8 +539,9 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     if sections["lagging"]:  # since when a lagging client sent nothing is what its row is for: kept at 80 columns
         shown.remove("last_day")
         shown.insert(4, "last_day")
-    if not compared_to:
-        empty = f"no {by} in the base window {base}: nothing to compare"
+    notes = _base_notes(conn, base)
+    if not compared_to:  # the note, when there is one, says why and "nothing to compare" already
+        empty = f"no {by} in the base window {base}" + ("" if any("nothing to compare" in n for n in notes) else ": nothing to compare")
     elif least is None and not active_only:
         empty = "no client rose, fell or stopped sending data"
     else:  # say which filter left no one: the base window does have figures
@@ -549,7 +550,7 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
     title = f"Movers by {by} ({'percent' if by_pct else 'change'}), {window}{', active clients only' if active_only else ''}"
     return Report(title,
                   [*MOVERS_COLUMNS, by, f"{by}_base", f"{by}_change", f"{by}_change_pct"], rows, shown, keep=4,
-                  subtitle=f"against {base} ({compare}){floor}", empty=empty, notes=_base_notes(conn, base))
+                  subtitle=f"against {base} ({compare}){floor}", empty=empty, notes=notes)
 
 
 def _floor_text(by: str, min_base: float) -> str:

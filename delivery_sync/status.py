@@ -297,7 +297,7 @@ def judge(status: Status) -> Verdict:
         verdict.advice = verdict.advice and f"once the running sync has ended, {verdict.advice}"
     if verdict.advice and status.may_write is False and not verdict.advice.startswith("delivery-sync query"):
         # An analyst's account or read-only role: the fix is someone else's to run.
-        who = "as a user or role that may write the replica: this one may only read it"
+        who = "by a user or role that may write the replica: this one may not"
         verdict.advice = f"{verdict.advice[:-1]}; {who})" if verdict.advice.endswith(")") else f"{verdict.advice} ({who})"
     return verdict
 
@@ -317,7 +317,7 @@ def _judge(status: Status) -> Verdict:
         count = len(status.earlier_failed_clients)
         return Verdict(False, f"{count} client{'s' if count != 1 else ''} an earlier sync did not bring in, not synced since "
                               f"({_ids(status.earlier_failed_clients)})", "delivery-sync sync --retry-failed")
-    if status.freshness != "fresh" and status.last_ok_sync_at and not _run_too_old(status):
+    if status.freshness != "fresh" and status.last_ok_sync_at and status.stale_clients and not _run_too_old(status):
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)
         advice = "delivery-sync sync"

@@ -239,7 +239,7 @@ def _summed_up_on_failure(store: replica.Store, writer: SyncWriter, window: tupl
         reason = f"{failure} ({failure.hint})" if failure.hint else str(failure)
         run = {"status": "failed", "error": reason, "window_start": window[0].isoformat(), "window_end": window[1].isoformat(),
                **counts.as_row()}
-        raise RunFailed(failure, SyncResult(run, writer.failures, counts.warnings, clock.stop()[0])) from None
+        raise RunFailed(failure, SyncResult(run, writer.failures, counts.warnings, clock.stop()[0])) from exc
 
 
 def _status(counts: RunCounts, error: str | None) -> str:

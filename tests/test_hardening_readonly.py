@@ -56,7 +56,7 @@ def test_a_reader_that_may_not_write_is_told_the_repair_is_for_one_that_may(read
     status = run_cli("--config", str(config), "status", "--json", as_nobody=IS_ROOT, cwd=folder)
     facts = json.loads(status.stdout)
     assert facts["verdict"]["advice"] == (f"delivery-sync --config {config} sync --retry-failed "
-                                          "(as a user or role that may write the replica: this one may only read it)")
+                                          "(by a user or role that may write the replica: this one may not)")
     assert "may_write" not in facts
     os.chmod(folder, 0o755)  # the writer's own view: the repair line alone
     owner = run_cli("--config", str(config), "status", "--json", cwd=folder)

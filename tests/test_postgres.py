@@ -656,7 +656,12 @@ def test_a_read_only_role_is_told_the_repair_is_for_a_role_that_may_write(cli, d
         assert not analyst["ok"] and analyst["reason"] == writer["reason"]
         assert writer["advice"] == f"delivery-sync --db {pg_url} sync (and check that cron runs it)" and "may only read" not in writer["advice"]
         assert analyst["advice"].startswith(f"delivery-sync --db {as_role} sync (and check that cron runs it; ")
-        assert analyst["advice"].endswith("as a user or role that may write the replica: this one may only read it)")
+        assert analyst["advice"].endswith("by a user or role that may write the replica: this one may not)")
+        # INSERT on client_stats alone is no writer's role either (a sync writes every table).
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"GRANT INSERT, UPDATE, DELETE ON client_stats TO {role}")
+        with freeze_time("2026-11-26T10:00:00Z", tick=True):
+            assert json.loads(cli("--db", as_role, "status", "--json").stdout)["verdict"]["advice"].endswith("this one may not)")
     finally:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")

@@ -154,7 +154,8 @@ def test_movers_in_every_format(query):
 def test_movers_against_a_base_window_without_data_say_so(query):
     table = query("movers", "--days", "7", "--compare", "year")
     assert table.code == 0 and widest(table.stdout) <= 80
-    assert "no total_sales in the base window 2025-03-04..2025-03-10: nothing to compare" in table.stdout
+    assert "no total_sales in the base window 2025-03-04..2025-03-10" in table.stdout
+    assert table.stdout.count("nothing to compare") == 1  # the note says it; the empty table does not again
     assert "no data in this window" not in table.stdout  # the window has data: its base has none
     # In CSV and JSON only stderr can tell "no base" from "no change" (every base and change empty).
     note = "the base window 2025-03-04..2025-03-10 is before the replica's first day of data (2026-01-20): nothing to compare"

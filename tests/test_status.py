@@ -411,7 +411,7 @@ def test_the_replica_size_is_in_binary_units_named_as_such(size, said):
 def test_a_stale_verdict_naming_no_stale_client_advises_the_whole_sync_not_an_empty_list():
     """Found by a review's test with status.stale_after_hours of a second: the replica read stale
     while no client was older than the cutoff (times of whole seconds), and the repair line was
-    `sync --clients ` with no id, which exits 2."""
+    `sync --clients ` with no id, which exits 2, under "stale, 0 active clients not confirmed ... ()"."""
     from delivery_sync.status import Status, judge
 
     now = "2026-03-10T10:00:00+00:00"
@@ -419,4 +419,6 @@ def test_a_stale_verdict_naming_no_stale_client_advises_the_whole_sync_not_an_em
                     stale_after_hours=26, clients=5, active_clients=5, rows=50, freshness="stale", last_ok_sync_at=now,
                     last_sync={"status": "ok", "finished_at": now, "started_at": now, "error": None, "rows_rejected": 0},
                     stale_clients=[])
-    assert judge(status).advice == "delivery-sync sync"
+    verdict = judge(status)
+    assert verdict.advice == "delivery-sync sync (and check that cron runs it)"
+    assert verdict.reason.startswith("stale, last ok sync finished ") and "0 active clients" not in verdict.reason and "()" not in verdict.reason

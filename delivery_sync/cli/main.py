@@ -98,6 +98,10 @@ def _run(args: list[str], verbose: bool) -> int:
     except RunFailed as failed:  # the replica failed a sync mid-way: its line, with what it wrote
         from ..render import summary, sync_summary
 
+        if verbose:
+            log.exception("traceback")
+        for warning in failed.ended.warnings:  # the line counts them: they are shown, as after any run
+            log.warning(warning)
         summary(sync_summary(failed.ended))
         code = failed.exit_code
     except DeliverySyncError as exc:
