@@ -3,6 +3,7 @@ shell completion; the client_stats_named view."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 
 import pytest
@@ -57,7 +58,10 @@ def test_top_by_names_every_metric(cli):
 
 def test_shell_completion_is_available():
     env = clean_env()
-    result = subprocess.run([SCRIPT, "--show-completion", "bash"], capture_output=True, text=True, env=env, timeout=30)
+    # Typer names the shell from the process tree: under bash here, whatever runs the tests (`; true`
+    # keeps bash from exec-ing the command in its own place). Run bare, it failed where no shell was a parent.
+    result = subprocess.run(["bash", "-c", f"{shlex.quote(str(SCRIPT))} --show-completion; true"], capture_output=True, text=True,
+                            env=env, timeout=30)
     assert result.returncode == 0 and "_delivery_sync_completion" in result.stdout and "complete " in result.stdout
     assert "--install-completion" in subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, env=env).stdout
 
