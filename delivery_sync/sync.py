@@ -10,7 +10,7 @@ so a run killed at any moment leaves each client either as it was or fully updat
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -118,7 +118,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
             deadline_hit = False
             # Into an empty replica, first_load may build some indexes once the rows are in.
             with _summed_up_on_failure(store, writer, (window_start, options.window.end), clock), \
-                    db.closed_on_error(run_id, counts), db.first_load(sum(w.days for w in windows.values())):
+                    db.closed_on_error(run_id, counts, _replica_failure(store)), db.first_load(sum(w.days for w in windows.values())):
                 try:
                     _fetch_and_write(source, settings, windows, writer, progress)
                 except StopRun as stop:
@@ -236,10 +236,18 @@ def _summed_up_on_failure(store: replica.Store, writer: SyncWriter, window: tupl
         if failure is None:
             raise
         counts = writer.counts
-        reason = f"{failure} ({failure.hint})" if failure.hint else str(failure)
+        reason = _replica_failure(store)(exc)
         run = {"status": "failed", "error": reason, "window_start": window[0].isoformat(), "window_end": window[1].isoformat(),
                **counts.as_row()}
         raise RunFailed(failure, SyncResult(run, writer.failures, counts.warnings, clock.stop()[0])) from exc
+
+
+def _replica_failure(store: replica.Store) -> Callable[[BaseException], str | None]:
+    """How a run's `sync_runs` row says a failure of the replica itself: as its summary line does."""
+    def described(exc: BaseException) -> str | None:
+        failure = store.failure(exc) if isinstance(exc, Exception) else None
+        return None if failure is None else f"{failure} ({failure.hint})" if failure.hint else str(failure)
+    return described
 
 
 def _status(counts: RunCounts, error: str | None) -> str:

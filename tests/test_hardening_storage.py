@@ -86,6 +86,9 @@ def test_full_disk_during_a_resync_loses_no_row(tmp_path, demo, db_path):
     line = failed_summary(failed.stderr)
     assert line.startswith("sync failed: ") and line.endswith("(disk full or file size limit reached) "
                                                               "(free space and run again; every stored client is as it was or fully updated)")
+    # Its row, when the full disk let it be closed, says so as the line does (not "crashed: OperationalError: ...").
+    [(status, error)] = query_db(db_path, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id DESC LIMIT 1")
+    assert status == "failed" and line.endswith(f" - {error}") and error.startswith("cannot write replica "), error
     assert integrity(db_path) == "ok"
     after = {(row[0], row[1]): row for row in stored(db_path)}
     for row in before:  # every stored row is still there, unchanged (demo data never change)

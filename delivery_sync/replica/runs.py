@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -107,14 +107,16 @@ def finish_run(db: ReplicaDatabase, run_id: int, status: str, counts: RunCounts,
 
 
 @contextmanager
-def closed_on_error(db: ReplicaDatabase, run_id: int, counts: RunCounts | None = None) -> Iterator[None]:
+def closed_on_error(db: ReplicaDatabase, run_id: int, counts: RunCounts | None = None,
+                    described: Callable[[BaseException], str | None] | None = None) -> Iterator[None]:
     """Close the run as `failed` at once if the block is interrupted (Ctrl-C, SIGTERM) or crashes,
-    rather than leave it `running` until the next writing run."""
+    rather than leave it `running` until the next writing run. `described` says an error of the
+    replica itself as the run's summary line does (None for any other)."""
     try:
         yield
     except BaseException as exc:
         stopped = isinstance(exc, (KeyboardInterrupt, Interrupted))
-        reason = "interrupted" if stopped else f"crashed: {type(exc).__name__}: {exc}"
+        reason = "interrupted" if stopped else (described and described(exc)) or f"crashed: {type(exc).__name__}: {exc}"
         try:
             run = finish_run(db, run_id, "failed", counts or RunCounts(), reason)
         except Exception:  # of either engine

@@ -41,8 +41,9 @@ class OpenReplica:
     def finish_run(self, run_id: int, status: str, counts: RunCounts, error: str | None = None, finished_at: str | None = None) -> dict:
         return runs.finish_run(self.db, run_id, status, counts, error, finished_at)
 
-    def closed_on_error(self, run_id: int, counts: RunCounts | None = None) -> AbstractContextManager[None]:
-        return runs.closed_on_error(self.db, run_id, counts)
+    def closed_on_error(self, run_id: int, counts: RunCounts | None = None,
+                        described: Callable[[BaseException], str | None] | None = None) -> AbstractContextManager[None]:
+        return runs.closed_on_error(self.db, run_id, counts, described)
 
     def record_failure(self, run_id: int, client_id: int | None, error: str) -> None:
         runs.record_failure(self.db, run_id, client_id, error)
