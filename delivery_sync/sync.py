@@ -19,7 +19,7 @@ from . import replica
 from .aggregate.run import AggregateResult, aggregate_locked
 from .config import Settings
 from .days import Window
-from .errors import Interrupted, RunFailed, SourceError, UsageError
+from .errors import DeliverySyncError, Interrupted, RunFailed, SourceError, UsageError
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
@@ -236,8 +236,7 @@ def _summed_up_on_failure(store: replica.Store, writer: SyncWriter, window: tupl
         if failure is None:
             raise
         counts = writer.counts
-        reason = _replica_failure(store)(exc)
-        run = {"status": "failed", "error": reason, "window_start": window[0].isoformat(), "window_end": window[1].isoformat(),
+        run = {"status": "failed", "error": _said(failure), "window_start": window[0].isoformat(), "window_end": window[1].isoformat(),
                **counts.as_row()}
         raise RunFailed(failure, SyncResult(run, writer.failures, counts.warnings, clock.stop()[0])) from exc
 
@@ -246,8 +245,13 @@ def _replica_failure(store: replica.Store) -> Callable[[BaseException], str | No
     """How a run's `sync_runs` row says a failure of the replica itself: as its summary line does."""
     def described(exc: BaseException) -> str | None:
         failure = store.failure(exc) if isinstance(exc, Exception) else None
-        return None if failure is None else f"{failure} ({failure.hint})" if failure.hint else str(failure)
+        return None if failure is None else _said(failure)
     return described
+
+
+def _said(failure: DeliverySyncError) -> str:
+    """A failure of the replica on one line with its hint: the reason of the run's summary line and row."""
+    return f"{failure} ({failure.hint})" if failure.hint else str(failure)
 
 
 def _status(counts: RunCounts, error: str | None) -> str:
