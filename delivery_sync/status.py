@@ -352,8 +352,7 @@ def _judge(status: Status) -> Verdict:
 
 def _run_too_old(status: Status) -> bool:
     """Whether the last ok sync itself is older than the limit (rather than only some clients)."""
-    age = datetime.fromisoformat(status.checked_at) - datetime.fromisoformat(status.last_ok_sync_at)
-    return age > timedelta(hours=status.stale_after_hours)
+    return hours_since(status.last_ok_sync_at, status) > status.stale_after_hours
 
 
 def stamp_text(stamp: str) -> str:
