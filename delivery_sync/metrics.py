@@ -48,6 +48,19 @@ METRICS = (
 )
 
 
+
+def shown_as(column: str) -> str:
+    """How the reports show a figure: "rupiah" (amounts, `avg_order_value`, the platform split's
+    `sales`), "percent" (rates and shares, stored as fractions), "ratio" (ROAS), else "number"."""
+    if column == "sales" or column.endswith(("_sales", "_spend")) or column == "avg_order_value":
+        return "rupiah"
+    if column.endswith("_roas"):
+        return "ratio"
+    if column.endswith(("_rate", "_share")):
+        return "percent"
+    return "number"
+
+
 # The counters of a `sync_runs` row (docs/reference.md, Tables), in column order.
 RUN_COUNTERS = (
     "clients_total", "clients_ok", "clients_failed", "rows_fetched", "rows_inserted", "rows_updated",

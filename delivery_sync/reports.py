@@ -55,7 +55,7 @@ from .aggregate.windows import (
 from .days import Window, base_window, month_end, next_month, week_end, week_start
 from .dialect import Dialect, dialect_of
 from .errors import QueryTimeout, ReadOnlyViolation, UsageError
-from .metrics import AMOUNT_METRICS, METRICS
+from .metrics import AMOUNT_METRICS, METRICS, shown_as
 from .readonly import check_denied, is_damage
 from .status import LAG_DAYS
 
@@ -554,12 +554,13 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
 
 
 def _floor_text(by: str, min_base: float) -> str:
-    """`--min-base` in the unit the table shows `by` in: `Rp 20,000,000`, `0.4%` (a rate or share
-    given as the fraction 0.004), `150`."""
-    if by.endswith(("_rate", "_share")):
+    """`--min-base` in the unit the table shows `by` in (`shown_as`): `Rp 20,000,000`, `0.4%` (a
+    rate or share given as the fraction 0.004), `150`."""
+    kind = shown_as(by)
+    if kind == "percent":
         return f"{min_base * 100:g}%"
     number = f"{int(min_base) if min_base == int(min_base) else min_base:,}"
-    return f"Rp {number}" if by in AMOUNT_METRICS or by == "avg_order_value" or by.endswith("_spend") else number
+    return f"Rp {number}" if kind == "rupiah" else number
 
 
 class _Move(NamedTuple):

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..metrics import shown_as
 from .text import safe
 
 _NAME_MIN = 12  # a name column narrower than this wraps into too many lines to read
@@ -362,15 +363,16 @@ def _cell(column: str, value, raw: bool = False) -> str:
     if column.endswith("_change"):
         sign = "+" if value > 0 else "-" if value < 0 else ""
         figure = column.removesuffix("_change")
-        if figure.endswith(("_rate", "_share")):  # a change of a percentage is in points: "+0.19 pp" beside "+44.3%"
+        if shown_as(figure) == "percent":  # a change of a percentage is in points: "+0.19 pp" beside "+44.3%"
             return f"{sign}{abs(value) * 100:.2f} pp"
         return sign + _cell(figure, abs(value))
     if column.endswith("_base"):
         return _cell(column.removesuffix("_base"), value)
-    if column == "sales" or column.endswith(("_sales", "_spend")) or column == "avg_order_value":  # `sales`: the platform split's
+    kind = shown_as(column)
+    if kind == "rupiah":
         return _rupiah(value)
-    if column.endswith("_roas"):
+    if kind == "ratio":
         return f"{value:,.2f}"
-    if column.endswith(("_rate", "_share")):
+    if kind == "percent":
         return f"{value * 100:.2f}%"
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
