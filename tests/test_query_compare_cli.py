@@ -349,3 +349,12 @@ def test_a_daily_view_says_how_many_of_its_days_have_data(cli, query, replica, t
     assert daily.code == 0 and f"note: {note}" in daily.stdout
     assert as_csv.stderr.strip().endswith(f"warning: {note}") and len(as_csv.stdout.splitlines()) == 3
     assert "note:" not in query("client", "3", "--daily", "--days", "6").stdout  # every day has data
+
+
+def test_half_a_rupiah_rounds_away_from_zero_as_a_bank_statement_does():
+    """Rp 1,234.50 is Rp 1,235, as a spreadsheet or a bank rounds it (Python's own formatting
+    rounds a half to the even neighbour, Rp 1,234); only a true half rounds up."""
+    assert [_cell("total_sales", v) for v in (1234.5, 1235.5, 0.5, 1234.49, 2**53 + 0.0)] == [
+        "Rp 1,235", "Rp 1,236", "Rp 1", "Rp 1,234", "Rp 9,007,199,254,740,992"]
+    assert _cell("total_sales_change", -1234.5) == "-Rp 1,235" and _cell("total_sales_change", 0.5) == "+Rp 1"
+    assert _cell("avg_order_value", 70165.5) == "Rp 70,166" and _cell("grab_sales", -0.5) == "-Rp 1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -45,7 +46,8 @@ def _left_out(out: str, shown_after: list[str] | None = None) -> list[str]:
 
 
 def _rupiah(value: float) -> str:
-    return f"Rp {value:,.0f}"
+    """Whole rupiah, half a rupiah up, in exact decimal arithmetic (the amounts here are positive)."""
+    return f"Rp {Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP):,}"
 
 
 @pytest.mark.parametrize("width", WIDTHS)

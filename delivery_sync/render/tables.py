@@ -333,9 +333,15 @@ def _label(column: str) -> str:
 
 
 def _rupiah(value: float) -> str:
-    """An amount in whole rupiah, a refund's sign before the currency as a change's is: `-Rp 1,234`."""
-    digits = f"{abs(value):,.0f}"
-    return f"{'-' if value < 0 and digits != '0' else ''}Rp {digits}"
+    """An amount in whole rupiah, a refund's sign before the currency as a change's is: `-Rp 1,234`.
+
+    Half a rupiah rounds away from zero, as a bank statement or a spreadsheet rounds (Rp 1,234.50
+    is Rp 1,235): Python's formatting would round it to the even neighbour, Rp 1,234. The
+    fraction of the float is exact (a float minus its floor), so only a true half rounds up."""
+    size = abs(value)
+    whole = math.floor(size)
+    whole += size - whole >= 0.5
+    return f"{'-' if value < 0 and whole else ''}Rp {whole:,}"
 
 
 def _cell(column: str, value, raw: bool = False) -> str:
