@@ -540,8 +540,9 @@ def movers(conn: sqlite3.Connection, window: Window, by: str = "total_sales", li
         shown.remove("last_day")
         shown.insert(4, "last_day")
     notes = _base_notes(conn, base)
-    if not compared_to:  # the note, when there is one, says why and "nothing to compare" already
-        empty = f"no {by} in the base window {base}" + ("" if any("nothing to compare" in n for n in notes) else ": nothing to compare")
+    if not compared_to:  # a base window before the data has its note, which says "nothing to compare" already
+        span = data_span(conn)
+        empty = f"no {by} in the base window {base}" + ("" if span is not None and base.end < span[0] else ": nothing to compare")
     elif least is None and not active_only:
         empty = "no client rose, fell or stopped sending data"
     else:  # say which filter left no one: the base window does have figures
