@@ -199,3 +199,12 @@ def test_a_reader_that_stops_early_is_not_an_error(replica, fmt):
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.strip() in ("i,pad", "[", "┏━━━━━━┳━━━━━┓")
+
+
+def test_sql_columns_are_headed_by_the_names_the_statement_gave(query):
+    """A report's `total_sales` is headed `total sales`; `query sql`'s columns are the analyst's
+    own names, shown as written (`my_col`, `quick_check`), never re-spelled."""
+    result = query("sql", "SELECT client_id, total_sales AS my_col, 1 AS \"two words\" FROM client_stats LIMIT 1")
+    assert result.code == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("┃"))
+    assert [cell.strip() for cell in header.strip("┃").split("┃")] == ["client_id", "my_col", "two words"]

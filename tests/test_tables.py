@@ -109,7 +109,7 @@ def test_sql_piped_without_columns_is_as_wide_as_it_needs(cli, synced, monkeypat
     monkeypatch.delenv("COLUMNS", raising=False)
     out = cli("query", "sql", "SELECT * FROM client_stats LIMIT 2").stdout
     header = _table_lines(out)[1]
-    assert "client id" in header and "stat date" in header and "updated at" in header
+    assert "client_id" in header and "stat_date" in header and "updated_at" in header  # every column, named as SQL gave it
 
 
 def test_columns_select_and_order_every_format(cli, synced, monkeypatch):

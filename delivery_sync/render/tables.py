@@ -98,6 +98,10 @@ class _Column:
     key: str
     cells: list[str]
     numeric: bool
+    label: str = ""  # the header: `_label(key)` unless given
+
+    def __post_init__(self):
+        self.label = self.label or _label(self.key)
 
     @cached_property
     def widest_cell(self) -> int:
@@ -111,13 +115,13 @@ class _Column:
         """The width that shows every cell and the header on one line."""
         from rich.cells import cell_len
 
-        return max(cell_len(_label(self.key)), self.widest_cell)
+        return max(cell_len(self.label), self.widest_cell)
 
     def least(self, name_width: int) -> int:
         """The narrowest width that cuts nothing: headers wrap at spaces, only a name wraps its cells."""
         from rich.cells import cell_len
 
-        words = max(map(cell_len, _label(self.key).split()))
+        words = max(map(cell_len, self.label.split()), default=0)
         if self.key == "name":
             return max(words, min(self.natural, name_width))
         return max(words, self.widest_cell)
@@ -168,7 +172,8 @@ def _report_table(rep) -> None:
         columns, rows = _comparison_columns(rep.rows[0], rep.figures), rep.figures
     else:
         columns = [
-            _Column(key, [_cell(key, row[key], rep.raw) for row in _in_time(rep, rows)], _numeric(key, rows))
+            # A `query sql` column is headed by its name exactly as the statement gave it (made safe).
+            _Column(key, [_cell(key, row[key], rep.raw) for row in _in_time(rep, rows)], _numeric(key, rows), safe(key) if rep.raw else "")
             for key in keys
         ]
     single = rep.single and not rep.figures
@@ -183,7 +188,7 @@ def _report_table(rep) -> None:
         table.add_column(style="bold", no_wrap=True)
         table.add_column(justify="right", overflow="fold")
         for column in columns:
-            table.add_row(Text(_label(column.key)), Text(column.cells[0]))
+            table.add_row(Text(column.label), Text(column.cells[0]))
         console.print(table)
         return
     if layout is None:  # not even the essential columns fit side by side
@@ -193,7 +198,7 @@ def _report_table(rep) -> None:
     table = Table()
     for column, column_width in zip(shown, widths):
         table.add_column(
-            Text(_label(column.key)), justify="right" if column.numeric else "left", width=column_width, overflow="fold"
+            Text(column.label), justify="right" if column.numeric else "left", width=column_width, overflow="fold"
         )
     for at in range(len(rows)):
         table.add_row(*(Text(column.cells[at]) for column in shown))
