@@ -767,16 +767,31 @@ def changes(conn: sqlite3.Connection, window: Window, client_id: int | None = No
             {"id": client_id}).fetchone()[0]:  # a mistyped id must not read as "no changes"
         raise _unknown_client(client_id)
     rows = _fetch(conn, _changes_sql(dialect), {**window.params(), "client_id": client_id})
-    # A pruned row's old value is the whole row as JSON: too wide for a table (csv/json carry it).
-    shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*" else row for row in rows]
+    # A pruned row's old value is the whole row as JSON, a change of `extra` two JSON objects: too
+    # wide for a table, whose new value would then be left out beside the old (csv/json carry them).
+    shown = [{**row, "old_value": "(whole row)", "new_value": "deleted"} if row["column"] == "*"
+             else {**row, "old_value": _clipped(row["old_value"]), "new_value": _clipped(row["new_value"])} for row in rows]
     who = f"client {client_id}" if client_id is not None else "all clients"
     # On a terminal: which client, day and figure, by how much and in which run, always side by
     # side (80 columns hold them with the longest metric name: the same day restated twice shows
-    # as two runs, not as two unexplained differences); the values and name as they fit.
-    on_screen = ["client_id", "stat_date", "column", "difference", "run_id", "old_value", "new_value", "name", "changed_at"]
+    # as two runs, not as two unexplained differences); then the value the replica holds now (at
+    # 80 columns, with the difference it tells the old one too), the old value and the name as
+    # they fit.
+    on_screen = ["client_id", "stat_date", "column", "difference", "run_id", "new_value", "old_value", "name", "changed_at"]
     return Report(f"Changes to stored days, {who}, {window} (newest run first)", CHANGES_COLUMNS, rows,
                   on_screen, table_rows=shown, keep=5,
                   empty="the remote changed no stored day of this window")
+
+
+# The widest text value `query changes` shows in a table: old and new side by side at 120 columns.
+_CHANGED_TEXT = 24
+
+
+def _clipped(value):
+    """A logged text value cut to _CHANGED_TEXT characters with an ellipsis; a number as it is."""
+    if isinstance(value, str) and len(value) > _CHANGED_TEXT:
+        return value[:_CHANGED_TEXT - 1] + "…"
+    return value
 
 
 def _unknown_client(client_id: int) -> UsageError:

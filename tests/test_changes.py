@@ -92,6 +92,7 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
     assert narrow.code == 0 and "-[ row" not in narrow.stdout and max(map(len, lines)) <= 80
     header = " ".join(line for line in lines if line.startswith("┃"))
     assert [header.find(h) >= 0 for h in ("client", "stat", "column", "difference", "run")] == [True] * 5, narrow.stdout
+    assert "new" in header and "old" not in header  # the value held now, before the one it replaced
     assert any("grab_repeated_customers" in line and "│" in line for line in lines)
     assert [r["client_id"] for r in one] == [3]
     assert [r["client_id"] for r in outside] == [5]  # the window filters the restated day
@@ -99,6 +100,26 @@ def test_query_changes_lists_them_newest_run_first_in_every_format(cli, config, 
     # A mistyped id is not "no changes": refused as `query client` refuses it.
     assert unknown.code == 2 and unknown.stdout == ""
     assert unknown.stderr.startswith("error: unknown client id 9999: not in the replica")
+
+
+def test_a_change_of_extra_shows_its_old_and_new_text_side_by_side_in_a_table(cli, config, db_path, demo, monkeypatch):
+    """`extra` holds the remote's other columns as JSON: its old and new text, each wider than a
+    120-column table can give both, are cut with an ellipsis there, so the new value is never left
+    out beside the old; csv and json keep them whole."""
+    assert sync(cli).code == 0
+    demo.faults.overrides[(3, "2026-11-22")] = {"created_at": "2026-11-23T09:30:00.000Z"}  # the collector ran again
+    assert sync(cli).code == 0
+    monkeypatch.setenv("COLUMNS", "120")
+    with freeze_time(NOW):
+        rows = json.loads(cli("query", "changes", "--days", "7", "--format", "json").stdout)
+        table = cli("query", "changes", "--days", "7")
+    assert [(r["client_id"], r["column"]) for r in rows] == [(3, "extra")]
+    assert "2026-11-23T09:30:00.000Z" in rows[0]["new_value"] and "2026-11-23T09:30:00.000Z" not in rows[0]["old_value"]
+    lines = table.stdout.splitlines()
+    header = " ".join(line for line in lines if line.startswith("┃"))
+    row = next(line for line in lines if "│ extra " in line)
+    assert table.code == 0 and max(map(len, lines)) <= 120 and "old value" in header and "new value" in header, table.stdout
+    assert row.count("…") == 2 and rows[0]["old_value"][:10] in row and rows[0]["new_value"][:10] in row
 
 
 @pytest.mark.sqlite_only("upgrades a SQLite replica file written by schema version 1 (no PostgreSQL replica had it)")
