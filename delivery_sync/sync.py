@@ -128,7 +128,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                     if isinstance(stop, DeadlineStop):
                         from .status import capped  # the status module is not needed otherwise
 
-                        shown = capped(unfetched, 20)
+                        shown = capped(unfetched, 10)  # as every list of clients in a summary or verdict
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")
                         deadline_hit = True

@@ -188,3 +188,16 @@ def test_a_repair_line_for_many_stale_clients_stays_short_and_runnable(cli, tmp_
     assert check.code == 1
     assert check.stdout == ("status not ok: stale, 59 active clients not confirmed within 26 h "
                             "(1, 2, 4, 5, 6, 7, 8, 9, 10, 11 ... and 49 more); run: delivery-sync sync\n")
+
+
+def test_the_clients_a_deadline_left_are_listed_as_every_other_list_is_cut(cli, tmp_path, db_path):
+    """A deadline's "N clients not fetched (...)" names 10 ids and how many more, like the failed
+    clients' list: in the summary line, the verdict and `status --check` alike."""
+    with DemoSource(clients=60, latency_ms=150) as demo:  # one at a time: 9 s in all
+        write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
+        result = cli("sync", "--days-back", "1", "--deadline", "0.02", "--no-aggregate")
+        check = cli("status", "--check")
+    left = re.search(r"(\d+) clients not fetched \(((?:\d+, ){9}\d+) \.\.\. and (\d+) more\)", result.stderr)
+    assert result.code == 1 and left, result.stderr
+    assert int(left.group(3)) == int(left.group(1)) - 10 and int(left.group(1)) > 30
+    assert f"{left.group(1)} clients not fetched ({left.group(2)} ... and {left.group(3)} more)" in check.stdout, check.stdout
