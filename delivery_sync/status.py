@@ -346,7 +346,7 @@ def _judge(status: Status) -> Verdict:
     if status.lagging_clients:
         # Not a failure (`--check` wants fresh and the last sync ok), but the operator should see it in the headline.
         count = len(status.lagging_clients)
-        reason += f"; but {count} active client{'s' if count != 1 else ''} lag (see lagging clients)"
+        reason += f"; but {count} active client{'s lag' if count != 1 else ' lags'} (see lagging clients)"
     return Verdict(True, reason)
 
 
