@@ -98,9 +98,10 @@ def aggregate(
     as_of: str | None = option(None, "--as-of", metavar="DATE",
         help="Last day of the rolling periods, YYYY-MM-DD (default: today in source.timezone)."),
 ) -> None:
-    """Rebuild the rollup tables (client_aggregates, overall_aggregates) from client_stats.
+    """Rebuild the rollup tables (client_aggregates, overall_aggregates, overall_daily, overall_weekly) from client_stats.
 
-    sync runs it after every run that changed rows; run it by hand after --no-aggregate."""
+    sync brings them up to date at the end of its run (unless it failed having written nothing),
+    refreshing only what it wrote; run this by hand after --no-aggregate, or to rebuild them whole."""
     from .. import render
     from ..aggregate.run import run_aggregate
 
