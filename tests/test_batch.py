@@ -153,6 +153,18 @@ def test_a_batch_that_keeps_failing_is_fetched_client_by_client(cli, tmp_path, d
     assert stored(db_path) == per_client_reference(tmp_path)
 
 
+def test_a_token_refused_at_the_batch_request_is_the_run_s_failure_not_a_client_s(cli, tmp_path, demo, db_path):
+    """The batch request refused: no client was fetched or failed on its own, so the summary line
+    counts none failed (it said "0/12 clients, ... 1 failed", a failure matching no client)."""
+    assert sync(cli, tmp_path, demo, db_path, "--days-back", "1", batch="always").code == 0
+    demo.faults.batch_status = 401
+    result = sync(cli, tmp_path, demo, db_path, "--days-back", "2", batch="always")
+    summary = unstamped(result.stderr).strip().splitlines()[-1]
+    assert result.code == 1 and summary.startswith(f"sync failed: 0/{DEMO_CLIENTS} clients, 0 rows"), summary
+    assert " failed, window" not in summary and "authentication failed" in summary
+    assert query_db(db_path, "SELECT status, clients_failed FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("ok", 0), ("failed", 0)]
+
+
 def test_wrapped_answers_and_clients_not_asked_for(cli, tmp_path, demo, db_path):
     demo.faults.wrap_lists = True
     demo.faults.batch_extra = {"999": {"2026-11-22": {"stat_date": "2026-11-23", "grab_sales": "1.00"}}}
