@@ -382,6 +382,10 @@ def test_on_an_80_column_terminal_long_facts_wrap_under_their_value_column(cli, 
     # `Rows  12345, first .. last (today is ... in Asia/Makassar)` is longer than 80: its rest
     # goes on the next line, indented to the value column, the zone name whole.
     assert lines[rows + 1].startswith(" " * 17 + "Asia/Makassar)"), lines[rows:rows + 2]
+    # A run's line (`  sync       ok      <when>, took ...: <counts>, window ...`) wraps under its
+    # time, where its error line would start, not under its status.
+    sync = next(i for i, line in enumerate(lines) if line.startswith("  sync "))
+    assert lines[sync][21:].startswith("20") and lines[sync + 1].startswith(" " * 21) and lines[sync + 1][21] != " ", lines[sync:sync + 3]
     piped = cli("status")
     assert any(line.startswith("Rows ") and line.endswith("in Asia/Makassar)") for line in piped.stdout.splitlines())
 

@@ -29,13 +29,14 @@ def show_status(status, commands=lambda text: text) -> None:
     console = Console()
     soft_wrap = not console.is_terminal
 
-    def line(label: str, value: Text | str, indent: int = 17) -> None:
+    def line(label: Text | str, value: Text | str, indent: int = 17) -> None:
         value = Text(safe(value)) if isinstance(value, str) else value  # a path or a URL is text, never markup
+        label = Text(f"{label:<{indent}}", style="bold") if isinstance(label, str) else label
         if soft_wrap:
-            console.print(Text.assemble((f"{label:<{indent}}", "bold"), value), soft_wrap=True)
+            console.print(Text.assemble(label, value), soft_wrap=True)
             return
         grid = Table.grid()
-        grid.add_column(width=indent, no_wrap=True, style="bold")
+        grid.add_column(width=indent, no_wrap=True)  # the label carries its own style
         grid.add_column(overflow="fold")  # a path longer than the terminal folds, never an ellipsis
         grid.add_row(label, value)
         console.print(grid)
@@ -111,10 +112,11 @@ def _run_lines(line, label: str, run: dict, status, indent: int = 13) -> None:
     """`sync     ok      2026-01-25 01:00 UTC (6.0 h ago), took 12 s: 127/127 clients, ...` and its error."""
     from rich.text import Text
 
-    text = Text(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
-    text.append(f"{_when(run['started_at'], status)}" + (f", took {_took(run)}" if run["finished_at"] else ""))
+    # The status sits beside the label, so that a long line wraps under its start, as its error does.
+    heading = Text(f"{label:<{indent}}", style="bold").append(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
+    text = Text(f"{_when(run['started_at'], status)}" + (f", took {_took(run)}" if run["finished_at"] else ""))
     details = _run_details(run)
-    line(label, text.append(f": {details}" if details else ""), indent)
+    line(heading, text.append(f": {details}" if details else ""), indent + 8)
     if run["error"]:
         line("", Text(f"error: {safe(run['error'])}", style="red"), indent + 8)
 
