@@ -22,6 +22,10 @@ from urllib.parse import quote
 from .dialect import dialect_of
 from .errors import DamagedReplica, NoReplica, ReadOnlyViolation, UnsafeLockFile, UsageError
 
+# What a run left `running` by a dead process is said to have ended with, by `status` and in its
+# row once the next writing run closes it.
+UNRECORDED_END = "interrupted (it never recorded its end: its process was killed, or the replica failed under it)"
+
 # PRAGMAs that only read state; any other PRAGMA (or one given a value) is refused.
 READ_ONLY_PRAGMAS = frozenset({
     "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from .dialect import dialect_of
 from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
-from .readonly import damaged, left_behind, not_reached, reader_for, snapshot
+from .readonly import UNRECORDED_END, damaged, left_behind, not_reached, reader_for, snapshot
 
 # An active client whose latest day is more than this many days before today lags (docs/reference.md, status).
 LAG_DAYS = 2
@@ -252,11 +252,16 @@ def _last_run(conn: sqlite3.Connection, command: str, dead_running: bool = False
     return None if row is None else _shown_run(_run(row), dead_running)
 
 
+def end_recorded(run: dict) -> bool:
+    """Whether the run recorded its end: not one a dead process left, whose `finished_at` (if any)
+    is only the last moment the replica knew it alive (`UNRECORDED_END`)."""
+    return run["finished_at"] is not None and UNRECORDED_END not in (run["error"] or "")
+
+
 def _shown_run(run: dict, dead_running: bool) -> dict:
     """A run as `status` shows it: one left `running` by a dead process is failed, interrupted."""
     if dead_running and run["status"] == "running":
-        unrecorded = "interrupted (it never recorded its end: its process was killed, or the replica failed under it)"
-        run.update(status="failed", error="; ".join(filter(None, [run["error"], unrecorded])))
+        run.update(status="failed", error="; ".join(filter(None, [run["error"], UNRECORDED_END])))
     return run
 
 

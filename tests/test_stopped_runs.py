@@ -15,6 +15,7 @@ import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, query_db, stop_when, store_of, write_config
 
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.readonly import UNRECORDED_END
 from delivery_sync.render.status_view import _took
 
 pytestmark = pytest.mark.both_engines
@@ -112,7 +113,7 @@ def test_retry_failed_after_a_killed_sync_retries_that_sync(cli, config, db_path
     window = f"{(today - timedelta(days=4)).isoformat()}..{today.isoformat()}"
     assert "sync ok: 1/1 clients, 5 rows (2 inserted, 0 updated, 3 unchanged)" in retry.stderr and f"window {window}" in retry.stderr
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id = 5") == [(5,)]  # client 5, over the killed sync's window
-    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", UNRECORDED_END)]
 
 def test_retry_failed_after_a_killed_sync_fetches_only_the_clients_it_did_not_write(cli, config, db_path, demo):
     """A SIGKILLed sync records neither failures nor the clients it never reached: --retry-failed
@@ -137,7 +138,7 @@ def test_retry_failed_after_a_killed_sync_fetches_only_the_clients_it_did_not_wr
     left = DEMO_CLIENTS - len(written)
     assert f"sync ok: {left}/{left} clients, {left * 5} rows ({left * 2} inserted, 0 updated, {left * 3} unchanged)" in retry.stderr
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE client_id IN (1, 2, 3)") == [(9,)]  # not fetched again
-    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", "interrupted")]
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE id = ?", [killed]) == [("failed", UNRECORDED_END)]
 
 
 def _killed_sync(db_path, demo, written: list[int], selected: list[int] | None = None) -> tuple[int, str]:

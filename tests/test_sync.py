@@ -18,6 +18,7 @@ from freezegun import freeze_time
 from delivery_sync.days import Window, resolve_window
 from delivery_sync.demo_source import DemoSource, demo_row
 from delivery_sync.errors import UsageError
+from delivery_sync.readonly import UNRECORDED_END
 
 pytestmark = pytest.mark.both_engines
 
@@ -346,7 +347,7 @@ def test_a_run_left_running_is_marked_interrupted_by_the_next_run(cli, config, d
     dead = query_db(db_path, "SELECT MAX(id) FROM sync_runs")[0][0]
     assert cli("sync", "--days-back", "1", "--clients", "1").code == 0
     status, error, finished = query_db(db_path, "SELECT status, error, finished_at FROM sync_runs WHERE id = ?", (dead,))[0]
-    assert (status, error) == ("failed", "interrupted") and finished
+    assert (status, error) == ("failed", UNRECORDED_END) and finished
     assert query_db(db_path, "SELECT COUNT(*) FROM sync_runs WHERE status = 'running'") == [(0,)]
 
 
@@ -392,4 +393,4 @@ def test_sigkill_mid_run_leaves_each_client_as_before_or_fully_updated(tmp_path,
     assert result.code == 0, result.stderr
     assert f"({DEMO_CLIENTS * days - updated * days} updated" in result.stderr.replace("0 inserted, ", "")
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats WHERE grab_fake_orders = 4242") == [(DEMO_CLIENTS * days,)]
-    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id")[-2] == ("failed", "interrupted")
+    assert query_db(db_path, "SELECT status, error FROM sync_runs WHERE command = 'sync' ORDER BY id")[-2] == ("failed", UNRECORDED_END)

@@ -18,6 +18,13 @@ def _seconds(stamp: str | None) -> float:
     return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
 
 
+def _ended(run: dict) -> str | None:
+    """When a finished run ended; for one a dead process left, the last moment the replica knew it
+    alive (its last client written, else its start): its row's `finished_at`, once the next
+    writing run has closed it, or its start before that."""
+    return run["finished_at"] or run["started_at"]
+
+
 def _escape(value: str) -> str:
     """A label value as the format requires: backslash, double quote and newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -34,6 +41,8 @@ def status_prometheus(status) -> str:
     def gauge(name: str, help_text: str, *samples: tuple[str, float]) -> None:
         families.append((f"delivery_sync_{name}", help_text, list(samples)))
 
+    from ..status import end_recorded
+
     last_sync = status.last_sync or {}
     gauge("info", "The replica this describes (always 1).", (_labels(database=status.database), 1))
     gauge("up", "1 when status could read the replica (or there is none yet); 0 when it is damaged or cannot be "
@@ -44,7 +53,7 @@ def status_prometheus(status) -> str:
     gauge("fresh", "1 when the replica is fresh (last ok sync and every active client within stale_after_hours).",
           ("", int(status.freshness == "fresh")))
     gauge("last_sync_timestamp_seconds", "When the latest finished sync ended (Unix time; 0: never).",
-          ("", _seconds(last_sync.get("finished_at"))))
+          ("", _seconds(_ended(last_sync) if last_sync else None)))
     gauge("last_ok_sync_timestamp_seconds", "When the latest ok sync ended (Unix time; 0: never).",
           ("", _seconds(status.last_ok_sync_at)))
     gauge("rows", "Rows in client_stats.", ("", status.rows))
@@ -61,10 +70,10 @@ def status_prometheus(status) -> str:
     gauge("last_run_status", "1 for the status of each command's latest finished run, 0 for the others.",
           *((_labels(command=c, status=s), int(run["status"] == s)) for c, run in runs.items() if run for s in RUN_STATUSES))
     gauge("last_run_timestamp_seconds", "When each command's latest finished run ended (Unix time).",
-          *((_labels(command=c), _seconds(run["finished_at"])) for c, run in runs.items() if run))
-    gauge("last_run_duration_seconds", "How long each command's latest finished run took.",
+          *((_labels(command=c), _seconds(_ended(run))) for c, run in runs.items() if run))
+    gauge("last_run_duration_seconds", "How long each command's latest finished run took (none for a run that never recorded its end).",
           *((_labels(command=c), _seconds(run["finished_at"]) - _seconds(run["started_at"])) for c, run in runs.items()
-            if run and run["finished_at"]))
+            if run and end_recorded(run)))
     gauge("running", "Writing runs in progress, per command.",
           *((_labels(command=c), sum(r["command"] == c for r in status.running)) for c in COMMANDS))
     lines = []

@@ -114,7 +114,10 @@ def _run_lines(line, label: str, run: dict, status, indent: int = 13) -> None:
 
     # The status sits beside the label, so that a long line wraps under its start, as its error does.
     heading = Text(f"{label:<{indent}}", style="bold").append(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
-    text = Text(f"{_when(run['started_at'], status)}" + (f", took {_took(run)}" if run["finished_at"] else ""))
+    from ..status import end_recorded
+
+    took = f", took {_took(run)}" if end_recorded(run) else ", end not recorded" if run["status"] != "running" else ""
+    text = Text(f"{_when(run['started_at'], status)}{took}")
     details = _run_details(run)
     line(heading, text.append(f": {details}" if details else ""), indent + 8)
     if run["error"]:
@@ -138,8 +141,6 @@ def _when(stamp: str, status) -> str:
 def _took(run: dict) -> str:
     from datetime import datetime
 
-    if not run["finished_at"]:
-        return ""
     seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
     if seconds < 1:  # the stamps have whole seconds: both in the same one
         return "<1 s"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..days import utc_now, utc_stamp
 from ..errors import Interrupted
-from ..readonly import left_behind, not_reached
+from ..readonly import UNRECORDED_END, left_behind, not_reached
 from .schema import RUN_COUNTERS
 
 if TYPE_CHECKING:
@@ -61,19 +61,32 @@ class RunClock:
 
 
 def _mark_interrupted_runs(db: ReplicaDatabase) -> int:
-    """Runs left `running` by a process that died become `failed` ("interrupted").
+    """Runs left `running` by a process that died become `failed`, interrupted, saying that they
+    never recorded their end (as `status` says of them before).
 
     Only called (by `start_run` and `last_sync_to_retry`) while holding the writer lock, so no live
-    run can be `running`.
+    run can be `running`. A sync's counters are those of its last commit (`record_progress`). Its
+    `finished_at` is the last moment the replica knows it alive: its last client written (a sync),
+    else its start; never when the next run found it, which may be a day later. Readers say "end
+    not recorded" rather than a duration for such a run (`UNRECORDED_END` in its error).
     """
-    # A killed run never wrote its counters: 0, not NULL, so every reader can add them up.
+    # Counters a killed run never wrote: 0, not NULL, so every reader can add them up.
     counters = ", ".join(f"{name} = COALESCE({name}, 0)" for name in RUN_COUNTERS)
     cursor = db.execute(
-        "UPDATE sync_runs SET status = 'failed', finished_at = ?, "
-        f"error = COALESCE(error || '; ', '') || 'interrupted', {counters} WHERE status = 'running'",
-        [utc_now()],
+        "UPDATE sync_runs SET status = 'failed', "
+        "finished_at = COALESCE(CASE WHEN command = 'sync' THEN "
+        "(SELECT MAX(c.last_synced_at) FROM clients AS c WHERE c.last_synced_at >= sync_runs.started_at) END, started_at), "
+        f"error = COALESCE(error || '; ', '') || ?, {counters} WHERE status = 'running'",
+        [UNRECORDED_END],
     )
     return cursor.rowcount
+
+
+def record_progress(db: ReplicaDatabase, run_id: int, counts: RunCounts) -> None:
+    """The run's counters so far, written in the transaction of the clients they count: a run
+    killed later keeps a row that says what it wrote, and a running one shows its progress."""
+    counters = counts.as_row()
+    db.execute(f"UPDATE sync_runs SET {', '.join(f'{name} = ?' for name in counters)} WHERE id = ?", [*counters.values(), run_id])
 
 
 def start_run(

@@ -48,6 +48,9 @@ class OpenReplica:
     def record_failure(self, run_id: int, client_id: int | None, error: str) -> None:
         runs.record_failure(self.db, run_id, client_id, error)
 
+    def record_progress(self, run_id: int, counts: RunCounts) -> None:
+        runs.record_progress(self.db, run_id, counts)
+
     def record_unfetched(self, run_id: int, client_ids: list[int]) -> None:
         runs.record_unfetched(self.db, run_id, client_ids)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
@@ -249,11 +250,14 @@ class WriteGroup:
     def due(self) -> bool:
         return self.rows >= self.max_rows or (self.rows > 0 and time.monotonic() - self._began >= self.max_seconds)
 
-    def commit(self) -> None:
-        """Make every client written since the last commit durable (nothing to do when none was)."""
+    def commit(self, also: Callable[[], None] | None = None) -> None:
+        """Make every client written since the last commit durable (nothing to do when none was),
+        and with them whatever `also` writes."""
         if self.db.in_transaction:
             try:
                 self._later.run(self.db)
+                if also is not None:
+                    also()
             except BaseException:
                 self.rollback()  # as a failed write: the group's clients stay as they were
                 raise

@@ -9,6 +9,7 @@ network, and asks `staging()` for a place where batch rows wait for their client
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..records import ClientRows
@@ -109,11 +110,19 @@ class SyncWriter:
         self.replica.record_failure(self.run_id, client_id, error)
 
     def commit(self) -> None:
-        """Make every client written since the last commit durable, and count them."""
-        self._group.commit()
+        """Make every client written since the last commit durable, and count them: the run's row
+        gets the counters in the same transaction (see `record_progress`)."""
+        if not self._uncommitted:
+            self._group.commit()
+            return
+        counts = replace(self.counts, warnings=list(self.counts.warnings))
+        for _, fetched, result in self._uncommitted:
+            _count(counts, fetched, result)
+        counts.clients_failed = sum(1 for client_id, _ in self.failures if client_id is not None)
+        self._group.commit(lambda: self.replica.record_progress(self.run_id, counts))
         for client_id, fetched, result in self._uncommitted:
             self.written.add(client_id)
-            self._count(fetched, result)
+            _count(self.counts, fetched, result)
         self._uncommitted.clear()
 
     def rollback(self) -> None:
@@ -133,15 +142,16 @@ class SyncWriter:
         """A place for batch rows of clients whose window has not fully arrived (on disk)."""
         return self.replica.staging()
 
-    def _count(self, fetched: int, written: ClientWrite) -> None:
-        counts = self.counts
-        counts.clients_ok += 1
-        counts.rows_fetched += fetched
-        counts.rows_inserted += written.inserted
-        counts.rows_updated += written.updated
-        counts.rows_unchanged += written.unchanged
-        counts.rows_rejected += written.rejected
-        counts.rows_deleted += written.deleted
-        if written.warning:
-            counts.warnings.append(written.warning)
+
+def _count(counts: RunCounts, fetched: int, written: ClientWrite) -> None:
+    """Add one client written to `counts`."""
+    counts.clients_ok += 1
+    counts.rows_fetched += fetched
+    counts.rows_inserted += written.inserted
+    counts.rows_updated += written.updated
+    counts.rows_unchanged += written.unchanged
+    counts.rows_rejected += written.rejected
+    counts.rows_deleted += written.deleted
+    if written.warning:
+        counts.warnings.append(written.warning)
 
