@@ -197,7 +197,11 @@ def test_the_clients_a_deadline_left_are_listed_as_every_other_list_is_cut(cli, 
         write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
         result = cli("sync", "--days-back", "1", "--deadline", "0.02", "--no-aggregate")
         check = cli("status", "--check")
+        prometheus = cli("status", "--format", "prometheus").stdout
     left = re.search(r"(\d+) clients not fetched \(((?:\d+, ){9}\d+) \.\.\. and (\d+) more\)", result.stderr)
     assert result.code == 1 and left, result.stderr
     assert int(left.group(3)) == int(left.group(1)) - 10 and int(left.group(1)) > 30
     assert f"{left.group(1)} clients not fetched ({left.group(2)} ... and {left.group(3)} more)" in check.stdout, check.stdout
+    # A dashboard sees them too: not as failed, which none did.
+    assert f'delivery_sync_clients{{state="not_fetched"}} {left.group(1)}' in prometheus
+    assert 'delivery_sync_clients{state="failed"} 0' in prometheus

@@ -60,11 +60,12 @@ def status_prometheus(status) -> str:
     gauge("replica_bytes", "Size of the replica: the SQLite file with its WAL, or its tables and indexes on the PostgreSQL server.",
           ("", status.database_bytes or 0))
     failed = len(status.failed_clients) + len(status.earlier_failed_clients)
-    gauge("clients", "Clients by state: all, active, failed (in the last sync, or in an earlier one and not synced since), "
-          "lagging, stale.",
+    gauge("clients", "Clients by state: all, active, failed (in the last sync, or failed or not fetched by an earlier one and "
+          "not synced since), not_fetched (by the last sync: stopped by its deadline, a signal or a kill), lagging, stale. "
+          "failed + not_fetched is what sync --retry-failed fetches.",
           (_labels(state="all"), status.clients), (_labels(state="active"), status.active_clients),
-          (_labels(state="failed"), failed), (_labels(state="lagging"), len(status.lagging_clients)),
-          (_labels(state="stale"), len(status.stale_clients)))
+          (_labels(state="failed"), failed), (_labels(state="not_fetched"), len(status.unfetched_clients)),
+          (_labels(state="lagging"), len(status.lagging_clients)), (_labels(state="stale"), len(status.stale_clients)))
     gauge("missing_days", "Active (client, day) pairs in the last sync's window with no row.", ("", status.missing_days))
     runs = {command: getattr(status, f"last_{command}") for command in COMMANDS}
     gauge("last_run_status", "1 for the status of each command's latest finished run, 0 for the others.",
