@@ -203,6 +203,9 @@ class SourceClient:
         token = settings.token.get_secret_value()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        # What a refusal says to check: the classic cron failure is a token missing from its environment.
+        self._token_hint = ("check source.token" if token else
+                            "no token was sent: source.token is empty; set it, or DELIVERY_SYNC_SOURCE__TOKEN in cron's environment")
         parts = urlsplit(self.base_url)
         self._secrets = _secret_forms(token, parts.password and unquote(parts.password),
                                       parts.password and _basic(unquote(parts.username or ""), unquote(parts.password)))
@@ -381,7 +384,7 @@ class SourceClient:
         log.debug("%s %s%s%s -> HTTP %d in %.2f s", method, self.display_url, path, f"?{urlencode(params)}" if params else "",
                   response.status_code, time.monotonic() - started)
         if response.status_code in AUTH_STATUSES:
-            raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} (check source.token)")
+            raise AuthFailed(f"authentication failed: {self.display_url} answered HTTP {response.status_code} ({self._token_hint})")
         if response.status_code in RETRY_STATUSES:
             self._release_large()  # never held through the wait before a retry
             raise RetryableStatus(response, body)

@@ -177,10 +177,20 @@ def test_wrong_token_fails_at_once_with_authentication_failed(cli, tmp_path, db_
         write_config(tmp_path / "config.toml", demo.url, db_path)
         result = cli("-v", "sync", "--days-back", "2")
     assert result.code == 1
-    assert "authentication failed" in result.stderr
+    assert "authentication failed" in result.stderr and "(check source.token)" in result.stderr
     assert len(demo.requests) == 1  # no retry, no stats request
     assert TOKEN not in result.stdout + result.stderr
     assert not db_path.exists()  # a first run that fetched nothing leaves no empty replica
+
+
+def test_a_refusal_without_a_token_says_none_was_sent(cli, tmp_path, db_path):
+    """Cron's environment without DELIVERY_SYNC_SOURCE__TOKEN: the refusal says no token was sent,
+    not only 'check source.token', which reads as a wrong one."""
+    with DemoSource(clients=DEMO_CLIENTS, token=TOKEN) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path)
+        result = cli("sync", "--days-back", "2")
+    assert result.code == 1
+    assert "answered HTTP 401 (no token was sent: source.token is empty; set it, or DELIVERY_SYNC_SOURCE__TOKEN" in result.stderr
 
 
 def test_token_refused_mid_run_stops_at_once(cli, config, db_path, demo):
