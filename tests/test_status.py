@@ -72,6 +72,19 @@ def test_no_replica_reports_never_and_creates_nothing(cli, config, db_path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
 
+@pytest.mark.sqlite_only("about the default SQLite path a status without a config reads")
+def test_status_without_a_config_says_no_config_was_read(cli, tmp_path, monkeypatch):
+    """In the wrong folder (or cron without DELIVERY_SYNC_CONFIG) the default path is not there:
+    status says no config was read, so the operator looks for the config, not for a lost replica.
+    A replica named on the command line, or by a config, is not second-guessed."""
+    check = cli("status", "--check")
+    assert check.code == 1 and check.stdout == (
+        f"status not ok: no replica at {tmp_path / 'delivery_stats.db'} yet (no config file was read: no --config, "
+        "$DELIVERY_SYNC_CONFIG or ./config.toml); run: delivery-sync sync\n")
+    named = cli("--db", str(tmp_path / "other.db"), "status", "--check")
+    assert named.code == 1 and "no config file" not in named.stdout
+
+
 @pytest.mark.sqlite_only("about the replica file not being created")
 def test_status_and_query_never_create_the_database(cli, config, db_path, tmp_path):
     for args in (("status",), ("status", "--json"), ("status", "--check"), ("query", "top"), ("query", "sql", "SELECT 1")):

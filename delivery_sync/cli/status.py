@@ -27,6 +27,7 @@ def status(
 ) -> None:
     """What is in the replica, how fresh it is, and how the last runs went (read-only, never waits)."""
     from .. import render
+    from ..config import ENV_PREFIX, Settings
     from ..readonly import reader_for
     from ..status import read_status
 
@@ -42,6 +43,9 @@ def status(
     report = read_status(settings.database, settings.source.tz, settings.status.stale_after_hours, history,
                          tolerate_unopenable=fmt == "prometheus")
     _warn_if_lock_refused(reader)
+    if not report.exists and settings.config_file is None and settings.database == Settings.model_fields["database"].default:
+        # Someone in the wrong folder, or a cron line without DELIVERY_SYNC_CONFIG: say why this path.
+        report.verdict.reason += f" (no config file was read: no --config, ${ENV_PREFIX}CONFIG or ./config.toml)"
     if report.verdict.advice:  # the repair command, for the replica this command line chose
         report.verdict.advice = with_global_options(report.verdict.advice)
     if fmt == "json":
