@@ -16,6 +16,7 @@ from test_reports import NOW, TODAY, assert_matches, built_replica, expected_cli
 
 from delivery_sync.aggregate.run import run_aggregate
 from delivery_sync.errors import LockHeld
+from delivery_sync.readonly import UNRECORDED_END
 
 ROLLING = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
 
@@ -172,7 +173,7 @@ def test_aggregate_marks_interrupted_runs(cli, replica, tmp_path):
         execute_db(path, "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T01:00:00+00:00')")
         assert cli("--db", str(path), "aggregate", "--as-of", TODAY.isoformat()).code == 0
         interrupted = query_db(path, "SELECT status, error FROM sync_runs WHERE started_at = '2026-03-10T01:00:00+00:00'")
-    assert interrupted == [("failed", "interrupted")]
+    assert interrupted == [("failed", UNRECORDED_END)]
 
 
 def test_rebuild_replaces_rollups_of_rows_that_changed(replica, tmp_path):

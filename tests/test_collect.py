@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, clean_env, query_db, stop_when, store_of, unstamped, write_config
 
+from delivery_sync.readonly import UNRECORDED_END
+
 pytestmark = pytest.mark.both_engines
 
 RUN_COLUMNS = "command, status, requests, error, finished_at IS NOT NULL"
@@ -86,7 +88,7 @@ def test_collect_marks_interrupted_runs(cli, config, db_path):
     db.close()
     assert cli("collect").code == 0
     assert query_db(db_path, "SELECT command, status, error FROM sync_runs ORDER BY id") == [
-        ("sync", "failed", "interrupted"),
+        ("sync", "failed", UNRECORDED_END),
         ("collect", "ok", None),
     ]
 
