@@ -345,7 +345,9 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
                 return self._send(503, {"success": False, "error": "Service unavailable"})
             if url.path in demo.faults.raw_paths:
                 status, text, headers = demo.faults.raw_paths[url.path]
-                return self._send_raw(status, text.encode(), "application/json; charset=utf-8", headers)
+                headers = dict(headers)  # a Content-Type given replaces JSON's, as a proxy's page would
+                kind = headers.pop("Content-Type", "application/json; charset=utf-8")
+                return self._send_raw(status, text.encode(), kind, headers)
             self._route(method, url.path, query, body)
 
         def _route(self, method: str, path: str, query: dict, body: Any) -> None:

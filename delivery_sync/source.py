@@ -48,6 +48,7 @@ REDACTED = "[redacted]"
 # key) that are kept; the rest is cut, with CUT_MARK saying how much. Every table, log line and
 # status output then stays readable whatever the remote sends.
 MAX_TEXT = 4096
+NOT_JSON_SHOWN = 60  # bytes of an answer that is not JSON quoted in its error
 CUT_MARK = "...[{} more characters cut]"
 # Deeper answers are "not JSON": nothing the remote means to send is nested like that, and every
 # later step (records, json.dumps of `extra`) then works far from Python's recursion limit.
@@ -308,11 +309,12 @@ class SourceClient:
         accept_error_body: bool = False,
         absent: frozenset[int] = frozenset(),
     ) -> Any:
+        limit = f"{timeout.read:g} s" if timeout is not None and timeout.read is not None else f"source.timeout = {self.settings.timeout:g} s"
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough | self._ended,
             wait=self._wait,
             retry=retry_if_exception(retry_on or _is_retryable),
-            before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries),
+            before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries, limit),
             reraise=True,
         )
         try:
@@ -325,7 +327,7 @@ class SourceClient:
                     raise ClientFetchFailed(f"{what}: HTTP {exc.response.status_code} after {self._attempts(retrying)}") from None
             except httpx.TransportError as exc:
                 raise SourceUnreachable(
-                    f"cannot reach {self.display_url} ({what}): {_describe_transport(exc)} after {self._attempts(retrying)}"
+                    f"cannot reach {self.display_url} ({what}): {_describe_transport(exc, limit)} after {self._attempts(retrying)}"
                 ) from None
             if response.status_code in absent:
                 raise BatchUnavailable(f"{self.display_url} has no batch endpoint (POST {path} answered HTTP {response.status_code})")
@@ -460,6 +462,7 @@ class SourceClient:
                 "(decoded); raise it if the remote really sends that much")
 
     def _decode(self, response: httpx.Response, body: bytes, what: str, accept_error_body: bool) -> Any:
+        too_deep = False
         try:
             payload = jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text)
             if self._plain(body):  # nothing to redact or cut: only the depth is left to check
@@ -467,20 +470,27 @@ class SourceClient:
                     raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             else:
                 payload = self._clean(payload)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's own limit
-            payload = None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's own limit
+            payload, too_deep = None, isinstance(exc, RecursionError) or str(exc).startswith("nested deeper")
         if response.is_error:
             detail = payload.get("error") if isinstance(payload, dict) else None
             if accept_error_body and isinstance(payload, dict):
                 return {**payload, "success": False, "http_status": response.status_code}
             if detail is not None and not isinstance(detail, str):  # an object or list: its text, cut too
                 detail = _cut(jsonlib.dumps(detail, ensure_ascii=False))
+            if detail is None and response.status_code == 404:  # most often a source.url with a wrong path
+                detail = f"{self.display_url}{response.request.url.path} not found (check source.url)"
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
         if response.is_redirect:  # never followed: the token would go along to wherever it points
             location = _cut(self.redact_text(redact_url(response.headers.get("Location", "?"))))
             raise ClientFetchFailed(f"{what}: HTTP {response.status_code} redirect to {location} (set source.url to the new address)")
-        if payload is None:
-            raise ClientFetchFailed(f"{what}: the answer is not JSON")
+        if payload is None and too_deep:
+            raise ClientFetchFailed(f"{what}: the answer is not JSON this tool reads (nested deeper than {MAX_DEPTH} levels)")
+        if payload is None:  # what came instead (an HTML page of a proxy or a login), bounded and redacted
+            # Redacted before it is cut: a secret the cut would halve is never shown in part.
+            kind = self.redact_text(response.headers.get("Content-Type", "no Content-Type")[:MAX_TEXT])[:80]
+            start = " ".join(self.redact_text(bytes(body[:MAX_TEXT]).decode("utf-8", "replace")).split())[:NOT_JSON_SHOWN]
+            raise ClientFetchFailed(f"{what}: the answer is not JSON (HTTP {response.status_code}, {kind}: {start!r})")
         return payload
 
     def _clean(self, value: Any, depth: int = 0) -> Any:
@@ -652,17 +662,28 @@ def _is_connect_failure(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
-def _describe_transport(exc: httpx.TransportError) -> str:
+def _describe_transport(exc: httpx.TransportError, timeout: str) -> str:
+    """What went wrong on the wire, in an operator's words (httpx's class names say little at 3 a.m.);
+    `timeout` says the limit, e.g. `source.timeout = 30 s`."""
     if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
+        return f"timed out (no complete answer within {timeout})"
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host unknown"
-    return type(exc).__name__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the remote closed the connection mid-answer"
+    if isinstance(exc, httpx.ReadError):
+        return "the connection broke while the answer was read"
+    if isinstance(exc, httpx.WriteError):
+        return "the connection broke while the request was sent"
+    if isinstance(exc, httpx.ProxyError):
+        return "the proxy failed"
+    return f"network error ({type(exc).__name__})"
 
 
-def _log_retry(what: str, state: RetryCallState, retries: int) -> None:
+def _log_retry(what: str, state: RetryCallState, retries: int, timeout: str) -> None:
     """One warning per retry, at the default level: an operator sees a struggling remote as it happens."""
     exc = state.outcome.exception() if state.outcome else None
-    reason = str(exc) if isinstance(exc, RetryableStatus) else _describe_transport(exc) if isinstance(exc, httpx.TransportError) else repr(exc)
+    reason = (str(exc) if isinstance(exc, RetryableStatus) else
+              _describe_transport(exc, timeout) if isinstance(exc, httpx.TransportError) else repr(exc))
     wait = state.upcoming_sleep
     log.warning("%s: %s, retry %d/%d in %s s", what, reason, state.attempt_number, retries, f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}")

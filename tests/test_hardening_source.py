@@ -32,7 +32,7 @@ def test_a_trickling_answer_is_cut_off_at_the_timeout(cli, tmp_path, demo, db_pa
     took = time.monotonic() - began
     assert result.code == 1, result.stderr
     assert took < 4, took
-    assert list(failures(db_path)) == [3] and "timed out" in failures(db_path)[3]
+    assert list(failures(db_path)) == [3] and "timed out (no complete answer within source.timeout = 1 s)" in failures(db_path)[3]
     assert 3 not in rows_of(db_path) and len(rows_of(db_path)) == DEMO_CLIENTS - 1
 
 
@@ -45,7 +45,7 @@ def test_an_endless_answer_cannot_stall_the_run(cli, tmp_path, demo, db_path):
     assert result.code == 1
     # Two attempts of 1 s each and one backoff: nowhere near the minute the remote would go on for.
     assert took < 6, took
-    assert "timed out after 2 attempts" in failures(db_path)[4]
+    assert "timed out (no complete answer within source.timeout = 1 s) after 2 attempts" in failures(db_path)[4]
     assert len([r for r in demo.stats_requests() if r.path.endswith("/4/stats")]) == 2
 
 

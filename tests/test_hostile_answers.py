@@ -14,7 +14,9 @@ from freezegun import freeze_time
 
 import delivery_sync.sync  # noqa: F401  the models are built now: pydantic cannot build them of freezegun's dates
 from delivery_sync.demo_source import DemoSource
-from delivery_sync.source import MAX_TEXT
+from delivery_sync.source import MAX_TEXT, REDACTED
+
+TOO_DEEP = "the answer is not JSON this tool reads (nested deeper than 64 levels)"
 
 
 def failures(db_path) -> dict:
@@ -33,7 +35,7 @@ def test_deep_nesting_fails_only_that_client(cli, config, demo, db_path, monkeyp
     result = cli("sync", "--days-back", "2")
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
-    assert failures(db_path) == {3: "client 3: the answer is not JSON"}
+    assert failures(db_path) == {3: f"client 3: {TOO_DEEP}"}
     assert query_db(db_path, "SELECT COUNT(DISTINCT client_id), COUNT(*) FROM client_stats") == [(DEMO_CLIENTS - 1, (DEMO_CLIENTS - 1) * 2)]
     assert unstamped(result.stderr).rstrip().splitlines()[-1].startswith("sync partial: 11/12 clients")
 
@@ -53,7 +55,7 @@ def test_the_depth_limit_is_the_same_for_a_plain_answer_and_one_with_text_to_cut
         extras = [json.loads(e) for (e,) in query_db(db_path, "SELECT extra FROM client_stats WHERE client_id IN (3, 4) ORDER BY client_id")]
         assert [e["x"] == json.loads(nested(depth)) for e in extras] == [True, True]
     else:
-        assert failures(db_path) == {3: "client 3: the answer is not JSON", 4: "client 4: the answer is not JSON"}
+        assert failures(db_path) == {3: f"client 3: {TOO_DEEP}", 4: f"client 4: {TOO_DEEP}"}
 
 
 def test_a_number_too_large_for_a_float_is_kept_as_its_text_cut(cli, config, demo, db_path, monkeypatch):
@@ -80,7 +82,7 @@ def test_a_deeply_nested_client_list_fails_the_run_with_one_line(cli, config, de
     assert result.code == 1
     assert "Traceback" not in result.stderr
     last = unstamped(result.stderr).strip().splitlines()[-1]
-    assert last.startswith("sync failed: 0/0 clients") and last.endswith(" - client list: the answer is not JSON")
+    assert last.startswith("sync failed: 0/0 clients") and last.endswith(f" - client list: {TOO_DEEP}")
 
 
 def test_long_remote_text_is_cut_with_a_marker(cli, config, demo, db_path, monkeypatch):
@@ -205,3 +207,27 @@ def test_the_clients_a_deadline_left_are_listed_as_every_other_list_is_cut(cli, 
     # A dashboard sees them too: not as failed, which none did.
     assert f'delivery_sync_clients{{state="not_fetched"}} {left.group(1)}' in prometheus
     assert 'delivery_sync_clients{state="failed"} 0' in prometheus
+
+
+def test_an_answer_that_is_not_json_is_quoted_briefly_and_a_wrong_path_is_named(cli, tmp_path, db_path):
+    """A proxy's or login's HTML page where JSON was expected: the error says what came (status,
+    Content-Type, its first characters, the token redacted), not only "not JSON"; a 404 names
+    the address that was not found and source.url."""
+    token = "s3cret-t0ken-value"
+    page = f"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>session {token} expired" + "x" * 5000
+    with DemoSource(clients=DEMO_CLIENTS, token=token) as demo:
+        write_config(tmp_path / "config.toml", demo.url, db_path, source={"token": token})
+        demo.faults.raw_paths["/api/v1/clients"] = (200, page, {"Content-Type": "text/html; charset=utf-8"})
+        html = cli("sync", "--days-back", "1")
+        demo.faults.raw_paths["/api/v1/clients"] = (200, f"<p>{token}</p>", {"Content-Type": "text/html"})
+        early = cli("sync", "--days-back", "1")  # the token within the characters quoted
+        demo.faults.raw_paths["/api/v1/clients"] = (404, "<html><body>Cannot GET /api/v1/clients</body></html>", {"Content-Type": "text/html"})
+        missing = cli("sync", "--days-back", "1")
+    assert token not in early.stderr and f"text/html: '<p>{REDACTED}</p>')" in early.stderr, early.stderr
+    last = unstamped(html.stderr).strip().splitlines()[-1]
+    assert html.code == 1 and last.endswith(
+        " - client list: the answer is not JSON (HTTP 200, text/html; charset=utf-8: "
+        "'<!DOCTYPE html> <html><head><title>Sign in</title></head><bo')"), last  # its first 60 characters, one line
+    assert token not in html.stderr
+    last = unstamped(missing.stderr).strip().splitlines()[-1]
+    assert missing.code == 1 and last.endswith(f" - client list: HTTP 404: {demo.url}/api/v1/clients not found (check source.url)"), last

@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 
+import httpx
 import pytest
 from conftest import DEMO_CLIENTS, query_db, write_config
 
@@ -260,3 +261,20 @@ def test_a_client_that_resets_its_connection_mid_request_leaves_the_demo_silent(
     assert "Exception occurred" not in capfd.readouterr().err
     with _client(demo) as client:
         assert len(client.list_clients()) == DEMO_CLIENTS  # and still serves
+
+
+@pytest.mark.parametrize("error, said", [
+    (httpx.ConnectError("[Errno 111] Connection refused"), "connection refused or host unknown"),
+    (httpx.ReadTimeout("timed out"), "timed out (no complete answer within source.timeout = 30 s)"),
+    (httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+     "the remote closed the connection mid-answer"),
+    (httpx.ReadError("[Errno 104] Connection reset by peer"), "the connection broke while the answer was read"),
+    (httpx.WriteError("[Errno 32] Broken pipe"), "the connection broke while the request was sent"),
+    (httpx.ProxyError("502"), "the proxy failed"),
+    (httpx.UnsupportedProtocol("ftp"), "network error (UnsupportedProtocol)"),
+])
+def test_network_failures_are_said_in_words_not_class_names(error, said):
+    """`client 32: ReadError` says nothing to an operator at 3 a.m.; each failure on the wire has a phrase."""
+    from delivery_sync.source import _describe_transport
+
+    assert _describe_transport(error, "source.timeout = 30 s") == said
