@@ -35,7 +35,7 @@ def sync_summary(result) -> str:
     if run["clients_failed"]:
         from ..status import capped
 
-        failed = [cid for cid, _ in result.failures if cid is not None]
+        failed = sorted(cid for cid, _ in result.failures if cid is not None)  # as status lists them, not as they failed
         shown = capped(failed, 10)
         parts.append(f"{run['clients_failed']} failed" + (f" ({shown})" if shown else ""))
     if result.warnings:  # -q hides the warning lines: the summary still says there were some
