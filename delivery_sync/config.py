@@ -223,7 +223,8 @@ class _TomlSource(TomlConfigSettingsSource):
         data = super().__call__()
         path = self.toml_file_path
         database = data.get("database")
-        if isinstance(database, str) and isinstance(path, Path) and not PostgresURL.matches(database) and not _LIBPQ_PAIRS.search(database):
+        if (isinstance(database, str) and database.strip() and isinstance(path, Path) and not PostgresURL.matches(database)
+                and not _LIBPQ_PAIRS.search(database)):
             data["database"] = str(path.parent / Path(database).expanduser())  # no-op when absolute
         return data
 
@@ -254,6 +255,8 @@ class Settings(BaseSettings):
             return value
         if PostgresURL.matches(value):
             return PostgresURL(value)
+        if isinstance(value, str) and not value.strip():  # else "" is the current folder, "not a replica file"
+            raise ValueError("is empty: set it to a file path or a postgresql:// URL")
         if isinstance(value, str) and _LIBPQ_PAIRS.search(value):
             # Else a file named after the string, password and all, would be created and shown.
             raise ValueError("key=value connection strings are not read: write a URL, postgresql://user@host/dbname "
@@ -373,7 +376,7 @@ def _check_environment() -> None:
     for variable in sorted(os.environ):
         if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
             key = variable[len(ENV_PREFIX):].lower().replace("__", ".")
-            raise ConfigError(f"invalid config: {key}: unknown key [{variable}]")
+            raise ConfigError(f"invalid config: {key}: unknown key{_did_you_mean(key)} [{variable}]")
 
 
 def _given(flags: dict[str, Any], loc: tuple) -> bool:
@@ -425,6 +428,24 @@ def shown_database(value: str) -> str:
         return _without_password(value)
 
 
+def _did_you_mean(key: str) -> str:
+    """`; did you mean source.timeout?` for a misspelt key, or a key written outside its section
+    (`url` for `source.url`); "" when nothing is close."""
+    import difflib
+
+    keys = [*(name for name, field in Settings.model_fields.items() if not _is_section(field)),
+            *(f"{name}.{sub}" for name, field in Settings.model_fields.items() if _is_section(field)
+              for sub in field.annotation.model_fields)]
+    leaf = key.rsplit(".", 1)[-1]
+    placed = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+    close = placed or difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _is_section(field) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
 def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:
     """One line naming the first bad key, where it may come from, and why."""
     error = exc.errors()[0]
@@ -434,9 +455,10 @@ def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) ->
     if key in FLAG_KEYS and _given(flags, error["loc"]):
         return f"{FLAG_KEYS[key]}: {error['msg'].removeprefix('Value error, ')} (got {shown!r})"
     env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
-    where = f"{path} or {env}" if path else env
+    # The environment beats the file: a variable that is set is where the value came from.
+    where = env if env in os.environ or not path else f"{path} or {env}"
     if error["type"] == "extra_forbidden":
-        reason, where = "unknown key", str(path) if path else "flags"
+        reason, where = "unknown key" + _did_you_mean(key), str(path) if path else "flags"
     else:
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "path_type":  # pydantic's words name a Python class: "not a valid path for <class ...>"

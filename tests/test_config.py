@@ -284,3 +284,41 @@ def test_every_libpq_connection_string_is_refused_and_its_password_never_shown(c
     result = cli("--db", pairs, "status")
     assert result.code == 2 and "key=value connection strings are not read" in result.stderr, result.stderr
     assert "s3cret" not in result.stdout + result.stderr and " pw'" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_alone(cli, tmp_path, monkeypatch):
+    """The environment beats the file: with the variable set, the file is not where to look."""
+    _toml(tmp_path / "config.toml", "[sync]\ndays_back = 30\n")
+    monkeypatch.setenv("DELIVERY_SYNC_SYNC__DAYS_BACK", "abc")
+    result = cli("status")
+    assert result.code == 2 and result.stderr.strip().endswith("(got 'abc') [DELIVERY_SYNC_SYNC__DAYS_BACK]"), result.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "environment", "flag"])
+def test_an_empty_database_says_it_is_empty(cli, tmp_path, monkeypatch, where):
+    """`database = ""` was the current folder, and then "is a folder, not a replica file"."""
+    args = ("status",)
+    if where == "file":
+        _toml(tmp_path / "config.toml", 'database = ""\n')
+    elif where == "environment":
+        monkeypatch.setenv("DELIVERY_SYNC_DATABASE", " ")
+    else:
+        args = ("--db", "", "status")
+    result = cli(*args)
+    assert result.code == 2 and ("database: " in result.stderr or "--db: " in result.stderr)
+    assert "is empty: set it to a file path or a postgresql:// URL" in result.stderr and "folder" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("text, variable, said", [
+    ("[source]\nurl = 'http://x'\ntimout = 5\n", None, "source.timout: unknown key; did you mean source.timeout?"),
+    ("url = 'http://x'\n", None, "url: unknown key; did you mean source.url?"),  # outside its section
+    ("[sync]\nstale_after_hours = 3\n", None, "sync.stale_after_hours: unknown key; did you mean status.stale_after_hours?"),
+    ("", "DELIVERY_SYNC_SOURCE__TOKN", "source.tokn: unknown key; did you mean source.token?"),
+    ("[source]\nzzz = 1\n", None, "source.zzz: unknown key ["),  # nothing close: no guess
+])
+def test_an_unknown_key_suggests_the_key_meant(cli, tmp_path, monkeypatch, text, variable, said):
+    _toml(tmp_path / "config.toml", text)
+    if variable:
+        monkeypatch.setenv(variable, "x")
+    result = cli("status")
+    assert result.code == 2 and said in result.stderr, result.stderr
