@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from .aggregate.current import rollups_as_of
 from .dialect import dialect_of
 from .errors import DamagedReplica, DeliverySyncError
 from .metrics import RUN_COUNTERS
@@ -57,6 +58,9 @@ class Status:
     last_sync: dict | None = None
     last_collect: dict | None = None
     last_aggregate: dict | None = None
+    # The as-of date of the rollup tables when they are current (what an analyst reading them
+    # directly needs to know: reports read the raw rows whenever they are not), else None.
+    rollups_as_of: str | None = None
     running: list[dict] = field(default_factory=list)
     failed_clients: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
@@ -159,6 +163,8 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
     status.last_sync = _last_run(conn, "sync", dead_running)
     status.last_collect = _last_run(conn, "collect", dead_running)
     status.last_aggregate = _last_run(conn, "aggregate", dead_running)
+    as_of = rollups_as_of(conn)
+    status.rollups_as_of = as_of and as_of.isoformat()
     if history:
         rows = conn.execute("SELECT * FROM sync_runs ORDER BY id DESC LIMIT ?", [history])
         status.history = [_shown_run(_run(row), dead_running) for row in rows]

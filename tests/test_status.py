@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, clean_env, execute_db, query_db, run_on_terminal, store_of, write_config
@@ -29,7 +29,7 @@ DAYS = 10
 DOCUMENTED_KEYS = {
     "database", "clients", "active_clients", "rows", "date_min", "date_max", "freshness",
     "last_sync", "last_collect", "last_aggregate", "failed_clients", "lagging_clients", "missing_days",
-    "stale_clients",
+    "stale_clients", "rollups_as_of",
 }
 
 
@@ -439,3 +439,19 @@ def test_a_stale_verdict_naming_no_stale_client_advises_the_whole_sync_not_an_em
     verdict = judge(status)
     assert verdict.advice == "delivery-sync sync (and check that cron runs it)"
     assert verdict.reason.startswith("stale, last ok sync finished ") and "0 active clients" not in verdict.reason and "()" not in verdict.reason
+
+
+def test_rollups_left_out_of_date_by_no_aggregate_are_said_so(cli, config, db_path):
+    """Analysts read the rollup tables directly: after `sync --no-aggregate` wrote rows they are
+    out of date (reports read the raw rows meanwhile), and status says so and what to run."""
+    today = date.fromisoformat(status_json(cli)["today"])
+    assert cli("sync", "--days-back", "3").code == 0
+    assert status_json(cli)["rollups_as_of"] == today.isoformat()
+    assert cli("sync", "--days-back", "5", "--no-aggregate").code == 0  # two more days of rows
+    assert status_json(cli)["rollups_as_of"] is None
+    view = " ".join(cli("status").stdout.split())
+    assert ("Rollups out of date: rows changed after the last aggregate (reports read the raw rows meanwhile); "
+            "run delivery-sync aggregate before reading them directly") in view
+    assert cli("aggregate").code == 0
+    assert status_json(cli)["rollups_as_of"] == today.isoformat()
+    assert f"Rollups current, as of {today}" in " ".join(cli("status").stdout.split())

@@ -88,6 +88,7 @@ def show_status(status, commands=lambda text: text) -> None:
     if status.last_sync and status.last_sync["window_start"]:
         missing.append(f" in the last sync's window {status.last_sync['window_start']}..{status.last_sync['window_end']}")
     line("Missing days", missing)
+    line("Rollups", _rollups(status))
     console.print()
     console.print(Text("Last runs", style="bold"))
     for run in status.running:
@@ -122,6 +123,20 @@ def _run_lines(line, label: str, run: dict, status, indent: int = 13) -> None:
     line(heading, text.append(f": {details}" if details else ""), indent + 8)
     if run["error"]:
         line("", Text(f"error: {safe(run['error'])}", style="red"), indent + 8)
+
+
+def _rollups(status):
+    """Whether the rollup tables (what an analyst opens the file for) hold every row's figures."""
+    from rich.text import Text
+
+    if status.rollups_as_of:
+        return Text(f"current, as of {status.rollups_as_of}", style="green")
+    if status.last_aggregate is None:
+        return Text("none yet (reports read the raw rows)", style="yellow")
+    if any(run["command"] == "sync" for run in status.running):
+        return Text("out of date while a sync runs: it brings them up to date at its end", style="yellow")
+    return Text("out of date: rows changed after the last aggregate (reports read the raw rows meanwhile); "
+                "run delivery-sync aggregate before reading them directly", style="yellow")
 
 
 def _run_details(run: dict) -> str:
