@@ -191,8 +191,10 @@ class DemoSource:
         self.max_in_flight = 0  # the most ever answered at once
         self._lock = threading.Lock()
         self._errors = random.Random(f"{seed}:errors")
-        self._window_start = 0.0
-        self._window_count = 0
+        # A token bucket of rate_limit requests a second, holding at least one: a fractional rate
+        # (0.5: one request every 2 s) throttles as it says, not every request.
+        self._tokens = max(1.0, rate_limit or 0)
+        self._refilled = time.monotonic()
         self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -281,10 +283,12 @@ class DemoSource:
             if not self.rate_limit:
                 return False
             now = time.monotonic()
-            if now - self._window_start >= 1.0:
-                self._window_start, self._window_count = now, 0
-            self._window_count += 1
-            return self._window_count > self.rate_limit
+            self._tokens = min(max(1.0, self.rate_limit), self._tokens + (now - self._refilled) * self.rate_limit)
+            self._refilled = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return False
+            return True
 
     def _random_error(self) -> bool:
         with self._lock:

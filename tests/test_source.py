@@ -278,3 +278,15 @@ def test_network_failures_are_said_in_words_not_class_names(error, said):
     from delivery_sync.source import _describe_transport
 
     assert _describe_transport(error, "source.timeout = 30 s") == said
+
+
+@pytest.mark.parametrize("rate, burst", [(5, 5), (0.5, 1)])
+def test_the_demo_s_rate_limit_throttles_as_many_requests_a_second_as_it_says(rate, burst):
+    """`demo-source --rate-limit RPS`: a burst of RPS requests (at least one) is answered, the next
+    gets 429 with Retry-After, and the bucket refills at RPS a second (0.5: one request in 2 s;
+    it answered every request 429 before)."""
+    with DemoSource(clients=2, rate_limit=rate) as demo, httpx.Client(base_url=demo.url) as client:
+        codes = [client.get("/api/v1/clients").status_code for _ in range(burst + 1)]
+        assert codes == [200] * burst + [429]
+        time.sleep(1 / rate + 0.05)
+        assert client.get("/api/v1/clients").status_code == 200
