@@ -77,7 +77,14 @@ def redact_url(url: str) -> str:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds a `Retry-After` header asks us to wait (delta-seconds or HTTP date), if any."""
+    """Seconds a `Retry-After` header asks us to wait (delta-seconds or HTTP date), if any, at most
+    MAX_RETRY_AFTER."""
+    asked = retry_after_asked(response)
+    return None if asked is None else min(asked, MAX_RETRY_AFTER)
+
+
+def retry_after_asked(response: httpx.Response) -> float | None:
+    """Seconds a `Retry-After` header asks us to wait, as asked (delta-seconds or HTTP date), if any."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -92,7 +99,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return max(seconds, 0.0) if math.isfinite(seconds) else MAX_RETRY_AFTER
 
 
 class _Watchdog:
@@ -227,6 +234,7 @@ class SourceClient:
         self._share = int(settings.max_answer_mb * 1024 * 1024 / settings.concurrency)
         self._large = threading.Lock()
         self._holds_large = threading.local()  # .held: this thread's answer holds `_large`
+        self._cut = threading.local()  # .note: this thread's last Retry-After waited out in part, and why
         self._rate = _RateLimiter(settings.min_interval)
         self._watchdog = _Watchdog()
         self._count_lock = threading.Lock()
@@ -310,11 +318,12 @@ class SourceClient:
         absent: frozenset[int] = frozenset(),
     ) -> Any:
         limit = f"{timeout.read:g} s" if timeout is not None and timeout.read is not None else f"source.timeout = {self.settings.timeout:g} s"
+        self._cut.note = None  # a note of this request's own waits only
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_retries + 1) | _waited_enough | self._ended,
             wait=self._wait,
             retry=retry_if_exception(retry_on or _is_retryable),
-            before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries, limit),
+            before_sleep=lambda state: _log_retry(what, state, self.settings.max_retries, limit, getattr(self._cut, "note", None)),
             reraise=True,
         )
         try:
@@ -353,7 +362,8 @@ class SourceClient:
             self._rate.wait()
             left = self.remaining()
             if left is not None and left <= 0:
-                raise DeadlineReached("the run's deadline was reached")
+                note = getattr(self._cut, "note", None)
+                raise DeadlineReached("the run's deadline was reached" + (f" while {note[0]}" if note else ""))
             with self._count_lock:
                 self.requests += 1
             cut_by_deadline = left is not None and left < self.settings.timeout
@@ -535,13 +545,19 @@ class SourceClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        delay = retry_after_seconds(exc.response) if isinstance(exc, RetryableStatus) else None
-        if delay is None:
-            delay = self._backoff(state)
+        asked = retry_after_asked(exc.response) if isinstance(exc, RetryableStatus) else None
+        delay = self._backoff(state) if asked is None else min(asked, MAX_RETRY_AFTER)
         delay = min(delay, max(0.0, MAX_TOTAL_WAIT - state.idle_for))
         left = self.remaining()
         # Never sleep past the deadline: the next attempt then finds it reached and stops.
-        return delay if left is None else max(0.0, min(delay, left))
+        waited = delay if left is None else max(0.0, min(delay, left))
+        # A Retry-After waited out only in part is said, in the retry's warning and, when the
+        # deadline cut it, in the deadline's reason: else a 429 asking for an hour reads as nothing.
+        self._cut.note = None
+        if asked is not None and asked > waited + 0.5:
+            why = "the run's deadline" if left is not None and waited >= left else f"waits are capped at {MAX_RETRY_AFTER:g} s"
+            self._cut.note = (f"the remote asked to wait {asked:g} s (HTTP {exc.response.status_code} Retry-After)", why)
+        return waited
 
     def _ended(self, state: RetryCallState) -> bool:
         """Stop retrying once the client is closed: the run that sent the request is over."""
@@ -680,10 +696,12 @@ def _describe_transport(exc: httpx.TransportError, timeout: str) -> str:
     return f"network error ({type(exc).__name__})"
 
 
-def _log_retry(what: str, state: RetryCallState, retries: int, timeout: str) -> None:
-    """One warning per retry, at the default level: an operator sees a struggling remote as it happens."""
+def _log_retry(what: str, state: RetryCallState, retries: int, timeout: str, cut: tuple[str, str] | None) -> None:
+    """One warning per retry, at the default level: an operator sees a struggling remote as it
+    happens; `cut`, a Retry-After waited out only in part, and why."""
     exc = state.outcome.exception() if state.outcome else None
     reason = (str(exc) if isinstance(exc, RetryableStatus) else
               _describe_transport(exc, timeout) if isinstance(exc, httpx.TransportError) else repr(exc))
     wait = state.upcoming_sleep
-    log.warning("%s: %s, retry %d/%d in %s s", what, reason, state.attempt_number, retries, f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}")
+    note = f" ({cut[0]}; {cut[1]})" if cut else ""
+    log.warning("%s: %s, retry %d/%d in %s s%s", what, reason, state.attempt_number, retries, f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}", note)
