@@ -36,12 +36,12 @@ def _labels(**labels: str) -> str:
 
 def status_prometheus(status) -> str:
     """The exposition text (ends with a newline), one gauge family per fact."""
+    from ..status import end_recorded
+
     families: list[tuple[str, str, list[tuple[str, float]]]] = []
 
     def gauge(name: str, help_text: str, *samples: tuple[str, float]) -> None:
         families.append((f"delivery_sync_{name}", help_text, list(samples)))
-
-    from ..status import end_recorded
 
     last_sync = status.last_sync or {}
     gauge("info", "The replica this describes (always 1).", (_labels(database=status.database), 1))
