@@ -125,3 +125,10 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def capped(items: list, limit: int) -> str:
+    """`1, 2, 3`, or past `limit` items `1, 2, 3 ... and 17 more`: a message, summary line or
+    verdict that names clients stays readable with 10,000 of them."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from .aggregate.current import rollups_as_of
 from .dialect import dialect_of
-from .errors import DamagedReplica, DeliverySyncError
+from .errors import DamagedReplica, DeliverySyncError, capped
 from .metrics import RUN_COUNTERS
 from .readonly import UNRECORDED_END, damaged, left_behind, not_reached, reader_for, snapshot
 
@@ -426,7 +426,3 @@ def _ids(ids: list[int], limit: int = 10) -> str:
     return capped(ids, limit)
 
 
-def capped(items: list, limit: int) -> str:
-    """`1, 2, 3`, or past `limit` items `1, 2, 3 ... and 17 more`: a line stays readable with 10,000 of them."""
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

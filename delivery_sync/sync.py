@@ -19,7 +19,7 @@ from . import replica
 from .aggregate.run import AggregateResult, aggregate_locked
 from .config import Settings
 from .days import Window
-from .errors import DeliverySyncError, Interrupted, RunFailed, SourceError, UsageError
+from .errors import DeliverySyncError, Interrupted, RunFailed, SourceError, UsageError, capped
 from .fetch import DeadlineStop, Fetcher, Progress, StopRun
 from .records import parse_clients
 from .replica import ChangedRows, RunCounts, SyncWriter
@@ -126,8 +126,6 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                     unfetched = writer.unfetched(windows)
                     error = str(stop)
                     if isinstance(stop, DeadlineStop):
-                        from .status import capped  # the status module is not needed otherwise
-
                         shown = capped(unfetched, 10)  # as every list of clients in a summary or verdict
                         error = (f"deadline of {options.deadline_minutes:g} min reached: "
                                  f"{len(unfetched)} client{'s' if len(unfetched) != 1 else ''} not fetched ({shown})")

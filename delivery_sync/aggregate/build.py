@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
+from ..errors import capped
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import LAYOUT_KEY, layout_stamp, rollups_as_of
 from .pieces import base_windows, calendar, edge_spans, piece_row, piece_span, rolling_windows, window_pairs
@@ -353,7 +354,6 @@ def list_unlisted_clients(db) -> list[int]:
         "SELECT m.client_id FROM (SELECT DISTINCT client_id FROM agg_client_months) AS m "
         "WHERE NOT EXISTS (SELECT 1 FROM clients AS c WHERE c.id = m.client_id) ORDER BY m.client_id")]
     if ids:
-        from ..status import capped  # the status module is not needed otherwise
 
         db.executemany("INSERT INTO clients (id, name, active) VALUES (?, NULL, 0)", [(cid,) for cid in ids])
         log.warning("aggregate: %d client%s had daily rows but no row in `clients` (%s): listed again, inactive and without a name",

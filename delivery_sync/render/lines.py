@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ..errors import capped
+
 
 def utc_stamp(seconds: float | None = None) -> str:
     """`2026-12-02T01:00:03Z`: the UTC time (now, or of `seconds` since the epoch) that starts a line in a log file."""
@@ -33,8 +35,6 @@ def sync_summary(result) -> str:
     if run["rows_deleted"]:
         parts.append(f"{run['rows_deleted']} deleted")
     if run["clients_failed"]:
-        from ..status import capped
-
         failed = sorted(cid for cid, _ in result.failures if cid is not None)  # as status lists them, not as they failed
         shown = capped(failed, 10)
         parts.append(f"{run['clients_failed']} failed" + (f" ({shown})" if shown else ""))

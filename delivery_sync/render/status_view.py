@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import capped
 from .lines import plural, sync_counts
 from .text import safe
 
@@ -175,8 +176,6 @@ def _id_list(ids: list[int], empty: str, note: str = ""):
 
     if not ids:
         return Text(empty, style="green")
-    from ..status import capped
-
     shown = capped(ids, 20)
     return Text(f"{shown} {note}".rstrip(), style="yellow")
 
