@@ -60,6 +60,7 @@ class Faults:
     slow_clients: dict[int, float] = field(default_factory=dict)  # client id -> extra seconds before its stats answer
     deleted_rows: set[tuple[int, str]] = field(default_factory=set)  # (client, YYYY-MM-DD) the remote no longer has
     batch_status: int | None = None  # answer every batch request with this status (405: Express's HTML page)
+    batch_delay: float = 0.0  # seconds before every batch answer (a remote that hangs)
     batch_keys_only: bool = False  # batch rows without their own stat_date, keyed by the right (Bali) date
     batch_extra: dict[str, Any] = field(default_factory=dict)  # entries added to every batch answer, as given
     names: dict[int, str] = field(default_factory=dict)  # client id -> the name /clients lists instead
@@ -413,6 +414,8 @@ def _make_handler(demo: DemoSource) -> type[BaseHTTPRequestHandler]:
             self._send_raw(200, data, "application/json; charset=utf-8", headers, trickle)
 
         def _batch(self, body: Any) -> None:
+            if demo.faults.batch_delay:
+                time.sleep(demo.faults.batch_delay)
             if demo.faults.batch_status == 405:
                 return self._express_missing(405, "POST", "/api/v1/getBatchStats")
             if demo.faults.batch_status:

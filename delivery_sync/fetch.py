@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from .config import SourceSettings
 from .days import Window
-from .errors import AuthFailed, BatchUnavailable, DeadlineReached, SourceError
+from .errors import AuthFailed, BatchUnavailable, DeadlineReached, SourceError, SourceUnreachable
 from .records import ClientRows, ParsedRows, parse_batch, parse_rows
 from .source import SourceClient
 
@@ -233,10 +233,21 @@ class Fetcher:
     def _take_tile(self, tile: Tile, answer, fallback: list) -> None:
         if isinstance(answer, (DeadlineReached, AuthFailed)):  # they stop the whole run
             self._failed(None, answer, "")
+        if isinstance(answer, SourceUnreachable):
+            # The remote could not be reached or did not answer, retries included: after as many such
+            # tiles in a row as client failures stop a run, it looks down, and asking each of their
+            # clients alone would only go on hammering it (a batch endpoint that answers an error,
+            # while the per-client one may work, is not counted).
+            self.consecutive += 1
+            if self.consecutive >= self.settings.max_consecutive_failures:
+                left = sum(1 for c, n in self._outstanding.items() if n and c not in self.failed)
+                raise StopRun(f"stopped after {self.consecutive} consecutive batch requests that could not reach the remote "
+                              f"(it looks down): {answer}; {left} clients not fetched")
         if isinstance(answer, Exception):
             log.warning("%s; fetching its %d clients one at a time", answer, len(tile.client_ids))
             fallback.extend((cid, tile.window) for cid in tile.client_ids)
             return
+        self.consecutive = 0
         if answer.unexpected:
             shown = ", ".join(answer.unexpected[:10]) + (", ..." if len(answer.unexpected) > 10 else "")
             extra = len(answer.unexpected)

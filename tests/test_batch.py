@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -163,6 +164,25 @@ def test_a_token_refused_at_the_batch_request_is_the_run_s_failure_not_a_client_
     assert result.code == 1 and summary.startswith(f"sync failed: 0/{DEMO_CLIENTS} clients, 0 rows"), summary
     assert " failed, window" not in summary and "authentication failed" in summary
     assert query_db(db_path, "SELECT status, clients_failed FROM sync_runs WHERE command = 'sync' ORDER BY id") == [("ok", 0), ("failed", 0)]
+
+
+def test_batch_requests_that_cannot_reach_the_remote_stop_the_run_without_asking_each_client(cli, tmp_path, demo, db_path):
+    """A remote that hangs: every batch request times out. After max_consecutive_failures of them
+    in a row the run stops, its clients left for --retry-failed, instead of then asking each
+    client alone (as many more timeouts, minutes each at the defaults). A batch endpoint that
+    answers an error is not counted: its clients are fetched one at a time (the test above)."""
+    assert sync(cli, tmp_path, demo, db_path, "--days-back", "1").code == 0
+    demo.faults.batch_delay = 1.0
+    began = time.monotonic()
+    result = sync(cli, tmp_path, demo, db_path, "--days-back", "8", batch_days=1, timeout=0.2, max_retries=0, concurrency=2,
+                  max_consecutive_failures=3)
+    took = time.monotonic() - began
+    summary = unstamped(result.stderr).strip().splitlines()[-1]
+    assert result.code == 1 and demo.stats_requests() == [], result.stderr
+    assert "stopped after 3 consecutive batch requests that could not reach the remote (it looks down)" in summary, summary
+    assert f"; {DEMO_CLIENTS} clients not fetched" in summary and took < 4, took
+    unfetched = query_db(db_path, "SELECT COUNT(*) FROM sync_unfetched WHERE run_id = (SELECT MAX(id) FROM sync_runs)")
+    assert unfetched == [(DEMO_CLIENTS,)]  # all of them, for --retry-failed
 
 
 def test_wrapped_answers_and_clients_not_asked_for(cli, tmp_path, demo, db_path):
