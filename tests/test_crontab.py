@@ -52,6 +52,8 @@ def invocations(command: str) -> list[list[str]]:
     calls = []
     for segment in SHELL_JOIN.split(command):
         words = shlex.split(REDIRECTION.sub(" ", segment))
+        while words and ENV_ASSIGNMENT.match(words[0]):  # `VAR=value delivery-sync ...`: that call's environment
+            words = words[1:]
         if words and Path(words[0]).name == "delivery-sync":
             calls.append(words[1:])
     return calls
@@ -109,7 +111,9 @@ def test_the_daily_schedule_in_utc():
     assert collect[0] == ["30", "0", "*", "*", "*"]  # 08:30 in Bali
     assert sync[0] == ["0", "1", "*", "*", "*"]  # 09:00 in Bali
     assert sync[1] == ["--days-back", "365"]
-    assert any(rest == ["--check"] for _, rest, _ in by_command["status"])
+    (check,) = [command for _, rest, command in by_command["status"] if rest == ["--check"]]
+    # The 02:00 check wants today's sync: yesterday's, 25 h old, must not pass for fresh.
+    assert check.count("DELIVERY_SYNC_STATUS__STALE_AFTER_HOURS=2 delivery-sync status") == 2
     for _fields, _, command in collect, sync:
         assert ">> " in command and "2>&1" in command, "output is appended to a log file"
 
@@ -142,3 +146,32 @@ def test_the_prometheus_line_writes_a_parsable_file_atomically(cli, config, demo
     assert [p.name for p in target.iterdir()] == ["delivery_sync.prom"]
     families = {f.name: f for f in text_string_to_metric_families((target / "delivery_sync.prom").read_text())}
     assert families["delivery_sync_fresh"].samples[0].value == 1
+
+
+def test_the_check_line_mails_when_today_s_sync_never_ran(cli, config, demo, tmp_path):
+    """The 02:00 entry, run by a shell as cron would: after a sync an hour ago it prints nothing
+    to mail; after one 25 hours ago (today's never ran) it mails the status view, though
+    status.stale_after_hours (26) still calls that replica fresh at any other hour."""
+    import os
+    import subprocess
+    import sys
+
+    from freezegun import freeze_time
+
+    [line] = [command for _, command in ENTRIES if "status --check" in command]
+    shell = line.replace("/var/log/delivery-sync", str(tmp_path))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DELIVERY_SYNC_CONFIG": str(config)}
+
+    def cron_mail() -> str:
+        return subprocess.run(["sh", "-c", shell], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+
+    from datetime import UTC, datetime, timedelta
+
+    with freeze_time(datetime.now(UTC) - timedelta(hours=25), tick=True):  # yesterday's; today's never ran
+        assert cli("sync", "--days-back", "1").code == 0
+    mail = cron_mail()
+    assert mail.startswith("Replica can be trusted: NO - stale, last ok sync finished 25.0 h ago (limit 2 h)"), mail
+    assert cli("status", "--check").code == 0  # any other hour: 26 h
+    with freeze_time(datetime.now(UTC) - timedelta(hours=1), tick=True):  # today's, at 01:00
+        assert cli("sync", "--days-back", "1").code == 0
+    assert cron_mail() == ""
