@@ -138,9 +138,7 @@ def _sync(store: replica.Store, settings: Settings, options: SyncOptions, progre
                         log.debug("could not record the clients not fetched: %s", exc)
                     raise
                 finally:
-                    # A whole batch refused (a token refused) is the run's failure, not a client's.
-                    counts.requests = source.requests
-                    counts.clients_failed = sum(1 for client_id, _ in writer.failures if client_id is not None)
+                    counts.requests, counts.clients_failed = source.requests, len(writer.failed_clients)
             # A deadline keeps what was fetched: the run is partial, not failed.
             status = "partial" if deadline_hit else _status(counts, error)
             seconds, finished_at = clock.stop()

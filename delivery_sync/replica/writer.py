@@ -103,6 +103,11 @@ class SyncWriter:
         self._group.expect(chunk)
         return len(chunk)
 
+    @property
+    def failed_clients(self) -> list[int]:
+        """The clients recorded as failed: a whole batch's failure (a token refused) names none."""
+        return [client_id for client_id, _ in self.failures if client_id is not None]
+
     def fail(self, client_id: int | None, error: str) -> None:
         """Record a client (None: a whole batch) that could not be fetched."""
         self.commit()  # so that the failure is recorded whatever happens to a later group
@@ -118,7 +123,7 @@ class SyncWriter:
         counts = replace(self.counts, warnings=list(self.counts.warnings))
         for _, fetched, result in self._uncommitted:
             _count(counts, fetched, result)
-        counts.clients_failed = sum(1 for client_id, _ in self.failures if client_id is not None)
+        counts.clients_failed = len(self.failed_clients)
         self._group.commit(lambda: self.replica.record_progress(self.run_id, counts))
         for client_id, fetched, result in self._uncommitted:
             self.written.add(client_id)
