@@ -367,12 +367,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def _check_environment() -> None:
     """An unknown `DELIVERY_SYNC_*` variable is an unknown key (pydantic-settings would ignore it silently)."""
-    known = {CONFIG_ENV}
-    for name, info in Settings.model_fields.items():
-        known.add(ENV_PREFIX + name.upper())
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            known.update(f"{ENV_PREFIX}{name.upper()}__{key.upper()}" for key in section.model_fields)
+    known = {CONFIG_ENV, *(ENV_PREFIX + key.upper().replace(".", "__") for key in _config_keys())}
     for variable in sorted(os.environ):
         if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
             key = variable[len(ENV_PREFIX):].lower().replace("__", ".")
@@ -433,17 +428,23 @@ def _did_you_mean(key: str) -> str:
     (`url` for `source.url`); "" when nothing is close."""
     import difflib
 
-    keys = [*(name for name, field in Settings.model_fields.items() if not _is_section(field)),
-            *(f"{name}.{sub}" for name, field in Settings.model_fields.items() if _is_section(field)
-              for sub in field.annotation.model_fields)]
+    every = _config_keys()
+    keys = [k for k in every if not any(other.startswith(f"{k}.") for other in every)]  # a section is not a value to set
     leaf = key.rsplit(".", 1)[-1]
     placed = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
     close = placed or difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def _is_section(field) -> bool:
-    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+def _config_keys() -> list[str]:
+    """Every key a config may set, dotted: `database`, `source`, `source.url`, ... (the environment's
+    names are these, upper case, `__` for the dot)."""
+    keys = []
+    for name, field in Settings.model_fields.items():
+        keys.append(name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):  # a section
+            keys.extend(f"{name}.{key}" for key in field.annotation.model_fields)
+    return keys
 
 
 def _describe(exc: ValidationError, path: Path | None, flags: dict[str, Any]) -> str:
