@@ -66,6 +66,10 @@ class RetryableStatus(Exception):
         self.body = body
 
 
+class _TooDeep(ValueError):
+    """An answer nested deeper than MAX_DEPTH: JSON, but not one this tool reads."""
+
+
 def redact_url(url: str) -> str:
     """The URL without any user:password part, safe to print."""
     parts = urlsplit(url)
@@ -477,11 +481,11 @@ class SourceClient:
             payload = jsonlib.loads(body, parse_constant=str, parse_float=_finite_or_text)
             if self._plain(body):  # nothing to redact or cut: only the depth is left to check
                 if _too_deep(payload):
-                    raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+                    raise _TooDeep()
             else:
                 payload = self._clean(payload)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's own limit
-            payload, too_deep = None, isinstance(exc, RecursionError) or str(exc).startswith("nested deeper")
+            payload, too_deep = None, isinstance(exc, (_TooDeep, RecursionError))
         if response.is_error:
             detail = payload.get("error") if isinstance(payload, dict) else None
             if accept_error_body and isinstance(payload, dict):
@@ -510,12 +514,12 @@ class SourceClient:
         (`\\u0073...`) is caught like a plain one. NaN and Infinity, which JSON does not
         have, were decoded as the strings "NaN", "Infinity" and "-Infinity" (`parse_constant`),
         and a number too large for a float (`1e400`) as its text: a metric sent so is rejected,
-        and `extra` stays valid JSON. Raises ValueError when nested deeper than MAX_DEPTH.
+        and `extra` stays valid JSON. Raises _TooDeep when nested deeper than MAX_DEPTH.
         """
         if isinstance(value, str):
             return _cut(self.redact_text(value))
         if depth >= MAX_DEPTH:
-            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            raise _TooDeep()
         if isinstance(value, dict):
             return {self._clean(key, depth + 1): self._clean(item, depth + 1) for key, item in value.items()}
         if isinstance(value, list):
