@@ -240,7 +240,7 @@ class Fetcher:
             # while the per-client one may work, is not counted).
             self.consecutive += 1
             if self.consecutive >= self.settings.max_consecutive_failures:
-                left = sum(1 for c, n in self._outstanding.items() if n and c not in self.failed)
+                left = self._not_fetched()
                 raise StopRun(f"stopped after {self.consecutive} consecutive batch requests that could not reach the remote "
                               f"(it looks down): {answer}; {left} clients not fetched")
         if isinstance(answer, Exception):
@@ -259,6 +259,10 @@ class Fetcher:
             else:
                 self._arrived(cid, answer.clients.get(cid) or ParsedRows({}, [], 0))
 
+    def _not_fetched(self, but: int | None = None) -> int:
+        """How many clients of a batched run still wait for a tile and have not failed (`but` aside)."""
+        return sum(1 for c, n in self._outstanding.items() if n and c != but and c not in self.failed)
+
     def _fallback(self, fallback: list[tuple[int, Window]]) -> None:
         """Per-client requests for the tiles whose batch failed."""
         tasks = (((cid, window), lambda cid=cid, window=window: self._fetch_client(cid, window)) for cid, window in fallback)
@@ -270,8 +274,7 @@ class Fetcher:
             except SourceError as exc:
                 self._staging.discard(cid)
                 self._staged.discard(cid)
-                left = sum(1 for c, n in self._outstanding.items() if n and c != cid and c not in self.failed)
-                self._failed(cid, exc, f"{left} clients not fetched")
+                self._failed(cid, exc, f"{self._not_fetched(but=cid)} clients not fetched")
             else:
                 self.consecutive = 0
                 self._arrived(cid, parsed)

@@ -114,10 +114,10 @@ def _run_lines(line, label: str, run: dict, status, indent: int = 13) -> None:
     """`sync     ok      2026-01-25 01:00 UTC (6.0 h ago), took 12 s: 127/127 clients, ...` and its error."""
     from rich.text import Text
 
-    # The status sits beside the label, so that a long line wraps under its start, as its error does.
-    heading = Text(f"{label:<{indent}}", style="bold").append(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
     from ..status import end_recorded
 
+    # The status sits beside the label, so that a long line wraps under its start, as its error does.
+    heading = Text(f"{label:<{indent}}", style="bold").append(f"{run['status']:<8}", style=_STATUS_STYLE.get(run["status"], ""))
     took = f", took {_took(run)}" if end_recorded(run) else ", end not recorded" if run["status"] != "running" else ""
     text = Text(f"{_when(run['started_at'], status)}{took}")
     details = _run_details(run)
