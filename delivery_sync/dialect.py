@@ -18,8 +18,8 @@ class Dialect:
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     row_order = "rowid"  # insertion order of rows that share a key
     begin_snapshot = "BEGIN"  # a read transaction sees one committed state (WAL)
-    # A window's sums per client, read client by client along the (client_id, day) keys: SQLite's
-    # planner would read the day's index instead, each row on another page (2-3x slower).
+    # Listed clients' sums over a span of several days (or pieces, months), read client by client
+    # along the (client_id, key) keys, where a client's rows lie together.
     sums_client_by_client = True
     temp = "temp"  # the schema of the session's temporary tables, to name one
     # `WITH x AS MATERIALIZED (...)`: compute a step once, however often it is named. The word

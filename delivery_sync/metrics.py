@@ -24,9 +24,6 @@ COUNT_METRICS = (
     "gojek_fake_orders",
     "total_orders",
 )
-# The metrics the stat_date index holds after its keys (stat_date, client_id): a window's raw
-# days summing only these (and counting days) are read from that index alone, in day order.
-DAY_INDEX_METRICS = ("total_sales", "total_orders")
 # Column order of client_stats (docs/reference.md, Tables).
 METRICS = (
     "grab_sales",
@@ -46,7 +43,6 @@ METRICS = (
     "total_sales",
     "total_orders",
 )
-
 
 
 def shown_as(column: str) -> str:

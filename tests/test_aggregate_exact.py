@@ -195,13 +195,14 @@ def test_top_ranks_and_cuts_as_the_raw_path_for_any_window_metric_and_limit(sync
         assert got == expected
 
 
-def test_a_window_of_the_key_index_sums_is_read_from_the_key_indexes_alone(synced):
-    """A window summing only KEY_INDEX_SUMS (total_sales, total_orders, days) reads its raw days,
-    pieces and months from the key indexes alone (the stat_date index, the pieces' and months'),
-    whatever the spans' lengths, never the tables; another metric still reads the tables, client
-    by client for a span of several rows. Both give the raw path's numbers."""
+def test_a_window_is_read_from_the_key_indexes_alone_whatever_it_sums(synced):
+    """A window of all clients reads its raw days, pieces and months from the key indexes alone
+    (the stat_date index, the pieces' and months'), whatever the spans' lengths and whatever it
+    sums (a ratio of four amounts, a platform's count, the headline figures), never the tables;
+    a window of a few listed clients reads a span of several rows client by client. All give the
+    raw path's numbers."""
     from delivery_sync.aggregate.pieces import cover
-    from delivery_sync.aggregate.windows import window_values
+    from delivery_sync.aggregate.windows import client_window_sums, window_values
 
     _, today = synced
 
@@ -212,17 +213,20 @@ def test_a_window_of_the_key_index_sums_is_read_from_the_key_indexes_alone(synce
     end = next(today - timedelta(days=back) for back in range(90) if several_everywhere(today - timedelta(days=back)))
     with aggregated(synced, (end - today).days, 45) as (conn, window):
         raw = {r["client_id"]: r for r in conn.execute(with_ratios(CLIENT_SUMS, CLIENT_COLUMNS), window.params())}
-        for metric, extra in (("avg_order_value", ("days_with_data",)), ("total_sales", ()), ("grab_sales", ("days_with_data",))):
+        for metric, extra in (("avg_order_value", ("days_with_data",)), ("total_sales", ()), ("grab_sales", ("days_with_data",)),
+                              ("ads_roas", ()), ("gojek_fake_orders", ())):
             sql, params = window_values(window.start, window.end, metric, extra)
             reads = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params) if " USING " in r[3]]
-            if metric == "grab_sales":
-                assert any("INDEX idx_client_stats_client_id_stat_date" in read for read in reads), reads
-                assert not any("COVERING" in read and "client_stats" in read for read in reads), reads
-            else:
-                assert all("USING COVERING INDEX" in read for read in reads), reads
-                assert {"idx_client_stats_stat_date", "agg_client_pieces_piece"} <= {read.split(" INDEX ")[1].split()[0] for read in reads}, reads
+            assert all("USING COVERING INDEX" in read for read in reads), reads
+            assert {"idx_client_stats_stat_date", "agg_client_pieces_piece"} <= {read.split(" INDEX ")[1].split()[0] for read in reads}, reads
             got = {r["client_id"]: [exact(r[c]) for c in (metric, *extra)] for r in conn.execute(sql, params)}
             assert got == {c: [exact(r[c]) for c in (metric, *extra)] for c, r in raw.items()}, metric
+        few = sorted(raw)[:2]
+        sql, params = client_window_sums(window.start, window.end, few)
+        reads = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params) if " USING " in r[3]]
+        assert any("INDEX idx_client_stats_client_id_stat_date" in read for read in reads), reads
+        got = {r["client_id"]: [exact(r[c]) for c in CLIENT_COLUMNS[1:]] for r in conn.execute(sql, params)}
+        assert got == {c: [exact(raw[c][k]) for k in CLIENT_COLUMNS[1:]] for c in few}
 
 
 def test_totals_by_week_and_month_of_every_stored_period_read_their_edges_clients_from_the_rollups(synced):

@@ -28,6 +28,7 @@ from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.config import Settings
 from delivery_sync.days import Window
 from delivery_sync.demo_source import DemoSource
+from delivery_sync.metrics import METRICS
 from delivery_sync.replica import open_store
 from delivery_sync.sync import SyncOptions, run_sync
 
@@ -178,22 +179,25 @@ def test_a_sync_that_wrote_too_many_rows_rebuilds_everything(demo, tmp_path, mon
 
 
 @pytest.mark.sqlite_only("the SQLite partial sums' key indexes; PostgreSQL's are made with their tables")
-def test_a_refresh_makes_again_the_key_indexes_an_earlier_version_made_without_the_sums(demo, tmp_path, db_path):
+def test_a_refresh_makes_again_the_key_indexes_an_earlier_version_made_without_every_sum(demo, tmp_path, db_path):
     demo.faults.overrides.clear()
     demo.faults.deleted_rows.clear()
     today = demo.today()
     config = Settings(database=setting(db_path), source={"url": demo.url, "min_interval": 0, "batch": "never"})
     assert run_sync(config, SyncOptions(Window(today - timedelta(days=59), today))).status == "ok"
-    for name, table, key in (("agg_client_pieces_piece", "agg_client_pieces", "piece"), ("agg_client_months_month", "agg_client_months", "month")):
+    # As the code before schema version 5 made the pieces' index (the key alone), and as the code
+    # before version 7 made the months' (two metrics after the key).
+    for name, table, columns in (("agg_client_pieces_piece", "agg_client_pieces", "piece"),
+                                 ("agg_client_months_month", "agg_client_months", "month, client_id, days_with_data, total_sales, total_orders")):
         execute_db(db_path, f"DROP INDEX {name}")
-        execute_db(db_path, f"CREATE INDEX {name} ON {table}({key})")  # as the code before schema version 5 made them
+        execute_db(db_path, f"CREATE INDEX {name} ON {table}({columns})")
     demo.faults.overrides[(2, today.isoformat())] = {"grab_orders": 7}
     result = run_sync(config, SyncOptions(Window(today - timedelta(days=2), today)))
     assert result.aggregate.refreshed
     assert [r[0] for r in query_db(db_path, "SELECT name FROM pragma_index_info('agg_client_pieces_piece')")] == [
-        "piece", "client_id", "days_with_data", "total_sales", "total_orders"]
+        "piece", "client_id", "days_with_data", *METRICS]
     assert [r[0] for r in query_db(db_path, "SELECT name FROM pragma_index_info('agg_client_months_month')")] == [
-        "month", "client_id", "days_with_data", "total_sales", "total_orders"]
+        "month", "client_id", "days_with_data", *METRICS]
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)
 
 

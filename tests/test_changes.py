@@ -15,6 +15,7 @@ from conftest import DEMO_CLIENTS, dialect, query_db
 from freezegun import freeze_time
 
 from delivery_sync import replica
+from delivery_sync.metrics import METRICS
 
 NOW = "2026-11-23T10:00:00Z"  # Bali 18:00 on 2026-11-23
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,15 +137,15 @@ def test_a_replica_of_schema_1_is_upgraded_in_place_without_touching_rows(cli, c
     db.close()
     assert [r.getMessage() for r in caplog.records] == [
         f"replica {db_path}: upgrading its schema to version {replica.SCHEMA_VERSION} (0002_stat_changes, 0003_sync_unfetched, "
-        "0004_client_stats_named, 0005_stat_date_index_sums, 0006_sync_selected), once"]
+        "0004_client_stats_named, 0005_stat_date_index_sums, 0006_sync_selected, 0007_stat_date_index_all_metrics), once"]
     assert query_db(db_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(replica.SCHEMA_VERSION),)]
     assert query_db(db_path, "SELECT * FROM client_stats ORDER BY client_id, stat_date") == before
     assert {r[0] for r in query_db(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'stat_changes'")} >= {
         "stat_changes", "idx_stat_changes_client_id_stat_date", "idx_stat_changes_run_id",
     }
-    # the stat_date index (stat_date alone in schema 1) now holds the metrics the reports sum from it
+    # the stat_date index (stat_date alone in schema 1) now holds every metric the reports sum from it
     assert [r[0] for r in query_db(db_path, "SELECT name FROM pragma_index_info('idx_client_stats_stat_date')")] == [
-        "stat_date", "client_id", "total_sales", "total_orders"]
+        "stat_date", "client_id", *METRICS]
     # and a sync on it works as on any replica (the demo remote has the same seed-42 data)
     assert sync(cli).code == 0
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]

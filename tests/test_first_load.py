@@ -125,10 +125,10 @@ def _stored(db_path) -> int:
 def test_a_first_sync_stopped_by_a_full_disk_keeps_its_clients_and_builds_the_index(tmp_path, demo, db_path):
     # The file (and its WAL, which holds every migration's pages until a checkpoint) may grow to hold
     # the first client, not the second: the write that fails raises out of the sync after a commit,
-    # with no transaction left open, and the indexes are built on the way out. (364,000 bytes: the
+    # with no transaction left open, and the indexes are built on the way out. (410,000 bytes: the
     # migrations, 0006's table included, one client, and the room that building the index takes.)
     config = write_config(tmp_path / "config.toml", demo.url, db_path, source={"batch": "never", "concurrency": 1})
-    failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=364_000, script=DEFERRING)
+    failed = run_cli("--config", str(config), "sync", "--days-back", "200", "--no-aggregate", fsize=410_000, script=DEFERRING)
     assert failed.code == 1, failed.stderr
     line = failed_summary(failed.stderr)
     kept = query_db(db_path, "SELECT COUNT(*), COUNT(DISTINCT client_id) FROM client_stats")[0]

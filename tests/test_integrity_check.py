@@ -22,10 +22,11 @@ def checked_at(db_path) -> str | None:
     return rows[0][0] if rows else None
 
 
-def damage_a_middle_leaf(path) -> None:
-    """Overwrite a leaf page of client_stats that neither its first row nor its last lives on: a
-    run that reads only the first page of each table, or writes only the newest days, never meets it."""
-    leaves = [n for (n,) in query_db(path, "SELECT pageno FROM dbstat WHERE name = 'client_stats' AND pagetype = 'leaf' ORDER BY path")]
+def damage_a_middle_leaf(path, name: str = "client_stats") -> None:
+    """Overwrite a leaf page of client_stats (or of its index `name`) that neither its first row nor
+    its last lives on: a run that reads only the first page of each table, or writes only the
+    newest days, never meets it."""
+    leaves = [n for (n,) in query_db(path, "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY path", (name,))]
     assert len(leaves) >= 5, leaves
     overwrite_page(path, leaves[len(leaves) // 2])
 
@@ -105,12 +106,15 @@ def test_between_whole_checks_a_run_that_meets_a_damaged_page_fails_on_one_line(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [("query", "sql", "SELECT COUNT(*), SUM(grab_sales) FROM client_stats"),
-                                  ("query", "top", "--from", "2026-01-20", "--to", "2026-02-10")])
-def test_a_report_that_meets_a_damaged_page_fails_on_one_line(cli, synced, args):
+# `extra` is in no index: the statement reads the table. The report, whose rollups are not current,
+# sums every raw row of its window from the stat_date index (which holds every metric), whose
+# middle leaf holds days of that window (2026-01-10..2026-03-10 synced).
+@pytest.mark.parametrize(("args", "damaged"), [(("query", "sql", "SELECT COUNT(*), SUM(grab_sales), COUNT(extra) FROM client_stats"), "client_stats"),
+                                               (("query", "top", "--from", "2026-01-20", "--to", "2026-02-25"), "idx_client_stats_stat_date")])
+def test_a_report_that_meets_a_damaged_page_fails_on_one_line(cli, synced, args, damaged):
     # The SQL is fine and the window valid: the file is not. Said as a writing run says it, exit 2.
     execute_db(synced, "INSERT INTO sync_runs(command, status, started_at) VALUES ('sync', 'running', '2026-03-10T00:00:00+00:00')")
-    damage_a_middle_leaf(synced)  # the rollups not current: the report reads every raw row of its window
+    damage_a_middle_leaf(synced, damaged)
     result = cli(*args)
     assert result.code == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [

@@ -672,25 +672,26 @@ def test_a_read_only_role_is_told_the_repair_is_for_a_role_that_may_write(cli, d
 def test_an_older_postgres_replica_is_upgraded_in_place(cli, demo, tmp_path, pg_url):
     from delivery_sync import postgres
     from delivery_sync.config import PostgresURL
+    from delivery_sync.metrics import METRICS
 
     config = configure(tmp_path, demo, pg_url, "pg")
     assert run(cli, config, "sync", "--days-back", "4").code == 0
     conn = postgres.connect(PostgresURL(pg_url))  # as a replica of schema version 2 was
     for statement in ("DROP VIEW client_stats_named", "DROP TABLE sync_unfetched", "DROP TABLE sync_selected",
                       "DROP INDEX idx_client_stats_stat_date", "CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date)",
-                      "DELETE FROM delivery_sync_migrations WHERE name IN "
-                      "('0003_sync_unfetched', '0004_client_stats_named', '0005_stat_date_index_sums', '0006_sync_selected')",
+                      "DELETE FROM delivery_sync_migrations WHERE name IN ('0003_sync_unfetched', '0004_client_stats_named', "
+                      "'0005_stat_date_index_sums', '0006_sync_selected', '0007_stat_date_index_all_metrics')",
                       "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
     upgraded = run(cli, config, "sync", "--days-back", "4")
     assert upgraded.code == 0
-    assert ("upgrading its schema to version 6 (0003_sync_unfetched, 0004_client_stats_named, 0005_stat_date_index_sums, "
-            "0006_sync_selected), once") in upgraded.stderr
-    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
+    assert ("upgrading its schema to version 7 (0003_sync_unfetched, 0004_client_stats_named, 0005_stat_date_index_sums, "
+            "0006_sync_selected, 0007_stat_date_index_all_metrics), once") in upgraded.stderr
+    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
     assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_client_stats_stat_date'") == [
         ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
-         "INCLUDE (total_sales, total_orders)",)]
+         f"INCLUDE ({', '.join(METRICS)})",)]
     assert rows_of(pg_url, "SELECT COUNT(*), COUNT(DISTINCT name) FROM client_stats_named") == [(48, 12)]
     assert rows_of(pg_url, "SELECT COUNT(*) FROM sync_runs WHERE command = 'sync'") == [(2,)]
     assert "upgrading" not in run(cli, config, "sync", "--days-back", "1").stderr  # once

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ..dialect import SQLITE, Dialect
-from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS
+from ..metrics import AMOUNT_METRICS, METRICS
 
 # Rolling periods ending at the as-of date, inclusive.
 ROLLING_PERIODS = {"last_7d": 7, "last_30d": 30, "last_90d": 90, "last_365d": 365}
@@ -142,10 +142,6 @@ PERIOD_COLUMNS = ["period", "period_start", "period_end", *OVERALL_COLUMNS]
 # agg_parts_run names the aggregate run that last brought them up to date.
 
 PARTS_TABLES = ("agg_client_pieces", "agg_client_months", "agg_days", "agg_parts_run")
-# The columns the key indexes of client_stats (by stat_date: DAY_INDEX_METRICS) and of the partial
-# sums (by piece, by month) hold after their keys: a window summing only these reads a day, piece
-# or month of every client from the index alone, side by side, not a page of the table each.
-KEY_INDEX_SUMS = ("days_with_data", *DAY_INDEX_METRICS)
 
 
 def id_list(clients: list[int]) -> str:

@@ -9,7 +9,7 @@ from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
 from ..metrics import AMOUNT_METRICS, METRICS
 from .pieces import cover, piece_span
-from .sql import KEY_INDEX_SUMS, STORED, SUMMED, cents, id_list, inputs_of, rupiah, value_of
+from .sql import STORED, SUMMED, cents, id_list, inputs_of, rupiah, value_of
 
 
 def window_parts(start: date, end: date, clients: list[int] | None = None, columns: list[str] = SUMMED,
@@ -28,11 +28,11 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
 
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
-    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. A span of one month, one piece
-    or up to two days is read by its key's index; a longer one client by client, except when the
-    window sums only KEY_INDEX_SUMS, which the key indexes hold: then every span by its key's
-    index alone, whatever its length. With `clients`, only those, read by the (client_id, ...)
-    keys of all three tables.
+    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. Every span is read from its
+    key's index alone (by stat_date, piece or month), which holds every sum after the key: the
+    rows of a day, piece or month of every client side by side, whatever the span's length. With
+    `clients`, only those: a span of one month, one piece or up to two days by its key's index,
+    a longer one client by client along the (client_id, ...) keys of the three tables.
     """
     months, pieces, days = cover(start, end)
     sources = (  # spans, table, key, key width, does a span hold several rows per client?
@@ -41,7 +41,6 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
         (days, "client_stats", "stat_date", 10, lambda a, b: (b - a).days >= 2),
     )
     ids = "" if clients is None else id_list(clients)
-    from_key_index = clients is None and set(columns) <= set(KEY_INDEX_SUMS)
     parts, params = [], {}
     for spans, table, key, width, several in sources:
         raw = table == "client_stats"
@@ -49,19 +48,16 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
             i = len(parts)
             params.update({f"w_a{i}": a.isoformat()[:width], f"w_b{i}": b.isoformat()[:width]})
             span = f"{key} BETWEEN :w_a{i} AND :w_b{i}"
-            if several(a, b) and not from_key_index:
+            if clients is not None and several(a, b):
                 # SQLite: client by client along the (client_id, key) index, where a client's rows
-                # lie together, summed as they come: by the key's own index every row is on
-                # another page and then sorted (2-3x slower at 10,000 clients). Rows exist only
-                # for listed clients, who are never deleted. PostgreSQL: see the dialect.
+                # lie together, summed as they come. Rows exist only for listed clients, who are
+                # never deleted. PostgreSQL: see the dialect.
                 sums = ", ".join(_per_client_sum(c, raw) for c in columns)
                 if dialect.sums_client_by_client:
-                    only = f" AND c.id IN ({ids})" if clients is not None else ""
                     parts.append(f"SELECT c.id AS client_id, {sums} FROM clients AS c CROSS JOIN {table} AS p "
-                                 f"ON p.client_id = c.id AND p.{span}{only} GROUP BY c.id")
+                                 f"ON p.client_id = c.id AND p.{span} AND c.id IN ({ids}) GROUP BY c.id")
                 else:
-                    only = f" AND p.client_id IN ({ids})" if clients is not None else ""
-                    parts.append(f"SELECT p.client_id, {sums} FROM {table} AS p WHERE p.{span}{only} GROUP BY p.client_id")
+                    parts.append(f"SELECT p.client_id, {sums} FROM {table} AS p WHERE p.{span} AND p.client_id IN ({ids}) GROUP BY p.client_id")
             else:
                 values = ", ".join(("1 AS days_with_data" if c == "days_with_data" else f"{cents(c)} AS {c}") if raw else c for c in columns)
                 only = f" AND client_id IN ({ids})" if clients is not None else ""

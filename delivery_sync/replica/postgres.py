@@ -20,7 +20,7 @@ from ..config import PostgresURL
 from ..days import utc_now
 from ..dialect import POSTGRES
 from ..errors import DeliverySyncError, UsageError
-from ..metrics import AMOUNT_METRICS, DAY_INDEX_METRICS, METRICS, RUN_COUNTERS
+from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from .runs import RunCounts
 from .schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY, announce_upgrade, migrations
@@ -71,11 +71,15 @@ MIGRATIONS: dict[str, list[str]] = {
     # index-only scans.
     "0005_stat_date_index_sums": [
         "DROP INDEX IF EXISTS idx_client_stats_stat_date",
-        f"CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE ({', '.join(DAY_INDEX_METRICS)})",
+        "CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE (total_sales, total_orders)",
     ],
     "0006_sync_selected": [
         "CREATE TABLE sync_selected (run_id BIGINT REFERENCES sync_runs (id), client_id BIGINT)",
         "CREATE INDEX idx_sync_selected_run_id ON sync_selected (run_id)",
+    ],
+    "0007_stat_date_index_all_metrics": [
+        "DROP INDEX IF EXISTS idx_client_stats_stat_date",
+        f"CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE ({', '.join(METRICS)})",
     ],
 }
 
