@@ -28,11 +28,13 @@ def window_part_list(start: date, end: date, clients: list[int] | None = None, c
 
     The whole months inside the window come from agg_client_months, the whole pieces left from
     agg_client_pieces, the days at either edge (at most 6 each side) from the raw rows: integer
-    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. Every span is read from its
-    key's index alone (by stat_date, piece or month), which holds every sum after the key: the
-    rows of a day, piece or month of every client side by side, whatever the span's length. With
-    `clients`, only those: a span of one month, one piece or up to two days by its key's index,
-    a longer one client by client along the (client_id, ...) keys of the three tables.
+    sums, so exactly the sums CLIENT_SUMS gives on the raw rows. Every span is read by its key
+    (stat_date, piece or month), whatever its length: on SQLite from the key's index alone, which
+    holds every sum after the key, so that the rows of a day, piece or month of every client lie
+    side by side; on PostgreSQL the stat_date index holds them too, and the partial sums lie in
+    key order in their tables. With `clients`, only those: a span of one month, one piece or up
+    to two days by its key's index, a longer one client by client along the (client_id, ...)
+    keys of the three tables.
     """
     months, pieces, days = cover(start, end)
     sources = (  # spans, table, key, key width, does a span hold several rows per client?
@@ -133,8 +135,8 @@ def data_span(conn) -> tuple[date, date] | None:
 def trimmed(window: Window, first: date, last: date) -> Window | None:
     """The window less the days before `first` (the replica's first day of data) and after `last`
     (its last), or None when nothing is left: they add nothing to any sum, yet each span of
-    months, pieces or days costs a probe per client, and a year-earlier base on a year of history
-    is mostly such days. Any day at or before the first day of data (at or after the last) sums
+    months, pieces or days costs a read of every client's rows of it, and a year-earlier base on
+    a year of history is mostly such days. Any day at or before the first day of data (at or after the last) sums
     the same: each cut falls on that day, or on its piece's or month's edge beyond it, whichever
     reads fewer rows per client. A window ending on the last day thus reads its month as one
     stored row, not its days so far one by one."""
