@@ -1,7 +1,8 @@
-"""A large first sync into an empty SQLite replica builds client_stats' deferred indexes once its
-rows are in, not row by row: the index is there after the run (ok, failed or killed and then opened
-again), the same as a replica migrated anew; a small first sync, and a sync into a replica with
-rows, leave them alone. The syncs here are small: they lower the threshold to see the deferral."""
+"""A large first sync into an empty replica builds client_stats' deferred indexes once its rows are
+in, not row by row: the index is there after the run (ok, failed or killed and then opened again),
+the same as a replica migrated anew; a small first sync, and a sync into a replica with rows, leave
+them alone. SQLite throughout, PostgreSQL at the end. The syncs here are small: they lower the
+threshold to see the deferral."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, que
 from hardening import failed_summary, run_cli
 
 from delivery_sync.demo_source import DemoSource
-from delivery_sync.replica import store
-from delivery_sync.replica.schema import DEFERRED_FROM_ROWS, DEFERRED_INDEXES
+from delivery_sync.replica import session
+from delivery_sync.replica.schema import DEFERRED_INDEXES
+from delivery_sync.replica.session import DEFERRED_FROM_ROWS
 
 # `delivery-sync` in its own process, deferring the indexes of a first sync of any size.
-DEFERRING = [sys.executable, "-c", "import delivery_sync.replica.store as s; s.DEFERRED_FROM_ROWS = 0; "
+DEFERRING = [sys.executable, "-c", "import delivery_sync.replica.session as s; s.DEFERRED_FROM_ROWS = 0; "
              "from delivery_sync.cli.main import main; main()"]
 
 INDEXES = "SELECT name, sql, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'client_stats' ORDER BY name"
@@ -37,7 +39,7 @@ def fresh_indexes(tmp_path) -> dict[str, str]:
 @pytest.fixture
 def deferring(monkeypatch):
     """In-process runs defer the indexes of a first sync of any size."""
-    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", 0)
+    monkeypatch.setattr(session, "DEFERRED_FROM_ROWS", 0)
 
 
 def test_a_first_sync_ends_with_every_index_of_a_new_replica(cli, config, db_path, tmp_path, deferring):
@@ -62,11 +64,11 @@ def test_only_a_first_sync_of_more_rows_than_the_threshold_defers_them(cli, conf
     assert DEFERRED_FROM_ROWS == 100_000  # the README's 127 clients x 365 days write theirs row by row
     fresh = {name: root for name, (_, root) in indexes(_fresh(tmp_path)).items()}
     rows = DEMO_CLIENTS * 5
-    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", rows)  # 5 days of every client: not more
+    monkeypatch.setattr(session, "DEFERRED_FROM_ROWS", rows)  # 5 days of every client: not more
     assert cli("sync", "--days-back", "5").code == 0
     assert {name: root for name, (_, root) in indexes(db_path).items()} == fresh  # made with the replica, kept
     db_path.unlink()
-    monkeypatch.setattr(store, "DEFERRED_FROM_ROWS", rows - 1)
+    monkeypatch.setattr(session, "DEFERRED_FROM_ROWS", rows - 1)
     assert cli("sync", "--days-back", "5").code == 0
     rebuilt = {name: root for name, (_, root) in indexes(db_path).items()}
     assert rebuilt.keys() == fresh.keys()
@@ -142,3 +144,55 @@ def test_a_first_sync_stopped_by_a_full_disk_keeps_its_clients_and_builds_the_in
     assert again.code == 0, again.stderr
     assert query_db(db_path, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 200,)]
     assert set(DEFERRED_INDEXES) <= set(indexes(db_path))
+
+
+# --- PostgreSQL: the same deferral, with its own index statements ----------------------------------
+
+PG_INDEXES = "SELECT c.relname, i.indexdef, c.oid FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname " \
+             "WHERE i.schemaname = current_schema() AND i.tablename = 'client_stats' ORDER BY 1"
+
+
+def pg_indexes(pg_url) -> dict[str, tuple[str, int]]:
+    return {name: (definition, int(oid)) for name, definition, oid in query_db(pg_url, PG_INDEXES)}
+
+
+def test_a_first_sync_into_postgresql_builds_its_deferred_indexes_once_its_rows_are_in(cli, demo, tmp_path, pg_url, deferring):
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.replica import open_store
+    from delivery_sync.replica.postgres import DEFERRED_INDEXES as PG_DEFERRED
+
+    open_store(PostgresURL(pg_url)).open().close()  # the schema, migrated anew
+    fresh = pg_indexes(pg_url)
+    write_config(tmp_path / "config.toml", demo.url, pg_url)
+    assert cli("sync", "--days-back", "5").code == 0
+    built = pg_indexes(pg_url)
+    assert {name: definition for name, (definition, _) in built.items()} == {name: definition for name, (definition, _) in fresh.items()}
+    assert {name for name in fresh if built[name][1] != fresh[name][1]} == set(PG_DEFERRED)  # dropped, built at the end
+    assert set(PG_DEFERRED) == set(DEFERRED_INDEXES)  # the same indexes as on SQLite
+    assert query_db(pg_url, "SELECT COUNT(*) FROM client_stats") == [(DEMO_CLIENTS * 5,)]
+    assert cli("sync", "--days-back", "7").code == 0  # into a table with rows: left alone
+    assert pg_indexes(pg_url) == built
+
+
+def test_a_first_sync_into_postgresql_killed_mid_way_gets_its_indexes_from_the_next_run(tmp_path, pg_url):
+    import psycopg
+
+    from delivery_sync.replica.postgres import DEFERRED_INDEXES as PG_DEFERRED
+
+    def stored() -> int:
+        try:
+            return query_db(pg_url, "SELECT COUNT(*) FROM client_stats")[0][0]
+        except psycopg.Error:  # not created yet
+            return 0
+
+    clients, days = 40, 20
+    with DemoSource(clients=clients, latency_ms=20) as demo:
+        command, env = client_by_client_sync(tmp_path, demo, pg_url, days)
+        command = [*DEFERRING, *command[1:]]
+        kill_when(command, env, lambda: stored() > 0)
+        assert 0 < stored() < clients * days
+        assert not set(PG_DEFERRED) & set(pg_indexes(pg_url))  # killed before it built them
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+    assert set(PG_DEFERRED) <= set(pg_indexes(pg_url))
+    assert query_db(pg_url, "SELECT COUNT(*) FROM client_stats") == [(clients * days,)]

@@ -190,21 +190,15 @@ def _stat_date_index_all_metrics(db: sqlite_utils.Database) -> None:
 
 SCHEMA_VERSION = len(migrations._migrations)
 
-# Indexes of client_stats that a large first sync (into an empty table) builds once its rows are
-# in, rather than row by row: each new row goes to a random leaf of the total_sales and stat_date
-# indexes, which at millions of rows no longer fit the page cache, so each insert read and later
-# wrote a page. Each with its columns.
+# Indexes of client_stats that a large first sync (into an empty table, more than
+# session.DEFERRED_FROM_ROWS rows) builds once its rows are in, rather than row by row: each new
+# row goes to a random leaf of the total_sales and stat_date indexes, which at millions of rows no
+# longer fit the page cache, so each insert read and later wrote a page. Each with its columns.
 DEFERRED_INDEXES = {
     "idx_client_stats_total_sales": ("total_sales",),
     "idx_client_stats_stat_date": ("stat_date", "client_id", *METRICS),
 }
 INDEX_BUILD_CACHE_KIB = 2 * 1024
-# A first sync of at most this many rows keeps those indexes and writes them row by row: they stay in
-# the writer's page cache, and their writes fall while it waits on the remote, where building
-# them at the end added 40 ms after the last answer (127 clients x 365 days: full sync 1.24x its
-# fetch-only floor, 1.29-1.32x deferred; the same CPU either way). At 500 x 365 (182,500 rows)
-# writing them row by row cost 8% more CPU.
-DEFERRED_FROM_ROWS = 100_000
 
 
 def restore_deferred_indexes(db: sqlite_utils.Database) -> None:

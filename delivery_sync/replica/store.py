@@ -10,24 +10,21 @@ differs, each implementation holds its own.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
 import sqlite_utils
 
-from ..errors import DeliverySyncError, Interrupted
+from ..errors import DeliverySyncError
 from ..records import Client
 from .lock import writer_lock
 from .runs import RunCounts
-from .schema import DEFERRED_FROM_ROWS, DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error, storage_kind
+from .schema import DEFERRED_INDEXES, open_replica, restore_deferred_indexes, storage_error, storage_kind
 from .session import OpenReplica
-
-log = logging.getLogger(__name__)
 
 
 class Replica(Protocol):
@@ -116,35 +113,12 @@ class SqliteStore:
 class SqliteReplica(OpenReplica):
     """A run's write side on a SQLite replica file."""
 
+    deferred_indexes = tuple(DEFERRED_INDEXES)
+    engine_errors = (sqlite3.Error,)
+
     def __init__(self, db: sqlite_utils.Database, path: Path, open_reader: Callable[[], Any]):
         super().__init__(db, open_reader)
         self.path = path
 
-    @contextmanager
-    def first_load(self, rows: int) -> Iterator[None]:
-        """Into an empty client_stats, a sync of more than DEFERRED_FROM_ROWS `rows` drops the
-        DEFERRED_INDEXES and builds them again once the rows are in: the same index, in seconds
-        rather than a read and a write of a page per row.
-
-        Built again whether the writes end ok, failed or at the deadline. A run stopped by a signal
-        (the user waits for the exit), or by an error with its transaction still open (the index
-        would be rolled back with it), leaves that to the next writing run, whose open builds it;
-        until then reports give the same figures, more slowly.
-        """
-        if rows <= DEFERRED_FROM_ROWS or self.db.execute("SELECT EXISTS (SELECT 1 FROM client_stats)").fetchone()[0]:
-            yield
-            return
-        for name in DEFERRED_INDEXES:
-            self.db.execute(f'DROP INDEX IF EXISTS "{name}"')
-        try:
-            yield
-        except (Interrupted, KeyboardInterrupt):
-            raise
-        except BaseException:
-            if not self.db.conn.in_transaction:
-                try:
-                    restore_deferred_indexes(self.db)
-                except sqlite3.Error as exc:  # the error being raised says more; the next open builds it
-                    log.debug("index not built after a failed first sync: %s", exc)
-            raise
+    def restore_deferred_indexes(self) -> None:
         restore_deferred_indexes(self.db)
