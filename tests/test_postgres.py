@@ -789,3 +789,51 @@ def test_rows_come_back_as_sqlite_gives_them(pg_url):
     assert [type(v) for v in row[2:6]] == [int, float, int, int]
     assert dict(row)["total"] == 9000000000 and row["day"] == "2026-02-28"
     assert tuple(plain) == (1, "a") and dict(plain) == {"one": 1, "a": "a"}
+
+
+def test_readers_go_on_while_an_upgrade_builds_the_stat_date_index(cli, demo, tmp_path, pg_url):
+    """Migration 0007 builds the wider index under another name and then puts it in the old one's
+    place: while it builds (here held up by a writer's open transaction, as a build of millions of
+    rows takes seconds), a report's read of client_stats is not locked out."""
+    import threading
+
+    from delivery_sync import postgres
+    from delivery_sync.config import PostgresURL
+    from delivery_sync.metrics import METRICS
+    from delivery_sync.replica import open_store
+
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "2").code == 0
+    url = PostgresURL(pg_url)
+    conn = postgres.connect(url)  # as a replica of schema version 6 was
+    for statement in ("DROP INDEX idx_client_stats_stat_date",
+                      "CREATE INDEX idx_client_stats_stat_date ON client_stats (stat_date, client_id) INCLUDE (total_sales, total_orders)",
+                      "DELETE FROM delivery_sync_migrations WHERE name = '0007_stat_date_index_all_metrics'",
+                      "UPDATE meta SET value = '6' WHERE key = 'schema_version'"):
+        conn.execute(statement)
+    blocker = postgres.connect(url)
+    blocker.execute("BEGIN")
+    blocker.execute("UPDATE client_stats SET total_orders = total_orders WHERE client_id = 1")  # a writer's open transaction
+    opened = []
+    upgrade = threading.Thread(target=lambda: opened.append(open_store(url).open()))
+    upgrade.start()
+    try:
+        for _ in range(500):  # until the upgrade waits on the blocker's lock
+            if conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()").fetchone()[0]:
+                break
+            time.sleep(0.01)
+        reader = postgres.connect(url, read_only=True)
+        reader.execute("SET lock_timeout = '200ms'")
+        assert reader.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0] == DEMO_CLIENTS * 2
+        reader.close()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        upgrade.join(30)
+    assert opened
+    opened[0].close()
+    assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'idx_client_stats_stat_date%'") == [
+        ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
+         f"INCLUDE ({', '.join(METRICS)})",)]
+    assert rows_of(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+    conn.close()
