@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -192,6 +193,11 @@ def test_a_first_sync_into_postgresql_killed_mid_way_gets_its_indexes_from_the_n
         kill_when(command, env, lambda: stored() > 0)
         assert 0 < stored() < clients * days
         assert not set(PG_DEFERRED) & set(pg_indexes(pg_url))  # killed before it built them
+        # The server ends the killed run's session (and its advisory lock) once it sees the socket closed.
+        for _ in range(500):
+            if not query_db(pg_url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0]:
+                break
+            time.sleep(0.01)
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
     assert set(PG_DEFERRED) <= set(pg_indexes(pg_url))

@@ -814,23 +814,36 @@ def test_readers_go_on_while_an_upgrade_builds_the_stat_date_index(cli, demo, tm
     blocker = postgres.connect(url)
     blocker.execute("BEGIN")
     blocker.execute("UPDATE client_stats SET total_orders = total_orders WHERE client_id = 1")  # a writer's open transaction
-    opened = []
-    upgrade = threading.Thread(target=lambda: opened.append(open_store(url).open()))
+    opened: list = []
+
+    def upgrade_it() -> None:
+        try:
+            opened.append(open_store(url).open())
+        except BaseException as exc:  # shown by the assertion below
+            opened.append(exc)
+
+    upgrade = threading.Thread(target=upgrade_it)
     upgrade.start()
+    waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'delivery-sync writer' AND wait_event_type = 'Lock' " \
+              "AND (query LIKE 'CREATE INDEX%' OR query LIKE 'DROP INDEX%') AND datname = current_database()"
     try:
-        for _ in range(500):  # until the upgrade waits on the blocker's lock
-            if conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()").fetchone()[0]:
+        for _ in range(1000):  # until the upgrade's index statement waits on the blocker's lock
+            if conn.execute(waiting).fetchone()[0]:
                 break
             time.sleep(0.01)
+        else:
+            pytest.fail("the upgrade never reached its index statements")
         reader = postgres.connect(url, read_only=True)
-        reader.execute("SET lock_timeout = '200ms'")
-        assert reader.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0] == DEMO_CLIENTS * 2
-        reader.close()
+        try:
+            reader.execute("SET lock_timeout = '200ms'")
+            assert reader.execute("SELECT COUNT(*) FROM client_stats").fetchone()[0] == DEMO_CLIENTS * 2
+        finally:
+            reader.close()
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
         upgrade.join(30)
-    assert opened
+    assert len(opened) == 1 and not isinstance(opened[0], BaseException), opened
     opened[0].close()
     assert rows_of(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'idx_client_stats_stat_date%'") == [
         ("CREATE INDEX idx_client_stats_stat_date ON public.client_stats USING btree (stat_date, client_id) "
