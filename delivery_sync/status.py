@@ -327,7 +327,7 @@ def _judge(status: Status) -> Verdict:
     if status.earlier_failed_clients:  # an ok sync of a few clients ran after a partial one
         count = len(status.earlier_failed_clients)
         return Verdict(False, f"{count} client{'s' if count != 1 else ''} an earlier sync did not bring in, not synced since "
-                              f"({_ids(status.earlier_failed_clients)})", "delivery-sync sync --retry-failed")
+                              f"({capped(status.earlier_failed_clients, 10)})", "delivery-sync sync --retry-failed")
     if status.freshness != "fresh" and status.last_ok_sync_at and status.stale_clients and not _run_too_old(status):
         # The last ok sync is recent, but it did not confirm every active client.
         count = len(status.stale_clients)
@@ -337,7 +337,7 @@ def _judge(status: Status) -> Verdict:
         return Verdict(
             False,
             f"stale, {count} active client{'s' if count != 1 else ''} not confirmed within "
-            f"{status.stale_after_hours:g} h ({_ids(status.stale_clients)})",
+            f"{status.stale_after_hours:g} h ({capped(status.stale_clients, 10)})",
             advice,
         )
     if status.freshness != "fresh":
@@ -397,14 +397,14 @@ def _what_went_wrong(status: Status) -> str:
     problems = []
     if status.failed_clients:
         count = len(status.failed_clients)
-        problems.append(f"{count} client{'s' if count != 1 else ''} failed ({_ids(status.failed_clients)})")
+        problems.append(f"{count} client{'s' if count != 1 else ''} failed ({capped(status.failed_clients, 10)})")
     if last["rows_rejected"]:
         problems.append(f"{last['rows_rejected']} rows rejected")
     if last["error"]:
         problems.append(last["error"])
     if status.unfetched_clients and "not fetched" not in (last["error"] or ""):  # a deadline's error names them already
         count = len(status.unfetched_clients)
-        problems.append(f"{count} client{'s' if count != 1 else ''} not fetched ({_ids(status.unfetched_clients)})")
+        problems.append(f"{count} client{'s' if count != 1 else ''} not fetched ({capped(status.unfetched_clients, 10)})")
     return "; ".join(problems) or "no error recorded"
 
 
@@ -420,9 +420,3 @@ def _repair(status: Status) -> str:
         # Re-syncing fetches the same bad rows: the remote's data must be fixed first.
         return f"delivery-sync query sql \"SELECT * FROM sync_rejects WHERE run_id = {last['id']}\""
     return "delivery-sync sync"
-
-
-def _ids(ids: list[int], limit: int = 10) -> str:
-    return capped(ids, limit)
-
-

@@ -136,9 +136,9 @@ def trimmed(window: Window, first: date, last: date) -> Window | None:
     """The window less the days before `first` (the replica's first day of data) and after `last`
     (its last), or None when nothing is left: they add nothing to any sum, yet each span of
     months, pieces or days costs a read of every client's rows of it, and a year-earlier base on
-    a year of history is mostly such days. Any day at or before the first day of data (at or after the last) sums
-    the same: each cut falls on that day, or on its piece's or month's edge beyond it, whichever
-    reads fewer rows per client. A window ending on the last day thus reads its month as one
+    a year of history is mostly such days. Any day at or before the first day of data (at or
+    after the last) sums the same: each cut falls on that day, or on its piece's or month's edge
+    beyond it, whichever reads fewer rows per client. A window ending on the last day thus reads its month as one
     stored row, not its days so far one by one."""
     if window.start > last or window.end < first:
         return None
