@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import timedelta
 
+import psycopg
 import pytest
 from conftest import DEMO_CLIENTS, SCRIPT, client_by_client_sync, kill_when, query_db, write_config
 from hardening import failed_summary, run_cli
@@ -118,10 +119,11 @@ def test_a_first_sync_killed_mid_way_gets_its_index_from_the_next_run(tmp_path, 
     assert query_db(db_path, "PRAGMA integrity_check") == [("ok",)]
 
 
-def _stored(db_path) -> int:
+def _stored(database) -> int:
+    """Rows in client_stats of a SQLite file or a PostgreSQL database; 0 before the table exists."""
     try:
-        return query_db(db_path, "SELECT COUNT(*) FROM client_stats")[0][0]
-    except sqlite3.Error:  # not created yet
+        return query_db(database, "SELECT COUNT(*) FROM client_stats")[0][0]
+    except (sqlite3.Error, psycopg.Error):  # not created yet
         return 0
 
 
@@ -176,22 +178,14 @@ def test_a_first_sync_into_postgresql_builds_its_deferred_indexes_once_its_rows_
 
 
 def test_a_first_sync_into_postgresql_killed_mid_way_gets_its_indexes_from_the_next_run(tmp_path, pg_url):
-    import psycopg
-
     from delivery_sync.replica.postgres import DEFERRED_INDEXES as PG_DEFERRED
-
-    def stored() -> int:
-        try:
-            return query_db(pg_url, "SELECT COUNT(*) FROM client_stats")[0][0]
-        except psycopg.Error:  # not created yet
-            return 0
 
     clients, days = 40, 20
     with DemoSource(clients=clients, latency_ms=20) as demo:
         command, env = client_by_client_sync(tmp_path, demo, pg_url, days)
         command = [*DEFERRING, *command[1:]]
-        kill_when(command, env, lambda: stored() > 0)
-        assert 0 < stored() < clients * days
+        kill_when(command, env, lambda: _stored(pg_url) > 0)
+        assert 0 < _stored(pg_url) < clients * days
         assert not set(PG_DEFERRED) & set(pg_indexes(pg_url))  # killed before it built them
         # The server ends the killed run's session (and its advisory lock) once it sees the socket closed.
         for _ in range(500):
