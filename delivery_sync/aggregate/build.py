@@ -235,14 +235,15 @@ def _drop_emptied(db, table: str, key: str, dirty: str, rows: str, also: tuple[s
         db.executemany(f"DELETE FROM {name} WHERE client_id = ? AND {column} = ?", emptied)
 
 
-# Every day's partial sums: one pass in table order and a sort, cheaper than by the date index.
-_ALL_DAYS = f"SELECT +stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY 1"
+# Every day's partial sums, read in order from the stat_date index, which holds every metric: at
+# 10,000 clients x 1,095 days 7.3 s, where a pass over the table and a sort took 17.7.
+_ALL_DAYS = f"SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY 1"
 
 
 def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
     """`_ALL_DAYS`, read on a connection of its own in a thread while the caller builds the
     pieces: the sqlite3 module lets go of the GIL while a statement runs, so the two passes over
-    client_stats run on two cores (at 10,000 clients x 365 days, 5 s each). The caller holds the
+    client_stats run on two cores. The caller holds the
     writer lock and does not write client_stats, so both read the same rows."""
     from concurrent.futures import ThreadPoolExecutor
 
