@@ -12,6 +12,7 @@ schema always matches this code and needs no migration.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -46,6 +47,7 @@ from .windows import added_per_client, clients_with_data, data_span, trimmed, wi
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable
     from concurrent.futures import Future
 
@@ -179,8 +181,13 @@ def temp_rows(db, dialect: Dialect, name: str, columns: dict[str, str], key: str
 def calendar_table(db, dialect: Dialect, rows: list[tuple[str, str, str, str]]) -> None:
     """The temporary table `agg_calendar` (piece, piece_end, week, month) of `rows`, the pieces of
     pieces.calendar() that a rebuild sums client_stats into."""
+    temp_rows(db, dialect, "agg_calendar", calendar_columns(dialect), "piece", rows)
+
+
+def calendar_columns(dialect: Dialect) -> dict[str, str]:
+    """The columns (name: type) of the temporary table `agg_calendar`, keyed by the first."""
     day = dialect.day_type
-    temp_rows(db, dialect, "agg_calendar", {"piece": day, "piece_end": day, "week": day, "month": "TEXT"}, "piece", rows)
+    return {"piece": day, "piece_end": day, "week": day, "month": "TEXT"}
 
 
 def _fill_parts(db, pieces: str, months: str, days: str | None, within: tuple[str, str] | None = None, dialect: Dialect = SQLITE,
@@ -239,12 +246,164 @@ def _drop_emptied(db, table: str, key: str, dirty: str, rows: str, also: tuple[s
 # 10,000 clients x 1,095 days 7.3 s, where a pass over the table and a sort took 17.7.
 _ALL_DAYS = f"SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s GROUP BY 1"
 
+# The temporary table of a rebuild's months.
+MONTH_LIST_COLUMNS = {"month": "TEXT"}
+# Clients a statement of the rebuild's pass over client_stats sums (at 1,095 days, about half a
+# second of work): small enough that the writer and the helper end close together.
+CLIENTS_A_SHARE = 256
+# From how many clients x days of data a rebuild has a helper process sum shares of the clients:
+# below, starting it (about 0.1 s) costs more than it saves.
+HELPER_MIN_ROWS = 2_000_000
+# The name under which the writer attaches the helper's file.
+HELPER_SCHEMA = "agg_helper"
+# The helper process, importing this module from where the writer imported it.
+_HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from delivery_sync.aggregate.build import helper_main; helper_main()"
+
+
+class _Shares:
+    """The listed clients, in shares of CLIENTS_A_SHARE consecutive ids, handed out from the low end
+    to the writer and from the high end to the helper until none is left: whichever runs faster
+    sums more, on a busy machine too, and the writer's rows and then the helper's go into the
+    partial sums' tables in key order."""
+
+    def __init__(self, ids: list[int]):
+        self._bounds = [(ids[i], ids[min(i + CLIENTS_A_SHARE, len(ids)) - 1]) for i in range(0, len(ids), CLIENTS_A_SHARE)]
+        self._lock = threading.Lock()
+        self._low, self._high = 0, len(self._bounds)
+        self._stopped = False
+        self.helpers: list[tuple[int, int]] = []  # the helper's shares, the last taken first
+        self.process: subprocess.Popen | None = None
+
+    def take(self, helper: bool) -> tuple[int, int] | None:
+        """The first and last id of the next share from the writer's end or the helper's, or None."""
+        with self._lock:
+            if self._low >= self._high or (helper and self._stopped):
+                return None
+            if helper:
+                self._high -= 1
+                self.helpers.append(self._bounds[self._high])
+                return self._bounds[self._high]
+            self._low += 1
+            return self._bounds[self._low - 1]
+
+    def stop(self) -> None:
+        """Hand the helper no further share and end its process: the writer is done, or failed."""
+        with self._lock:
+            self._stopped = True
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+
+
+def _fill_share(db, share: tuple[int, int]) -> None:
+    """The partial sums of the pieces and months of the clients of `share` (first and last id)."""
+    mine = f"SELECT id AS client_id FROM clients WHERE id BETWEEN {int(share[0])} AND {int(share[1])}"
+    _fill_parts(db, f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({mine}) AS c CROSS JOIN temp.agg_calendar AS p",
+                f"SELECT c.client_id, m.month FROM ({mine}) AS c CROSS JOIN temp.agg_month_list AS m", None)
+
+
+class _HelperFailed(Exception):
+    """The helper process ended, or answered an error."""
+
+
+def _helper(database: Path, shares: _Shares, calendar_rows: list[tuple], month_rows: list[tuple],
+            scratch: Path) -> tuple[list[tuple] | None, bool]:
+    """Run on a thread of the writer: start the helper process (`helper_main`), read `_ALL_DAYS`
+    from it, then hand it shares until none is left; returns the days' rows and whether its file
+    `scratch` holds the partial sums of `shares.helpers`. A process, not a thread: two threads of
+    one process both reading client_stats by its indexes took twice as long each (SQLite's page
+    cache and memory allocator take a lock of the whole process), two processes no longer than
+    one alone. A failure costs time, not the run: the writer sums the helper's shares itself."""
+    import subprocess
+
+    days = None
+    try:
+        task = {"database": str(database.resolve()), "scratch": str(scratch), "calendar": calendar_rows, "months": month_rows}
+        package_root = str(Path(__file__).resolve().parents[2])
+        # -I: nothing from the environment or the working folder decides what the helper imports.
+        process = shares.process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _HELPER_CODE, package_root],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert process.stdin is not None and process.stdout is not None
+
+        def answer() -> Any:
+            reply = json.loads(process.stdout.readline() or "null")
+            if not isinstance(reply, dict) or "error" in reply:
+                raise _HelperFailed(reply.get("error") if isinstance(reply, dict) else "it ended")
+            return reply
+
+        process.stdin.write(json.dumps(task) + "\n")
+        process.stdin.flush()
+        days = [tuple(row) for row in answer()["days"]]
+        while (share := shares.take(helper=True)) is not None:
+            process.stdin.write(f"{share[0]} {share[1]}\n")
+            process.stdin.flush()
+            answer()
+        process.stdin.write("end\n")
+        process.stdin.close()
+        if process.wait() != 0:
+            raise _HelperFailed(f"it exited with status {process.returncode}")
+        return days, bool(shares.helpers)
+    except Exception as exc:  # noqa: BLE001 - whatever befell the helper, the writer can sum its shares
+        if not shares.helpers and days is not None:
+            return days, False  # the writer took every share first: nothing is lost
+        log.warning("aggregate: its helper process failed (%s); the writer summed its share itself",
+                    " ".join(str(exc).split())[:200])
+        return days, False
+
+
+def helper_main() -> None:
+    """The helper process of a large rebuild: reads its task (a JSON line: the replica, its own
+    file, the calendar's pieces and months) from stdin, answers every day's sums, then sums each
+    share of clients (a line "first last") into its file and answers when it is written. On "end"
+    it leaves the file to the writer; at the end of its input without it (the writer is gone) it
+    removes the file. Every answer is a JSON line; a failure answers {"error": ...}."""
+    import sqlite3
+    from urllib.parse import quote
+
+    def say(reply: dict) -> None:
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+    task = json.loads(sys.stdin.readline())
+    scratch, handed = Path(task["scratch"]), False
+    try:
+        conn = sqlite3.connect(f"file:{quote(task['scratch'])}", uri=True, isolation_level=None)
+        # Throwaway rows: no journal, no sync; a failure discards the whole file.
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -16384"):
+            conn.execute(f"PRAGMA {pragma}")
+        _create_parts(conn)  # before the replica is attached, whose tables have the same names
+        conn.execute("ATTACH ? AS replica", [f"file:{quote(task['database'])}?mode=ro"])
+        # Unqualified, client_stats and clients are the replica's, the partial sums this file's.
+        for name, columns, rows in (("agg_calendar", calendar_columns(SQLITE), task["calendar"]),
+                                    ("agg_month_list", MONTH_LIST_COLUMNS, task["months"])):
+            conn.execute(SQLITE.temp_table(name, columns, next(iter(columns))))
+            conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(columns))})", rows)
+        say({"days": conn.execute(_ALL_DAYS).fetchall()})
+        for line in sys.stdin:
+            if line.strip() == "end":
+                conn.close()
+                handed = True
+                return
+            first, last = (int(word) for word in line.split())
+            conn.execute("BEGIN")
+            _fill_share(conn, (first, last))
+            conn.execute("COMMIT")
+            say({"ok": True})
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - the writer is told, and sums the share itself
+        say({"error": " ".join(str(exc).split())[:200]})
+        sys.exit(1)
+    finally:  # unless handed to the writer: a killed writer removed nothing
+        if not handed:
+            scratch.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()
+
 
 def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
-    """`_ALL_DAYS`, read on a connection of its own in a thread while the caller builds the
-    pieces: the sqlite3 module lets go of the GIL while a statement runs, so the two passes over
-    client_stats run on two cores. The caller holds the
-    writer lock and does not write client_stats, so both read the same rows."""
+    """`_ALL_DAYS`, read on a connection of its own in a thread while the caller sums the pieces
+    (the sqlite3 module lets go of the GIL while a statement runs). The caller holds the writer
+    lock and does not write client_stats, so both read the same rows."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..readonly import open_readonly
@@ -261,6 +420,48 @@ def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
         return pool.submit(read)
     finally:
         pool.shutdown(wait=False)
+
+
+def _parts_in_two(db: sqlite_utils.Database, database: Path, calendar_rows: list[tuple], month_rows: list[tuple],
+                  folder: Path | None) -> list[tuple]:
+    """The partial sums of every listed client's pieces and months, summed share by share by the
+    writer and, on a large replica, a helper process (`_helper`) writing into a file in `folder`
+    (None: no helper); returns every day's sums (`_ALL_DAYS`), which the helper or a thread reads meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [cid for (cid,) in db.execute("SELECT id FROM clients ORDER BY id")]
+    shares = _Shares(ids)
+    scratch = folder / "parts.db" if folder is not None else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-helper")
+    try:
+        span = (date.fromisoformat(calendar_rows[-1][1]) - date.fromisoformat(calendar_rows[0][0])).days + 1 if calendar_rows else 0
+        if scratch is not None and len(ids) * span >= HELPER_MIN_ROWS:
+            helper = pool.submit(_helper, database, shares, calendar_rows, month_rows, scratch)
+        else:
+            shares.stop()
+            helper = None
+            days = _all_days_meanwhile(database)
+        while (share := shares.take(helper=False)) is not None:
+            _fill_share(db, share)
+        all_days, helped = helper.result() if helper is not None else (days.result(), False)
+    finally:
+        shares.stop()
+        pool.shutdown(wait=False)
+    if helped:  # the helper's clients follow the writer's: their rows go at the end of each table
+        db.execute(f"ATTACH ? AS {HELPER_SCHEMA}", [str(scratch)])
+        for table in ("agg_client_pieces", "agg_client_months"):
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM {HELPER_SCHEMA}.{table}")
+    else:
+        for share in reversed(shares.helpers):
+            _fill_share(db, share)
+    return all_days if all_days is not None else db.execute(_ALL_DAYS).fetchall()
+
+
+def _detach_helper(db: sqlite_utils.Database) -> None:
+    """Detach the helper's file an earlier rebuild on this connection attached: it stays attached
+    until its transaction ends (SQLite detaches no database a transaction has read)."""
+    if any(name == HELPER_SCHEMA for _, name, _ in db.execute("PRAGMA database_list")):
+        db.execute(f"DETACH {HELPER_SCHEMA}")
 
 
 def sums_meanwhile(open_reader: Callable[[], Any], sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[list[tuple]]]:
@@ -312,34 +513,46 @@ def yield_to_the_writer() -> None:
 def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
     """Recreate every partial sum and rollup table as of `as_of`; returns (period, first day, last
     day) of every rolling window and every calendar month with data."""
+    import shutil
+    import tempfile
+
+    _detach_helper(db)
     _create_parts(db)
-    all_days = _all_days_meanwhile(database)
     span = data_span(db)
     calendar_rows = calendar(*span) if span is not None else []
     month_rows = [(month,) for month in dict.fromkeys(row[3] for row in calendar_rows)]
     calendar_table(db, SQLITE, calendar_rows)
-    temp_rows(db, SQLITE, "agg_month_list", {"month": "TEXT"}, "month", month_rows)
-    clients = "SELECT id AS client_id FROM clients"
-    for attempt in (clients, "SELECT DISTINCT client_id FROM client_stats"):
-        # Clients are never deleted and rows are written only for listed clients: `clients` lists
-        # every client with rows, and is far cheaper to read (checked by the row count).
-        _fill_parts(
-            db,
-            f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({attempt}) AS c CROSS JOIN temp.agg_calendar AS p",
-            f"SELECT c.client_id, m.month FROM ({attempt}) AS c CROSS JOIN temp.agg_month_list AS m",
-            None,
-        )
-        counted = db.execute("SELECT (SELECT TOTAL(days_with_data) FROM agg_client_pieces) = (SELECT COUNT(*) FROM client_stats)").fetchone()[0]
-        if counted:
-            break
+    temp_rows(db, SQLITE, "agg_month_list", MONTH_LIST_COLUMNS, "month", month_rows)
+    # The helper's folder: private to this user, made anew (never an existing path), removed
+    # whatever happens. Without one (no room in the temporary folder) the writer sums alone.
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="delivery-sync-aggregate-"))
+    except OSError as exc:
+        log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", " ".join(str(exc).split())[:200])
+        folder = None
+    try:
+        all_days = _parts_in_two(db, database, calendar_rows, month_rows, folder)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    # Clients are never deleted and rows are written only for listed clients: `clients` lists
+    # every client with rows, and is far cheaper to read. Checked by the row count.
+    if db.execute("SELECT TOTAL(days_with_data) FROM agg_client_pieces").fetchone()[0] != sum(row[1] for row in all_days):
         for table in PARTS_TABLES:
             db.execute(f"DELETE FROM {table}")
+        clients = "SELECT DISTINCT client_id FROM client_stats"
+        _fill_parts(
+            db,
+            f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({clients}) AS c CROSS JOIN temp.agg_calendar AS p",
+            f"SELECT c.client_id, m.month FROM ({clients}) AS c CROSS JOIN temp.agg_month_list AS m",
+            None,
+        )
     list_unlisted_clients(db)
     # The sorts that make the indexes on two cores: nothing else runs by then (1.4x faster).
     db.execute("PRAGMA threads = 2")
     _index_parts(db)
     db.execute("PRAGMA threads = 0")
-    db.conn.executemany(f"INSERT INTO agg_days VALUES ({', '.join('?' * (len(METRICS) + 2))})", all_days.result())
+    db.conn.executemany(f"INSERT INTO agg_days VALUES ({', '.join('?' * (len(METRICS) + 2))})", all_days)
     _create_tables(db)
     params = {"computed_at": computed_at}
     insert_rows(db, "client_aggregates", "client_id", client_month_rows("agg_client_months"), params)

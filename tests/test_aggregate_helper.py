@@ -1,0 +1,204 @@
+"""A large full rebuild sums a share of the clients in a helper process (aggregate/build.py,
+`_parts_in_two`): its partial sums and rollups equal the writer's alone bit for bit, and any
+failure of the helper costs time, not the run. Small shares and a zero threshold bring the helper
+in on a small replica."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import replica_copy
+from test_aggregate_exact import exact, raw_path, stored
+
+from delivery_sync.aggregate import build
+from delivery_sync.aggregate.pieces import calendar
+from delivery_sync.aggregate.run import aggregate_locked
+from delivery_sync.config import Settings
+from delivery_sync.days import Window
+from delivery_sync.demo_source import DemoSource
+from delivery_sync.replica import open_store
+from delivery_sync.sync import SyncOptions, run_sync
+
+CLIENTS = 40
+DAYS = 120
+PARTS = ("agg_client_pieces", "agg_client_months", "agg_days")
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory) -> tuple[Path, date]:
+    """A replica of CLIENTS demo clients over DAYS days, not yet aggregated."""
+    path = tmp_path_factory.mktemp("helper") / "replica.db"
+    with DemoSource(clients=CLIENTS) as demo:
+        today = demo.today()
+        settings = Settings(database=path, source={"url": demo.url, "min_interval": 0})
+        result = run_sync(settings, SyncOptions(Window(today - timedelta(days=DAYS - 1), today), aggregate=False))
+    assert result.status == "ok"
+    return path, today
+
+
+def rebuilt(path: Path, as_of: date) -> dict[str, set[tuple]]:
+    """A full rebuild of `path` as of `as_of`: its rollups and its partial sums, every value typed."""
+    result = aggregate_locked(open_store(path), as_of)
+    assert result.status == "ok" and not result.refreshed
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        got = stored(conn)
+        for table in PARTS:
+            got[table] = {tuple(exact(v) for v in row) for row in conn.execute(f"SELECT * FROM {table}")}
+        return got
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def alone(synced, tmp_path_factory) -> dict[str, set[tuple]]:
+    """The rebuild of the writer alone (the replica is far below HELPER_MIN_ROWS), checked against the raw rows."""
+    path, today = synced
+    assert CLIENTS * DAYS < build.HELPER_MIN_ROWS
+    with replica_copy(path, tmp_path_factory.mktemp("alone")) as copy:
+        got = rebuilt(copy, today)
+        conn = sqlite3.connect(copy)
+        conn.row_factory = sqlite3.Row
+        try:
+            expected = raw_path(conn, today)
+        finally:
+            conn.close()
+    for table, rows in expected.items():
+        assert got[table] == rows, table
+    assert len(got["agg_days"]) == DAYS and len({row[0] for row in got["agg_client_months"]}) == CLIENTS
+    return got
+
+
+class Shares:
+    """Who took which share: the writer waits before each of its shares until the helper has taken
+    one (so both sum some, however fast this machine starts a process); `kill_at` kills the helper
+    process as it takes that many shares. `summed`: how many times the writer summed partial sums
+    of a set of clients (one share, or every client again when the rows did not add up)."""
+
+    def __init__(self, monkeypatch, wait: bool = True, kill_at: int | None = None):
+        self.taken: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
+        self.helper_took = threading.Event()
+        self.summed = 0
+        take, fill, fill_parts = build._Shares.take, build._fill_share, build._fill_parts
+
+        def recorded(shares, helper: bool):
+            share = take(shares, helper)
+            if share is not None:
+                self.taken[helper].append(share)
+                if helper and len(self.taken[True]) == kill_at:
+                    shares.process.kill()
+                    shares.process.wait()
+                if helper:
+                    self.helper_took.set()
+            return share
+
+        def writer_fill(db, share):
+            if wait:
+                assert self.helper_took.wait(30), "the helper process took no share"
+            fill(db, share)
+
+        def counted(*args, **kwargs):
+            self.summed += 1
+            fill_parts(*args, **kwargs)
+
+        monkeypatch.setattr(build, "_fill_parts", counted)
+        monkeypatch.setattr(build._Shares, "take", recorded)
+        monkeypatch.setattr(build, "_fill_share", writer_fill)
+        monkeypatch.setattr(build, "HELPER_MIN_ROWS", 0)
+        monkeypatch.setattr(build, "CLIENTS_A_SHARE", 4)
+
+
+@pytest.fixture
+def temp_folder(tmp_path, monkeypatch) -> Path:
+    """The temporary folder the rebuild makes its helper's folder in, empty."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+    return folder
+
+
+def test_the_helper_sums_a_share_of_the_clients_and_the_rebuild_is_the_writers_alone_bit_for_bit(synced, alone, tmp_path, temp_folder,
+                                                                                                   monkeypatch, caplog):
+    path, today = synced
+    shares = Shares(monkeypatch)
+    with replica_copy(path, tmp_path) as copy, caplog.at_level(logging.WARNING):
+        assert rebuilt(copy, today) == alone
+    writer, helper = shares.taken[False], shares.taken[True]
+    assert writer and helper  # both summed
+    assert sorted(writer + helper) == [(first, first + 3) for first in range(1, CLIENTS + 1, 4)]
+    assert max(writer) < min(helper)  # the writer from the low ids, the helper from the high
+    assert shares.summed == len(writer)  # the helper's rows used as they came: nothing summed again
+    assert not caplog.records
+    assert list(temp_folder.iterdir()) == []  # its file and folder removed
+
+
+@pytest.mark.parametrize("failure", ["ends at once", "killed after a share", "answers an HTML page", "no temporary folder"])
+def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_folder, monkeypatch, caplog, failure):
+    path, today = synced
+    shares = Shares(monkeypatch, wait=failure == "killed after a share", kill_at=2 if failure == "killed after a share" else None)
+    if failure == "ends at once":
+        monkeypatch.setattr(build, "_HELPER_CODE", "import sys; sys.exit(3)")
+    elif failure == "answers an HTML page":
+        monkeypatch.setattr(build, "_HELPER_CODE", "print('<html><body>Error</body></html>')")
+    elif failure == "no temporary folder":
+        (tmp_path / "not-a-folder").write_text("")
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "not-a-folder"))
+    with replica_copy(path, tmp_path) as copy, caplog.at_level(logging.WARNING):
+        assert rebuilt(copy, today) == alone
+    [warning] = [r.getMessage() for r in caplog.records]
+    if failure == "no temporary folder":
+        assert warning.startswith("aggregate: no temporary folder for its helper (") and warning.endswith("); summing on one core")
+        assert shares.taken[True] == []
+    else:
+        assert warning.startswith("aggregate: its helper process failed (")
+        assert warning.endswith("); the writer summed its share itself")
+        assert len(shares.taken[True]) == (2 if failure == "killed after a share" else 0)
+    assert shares.summed == CLIENTS // 4  # every share once, by the writer: none twice, no second pass
+    assert list(temp_folder.iterdir()) == []
+
+
+def helper_process(task: dict) -> subprocess.Popen:
+    """The helper process as a rebuild starts it, given its task."""
+    package_root = str(Path(build.__file__).resolve().parents[2])
+    process = subprocess.Popen([sys.executable, "-I", "-c", build._HELPER_CODE, package_root],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process.stdin.write(json.dumps(task) + "\n")
+    process.stdin.flush()
+    return process
+
+
+@pytest.mark.parametrize("handed", [True, False])
+def test_the_helper_leaves_its_file_to_the_writer_and_removes_it_when_the_writer_is_gone(synced, alone, tmp_path, handed):
+    path, today = synced
+    folder = tmp_path / "helper"
+    folder.mkdir()
+    pieces = calendar(today - timedelta(days=DAYS - 1), today)
+    months = [[month] for month in dict.fromkeys(row[3] for row in pieces)]
+    process = helper_process({"database": str(path), "scratch": str(folder / "parts.db"), "calendar": pieces, "months": months})
+    days = {tuple(row) for row in json.loads(process.stdout.readline())["days"]}
+    assert len(days) == DAYS and {tuple(v for _, v in row) for row in alone["agg_days"]} == days
+    process.stdin.write("3 6\n")
+    process.stdin.flush()
+    assert json.loads(process.stdout.readline()) == {"ok": True}
+    if handed:
+        process.stdin.write("end\n")
+    process.stdin.close()
+    assert process.wait(30) == 0
+    if handed:
+        conn = sqlite3.connect(folder / "parts.db")
+        for table in ("agg_client_pieces", "agg_client_months"):
+            got = {tuple(exact(v) for v in row) for row in conn.execute(f"SELECT * FROM {table}")}
+            assert got == {row for row in alone[table] if 3 <= row[0][1] <= 6}, table
+            assert {row[0][1] for row in got} == {3, 4, 5, 6}
+        conn.close()
+    else:  # a writer killed before it read the file: nothing is left behind
+        assert not folder.exists()
