@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+import test_aggregate_incremental as incremental
 from conftest import replica_copy
 from test_aggregate_exact import exact, raw_path, stored
 
@@ -96,7 +97,6 @@ class Shares:
                 self.taken[helper].append(share)
                 if helper and len(self.taken[True]) == kill_at:
                     shares.process.kill()
-                    shares.process.wait()
                 if helper:
                     self.helper_took.set()
             return share
@@ -202,3 +202,44 @@ def test_the_helper_leaves_its_file_to_the_writer_and_removes_it_when_the_writer
         conn.close()
     else:  # a writer killed before it read the file: nothing is left behind
         assert not folder.exists()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with DemoSource(clients=incremental.CLIENTS) as server:
+        yield server
+
+
+STEPS = [
+    {"days_back": 10, "incremental": False, "prune": True, "clients": None, "as_of": None, "aggregate": "after",
+     "edits": [(2, 1, "restate", "grab_sales", "1234.56"), (3, 4, "delete", "total_orders", None), (5, 0, "restate", "gojek_ads_spend", 77)]},
+    {"days_back": 3, "incremental": True, "prune": False, "clients": [1, 4], "as_of": None, "aggregate": "after",
+     "edits": [(4, 2, "restate", "grab_new_customers", 9), (1, 0, "restate", "total_orders", None)]},
+    {"days_back": 40, "incremental": False, "prune": True, "clients": None, "as_of": -20, "aggregate": "after",
+     "edits": [(3, 4, "restore", "total_orders", None), (6, 30, "delete", "grab_sales", None)]},
+]
+
+
+@pytest.mark.parametrize("helper", ["sums", "fails"])
+def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_for_bit(demo, monkeypatch, caplog, helper):
+    """Every refresh of these syncs hands its base windows to a helper process (the threshold at
+    0): the rollups equal a full rebuild's, and the raw rows' (incremental_rollups_equal_a_full_rebuild)."""
+    attached, sums_in_helper = [], build.sums_in_helper
+
+    def counted(database, folder, sums):
+        futures = sums_in_helper(database, folder, sums)
+        attached.append(len(sums))
+        return futures
+
+    monkeypatch.setattr(build, "HELPER_MIN_ROWS", 0)
+    monkeypatch.setattr(build, "sums_in_helper", counted)
+    if helper == "fails":
+        monkeypatch.setattr(build, "_HELPER_CODE", "import sys; sys.exit(3)")
+    with caplog.at_level(logging.WARNING):
+        incremental.incremental_rollups_equal_a_full_rebuild(demo, "sqlite", STEPS)
+    assert len(attached) == len(STEPS) and all(attached)  # each sync's refresh handed the helper its base windows
+    warned = [r.getMessage() for r in caplog.records if "its reader failed" in r.getMessage()]
+    if helper == "sums":
+        assert warned == []
+    else:
+        assert len(warned) == len(STEPS) and all("the writer summed" in w for w in warned)

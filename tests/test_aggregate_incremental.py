@@ -311,7 +311,7 @@ def test_a_refresh_whose_reader_cannot_connect_sums_its_windows_itself(demo, tmp
     finally:
         demo.faults.overrides.clear()
     assert result.status == "ok" and result.aggregate.refreshed
-    warned = [r.getMessage() for r in caplog.records if "reader connection failed" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "its reader failed" in r.getMessage()]
     assert len(warned) == 1 and "too many connections" in warned[0] and "the writer summed" in warned[0]
     monkeypatch.undo()
     assert snapshot(db_path) == full_rebuild(db_path, today, tmp_path)

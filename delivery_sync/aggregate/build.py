@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +48,7 @@ from .windows import added_per_client, clients_with_data, data_span, trimmed, wi
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from concurrent.futures import Future
 
     import sqlite_utils
@@ -87,12 +87,44 @@ def build(replica: SqliteReplica, as_of: date, run_id: int, changed: ChangedRows
 
     db = replica.db
     now = utc_now()
+    _detach_helper(db)
     if can_refresh(db, changed):
         _index_parts(db)
-        built, refreshed = refresh(db, SQLITE, as_of, now, changed, lambda sums: sums_meanwhile(replica.open_reader, sums)), True
+        with _helper_folder(db) as folder:
+            if folder is None:
+                built = refresh(db, SQLITE, as_of, now, changed, lambda sums: sums_meanwhile(replica.open_reader, sums))
+            else:
+                built = refresh(db, SQLITE, as_of, now, changed, lambda sums: sums_in_helper(replica.path, folder, sums))
+        refreshed = True
     else:
         built, refreshed = _rebuild(db, replica.path, as_of, now), False
     return built, refreshed, parts_done(db, run_id)
+
+
+@contextlib.contextmanager
+def _helper_folder(db) -> Iterator[Path | None]:
+    """A folder for a helper process's file when the replica is large enough for one to pay
+    (HELPER_MIN_ROWS), else None: private to this user, made anew (never an existing path), and
+    removed with what is in it at the end. Without room for one in the temporary folder, None and
+    one warning: the writer sums alone."""
+    import shutil
+    import tempfile
+
+    span = data_span(db)
+    clients = db.execute("SELECT COUNT(*) FROM clients").fetchone()[0]
+    if span is None or clients * ((span[1] - span[0]).days + 1) < HELPER_MIN_ROWS:
+        yield None
+        return
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="delivery-sync-aggregate-"))
+    except OSError as exc:
+        log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", " ".join(str(exc).split())[:200])
+        yield None
+        return
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def can_refresh(db, changed: ChangedRows | None) -> bool:
@@ -272,7 +304,7 @@ class _Shares:
         self._low, self._high = 0, len(self._bounds)
         self._stopped = False
         self.helpers: list[tuple[int, int]] = []  # the helper's shares, the last taken first
-        self.process: subprocess.Popen | None = None
+        self.process: _HelperProcess | None = None
 
     def take(self, helper: bool) -> tuple[int, int] | None:
         """The first and last id of the next share from the writer's end or the helper's, or None."""
@@ -290,7 +322,7 @@ class _Shares:
         """Hand the helper no further share and end its process: the writer is done, or failed."""
         with self._lock:
             self._stopped = True
-            if self.process is not None and self.process.poll() is None:
+            if self.process is not None:
                 self.process.kill()
 
 
@@ -305,43 +337,65 @@ class _HelperFailed(Exception):
     """The helper process ended, or answered an error."""
 
 
-def _helper(database: Path, shares: _Shares, calendar_rows: list[tuple], month_rows: list[tuple],
-            scratch: Path) -> tuple[list[tuple] | None, bool]:
-    """Run on a thread of the writer: start the helper process (`helper_main`), read `_ALL_DAYS`
-    from it, then hand it shares until none is left; returns the days' rows and whether its file
-    `scratch` holds the partial sums of `shares.helpers`. A process, not a thread: two threads of
-    one process both reading client_stats by its indexes took twice as long each (SQLite's page
-    cache and memory allocator take a lock of the whole process), two processes no longer than
-    one alone. A failure costs time, not the run: the writer sums the helper's shares itself."""
-    import subprocess
+class _HelperProcess:
+    """A helper process of a writing run (`helper_main`), started with its task and spoken to one
+    line at a time. A process, not a thread: two threads of one process both reading client_stats
+    by its indexes took twice as long each (SQLite's page cache and memory allocator take a lock
+    of the whole process), two processes no longer than one alone."""
 
-    days = None
-    try:
-        task = {"database": str(database.resolve()), "scratch": str(scratch), "calendar": calendar_rows, "months": month_rows}
+    def __init__(self, task: dict):
+        import subprocess
+
         package_root = str(Path(__file__).resolve().parents[2])
         # -I: nothing from the environment or the working folder decides what the helper imports.
-        process = shares.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _HELPER_CODE, package_root],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert process.stdin is not None and process.stdout is not None
+        self._process = subprocess.Popen([sys.executable, "-I", "-c", _HELPER_CODE, package_root],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.send(json.dumps(task))
 
-        def answer() -> Any:
-            reply = json.loads(process.stdout.readline() or "null")
-            if not isinstance(reply, dict) or "error" in reply:
-                raise _HelperFailed(reply.get("error") if isinstance(reply, dict) else "it ended")
-            return reply
+    def send(self, line: str) -> None:
+        """Send the helper one line."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
 
-        process.stdin.write(json.dumps(task) + "\n")
-        process.stdin.flush()
-        days = [tuple(row) for row in answer()["days"]]
+    def answer(self) -> dict:
+        """The helper's next answer; `_HelperFailed` when it ended or answered an error."""
+        assert self._process.stdout is not None
+        reply = json.loads(self._process.stdout.readline() or "null")
+        if not isinstance(reply, dict) or "error" in reply:
+            raise _HelperFailed(reply.get("error") if isinstance(reply, dict) else "it ended")
+        return reply
+
+    def finish(self) -> None:
+        """Tell the helper to leave its file to the writer, and wait for it to end."""
+        self.send("end")
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        if self._process.wait() != 0:
+            raise _HelperFailed(f"it exited with status {self._process.returncode}")
+
+    def kill(self) -> None:
+        """End the helper now, if it still runs."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def _helper(database: Path, shares: _Shares, calendar_rows: list[tuple], month_rows: list[tuple],
+            scratch: Path) -> tuple[list[tuple] | None, bool]:
+    """Run on a thread of the writer: start the helper process, read `_ALL_DAYS` from it, then
+    hand it shares until none is left; returns the days' rows and whether its file `scratch`
+    holds the partial sums of `shares.helpers`. A failure costs time, not the run: the writer
+    sums the helper's shares itself."""
+    days = None
+    try:
+        helper = shares.process = _HelperProcess(
+            {"database": str(database.resolve()), "scratch": str(scratch), "calendar": calendar_rows, "months": month_rows})
+        days = [tuple(row) for row in helper.answer()["days"]]
         while (share := shares.take(helper=True)) is not None:
-            process.stdin.write(f"{share[0]} {share[1]}\n")
-            process.stdin.flush()
-            answer()
-        process.stdin.write("end\n")
-        process.stdin.close()
-        if process.wait() != 0:
-            raise _HelperFailed(f"it exited with status {process.returncode}")
+            helper.send(f"{share[0]} {share[1]}")
+            helper.answer()
+        helper.finish()
         return days, bool(shares.helpers)
     except Exception as exc:  # noqa: BLE001 - whatever befell the helper, the writer can sum its shares
         if not shares.helpers and days is not None:
@@ -351,12 +405,62 @@ def _helper(database: Path, shares: _Shares, calendar_rows: list[tuple], month_r
         return days, False
 
 
+@dataclass(frozen=True)
+class HelperTable:
+    """Rows a helper process left in a table of its file (`path`), for the writer to attach."""
+
+    path: Path
+    table: str
+
+
+def sums_in_helper(database: Path, folder: Path, sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[HelperTable]]:
+    """`sums_meanwhile` for a large SQLite replica: the rows of each of `sums` summed by a helper
+    process into a table of a file in `folder`, below the writer's priority, while the writer
+    refreshes the partial sums; each future gives its table once the helper has ended, or its failure."""
+    from concurrent.futures import Future
+
+    futures: dict[Window, Future[HelperTable]] = {window: Future() for window in sums}
+    scratch = folder / "sums.db"
+    names = {window: f"w{i}" for i, window in enumerate(sums)}
+
+    def run() -> None:
+        helper = None
+        try:
+            helper = _HelperProcess({"database": str(database.resolve()), "scratch": str(scratch), "niceness": READER_NICENESS,
+                                     "sums": [[names[w], sql, params] for w, (sql, params) in sums.items()]})
+            for window in sums:
+                if helper.answer().get("ok") != names[window]:
+                    raise _HelperFailed("it answered out of turn")
+            # Only once the helper has ended: the writer reads the file in its transaction,
+            # which keeps a lock on it that would hold up the helper's next table until it commits.
+            helper.finish()
+            for window in sums:
+                futures[window].set_result(HelperTable(scratch, names[window]))
+        except Exception as exc:  # noqa: BLE001 - each window left is the writer's to sum
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+            if helper is not None:
+                helper.kill()
+
+    threading.Thread(target=run, name="aggregate-sums", daemon=True).start()
+    return futures
+
+
+def _attach_helper(db, path: Path) -> None:
+    """Attach the helper's file `path` to the writer's connection as HELPER_SCHEMA, once."""
+    if not any(name == HELPER_SCHEMA for _, name, _ in db.execute("PRAGMA database_list")):
+        db.execute(f"ATTACH ? AS {HELPER_SCHEMA}", [str(path)])
+
+
 def helper_main() -> None:
-    """The helper process of a large rebuild: reads its task (a JSON line: the replica, its own
-    file, the calendar's pieces and months) from stdin, answers every day's sums, then sums each
-    share of clients (a line "first last") into its file and answers when it is written. On "end"
-    it leaves the file to the writer; at the end of its input without it (the writer is gone) it
-    removes the file. Every answer is a JSON line; a failure answers {"error": ...}."""
+    """The helper process of a writing run: reads its task (a JSON line: the replica, its own
+    file, and the calendar's pieces and months of a rebuild, or the SQL of the sums of a refresh)
+    from stdin. For a rebuild it answers every day's sums, then sums each share of clients (a line
+    "first last") into its file and answers when it is written; for a refresh it stores each sum
+    in a table of its file and answers its name. On "end" it leaves the file to the writer; at
+    the end of its input without it (the writer is gone) it removes the file. Every answer is a
+    JSON line; a failure answers {"error": ...}."""
     import sqlite3
     from urllib.parse import quote
 
@@ -365,20 +469,27 @@ def helper_main() -> None:
         sys.stdout.flush()
 
     task = json.loads(sys.stdin.readline())
-    scratch, handed = Path(task["scratch"]), False
+    scratch, handed, rebuild = Path(task["scratch"]), False, "calendar" in task
     try:
+        if task.get("niceness"):
+            os.nice(task["niceness"])
         conn = sqlite3.connect(f"file:{quote(task['scratch'])}", uri=True, isolation_level=None)
         # Throwaway rows: no journal, no sync; a failure discards the whole file.
         for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -16384"):
             conn.execute(f"PRAGMA {pragma}")
-        _create_parts(conn)  # before the replica is attached, whose tables have the same names
+        if rebuild:
+            _create_parts(conn)  # before the replica is attached, whose tables have the same names
         conn.execute("ATTACH ? AS replica", [f"file:{quote(task['database'])}?mode=ro"])
-        # Unqualified, client_stats and clients are the replica's, the partial sums this file's.
-        for name, columns, rows in (("agg_calendar", calendar_columns(SQLITE), task["calendar"]),
-                                    ("agg_month_list", MONTH_LIST_COLUMNS, task["months"])):
-            conn.execute(SQLITE.temp_table(name, columns, next(iter(columns))))
-            conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(columns))})", rows)
-        say({"days": conn.execute(_ALL_DAYS).fetchall()})
+        # Unqualified, the replica's tables are the replica's, unless this file has one of the name.
+        if rebuild:
+            for name, columns, rows in (("agg_calendar", calendar_columns(SQLITE), task["calendar"]),
+                                        ("agg_month_list", MONTH_LIST_COLUMNS, task["months"])):
+                conn.execute(SQLITE.temp_table(name, columns, next(iter(columns))))
+                conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(columns))})", rows)
+            say({"days": conn.execute(_ALL_DAYS).fetchall()})
+        for name, sql, params in task.get("sums", []):
+            conn.execute(f"CREATE TABLE main.{name} AS {sql}", params)
+            say({"ok": name})
         for line in sys.stdin:
             if line.strip() == "end":
                 conn.close()
@@ -390,7 +501,7 @@ def helper_main() -> None:
             conn.execute("COMMIT")
             say({"ok": True})
         conn.close()
-    except Exception as exc:  # noqa: BLE001 - the writer is told, and sums the share itself
+    except Exception as exc:  # noqa: BLE001 - the writer is told, and sums it itself
         say({"error": " ".join(str(exc).split())[:200]})
         sys.exit(1)
     finally:  # unless handed to the writer: a killed writer removed nothing
@@ -425,17 +536,15 @@ def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
 def _parts_in_two(db: sqlite_utils.Database, database: Path, calendar_rows: list[tuple], month_rows: list[tuple],
                   folder: Path | None) -> list[tuple]:
     """The partial sums of every listed client's pieces and months, summed share by share by the
-    writer and, on a large replica, a helper process (`_helper`) writing into a file in `folder`
-    (None: no helper); returns every day's sums (`_ALL_DAYS`), which the helper or a thread reads meanwhile."""
+    writer and a helper process (`_helper`) writing into a file in `folder` (None: the writer
+    alone); returns every day's sums (`_ALL_DAYS`), which the helper or a thread reads meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ids = [cid for (cid,) in db.execute("SELECT id FROM clients ORDER BY id")]
-    shares = _Shares(ids)
+    shares = _Shares([cid for (cid,) in db.execute("SELECT id FROM clients ORDER BY id")])
     scratch = folder / "parts.db" if folder is not None else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-helper")
     try:
-        span = (date.fromisoformat(calendar_rows[-1][1]) - date.fromisoformat(calendar_rows[0][0])).days + 1 if calendar_rows else 0
-        if scratch is not None and len(ids) * span >= HELPER_MIN_ROWS:
+        if scratch is not None:
             helper = pool.submit(_helper, database, shares, calendar_rows, month_rows, scratch)
         else:
             shares.stop()
@@ -448,7 +557,7 @@ def _parts_in_two(db: sqlite_utils.Database, database: Path, calendar_rows: list
         shares.stop()
         pool.shutdown(wait=False)
     if helped:  # the helper's clients follow the writer's: their rows go at the end of each table
-        db.execute(f"ATTACH ? AS {HELPER_SCHEMA}", [str(scratch)])
+        _attach_helper(db, scratch)
         for table in ("agg_client_pieces", "agg_client_months"):
             db.execute(f"INSERT INTO main.{table} SELECT * FROM {HELPER_SCHEMA}.{table}")
     else:
@@ -513,28 +622,14 @@ def yield_to_the_writer() -> None:
 def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at: str) -> list[tuple[str, date, date]]:
     """Recreate every partial sum and rollup table as of `as_of`; returns (period, first day, last
     day) of every rolling window and every calendar month with data."""
-    import shutil
-    import tempfile
-
-    _detach_helper(db)
     _create_parts(db)
     span = data_span(db)
     calendar_rows = calendar(*span) if span is not None else []
     month_rows = [(month,) for month in dict.fromkeys(row[3] for row in calendar_rows)]
     calendar_table(db, SQLITE, calendar_rows)
     temp_rows(db, SQLITE, "agg_month_list", MONTH_LIST_COLUMNS, "month", month_rows)
-    # The helper's folder: private to this user, made anew (never an existing path), removed
-    # whatever happens. Without one (no room in the temporary folder) the writer sums alone.
-    try:
-        folder = Path(tempfile.mkdtemp(prefix="delivery-sync-aggregate-"))
-    except OSError as exc:
-        log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", " ".join(str(exc).split())[:200])
-        folder = None
-    try:
+    with _helper_folder(db) as folder:
         all_days = _parts_in_two(db, database, calendar_rows, month_rows, folder)
-    finally:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
     # Clients are never deleted and rows are written only for listed clients: `clients` lists
     # every client with rows, and is far cheaper to read. Checked by the row count.
     if db.execute("SELECT TOTAL(days_with_data) FROM agg_client_pieces").fetchone()[0] != sum(row[1] for row in all_days):
@@ -729,10 +824,13 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
             rows = None
         if rows is None:
             db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} {sql}", params)
+        elif isinstance(rows, HelperTable):
+            _attach_helper(db, rows.path)
+            db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} SELECT * FROM {HELPER_SCHEMA}.{rows.table}")
         else:
             db.insert_rows(f"{temp}.{_WINDOW_SUMS}", _WINDOW_SUMS_COLUMNS, rows)
     if failed:
-        log.warning("aggregate: its reader connection failed (%s); the writer summed %d base window%s itself",
+        log.warning("aggregate: its reader failed (%s); the writer summed %d base window%s itself",
                     " ".join(str(failed[0]).split())[:200], len(failed), "" if len(failed) == 1 else "s")
     for statement in dialect.fresh_statistics(f"{temp}.{_WINDOW_SUMS}"):
         db.execute(statement)
