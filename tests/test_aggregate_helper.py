@@ -1,5 +1,5 @@
-"""A large full rebuild sums a share of the clients in a helper process (aggregate/build.py,
-`_parts_in_two`): its partial sums and rollups equal the writer's alone bit for bit, and any
+"""A large full rebuild sums a share of the clients in a helper process (aggregate/helper.py,
+build.py's `_parts_in_two`): its partial sums and rollups equal the writer's alone bit for bit, and any
 failure of the helper costs time, not the run. Small shares and a zero threshold bring the helper
 in on a small replica."""
 
@@ -19,7 +19,7 @@ import test_aggregate_incremental as incremental
 from conftest import replica_copy
 from test_aggregate_exact import exact, raw_path, stored
 
-from delivery_sync.aggregate import build
+from delivery_sync.aggregate import build, helper, parts
 from delivery_sync.aggregate.pieces import calendar
 from delivery_sync.aggregate.run import aggregate_locked
 from delivery_sync.config import Settings
@@ -64,7 +64,7 @@ def rebuilt(path: Path, as_of: date) -> dict[str, set[tuple]]:
 def alone(synced, tmp_path_factory) -> dict[str, set[tuple]]:
     """The rebuild of the writer alone (the replica is far below HELPER_MIN_ROWS), checked against the raw rows."""
     path, today = synced
-    assert CLIENTS * DAYS < build.HELPER_MIN_ROWS
+    assert CLIENTS * DAYS < helper.HELPER_MIN_ROWS
     with replica_copy(path, tmp_path_factory.mktemp("alone")) as copy:
         got = rebuilt(copy, today)
         conn = sqlite3.connect(copy)
@@ -89,7 +89,7 @@ class Shares:
         self.taken: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
         self.helper_took = threading.Event()
         self.summed = 0
-        take, fill, fill_parts = build._Shares.take, build._fill_share, build._fill_parts
+        take, fill, fill_parts = helper.Shares.take, build.fill_share, parts.fill_parts
 
         def recorded(shares, helper: bool):
             share = take(shares, helper)
@@ -110,11 +110,12 @@ class Shares:
             self.summed += 1
             fill_parts(*args, **kwargs)
 
-        monkeypatch.setattr(build, "_fill_parts", counted)
-        monkeypatch.setattr(build._Shares, "take", recorded)
-        monkeypatch.setattr(build, "_fill_share", writer_fill)
-        monkeypatch.setattr(build, "HELPER_MIN_ROWS", 0)
-        monkeypatch.setattr(build, "CLIENTS_A_SHARE", 4)
+        for module in (build, parts):  # a share (parts.fill_share), or every client again (the rebuild)
+            monkeypatch.setattr(module, "fill_parts", counted)
+        monkeypatch.setattr(helper.Shares, "take", recorded)
+        monkeypatch.setattr(build, "fill_share", writer_fill)
+        monkeypatch.setattr(helper, "HELPER_MIN_ROWS", 0)
+        monkeypatch.setattr(helper, "CLIENTS_A_SHARE", 4)
 
 
 @pytest.fixture
@@ -146,9 +147,9 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
     path, today = synced
     shares = Shares(monkeypatch, wait=failure == "killed after a share", kill_at=2 if failure == "killed after a share" else None)
     if failure == "ends at once":
-        monkeypatch.setattr(build, "_HELPER_CODE", "import sys; sys.exit(3)")
+        monkeypatch.setattr(helper, "HELPER_CODE", "import sys; sys.exit(3)")
     elif failure == "answers an HTML page":
-        monkeypatch.setattr(build, "_HELPER_CODE", "print('<html><body>Error</body></html>')")
+        monkeypatch.setattr(helper, "HELPER_CODE", "print('<html><body>Error</body></html>')")
     elif failure == "no temporary folder":
         (tmp_path / "not-a-folder").write_text("")
         monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "not-a-folder"))
@@ -168,8 +169,8 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
 
 def helper_process(task: dict) -> subprocess.Popen:
     """The helper process as a rebuild starts it, given its task."""
-    package_root = str(Path(build.__file__).resolve().parents[2])
-    process = subprocess.Popen([sys.executable, "-I", "-c", build._HELPER_CODE, package_root],
+    package_root = str(Path(helper.__file__).resolve().parents[2])
+    process = subprocess.Popen([sys.executable, "-I", "-c", helper.HELPER_CODE, package_root],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     process.stdin.write(json.dumps(task) + "\n")
     process.stdin.flush()
@@ -220,8 +221,8 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize("helper", ["sums", "fails"])
-def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_for_bit(demo, monkeypatch, caplog, helper):
+@pytest.mark.parametrize("outcome", ["sums", "fails"])
+def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_for_bit(demo, monkeypatch, caplog, outcome):
     """Every refresh of these syncs hands its base windows to a helper process (the threshold at
     0): the rollups equal a full rebuild's, and the raw rows' (incremental_rollups_equal_a_full_rebuild)."""
     attached, sums_in_helper = [], build.sums_in_helper
@@ -231,15 +232,15 @@ def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_
         attached.append(len(sums))
         return futures
 
-    monkeypatch.setattr(build, "HELPER_MIN_ROWS", 0)
+    monkeypatch.setattr(helper, "HELPER_MIN_ROWS", 0)
     monkeypatch.setattr(build, "sums_in_helper", counted)
-    if helper == "fails":
-        monkeypatch.setattr(build, "_HELPER_CODE", "import sys; sys.exit(3)")
+    if outcome == "fails":
+        monkeypatch.setattr(helper, "HELPER_CODE", "import sys; sys.exit(3)")
     with caplog.at_level(logging.WARNING):
         incremental.incremental_rollups_equal_a_full_rebuild(demo, "sqlite", STEPS)
     assert len(attached) == len(STEPS) and all(attached)  # each sync's refresh handed the helper its base windows
     warned = [r.getMessage() for r in caplog.records if "its reader failed" in r.getMessage()]
-    if helper == "sums":
+    if outcome == "sums":
         assert warned == []
     else:
         assert len(warned) == len(STEPS) and all("the writer summed" in w for w in warned)

@@ -12,6 +12,8 @@ exact, and independent of the order SQLite visits rows in.
 - pieces.py: the calendar of pieces (weeks cut at month ends) and a window's cover;
 - windows.py: any window as a sum of partial sums, read by reports and rolling periods;
 - current.py: whether the rollups are current (read by reports, and by build before a refresh);
+- parts.py: the partial sums' tables and the SQL that fills them;
+- helper.py: the helper process that sums a share of a large SQLite aggregate on another core;
 - build.py: SQLite's rollup build (rebuild everything, or refresh what a sync wrote), and the
   refresh and rolling periods both engines share;
 - postgres.py: PostgreSQL's full rebuild;

@@ -21,7 +21,6 @@ from ..dialect import POSTGRES as PG
 from ..metrics import AMOUNT_METRICS, METRICS
 from .build import (
     OLD_WINDOW_SUMS,
-    calendar_table,
     can_refresh,
     list_unlisted_clients,
     months_built,
@@ -30,6 +29,7 @@ from .build import (
     rolling,
     sums_meanwhile,
 )
+from .parts import calendar_table
 from .pieces import calendar, piece_span
 from .rollup_rows import client_month_rows, insert_rows, overall_rows
 from .sql import EDGE_CLIENTS, FINE_TABLES, LAST_DAYS, RATIOS, WINDOW_PAIRS, cents_of
