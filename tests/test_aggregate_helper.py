@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def synced(tmp_path_factory) -> tuple[Path, date]:
 def rebuilt(path: Path, as_of: date) -> dict[str, set[tuple]]:
     """A full rebuild of `path` as of `as_of`: its rollups and its partial sums, every value typed."""
     result = aggregate_locked(open_store(path), as_of)
-    assert result.status == "ok" and not result.refreshed
+    assert result.status == "ok" and not result.refreshed, result.run["error"]
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
@@ -81,38 +82,46 @@ def alone(synced, tmp_path_factory) -> dict[str, set[tuple]]:
 
 class Shares:
     """Who took which share: the writer waits before each of its shares until the helper has taken
-    one (so both sum some, however fast this machine starts a process); `kill_at` kills the helper
-    process as it takes that many shares. `summed`: how many times the writer summed partial sums
-    of a set of clients (one share, or every client again when the rows did not add up)."""
+    one, or `kill_at` (so both sum some, however fast this machine starts a process); `kill_at`
+    kills the helper process as it takes that many shares. `summed`: how many times the writer
+    summed partial sums of a set of clients (one share, or every client again when the rows did
+    not add up). `processes`: every helper process started."""
 
     def __init__(self, monkeypatch, wait: bool = True, kill_at: int | None = None):
         self.taken: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
         self.helper_took = threading.Event()
         self.summed = 0
-        take, fill, fill_parts = helper.Shares.take, build.fill_share, parts.fill_parts
+        self.processes: list = []
+        take, fill, fill_parts, start = helper.Shares.take, build.fill_share, parts.fill_parts, helper.HelperRun.start
 
         def recorded(shares, helper: bool):
             share = take(shares, helper)
             if share is not None:
                 self.taken[helper].append(share)
                 if helper and len(self.taken[True]) == kill_at:
-                    shares.process.kill()
-                if helper:
+                    self.processes[-1].kill()
+                if helper and len(self.taken[True]) >= (kill_at or 1):
                     self.helper_took.set()
             return share
+
+        def started(run, task):
+            self.processes.append(start(run, task))
+            return self.processes[-1]
 
         def writer_fill(db, share):
             if wait:
                 assert self.helper_took.wait(30), "the helper process took no share"
             fill(db, share)
 
-        def counted(*args, **kwargs):
-            self.summed += 1
-            fill_parts(*args, **kwargs)
+        def counted(db, *args, **kwargs):
+            if not isinstance(db, list):  # not parts.layout()'s dry run, which only lists the SQL
+                self.summed += 1
+            fill_parts(db, *args, **kwargs)
 
         for module in (build, parts):  # a share (parts.fill_share), or every client again (the rebuild)
             monkeypatch.setattr(module, "fill_parts", counted)
         monkeypatch.setattr(helper.Shares, "take", recorded)
+        monkeypatch.setattr(helper.HelperRun, "start", started)
         monkeypatch.setattr(build, "fill_share", writer_fill)
         monkeypatch.setattr(helper, "HELPER_MIN_ROWS", 0)
         monkeypatch.setattr(helper, "CLIENTS_A_SHARE", 4)
@@ -133,23 +142,37 @@ def test_the_helper_sums_a_share_of_the_clients_and_the_rebuild_is_the_writers_a
     shares = Shares(monkeypatch)
     with replica_copy(path, tmp_path) as copy, caplog.at_level(logging.WARNING):
         assert rebuilt(copy, today) == alone
-    writer, helper = shares.taken[False], shares.taken[True]
-    assert writer and helper  # both summed
-    assert sorted(writer + helper) == [(first, first + 3) for first in range(1, CLIENTS + 1, 4)]
-    assert max(writer) < min(helper)  # the writer from the low ids, the helper from the high
+    writer, helped = shares.taken[False], shares.taken[True]
+    assert writer and helped  # both summed
+    assert sorted(writer + helped) == [(first, first + 3) for first in range(1, CLIENTS + 1, 4)]
+    assert max(writer) < min(helped)  # the writer from the low ids, the helper from the high
     assert shares.summed == len(writer)  # the helper's rows used as they came: nothing summed again
     assert not caplog.records
     assert list(temp_folder.iterdir()) == []  # its file and folder removed
 
 
-@pytest.mark.parametrize("failure", ["ends at once", "killed after a share", "answers an HTML page", "no temporary folder"])
+@pytest.mark.parametrize("failure", ["ends at once", "killed after a share", "answers an HTML page", "answers an error",
+                                     "another version", "its file gone", "no temporary folder"])
 def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_folder, monkeypatch, caplog, failure):
     path, today = synced
-    shares = Shares(monkeypatch, wait=failure == "killed after a share", kill_at=2 if failure == "killed after a share" else None)
+    helps = failure in ("killed after a share", "its file gone")
+    shares = Shares(monkeypatch, wait=helps, kill_at=2 if failure == "killed after a share" else None)
     if failure == "ends at once":
         monkeypatch.setattr(helper, "HELPER_CODE", "import sys; sys.exit(3)")
     elif failure == "answers an HTML page":
         monkeypatch.setattr(helper, "HELPER_CODE", "print('<html><body>Error</body></html>')")
+    elif failure == "answers an error":  # as it would on a full disk
+        monkeypatch.setattr(helper, "HELPER_CODE", "print('{\"error\": \"database or disk is full\"}')")
+    elif failure == "another version":  # delivery-sync upgraded in place while the writer ran
+        monkeypatch.setattr(helper, "layout", lambda: "the partial sums of an older version")
+    elif failure == "its file gone":
+        copy_from_helper = helper.copy_from_helper
+
+        def removed_first(db, path, copies):
+            path.unlink()
+            return copy_from_helper(db, path, copies)
+
+        monkeypatch.setattr(build, "copy_from_helper", removed_first)
     elif failure == "no temporary folder":
         (tmp_path / "not-a-folder").write_text("")
         monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "not-a-folder"))
@@ -159,12 +182,19 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
     if failure == "no temporary folder":
         assert warning.startswith("aggregate: no temporary folder for its helper (") and warning.endswith("); summing on one core")
         assert shares.taken[True] == []
+    elif failure == "its file gone":
+        assert warning == "aggregate: its helper's file could not be read (no such table: agg_helper.agg_client_pieces); the writer summed it itself"
+        assert shares.taken[True]
+        assert list(temp_folder.iterdir()) == []
     else:
         assert warning.startswith("aggregate: its helper process failed (")
         assert warning.endswith("); the writer summed its share itself")
         assert len(shares.taken[True]) == (2 if failure == "killed after a share" else 0)
+        assert ("database or disk is full" in warning) == (failure == "answers an error")
+        assert ("another delivery-sync version" in warning) == (failure == "another version")
+        assert list(temp_folder.iterdir()) == []
     assert shares.summed == CLIENTS // 4  # every share once, by the writer: none twice, no second pass
-    assert list(temp_folder.iterdir()) == []
+    assert all(process._process.poll() is not None for process in shares.processes)  # none left running
 
 
 def helper_process(task: dict) -> subprocess.Popen:
@@ -184,7 +214,8 @@ def test_the_helper_leaves_its_file_to_the_writer_and_removes_it_when_the_writer
     folder.mkdir()
     pieces = calendar(today - timedelta(days=DAYS - 1), today)
     months = [[month] for month in dict.fromkeys(row[3] for row in pieces)]
-    process = helper_process({"database": str(path), "scratch": str(folder / "parts.db"), "calendar": pieces, "months": months})
+    process = helper_process({"database": str(path), "scratch": str(folder / "parts.db"), "layout": parts.layout(),
+                              "calendar": pieces, "months": months})
     days = {tuple(row) for row in json.loads(process.stdout.readline())["days"]}
     assert len(days) == DAYS and {tuple(v for _, v in row) for row in alone["agg_days"]} == days
     process.stdin.write("3 6\n")
@@ -227,8 +258,8 @@ def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_
     0): the rollups equal a full rebuild's, and the raw rows' (incremental_rollups_equal_a_full_rebuild)."""
     attached, sums_in_helper = [], build.sums_in_helper
 
-    def counted(database, folder, sums):
-        futures = sums_in_helper(database, folder, sums)
+    def counted(run, database, sums):
+        futures = sums_in_helper(run, database, sums)
         attached.append(len(sums))
         return futures
 
@@ -244,3 +275,45 @@ def test_a_refresh_whose_helper_sums_the_base_windows_equals_a_full_rebuild_bit_
         assert warned == []
     else:
         assert len(warned) == len(STEPS) and all("the writer summed" in w for w in warned)
+
+
+def test_a_writer_that_fails_ends_its_helper_and_removes_its_folder(synced, tmp_path, temp_folder, monkeypatch, caplog):
+    path, today = synced
+    shares = Shares(monkeypatch)
+    fill = build.fill_share  # Shares' own: it waits until the helper took a share
+
+    def full(db, share):
+        fill(db, share)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(build, "fill_share", full)
+    with replica_copy(path, tmp_path) as copy, caplog.at_level(logging.WARNING):
+        result = aggregate_locked(open_store(copy), today)
+    assert result.status == "failed" and "disk is full" in result.run["error"]
+    assert shares.taken[True] and shares.processes
+    assert all(process._process.poll() is not None for process in shares.processes)  # ended with the writer
+    assert not [r for r in caplog.records if "helper" in r.getMessage()]  # its end is no helper failure
+    assert list(temp_folder.iterdir()) == []
+
+
+def test_the_next_rebuild_removes_the_folder_a_killed_writer_left_and_nothing_else(synced, alone, tmp_path, temp_folder, monkeypatch):
+    path, today = synced
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    stale = temp_folder / f"delivery-sync-aggregate-{ended.pid}-k1ll3d"
+    stale.mkdir()
+    (stale / "parts.db").write_bytes(b"rows of a killed run")
+    running = temp_folder / f"delivery-sync-aggregate-{os.getpid()}-running"
+    running.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not the tool's")
+    link = temp_folder / f"delivery-sync-aggregate-{ended.pid}-link"
+    link.symlink_to(elsewhere)
+    Shares(monkeypatch)
+    with replica_copy(path, tmp_path) as copy:
+        assert rebuilt(copy, today) == alone
+    assert not stale.exists()
+    assert running.is_dir()  # its writer runs
+    assert link.is_symlink() and (elsewhere / "keep").read_text() == "not the tool's"  # never followed
+    assert sorted(p.name for p in temp_folder.iterdir()) == sorted([running.name, link.name])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dialect import SQLITE
-from .parts import ALL_DAYS, MONTH_LIST_COLUMNS, calendar_columns, create_parts, fill_share
+from .parts import ALL_DAYS, MONTH_LIST_COLUMNS, calendar_columns, create_parts, fill_share, layout
 from .windows import data_span
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from concurrent.futures import Future
 
-    import sqlite_utils
-
     from ..days import Window
 
 # Clients a statement of the rebuild's pass over client_stats sums (at 1,095 days, about half a
 # second of work): small enough that the writer and the helper end close together.
 CLIENTS_A_SHARE = 256
-# From how many clients x days of data a rebuild has a helper process sum shares of the clients:
-# below, starting it (about 0.1 s) costs more than it saves.
+# From how many clients x days of data a rebuild has a helper process sum shares of the clients,
+# and a refresh its base windows: below, starting it (about 0.1 s) costs more than it saves.
 HELPER_MIN_ROWS = 2_000_000
 # The name under which the writer attaches the helper's file.
 HELPER_SCHEMA = "agg_helper"
@@ -57,7 +55,6 @@ class Shares:
         self._low, self._high = 0, len(self._bounds)
         self._stopped = False
         self.helpers: list[tuple[int, int]] = []  # the helper's shares, the last taken first
-        self.process: HelperProcess | None = None
 
     def take(self, helper: bool) -> tuple[int, int] | None:
         """The first and last id of the next share from the writer's end or the helper's, or None."""
@@ -72,11 +69,9 @@ class Shares:
             return self._bounds[self._low - 1]
 
     def stop(self) -> None:
-        """Hand the helper no further share and end its process: the writer is done, or failed."""
+        """Hand the helper no further share: the writer is done, or failed."""
         with self._lock:
             self._stopped = True
-            if self.process is not None:
-                self.process.kill()
 
 
 class HelperFailed(Exception):
@@ -127,28 +122,28 @@ class HelperProcess:
             self._process.wait()
 
 
-def helper_shares(database: Path, shares: Shares, calendar_rows: list[tuple], month_rows: list[tuple],
-            scratch: Path) -> tuple[list[tuple] | None, bool]:
+def helper_shares(run: HelperRun, database: Path, shares: Shares, calendar_rows: list[tuple],
+                  month_rows: list[tuple]) -> tuple[list[tuple] | None, Path | None]:
     """Run on a thread of the writer: start the helper process, read `ALL_DAYS` from it, then
-    hand it shares until none is left; returns the days' rows and whether its file `scratch`
-    holds the partial sums of `shares.helpers`. A failure costs time, not the run: the writer
-    sums the helper's shares itself."""
-    days = None
+    hand it shares until none is left; returns the days' rows and the helper's file when it holds
+    the partial sums of `shares.helpers` (else None). A failure costs time, not the run: the
+    writer sums the helper's shares itself."""
+    days, scratch = None, run.folder / "parts.db"
     try:
-        helper = shares.process = HelperProcess(
-            {"database": str(database.resolve()), "scratch": str(scratch), "calendar": calendar_rows, "months": month_rows})
+        helper = run.start({"database": str(database.resolve()), "scratch": str(scratch), "layout": layout(),
+                            "calendar": calendar_rows, "months": month_rows})
         days = [tuple(row) for row in helper.answer()["days"]]
         while (share := shares.take(helper=True)) is not None:
             helper.send(f"{share[0]} {share[1]}")
             helper.answer()
         helper.finish()
-        return days, bool(shares.helpers)
+        return days, scratch if shares.helpers else None
     except Exception as exc:  # noqa: BLE001 - whatever befell the helper, the writer can sum its shares
-        if not shares.helpers and days is not None:
-            return days, False  # the writer took every share first: nothing is lost
-        log.warning("aggregate: its helper process failed (%s); the writer summed its share itself",
-                    " ".join(str(exc).split())[:200])
-        return days, False
+        # Silent when the writer took every share first (nothing is lost) or stopped the helper.
+        if (shares.helpers or days is None) and not run.stopped:
+            log.warning("aggregate: its helper process failed (%s); the writer summed its share itself",
+                        " ".join(str(exc).split())[:200])
+        return days, None
 
 
 @dataclass(frozen=True)
@@ -159,21 +154,21 @@ class HelperTable:
     table: str
 
 
-def sums_in_helper(database: Path, folder: Path, sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[HelperTable]]:
+def sums_in_helper(run: HelperRun, database: Path, sums: dict[Window, tuple[str, dict]]) -> dict[Window, Future[HelperTable]]:
     """`sums_meanwhile` for a large SQLite replica: the rows of each of `sums` summed by a helper
-    process into a table of a file in `folder`, below the writer's priority, while the writer
+    process of `run` into a table of its file, below the writer's priority, while the writer
     refreshes the partial sums; each future gives its table once the helper has ended, or its failure."""
     from concurrent.futures import Future
 
     futures: dict[Window, Future[HelperTable]] = {window: Future() for window in sums}
-    scratch = folder / "sums.db"
+    scratch = run.folder / "sums.db"
     names = {window: f"w{i}" for i, window in enumerate(sums)}
 
-    def run() -> None:
+    def sum_them() -> None:
         helper = None
         try:
-            helper = HelperProcess({"database": str(database.resolve()), "scratch": str(scratch), "niceness": READER_NICENESS,
-                                     "sums": [[names[w], sql, params] for w, (sql, params) in sums.items()]})
+            helper = run.start({"database": str(database.resolve()), "scratch": str(scratch), "niceness": READER_NICENESS,
+                                "sums": [[names[w], sql, params] for w, (sql, params) in sums.items()]})
             for window in sums:
                 if helper.answer().get("ok") != names[window]:
                     raise HelperFailed("it answered out of turn")
@@ -189,14 +184,34 @@ def sums_in_helper(database: Path, folder: Path, sums: dict[Window, tuple[str, d
             if helper is not None:
                 helper.kill()
 
-    threading.Thread(target=run, name="aggregate-sums", daemon=True).start()
+    threading.Thread(target=sum_them, name="aggregate-sums", daemon=True).start()
     return futures
 
 
-def attach_helper(db, path: Path) -> None:
-    """Attach the helper's file `path` to the writer's connection as HELPER_SCHEMA, once."""
-    if not any(name == HELPER_SCHEMA for _, name, _ in db.execute("PRAGMA database_list")):
-        db.execute(f"ATTACH ? AS {HELPER_SCHEMA}", [str(path)])
+def copy_from_helper(db, path: Path, copies: list[tuple[str, str]]) -> bool:
+    """Copy the rows of each (table of the helper's file `path`, table of the writer) on the
+    writer's connection `db`, all or none (a savepoint): False, with one warning, when the file
+    cannot be read as the helper left it; the caller then sums those rows itself. The file stays
+    attached as HELPER_SCHEMA until the writer's transaction ends (SQLite detaches no database a
+    transaction has read); an earlier run's, on the same connection, is detached first."""
+    import sqlite3
+
+    db.execute("SAVEPOINT agg_helper_copy")
+    try:
+        attached = {name: file for _, name, file in db.execute("PRAGMA database_list")}.get(HELPER_SCHEMA)
+        if attached not in (None, str(path)):
+            db.execute(f"DETACH {HELPER_SCHEMA}")
+        if attached != str(path):
+            db.execute(f"ATTACH ? AS {HELPER_SCHEMA}", [str(path)])
+        for source, target in copies:
+            db.execute(f"INSERT INTO {target} SELECT * FROM {HELPER_SCHEMA}.{source}")
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK TO agg_helper_copy")
+        log.warning("aggregate: its helper's file could not be read (%s); the writer summed it itself", " ".join(str(exc).split())[:200])
+        return False
+    finally:
+        db.execute("RELEASE agg_helper_copy")
+    return True
 
 
 def helper_main() -> None:
@@ -217,6 +232,8 @@ def helper_main() -> None:
     task = json.loads(sys.stdin.readline())
     scratch, handed, rebuild = Path(task["scratch"]), False, "calendar" in task
     try:
+        if rebuild and task["layout"] != layout():
+            raise RuntimeError("the partial sums of another delivery-sync version (upgraded while the writer ran)")
         if task.get("niceness"):
             os.nice(task["niceness"])
         conn = sqlite3.connect(f"file:{quote(task['scratch'])}", uri=True, isolation_level=None)
@@ -257,19 +274,44 @@ def helper_main() -> None:
                 scratch.parent.rmdir()
 
 
-def detach_helper(db: sqlite_utils.Database) -> None:
-    """Detach the helper's file an earlier rebuild on this connection attached: it stays attached
-    until its transaction ends (SQLite detaches no database a transaction has read)."""
-    if any(name == HELPER_SCHEMA for _, name, _ in db.execute("PRAGMA database_list")):
-        db.execute(f"DETACH {HELPER_SCHEMA}")
+class HelperRun:
+    """The helper processes of one aggregate and their private `folder`: each started by `start`,
+    every one still running ended by `stop` (the writer is done, or failed)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.stopped = False
+        self._lock = threading.Lock()
+        self._processes: list[HelperProcess] = []
+
+    def start(self, task: dict) -> HelperProcess:
+        """A new helper process given `task`; HelperFailed once the run is stopped."""
+        with self._lock:
+            if self.stopped:
+                raise HelperFailed("the writer stopped")
+            process = HelperProcess(task)
+            self._processes.append(process)
+            return process
+
+    def stop(self) -> None:
+        """End every helper process still running, and start no other."""
+        with self._lock:
+            self.stopped = True
+            processes = list(self._processes)
+        for process in processes:
+            process.kill()
+
+
+# Its helpers' folders: `delivery-sync-aggregate-<writer's pid>-<random>`.
+_FOLDER_PREFIX = "delivery-sync-aggregate-"
 
 
 @contextlib.contextmanager
-def helper_folder(db) -> Iterator[Path | None]:
-    """A folder for a helper process's file when the replica is large enough for one to pay
-    (HELPER_MIN_ROWS), else None: private to this user, made anew (never an existing path), and
-    removed with what is in it at the end. Without room for one in the temporary folder, None and
-    one warning: the writer sums alone."""
+def helper_run(db) -> Iterator[HelperRun | None]:
+    """The helper run of an aggregate when the replica is large enough for a helper to pay
+    (HELPER_MIN_ROWS), else None. Its folder is private to this user, made anew (never an
+    existing path), and removed at the end, its processes ended. When no folder can be made
+    there, None and one warning: the writer sums alone."""
     import shutil
     import tempfile
 
@@ -279,12 +321,38 @@ def helper_folder(db) -> Iterator[Path | None]:
         yield None
         return
     try:
-        folder = Path(tempfile.mkdtemp(prefix="delivery-sync-aggregate-"))
+        _sweep(tempfile.gettempdir())
+        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
     except OSError as exc:
         log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", " ".join(str(exc).split())[:200])
         yield None
         return
+    run = HelperRun(folder)
     try:
-        yield folder
+        yield run
     finally:
+        run.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep(temp: str) -> None:
+    """Remove the helper folders of writers that were killed (a SIGKILL removes nothing): this
+    user's own folders named for a process that runs no more. Never follows a symbolic link."""
+    import re
+    import shutil
+    import stat
+
+    with os.scandir(temp) as entries:
+        for entry in entries:
+            named = re.fullmatch(rf"{_FOLDER_PREFIX}(\d+)-\w+", entry.name)
+            if named is None:
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                    continue
+                os.kill(int(named.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:  # gone meanwhile, or the process runs as another user
+                continue

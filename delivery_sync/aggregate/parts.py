@@ -144,3 +144,20 @@ def fill_share(db, share: tuple[int, int]) -> None:
     mine = f"SELECT id AS client_id FROM clients WHERE id BETWEEN {int(share[0])} AND {int(share[1])}"
     fill_parts(db, f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({mine}) AS c CROSS JOIN temp.agg_calendar AS p",
                 f"SELECT c.client_id, m.month FROM ({mine}) AS c CROSS JOIN temp.agg_month_list AS m", None)
+
+
+def layout() -> str:
+    """A fingerprint of the partial sums' tables and of the SQL that fills them, as this process
+    loaded them: the rebuild's helper process, which imports them anew, refuses the task of a
+    writer whose differ (delivery-sync upgraded in place while the writer ran)."""
+    import hashlib
+
+    class Statements(list):
+        def execute(self, sql: str, params=None) -> None:
+            self.append(sql)
+
+    statements = Statements()
+    create_parts(statements)
+    fill_share(statements, (1, 2))
+    return hashlib.sha256("\n".join([*statements, ALL_DAYS]).encode()).hexdigest()
+
