@@ -151,7 +151,7 @@ def test_the_helper_sums_a_share_of_the_clients_and_the_rebuild_is_the_writers_a
     assert list(temp_folder.iterdir()) == []  # its file and folder removed
 
 
-@pytest.mark.parametrize("failure", ["ends at once", "killed after a share", "answers an HTML page", "answers an error",
+@pytest.mark.parametrize("failure", ["ends at once", "cannot import", "killed after a share", "answers an HTML page", "answers an error",
                                      "another version", "its file gone", "no temporary folder"])
 def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_folder, monkeypatch, caplog, failure):
     path, today = synced
@@ -159,6 +159,8 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
     shares = Shares(monkeypatch, wait=helps, kill_at=2 if failure == "killed after a share" else None)
     if failure == "ends at once":
         monkeypatch.setattr(helper, "HELPER_CODE", "import sys; sys.exit(3)")
+    elif failure == "cannot import":
+        monkeypatch.setattr(helper, "HELPER_CODE", "import delivery_sync_of_no_such_name")
     elif failure == "answers an HTML page":
         monkeypatch.setattr(helper, "HELPER_CODE", "print('<html><body>Error</body></html>')")
     elif failure == "answers an error":  # as it would on a full disk
@@ -191,6 +193,9 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
         assert warning.endswith("); the writer summed its share itself")
         assert len(shares.taken[True]) == (2 if failure == "killed after a share" else 0)
         assert ("database or disk is full" in warning) == (failure == "answers an error")
+        assert ("(it ended with status 3)" in warning) == (failure == "ends at once")
+        assert ("(it ended with status 1: ModuleNotFoundError: No module named 'delivery_sync_of_no_such_name')" in warning) == (
+            failure == "cannot import")
         assert ("another delivery-sync version" in warning) == (failure == "another version")
         assert list(temp_folder.iterdir()) == []
     assert shares.summed == CLIENTS // 4  # every share once, by the writer: none twice, no second pass

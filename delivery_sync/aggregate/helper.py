@@ -84,13 +84,15 @@ class HelperProcess:
     by its indexes took twice as long each (SQLite's page cache and memory allocator take a lock
     of the whole process), two processes no longer than one alone."""
 
-    def __init__(self, task: dict):
+    def __init__(self, task: dict, errors: Path):
         import subprocess
 
         package_root = str(Path(__file__).resolve().parents[2])
-        # -I: nothing from the environment or the working folder decides what the helper imports.
-        self._process = subprocess.Popen([sys.executable, "-I", "-c", HELPER_CODE, package_root],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._errors = errors  # what it writes on stderr (say, why it could not start), in the run's folder
+        with open(errors, "w") as stderr:
+            # -I: nothing from the environment or the working folder decides what the helper imports.
+            self._process = subprocess.Popen([sys.executable, "-I", "-c", HELPER_CODE, package_root],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.send(json.dumps(task))
 
     def send(self, line: str) -> None:
@@ -102,10 +104,27 @@ class HelperProcess:
     def answer(self) -> dict:
         """The helper's next answer; `HelperFailed` when it ended or answered an error."""
         assert self._process.stdout is not None
-        reply = json.loads(self._process.stdout.readline() or "null")
+        line = self._process.stdout.readline()
+        if not line:
+            raise HelperFailed(self._ended())
+        reply = json.loads(line)
         if not isinstance(reply, dict) or "error" in reply:
-            raise HelperFailed(reply.get("error") if isinstance(reply, dict) else "it ended")
+            raise HelperFailed(reply.get("error") if isinstance(reply, dict) else "it answered no JSON object")
         return reply
+
+    def _ended(self) -> str:
+        """Why the helper ended without an answer: its status, and the last line it wrote on stderr."""
+        import subprocess
+
+        try:
+            status = f"it ended with status {self._process.wait(5)}"
+        except subprocess.TimeoutExpired:
+            status = "it closed its output"
+        try:
+            said = [line for line in self._errors.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            said = []
+        return f"{status}: {said[-1]}" if said else status
 
     def finish(self) -> None:
         """Tell the helper to leave its file to the writer, and wait for it to end."""
@@ -289,7 +308,7 @@ class HelperRun:
         with self._lock:
             if self.stopped:
                 raise HelperFailed("the writer stopped")
-            process = HelperProcess(task)
+            process = HelperProcess(task, self.folder / f"helper-{len(self._processes)}.err")
             self._processes.append(process)
             return process
 
