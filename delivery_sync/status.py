@@ -69,6 +69,8 @@ class Status:
     # --clients` of some of them ran after it), for `sync --retry-failed` too.
     earlier_failed_clients: list[int] = field(default_factory=list)
     lagging_clients: list[int] = field(default_factory=list)
+    # Those of them with no row at all (say, clients a first sync has not reached yet).
+    lagging_without_rows: list[int] = field(default_factory=list)
     stale_clients: list[int] = field(default_factory=list)
     missing_days: int = 0
     missing_by_client: dict[int, int] = field(default_factory=dict)
@@ -201,14 +203,13 @@ def _read(conn: sqlite3.Connection, status: Status, now: datetime, today: date, 
 
     # A client with no rows at all lags too: it is the worst case of lagging.
     cutoff = (today - timedelta(days=LAG_DAYS)).isoformat()
-    status.lagging_clients = [
-        r[0]
-        for r in conn.execute(
-            "SELECT c.id FROM clients c LEFT JOIN client_stats s ON s.client_id = c.id WHERE c.active = 1 "
-            "GROUP BY c.id HAVING MAX(s.stat_date) IS NULL OR MAX(s.stat_date) < ? ORDER BY c.id",
-            [cutoff],
-        )
-    ]
+    lagging = conn.execute(
+        "SELECT c.id, MAX(s.stat_date) IS NULL FROM clients c LEFT JOIN client_stats s ON s.client_id = c.id WHERE c.active = 1 "
+        "GROUP BY c.id HAVING MAX(s.stat_date) IS NULL OR MAX(s.stat_date) < ? ORDER BY c.id",
+        [cutoff],
+    ).fetchall()
+    status.lagging_clients = [cid for cid, _ in lagging]
+    status.lagging_without_rows = [cid for cid, without in lagging if without]
 
 
 @dataclass

@@ -134,7 +134,8 @@ def test_after_a_partial_sync(cli, quick_config, db_path, demo):
     assert data["failed_clients"] == [3]
     assert data["failures"] == {"3": "client 3: HTTP 500 after 1 attempt"}
     assert "client 3: HTTP 500 after 1 attempt" in cli("status").stdout
-    assert data["lagging_clients"] == [3]  # active, and no row at all
+    assert data["lagging_clients"] == data["lagging_without_rows"] == [3]  # active, and no row at all
+    assert re.search(r"^Lagging clients +3 \(no day stored yet\)$", cli("status").stdout, re.M)
     assert data["missing_days"] == DAYS
     assert data["rows"] == (DEMO_CLIENTS - 1) * DAYS
 
@@ -183,13 +184,20 @@ def test_lagging_clients_and_missing_days(cli, config, db_path, demo):
     drop(8, *range(DAYS))  # inactive: neither
     data = status_json(cli)
     assert data["active_clients"] == DEMO_CLIENTS - 1
-    assert data["lagging_clients"] == [5]
-    assert data["missing_days"] == 3 + 2 + 1
-    assert data["missing_by_client"] == {"5": 3, "6": 2, "7": 1}
+    assert data["lagging_clients"] == [5] and data["lagging_without_rows"] == []
+    cutoff = (today - timedelta(days=2)).isoformat()
+    assert re.search(rf"^Lagging clients +5 \(latest day before {cutoff}\)$", cli("status").stdout, re.M)
+    drop(9, *range(DAYS))  # active, with no row left: lagging, and said so
+    assert status_json(cli)["lagging_without_rows"] == [9]
+    assert re.search(rf"^Lagging clients +5, 9 \(latest day before {cutoff}; 1 of them with no day stored yet\)$",
+                     cli("status").stdout, re.M)
+    data = status_json(cli)
+    assert data["missing_days"] == 3 + 2 + 1 + DAYS
+    assert data["missing_by_client"] == {"5": 3, "6": 2, "7": 1, "9": DAYS}
     assert data["date_max"] == today.isoformat()
     # Lagging clients are shown, but the check wants only fresh and last sync ok.
     check = cli("status", "--check")
-    assert check.code == 0 and "but 1 active client lags (see lagging clients)" in check.stdout
+    assert check.code == 0 and "but 2 active clients lag (see lagging clients)" in check.stdout
 
 
 def test_the_headline_and_the_freshness_line_give_the_same_age(cli, config, db_path):

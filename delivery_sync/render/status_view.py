@@ -78,7 +78,7 @@ def show_status(status, commands=lambda text: text) -> None:
         line("Earlier failed", _id_list(status.earlier_failed_clients, "", "(not synced since an earlier sync failed them; sync --retry-failed)"))
     if status.unfetched_clients:  # the last sync stopped early (a deadline, a signal): --retry-failed fetches them
         line("Not fetched", _id_list(status.unfetched_clients, "", "(the last sync stopped first; sync --retry-failed)"))
-    line("Lagging clients", _id_list(status.lagging_clients, "none", f"(latest day before {_lag_cutoff(status)})"))
+    line("Lagging clients", _id_list(status.lagging_clients, "none", _lag_note(status)))
     line("Stale clients", _id_list(status.stale_clients, "none", f"(not confirmed by a sync within {status.stale_after_hours:g} h)"))
     missing = Text(str(status.missing_days), style="yellow" if status.missing_days else "green")
     if status.missing_by_client:
@@ -163,12 +163,20 @@ def _took(run: dict) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _lag_cutoff(status) -> str:
+def _lag_note(status) -> str:
+    """Why the lagging clients lag: their latest day is before the cutoff, or they have no day at
+    all (during a first sync, the clients it has not reached yet)."""
     from datetime import date, timedelta
 
     from ..status import LAG_DAYS
 
-    return (date.fromisoformat(status.today) - timedelta(days=LAG_DAYS)).isoformat()
+    cutoff = (date.fromisoformat(status.today) - timedelta(days=LAG_DAYS)).isoformat()
+    without = len(status.lagging_without_rows)
+    if without == len(status.lagging_clients):
+        return "(no day stored yet)"
+    if without:
+        return f"(latest day before {cutoff}; {without} of them with no day stored yet)"
+    return f"(latest day before {cutoff})"
 
 
 def _id_list(ids: list[int], empty: str, note: str = ""):
