@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CLIENTS, SCRIPT, clean_env, client_by_client_sync, kill_when, rows_of, unstamped, write_config
+from conftest import DEMO_CLIENTS, SCRIPT, clean_env, client_by_client_sync, kill_when, query_db, rows_of, unstamped, write_config
 from freezegun import freeze_time
 
 from delivery_sync.demo_source import DemoSource
@@ -564,6 +564,23 @@ def test_a_read_the_server_cancels_is_said_so_and_the_url_options_are_kept(cli, 
     assert "statement timeout" in timed.stderr and "statement_timeout set for this role" in timed.stderr
     for result in (locked, timed):
         assert "is the PostgreSQL server running" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_statement_the_server_cancels_in_a_writing_run_is_said_so_not_a_lost_connection(cli, demo, tmp_path, pg_url):
+    """A statement_timeout shorter than a writing run's statement (an index build, the aggregate)
+    ends the run with one line that names it, not "lost the connection" (SQLSTATE 57014 is no
+    connection failure), and keeps the replica as it was."""
+    config = configure(tmp_path, demo, pg_url, "pg")
+    assert run(cli, config, "sync", "--days-back", "30").code == 0
+    before = query_db(pg_url, "SELECT COUNT(*), SUM(total_orders) FROM client_stats")
+    for args in (("aggregate",), ("sync", "--days-back", "30")):
+        result = cli("--config", str(config), "--db", f"{pg_url}?options=-c%20statement_timeout%3D1", *args)
+        assert result.code == 1, result.stderr
+        [line] = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert "the server cancelled a statement of the run on database postgresql://" in line
+        assert "canceling statement due to statement timeout" in line and "statement_timeout set for this role" in line
+        assert "lost the connection" not in line
+    assert query_db(pg_url, "SELECT COUNT(*), SUM(total_orders) FROM client_stats") == before
 
 
 def test_the_password_in_the_url_is_never_printed(cli, demo, tmp_path, pg_url):

@@ -161,6 +161,10 @@ def storage_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError:
     text = url.without_secrets(" ".join(str(exc).split()))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction):
         return UsageError(f"cannot write replica {url}: {text}", hint="a writing run needs a role that may create and write its tables")
+    if isinstance(exc, psycopg.errors.QueryCanceled):  # 57014: not the connection, which is still there
+        return DeliverySyncError(f"the server cancelled a statement of the run on database {url}: {text}",
+                                 hint="a statement_timeout set for this role or database? index builds and the aggregate can take "
+                                      "minutes: raise it for delivery-sync; every stored client is as it was or fully updated")
     if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")):
         # Connected, then lost: a server stopped or restarted, a backend ended, the network gone.
         return DeliverySyncError(f"lost the connection to database {url}: {text}",
