@@ -203,10 +203,11 @@ def test_a_failed_helper_costs_time_not_the_run(synced, alone, tmp_path, temp_fo
 
 
 def helper_process(task: dict) -> subprocess.Popen:
-    """The helper process as a rebuild starts it, given its task."""
+    """The helper process as a rebuild starts it, given its task, its stderr in its folder."""
     package_root = str(Path(helper.__file__).resolve().parents[2])
-    process = subprocess.Popen([sys.executable, "-I", "-c", helper.HELPER_CODE, package_root],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with open(Path(task["scratch"]).parent / "helper-0.err", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-I", "-c", helper.HELPER_CODE, package_root],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
     process.stdin.write(json.dumps(task) + "\n")
     process.stdin.flush()
     return process

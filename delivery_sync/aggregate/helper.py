@@ -286,11 +286,11 @@ def helper_main() -> None:
     except Exception as exc:  # noqa: BLE001 - the writer is told, and sums it itself
         say({"error": " ".join(str(exc).split())[:200]})
         sys.exit(1)
-    finally:  # unless handed to the writer: a killed writer removed nothing
+    finally:  # unless handed to the writer: a killed writer removed nothing, not even its folder
         if not handed:
-            scratch.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                scratch.parent.rmdir()
+            import shutil
+
+            shutil.rmtree(scratch.parent, ignore_errors=True)
 
 
 class HelperRun:
