@@ -127,6 +127,13 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def one_line(message: object, limit: int | None = None) -> str:
+    """`message` (an exception, say) on one line, its runs of whitespace made single spaces, and cut
+    at `limit` characters when given: what a log line or summary quotes of an error."""
+    text = " ".join(str(message).split())
+    return text if limit is None else text[:limit]
+
+
 def capped(items: list, limit: int) -> str:
     """`1, 2, 3`, or past `limit` items `1, 2, 3 ... and 17 more`: a message, summary line or
     verdict that names clients stays readable with 10,000 of them."""

@@ -40,7 +40,7 @@ except ImportError:  # the optional extra is not installed: one line, not a trac
 from .config import PostgresURL
 from .days import utc_now
 from .dialect import POSTGRES
-from .errors import DeliverySyncError, LockHeld, NoReplica, QueryTimeout, ReadOnlyViolation, UsageError
+from .errors import DeliverySyncError, LockHeld, NoReplica, QueryTimeout, ReadOnlyViolation, UsageError, one_line
 
 # The advisory lock every writing run holds (per database): a fixed key of our own.
 LOCK_KEY = 0x64656C7379  # "delsy"
@@ -394,7 +394,7 @@ def connect_error(url: PostgresURL, exc: Exception) -> DeliverySyncError:
 
 def _one_line(exc: Exception, url: PostgresURL) -> str:
     """The driver's message on one line, never with the password in it."""
-    return url.without_secrets(" ".join(str(exc).split()))
+    return url.without_secrets(one_line(exc))
 
 
 def replica_exists(url: PostgresURL) -> bool:

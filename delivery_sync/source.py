@@ -31,7 +31,7 @@ from urllib.parse import quote, quote_plus, unquote, urlencode, urlsplit, urluns
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .config import SourceSettings
-from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, DeadlineReached, SourceError, SourceUnreachable
+from .errors import AuthFailed, BatchUnavailable, ClientFetchFailed, DeadlineReached, SourceError, SourceUnreachable, one_line
 from .httpx_lean import httpx
 
 log = logging.getLogger(__name__)
@@ -503,7 +503,7 @@ class SourceClient:
         if payload is None:  # what came instead (an HTML page of a proxy or a login), bounded and redacted
             # Redacted before it is cut: a secret the cut would halve is never shown in part.
             kind = self.redact_text(response.headers.get("Content-Type", "no Content-Type")[:MAX_TEXT])[:80]
-            start = " ".join(self.redact_text(bytes(body[:MAX_TEXT]).decode("utf-8", "replace")).split())[:NOT_JSON_SHOWN]
+            start = one_line(self.redact_text(bytes(body[:MAX_TEXT]).decode("utf-8", "replace")), NOT_JSON_SHOWN)
             raise ClientFetchFailed(f"{what}: the answer is not JSON (HTTP {response.status_code}, {kind}: {start!r})")
         return payload
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..days import Window, month_end
 from ..dialect import SQLITE, Dialect
-from ..errors import capped
+from ..errors import capped, one_line
 from ..metrics import AMOUNT_METRICS, METRICS
 from .current import LAYOUT_KEY, layout_stamp, rollups_as_of
 from .helper import (
@@ -463,7 +463,7 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
             db.insert_rows(f"{temp}.{_WINDOW_SUMS}", _WINDOW_SUMS_COLUMNS, rows)
     if failed:
         log.warning("aggregate: its reader failed (%s); the writer summed %d base window%s itself",
-                    " ".join(str(failed[0]).split())[:200], len(failed), "" if len(failed) == 1 else "s")
+                    one_line(failed[0], 200), len(failed), "" if len(failed) == 1 else "s")
     for statement in dialect.fresh_statistics(f"{temp}.{_WINDOW_SUMS}"):
         db.execute(statement)
     db.execute(f"DELETE FROM {WINDOW_PAIRS}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dialect import SQLITE
+from ..errors import one_line
 from .parts import ALL_DAYS, MONTH_LIST_COLUMNS, calendar_columns, create_parts, fill_share, layout
 from .windows import data_span
 
@@ -161,7 +162,7 @@ def helper_shares(run: HelperRun, database: Path, shares: Shares, calendar_rows:
         # Silent when the writer took every share first (nothing is lost) or stopped the helper.
         if (shares.helpers or days is None) and not run.stopped:
             log.warning("aggregate: its helper process failed (%s); the writer summed its share itself",
-                        " ".join(str(exc).split())[:200])
+                        one_line(exc, 200))
         return days, None
 
 
@@ -226,7 +227,7 @@ def copy_from_helper(db, path: Path, copies: list[tuple[str, str]]) -> bool:
             db.execute(f"INSERT INTO {target} SELECT * FROM {HELPER_SCHEMA}.{source}")
     except sqlite3.Error as exc:
         db.execute("ROLLBACK TO agg_helper_copy")
-        log.warning("aggregate: its helper's file could not be read (%s); the writer summed it itself", " ".join(str(exc).split())[:200])
+        log.warning("aggregate: its helper's file could not be read (%s); the writer summed it itself", one_line(exc, 200))
         return False
     finally:
         db.execute("RELEASE agg_helper_copy")
@@ -284,7 +285,7 @@ def helper_main() -> None:
             say({"ok": True})
         conn.close()
     except Exception as exc:  # noqa: BLE001 - the writer is told, and sums it itself
-        say({"error": " ".join(str(exc).split())[:200]})
+        say({"error": one_line(exc, 200)})
         sys.exit(1)
     finally:  # unless handed to the writer: a killed writer removed nothing, not even its folder
         if not handed:
@@ -343,7 +344,7 @@ def helper_run(db) -> Iterator[HelperRun | None]:
         _sweep(tempfile.gettempdir())
         folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
     except OSError as exc:
-        log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", " ".join(str(exc).split())[:200])
+        log.warning("aggregate: no temporary folder for its helper (%s); summing on one core", one_line(exc, 200))
         yield None
         return
     run = HelperRun(folder)

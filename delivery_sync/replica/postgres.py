@@ -19,7 +19,7 @@ from .. import postgres
 from ..config import PostgresURL
 from ..days import utc_now
 from ..dialect import POSTGRES
-from ..errors import DeliverySyncError, UsageError
+from ..errors import DeliverySyncError, UsageError, one_line
 from ..metrics import AMOUNT_METRICS, METRICS, RUN_COUNTERS
 from ..postgres import psycopg  # through our module: without the driver, one line says what to install
 from .runs import RunCounts
@@ -148,7 +148,7 @@ class PostgresStore:
         """Why a run failed, on one line (a server error as `storage_error` says it)."""
         if isinstance(exc, psycopg.Error):
             return str(storage_error(self.url, exc))
-        return " ".join(str(exc).split())
+        return one_line(exc)
 
     def failure(self, exc: Exception) -> DeliverySyncError | None:
         """The one-line error of a server failure mid-run (None: `exc` is none)."""
@@ -158,7 +158,7 @@ class PostgresStore:
 def storage_error(url: PostgresURL, exc: psycopg.Error) -> DeliverySyncError:
     """The one-line error for a server that failed a run: exit 2 where the user must act (rights),
     exit 1 otherwise; every client stays as it was or fully updated."""
-    text = url.without_secrets(" ".join(str(exc).split()))
+    text = url.without_secrets(one_line(exc))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction):
         return UsageError(f"cannot write replica {url}: {text}", hint="a writing run needs a role that may create and write its tables")
     if isinstance(exc, psycopg.errors.QueryCanceled):  # 57014: not the connection, which is still there

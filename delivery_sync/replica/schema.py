@@ -15,7 +15,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from ..days import utc_now
-from ..errors import DeliverySyncError, UsageError
+from ..errors import DeliverySyncError, UsageError, one_line
 from ..metrics import COUNT_METRICS, METRICS, RUN_COUNTERS
 from ..readonly import CORRUPT_ADVICE, check_small_tables
 
@@ -381,7 +381,7 @@ def _check_intact(db: sqlite_utils.Database, path: Path) -> bool:
             raise
         problem = str(exc)  # a page too broken to read: "database disk image is malformed"
     if problem != "ok":
-        problem = " ".join(problem.replace("*** in database main ***", "").split())  # one line
+        problem = one_line(problem.replace("*** in database main ***", ""))
         raise UsageError(f"replica {path} is corrupt ({problem}); nothing was written", hint=CORRUPT_ADVICE)
     verified.add(key)
     return whole

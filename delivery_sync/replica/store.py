@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from ..errors import DeliverySyncError
+from ..errors import DeliverySyncError, one_line
 from ..records import Client
 from .lock import writer_lock
 from .runs import RunCounts
@@ -103,7 +103,7 @@ class SqliteStore:
         a sync says it, with the file's name."""
         if isinstance(exc, sqlite3.Error) and storage_kind(exc) in ("space", "corrupt"):
             return str(storage_error(self.path, exc))
-        return " ".join(str(exc).split())
+        return one_line(exc)
 
     def failure(self, exc: Exception) -> DeliverySyncError | None:
         """The one-line error of a SQLite failure on the file mid-run (None: `exc` is none)."""
