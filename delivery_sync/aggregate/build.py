@@ -144,8 +144,6 @@ def parts_done(db, run_id: int):
     return RunCounts(clients_total=clients, clients_ok=clients, rows_fetched=int(rows), rows_inserted=written)
 
 
-
-
 _BASE_METRICS = ", ".join(f"base_{m} INTEGER" for m in METRICS)
 # The rolling periods' and their base windows' per-client sums, while WINDOW_PAIRS is built from them.
 _WINDOW_SUMS = "agg_summed_windows"
@@ -154,26 +152,18 @@ _WINDOW_SUMS_COLUMNS = ("period_start", "period_end", "client_id", *METRICS)
 OLD_WINDOW_SUMS = "agg_window_sums"
 
 
-def _all_days_meanwhile(database: Path) -> Future[list[tuple]]:
-    """`ALL_DAYS`, read on a connection of its own in a thread while the caller sums the pieces
-    (the sqlite3 module lets go of the GIL while a statement runs). The caller holds the writer
-    lock and does not write client_stats, so both read the same rows."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _all_days(database: Path) -> tuple[list[tuple], None]:
+    """`ALL_DAYS` on a read-only connection of its own, for a thread of the writer while it sums
+    the pieces (the sqlite3 module lets go of the GIL while a statement runs); no helper file, as
+    `helper_shares` would say. The writer holds the writer lock and does not write client_stats,
+    so both read the same rows."""
     from ..readonly import open_readonly
 
-    def read() -> list[tuple]:
-        conn = open_readonly(database)
-        try:
-            return conn.execute(ALL_DAYS).fetchall()
-        finally:
-            conn.close()
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-days")
+    conn = open_readonly(database)
     try:
-        return pool.submit(read)
+        return conn.execute(ALL_DAYS).fetchall(), None
     finally:
-        pool.shutdown(wait=False)
+        conn.close()
 
 
 def _parts_in_two(db: sqlite_utils.Database, database: Path, calendar_rows: list[tuple], month_rows: list[tuple],
@@ -184,17 +174,16 @@ def _parts_in_two(db: sqlite_utils.Database, database: Path, calendar_rows: list
     from concurrent.futures import ThreadPoolExecutor
 
     shares = Shares([cid for (cid,) in db.execute("SELECT id FROM clients ORDER BY id")])
-    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-helper")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="aggregate-meanwhile")
     try:
-        if run is not None:
-            helper = pool.submit(helper_shares, run, database, shares, calendar_rows, month_rows)
+        if run is None:
+            shares.stop()  # the writer sums every share
+            meanwhile = pool.submit(_all_days, database)
         else:
-            shares.stop()
-            helper = None
-            days = _all_days_meanwhile(database)
+            meanwhile = pool.submit(helper_shares, run, database, shares, calendar_rows, month_rows)
         while (share := shares.take(helper=False)) is not None:
             fill_share(db, share)
-        all_days, scratch = helper.result() if helper is not None else (days.result(), None)
+        all_days, scratch = meanwhile.result()
     finally:
         shares.stop()
         pool.shutdown(wait=False)
@@ -233,8 +222,6 @@ def sums_meanwhile(open_reader: Callable[[], Any], sums: dict[Window, tuple[str,
         return {window: pool.submit(read, sql, params) for window, (sql, params) in sums.items()}
     finally:
         pool.shutdown(wait=False)
-
-
 
 
 def yield_to_the_writer() -> None:
@@ -324,9 +311,9 @@ def refresh(db, dialect: Dialect, as_of: date, computed_at: str, changed: Change
     connection `db` of `dialect`'s engine; returns (period, first day, last day) of every rolling
     window and every calendar month with data. The base windows (WINDOW_PAIRS) without a changed
     day (deleted days included) are handed to `meanwhile` first (`sums_meanwhile`, or
-    `sums_in_helper` on a large SQLite replica), to be read
-    while the rest is refreshed: client_stats is as the sync committed it, so their first and
-    last day of data, and every partial sum inside them, are the same before the refresh and after."""
+    `sums_in_helper` on a large SQLite replica), to be read while the rest is refreshed:
+    client_stats is as the sync committed it, so their first and last day of data, and every
+    partial sum inside them, are the same before the refresh and after."""
     pieces, months, days = dirty_keys(changed.keys)
     base = _base_window_sums(db, dialect, as_of)
     dirty = [date.fromisoformat(day) for (day,) in days]
@@ -439,9 +426,9 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
     base windows' with data, and LAST_DAYS' last day, for every client with data in the base
     window. The base windows' sums come from the rows a reader thread summed or the table a
     helper process left (`read`, see `sums_meanwhile` and `sums_in_helper`), or else from their
-    SQL (`base`, `_base_window_sums`). `movers` of a stored period
-    then ranks 10,000 clients in SQL over one table (7 ms where reading both windows' 20,000 rows
-    into Python and ranking them there took 15)."""
+    SQL (`base`, `_base_window_sums`). `movers` of a stored period then ranks 10,000 clients in
+    SQL over one table (7 ms where reading both windows' 20,000 rows into Python and ranking them
+    there took 15)."""
     temp = dialect.temp
     db.execute(f"DROP TABLE IF EXISTS {temp}.{_WINDOW_SUMS}")
     db.execute(dialect.temp_table(_WINDOW_SUMS, {"period_start": dialect.day_type, "period_end": dialect.day_type, "client_id": "BIGINT",
@@ -454,13 +441,12 @@ def _window_pairs(db, dialect: Dialect, as_of: date, base: dict[Window, tuple[st
         except Exception as exc:  # e.g. no connection left on the server for the reader: it costs time, not the run
             failed.append(exc)
             rows = None
-        if rows is None:
-            db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} {sql}", params)
-        elif isinstance(rows, HelperTable):
-            if not copy_from_helper(db, rows.path, [(rows.table, f"{temp}.{_WINDOW_SUMS}")]):
-                db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} {sql}", params)
-        else:
+        if isinstance(rows, HelperTable) and copy_from_helper(db, rows.path, [(rows.table, f"{temp}.{_WINDOW_SUMS}")]):
+            continue
+        if isinstance(rows, list):
             db.insert_rows(f"{temp}.{_WINDOW_SUMS}", _WINDOW_SUMS_COLUMNS, rows)
+        else:  # not read meanwhile, or the helper's table could not be read
+            db.execute(f"INSERT INTO {temp}.{_WINDOW_SUMS} {sql}", params)
     if failed:
         log.warning("aggregate: its reader failed (%s); the writer summed %d base window%s itself",
                     one_line(failed[0], 200), len(failed), "" if len(failed) == 1 else "s")
