@@ -42,6 +42,7 @@ from .parts import (
     PART_METRICS,
     calendar_table,
     create_parts,
+    fill_clients,
     fill_parts,
     fill_share,
     index_parts,
@@ -252,13 +253,7 @@ def _rebuild(db: sqlite_utils.Database, database: Path, as_of: date, computed_at
     if db.execute("SELECT TOTAL(days_with_data) FROM agg_client_pieces").fetchone()[0] != sum(row[1] for row in all_days):
         for table in PARTS_TABLES:
             db.execute(f"DELETE FROM {table}")
-        clients = "SELECT DISTINCT client_id FROM client_stats"
-        fill_parts(
-            db,
-            f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({clients}) AS c CROSS JOIN temp.agg_calendar AS p",
-            f"SELECT c.client_id, m.month FROM ({clients}) AS c CROSS JOIN temp.agg_month_list AS m",
-            None,
-        )
+        fill_clients(db, "SELECT DISTINCT client_id FROM client_stats")
     list_unlisted_clients(db)
     # The sorts that make the indexes on two cores: nothing else runs by then (1.4x faster).
     db.execute("PRAGMA threads = 2")

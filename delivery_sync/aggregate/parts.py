@@ -139,11 +139,16 @@ ALL_DAYS = f"SELECT stat_date, COUNT(*), {cents_of('s')} FROM client_stats AS s 
 MONTH_LIST_COLUMNS = {"month": "TEXT"}
 
 
+def fill_clients(db, clients: str) -> None:
+    """The partial sums of every piece (temp.agg_calendar) and month (temp.agg_month_list) of the
+    clients the SQL `clients` lists (a column `client_id`), by a rebuild."""
+    fill_parts(db, f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({clients}) AS c CROSS JOIN temp.agg_calendar AS p",
+               f"SELECT c.client_id, m.month FROM ({clients}) AS c CROSS JOIN temp.agg_month_list AS m", None)
+
+
 def fill_share(db, share: tuple[int, int]) -> None:
     """The partial sums of the pieces and months of the clients of `share` (first and last id)."""
-    mine = f"SELECT id AS client_id FROM clients WHERE id BETWEEN {int(share[0])} AND {int(share[1])}"
-    fill_parts(db, f"SELECT c.client_id, p.piece, p.piece_end, p.week, p.month FROM ({mine}) AS c CROSS JOIN temp.agg_calendar AS p",
-                f"SELECT c.client_id, m.month FROM ({mine}) AS c CROSS JOIN temp.agg_month_list AS m", None)
+    fill_clients(db, f"SELECT id AS client_id FROM clients WHERE id BETWEEN {int(share[0])} AND {int(share[1])}")
 
 
 def layout() -> str:
