@@ -22,16 +22,15 @@ from .windows import data_span
 
 log = logging.getLogger(__name__)
 
-# How much lower the readers' priority is than the writer's: CFS weighs a thread at nice 5 a third
-# of one at 0, so the readers yield on a busy core without being starved by other processes.
-READER_NICENESS = 5
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from concurrent.futures import Future
 
     from ..days import Window
 
+# How much lower the readers' priority is than the writer's: CFS weighs a thread at nice 5 a third
+# of one at 0, so the readers yield on a busy core without being starved by other processes.
+READER_NICENESS = 5
 # Clients a statement of the rebuild's pass over client_stats sums (at 1,095 days, about half a
 # second of work): small enough that the writer and the helper end close together.
 CLIENTS_A_SHARE = 256
@@ -240,8 +239,8 @@ def helper_main() -> None:
     from stdin. For a rebuild it answers every day's sums, then sums each share of clients (a line
     "first last") into its file and answers when it is written; for a refresh it stores each sum
     in a table of its file and answers its name. On "end" it leaves the file to the writer; at
-    the end of its input without it (the writer is gone) it removes the file. Every answer is a
-    JSON line; a failure answers {"error": ...}."""
+    the end of its input without it (the writer is gone), or after a failure, it removes its
+    folder. Every answer is a JSON line; a failure answers {"error": ...}."""
     import sqlite3
     from urllib.parse import quote
 
