@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_aggregate_incremental as incremental
-from conftest import replica_copy
+from conftest import connected, replica_copy
 from test_aggregate_exact import exact, raw_path, stored
 
 from delivery_sync.aggregate import build, helper, parts
@@ -50,15 +50,11 @@ def rebuilt(path: Path, as_of: date) -> dict[str, set[tuple]]:
     """A full rebuild of `path` as of `as_of`: its rollups and its partial sums, every value typed."""
     result = aggregate_locked(open_store(path), as_of)
     assert result.status == "ok" and not result.refreshed, result.run["error"]
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
+    with connected(path) as conn:
         got = stored(conn)
         for table in PARTS:
             got[table] = {tuple(exact(v) for v in row) for row in conn.execute(f"SELECT * FROM {table}")}
-        return got
-    finally:
-        conn.close()
+    return got
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +64,8 @@ def alone(synced, tmp_path_factory) -> dict[str, set[tuple]]:
     assert CLIENTS * DAYS < helper.HELPER_MIN_ROWS
     with replica_copy(path, tmp_path_factory.mktemp("alone")) as copy:
         got = rebuilt(copy, today)
-        conn = sqlite3.connect(copy)
-        conn.row_factory = sqlite3.Row
-        try:
+        with connected(copy) as conn:
             expected = raw_path(conn, today)
-        finally:
-            conn.close()
     for table, rows in expected.items():
         assert got[table] == rows, table
     assert len(got["agg_days"]) == DAYS and len({row[0] for row in got["agg_client_months"]}) == CLIENTS
